@@ -1,0 +1,1 @@
+"""The `appliance` command line: the top layer, built on everything below it."""

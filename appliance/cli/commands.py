@@ -1,0 +1,76 @@
+"""The commands. Each is a thin shell over the library: parse, call, print."""
+
+import sys
+
+import click
+
+from .. import __version__, paths, state
+from ..errors import NotFound
+from ..runtime.sampler import SamplingSettings
+from ..runtime.session import Runtime, Session
+from ..trust.builtin import embedded_pin, verify_pinned
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(__version__, prog_name="appliance")
+def cli(debug: bool) -> None:
+    """An air-gapped local language model with a signed, removable Takens-LoRA overlay."""
+
+
+@cli.command()
+@click.option("--if-needed", is_flag=True, help="Do nothing if the state directory is already initialised.")
+def init(if_needed: bool) -> None:
+    """Create the state directory and verify the embedded default model."""
+    home = paths.state_dir()
+    if state.is_initialised(home):
+        if not if_needed:
+            click.echo(f"already initialised: {home}")
+        return
+    model = verify_pinned(embedded_pin())
+    state.initialise(home)
+    click.echo(f"initialised {home}")
+    click.echo(f"base model: {model.name} sha256 {model.sha256} (verified against the built-in manifest)")
+
+
+@cli.command()
+def status() -> None:
+    """Installed artifacts, active versions and their verification."""
+    home = paths.state_dir()
+    state.require_initialised(home)
+    pin = embedded_pin()
+    model = verify_pinned(pin)
+    click.echo(f"state:   {home}")
+    click.echo(f"base:    {model.name} v{model.version} (built-in manifest)")
+    click.echo(f"         {model.path}")
+    click.echo(f"         sha256 {model.sha256}  {pin.size} bytes  verified")
+    click.echo("overlay: none installed")
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--overlay", type=click.Choice(["on", "off"]), default="off", show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1, 4096), default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
+@click.option("--system", "system_prompt", default=None, help="System prompt (default: the model's own).")
+def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: float, system_prompt: str | None) -> None:
+    """Answer one PROMPT on the active base (and overlay), streaming the reply."""
+    state.require_initialised(paths.state_dir())
+    if overlay == "on":
+        raise NotFound("no overlay is installed: import a signed bundle first")
+    model = verify_pinned(embedded_pin())
+    session = Session(
+        Runtime(model),
+        system_prompt=system_prompt,
+        settings=SamplingSettings(temperature=temperature, seed=seed),
+    )
+    reply = session.generate(prompt, max_tokens=max_tokens, on_text=_print_stream)
+    click.echo()
+    if reply.dropped_turns:
+        click.echo(f"note: {reply.dropped_turns} oldest exchanges left out to fit the context window", err=True)
+
+
+def _print_stream(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

@@ -1,0 +1,163 @@
+"""A thin, owned wrapper over llama-cpp-python's low-level C API.
+
+One model, one context, one sequence. Input is either token ids or input
+embeddings (`batch.embd`), which is how the overlay enters llama.cpp without
+touching its weights.
+"""
+
+import ctypes
+import os
+from pathlib import Path
+
+import llama_cpp as C
+import llama_cpp.llama_cpp as C_api  # the module the high-level Llama reads its defaults from
+import numpy as np
+
+from ..errors import ApplianceError, ContextOverflow
+
+
+@C.llama_log_callback
+def _quiet(level, text, user_data):  # llama.cpp logs to stderr by default; the CLI owns stderr
+    pass
+
+
+_backend_ready = False
+_default_model_params = C.llama_model_default_params
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        C.llama_log_set(_quiet, ctypes.c_void_p(0))
+        C.llama_backend_init()
+        _backend_ready = True
+
+
+def model_params() -> "C.llama_model_params":
+    """Load parameters shared by our runtime and the llama-cpp-python reference.
+
+    Extra buffer types (weight repacking, e.g. for AMX) are off: the AMX path
+    crashes on CPUs whose kernel does not grant AMX tile state to the process,
+    and plain CPU buffers are what every machine can run.
+    """
+    params = _default_model_params()
+    params.use_extra_bufts = False
+    return params
+
+
+class LlamaEngine:
+    def __init__(self, path: Path, n_ctx: int = 4096, n_batch: int = 512, n_threads: int | None = None):
+        _init_backend()
+        self.model = C.llama_model_load_from_file(str(path).encode(), model_params())
+        if not self.model:
+            raise ApplianceError(f"{path}: llama.cpp could not load the model")
+        self.vocab = C.llama_model_get_vocab(self.model)
+        cparams = C.llama_context_default_params()
+        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
+        cparams.n_threads = cparams.n_threads_batch = n_threads or os.cpu_count() or 1
+        self.ctx = C.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise ApplianceError("llama.cpp could not create a context")
+        self.memory = C.llama_get_memory(self.ctx)
+        self.n_ctx, self.n_batch = C.llama_n_ctx(self.ctx), n_batch
+        self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = C.llama_model_n_embd(self.model)
+        self._token_batch = C.llama_batch_init(n_batch, 0, 1)
+        self._embd_batch = C.llama_batch_init(n_batch, self.n_embd, 1)
+        self._piece = ctypes.create_string_buffer(256)
+
+    # -- vocabulary and metadata ------------------------------------------
+
+    def metadata(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = C.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8") if n >= 0 else None
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        out = (C.llama_token * cap)()
+        n = C.llama_tokenize(self.vocab, data, len(data), out, cap, False, special)
+        if n < 0:
+            raise ApplianceError("tokenizer buffer too small")
+        return list(out[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token prints as (control tokens print nothing)."""
+        n = C.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
+        return self._piece.raw[:n]
+
+    def token_text(self, token: int) -> str:
+        n = C.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, True)
+        return self._piece.raw[:n].decode("utf-8", errors="replace")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return C.llama_vocab_is_eog(self.vocab, token)
+
+    # -- the KV cache (sequence 0) ------------------------------------------
+
+    def forget_from(self, pos: int) -> None:
+        """Drop cached positions >= pos."""
+        if pos == 0:
+            C.llama_memory_clear(self.memory, True)
+        else:
+            C.llama_memory_seq_rm(self.memory, 0, pos, -1)
+
+    def decode_tokens(self, tokens: list[int], pos0: int) -> None:
+        """Feed token ids at positions pos0.. ; logits are kept for the last one."""
+        self._decode(len(tokens), pos0, self._token_batch, lambda b, i, j: _set_tokens(b, tokens[i:j]))
+
+    def decode_embeddings(self, embeddings: np.ndarray, pos0: int) -> None:
+        """Feed input embeddings (n, n_embd) float32 at positions pos0.. ; logits kept for the last one."""
+        E = np.ascontiguousarray(embeddings, dtype=np.float32)
+        assert E.ndim == 2 and E.shape[1] == self.n_embd
+        row = self.n_embd * 4
+        self._decode(len(E), pos0, self._embd_batch, lambda b, i, j: ctypes.memmove(b.embd, E[i:j].ctypes.data, (j - i) * row))
+
+    def _decode(self, n: int, pos0: int, batch, fill) -> None:
+        if pos0 + n > self.n_ctx:
+            raise ContextOverflow(f"{pos0 + n} tokens exceed the context window of {self.n_ctx}")
+        for i in range(0, n, self.n_batch):
+            j = min(n, i + self.n_batch)
+            fill(batch, i, j)
+            for k in range(j - i):
+                batch.pos[k] = pos0 + i + k
+                batch.n_seq_id[k] = 1
+                batch.seq_id[k][0] = 0
+                batch.logits[k] = 0
+            batch.logits[j - i - 1] = j == n
+            batch.n_tokens = j - i
+            rc = C.llama_decode(self.ctx, batch)
+            if rc != 0:
+                raise ApplianceError(f"llama_decode failed with code {rc}")
+
+    def last_logits(self) -> np.ndarray:
+        """Logits (n_vocab,) of the last decoded position; a view valid until the next decode."""
+        return np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
+
+    def close(self) -> None:
+        if self.ctx:
+            C.llama_batch_free(self._token_batch)
+            C.llama_batch_free(self._embd_batch)
+            C.llama_free(self.ctx)
+            C.llama_model_free(self.model)
+            self.ctx = self.model = None
+
+    def __del__(self):
+        self.close()
+
+
+def _set_tokens(batch, tokens: list[int]) -> None:
+    for k, t in enumerate(tokens):
+        batch.token[k] = t
+
+
+def reference_llama(path: Path, **kwargs) -> "C.Llama":
+    """llama-cpp-python's own high-level `Llama`, loaded with our model params: the yardstick in tests and bench."""
+    _init_backend()
+    kwargs.setdefault("flash_attn", True)  # llama.cpp's default for our context; Llama() turns it off
+    C_api.llama_model_default_params = model_params
+    try:
+        return C.Llama(str(path), verbose=False, **kwargs)
+    finally:
+        C_api.llama_model_default_params = _default_model_params

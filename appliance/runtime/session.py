@@ -1,0 +1,172 @@
+"""A chat session: history, overlay state, streaming generation, toggle.
+
+The CLI and the terminal UI both drive this object. The overlay switch is a
+flag flip (O(1)); the decoder notices the new state at the next prefill and
+recomputes the context, so the next reply is what a fresh session entirely in
+that state would say.
+"""
+
+import codecs
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable, Optional
+
+from ..errors import ContextOverflow, NotFound
+from ..overlay.files import Overlay
+from ..trust.builtin import VerifiedModel
+from .chat_template import ChatTemplate
+from .decoder import Decoder
+from .embeddings import EmbeddingTable
+from .llama import LlamaEngine
+from .sampler import Sampler, SamplingSettings
+
+
+class Runtime:
+    """A verified model loaded in llama.cpp, with its chat template and one KV cache."""
+
+    def __init__(self, model: VerifiedModel, n_ctx: int = 4096, n_threads: Optional[int] = None):
+        self.model = model
+        self.engine = LlamaEngine(model.path, n_ctx=n_ctx, n_threads=n_threads)
+        self.decoder = Decoder(self.engine, lambda: self.embeddings)
+        eos = self.engine.metadata("tokenizer.ggml.eos_token_id")
+        self.template = ChatTemplate(
+            self.engine.metadata("tokenizer.chat_template") or "",
+            eos_token=self.engine.token_text(int(eos)) if eos else "",
+        )
+
+    @cached_property
+    def embeddings(self) -> EmbeddingTable:
+        return EmbeddingTable(self.model.path)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+@dataclass
+class Reply:
+    text: str
+    tokens: list[int]
+    finish: str  # "stop" (end of turn), "length" (max tokens or window full), "cancelled"
+    overlay_on: bool
+    settings: SamplingSettings
+    prompt_tokens: int  # the context the reply was conditioned on
+    prefill_tokens: int  # of those, how many had to be computed (not in the cache)
+    dropped_turns: int  # oldest turns left out to fit the context window
+    seconds: float  # from first to last generated token
+    prefill_seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.tokens) / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Session:
+    runtime: Runtime
+    overlay: Optional[Overlay] = None
+    system_prompt: Optional[str] = None  # None: the model template's own default
+    settings: SamplingSettings = field(default_factory=SamplingSettings)
+    history: list[dict] = field(default_factory=list)  # {"role": "user"|"assistant", "content": str}
+    overlay_on: bool = False
+    first_turn: int = 0  # turns before this index no longer fit the context window
+
+    # -- the overlay switch --------------------------------------------------
+
+    def set_overlay(self, on: bool) -> None:
+        if on and self.overlay is None:
+            raise NotFound("no overlay is installed")
+        self.overlay_on = on
+
+    def toggle(self) -> bool:
+        self.set_overlay(not self.overlay_on)
+        return self.overlay_on
+
+    # -- generation ------------------------------------------------------------
+
+    def generate(
+        self,
+        user_text: str,
+        max_tokens: int = 256,
+        on_text: Optional[Callable[[str], None]] = None,
+        cancel: Optional[threading.Event] = None,
+        settings: Optional[SamplingSettings] = None,
+    ) -> Reply:
+        """Answer `user_text`, streaming decoded text to `on_text`; the exchange joins the history."""
+        settings = settings or self.settings
+        self.history.append({"role": "user", "content": user_text})
+        t0 = time.perf_counter()
+        prompt, dropped = self._fit_window(max_tokens)
+        decoder, engine = self.runtime.decoder, self.runtime.engine
+        overlay = self.overlay.params if self.overlay_on else None
+        logits = decoder.prefill(prompt, overlay)
+        prefill_tokens = decoder.last_prefill_tokens
+        t1 = time.perf_counter()
+
+        sampler, utf8 = Sampler(settings), codecs.getincrementaldecoder("utf-8")(errors="replace")
+        generated: list[int] = []
+        text: list[str] = []
+        finish = "length"
+        while len(generated) < max_tokens:
+            if cancel is not None and cancel.is_set():
+                finish = "cancelled"
+                break
+            token = sampler(logits, prompt + generated)
+            if engine.is_end_of_generation(token):
+                finish = "stop"
+                break
+            generated.append(token)
+            piece = utf8.decode(engine.piece(token))
+            if piece:
+                text.append(piece)
+                if on_text is not None:
+                    on_text(piece)
+            if len(prompt) + len(generated) >= engine.n_ctx:
+                break
+            logits = decoder.step(token)
+        tail = utf8.decode(b"", final=True)
+        if tail:
+            text.append(tail)
+            if on_text is not None:
+                on_text(tail)
+
+        reply = Reply(
+            text="".join(text),
+            tokens=generated,
+            finish=finish,
+            overlay_on=self.overlay_on,
+            settings=settings,
+            prompt_tokens=len(prompt),
+            prefill_tokens=prefill_tokens,
+            dropped_turns=dropped,
+            seconds=time.perf_counter() - t1,
+            prefill_seconds=t1 - t0,
+        )
+        self.history.append({"role": "assistant", "content": reply.text})
+        return reply
+
+    def messages(self) -> list[dict]:
+        """What the model sees: the system prompt and the turns that still fit."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
+        return system + self.history[self.first_turn :]
+
+    def _fit_window(self, max_tokens: int) -> tuple[list[int], int]:
+        """Tokens of the prompt; drops the oldest exchanges (never the system prompt) until it fits.
+
+        Room is kept for min(max_tokens, a quarter of the window) reply tokens.
+        """
+        engine = self.runtime.engine
+        room = engine.n_ctx - min(max_tokens, engine.n_ctx // 4)
+        dropped = 0
+        while True:
+            tokens = engine.tokenize(self.runtime.template.render(self.messages()))
+            if len(tokens) <= room:
+                return tokens, dropped
+            if self.first_turn >= len(self.history) - 1:
+                self.history.pop()  # the failed turn does not join the history
+                raise ContextOverflow(
+                    f"the system prompt and this message need {len(tokens)} tokens; the window has room for {room}"
+                )
+            self.first_turn += 2  # one user turn and its reply
+            dropped += 1

