@@ -1,0 +1,213 @@
+"""The signed manifest of a bundle (`appliance-manifest/1`), parsed from its exact bytes.
+
+A manifest is admitted only if every rule holds; each rule is one small
+function raising its own `Refused` subclass that names the fault:
+
+1. it is at most `MAX_MANIFEST_BYTES` long (endless data);
+2. it is UTF-8, and JSON with no duplicate keys and no NaN/Infinity;
+3. it matches `manifests/appliance-manifest.schema.json`;
+4. name, hashes and times match their patterns in full (JSON Schema's `$`
+   also accepts a trailing newline, so they are re-checked here);
+5. `created` and `expires` are real UTC times and `expires` is after `created`;
+6. each artifact path is relative, has no `.` or `..` segment, and is listed once;
+7. an overlay lists `overlay.json` and `overlay.safetensors` (the two files of
+   the overlay format) and is bound to a base.
+
+The bytes are kept as they came: signatures are checked over `raw`, never over
+a re-serialisation.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from io import BytesIO
+from typing import Optional
+
+import jsonschema
+
+from ..errors import Refused
+from ..overlay.files import JSON_NAME, TENSORS_NAME
+from .builtin import MANIFESTS_DIR
+from .hashing import sha256_stream
+
+SCHEMA_PATH = MANIFESTS_DIR / "appliance-manifest.schema.json"
+SCHEMA_ID = "appliance-manifest/1"
+MAX_MANIFEST_BYTES = 64 * 1024
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+PATH_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
+TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+OVERLAY_FILES = frozenset({JSON_NAME, TENSORS_NAME})
+
+
+class ManifestRefused(Refused):
+    """The manifest is not one we can accept."""
+
+
+class ManifestTooLarge(ManifestRefused):
+    pass
+
+
+class ManifestNotUtf8(ManifestRefused):
+    pass
+
+
+class ManifestNotJson(ManifestRefused):
+    pass
+
+
+class ManifestSchemaViolation(ManifestRefused):
+    pass
+
+
+class ManifestBadTime(ManifestRefused):
+    pass
+
+
+class ManifestBadPath(ManifestRefused):
+    pass
+
+
+class ManifestOverlayIncomplete(ManifestRefused):
+    pass
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    raw: bytes = field(repr=False)  # the exact bytes the signatures cover
+    sha256: str  # of `raw`: the content address of this accepted manifest
+    kind: str
+    name: str
+    version: int
+    created: datetime
+    expires: datetime
+    artifacts: tuple[Artifact, ...]
+    binds_base_sha256: Optional[str]
+    provenance: tuple[tuple[str, str], ...]  # sorted (key, value) pairs, kept hashable
+
+    def artifact(self, path: str) -> Artifact:
+        return next(a for a in self.artifacts if a.path == path)
+
+
+def format_time(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime(TIME_FORMAT)
+
+
+def parse_time(text: str) -> datetime:
+    """A `YYYY-MM-DDTHH:MM:SSZ` string as an aware UTC datetime; ValueError otherwise."""
+    if not TIME_RE.fullmatch(text):
+        raise ValueError(f"{text!r} is not YYYY-MM-DDTHH:MM:SSZ")
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+
+
+def _check_size(data: bytes) -> None:
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestTooLarge(f"manifest.json: {len(data)} bytes exceeds the {MAX_MANIFEST_BYTES}-byte cap")
+
+
+def _decode_utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestNotUtf8(f"manifest.json: not valid UTF-8 (byte {e.start})") from None
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        # Two parsers could pick different values for one key: ambiguity is refused.
+        raise ManifestNotJson(f"manifest.json: duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def _reject_constant(name: str):
+    raise ManifestNotJson(f"manifest.json: {name} is not JSON")
+
+
+def _parse_json(text: str) -> object:
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise ManifestNotJson(f"manifest.json: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise ManifestNotJson("manifest.json: invalid JSON (nested too deeply)") from None
+
+
+def _check_schema(doc: object) -> None:
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(doc))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ManifestSchemaViolation(f"manifest.json does not match {SCHEMA_ID}: at {where}: {error.message[:200]}")
+
+
+def _check_patterns(doc: dict) -> None:
+    hashes = [a["sha256"] for a in doc["artifacts"]] + [
+        v for k, v in (doc.get("binds", {}) | doc.get("provenance", {})).items() if k.endswith("sha256")
+    ]
+    if not NAME_RE.fullmatch(doc["name"]):
+        raise ManifestSchemaViolation(f"manifest.json: name {doc['name']!r} is not a valid item name")
+    if not all(SHA256_RE.fullmatch(h) for h in hashes):
+        raise ManifestSchemaViolation("manifest.json: every SHA-256 must be exactly 64 lowercase hex digits")
+
+
+def _check_times(doc: dict) -> tuple[datetime, datetime]:
+    try:
+        created, expires = parse_time(doc["created"]), parse_time(doc["expires"])
+    except ValueError as e:
+        raise ManifestBadTime(f"manifest.json: bad time: {e}") from None
+    if expires <= created:
+        raise ManifestBadTime(f"manifest.json: expires {doc['expires']} is not after created {doc['created']}")
+    return created, expires
+
+
+def _check_paths(doc: dict) -> None:
+    seen: set[str] = set()
+    for path in (a["path"] for a in doc["artifacts"]):
+        if not PATH_RE.fullmatch(path) or any(seg in (".", "..") for seg in path.split("/")):
+            raise ManifestBadPath(f"manifest.json: artifact path {path!r} is not a plain relative path")
+        if path in seen:
+            raise ManifestBadPath(f"manifest.json: artifact {path!r} is listed twice")
+        seen.add(path)
+
+
+def _check_overlay_files(doc: dict) -> None:
+    if doc["kind"] == "overlay" and not OVERLAY_FILES <= {a["path"] for a in doc["artifacts"]}:
+        raise ManifestOverlayIncomplete(f"manifest.json: an overlay must list {sorted(OVERLAY_FILES)}")
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Admit a manifest from its exact bytes, or raise a `ManifestRefused` naming the fault."""
+    _check_size(data)
+    doc = _parse_json(_decode_utf8(data))
+    _check_schema(doc)
+    _check_patterns(doc)
+    created, expires = _check_times(doc)
+    _check_paths(doc)
+    _check_overlay_files(doc)
+    return Manifest(
+        raw=bytes(data),
+        sha256=sha256_stream(BytesIO(data))[0],
+        kind=doc["kind"],
+        name=doc["name"],
+        version=doc["version"],
+        created=created,
+        expires=expires,
+        artifacts=tuple(Artifact(a["path"], a["sha256"], a["size"]) for a in doc["artifacts"]),
+        binds_base_sha256=doc.get("binds", {}).get("base_model_sha256"),
+        provenance=tuple(sorted(doc.get("provenance", {}).items())),
+    )
