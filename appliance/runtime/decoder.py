@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..overlay.params import OverlayParams
-from ..overlay.takens_numpy import OverlayStream, apply_sequence
+from ..overlay.takens_numpy import OverlayStream
 from .embeddings import EmbeddingTable
 from .llama import LlamaEngine
 
@@ -37,7 +37,7 @@ class Decoder:
         keep = min(keep, len(tokens) - 1)  # always decode at least one token to get fresh logits
         self.engine.forget_from(keep)
         self.cached = self.cached[:keep]
-        if self.stream is not None and keep > 0:
+        if self.stream is not None:
             span = max(self.overlay.delays)
             self.stream.resume(self._embeddings().rows(tokens[max(0, keep - span) : keep]), keep)
         self.last_prefill_tokens = len(tokens) - keep
@@ -51,12 +51,9 @@ class Decoder:
         if self.overlay is None:
             self.engine.decode_tokens(tokens, pos0)
         else:
-            E = self._embeddings().rows(tokens)  # (n, d)
-            if pos0 == 0:  # a whole context: the vectorised form, then let the stream catch up
-                self.engine.decode_embeddings(apply_sequence(self.overlay, E), pos0)
-                self.stream.resume(E, len(E))
-            else:
-                self.engine.decode_embeddings(self.stream.steps(E), pos0)
+            # Always the incremental form, even for a whole context: the same tokens then give
+            # bit-identical inputs however the context was split into prefill and steps.
+            self.engine.decode_embeddings(self.stream.steps(self._embeddings().rows(tokens)), pos0)
         self.cached.extend(tokens)
         return self.engine.last_logits()
 

@@ -54,7 +54,8 @@ class LlamaEngine:
         self.vocab = C.llama_model_get_vocab(self.model)
         cparams = C.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
-        cparams.n_threads = cparams.n_threads_batch = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads or os.cpu_count() or 1
+        cparams.n_threads = cparams.n_threads_batch = self.n_threads
         self.ctx = C.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise ApplianceError("llama.cpp could not create a context")

@@ -1,0 +1,61 @@
+"""The sampler's filters and the sandboxed chat template, in isolation."""
+
+import numpy as np
+import pytest
+
+from appliance.errors import Refused
+from appliance.runtime.chat_template import ChatTemplate
+from appliance.runtime.sampler import GREEDY, Sampler, SamplingSettings
+
+
+def test_greedy_is_argmax():
+    logits = np.array([0.1, 3.0, 2.9, -1.0], np.float32)
+    assert Sampler(GREEDY)(logits, []) == 1
+
+
+def test_repetition_penalty_can_flip_greedy():
+    logits = np.array([0.0, 3.0, 2.9], np.float32)
+    penalised = Sampler(SamplingSettings(temperature=0.0, repeat_penalty=1.5))
+    assert penalised(logits, [1]) == 2
+    assert penalised(logits, [0]) == 1  # unseen best token keeps its place
+    assert logits[1] == 3.0  # the caller's logits are not modified
+
+
+def test_top_k_only_draws_from_the_k_best():
+    logits = np.log(np.array([0.3, 0.3, 0.2, 0.2], np.float32))
+    sampler = Sampler(SamplingSettings(temperature=1.0, top_k=2, top_p=1.0, repeat_penalty=1.0, seed=5))
+    draws = {sampler(logits, []) for _ in range(200)}
+    assert draws == {0, 1}
+
+
+def test_top_p_keeps_the_smallest_prefix_reaching_p():
+    logits = np.log(np.array([0.6, 0.25, 0.1, 0.05], np.float32))
+    sampler = Sampler(SamplingSettings(temperature=1.0, top_k=0, top_p=0.8, repeat_penalty=1.0, seed=1))
+    draws = [sampler(logits, []) for _ in range(400)]
+    assert set(draws) == {0, 1}
+    assert 0.6 < draws.count(0) / len(draws) < 0.85  # renormalised: 0.6 / 0.85
+
+
+def test_seeded_sampler_repeats():
+    logits = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    s = SamplingSettings(temperature=1.0, seed=9)
+    a, b = Sampler(s), Sampler(s)
+    assert [a(logits, []) for _ in range(20)] == [b(logits, []) for _ in range(20)]
+
+
+def test_template_renders_messages():
+    t = ChatTemplate("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert t.render([{"role": "user", "content": "hi"}]) == "<user>hi<assistant>"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ messages.append(1) }}",
+        "{{ raise_exception('no') }}",
+    ],
+)
+def test_template_sandbox_refuses_escapes(source):
+    with pytest.raises(Refused):
+        ChatTemplate(source).render([{"role": "user", "content": "x"}])
