@@ -28,6 +28,11 @@ class Decoder:
         self.stream: Optional[OverlayStream] = None
         self.last_prefill_tokens = 0  # how many positions the last prefill had to compute
 
+    def reset(self) -> None:
+        """Empty the cache: the next prefill computes everything, as in a new process."""
+        self.engine.forget_from(0)
+        self.cached = []
+
     def prefill(self, tokens: list[int], overlay: Optional[OverlayParams]) -> np.ndarray:
         """Make the cache hold exactly `tokens` under `overlay`; return the logits after the last token."""
         if overlay is not self.overlay:

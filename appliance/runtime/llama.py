@@ -54,6 +54,7 @@ class LlamaEngine:
         self.vocab = C.llama_model_get_vocab(self.model)
         cparams = C.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
+        cparams.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.n_threads = n_threads or os.cpu_count() or 1
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
         self.ctx = C.llama_init_from_model(self.model, cparams)
@@ -156,7 +157,7 @@ def _set_tokens(batch, tokens: list[int]) -> None:
 def reference_llama(path: Path, **kwargs) -> "C.Llama":
     """llama-cpp-python's own high-level `Llama`, loaded with our model params: the yardstick in tests and bench."""
     _init_backend()
-    kwargs.setdefault("flash_attn", True)  # llama.cpp's default for our context; Llama() turns it off
+    kwargs.setdefault("flash_attn", True)  # as our context has it; Llama() turns it off by default
     C_api.llama_model_default_params = model_params
     try:
         return C.Llama(str(path), verbose=False, **kwargs)

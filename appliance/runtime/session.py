@@ -105,26 +105,27 @@ class Session:
         t1 = time.perf_counter()
 
         sampler, utf8 = Sampler(settings), codecs.getincrementaldecoder("utf-8")(errors="replace")
-        generated: list[int] = []
+        context = list(prompt)  # prompt + generated, for the repetition penalty
         text: list[str] = []
         finish = "length"
-        while len(generated) < max_tokens:
+        room = min(max_tokens, engine.n_ctx - len(prompt))
+        for _ in range(room):
             if cancel is not None and cancel.is_set():
                 finish = "cancelled"
                 break
-            token = sampler(logits, prompt + generated)
+            token = sampler(logits, context)
             if engine.is_end_of_generation(token):
                 finish = "stop"
                 break
-            generated.append(token)
+            context.append(token)
             piece = utf8.decode(engine.piece(token))
             if piece:
                 text.append(piece)
                 if on_text is not None:
                     on_text(piece)
-            if len(prompt) + len(generated) >= engine.n_ctx:
-                break
-            logits = decoder.step(token)
+            if len(context) - len(prompt) < room:  # the last token needs no forward pass
+                logits = decoder.step(token)
+        generated = context[len(prompt) :]
         tail = utf8.decode(b"", final=True)
         if tail:
             text.append(tail)
