@@ -115,9 +115,10 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
 
 
-def _check_size(data: bytes) -> None:
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestTooLarge(f"manifest.json: {len(data)} bytes exceeds the {MAX_MANIFEST_BYTES}-byte cap")
+def check_manifest_size(size: int) -> None:
+    """Rule 1, also applied by the bundle reader before it reads the member."""
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestTooLarge(f"manifest.json: {size} bytes exceeds the {MAX_MANIFEST_BYTES}-byte cap")
 
 
 def _decode_utf8(data: bytes) -> str:
@@ -192,7 +193,7 @@ def _check_overlay_files(doc: dict) -> None:
 
 def parse_manifest(data: bytes) -> Manifest:
     """Admit a manifest from its exact bytes, or raise a `ManifestRefused` naming the fault."""
-    _check_size(data)
+    check_manifest_size(len(data))
     doc = _parse_json(_decode_utf8(data))
     _check_schema(doc)
     _check_patterns(doc)

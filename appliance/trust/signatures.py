@@ -1,0 +1,202 @@
+"""Detached GnuPG signatures over a manifest's exact bytes, and the k-of-n count.
+
+A signature file `signatures/<FPR>.asc` counts only if every rule holds; each
+rule is one small function that says why it did not:
+
+1. it holds exactly one signature and no signed data of its own (gpg would
+   otherwise verify its embedded text and only warn about the detached data);
+2. gpg reports it good over the manifest's bytes: not bad, not made by an
+   expired or revoked key, not itself expired, its key present;
+3. the primary-key fingerprint that signed is the one the file is named by;
+4. that fingerprint is pinned in the policy (a key in the keyring is not enough);
+5. it is the first signature counted for that fingerprint.
+
+Then the count must reach the policy's threshold, or `ThresholdNotMet` lists
+every signature that did not count and why.
+
+gpg runs in a scratch copy of the trust store's public keyring, so verifying
+never writes to the state directory (gpg updates its trustdb, random seed and
+agent sockets as it likes) and never reaches for a network key server.
+"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Optional
+
+import gnupg
+
+from ..errors import Refused, UsageError
+
+KEYRING = "pubring.kbx"
+# Our trust is the pinned list, not gpg's web of trust; and never fetch a key.
+VERIFY_ARGS = ["--trust-model", "always", "--no-auto-key-retrieve"]
+GPG_FAILURES = {
+    "signature bad": "bad signature (manifest.json changed after signing, or the signature is damaged)",
+    "signing key has expired": "signing key has expired",
+    "signing key was revoked": "signing key was revoked",
+    "signature expired": "signature has expired",
+    "no public key": "signing key is not in the trust store",
+}
+
+
+class ThresholdNotMet(Refused):
+    pass
+
+
+class KeyFileRefused(Refused):
+    pass
+
+
+class SigningFailed(Refused):
+    pass
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    name: str  # the fingerprint the file is named by
+    signer: Optional[str]  # the primary-key fingerprint gpg reported, when it got that far
+    reason: str  # why it does not count; "" when it counts
+
+    @property
+    def counted(self) -> bool:
+        return not self.reason
+
+
+def normalise_fingerprint(text: str) -> str:
+    fpr = "".join(text.split()).upper()
+    if len(fpr) != 40 or any(c not in "0123456789ABCDEF" for c in fpr):
+        raise UsageError(f"{text!r} is not a 40-hex-digit key fingerprint")
+    return fpr
+
+
+@contextmanager
+def scratch_gpg(keyring_home: Optional[Path] = None) -> Iterator[tuple[gnupg.GPG, Path]]:
+    """A throwaway GnuPG home (with a copy of `keyring_home`'s public keyring, if any); removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="appliance-gpg-"))
+    try:
+        home = tmp / "gnupg"
+        home.mkdir(mode=0o700)
+        if keyring_home is not None and (keyring_home / KEYRING).is_file():
+            shutil.copyfile(keyring_home / KEYRING, home / KEYRING)
+        yield gnupg.GPG(gnupghome=str(home)), tmp
+    finally:
+        if (home / "S.gpg-agent").exists():  # some gpg operations start an agent: stop it with its home
+            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _statuses(result) -> list[str]:
+    return [line.split()[1] for line in result.stderr.splitlines() if line.startswith("[GNUPG:] ") and len(line.split()) > 1]
+
+
+def _single_detached(result) -> str:
+    statuses = _statuses(result)
+    if statuses.count("NEWSIG") != 1 or "PLAINTEXT" in statuses:
+        return "not exactly one detached signature"
+    return ""
+
+
+def _good(result) -> str:
+    if result.valid and result.pubkey_fingerprint:
+        return ""
+    return GPG_FAILURES.get(result.status, f"not a valid signature ({result.status or 'unreadable'})")
+
+
+def _named_by_signer(name: str, signer: str) -> str:
+    return "" if signer == name else f"made by {signer}, not by the key its file name says"
+
+
+def _pinned(signer: str, pinned: frozenset[str]) -> str:
+    return "" if signer in pinned else "signer is not pinned in the policy"
+
+
+def _first_for_signer(signer: str, counted: set[str]) -> str:
+    return "" if signer not in counted else "same signer counted already"
+
+
+def gpg_verify(gpg: gnupg.GPG, workdir: Path, sig: bytes, data: bytes):
+    """gpg's verdict on one detached signature over `data` (python-gnupg Verify result)."""
+    sig_path = workdir / "signature.asc"
+    sig_path.write_bytes(sig)
+    try:
+        return gpg.verify_data(str(sig_path), data, extra_args=VERIFY_ARGS)
+    finally:
+        sig_path.unlink()
+
+
+def check_signatures(data: bytes, signatures: dict[str, bytes], pinned: frozenset[str], keyring_home: Path) -> list[SignatureCheck]:
+    """Apply rules 1-5 to every signature file; the result says which count and why the others do not."""
+    checks, counted = [], set()
+    with scratch_gpg(keyring_home if keyring_home.is_dir() else None) as (gpg, workdir):
+        for name, sig in sorted(signatures.items()):
+            result = gpg_verify(gpg, workdir, sig, data)
+            signer = result.pubkey_fingerprint if result.valid else None
+            reason = _single_detached(result) or _good(result)
+            if not reason:
+                reason = _named_by_signer(name, signer) or _pinned(signer, pinned) or _first_for_signer(signer, counted)
+            if not reason:
+                counted.add(signer)
+            checks.append(SignatureCheck(name, signer, reason))
+    return checks
+
+
+def require_threshold(checks: list[SignatureCheck], threshold: int) -> tuple[str, ...]:
+    """The counted signers' fingerprints, or `ThresholdNotMet` naming each signature that did not count."""
+    signers = tuple(c.signer for c in checks if c.counted)
+    if len(signers) < threshold:
+        why = "; ".join(f"{c.name}: {c.reason}" for c in checks if not c.counted) or "no signatures"
+        raise ThresholdNotMet(
+            f"manifest.json has {len(signers)} of {threshold} required signatures from pinned signers ({why})"
+        )
+    return signers
+
+
+def scan_key_file(data: bytes, fingerprint: str) -> None:
+    """Rule for `trust add`: the file holds exactly one public key, and its fingerprint is the one typed."""
+    with scratch_gpg() as (gpg, _):
+        keys = gpg.scan_keys_mem(data)
+    if len(keys) != 1:
+        raise KeyFileRefused(f"the key file must hold exactly one key, it holds {len(keys)}")
+    (key,) = keys
+    if key["type"] != "pub":
+        raise KeyFileRefused("the key file holds a secret key: give the signer's public key only")
+    if key["fingerprint"] != fingerprint:
+        raise KeyFileRefused(f"the key file's fingerprint {key['fingerprint']} is not the one typed, {fingerprint}")
+
+
+def sign_detached(gnupghome: Optional[Path], key: str, data: bytes) -> tuple[str, bytes]:
+    """Sign `data` with `key` from the signer's own GnuPG home; returns (primary fingerprint, armoured signature)."""
+    home = Path(gnupghome or os.environ.get("GNUPGHOME") or Path.home() / ".gnupg")
+    result = gnupg.GPG(gnupghome=str(home)).sign(data, keyid=key, detach=True, binary=False)
+    if not result.data:
+        raise SigningFailed(f"gpg could not sign with key {key}: {result.status or 'no signature made'}")
+    with scratch_gpg(home) as (gpg, workdir):
+        verdict = gpg_verify(gpg, workdir, result.data, data)
+    if not verdict.valid or not verdict.pubkey_fingerprint:
+        raise SigningFailed(f"the signature gpg made with key {key} does not verify: {verdict.status}")
+    return verdict.pubkey_fingerprint, result.data
+
+
+def key_summaries(keyring_home: Path) -> dict[str, str]:
+    """fingerprint -> "user id, expiry" for the keys in a keyring, read from a scratch copy."""
+    if not keyring_home.is_dir():
+        return {}
+    with scratch_gpg(keyring_home) as (gpg, _):
+        keys = gpg.list_keys()
+    return {k["fingerprint"]: f"{', '.join(k['uids'])}; {_expiry(k)}" for k in keys}
+
+
+def _expiry(key: dict) -> str:
+    if key.get("trust") == "r":
+        return "revoked"
+    if key.get("trust") == "e":
+        return "expired"
+    if not key.get("expires"):
+        return "no expiry"
+    return f"expires {datetime.fromtimestamp(int(key['expires']), timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
