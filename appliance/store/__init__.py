@@ -1,0 +1,37 @@
+"""The store of installed bundles: atomic import, operator rollback, re-verified loads.
+
+Layout under the state directory:
+
+    store/
+      state.json                  the commit point, replaced atomically:
+                                  {"format", "floor", "overlay": active overlay name,
+                                   "items": {name: {"kind", "active", "installed", "max_version"}}}
+      objects/<manifest sha256>/  content-addressed, one per accepted manifest:
+        manifest.json             the exact signed bytes
+        signatures/<FPR>.asc      as they came in the bundle
+        accepted.json             the pinned signers that counted, and when
+        artifacts/<path>          the bytes that were hashed on the way in
+    .staging-<random>/            exists only while an import runs
+
+An import writes nothing but its staging directory until every check has
+passed; then it renames staging into `objects/` and replaces `state.json`.
+Killed at any point, the active versions are the old ones or the new ones;
+leftover staging directories and unreferenced objects are removed by the next
+successful import.
+"""
+
+from .active import ActiveOverlay, Base, Provenance, describe_installed, embedded_base, load_active_overlay, verify_installed
+from .importer import import_bundle, rollback, verify_bundle
+
+__all__ = [
+    "ActiveOverlay",
+    "Base",
+    "embedded_base",
+    "Provenance",
+    "describe_installed",
+    "import_bundle",
+    "load_active_overlay",
+    "rollback",
+    "verify_bundle",
+    "verify_installed",
+]

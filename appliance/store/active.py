@@ -1,0 +1,158 @@
+"""What is installed, re-verified: the runtime's only way to load an overlay.
+
+Rules applied to an installed version before it is used, each raising `Refused`:
+
+1. its manifest's bytes still hash to the address it is stored under;
+2. each artifact's size and SHA-256 match that manifest (the bytes hashed are
+   the bytes handed to the loader, never re-read after the check);
+3. an overlay is admitted by `overlay.files.load_overlay` for the active base
+   (same base SHA-256 as its manifest binds, same hidden size).
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from io import BytesIO
+from pathlib import Path
+from typing import Optional
+
+from ..errors import HashMismatch, NotFound, Refused, SizeMismatch
+from ..overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay
+from ..runtime.embeddings import EmbeddingTable
+from ..trust.builtin import embedded_pin, verify_pinned
+from ..trust.hashing import sha256_stream
+from ..trust.manifest import Artifact, Manifest, format_time
+from .layout import Store, StoreState
+
+
+class BindingMismatch(Refused):
+    pass
+
+
+@dataclass(frozen=True)
+class Base:
+    """The active base that overlays are bound to."""
+
+    sha256: str
+    hidden_size: int
+
+
+def embedded_base() -> Base:
+    """The embedded default base, verified against its built-in pin (the only base the runtime loads today)."""
+    model = verify_pinned(embedded_pin())
+    return Base(model.sha256, EmbeddingTable(model.path).n_embd)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an installed item came from: what the journal records with every reply."""
+
+    name: str
+    kind: str
+    version: int
+    manifest_sha256: str
+    signers: tuple[str, ...]
+    created: datetime
+    expires: datetime
+
+
+@dataclass(frozen=True)
+class ActiveOverlay:
+    overlay: Overlay
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class InstalledItem:
+    provenance: Provenance
+    installed_versions: tuple[int, ...]
+    is_active_overlay: bool
+
+
+def read_artifact(directory: Path, artifact: Artifact, keep: bool) -> Optional[bytes]:
+    """Rule 2 for one artifact under `directory/artifacts`; returns its verified bytes when `keep`."""
+    path = directory / "artifacts" / artifact.path
+    if not path.is_file():
+        raise NotFound(f"{artifact.path}: missing from the store")
+    sink = BytesIO() if keep else None
+    with open(path, "rb", buffering=0) as f:
+        digest, size = sha256_stream(f, sink=sink)
+    if size != artifact.size:
+        raise SizeMismatch(artifact.path, artifact.size, size)
+    if digest != artifact.sha256:
+        raise HashMismatch(artifact.path, artifact.sha256, digest)
+    return sink.getvalue() if keep else None
+
+
+def check_binding(manifest: Manifest, directory: Path, base_sha256: str, hidden_size: int) -> Optional[Overlay]:
+    """Rule 3: an overlay must be bound to the active base; returns the admitted overlay (None for other kinds)."""
+    if manifest.kind != "overlay":
+        return None
+    if manifest.binds_base_sha256 != base_sha256:
+        raise BindingMismatch(
+            f"{manifest.name} v{manifest.version} is bound to base {manifest.binds_base_sha256}, "
+            f"the active base is {base_sha256}"
+        )
+    files = {a.path: read_artifact(directory, a, keep=True) for a in manifest.artifacts if a.path in (JSON_NAME, TENSORS_NAME)}
+    return load_overlay(files[JSON_NAME], files[TENSORS_NAME], base_sha256=base_sha256, hidden_size=hidden_size)
+
+
+def verify_version(store: Store, manifest_sha256: str, base_sha256: str, hidden_size: int) -> tuple[Manifest, Optional[Overlay]]:
+    """Rules 1-3 for one installed version; an overlay's own two files are hashed once, as they are loaded."""
+    manifest = store.read_manifest(manifest_sha256)
+    directory = store.object_dir(manifest_sha256)
+    loaded_by_binding = (JSON_NAME, TENSORS_NAME) if manifest.kind == "overlay" else ()
+    for artifact in manifest.artifacts:
+        if artifact.path not in loaded_by_binding:
+            read_artifact(directory, artifact, keep=False)
+    return manifest, check_binding(manifest, directory, base_sha256, hidden_size)
+
+
+def _provenance(store: Store, manifest: Manifest) -> Provenance:
+    return Provenance(
+        manifest.name, manifest.kind, manifest.version, manifest.sha256,
+        store.read_signers(manifest.sha256), manifest.created, manifest.expires,
+    )
+
+
+def load_active_overlay(home: Path, base: Base) -> ActiveOverlay:
+    """The active overlay, re-hashed against its accepted manifest and admitted for this base, with its provenance.
+
+    Raises `NotFound` (exit 5) when no overlay is installed, `Refused` (exit 3) when it fails a check.
+    """
+    store = Store(home)
+    state = store.read_state()
+    if state.overlay is None:
+        raise NotFound("no overlay is installed: import a signed bundle first (appliance update import FILE)")
+    manifest, overlay = verify_version(store, state.items[state.overlay].active, base.sha256, base.hidden_size)
+    return ActiveOverlay(overlay, _provenance(store, manifest))
+
+
+def verify_installed(home: Path, base: Base) -> list[tuple[str, str]]:
+    """Every installed version of every item, re-verified: [(label, "" if ok else the fault)]."""
+    store = Store(home)
+    results = []
+    for name, item in sorted(store.read_state().items.items()):
+        for sha in item.installed:
+            label = f"{name} {sha[:16]}{' (active)' if sha == item.active else ''}"
+            try:
+                manifest, _ = verify_version(store, sha, base.sha256, base.hidden_size)
+                label = f"{name} v{manifest.version}{' (active)' if sha == item.active else ''}"
+                results.append((label, ""))
+            except (Refused, NotFound) as e:
+                results.append((label, str(e)))
+    return results
+
+
+def describe_installed(home: Path) -> tuple[StoreState, list[InstalledItem]]:
+    """The store's state (time floor, active overlay) and each item's active version with its provenance."""
+    store = Store(home)
+    state = store.read_state()
+    items = []
+    for name, item in sorted(state.items.items()):
+        versions = tuple(sorted(store.read_manifest(sha).version for sha in item.installed))
+        items.append(InstalledItem(_provenance(store, store.read_manifest(item.active)), versions, name == state.overlay))
+    return state, items
+
+
+def floor_text(state: StoreState) -> str:
+    return format_time(state.floor) if state.floor else "none yet (no bundle accepted)"
