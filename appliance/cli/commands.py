@@ -44,7 +44,8 @@ def status() -> None:
     click.echo(f"base:    {model.name} v{model.version} (built-in manifest)")
     click.echo(f"         {model.path}")
     click.echo(f"         sha256 {model.sha256}  {pin.size} bytes  verified")
-    click.echo("overlay: none installed")
+    for line in status_lines(home):
+        click.echo(line)
 
 
 @cli.command()
@@ -74,3 +75,10 @@ def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: floa
 def _print_stream(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+# Trust chain commands (appliance/cli/trust_commands.py).
+from .trust_commands import bundle, status_lines, trust, update, verify_cmd  # noqa: E402
+
+for _command in (trust, bundle, update, verify_cmd):
+    cli.add_command(_command)

@@ -11,6 +11,7 @@ Rules applied to an installed version before it is used, each raising `Refused`:
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from io import BytesIO
 from pathlib import Path
 from typing import Optional
@@ -18,7 +19,7 @@ from typing import Optional
 from ..errors import HashMismatch, NotFound, Refused, SizeMismatch
 from ..overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay
 from ..runtime.embeddings import EmbeddingTable
-from ..trust.builtin import embedded_pin, verify_pinned
+from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..trust.hashing import sha256_stream
 from ..trust.manifest import Artifact, Manifest, format_time
 from .layout import Store, StoreState
@@ -28,18 +29,22 @@ class BindingMismatch(Refused):
     pass
 
 
-@dataclass(frozen=True)
 class Base:
-    """The active base that overlays are bound to."""
+    """The active base that overlays are bound to; its hidden size is read from the GGUF only when needed."""
 
-    sha256: str
-    hidden_size: int
+    def __init__(self, model: VerifiedModel, hidden_size: Optional[int] = None):
+        self.sha256, self._path = model.sha256, model.path
+        if hidden_size is not None:
+            self.hidden_size = hidden_size
+
+    @cached_property
+    def hidden_size(self) -> int:
+        return EmbeddingTable(self._path).n_embd
 
 
 def embedded_base() -> Base:
     """The embedded default base, verified against its built-in pin (the only base the runtime loads today)."""
-    model = verify_pinned(embedded_pin())
-    return Base(model.sha256, EmbeddingTable(model.path).n_embd)
+    return Base(verify_pinned(embedded_pin()))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,211 @@
+"""The trust chain's commands: `trust`, `bundle`, `update`, `verify`. Thin shells over trust/ and store/."""
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from .. import paths, state
+from ..errors import Refused
+from ..store import describe_installed, embedded_base, verify_installed
+from ..store.active import floor_text
+from ..store.importer import import_bundle, rollback, verify_bundle
+from ..trust.bundle import create_bundle, sign_bundle
+from ..trust.manifest import format_time, parse_time
+from ..trust.policy import TrustStore
+
+LARGE = 64 << 20  # show progress for bundles above this size
+
+
+def _home() -> Path:
+    home = paths.state_dir()
+    state.require_initialised(home)
+    return home
+
+
+class _Progress:
+    """Percent on stderr, in 10 % steps, for large files only (long work shows progress)."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.done, self.shown = total, label, 0, 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        pct = 100 * self.done // max(self.total, 1)
+        if self.total >= LARGE and pct >= self.shown + 10:
+            self.shown = pct - pct % 10
+            print(f"{self.label}: {self.shown}%", file=sys.stderr, flush=True)
+
+
+# -- trust -----------------------------------------------------------------
+
+
+@click.group()
+def trust() -> None:
+    """Pinned signer keys and the k-of-n threshold."""
+
+
+@trust.command("add")
+@click.argument("keyfile", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--fingerprint", required=True, help="The 40-hex fingerprint, as it reached you out of band.")
+def trust_add(keyfile: Path, fingerprint: str) -> None:
+    """Pin the signer whose public key is in KEYFILE, if its fingerprint is the one typed."""
+    fpr = TrustStore(_home()).add(keyfile.read_bytes(), fingerprint)
+    click.echo(f"pinned {fpr}")
+
+
+@trust.command("list")
+def trust_list() -> None:
+    """Pinned signers and the threshold."""
+    store = TrustStore(_home())
+    policy = store.policy()
+    click.echo(f"threshold: {policy.threshold} of {len(policy.signers)} pinned signers")
+    for fpr, summary in store.describe().items():
+        click.echo(f"{fpr}  {summary}")
+
+
+@trust.command("remove")
+@click.argument("fingerprint")
+def trust_remove(fingerprint: str) -> None:
+    """Unpin a signer and drop its key."""
+    click.echo(f"removed {TrustStore(_home()).remove(fingerprint)}")
+
+
+@trust.command("threshold")
+@click.argument("k", type=click.IntRange(1, 16))
+def trust_threshold(k: int) -> None:
+    """Require K good signatures from distinct pinned signers."""
+    TrustStore(_home()).set_threshold(k)
+    click.echo(f"threshold: {k}")
+
+
+# -- bundle (build station) --------------------------------------------------
+
+
+@click.group()
+def bundle() -> None:
+    """Create, sign and verify update bundles."""
+
+
+@bundle.command("create")
+@click.option("--kind", type=click.Choice(["overlay", "base-model"]), required=True)
+@click.option("--name", required=True)
+@click.option("--version", type=click.IntRange(1), required=True)
+@click.option("--artifact", "artifacts", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--binds-base", default=None, help="SHA-256 of the base an overlay is bound to.")
+@click.option("--created", default=None, help="YYYY-MM-DDTHH:MM:SSZ (default: now).")
+@click.option("--expires", default=None, help="YYYY-MM-DDTHH:MM:SSZ or +Nd (default: +180d).")
+@click.option("--builder", default=None)
+@click.option("--recipe", default=None)
+@click.option("--dataset-sha256", default=None)
+@click.option("--source", default=None)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def bundle_create(kind, name, version, artifacts, binds_base, created, expires, builder, recipe, dataset_sha256, source, out):
+    """Hash the artifacts, write the manifest, pack an unsigned bundle."""
+    provenance = {k: v for k, v in dict(builder=builder, recipe=recipe, dataset_sha256=dataset_sha256, source=source).items() if v}
+    manifest = create_bundle(
+        out, kind=kind, name=name, version=version, artifacts=list(artifacts), binds_base=binds_base,
+        created=_time_option("--created", created), expires=expires, provenance=provenance,
+    )
+    click.echo(f"created {out}: {manifest.name} v{manifest.version}, manifest sha256 {manifest.sha256}")
+
+
+def _time_option(name: str, text: str | None) -> datetime | None:
+    try:
+        return parse_time(text) if text else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=name) from None
+
+
+@bundle.command("sign")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", required=True, help="Fingerprint or key id of the signing key.")
+@click.option("--gnupghome", type=click.Path(file_okay=False, path_type=Path), default=None, help="The signer's GnuPG home.")
+def bundle_sign(file: Path, key: str, gnupghome: Path | None) -> None:
+    """Add a detached signature over the exact manifest bytes."""
+    click.echo(f"signed {file} as {sign_bundle(file, key, gnupghome)}")
+
+
+@bundle.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def bundle_verify(file: Path) -> None:
+    """Every check an import makes, against this appliance's trust store; installs nothing."""
+    accepted = verify_bundle(_home(), file, embedded_base(), _Progress(_size(file), "verify"))
+    _report(accepted, "verified")
+
+
+def _size(file: Path) -> int:
+    return file.stat().st_size if file.is_file() else 0
+
+
+def _report(accepted, verb: str) -> None:
+    m = accepted.manifest
+    click.echo(f"{verb} {m.kind} {m.name} v{m.version}, signed by {', '.join(accepted.signers)}, expires {format_time(m.expires)}")
+    if accepted.clock_note:
+        click.echo(f"warning: {accepted.clock_note}", err=True)
+
+
+# -- update (appliance) ------------------------------------------------------
+
+
+@click.group()
+def update() -> None:
+    """Import signed bundles, list them, roll back."""
+
+
+@update.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def update_import(file: Path) -> None:
+    """Verify a bundle in full and install it atomically."""
+    accepted = import_bundle(_home(), file, embedded_base(), _Progress(_size(file), "import"))
+    _report(accepted, "installed")
+
+
+@update.command("list")
+def update_list() -> None:
+    """Installed items, their versions and the active one."""
+    store_state, items = describe_installed(_home())
+    for item in items:
+        p = item.provenance
+        versions = ", ".join(f"v{v}" for v in item.installed_versions)
+        click.echo(f"{p.name}  {p.kind}  active v{p.version}  installed {versions}")
+
+
+@update.command("rollback")
+@click.argument("name")
+def update_rollback(name: str) -> None:
+    """Re-activate the previous version of NAME that is still in the store."""
+    old, new = rollback(_home(), name, embedded_base())
+    click.echo(f"{name}: v{old} -> v{new}")
+
+
+# -- verify ----------------------------------------------------------------
+
+
+@click.command("verify")
+def verify_cmd() -> None:
+    """Re-verify the base and every installed version."""
+    home = _home()
+    base = embedded_base()
+    click.echo(f"base sha256 {base.sha256}: ok")
+    results = verify_installed(home, base)
+    for label, fault in results:
+        click.echo(f"{label}: {fault or 'ok'}")
+    failed = [f"{label}: {fault}" for label, fault in results if fault]
+    if failed:
+        raise Refused(f"{len(failed)} installed version(s) failed verification: {failed[0]}")
+
+
+def status_lines(home: Path) -> list[str]:
+    """The trust part of `appliance status`: each installed item, its signers, expiry, and the time floor."""
+    store_state, items = describe_installed(home)
+    lines = [f"time floor: {floor_text(store_state)}"]
+    if not items:
+        lines.append("overlay: none installed")
+    for item in items:
+        p = item.provenance
+        active = " (active overlay)" if item.is_active_overlay else ""
+        lines.append(f"{p.kind}: {p.name} v{p.version}{active}, manifest sha256 {p.manifest_sha256}")
+        lines.append(f"         signed by {', '.join(p.signers)}; expires {format_time(p.expires)}")
+    return lines
