@@ -6,8 +6,8 @@ rule is one small function raising its own `Refused` subclass:
 1. the file is at most `MAX_BUNDLE_BYTES` (endless data; a tar header cannot
    claim more data than the file holds without being reported truncated);
 2. it is a readable tar with at most `MAX_MEMBERS` members, and it ends with
-   its end-of-archive marker and nothing else (truncated or half-copied
-   bundles, trailing data);
+   its end-of-archive marker and nothing else, padded to whole 10240-byte
+   records as tar writes them (truncated or half-copied bundles, trailing data);
 3. every member is a regular file or a directory: no symlink, hard link,
    device node, FIFO or sparse file;
 4. no member name is absolute or has a `..` segment, and no name appears twice
@@ -22,6 +22,7 @@ Nothing is extracted to disk here: artifacts are streamed from the tar by
 whoever copies them, so the bytes hashed are the bytes kept.
 """
 
+import os
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -122,9 +123,11 @@ def _check_member_name(name: str, seen: set[str]) -> None:
 
 def _check_end_of_archive(path: Path, offset: int) -> None:
     with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
         f.seek(offset)
         tail = f.read(MAX_TRAILER_BYTES + 1)
-    if len(tail) < 2 * tarfile.BLOCKSIZE or len(tail) > MAX_TRAILER_BYTES or tail.count(0) != len(tail):
+    whole_records = size % tarfile.RECORDSIZE == 0  # a cut inside the final padding is still a cut
+    if not whole_records or len(tail) < 2 * tarfile.BLOCKSIZE or len(tail) > MAX_TRAILER_BYTES or tail.count(0) != len(tail):
         raise BundleUnreadable(f"{path.name}: truncated, or data after the end of the archive")
 
 

@@ -105,7 +105,8 @@ def _single_detached(result) -> str:
 def _good(result) -> str:
     if result.valid and result.pubkey_fingerprint:
         return ""
-    return GPG_FAILURES.get(result.status, f"not a valid signature ({result.status or 'unreadable'})")
+    verdict = result.key_status or result.status  # gpg's VALIDSIG can follow (and mask) EXPKEYSIG/REVKEYSIG
+    return GPG_FAILURES.get(verdict, f"not a valid signature ({verdict or 'unreadable'})")
 
 
 def _named_by_signer(name: str, signer: str) -> str:
