@@ -1,0 +1,66 @@
+"""`appliance overlay ...`: build-station work on overlays (training)."""
+
+from pathlib import Path
+
+import click
+
+from ..training.objective import AGGREGATES
+
+
+@click.group()
+def overlay() -> None:
+    """Train Takens-LoRA overlays for the active base model."""
+
+
+def _delays(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        delays = tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of integers, e.g. 0,1,2,4,8") from None
+    if delays[0] != 0 or any(a >= b for a, b in zip(delays, delays[1:])):
+        raise click.BadParameter("strictly increasing, starting at 0")
+    return delays
+
+
+@overlay.command()
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL conversations.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory for overlay.json + overlay.safetensors.")
+@click.option("--rank", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--delays", callback=_delays, default="0,1,2,4,8", show_default=True)
+@click.option("--alpha", type=float, default=8.0, show_default=True)
+@click.option("--activation", type=click.Choice(["identity", "tanh", "silu"]), default="tanh", show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True)
+@click.option("--lam", "lam", type=click.FloatRange(0), default=1.0, show_default=True, help="Weight of the KL barrier.")
+@click.option("--tau", type=click.FloatRange(0), default=0.5, show_default=True, help="KL (nats) allowed before the barrier acts.")
+@click.option("--agg", type=click.Choice(AGGREGATES), default="rmse", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--holdout", type=click.FloatRange(0, 0.9), default=0.1, show_default=True)
+@click.option("--max-len", type=click.IntRange(16, 4096), default=384, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda on a build station with a GPU.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+def train(data: Path, out: Path, resume: bool, **options) -> None:
+    """Train an overlay on DATA; progress shows both loss terms."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..training.dataset import load_dataset
+    from ..training.trainer import TrainConfig
+    from ..training.trainer import train as run_training
+    from ..trust.builtin import embedded_pin, verify_pinned
+
+    dataset = load_dataset(data)
+    cfg = TrainConfig(**options)
+    model = verify_pinned(embedded_pin())
+    columns = (TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[terms]}"), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("train", total=cfg.steps, terms="")
+
+        def on_step(entry) -> None:
+            terms = f"nll {entry.nll:.3f}  barrier {entry.barrier:.3f}  kl[{cfg.agg}] {entry.kl:.3f}"
+            progress.update(task, completed=entry.step, terms=terms)
+
+        result = run_training(model, dataset, cfg, out, on_step=on_step, resume=resume)
+    click.echo(f"wrote {out}/overlay.json and {out}/overlay.safetensors")
+    if result.heldout_nll_on is not None:
+        click.echo(f"held-out NLL: base {result.heldout_nll_off:.4f}, overlay {result.heldout_nll_on:.4f}")
+    click.echo(f"training speed: {result.tokens_per_second:.0f} tokens/s on {cfg.device}")

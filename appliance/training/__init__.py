@@ -1,0 +1,1 @@
+"""Training Takens-LoRA overlays (build-station side): dataset, objective, trainer."""

@@ -1,0 +1,65 @@
+"""Training data: JSONL, one conversation per line, each a list of {role, content} messages.
+
+Rules, each reported with its line number:
+  the line is UTF-8 JSON; the conversation is a non-empty list of objects with
+  exactly `role` and `content`; roles are system, user, assistant; content is
+  a string; a system message may only come first; at least one assistant turn
+  (assistant turns are the training targets).
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+
+ROLES = ("system", "user", "assistant")
+
+
+class DatasetError(UsageError):
+    pass
+
+
+@dataclass(frozen=True)
+class Dataset:
+    conversations: list[list[dict]]
+    sha256: str
+    path: Path
+
+
+def _check_conversation(conv, where: str) -> None:
+    if not isinstance(conv, list) or not conv:
+        raise DatasetError(f"{where}: a conversation must be a non-empty list of messages")
+    for i, msg in enumerate(conv):
+        if not isinstance(msg, dict) or set(msg) != {"role", "content"}:
+            raise DatasetError(f"{where}: message {i + 1} must be an object with exactly 'role' and 'content'")
+        if msg["role"] not in ROLES:
+            raise DatasetError(f"{where}: message {i + 1} has unknown role {msg['role']!r} (use {', '.join(ROLES)})")
+        if not isinstance(msg["content"], str):
+            raise DatasetError(f"{where}: message {i + 1} content must be a string")
+        if msg["role"] == "system" and i > 0:
+            raise DatasetError(f"{where}: message {i + 1}: a system message may only come first")
+    if not any(m["role"] == "assistant" for m in conv):
+        raise DatasetError(f"{where}: no assistant turn to learn from")
+
+
+def load_dataset(path: Path) -> Dataset:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read ({e.strerror})") from None
+    conversations = []
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            conv = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DatasetError(f"{where}: not valid UTF-8 JSON ({e})") from None
+        _check_conversation(conv, where)
+        conversations.append(conv)
+    if not conversations:
+        raise DatasetError(f"{path}: no conversations")
+    return Dataset(conversations, hashlib.sha256(data).hexdigest(), path)

@@ -1,0 +1,213 @@
+"""The trainer: a Takens-LoRA overlay on a frozen base, loaded from the same GGUF in torch.
+
+One conversation per step. The base model runs twice per step on the same
+input embeddings: with the overlay (trained) and without it (the reference
+pass, under no_grad): one copy of the weights, and the reference really is
+the base. Deterministic on the CPU for a given seed.
+"""
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import UsageError
+from ..overlay.files import Overlay, save_overlay
+from ..overlay.params import DEFAULT_DELAYS
+from ..overlay.takens_torch import TakensLoRA
+from ..runtime.session import Runtime
+from ..trust.builtin import VerifiedModel
+from .dataset import Dataset
+from .objective import aggregate, barrier, nll, per_position_kl
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = 8
+    delays: tuple[int, ...] = DEFAULT_DELAYS
+    alpha: float = 8.0
+    activation: str = "tanh"
+    steps: int = 200
+    lr: float = 2e-3
+    lam: float = 1.0  # weight of the KL barrier
+    tau: float = 0.5  # nats the aggregated KL may reach before the barrier acts
+    agg: str = "rmse"
+    seed: int = 0
+    holdout: float = 0.1  # fraction of conversations kept out of training
+    max_len: int = 384  # tokens per conversation, longer ones are cut
+    device: str = "cpu"
+    checkpoint_every: int = 50
+
+
+@dataclass
+class Example:
+    ids: torch.Tensor  # (T,) token ids
+    target: torch.Tensor  # (T,) bool: this token belongs to an assistant turn
+
+
+@dataclass
+class StepLog:
+    step: int
+    nll: float
+    barrier: float
+    kl: float  # the aggregated KL before tau
+
+
+@dataclass
+class TrainResult:
+    overlay: Overlay
+    log: list[StepLog]
+    heldout_nll_off: Optional[float]
+    heldout_nll_on: Optional[float]
+    tokens_per_second: float
+
+
+def load_base(model: VerifiedModel, device: str = "cpu"):
+    """The base as a frozen float32 torch model, dequantised from the very GGUF the runtime verified."""
+    from transformers import AutoModelForCausalLM  # heavy: only the build station pays for it
+
+    base = AutoModelForCausalLM.from_pretrained(str(model.path.parent), gguf_file=model.path.name, dtype=torch.float32)
+    base.requires_grad_(False)
+    return base.eval().to(device)
+
+
+def encode(runtime: Runtime, conversation: list[dict], max_len: int) -> Example:
+    """Token ids of the rendered conversation and which of them are assistant tokens (the targets).
+
+    The rendering grows message by message; each assistant turn's generation
+    prompt is context, its content and end-of-turn are targets.
+    """
+    tokenize, render = runtime.engine.tokenize, runtime.template.render
+    ids: list[int] = []
+    target: list[bool] = []
+
+    def grow(messages: list[dict], generation_prompt: bool, is_target: bool) -> None:
+        tokens = tokenize(render(messages, add_generation_prompt=generation_prompt))
+        if tokens[: len(ids)] != ids:
+            raise UsageError("the chat template does not render this conversation incrementally")
+        target.extend([is_target] * (len(tokens) - len(ids)))
+        ids[:] = tokens
+
+    for i, message in enumerate(conversation):
+        if message["role"] == "assistant":
+            grow(conversation[:i], True, False)
+        grow(conversation[: i + 1], False, message["role"] == "assistant")
+    return Example(torch.tensor(ids[:max_len]), torch.tensor(target[:max_len]))
+
+
+def step_terms(base, overlay: Optional[TakensLoRA], ex: Example, cfg: TrainConfig):
+    """NLL with the overlay on, per-position KL to the base, on the positions that predict assistant tokens."""
+    ids = ex.ids.to(cfg.device)
+    predicts = ex.target[1:].to(cfg.device)  # position t predicts token t+1
+    E = base.get_input_embeddings()(ids[None])  # (1, T, d)
+    with torch.no_grad():
+        logits_base = base(inputs_embeds=E).logits[0, :-1][predicts]  # (n, V)
+    if overlay is None:
+        return nll(logits_base, ids[1:][predicts]), torch.zeros(len(logits_base))
+    logits_on = base(inputs_embeds=overlay(E)).logits[0, :-1][predicts]  # (n, V)
+    return nll(logits_on, ids[1:][predicts]), per_position_kl(logits_on, logits_base)
+
+
+def heldout_nll(base, overlay: Optional[TakensLoRA], examples: list[Example], cfg: TrainConfig) -> Optional[float]:
+    if not examples:
+        return None
+    with torch.no_grad():
+        return float(np.mean([step_terms(base, overlay, ex, cfg)[0].item() for ex in examples]))
+
+
+def train(
+    model: VerifiedModel,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    out: Path,
+    on_step: Optional[Callable[[StepLog], None]] = None,
+    resume: bool = False,
+    base=None,
+) -> TrainResult:
+    """Train, checkpointing every `checkpoint_every` steps; `resume` continues from the checkpoint in `out`.
+
+    `base` is the frozen torch base if the caller already loaded it (see `load_base`).
+    """
+    torch.manual_seed(cfg.seed)
+    runtime = Runtime(model, n_ctx=max(512, cfg.max_len + 8))  # the runtime's own tokenizer and template
+    try:
+        examples = [encode(runtime, conv, cfg.max_len) for conv in dataset.conversations]
+        hidden_size = runtime.engine.n_embd
+    finally:
+        runtime.close()
+    examples = [ex for ex in examples if ex.target[1:].any()]
+    order = np.random.default_rng(cfg.seed).permutation(len(examples))
+    n_held = int(round(cfg.holdout * len(examples)))
+    held, trainset = [examples[i] for i in order[:n_held]], [examples[i] for i in order[n_held:]]
+    if not trainset:
+        raise UsageError("no conversation left to train on after the held-out split")
+
+    base = base if base is not None else load_base(model, cfg.device)
+    overlay = TakensLoRA(hidden_size, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(cfg.device)
+    opt = torch.optim.AdamW(overlay.parameters(), lr=cfg.lr, weight_decay=0.0)
+    log: list[StepLog] = []
+    start = 0
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / CHECKPOINT
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise UsageError(f"{checkpoint} was made with other settings; start afresh without --resume")
+        overlay.load_state_dict(state["overlay"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        log, start = [StepLog(**s) for s in state["log"]], state["step"]
+
+    trained_tokens, t0 = 0, time.perf_counter()
+    for step in range(start, cfg.steps):
+        ex = trainset[step % len(trainset)]
+        nll_term, kl = step_terms(base, overlay, ex, cfg)
+        divergence = aggregate(kl, cfg.agg)
+        bar = barrier(divergence, cfg.tau)
+        loss = nll_term + cfg.lam * bar
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        trained_tokens += len(ex.ids)
+        entry = StepLog(step + 1, nll_term.item(), bar.item(), divergence.item())
+        log.append(entry)
+        if on_step is not None:
+            on_step(entry)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            torch.save(
+                {
+                    "config": asdict(cfg),
+                    "step": step + 1,
+                    "overlay": overlay.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "log": [asdict(s) for s in log],
+                },
+                checkpoint,
+            )
+    elapsed = time.perf_counter() - t0
+
+    nll_off, nll_on = heldout_nll(base, None, held, cfg), heldout_nll(base, overlay, held, cfg)
+    training = {
+        "recipe": "takens-lora: nll + lambda * relu(agg(kl) - tau)",
+        "dataset_sha256": dataset.sha256,
+        "dataset_conversations": len(dataset.conversations),
+        "heldout_conversations": len(held),
+        "config": {**asdict(cfg), "delays": list(cfg.delays)},
+        "steps": len(log),
+        "final_nll": log[-1].nll if log else None,
+        "final_barrier": log[-1].barrier if log else None,
+        "heldout_nll_off": nll_off,
+        "heldout_nll_on": nll_on,
+        "code_version": __version__,
+    }
+    result = TrainResult(Overlay(overlay.to_params(), model.sha256, training), log, nll_off, nll_on,
+                         trained_tokens / elapsed if elapsed > 0 else 0.0)
+    save_overlay(result.overlay, out)
+    return result
