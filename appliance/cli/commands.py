@@ -5,10 +5,12 @@ import sys
 import click
 
 from .. import __version__, paths, state
-from ..errors import NotFound
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime, Session
+from ..store import Base, load_active_overlay
 from ..trust.builtin import embedded_pin, verify_pinned
+from ..journal import provenance
+from .vault_commands import create_vault, erase, guarded_session, kill, kill_policy, logs, new_vault_passphrase, passphrase, passphrase_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,18 +21,22 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.option("--if-needed", is_flag=True, help="Do nothing if the state directory is already initialised.")
-def init(if_needed: bool) -> None:
-    """Create the state directory and verify the embedded default model."""
+@click.option("--if-needed", is_flag=True, help="Do nothing if already initialised; never prompt without a terminal.")
+@passphrase_option
+def init(if_needed: bool, passphrase_file) -> None:
+    """Create the state directory and the vault (passphrase), verify the embedded default model."""
     home = paths.state_dir()
+    new_passphrase = new_vault_passphrase(home, passphrase_file, if_needed)
     if state.is_initialised(home):
         if not if_needed:
             click.echo(f"already initialised: {home}")
-        return
-    model = verify_pinned(embedded_pin())
-    state.initialise(home)
-    click.echo(f"initialised {home}")
-    click.echo(f"base model: {model.name} sha256 {model.sha256} (verified against the built-in manifest)")
+    else:
+        model = verify_pinned(embedded_pin())
+        state.initialise(home)
+        click.echo(f"initialised {home}")
+        click.echo(f"base model: {model.name} sha256 {model.sha256} (verified against the built-in manifest)")
+    if new_passphrase is not None:
+        create_vault(home, new_passphrase)
 
 
 @cli.command()
@@ -55,19 +61,28 @@ def status() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
 @click.option("--system", "system_prompt", default=None, help="System prompt (default: the model's own).")
-def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: float, system_prompt: str | None) -> None:
-    """Answer one PROMPT on the active base (and overlay), streaming the reply."""
+@passphrase_option
+def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: float, system_prompt: str | None, passphrase_file) -> None:
+    """Answer one PROMPT on the active base (and overlay), streaming the reply; both are journaled."""
     state.require_initialised(paths.state_dir())
-    if overlay == "on":
-        raise NotFound("no overlay is installed: import a signed bundle first")
     model = verify_pinned(embedded_pin())
-    session = Session(
-        Runtime(model),
-        system_prompt=system_prompt,
-        settings=SamplingSettings(temperature=temperature, seed=seed),
-    )
-    reply = session.generate(prompt, max_tokens=max_tokens, on_text=_print_stream)
-    click.echo()
+    # Re-hashed against its accepted manifest and bound to this base before anything is loaded.
+    active = load_active_overlay(paths.state_dir(), Base(model)) if overlay == "on" else None
+    # Refusals above change nothing; from here the vault is open, the kill-switch armed, the session journaled.
+    with guarded_session(passphrase_file) as guard:
+        session = Session(
+            Runtime(model),
+            overlay=active.overlay if active else None,
+            system_prompt=system_prompt,
+            settings=SamplingSettings(temperature=temperature, seed=seed),
+        )
+        session.set_overlay(active is not None)
+        overlay_prov = active and provenance.overlay(active.provenance.name, active.provenance.version, active.provenance.manifest_sha256, list(active.provenance.signers), True)
+        prov = {"base": provenance.base(model.name, model.sha256, model.version), "overlay": overlay_prov, "settings": session.settings.as_dict()}
+        guard.message("user", prompt, **prov)
+        reply = session.generate(prompt, max_tokens=max_tokens, on_text=_print_stream, cancel=guard.killswitch.cancel)
+        click.echo()
+        guard.message("assistant", reply.text, **prov, finish=reply.finish, tokens=len(reply.tokens))
     if reply.dropped_turns:
         click.echo(f"note: {reply.dropped_turns} oldest exchanges left out to fit the context window", err=True)
 
@@ -75,6 +90,11 @@ def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: floa
 def _print_stream(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+# Vault, journal, erase and kill-switch commands (appliance/cli/vault_commands.py).
+for _command in (logs, erase, passphrase, kill, kill_policy):
+    cli.add_command(_command)
 
 
 # Trust chain commands (appliance/cli/trust_commands.py).

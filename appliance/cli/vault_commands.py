@@ -1,0 +1,387 @@
+"""Vault, journal, erase and kill commands, and the guard `ask` (and later the chat UI) runs under.
+
+Passphrase sources, in order: `--passphrase-file`, `$APPLIANCE_PASSPHRASE_FILE`, a prompt when
+stdin is a terminal. With none of them the vault stays locked (exit 4): a script never hangs
+on a hidden prompt.
+"""
+
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import click
+
+from .. import paths, state
+from ..errors import Erased, Locked, NotFound, Refused, UsageError
+from ..fsutil import atomic_write
+from ..journal import Journal, Report, check, provenance, read, sessions
+from ..vault import Vault, zeroize
+from ..vault.erase import erase_all_overlays, erase_everything, erase_journal, erase_overlay
+from ..vault.killswitch import WIPE_POLICY, Killed, KillSwitch, running_pid, signal_running
+
+PASSPHRASE_ENV = "APPLIANCE_PASSPHRASE_FILE"
+KILL_WAIT_SECONDS = 10.0
+
+
+def passphrase_option(f):
+    return click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=f"Read the passphrase from this file (default: ${PASSPHRASE_ENV}, else a prompt).",
+    )(f)
+
+
+def _has_passphrase_source(path: Optional[Path]) -> bool:
+    return bool(path or os.environ.get(PASSPHRASE_ENV) or sys.stdin.isatty())
+
+
+def read_passphrase(path: Optional[Path], *, confirm: bool = False, prompt: str = "Passphrase", use_env: bool = True) -> bytes:
+    source = path or (os.environ.get(PASSPHRASE_ENV) if use_env else None)
+    if source:
+        try:
+            raw = Path(source).read_bytes()
+        except OSError as e:
+            raise Locked(f"cannot read the passphrase file {source}: {e.strerror}") from None
+        raw = raw.removesuffix(b"\n").removesuffix(b"\r")  # one line ending, as an editor leaves it
+        if not raw:
+            raise Locked(f"the passphrase file {source} is empty")
+        return raw
+    if not sys.stdin.isatty():
+        raise Locked(f"the vault is locked and no passphrase was given: use --passphrase-file, ${PASSPHRASE_ENV}, or a terminal")
+    return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True).encode()
+
+
+def unlock(passphrase_file: Optional[Path]) -> Vault:
+    home = paths.state_dir()
+    state.require_initialised(home)
+    Vault.require(home)  # no vault, or an erased one: say so before asking for a passphrase
+    return Vault.unlock(home, read_passphrase(passphrase_file))
+
+
+def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed: bool) -> Optional[bytes]:
+    """`init`'s vault step, asked before anything is created: the new passphrase, or None for no vault now.
+
+    A live vault needs nothing. Non-interactive `init --if-needed` (what ./run calls) without a
+    passphrase source skips the vault with a note; plain `init` then refuses (exit 2).
+    """
+    if Vault.state(home) == "present":
+        return None
+    if not _has_passphrase_source(passphrase_file):
+        if if_needed:
+            click.echo("note: no vault yet; `appliance init` in a terminal (or with --passphrase-file) sets the passphrase", err=True)
+            return None
+        raise UsageError(f"init needs a passphrase: run it in a terminal, or give --passphrase-file / ${PASSPHRASE_ENV}")
+    return read_passphrase(passphrase_file, confirm=True, prompt="New passphrase")
+
+
+def create_vault(home: Path, passphrase: bytes) -> None:
+    replacing = Vault.state(home) == "erased"
+    Vault.create(home, passphrase).zeroize()
+    click.echo(f"vault:   created ({home / 'vault'})" + (", replacing the erased one" if replacing else ""))
+
+
+# -- the guard around a chat: kill-switch, unlocked vault, a journal session ------------
+
+
+@dataclass
+class Guard:
+    killswitch: KillSwitch
+    vault: Vault
+    journal: Journal
+
+    def message(self, role: str, text: str, *, base: dict, overlay: Optional[dict], settings: dict, **extra) -> None:
+        self.journal.append("message", **provenance.message(role, text, base=base, overlay=overlay, settings=settings, **extra))
+
+
+@contextmanager
+def guarded_session(passphrase_file: Optional[Path]) -> Iterator[Guard]:
+    """Everything a chat needs, torn down with keys zeroed; a kill writes the `kill` record (and wipes)."""
+    home = paths.state_dir()
+    state.require_initialised(home)
+    with KillSwitch(home) as ks:
+        vault = unlock(passphrase_file)
+        journal = None
+        try:
+            ks.check()
+            journal = Journal.create(vault)
+            yield Guard(ks, vault, journal)
+            ks.check()
+        except Killed as killed:
+            _handle_kill(killed, ks, vault, journal)
+            raise
+        finally:
+            if journal is not None:
+                journal.close()
+            vault.zeroize()
+
+
+def _handle_kill(killed: Killed, ks: KillSwitch, vault: Vault, journal: Optional[Journal]) -> None:
+    ks.run_callbacks()  # overlay off, decrypted weights zeroed: first, before any disk work
+    killed.wipe = killed.wipe or bool(vault.setting(WIPE_POLICY, False))
+    wiping = vault.items("overlay/") if killed.wipe else []
+    if journal is not None:
+        journal.append("kill", wipe=killed.wipe, overlays_erased=wiping)
+    if killed.wipe:
+        erase_all_overlays(vault)
+        for item in wiping:
+            click.echo(f"wiped: {item}", err=True)
+
+
+# -- logs ------------------------------------------------------------------------------
+
+
+@click.group()
+def logs() -> None:
+    """The encrypted session journal: list, show, verify, export."""
+
+
+def _summary(report: Report) -> str:
+    first = next((r for r in report.records if r.get("kind") == "message"), None)
+    preview = (first["text"][:48].replace("\n", " ") if first else "")
+    status = "ok" if report.ok else f"BROKEN at {report.brk}"
+    return f"{report.session_id}  {len(report.records):4d} records  {status}  {preview}"
+
+
+@logs.command("list")
+@passphrase_option
+def logs_list(passphrase_file: Optional[Path]) -> None:
+    """Every journal session with its record count and state."""
+    vault = unlock(passphrase_file)
+    try:
+        for sid in sessions(vault):
+            try:
+                click.echo(_summary(check(vault, sid)))
+            except (Erased, NotFound) as e:
+                click.echo(f"{sid}  unreadable: {e}")
+    finally:
+        vault.zeroize()
+
+
+@logs.command("show")
+@click.argument("session_id")
+@passphrase_option
+def logs_show(session_id: str, passphrase_file: Optional[Path]) -> None:
+    """Print one verified session, record by record, with provenance."""
+    vault = unlock(passphrase_file)
+    try:
+        records = read(vault, session_id)
+    finally:
+        vault.zeroize()
+    for n, r in enumerate(records, 1):
+        click.echo(f"[{n}] {r['time']} {r['kind']}")
+        if r["kind"] == "message":
+            click.echo(f"    {_provenance_line(r)}")
+            click.echo(f"    {r['role']}: {r['text']}")
+        else:
+            click.echo(f"    {json.dumps({k: v for k, v in r.items() if k not in ('kind', 'time')})}")
+
+
+def _provenance_line(r: dict) -> str:
+    base, ov = r.get("base") or {}, r.get("overlay")
+    overlay = "none" if not ov else f"{ov['name']} v{ov['version']} {'on' if ov['on'] else 'off'} signers {','.join(ov['signers'])}"
+    return f"base {base.get('name')} v{base.get('version')} {str(base.get('sha256'))[:12]}; overlay {overlay}; settings {json.dumps(r.get('settings'))}"
+
+
+@logs.command("verify")
+@click.argument("session_id", required=False)
+@passphrase_option
+def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> None:
+    """Check the hash chain, every record's authenticity and the sealed heads. Exit 3 names the first break."""
+    vault = unlock(passphrase_file)
+    broken = []
+    try:
+        for sid in [session_id] if session_id else sessions(vault):
+            try:
+                report = check(vault, sid)
+            except (Erased, NotFound) as e:
+                if session_id:
+                    raise
+                click.echo(f"skip    {sid}: {e}")
+                continue
+            if report.ok:
+                unsealed = len(report.records) - report.sealed
+                note = f" ({unsealed} written after the last sealed head: an interrupted append)" if unsealed else ""
+                click.echo(f"ok      {sid}: {len(report.records)} records{note}")
+            else:
+                click.echo(f"BROKEN  {sid}: {report.brk}")
+                broken.append(report)
+    finally:
+        vault.zeroize()
+    if broken:
+        raise Refused(f"journal {broken[0].session_id} is broken at {broken[0].brk}")
+
+
+@logs.command("export")
+@click.argument("session_id")
+@click.option("--format", "fmt", type=click.Choice(["md", "jsonl"]), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@passphrase_option
+def logs_export(session_id: str, fmt: str, out: Path, passphrase_file: Optional[Path]) -> None:
+    """Write one verified session decrypted, as Markdown or JSON lines (mode 0600)."""
+    vault = unlock(passphrase_file)
+    try:
+        records = read(vault, session_id)
+    finally:
+        vault.zeroize()
+    if fmt == "jsonl":
+        text = "".join(json.dumps({"record": n, **r}) + "\n" for n, r in enumerate(records, 1))
+    else:
+        text = markdown_transcript(session_id, records)
+    atomic_write(out, text.encode())
+    click.echo(f"exported {len(records)} records of {session_id} to {out}")
+
+
+def markdown_transcript(session_id: str, records: list[dict]) -> str:
+    """A verified session as Markdown, each message under its provenance (`logs export` and the chat UI)."""
+    lines = [f"# Session {session_id}", ""]
+    for n, r in enumerate(records, 1):
+        if r["kind"] == "message":
+            lines += [f"## {n}. {r['role']} ({r['time']})", "", f"*{_provenance_line(r)}*", "", r["text"], ""]
+        else:
+            lines += [f"## {n}. {r['kind']} ({r['time']})", "", f"`{json.dumps({k: v for k, v in r.items() if k not in ('kind', 'time')})}`", ""]
+    return "\n".join(lines)
+
+
+# -- erase ------------------------------------------------------------------------------
+
+
+@click.group()
+def erase() -> None:
+    """Crypto-erase an overlay, the journal, or everything (typed confirmation or --yes)."""
+
+
+def _confirm(phrase: str, what: str, yes: bool) -> None:
+    if yes:
+        return
+    click.echo(f"This crypto-erases {what}. It cannot be undone.", err=True)
+    try:
+        typed = click.prompt(f'Type "{phrase}" to confirm', default="", show_default=False, err=True)
+    except click.Abort:
+        typed = ""
+    if typed.strip() != phrase:
+        raise Refused("confirmation did not match: nothing was erased")
+
+
+def _prove(vault: Vault, items: list[str]) -> None:
+    for item in items:
+        try:
+            zeroize(vault.data_key(item))
+        except Erased as e:
+            click.echo(f"proof:     decryption of {item} fails: {e}")
+            continue
+        raise Refused(f"erase of {item} did not take: its key is still readable")
+
+
+@erase.command("overlay")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Skip the typed confirmation.")
+@passphrase_option
+def erase_overlay_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> None:
+    """Every installed version of overlay NAME."""
+    vault = unlock(passphrase_file)
+    try:
+        _confirm(name, f"overlay {name} (every installed version)", yes)
+        t0 = time.perf_counter()
+        items = erase_overlay(vault, name)
+        click.echo(f"destroyed: data keys of {', '.join(items)} ({time.perf_counter() - t0:.3f} s)")
+        _prove(vault, items)
+    finally:
+        vault.zeroize()
+
+
+@erase.command("logs")
+@click.option("--yes", is_flag=True, help="Skip the typed confirmation.")
+@passphrase_option
+def erase_logs_cmd(yes: bool, passphrase_file: Optional[Path]) -> None:
+    """Every journal session."""
+    vault = unlock(passphrase_file)
+    try:
+        _confirm("erase logs", "every journal session", yes)
+        t0 = time.perf_counter()
+        items = erase_journal(vault)
+        click.echo(f"destroyed: data keys of {len(items)} journal sessions, then their files ({time.perf_counter() - t0:.3f} s)")
+        _prove(vault, items)
+    finally:
+        vault.zeroize()
+
+
+@erase.command("all")
+@click.option("--yes", is_flag=True, help="Skip the typed confirmation.")
+def erase_all_cmd(yes: bool) -> None:
+    """The master key slot: every overlay, every journal session, the settings. Needs no passphrase."""
+    home = paths.state_dir()
+    state.require_initialised(home)
+    _confirm("erase all", "the whole vault (overlays, journal, keys)", yes)
+    when = erase_everything(home)
+    click.echo(f"destroyed: the master key slot at {when}, then the journal and overlay ciphertext")
+    try:
+        Vault.unlock(home, b"")
+    except Erased as e:
+        click.echo(f"proof:     unlocking fails: {e}")
+        return
+    raise Refused("erase all did not take: the vault still opens")
+
+
+# -- passphrase, kill ----------------------------------------------------------------------
+
+
+@click.command()
+@passphrase_option
+@click.option("--new-passphrase-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Read the new passphrase from this file (default: a prompt, typed twice).")
+def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Path]) -> None:
+    """Change the passphrase (rewraps the master key only)."""
+    home = paths.state_dir()
+    state.require_initialised(home)
+    old = read_passphrase(passphrase_file, prompt="Current passphrase")
+    new = read_passphrase(new_passphrase_file, confirm=True, prompt="New passphrase", use_env=False)
+    Vault.change_passphrase(home, old, new)
+    click.echo("passphrase changed (master key rewrapped; data keys and data untouched)")
+
+
+@click.command()
+@click.option("--wipe", is_flag=True, help="Also crypto-erase every overlay.")
+@passphrase_option
+def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
+    """Stop the running appliance now: generation stops, keys are zeroed, a `kill` record is written.
+
+    The killed command exits with code 4 (locked). With --wipe and nothing running, the overlays
+    are erased here (the passphrase is needed for that).
+    """
+    home = paths.state_dir()
+    state.require_initialised(home)
+    if running_pid(home) is None and wipe:
+        vault = unlock(passphrase_file)
+        try:
+            items = erase_all_overlays(vault)
+        finally:
+            vault.zeroize()
+        click.echo(f"no running appliance; wiped overlays: {', '.join(items) or 'none installed'}")
+        return
+    pid = signal_running(home, wipe)
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while running_pid(home) == pid:
+        if time.monotonic() > deadline:
+            raise Refused(f"appliance pid {pid} did not stop within {KILL_WAIT_SECONDS:.0f} s")
+        time.sleep(0.01)
+    click.echo(f"stopped appliance pid {pid}" + (" and wiped its overlays" if wipe else ""))
+
+
+@click.command("kill-policy")
+@click.argument("policy", type=click.Choice(["wipe", "lock"]), required=False)
+@passphrase_option
+def kill_policy(policy: Optional[str], passphrase_file: Optional[Path]) -> None:
+    """Show or set what every kill does: `lock` (default) or `wipe` (also crypto-erase the overlays)."""
+    vault = unlock(passphrase_file)
+    try:
+        if policy is not None:
+            vault.set_setting(WIPE_POLICY, policy == "wipe")
+        click.echo(f"kill policy: {'wipe' if vault.setting(WIPE_POLICY, False) else 'lock'}")
+    finally:
+        vault.zeroize()

@@ -1,0 +1,25 @@
+"""What every message record says about where its text came from.
+
+A message record (see `message`) carries: UTC time and appliance version (added by
+`Journal.append`), role, text, the base model {name, sha256, version}, the overlay
+{name, version, sha256, signers, on} or null when none is loaded, the sampling settings,
+and the overlay's divergence from the base for that reply where it was measured (else null).
+"""
+
+from typing import Optional
+
+
+def base(name: str, sha256: str, version: int) -> dict:
+    return {"name": name, "sha256": sha256, "version": version}
+
+
+def overlay(name: str, version: int, sha256: str, signers: list[str], on: bool) -> dict:
+    """`signers`: the 40-hex fingerprints whose signatures counted when the bundle was imported."""
+    return {"name": name, "version": version, "sha256": sha256, "signers": sorted(signers), "on": on}
+
+
+def message(role: str, text: str, *, base: dict, overlay: Optional[dict], settings: dict,
+            divergence: Optional[dict] = None, **extra) -> dict:
+    """The fields of a `message` record; `extra` holds reply facts (finish, tokens)."""
+    return {"role": role, "text": text, "base": base, "overlay": overlay, "settings": settings,
+            "divergence": divergence, **extra}

@@ -1,0 +1,212 @@
+"""One encrypted, hash-chained journal file per chat session: `<state>/journal/<session_id>.journal`.
+
+Writing: each record is sealed with the session's data key (vault item `journal/<session_id>`),
+appended, fsynced, and only then is the vault's sealed head (last seq, hash of that frame) moved.
+A crash between the two leaves a valid record past the head: `check` accepts it and reports it as
+unsealed (no one without the key can forge a record, so an authentic record past the head can
+only be ours). A failed append (disk full, RLIMIT_FSIZE, permissions) cuts the file back to its
+last whole record and raises `JournalWriteFailed`: every earlier record stays readable.
+
+Reading: `check` walks the frames and names the first break and its kind (see frames.Break);
+the sealed head catches a cut-off tail that the chain alone cannot see.
+"""
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Optional
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .. import __version__
+from ..errors import NotFound, Refused
+from ..fsutil import fsync_dir
+from ..vault import Vault, zeroize
+from ..vault.keys import VaultWriteFailed
+from . import frames
+from .frames import Break
+
+JOURNAL_DIR = "journal"
+KINDS = ("message", "overlay-toggle", "kill")
+
+
+class JournalWriteFailed(Refused):
+    """A record could not be made durable; the appliance refuses to go on unjournaled."""
+
+
+class JournalBroken(Refused):
+    def __init__(self, session_id: str, brk: Break):
+        super().__init__(f"journal {session_id} is broken at {brk}")
+        self.session_id, self.brk = session_id, brk
+
+
+def item_id(session_id: str) -> str:
+    return f"journal/{session_id}"
+
+
+def relative_path(session_id: str) -> str:
+    return f"{JOURNAL_DIR}/{session_id}.journal"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_session_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(4)
+
+
+class Journal:
+    """The writer of one session. Holds the data key (zeroed by `close`) and an O_APPEND descriptor."""
+
+    def __init__(self, vault: Vault, session_id: str, key: bytearray, fd: int, seq: int, prev: bytes, size: int):
+        self.vault, self.session_id = vault, session_id
+        self._key, self._fd, self._seq, self._prev, self._size = key, fd, seq, prev, size
+
+    @classmethod
+    def create(cls, vault: Vault) -> "Journal":
+        session_id = new_session_id()
+        path = vault.home / relative_path(session_id)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        key = vault.new_data_key(item_id(session_id), files=[relative_path(session_id)])
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+            os.fsync(fd)
+            fsync_dir(path.parent)
+        except OSError as e:
+            zeroize(key)
+            raise JournalWriteFailed(f"cannot create journal {path}: {e.strerror}") from None
+        return cls(vault, session_id, key, fd, 0, frames.ZERO_HASH, 0)
+
+    @property
+    def records(self) -> int:
+        return self._seq
+
+    def append(self, kind: str, **fields) -> int:
+        """Seal, append, fsync, move the sealed head. Returns the record's seq (its number, from 1)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown record kind {kind!r}")
+        record = {"kind": kind, "time": utc_now(), "appliance_version": __version__, **fields}
+        seq = self._seq + 1
+        head = frames.header(self.session_id, seq, self._prev)
+        nonce = os.urandom(frames.NONCE_BYTES)  # random, never seq: a retried seq after a failed write must not reuse a nonce
+        raw = frames.frame(head, nonce, AESGCM(self._key).encrypt(nonce, json.dumps(record).encode(), head))
+        path = self.vault.home / relative_path(self.session_id)
+        try:
+            view = memoryview(raw)
+            while view:  # os.write may stop short at a size limit; the next call then raises
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError as e:
+            self._cut_back()
+            raise JournalWriteFailed(
+                f"journal write failed ({e.strerror}): {path}; records 1..{self._seq} are intact"
+            ) from None
+        self._seq, self._prev, self._size = seq, hashlib.sha256(raw).digest(), self._size + len(raw)
+        try:
+            self.vault.seal_head(item_id(self.session_id), seq, self._prev.hex())
+        except VaultWriteFailed as e:
+            raise JournalWriteFailed(f"record {seq} is written but its sealed head is not ({e}); verify reports it as unsealed") from None
+        return seq
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        zeroize(self._key)
+
+    def _cut_back(self) -> None:
+        try:
+            os.ftruncate(self._fd, self._size)
+            os.fsync(self._fd)
+        except OSError:
+            # Even if the partial frame cannot be cut off, records 1..seq stay intact in front
+            # of it; `check` then reports the partial tail as truncated at seq+1.
+            return
+
+
+@dataclass
+class Report:
+    session_id: str
+    records: list[dict] = field(default_factory=list)  # decrypted, in order, up to the break
+    brk: Optional[Break] = None
+    sealed: int = 0  # records covered by the vault's sealed head; more is an interrupted append
+
+    @property
+    def ok(self) -> bool:
+        return self.brk is None
+
+
+def check(vault: Vault, session_id: str) -> Report:
+    """Decrypt and verify one session. Erased / NotFound from the vault propagate; breaks are reported."""
+    if not frames.SESSION_ID.fullmatch(session_id):
+        raise NotFound(f"not a journal session id: {session_id!r}")
+    key = vault.data_key(item_id(session_id))
+    try:
+        head_seq, head_hash = vault.head(item_id(session_id)) or (0, frames.ZERO_HASH.hex())
+        report = Report(session_id, sealed=head_seq)
+        try:
+            data = (vault.home / relative_path(session_id)).read_bytes()
+        except FileNotFoundError:
+            report.brk = Break(1, "deleted", "the session file is missing")
+            return report
+        found, tail = frames.split(data)
+        report.brk = _walk(AESGCM(key), session_id, found, report.records)
+        if report.brk is None:
+            report.brk = tail or _against_head(found, head_seq, head_hash)
+        return report
+    finally:
+        zeroize(key)
+
+
+def read(vault: Vault, session_id: str) -> list[dict]:
+    """The records of an intact session; JournalBroken (exit 3) otherwise."""
+    report = check(vault, session_id)
+    if report.brk is not None:
+        raise JournalBroken(session_id, report.brk)
+    return report.records
+
+
+def sessions(vault: Vault) -> list[str]:
+    """Session ids the vault holds keys for, plus stray files (whose check then says what they are)."""
+    ids = {i.split("/", 1)[1] for i in vault.items("journal/")}
+    jdir = vault.home / JOURNAL_DIR
+    if jdir.is_dir():
+        ids |= {p.stem for p in jdir.glob("*.journal") if frames.SESSION_ID.fullmatch(p.stem)}
+    return sorted(ids)
+
+
+def _walk(aead: AESGCM, session_id: str, found: list[frames.Frame], out: list[dict]) -> Optional[Break]:
+    claimed = {f.seq for f in found if f.session_id == session_id}
+    strangers = {f.session_id for f in found if f.session_id != session_id}
+    prev = frames.ZERO_HASH
+    for n, f in enumerate(found, 1):
+        if f.session_id != session_id:
+            if n == 1 and not claimed and len(strangers) == 1:
+                return Break(1, "replaced", f"the file holds the records of session {f.session_id}")
+            return Break(n, "foreign", f"a record of session {f.session_id}")
+        try:
+            plain = aead.decrypt(f.nonce, f.ciphertext, f.header)
+        except InvalidTag:
+            return Break(n, "modified", "failed authentication")
+        if f.seq != n:
+            if f.seq > n and n not in claimed:
+                return Break(n, "deleted", f"record {n} is missing (the next one found is {f.seq})")
+            return Break(n, "reordered", f"record {f.seq} stands where record {n} belongs")
+        if f.prev_hash != prev:
+            return Break(n, "modified", f"does not chain to record {n - 1}")
+        out.append(json.loads(plain))  # authentic: we wrote this JSON ourselves
+        prev = hashlib.sha256(f.raw).digest()
+    return None
+
+
+def _against_head(found: list[frames.Frame], head_seq: int, head_hash: str) -> Optional[Break]:
+    if len(found) < head_seq:
+        return Break(len(found) + 1, "truncated", f"the sealed head says {head_seq} records, the file ends after {len(found)}")
+    if head_seq and hashlib.sha256(found[head_seq - 1].raw).hexdigest() != head_hash:
+        return Break(head_seq, "modified", "differs from the record sealed in the vault")
+    return None

@@ -1,0 +1,130 @@
+"""Chunked AES-256-GCM for files at rest (overlays): the STREAM construction over `cryptography`'s AESGCM.
+
+    header  = b"APPLENC1" | u32 chunk_size | 7-byte random nonce prefix          (19 bytes)
+    chunk i = AESGCM(key).encrypt(prefix | u32 i | u8 last, plaintext_i, header | context)
+
+Every chunk but the last holds exactly `chunk_size` plaintext bytes; the last holds 0..chunk_size
+and is the only one sealed with last=1. Hence:
+- swapped or moved chunks fail (the index is in the nonce);
+- a file cut at a chunk boundary ends in a chunk sealed with last=0 and fails; bytes appended fail;
+- a changed header fails (it is associated data); `context` (say, the item id) binds the ciphertext
+  to what it is, so a file copied in under another id fails too.
+
+Rules: one fresh data key per file (from `Vault.new_data_key`); plaintext is never written to disk
+by this module; decryption returns a `bytearray` the caller zeroes when done (see `vault.zeroize`).
+"""
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..errors import Refused
+from .keys import zeroize
+
+MAGIC = b"APPLENC1"
+HEADER = struct.Struct(">8sI7s")
+NONCE_TAIL = struct.Struct(">IB")  # chunk index, last flag
+TAG_BYTES = 16
+CHUNK_BYTES = 1 << 20
+MAX_CHUNK_BYTES = 64 << 20  # a header asking for more is refused, not allocated
+MAX_CHUNKS = 1 << 32
+
+
+class CiphertextRejected(Refused):
+    """An encrypted file failed authentication: modified, reordered, truncated, or the wrong key."""
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    size: int  # plaintext bytes
+    sha256: str  # of the plaintext, hashed as it was encrypted (the bytes verified are the bytes kept)
+
+
+class EncryptedWriter:
+    """A write-only sink: plaintext in, ciphertext to `dst`; `close()` seals the last chunk.
+
+    Fits `trust.hashing.sha256_stream(src, sink=EncryptedWriter(key, dst, context))`: the bytes
+    hashed from the USB stick are exactly the bytes encrypted into the store.
+    """
+
+    def __init__(self, key: bytes | bytearray, dst: BinaryIO, context: bytes = b"", chunk_size: int = CHUNK_BYTES):
+        if not 1 <= chunk_size <= MAX_CHUNK_BYTES:
+            raise ValueError(f"chunk_size out of range: {chunk_size}")
+        self._aead = AESGCM(key)
+        self._prefix = os.urandom(7)  # with one key per file this is belt and braces; it costs nothing
+        header = HEADER.pack(MAGIC, chunk_size, self._prefix)
+        self._ad = header + context
+        self._dst, self._chunk = dst, chunk_size
+        self._buf = bytearray()
+        self._index, self._size, self._digest = 0, 0, hashlib.sha256()
+        dst.write(header)
+
+    def write(self, data) -> int:
+        self._digest.update(data)
+        self._size += len(data)
+        self._buf += data
+        # Strictly more than one chunk: a full chunk stays pending because it may turn out to be the last.
+        while len(self._buf) > self._chunk:
+            self._emit(memoryview(self._buf)[: self._chunk], last=False)
+            del self._buf[: self._chunk]
+        return len(data)
+
+    def close(self) -> StreamResult:
+        self._emit(self._buf, last=True)
+        zeroize(self._buf)
+        return StreamResult(self._size, self._digest.hexdigest())
+
+    def _emit(self, plain, last: bool) -> None:
+        if self._index >= MAX_CHUNKS:
+            raise Refused("file too large for one encrypted stream")
+        nonce = self._prefix + NONCE_TAIL.pack(self._index, int(last))
+        self._dst.write(self._aead.encrypt(nonce, plain, self._ad))
+        self._index += 1
+
+
+def encrypt_stream(key: bytes | bytearray, src: BinaryIO, dst: BinaryIO, context: bytes = b"") -> StreamResult:
+    """Encrypt everything readable from `src` into `dst` (the caller places `dst` atomically and fsyncs it)."""
+    writer = EncryptedWriter(key, dst, context)
+    while block := src.read(CHUNK_BYTES):
+        writer.write(block)
+    return writer.close()
+
+
+def decrypt_to_memory(key: bytes | bytearray, path: Path, context: bytes = b"") -> bytearray:
+    """The whole plaintext of `path`, in memory only; CiphertextRejected on any break."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise CiphertextRejected(f"{path}: cannot read: {e.strerror}") from None
+    with f:
+        header = f.read(HEADER.size)
+        if len(header) < HEADER.size:
+            raise CiphertextRejected(f"{path}: truncated header")
+        magic, chunk_size, prefix = HEADER.unpack(header)
+        if magic != MAGIC or not 1 <= chunk_size <= MAX_CHUNK_BYTES:
+            raise CiphertextRejected(f"{path}: not an encrypted appliance file")
+        body = os.fstat(f.fileno()).st_size - HEADER.size
+        full, rest = divmod(body, chunk_size + TAG_BYTES)
+        if body == 0 or 0 < rest < TAG_BYTES:
+            raise CiphertextRejected(f"{path}: truncated")
+        count = full + (1 if rest else 0)
+        if count > MAX_CHUNKS:
+            raise CiphertextRejected(f"{path}: too many chunks")
+        aead, ad, out = AESGCM(key), header + context, bytearray()
+        for index in range(count):
+            sealed = f.read(chunk_size + TAG_BYTES)
+            nonce = prefix + NONCE_TAIL.pack(index, int(index == count - 1))
+            try:
+                out += aead.decrypt(nonce, sealed, ad)
+            except InvalidTag:
+                zeroize(out)
+                raise CiphertextRejected(
+                    f"{path}: chunk {index} failed authentication (modified, reordered, truncated, or another item's key)"
+                ) from None
+        return out

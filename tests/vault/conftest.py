@@ -1,0 +1,32 @@
+"""Fixtures for the vault, journal, erase and kill-switch tests: a state dir with a vault, a passphrase file."""
+
+import pytest
+
+from appliance import state
+from appliance.vault import Vault
+
+PASSPHRASE = b"correct horse battery staple"
+
+
+@pytest.fixture
+def passphrase_file(tmp_path, monkeypatch):
+    """The documented non-interactive source, exported so every CLI call in the test finds it."""
+    path = tmp_path / "passphrase"
+    path.write_bytes(PASSPHRASE + b"\n")
+    monkeypatch.setenv("APPLIANCE_PASSPHRASE_FILE", str(path))
+    return path
+
+
+@pytest.fixture
+def vault_home(home, passphrase_file):
+    """An initialised state dir with a vault (created in process: the CLI path has its own tests)."""
+    state.initialise(home)
+    Vault.create(home, PASSPHRASE).zeroize()
+    return home
+
+
+@pytest.fixture
+def vault(vault_home):
+    v = Vault.unlock(vault_home, PASSPHRASE)
+    yield v
+    v.zeroize()

@@ -1,0 +1,151 @@
+"""The CLI around the vault: locked states change nothing (exit 4), init paths, passphrase change, erase."""
+
+import io
+import json
+
+import pytest
+
+from appliance.journal import Journal
+from appliance.vault import Vault, encrypt_stream
+from appliance.vault.erase import overlay_item
+from conftest import PASSPHRASE
+from helpers import appliance, tree_digest
+
+
+def _locked(home, *args):
+    before = tree_digest(home)
+    r = appliance(*args)
+    assert r.returncode == 4, (r.stdout, r.stderr)
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert tree_digest(home) == before
+    return r
+
+
+@pytest.mark.parametrize("command", [("logs", "list"), ("ask", "hello", "--max-tokens", "1")])
+def test_wrong_passphrase_exit_4_nothing_changed(vault_home, tmp_path, command):
+    (tmp_path / "wrong").write_text("not it\n")
+    r = _locked(vault_home, *command, "--passphrase-file", str(tmp_path / "wrong"))
+    assert "wrong passphrase" in r.stderr
+
+
+@pytest.mark.parametrize("damage", ["flip a byte of the sealed table", "not JSON", "missing"])
+def test_corrupted_key_slot_exit_4_nothing_changed(vault_home, damage):
+    slots = vault_home / "vault" / "slots.json"
+    if damage == "missing":
+        slots.unlink()
+    elif damage == "not JSON":
+        slots.write_bytes(slots.read_bytes()[:-20])
+    else:
+        doc = json.loads(slots.read_text())
+        doc["sealed"] = doc["sealed"][:40] + ("A" if doc["sealed"][40] != "A" else "B") + doc["sealed"][41:]
+        slots.write_text(json.dumps(doc))
+    r = _locked(vault_home, "logs", "list")
+    assert "slots.json" in r.stderr
+
+
+def test_corrupted_master_slot_exit_4(vault_home):
+    master = vault_home / "vault" / "master.json"
+    doc = json.loads(master.read_text())
+    doc["kdf"]["memory_kib"] = 1 << 40  # a tampered cost must be refused, not run
+    master.write_text(json.dumps(doc))
+    _locked(vault_home, "logs", "list")
+
+
+def test_missing_vault_exit_4(home, passphrase_file):
+    from appliance import state
+
+    state.initialise(home)
+    r = _locked(home, "logs", "list")
+    assert "appliance init" in r.stderr
+
+
+def test_no_passphrase_source_is_locked_not_a_hang(vault_home, monkeypatch):
+    monkeypatch.delenv("APPLIANCE_PASSPHRASE_FILE")
+    r = _locked(vault_home, "logs", "list")
+    assert "no passphrase" in r.stderr
+
+
+def test_init_paths(home, tmp_path, monkeypatch):
+    monkeypatch.delenv("APPLIANCE_PASSPHRASE_FILE", raising=False)
+    r = appliance("init")  # no terminal, no passphrase file: refused before anything is created
+    assert r.returncode == 2 and not home.exists()
+    r = appliance("init", "--if-needed")  # what ./run does: state only, a note, exit 0
+    assert r.returncode == 0 and "no vault yet" in r.stderr
+    assert Vault.state(home) == "none"
+    (tmp_path / "pw").write_text("first\n")
+    r = appliance("init", "--passphrase-file", str(tmp_path / "pw"))
+    assert r.returncode == 0 and "vault:   created" in r.stdout
+    Vault.unlock(home, b"first").zeroize()
+    r = appliance("init", "--if-needed")
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
+
+
+def test_passphrase_change(vault_home, tmp_path):
+    (tmp_path / "new").write_text("brand new\n")
+    r = appliance("passphrase", "--new-passphrase-file", str(tmp_path / "new"))
+    assert r.returncode == 0, r.stderr
+    _locked(vault_home, "logs", "list")  # the old passphrase (from the env) no longer opens it
+    assert appliance("logs", "list", "--passphrase-file", str(tmp_path / "new")).returncode == 0
+
+
+def _install_fake_overlay(vault_home, vault, name, version, payload):
+    """What the overlay store does at import: a fresh data key, the artifact encrypted under it."""
+    rel = f"overlays/{name}/{version}/overlay.safetensors.enc"
+    (vault_home / rel).parent.mkdir(parents=True, exist_ok=True)
+    key = vault.new_data_key(overlay_item(name, version), files=[rel])
+    with open(vault_home / rel, "wb") as dst:
+        encrypt_stream(key, io.BytesIO(payload), dst, context=overlay_item(name, version).encode())
+    return vault_home / rel
+
+
+def _journal(vault, text):
+    j = Journal.create(vault)
+    j.append("message", role="user", text=text)
+    j.close()
+    return j.session_id
+
+
+def test_erase_overlay(vault_home, vault):
+    care = _install_fake_overlay(vault_home, vault, "care", 1, b"care weights" * 100)
+    other = _install_fake_overlay(vault_home, vault, "other", 1, b"other weights" * 100)
+    sid = _journal(vault, "kept")
+    r = appliance("erase", "overlay", "care", input="wrong\n")
+    assert r.returncode == 3 and "nothing was erased" in r.stderr and care.exists()
+    r = appliance("erase", "overlay", "care", input="care\n")
+    assert r.returncode == 0, r.stderr
+    assert "destroyed: data keys of overlay/care/1" in r.stdout
+    assert "proof:     decryption of overlay/care/1 fails" in r.stdout
+    assert not care.exists()
+    fresh = Vault.unlock(vault_home, PASSPHRASE)  # even with the right passphrase
+    with pytest.raises(Exception) as e:
+        fresh.data_key("overlay/care/1")
+    assert e.value.exit_code == 6
+    assert fresh.data_key("overlay/other/1") and other.exists()  # the rest still works
+    assert appliance("logs", "verify", sid).returncode == 0
+    assert appliance("erase", "overlay", "care", "--yes").returncode == 6
+
+
+def test_erase_logs(vault_home, vault):
+    sids = [_journal(vault, "one"), _journal(vault, "two")]
+    overlay = _install_fake_overlay(vault_home, vault, "care", 1, b"w" * 10)
+    r = appliance("erase", "logs", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert "2 journal sessions" in r.stdout and r.stdout.count("proof:") == 2
+    assert not list((vault_home / "journal").glob("*.journal"))
+    for sid in sids:
+        assert appliance("logs", "show", sid).returncode == 6
+    assert Vault.unlock(vault_home, PASSPHRASE).data_key("overlay/care/1") and overlay.exists()
+
+
+def test_erase_all_then_init_afresh(vault_home, vault, tmp_path):
+    _install_fake_overlay(vault_home, vault, "care", 1, b"w")
+    sid = _journal(vault, "gone")
+    r = appliance("erase", "all", input="erase all\n")
+    assert r.returncode == 0, r.stderr
+    assert "master key slot" in r.stdout and "proof:     unlocking fails" in r.stdout
+    assert appliance("logs", "show", sid).returncode == 6
+    assert appliance("logs", "list").returncode == 6
+    (tmp_path / "pw2").write_text("after the wipe\n")
+    r = appliance("init", "--passphrase-file", str(tmp_path / "pw2"))
+    assert r.returncode == 0 and "replacing the erased one" in r.stdout
+    assert Vault.unlock(vault_home, b"after the wipe").items() == []
