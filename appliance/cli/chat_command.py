@@ -1,0 +1,39 @@
+"""`appliance chat`: the terminal UI on the verified base (and the active overlay, re-verified at unlock).
+
+With `--passphrase-file` or $APPLIANCE_PASSPHRASE_FILE the vault is unlocked at start (automation,
+a kiosk session); the unlock screen stays the way back in after a kill, which always asks for the
+passphrase typed again.
+"""
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from .. import paths, state
+from ..runtime.sampler import SamplingSettings
+from ..trust.builtin import embedded_pin, verify_pinned
+from .vault_commands import PASSPHRASE_ENV, passphrase_option, read_passphrase
+
+
+@click.command()
+@click.option("--max-tokens", type=click.IntRange(1, 4096), default=512, show_default=True, help="Per reply.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
+@click.option("--system", "system_prompt", default=None, help="System prompt of the first session (editable in the UI).")
+@passphrase_option
+def chat(max_tokens: int, seed: int, temperature: float, system_prompt: Optional[str], passphrase_file: Optional[Path]) -> None:
+    """The terminal UI: unlock, chat with streaming replies, switch the overlay, audit, read and verify sessions, kill."""
+    from ..ui import ApplianceApp, ChatCore  # Textual loads only for this command
+
+    home = paths.state_dir()
+    state.require_initialised(home)
+    model = verify_pinned(embedded_pin())
+    passphrase = read_passphrase(passphrase_file) if passphrase_file or os.environ.get(PASSPHRASE_ENV) else None
+    core = ChatCore(home, model, settings=SamplingSettings(temperature=temperature, seed=seed),
+                    max_tokens=max_tokens, system_prompt=system_prompt)
+    try:
+        ApplianceApp(core, passphrase=passphrase).run()
+    finally:
+        core.close()

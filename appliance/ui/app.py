@@ -1,0 +1,83 @@
+"""The application: unlock -> chat (-> sessions, help, modals); the kill key reaches every screen.
+
+The kill-switch's signal handler (`appliance kill` from another terminal) only sets an Event; a
+20 ms timer here notices it and runs the same kill as the key, so an external kill also stops the
+reply, writes the `kill` record and locks the UI.
+"""
+
+from functools import partial
+from pathlib import Path
+from typing import Iterable, Optional
+
+from textual.app import App, SystemCommand
+from textual.screen import Screen
+
+from .chat import ChatScreen
+from .core import ChatCore
+from .help import HelpScreen
+from .keys import APP_KEYS, bindings
+from .unlock import UnlockScreen
+
+KILL_POLL_SECONDS = 0.02
+
+
+class ApplianceApp(App):
+    CSS_PATH = "appliance.tcss"
+    TITLE = "appliance"
+    BINDINGS = bindings(APP_KEYS)
+
+    def __init__(self, core: ChatCore, *, passphrase: Optional[bytes] = None, export_dir: Optional[Path] = None):
+        super().__init__()
+        self.core = core
+        self.export_dir = export_dir or Path.cwd()
+        self._passphrase = passphrase
+        self.chat: Optional[ChatScreen] = None
+        self._killing = False
+
+    def on_mount(self) -> None:
+        self.push_screen(UnlockScreen(self.core, passphrase=self._passphrase))
+        self._passphrase = None
+        self.set_interval(KILL_POLL_SECONDS, self._poll_kill)
+
+    def unlocked(self) -> None:
+        self.chat = ChatScreen(self.core)
+        self.switch_screen(self.chat)
+
+    async def _poll_kill(self) -> None:
+        if self.core.kill_requested() and not self._killing:
+            await self.action_kill()
+
+    async def action_kill(self) -> None:
+        """No confirmation: stop the reply, then the core switches the overlay off, journals `kill`, zeroes, locks."""
+        if not self.core.unlocked or self._killing:
+            return
+        self._killing = True
+        try:
+            await self.chat.halt()
+            self.core.kill()
+            await self._lock_ui("killed: keys zeroed, overlay off, `kill` journalled. Passphrase to come back.")
+        finally:
+            self._killing = False
+
+    async def _lock_ui(self, message: str) -> None:
+        while len(self.screen_stack) > 2:  # modals, help, sessions above the chat
+            await self.pop_screen()
+        self.chat = None
+        await self.switch_screen(UnlockScreen(self.core, message=message))
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.core.audit_cost()))
+
+    async def action_quit(self) -> None:
+        if self.chat is not None:
+            await self.chat.halt()
+        self.core.lock()
+        self.exit()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The palette lists exactly the key table's commands for this screen, each with its key."""
+        keyed = [(self, k) for k in APP_KEYS if k.action != "command_palette"]
+        keyed += [(screen, k) for k in getattr(screen, "KEYS", ()) if not k.widget]
+        for target, k in keyed:
+            yield SystemCommand(f"{k.title} [{k.key}]", k.help, partial(target.run_action, k.action))

@@ -1,0 +1,205 @@
+"""The chat screen: messages, the prompt, the status bar; replies are generated on a worker thread."""
+
+import threading
+from typing import Optional
+
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Markdown
+from textual.widgets.markdown import MarkdownStream
+from textual.worker import Worker, WorkerCancelled, WorkerFailed
+
+from ..errors import ApplianceError
+from .core import ERASE_JOURNAL_PHRASE, ChatCore, Outcome
+from .keys import CHAT_KEYS, bindings
+from .modals import EraseScreen, SystemPromptScreen
+from .sessions import SessionsScreen
+from .widgets import ChatMessage, PromptInput, StatusBar
+
+
+class ChatScreen(Screen):
+    KEYS = CHAT_KEYS
+    BINDINGS = bindings(CHAT_KEYS)
+
+    def __init__(self, core: ChatCore):
+        super().__init__()
+        self.core = core
+        self.stop_event: Optional[threading.Event] = None
+        self.worker: Optional[Worker] = None
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        yield VerticalScroll(id="messages")
+        yield PromptInput(id="prompt", placeholder="Message (enter sends, ctrl+j new line, F1 help)")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        status = self.query_one(StatusBar)
+        status.base = f"{self.core.model.name} {self.core.model.sha256[:12]}"
+        self.refresh_status()
+        if self.core.overlay_problem:
+            self.notify(f"overlay not loaded: {self.core.overlay_problem}", severity="error", timeout=15)
+        self.query_one(PromptInput).focus()
+
+    def refresh_status(self) -> None:
+        status, core = self.query_one(StatusBar), self.core
+        active = core.active
+        if active is None:
+            status.overlay = "refused (see message)" if core.overlay_problem else "none installed"
+            status.overlay_on = None
+        else:
+            p = active.provenance
+            status.overlay = f"{p.name} v{p.version} signers {' '.join(s[:8] for s in p.signers)}"
+            status.overlay_on = core.session.overlay_on
+        status.session = core.journal.session_id
+        status.audit = core.audit.enabled
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    # -- messages -------------------------------------------------------------------
+
+    async def add_message(self, role: str, text: str = "", header: str = "") -> ChatMessage:
+        view = ChatMessage(role, text, header)
+        messages = self.query_one("#messages", VerticalScroll)
+        await messages.mount(view)
+        messages.scroll_end(animate=False)
+        return view
+
+    async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
+        if self.busy:
+            self.notify("a reply is still being written: escape stops it", severity="warning")
+            return
+        await self.add_message("user", event.text)
+        state = "ON" if self.core.session.overlay_on else "OFF" if self.core.active else "none"
+        view = await self.add_message("assistant", header=f"assistant  overlay {state}")
+        self.stop_event = threading.Event()
+        self.query_one(StatusBar).busy = True
+        self.worker = self._generate(event.text, view, Markdown.get_stream(view.body), self.stop_event)
+
+    @work(thread=True, exit_on_error=False, group="reply")
+    def _generate(self, text: str, view: ChatMessage, stream: MarkdownStream, stop: threading.Event) -> None:
+        def on_text(piece: str) -> None:
+            self.app.call_from_thread(self._stream, stream, piece)
+
+        try:
+            outcome = self.core.reply(text, on_text, stop)
+        except ApplianceError as e:  # context full, journal write refused, ...: shown, never a crash
+            self.app.call_from_thread(self._finished, view, stream, None, str(e))
+            return
+        self.app.call_from_thread(self._finished, view, stream, outcome, "")
+
+    async def _stream(self, stream: MarkdownStream, piece: str) -> None:
+        await stream.write(piece)
+        self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
+
+    async def _finished(self, view: ChatMessage, stream: MarkdownStream, outcome: Optional[Outcome], error: str) -> None:
+        await stream.stop()
+        self.worker = self.stop_event = None
+        status = self.query_one(StatusBar)
+        status.busy = False
+        if outcome is None:
+            view.header.update(f"assistant  error: {error}")
+            self.notify(error, severity="error", timeout=10)
+            return
+        reply, div = outcome.reply, outcome.divergence
+        facts = [f"overlay {'ON' if reply.overlay_on else 'OFF'}" if self.core.active else "overlay none",
+                 f"{len(reply.tokens)} tok", f"{reply.tokens_per_second:.1f} tok/s"]
+        if reply.finish != "stop":
+            facts.append("stopped" if reply.finish == "cancelled" else "cut at max tokens")
+        if div is not None:
+            facts.append(f"KL rmse {div.rmse:.3f} max {div.max:.3f}")
+        view.header.update("assistant  " + "  ".join(facts))
+        status.tokens_per_second = reply.tokens_per_second
+        if div is not None:
+            status.divergence = div
+        if reply.dropped_turns:
+            self.notify(f"{reply.dropped_turns} oldest exchanges left out to fit the context window")
+
+    async def halt(self) -> None:
+        """Stop the reply being written (if any) and wait until its worker has returned."""
+        if self.worker is None:
+            return
+        worker = self.worker
+        self.stop_event.set()
+        try:
+            await worker.wait()
+        except (WorkerCancelled, WorkerFailed):
+            pass  # its own error path has already reported it
+
+    # -- actions -----------------------------------------------------------------------
+
+    def action_stop(self) -> None:
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    def action_toggle_overlay(self) -> None:
+        if self.core.active is None:
+            self.notify("no overlay is loaded", severity="warning")
+            return
+        try:
+            on = self.core.toggle()
+        except ApplianceError as e:
+            self.notify(str(e), severity="error")
+            return
+        self.refresh_status()
+        self.notify(f"overlay {'ON' if on else 'OFF'} from the next reply")
+
+    def action_toggle_audit(self) -> None:
+        self.core.set_audit(not self.core.audit.enabled)
+        self.refresh_status()
+
+    async def action_new_session(self) -> None:
+        await self.halt()
+        try:
+            self.core.new_session()
+        except ApplianceError as e:
+            self.notify(str(e), severity="error")
+            return
+        await self.query_one("#messages", VerticalScroll).remove_children()
+        self.query_one(StatusBar).divergence = None
+        self.refresh_status()
+
+    def action_sessions(self) -> None:
+        self.app.push_screen(SessionsScreen(self.core, self.app.export_dir))
+
+    def action_system_prompt(self) -> None:
+        def apply(text: Optional[str]) -> None:
+            if text is not None:
+                self.core.set_system_prompt(text.strip() or None)
+                self.notify("system prompt set for this session" if text.strip() else "system prompt: the model's default")
+
+        self.app.push_screen(SystemPromptScreen(self.core.session.system_prompt or ""), apply)
+
+    def action_erase_overlay(self) -> None:
+        if self.core.active is None:
+            self.notify("no overlay is loaded", severity="warning")
+            return
+        name = self.core.active.provenance.name
+
+        async def erase(confirmed: bool) -> None:
+            if confirmed:
+                await self.halt()
+                self._erased(self.core.erase_overlay)
+
+        self.app.push_screen(EraseScreen(name, f"overlay {name} (every installed version)"), erase)
+
+    def action_erase_journal(self) -> None:
+        async def erase(confirmed: bool) -> None:
+            if confirmed:
+                await self.halt()
+                self._erased(self.core.erase_journal)
+
+        self.app.push_screen(EraseScreen(ERASE_JOURNAL_PHRASE, "every journal session, this one included"), erase)
+
+    def _erased(self, erase) -> None:
+        try:
+            items = erase()
+        except ApplianceError as e:
+            self.notify(str(e), severity="error", timeout=10)
+        else:
+            self.notify(f"crypto-erased: {', '.join(items)}", timeout=10)
+        self.refresh_status()

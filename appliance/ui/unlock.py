@@ -1,0 +1,71 @@
+"""The unlock screen: the passphrase, or on first run (or after `erase all`) a new one typed twice.
+
+Every refusal of the vault (wrong passphrase, damaged file, erased vault, a second appliance
+running) is shown as a message and the screen stays; nothing here can crash the UI.
+"""
+
+from typing import Optional
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Label
+
+from ..errors import ApplianceError
+from .core import ChatCore
+
+
+class UnlockScreen(Screen):
+    def __init__(self, core: ChatCore, message: str = "", passphrase: Optional[bytes] = None):
+        super().__init__()
+        self.core, self.message = core, message
+        self._passphrase = passphrase  # from --passphrase-file: tried once on mount, then forgotten
+        self.creating = core.vault_state() != "present"
+
+    def compose(self) -> ComposeResult:
+        model = self.core.model
+        with Vertical(classes="dialog", id="unlock"):
+            yield Label("appliance: locked", id="title")
+            yield Label(f"base {model.name} v{model.version} sha256 {model.sha256[:16]} (verified)", markup=False)
+            if self.creating:
+                why = "The vault was crypto-erased." if self.core.vault_state() == "erased" else "No vault yet."
+                yield Label(f"{why} Choose a passphrase to create it (typed twice).", markup=False)
+                yield Input(password=True, placeholder="new passphrase", id="passphrase")
+                yield Input(password=True, placeholder="the same again", id="again")
+            else:
+                yield Label("Passphrase:")
+                yield Input(password=True, placeholder="passphrase", id="passphrase")
+            yield Label(self.message, id="message", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#passphrase", Input).focus()
+        if self._passphrase is not None and not self.creating:
+            passphrase, self._passphrase = self._passphrase, None
+            self._open(lambda: self.core.unlock(passphrase))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if not self.creating:
+            self._open(lambda: self.core.unlock(event.value.encode()))
+        elif event.input.id == "passphrase":
+            self.query_one("#again", Input).focus()
+        else:
+            first = self.query_one("#passphrase", Input).value
+            if first != event.value:
+                self._fail("the two passphrases differ: type them again")
+            else:
+                self._open(lambda: self.core.create_vault(first.encode()))
+
+    def _open(self, how) -> None:
+        try:
+            how()
+        except ApplianceError as e:
+            self._fail(str(e))
+            return
+        self.app.unlocked()
+
+    def _fail(self, text: str) -> None:
+        self.query_one("#message", Label).update(text)
+        for field in self.query(Input):
+            field.clear()
+        self.query_one("#passphrase", Input).focus()

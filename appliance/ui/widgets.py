@@ -1,0 +1,112 @@
+"""The chat's widgets: the status bar, the prompt box with history, and one message in the list."""
+
+from typing import Optional
+
+from rich.text import Text
+from textual import events
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Label, Markdown, Static, TextArea
+
+from .divergence import Divergence
+
+
+class StatusBar(Widget):
+    """Always on screen: which base and which overlay make the words, the journal session, the last reply's numbers."""
+
+    base = reactive("")
+    overlay = reactive("none")  # name, version and signers, or why there is none
+    overlay_on: reactive[Optional[bool]] = reactive(None)  # None: no overlay loaded
+    session = reactive("")
+    tokens_per_second: reactive[Optional[float]] = reactive(None)
+    audit = reactive(False)
+    divergence: reactive[Optional[Divergence]] = reactive(None)
+    busy = reactive(False)
+
+    def render(self) -> Text:
+        line = Text.assemble(("base ", "dim"), self.base, ("  overlay ", "dim"), self.overlay, " ")
+        if self.overlay_on is not None:
+            line.append(" ON " if self.overlay_on else " OFF ", style="bold reverse green" if self.overlay_on else "bold reverse red")
+        line.append("\n")
+        tps = f"{self.tokens_per_second:.1f} tok/s" if self.tokens_per_second is not None else "- tok/s"
+        line.append_text(Text.assemble(("journal ", "dim"), self.session or "-", "  ", tps, ("  KL ", "dim")))
+        if not self.audit:
+            line.append("meter off (F3)", style="dim")
+        elif self.divergence is None:
+            line.append("audit on, no overlay-on reply yet")
+        else:
+            line.append(f"rmse {self.divergence.rmse:.3f} max {self.divergence.max:.3f}", style="bold")
+        if self.busy:
+            line.append("  writing... (esc stops)", style="italic")
+        return line
+
+
+class PromptInput(TextArea):
+    """Multi-line prompt: enter sends, ctrl+j adds a line, up/down on the first/last line walk the prompts sent before."""
+
+    class Submitted(Message):
+        def __init__(self, text: str):
+            super().__init__()
+            self.text = text
+
+    def __init__(self, **kwargs):
+        super().__init__(soft_wrap=True, show_line_numbers=False, **kwargs)
+        self.sent: list[str] = []
+        self._recalled: Optional[int] = None  # index into history while walking it
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":  # a TextArea would insert a newline; here enter is "send"
+            event.stop()
+            event.prevent_default()
+            if self.text.strip():
+                self.sent.append(self.text)
+                self._recalled = None
+                self.post_message(self.Submitted(self.text))
+                self.clear()
+            return
+        if event.key == "ctrl+j":
+            event.stop()
+            event.prevent_default()
+            self.insert("\n")
+            return
+        await super()._on_key(event)
+
+    def action_cursor_up(self, select: bool = False) -> None:
+        if select or self.cursor_location[0] > 0 or not self.sent:
+            return super().action_cursor_up(select)
+        self._recall(len(self.sent) - 1 if self._recalled is None else max(0, self._recalled - 1))
+
+    def action_cursor_down(self, select: bool = False) -> None:
+        if select or self.cursor_location[0] < self.document.line_count - 1 or self._recalled is None:
+            return super().action_cursor_down(select)
+        if self._recalled + 1 < len(self.sent):
+            self._recall(self._recalled + 1)
+        else:  # past the newest: back to an empty prompt
+            self._recalled = None
+            self.clear()
+
+    def _recall(self, index: int) -> None:
+        self._recalled = index
+        self.text = self.sent[index]
+        self.move_cursor(self.document.end)
+
+
+class ChatMessage(Vertical):
+    """One message: a one-line header (who, and for a reply its provenance facts), then the text."""
+
+    def __init__(self, role: str, text: str = "", header: str = ""):
+        super().__init__(classes=role)
+        self.role, self._text = role, text
+        self.header = Label(header or ("you" if role == "user" else "assistant"), classes="header", markup=False)
+
+    def compose(self) -> ComposeResult:
+        yield self.header
+        # Replies are Markdown (streamed in); the user's own words are shown verbatim.
+        yield Markdown(self._text) if self.role == "assistant" else Static(self._text, markup=False)
+
+    @property
+    def body(self) -> Markdown:
+        return self.query_one(Markdown)

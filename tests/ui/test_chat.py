@@ -1,0 +1,122 @@
+"""The chat on the real embedded model: unlock, streaming, the overlay switch, escape, the journal."""
+
+import time
+
+from conftest import PASSPHRASE, overlay_for_tests
+from steps import send, unlock, wait_for
+from textual.widgets import Label, Markdown
+
+from appliance.journal import read
+from appliance.runtime.sampler import GREEDY
+from appliance.runtime.session import Session
+from appliance.ui.chat import ChatScreen
+from appliance.ui.unlock import UnlockScreen
+from appliance.ui.widgets import ChatMessage, StatusBar
+from appliance.vault import Vault
+
+
+async def test_wrong_then_right_passphrase(vault_home, make_app):
+    app = make_app()
+    async with app.run_test() as pilot:
+        await unlock(pilot, "not the passphrase")
+        assert isinstance(app.screen, UnlockScreen)
+        assert "wrong passphrase" in str(app.screen.query_one("#message", Label).render())
+        await unlock(pilot, PASSPHRASE)
+        assert isinstance(app.screen, ChatScreen)
+        status = app.screen.query_one(StatusBar)
+        assert status.session == app.core.journal.session_id and status.overlay_on is True
+        assert status.base.startswith(app.core.model.name) and "care v1 signers A1B2C3D4 0FEDCBA9" == status.overlay
+
+
+async def test_first_run_creates_the_vault(home, make_app):
+    from appliance import state
+
+    state.initialise(home)
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = app.screen
+        assert screen.creating
+        await pilot.press(*"one", "enter", *"two")  # enter moves to the second field
+        await pilot.press("enter")
+        assert "differ" in str(screen.query_one("#message", Label).render()) and Vault.state(home) == "none"
+        screen.query_one("#passphrase").value = screen.query_one("#again").value = "new passphrase"
+        screen.query_one("#again").focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ChatScreen)
+    Vault.unlock(home, b"new passphrase").zeroize()
+
+
+async def test_streamed_reply_is_journalled_with_provenance(vault_home, make_app):
+    app = make_app(max_tokens=48)
+    async with app.run_test() as pilot:
+        await unlock(pilot, PASSPHRASE)
+        screen = app.screen
+        screen.query_one("#prompt").text = "Tell me about the sea."
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.worker is not None)
+        partial_lengths = set()
+        while screen.worker is not None:
+            views = screen.query(ChatMessage)
+            if len(views) == 2:
+                partial_lengths.add(len(views[1].body.source))
+            await pilot.pause(0.01)
+        reply = screen.query(ChatMessage)[1]
+        final = reply.body.source
+        assert final.strip()
+        assert any(0 < n < len(final) for n in partial_lengths), "the reply appeared only at the end"
+        assert "overlay ON" in str(reply.header.render()) and "tok/s" in str(reply.header.render())
+        assert screen.query_one(StatusBar).tokens_per_second > 0
+        sid = app.core.journal.session_id
+    vault = Vault.unlock(vault_home, PASSPHRASE.encode())
+    user, assistant = read(vault, sid)
+    assert user["text"] == "Tell me about the sea." and assistant["text"] == final
+    assert assistant["overlay"]["on"] is True and assistant["overlay"]["signers"] == sorted(overlay_for_tests(app.core.model).provenance.signers)
+    assert assistant["base"]["sha256"] == app.core.model.sha256 and assistant["finish"] in ("stop", "length")
+
+
+async def test_toggle_changes_the_next_reply_to_a_fresh_sessions(vault_home, make_app, reference_runtime, model):
+    app = make_app()
+    async with app.run_test() as pilot:
+        await unlock(pilot, PASSPHRASE)
+        status = app.screen.query_one(StatusBar)
+        await send(pilot, "Name three colours.")
+        first = app.screen.query(ChatMessage)[1].body.source
+        await pilot.press("f2")
+        assert status.overlay_on is False and "OFF" in str(status.render())
+        await send(pilot, "And three animals?")
+        second = app.screen.query(ChatMessage)[3].body.source
+        sid = app.core.journal.session_id
+    history = [{"role": "user", "content": "Name three colours."}, {"role": "assistant", "content": first}]
+
+    def fresh(on: bool) -> str:
+        session = Session(reference_runtime, overlay=overlay_for_tests(model).overlay, settings=GREEDY, history=list(history))
+        session.set_overlay(on)
+        return session.generate("And three animals?", max_tokens=24).text
+
+    assert second == fresh(False)
+    assert second != fresh(True)
+    records = read(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
+    assert [r["kind"] for r in records] == ["message", "message", "overlay-toggle", "message", "message"]
+    assert records[2]["on"] is False and records[2]["after_messages"] == 2 and records[2]["time"]
+    assert records[3]["overlay"]["on"] is False
+
+
+async def test_escape_stops_a_long_reply_early(vault_home, make_app):
+    app = make_app(max_tokens=2000)
+    async with app.run_test() as pilot:
+        await unlock(pilot, PASSPHRASE)
+        screen = app.screen
+        screen.query_one("#prompt").text = "Write a very long story about a lighthouse keeper, chapter by chapter."
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(screen.query(ChatMessage)) == 2 and len(screen.query(ChatMessage)[1].body.source) > 20)
+        t0 = time.perf_counter()
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: screen.worker is None, timeout=5)
+        stopped_after = time.perf_counter() - t0
+        header = str(screen.query(ChatMessage)[1].header.render())
+        sid = app.core.journal.session_id
+    assert "stopped" in header
+    assert stopped_after < 0.5, stopped_after
+    _, reply = read(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
+    assert reply["finish"] == "cancelled" and reply["tokens"] < 300
