@@ -102,3 +102,9 @@ from .trust_commands import bundle, status_lines, trust, update, verify_cmd  # n
 
 for _command in (trust, bundle, update, verify_cmd):
     cli.add_command(_command)
+
+
+# Build-station overlay work: training and reports (appliance/cli/overlay_commands.py).
+from .overlay_commands import overlay  # noqa: E402
+
+cli.add_command(overlay)

@@ -64,3 +64,37 @@ def train(data: Path, out: Path, resume: bool, **options) -> None:
     if result.heldout_nll_on is not None:
         click.echo(f"held-out NLL: base {result.heldout_nll_off:.4f}, overlay {result.heldout_nll_on:.4f}")
     click.echo(f"training speed: {result.tokens_per_second:.0f} tokens/s on {cfg.device}")
+
+
+@overlay.command()
+@click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
+              help="Directory with overlay.json + overlay.safetensors (build station: the trainer's --out).")
+@click.option("--prompts", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
+              help="Neutral prompts, one per line.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--data", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The overlay's training data: its held-out split (recovered from the overlay's own config) gives the in-domain NLL.")
+@click.option("--max-tokens", type=click.IntRange(8, 1024), default=96, show_default=True)
+def report(overlay_dir: Path, prompts: Path, out: Path, data: Path | None, max_tokens: int) -> None:
+    """What the overlay does to the model (on vs off), and what it costs in coherence: numbers, plots, one page."""
+    from ..errors import UsageError
+    from ..overlay.files import load_overlay_dir
+    from ..runtime.embeddings import EmbeddingTable
+    from ..training.dataset import load_dataset
+    from ..training.report import build_report
+    from ..training.trainer import config_of, split_examples
+    from ..trust.builtin import embedded_pin, verify_pinned
+
+    model = verify_pinned(embedded_pin())
+    overlay_files = load_overlay_dir(overlay_dir, base_sha256=model.sha256, hidden_size=EmbeddingTable(model.path).n_embd)
+    prompt_lines = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompt_lines:
+        raise UsageError(f"{prompts}: no prompts")
+    heldout = None
+    if data is not None:
+        heldout, _ = split_examples(model, load_dataset(data), config_of(overlay_files))
+    metrics = build_report(model, overlay_files, prompt_lines, out, heldout=heldout, max_tokens=max_tokens)
+    kl = metrics["kl"]
+    click.echo(f"wrote {out}/report.md")
+    click.echo(f"KL per position: mean {kl['mean']:.3f} rmse {kl['rmse']:.3f} p95 {kl['p95']:.3f} max {kl['max']:.3f}")
+    click.echo(f"loop rate: off {metrics['loop_rate']['off']:.3f} on {metrics['loop_rate']['on']:.3f}")

@@ -89,6 +89,9 @@ class LlamaEngine:
         n = C.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
         return self._piece.raw[:n]
 
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
     def token_text(self, token: int) -> str:
         n = C.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, True)
         return self._piece.raw[:n].decode("utf-8", errors="replace")
@@ -105,20 +108,23 @@ class LlamaEngine:
         else:
             C.llama_memory_seq_rm(self.memory, 0, pos, -1)
 
-    def decode_tokens(self, tokens: list[int], pos0: int) -> None:
-        """Feed token ids at positions pos0.. ; logits are kept for the last one."""
-        self._decode(len(tokens), pos0, self._token_batch, lambda b, i, j: _set_tokens(b, tokens[i:j]))
+    def decode_tokens(self, tokens: list[int], pos0: int, all_logits: bool = False) -> None:
+        """Feed token ids at positions pos0.. ; logits are kept for the last one (or all, within one batch)."""
+        self._decode(len(tokens), pos0, self._token_batch, lambda b, i, j: _set_tokens(b, tokens[i:j]), all_logits)
 
-    def decode_embeddings(self, embeddings: np.ndarray, pos0: int) -> None:
-        """Feed input embeddings (n, n_embd) float32 at positions pos0.. ; logits kept for the last one."""
+    def decode_embeddings(self, embeddings: np.ndarray, pos0: int, all_logits: bool = False) -> None:
+        """Feed input embeddings (n, n_embd) float32 at positions pos0.. ; logits as for `decode_tokens`."""
         E = np.ascontiguousarray(embeddings, dtype=np.float32)
         assert E.ndim == 2 and E.shape[1] == self.n_embd
         row = self.n_embd * 4
-        self._decode(len(E), pos0, self._embd_batch, lambda b, i, j: ctypes.memmove(b.embd, E[i:j].ctypes.data, (j - i) * row))
+        fill = lambda b, i, j: ctypes.memmove(b.embd, E[i:j].ctypes.data, (j - i) * row)  # noqa: E731
+        self._decode(len(E), pos0, self._embd_batch, fill, all_logits)
 
-    def _decode(self, n: int, pos0: int, batch, fill) -> None:
+    def _decode(self, n: int, pos0: int, batch, fill, all_logits: bool = False) -> None:
         if pos0 + n > self.n_ctx:
             raise ContextOverflow(f"{pos0 + n} tokens exceed the context window of {self.n_ctx}")
+        if all_logits and n > self.n_batch:
+            raise ContextOverflow(f"scoring {n} positions at once needs n <= {self.n_batch}")
         for i in range(0, n, self.n_batch):
             j = min(n, i + self.n_batch)
             fill(batch, i, j)
@@ -126,12 +132,16 @@ class LlamaEngine:
                 batch.pos[k] = pos0 + i + k
                 batch.n_seq_id[k] = 1
                 batch.seq_id[k][0] = 0
-                batch.logits[k] = 0
+                batch.logits[k] = all_logits
             batch.logits[j - i - 1] = j == n
             batch.n_tokens = j - i
             rc = C.llama_decode(self.ctx, batch)
             if rc != 0:
                 raise ApplianceError(f"llama_decode failed with code {rc}")
+
+    def logits_at(self, i: int) -> np.ndarray:
+        """Logits (n_vocab,) of the i-th position of the last batch decoded with `all_logits`; a view."""
+        return np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
 
     def last_logits(self) -> np.ndarray:
         """Logits (n_vocab,) of the last decoded position; a view valid until the next decode."""

@@ -71,6 +71,9 @@ class TrainResult:
 def load_base(model: VerifiedModel, device: str = "cpu"):
     """The base as a frozen float32 torch model, dequantised from the very GGUF the runtime verified."""
     from transformers import AutoModelForCausalLM  # heavy: only the build station pays for it
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bar owns the terminal
 
     base = AutoModelForCausalLM.from_pretrained(str(model.path.parent), gguf_file=model.path.name, dtype=torch.float32)
     base.requires_grad_(False)
@@ -99,6 +102,27 @@ def encode(runtime: Runtime, conversation: list[dict], max_len: int) -> Example:
             grow(conversation[:i], True, False)
         grow(conversation[: i + 1], False, message["role"] == "assistant")
     return Example(torch.tensor(ids[:max_len]), torch.tensor(target[:max_len]))
+
+
+def config_of(overlay: Overlay) -> TrainConfig:
+    """The settings an overlay was trained with, from its own provenance (defaults where absent)."""
+    recorded = dict(overlay.training.get("config", {}))
+    if "delays" in recorded:
+        recorded["delays"] = tuple(recorded["delays"])
+    return TrainConfig(**{k: v for k, v in recorded.items() if k in TrainConfig.__dataclass_fields__})
+
+
+def split_examples(model: VerifiedModel, dataset: Dataset, cfg: TrainConfig) -> tuple[list[Example], list[Example]]:
+    """(held out, training) examples: a seeded permutation, so a report can recover the same split."""
+    runtime = Runtime(model, n_ctx=max(512, cfg.max_len + 8))  # the runtime's own tokenizer and template
+    try:
+        examples = [encode(runtime, conv, cfg.max_len) for conv in dataset.conversations]
+    finally:
+        runtime.close()
+    examples = [ex for ex in examples if ex.target[1:].any()]
+    order = np.random.default_rng(cfg.seed).permutation(len(examples))
+    n_held = int(round(cfg.holdout * len(examples)))
+    return [examples[i] for i in order[:n_held]], [examples[i] for i in order[n_held:]]
 
 
 def step_terms(base, overlay: Optional[TakensLoRA], ex: Example, cfg: TrainConfig):
@@ -135,21 +159,12 @@ def train(
     `base` is the frozen torch base if the caller already loaded it (see `load_base`).
     """
     torch.manual_seed(cfg.seed)
-    runtime = Runtime(model, n_ctx=max(512, cfg.max_len + 8))  # the runtime's own tokenizer and template
-    try:
-        examples = [encode(runtime, conv, cfg.max_len) for conv in dataset.conversations]
-        hidden_size = runtime.engine.n_embd
-    finally:
-        runtime.close()
-    examples = [ex for ex in examples if ex.target[1:].any()]
-    order = np.random.default_rng(cfg.seed).permutation(len(examples))
-    n_held = int(round(cfg.holdout * len(examples)))
-    held, trainset = [examples[i] for i in order[:n_held]], [examples[i] for i in order[n_held:]]
+    held, trainset = split_examples(model, dataset, cfg)
     if not trainset:
         raise UsageError("no conversation left to train on after the held-out split")
 
     base = base if base is not None else load_base(model, cfg.device)
-    overlay = TakensLoRA(hidden_size, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(cfg.device)
+    overlay = TakensLoRA(base.config.hidden_size, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(cfg.device)
     opt = torch.optim.AdamW(overlay.parameters(), lr=cfg.lr, weight_decay=0.0)
     log: list[StepLog] = []
     start = 0

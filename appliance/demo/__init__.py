@@ -1,0 +1,8 @@
+"""The demo: a dataset in one clear voice, and the overlay trained on it by our own recipe."""
+
+from pathlib import Path
+
+DEMO_DIR = Path(__file__).resolve().parent
+DATASET = DEMO_DIR / "field-manual.jsonl"
+OVERLAY_DIR = DEMO_DIR / "overlay"
+NEUTRAL_PROMPTS = DEMO_DIR / "neutral-prompts.txt"

@@ -1,0 +1,105 @@
+"""What an overlay does to the model, and what it costs in coherence (seeds 000, 001, 003).
+
+  kl_stats          per-position KL(p_overlay || p_base) along the overlay's own replies: mean, rmse, p95, max
+  loop_rate         share of reply tokens that close a 4-gram already seen in the same reply
+  participation_ratio  (sum lambda)^2 / sum lambda^2 of the covariance of final hidden states
+  nll_llama         held-out NLL measured in llama.cpp, quantised weights, overlay through batch.embd
+
+Replies come from the runtime users get (llama.cpp, greedy); divergence and
+hidden states from the torch base on the same tokens.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..overlay.files import Overlay
+from ..overlay.takens_numpy import OverlayStream
+from ..overlay.takens_torch import TakensLoRA
+from ..runtime.sampler import GREEDY
+from ..runtime.session import Runtime, Session
+from .objective import AGGREGATES, aggregate, per_position_kl
+from .trainer import Example
+
+LOOP_N = 4
+
+
+@dataclass
+class Trajectory:
+    prompt: list[int]  # rendered chat prompt tokens
+    reply: list[int]  # greedy reply tokens
+
+
+def replies(runtime: Runtime, prompts: list[str], overlay: Optional[Overlay], max_tokens: int) -> list[Trajectory]:
+    out = []
+    for text in prompts:
+        s = Session(runtime, overlay=overlay, overlay_on=overlay is not None, settings=GREEDY)
+        prompt = runtime.engine.tokenize(runtime.template.render([{"role": "user", "content": text}]))
+        out.append(Trajectory(prompt, s.generate(text, max_tokens=max_tokens).tokens))
+    return out
+
+
+def loop_rate(tokens: list[int], n: int = LOOP_N) -> float:
+    """Share of tokens that complete an n-gram seen earlier in the same sequence (0 = no loops)."""
+    if len(tokens) <= n:
+        return 0.0
+    seen, repeats = set(), 0
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(tokens[i : i + n])
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats / (len(tokens) - n + 1)
+
+
+def participation_ratio(hidden: np.ndarray) -> float:
+    """hidden (n, d) -> PR of its covariance: how many dimensions the states actually use."""
+    eig = np.clip(np.linalg.eigvalsh(np.cov(hidden, rowvar=False)), 0.0, None)
+    return float(eig.sum() ** 2 / (eig**2).sum())
+
+
+def _forward(base, module: Optional[TakensLoRA], ids: list[int]):
+    E = base.get_input_embeddings()(torch.tensor(ids)[None])  # (1, T, d)
+    out = base(inputs_embeds=module(E) if module is not None else E, output_hidden_states=True)
+    return out.logits[0], out.hidden_states[-1][0]  # (T, V), (T, d)
+
+
+def trajectory_measures(base, overlay: Overlay, trajs: list[Trajectory], on: bool):
+    """Per-position KL along each reply (overlay vs base) and the final hidden states of the reply positions."""
+    module = TakensLoRA.from_params(overlay.params)
+    kls, hidden = [], []
+    with torch.no_grad():
+        for t in trajs:
+            if not t.reply:
+                continue
+            ids, start = t.prompt + t.reply, len(t.prompt)
+            logits_base, h_base = _forward(base, None, ids)
+            logits_on, h_on = _forward(base, module, ids)
+            # position p predicts token p+1: the reply tokens are predicted from start-1 .. T-2
+            kls.append(per_position_kl(logits_on[start - 1 : -1], logits_base[start - 1 : -1]).numpy())
+            hidden.append((h_on if on else h_base)[start:].numpy())
+    return kls, np.concatenate(hidden) if hidden else np.zeros((0, 1))
+
+
+def kl_stats(kls: list[np.ndarray]) -> dict[str, float]:
+    pooled = torch.from_numpy(np.concatenate(kls)) if kls else torch.zeros(1)
+    return {agg: float(aggregate(pooled, agg)) for agg in AGGREGATES}
+
+
+def nll_llama(runtime: Runtime, overlay: Optional[Overlay], examples: list[Example]) -> float:
+    """Mean NLL of the target tokens, scored by llama.cpp on its quantised weights."""
+    engine, losses = runtime.engine, []
+    for ex in examples:
+        ids = ex.ids.tolist()
+        engine.forget_from(0)
+        if overlay is None:
+            engine.decode_tokens(ids, 0, all_logits=True)
+        else:
+            engine.decode_embeddings(OverlayStream(overlay.params).steps(runtime.embeddings.rows(ids)), 0, all_logits=True)
+        logits = torch.from_numpy(np.stack([engine.logits_at(i).copy() for i in range(len(ids) - 1)]))
+        predicts = ex.target[1:]
+        losses.append(F.cross_entropy(logits[predicts], ex.ids[1:][predicts]).item())
+    runtime.decoder.reset()  # we scored behind the decoder's back
+    return float(np.mean(losses))

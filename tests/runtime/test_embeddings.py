@@ -1,0 +1,26 @@
+"""Our direct lookup of the embedding table agrees with the gguf library's full reader."""
+
+import numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+
+from appliance.runtime.embeddings import TOKEN_EMBEDDING, EmbeddingTable
+
+
+def test_rows_equal_the_gguf_readers_dequantisation(model):
+    table = EmbeddingTable(model.path)
+    tensor = next(t for t in GGUFReader(str(model.path)).tensors if t.name == TOKEN_EMBEDDING)
+    assert (table.n_vocab, table.n_embd) == (tensor.shape[1], tensor.shape[0])
+    ids = np.arange(0, table.n_vocab, 97).tolist() + [table.n_vocab - 1]
+    assert np.array_equal(table.rows(ids), dequantize(tensor.data[ids], tensor.tensor_type))
+
+
+def test_a_file_that_is_not_gguf_is_refused(tmp_path):
+    import pytest
+
+    from appliance.errors import ApplianceError
+
+    bogus = tmp_path / "x.gguf"
+    bogus.write_bytes(b"NOPE" + bytes(64))
+    with pytest.raises(ApplianceError, match="token embeddings"):
+        EmbeddingTable(bogus)
