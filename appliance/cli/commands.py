@@ -108,3 +108,9 @@ for _command in (trust, bundle, update, verify_cmd):
 from .overlay_commands import overlay  # noqa: E402
 
 cli.add_command(overlay)
+
+
+# The terminal UI (appliance/cli/chat_command.py).
+from .chat_command import chat  # noqa: E402
+
+cli.add_command(chat)

@@ -49,14 +49,14 @@ class ChatCore:
         settings: SamplingSettings = SamplingSettings(),
         max_tokens: int = 256,
         system_prompt: Optional[str] = None,
-        overlay_loader: Optional[Callable[[], ActiveOverlay]] = None,
+        overlay_loader: Optional[Callable[[Vault], ActiveOverlay]] = None,
         n_ctx: int = 4096,
         n_threads: Optional[int] = None,
     ):
         self.home, self.model = home, model
         self.settings, self.max_tokens, self.system_prompt = settings, max_tokens, system_prompt
-        # Tests inject an overlay here; the product always loads the store's active one, re-verified.
-        self._load_overlay = overlay_loader or (lambda: load_active_overlay(home, Base(model)))
+        # Tests inject an overlay here; the product always decrypts the store's active one, re-verified.
+        self._load_overlay = overlay_loader or (lambda vault: load_active_overlay(home, Base(model), vault))
         self.runtime = Runtime(model, n_ctx=n_ctx, n_threads=n_threads)
         self.audit = AuditDecoder.install(self.runtime)
         self.base_prov = provenance.base(model.name, model.sha256, model.version)
@@ -104,10 +104,10 @@ class ChatCore:
 
     def _load(self) -> None:
         try:
-            self.active, self.overlay_problem = self._load_overlay(), ""
+            self.active, self.overlay_problem = self._load_overlay(self.vault), ""
         except NotFound:
             self.active, self.overlay_problem = None, ""
-        except ApplianceError as e:  # refused by verification: chat on the base alone, and say why
+        except ApplianceError as e:  # refused by verification, or erased: chat on the base alone, and say why
             self.active, self.overlay_problem = None, str(e)
 
     def new_session(self) -> None:
@@ -155,9 +155,7 @@ class ChatCore:
             self.session.set_overlay(False)
             self.session.overlay = None
         if self.active is not None:
-            params = self.active.overlay.params
-            for array in (params.A, params.W, params.B):
-                array.fill(0)  # the decrypted weights; Python may still hold other copies (docs/procedures.md)
+            self.active.zeroize()
             self.active = None
 
     def _close_journal(self) -> None:

@@ -67,7 +67,7 @@ def make_app(home, model, tmp_path):
 
     def make(overlay: bool = True, max_tokens: int = 24, **kw) -> ApplianceApp:
         core = ChatCore(home, model, settings=GREEDY, max_tokens=max_tokens, n_ctx=2048, n_threads=THREADS,
-                        overlay_loader=(lambda: overlay_for_tests(model)) if overlay else None)
+                        overlay_loader=(lambda vault: overlay_for_tests(model)) if overlay else None)
         cores.append(core)
         return ApplianceApp(core, export_dir=tmp_path, **kw)
 

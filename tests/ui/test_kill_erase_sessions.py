@@ -1,0 +1,151 @@
+"""Kill (key and signal), erase modals, the sessions screen, help and the command palette."""
+
+import os
+import signal
+
+import pytest
+from conftest import PASSPHRASE
+from steps import send, unlock, wait_for
+from textual.widgets import DataTable, Label, Markdown
+
+from appliance.errors import Erased
+from appliance.journal import check, read, sessions
+from appliance.journal.store import relative_path
+from appliance.ui.chat import ChatScreen
+from appliance.ui.help import HelpScreen
+from appliance.ui.keys import SECTIONS
+from appliance.ui.modals import EraseScreen
+from appliance.ui.sessions import SessionsScreen
+from appliance.ui.unlock import UnlockScreen
+from appliance.ui.widgets import ChatMessage, StatusBar
+from appliance.vault import Vault
+from appliance.vault.killswitch import pid_path
+
+
+def _vault(home) -> Vault:
+    return Vault.unlock(home, PASSPHRASE.encode())
+
+
+@pytest.mark.parametrize("how", ["key", "signal"])
+async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
+    app = make_app(max_tokens=2000)
+    async with app.run_test() as pilot:
+        previous = signal.getsignal(signal.SIGTERM)
+        await unlock(pilot, PASSPHRASE)
+        assert pid_path(vault_home).exists()  # `appliance kill` from another terminal finds the UI
+        screen, params = app.screen, app.core.active.overlay.params
+        screen.query_one("#prompt").text = "Write a very long story about a lighthouse keeper."
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(screen.query(ChatMessage)) == 2 and screen.query(ChatMessage)[1].body.source)
+        sid = app.core.journal.session_id
+        if how == "key":
+            await pilot.press("f9")
+        else:  # what `appliance kill` sends
+            os.kill(os.getpid(), signal.SIGTERM)
+        await wait_for(pilot, lambda: isinstance(app.screen, UnlockScreen), timeout=5)
+        assert "killed" in str(app.screen.query_one("#message", Label).render())
+        # Disarmed: the signal handlers are back (the pid file is left to `running_pid`, which
+        # only counts a process whose command line says appliance, unlike pytest's).
+        assert not app.core.unlocked and signal.getsignal(signal.SIGTERM) is previous
+        assert not params.B.any() and not params.A.any()  # the decrypted weights are zeroed
+        await unlock(pilot, PASSPHRASE)  # the passphrase brings it back, in a new session
+        assert isinstance(app.screen, ChatScreen) and app.core.journal.session_id != sid
+    user, reply, kill = read(_vault(vault_home), sid)
+    assert reply["finish"] == "cancelled" and reply["tokens"] < 300
+    assert kill["kind"] == "kill" and kill["wipe"] is False
+
+
+def _fake_overlay_item(home):
+    """The vault item an installed overlay `care` v1 has (the store's own import is tested in tests/trust)."""
+    vault = _vault(home)
+    vault.new_data_key("overlay/care/1")
+    vault.zeroize()
+
+
+async def test_erase_overlay_needs_its_name(vault_home, make_app):
+    _fake_overlay_item(vault_home)
+    app = make_app()
+    async with app.run_test() as pilot:
+        await unlock(pilot, PASSPHRASE)
+        await pilot.press("f7")
+        assert isinstance(app.screen, EraseScreen)
+        await pilot.press(*"cares", "enter")
+        assert isinstance(app.screen, EraseScreen)
+        assert "did not match" in str(app.screen.query_one("#message", Label).render())
+        assert _vault(vault_home).data_key("overlay/care/1")
+        await pilot.press(*"care", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ChatScreen)
+        status = app.screen.query_one(StatusBar)
+        assert status.overlay_on is None and status.overlay == "none installed"
+    with pytest.raises(Erased):
+        _vault(vault_home).data_key("overlay/care/1")
+
+
+async def test_erase_journal_then_a_fresh_session(vault_home, make_app):
+    app = make_app(overlay=False)
+    async with app.run_test() as pilot:
+        await unlock(pilot, PASSPHRASE)
+        await send(pilot, "Hello.")
+        old = app.core.journal.session_id
+        await pilot.press("f8", *"erase log", "enter")
+        assert isinstance(app.screen, EraseScreen) and check(_vault(vault_home), old).ok
+        await pilot.press(*"erase logs", "enter")
+        await pilot.pause()
+        new = app.core.journal.session_id
+        assert new != old and app.screen.query_one(StatusBar).session == new
+    with pytest.raises(Erased):
+        check(_vault(vault_home), old)
+
+
+async def test_sessions_open_verify_export(vault_home, make_app, tmp_path):
+    app = make_app(overlay=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await unlock(pilot, PASSPHRASE)
+        await send(pilot, "Say hello.")
+        first = app.core.journal.session_id
+        await pilot.press("f5")
+        await send(pilot, "Say goodbye.")
+        second = app.core.journal.session_id
+        path = vault_home / relative_path(second)
+        data = bytearray(path.read_bytes())
+        data[-5] ^= 1  # tamper with the last record of the second session
+        path.write_bytes(bytes(data))
+
+        await pilot.press("f4")
+        screen = app.screen
+        assert isinstance(screen, SessionsScreen)
+        assert screen.query_one(DataTable).row_count == 2
+        await pilot.press("v")
+        verdict = str(screen.query_one("#result", Label).render())
+        assert f"{second} BROKEN at record 2: modified" in verdict and first not in verdict
+        await pilot.press("enter")  # the cursor is on the first (oldest) session
+        await pilot.pause()
+        transcript = screen.query_one("#transcript", Markdown).source
+        assert "Say hello." in transcript and app.core.model.sha256[:12] in transcript
+        await pilot.press("e")
+        assert (tmp_path / f"{first}.md").read_text() == transcript
+        await pilot.press("escape")
+        assert isinstance(app.screen, ChatScreen)
+    assert sessions(_vault(vault_home)) == [first, second]
+
+
+async def test_help_and_palette_list_every_key(vault_home, make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await unlock(pilot, PASSPHRASE)
+        await pilot.press("f1")
+        assert isinstance(app.screen, HelpScreen)
+        text = app.screen.query_one(Markdown).source
+        for _, keys in SECTIONS:
+            for k in keys:
+                assert f"`{k.key}`" in text and k.help in text
+        assert "costs" in text
+        await pilot.press("escape")
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert {"Kill [f9]", "Overlay [f2]", "Sessions [f4]", "Audit [f3]", "Help [f1]"} <= set(titles)
+        await pilot.press("ctrl+p")
+        await pilot.press(*"overlay")
+        await pilot.pause(0.3)
+        await pilot.press("enter")  # runs "Overlay [f2]" from the palette
+        await wait_for(pilot, lambda: app.core.session.overlay_on is False, timeout=5)
