@@ -83,6 +83,25 @@ def trajectory_measures(base, overlay: Overlay, trajs: list[Trajectory], on: boo
     return kls, np.concatenate(hidden) if hidden else np.zeros((0, 1))
 
 
+def torch_greedy(adapter, prompt: list[int], max_tokens: int, is_end) -> list[int]:
+    """Greedy reply of any adapter (adapter on), recomputing the whole context each step: slow, exact."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            token = int(adapter.logits(torch.tensor(ids))[-1].argmax())
+            if is_end(token):
+                break
+            ids.append(token)
+    return ids[len(prompt) :]
+
+
+def kl_along(adapter, prompt: list[int], reply: list[int]) -> np.ndarray:
+    """KL(adapter || base) at each position that predicts a reply token."""
+    ids, start = torch.tensor(prompt + reply), len(prompt)
+    with torch.no_grad():
+        return per_position_kl(adapter.logits(ids)[start - 1 : -1], adapter.reference(ids)[start - 1 : -1]).numpy()
+
+
 def kl_stats(kls: list[np.ndarray]) -> dict[str, float]:
     pooled = torch.from_numpy(np.concatenate(kls)) if kls else torch.zeros(1)
     return {agg: float(aggregate(pooled, agg)) for agg in AGGREGATES}

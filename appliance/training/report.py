@@ -10,7 +10,8 @@ from ..overlay.files import Overlay
 from ..runtime.session import Runtime
 from ..trust.builtin import VerifiedModel
 from .evaluate import kl_stats, loop_rate, nll_llama, participation_ratio, replies, trajectory_measures
-from .trainer import Example, TrainConfig, heldout_nll, load_base
+from ..overlay.takens_torch import TakensLoRA
+from .trainer import Example, TakensAdapter, TrainConfig, heldout_nll, load_base
 
 
 def _bars(path: Path, title: str, ylabel: str, values: dict[str, float]) -> None:
@@ -71,10 +72,10 @@ def build_report(
         _, hidden_off = trajectory_measures(base, overlay, off, on=False)
         nll = {}
         if heldout:
-            cfg = TrainConfig()
+            cfg, adapter = TrainConfig(), TakensAdapter(base, TakensLoRA.from_params(overlay.params))
             nll = {
-                "torch off": heldout_nll(base, None, heldout, cfg),
-                "torch on": heldout_nll(base, _module(overlay), heldout, cfg),
+                "torch off": heldout_nll(adapter, heldout, cfg, on=False),
+                "torch on": heldout_nll(adapter, heldout, cfg),
                 "llama.cpp off": nll_llama(runtime, None, heldout),
                 "llama.cpp on": nll_llama(runtime, overlay, heldout),
             }
@@ -103,12 +104,6 @@ def build_report(
     (out / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "report.md").write_text(_page(overlay, metrics, samples))
     return metrics
-
-
-def _module(overlay: Overlay):
-    from ..overlay.takens_torch import TakensLoRA
-
-    return TakensLoRA.from_params(overlay.params)
 
 
 def _page(overlay: Overlay, m: dict, samples: list[tuple[str, str, str]]) -> str:

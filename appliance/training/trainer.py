@@ -125,56 +125,68 @@ def split_examples(model: VerifiedModel, dataset: Dataset, cfg: TrainConfig) -> 
     return [examples[i] for i in order[:n_held]], [examples[i] for i in order[n_held:]]
 
 
-def step_terms(base, overlay: Optional[TakensLoRA], ex: Example, cfg: TrainConfig):
-    """NLL with the overlay on, per-position KL to the base, on the positions that predict assistant tokens."""
+class TakensAdapter:
+    """The base seen through a Takens-LoRA overlay. The reference pass is the same model without it."""
+
+    def __init__(self, base, overlay: TakensLoRA):
+        self.base, self.module = base, overlay
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.base.get_input_embeddings()(ids[None])  # (1, T, d)
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """(T,) -> (T, V) with the overlay on"""
+        return self.base(inputs_embeds=self.module(self._embed(ids))).logits[0]
+
+    def reference(self, ids: torch.Tensor) -> torch.Tensor:
+        """(T,) -> (T, V) of the base alone"""
+        with torch.no_grad():
+            return self.base(inputs_embeds=self._embed(ids)).logits[0]
+
+
+def step_terms(adapter, ex: Example, cfg: TrainConfig, on: bool = True):
+    """NLL (adapter on, or the base if not `on`) and per-position KL to the base, at positions predicting assistant tokens."""
     ids = ex.ids.to(cfg.device)
     predicts = ex.target[1:].to(cfg.device)  # position t predicts token t+1
-    E = base.get_input_embeddings()(ids[None])  # (1, T, d)
-    with torch.no_grad():
-        logits_base = base(inputs_embeds=E).logits[0, :-1][predicts]  # (n, V)
-    if overlay is None:
-        return nll(logits_base, ids[1:][predicts]), torch.zeros(len(logits_base))
-    logits_on = base(inputs_embeds=overlay(E)).logits[0, :-1][predicts]  # (n, V)
-    return nll(logits_on, ids[1:][predicts]), per_position_kl(logits_on, logits_base)
+    targets = ids[1:][predicts]
+    logits_base = adapter.reference(ids)[:-1][predicts]  # (n, V)
+    if not on:
+        return nll(logits_base, targets), torch.zeros(len(logits_base))
+    logits_on = adapter.logits(ids)[:-1][predicts]  # (n, V)
+    return nll(logits_on, targets), per_position_kl(logits_on, logits_base)
 
 
-def heldout_nll(base, overlay: Optional[TakensLoRA], examples: list[Example], cfg: TrainConfig) -> Optional[float]:
+def heldout_nll(adapter, examples: list[Example], cfg: TrainConfig, on: bool = True) -> Optional[float]:
     if not examples:
         return None
     with torch.no_grad():
-        return float(np.mean([step_terms(base, overlay, ex, cfg)[0].item() for ex in examples]))
+        return float(np.mean([step_terms(adapter, ex, cfg, on)[0].item() for ex in examples]))
 
 
-def train(
-    model: VerifiedModel,
-    dataset: Dataset,
+def optimise(
+    adapter,
+    trainset: list[Example],
     cfg: TrainConfig,
-    out: Path,
+    out: Optional[Path],
     on_step: Optional[Callable[[StepLog], None]] = None,
     resume: bool = False,
-    base=None,
-) -> TrainResult:
-    """Train, checkpointing every `checkpoint_every` steps; `resume` continues from the checkpoint in `out`.
+) -> tuple[list[StepLog], float]:
+    """The training loop for any adapter (`.module`, `.logits`, `.reference`): NLL + lambda * barrier.
 
-    `base` is the frozen torch base if the caller already loaded it (see `load_base`).
+    One conversation per step, in a fixed order; checkpoints every `checkpoint_every`
+    steps to `out` (if given), and `resume` continues from there. Returns (log, trained tokens/s).
     """
-    torch.manual_seed(cfg.seed)
-    held, trainset = split_examples(model, dataset, cfg)
-    if not trainset:
-        raise UsageError("no conversation left to train on after the held-out split")
-
-    base = base if base is not None else load_base(model, cfg.device)
-    overlay = TakensLoRA(base.config.hidden_size, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(cfg.device)
-    opt = torch.optim.AdamW(overlay.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in adapter.module.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     log: list[StepLog] = []
     start = 0
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint = out / CHECKPOINT
-    if resume and checkpoint.exists():
+    checkpoint = out / CHECKPOINT if out is not None else None
+    if checkpoint is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    if resume and checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         if state["config"] != asdict(cfg):
             raise UsageError(f"{checkpoint} was made with other settings; start afresh without --resume")
-        overlay.load_state_dict(state["overlay"])
+        adapter.module.load_state_dict(state["adapter"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         log, start = [StepLog(**s) for s in state["log"]], state["step"]
@@ -182,7 +194,7 @@ def train(
     trained_tokens, t0 = 0, time.perf_counter()
     for step in range(start, cfg.steps):
         ex = trainset[step % len(trainset)]
-        nll_term, kl = step_terms(base, overlay, ex, cfg)
+        nll_term, kl = step_terms(adapter, ex, cfg)
         divergence = aggregate(kl, cfg.agg)
         bar = barrier(divergence, cfg.tau)
         loss = nll_term + cfg.lam * bar
@@ -194,12 +206,12 @@ def train(
         log.append(entry)
         if on_step is not None:
             on_step(entry)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        if checkpoint is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             torch.save(
                 {
                     "config": asdict(cfg),
                     "step": step + 1,
-                    "overlay": overlay.state_dict(),
+                    "adapter": adapter.module.state_dict(),
                     "optimizer": opt.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     "log": [asdict(s) for s in log],
@@ -207,8 +219,32 @@ def train(
                 checkpoint,
             )
     elapsed = time.perf_counter() - t0
+    return log, trained_tokens / elapsed if elapsed > 0 else 0.0
 
-    nll_off, nll_on = heldout_nll(base, None, held, cfg), heldout_nll(base, overlay, held, cfg)
+
+def train(
+    model: VerifiedModel,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    out: Path,
+    on_step: Optional[Callable[[StepLog], None]] = None,
+    resume: bool = False,
+    base=None,
+) -> TrainResult:
+    """Train a Takens-LoRA overlay and write overlay.json + overlay.safetensors (with provenance) to `out`.
+
+    `base` is the frozen torch base if the caller already loaded it (see `load_base`).
+    """
+    torch.manual_seed(cfg.seed)
+    held, trainset = split_examples(model, dataset, cfg)
+    if not trainset:
+        raise UsageError("no conversation left to train on after the held-out split")
+    base = base if base is not None else load_base(model, cfg.device)
+    overlay = TakensLoRA(base.config.hidden_size, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(cfg.device)
+    adapter = TakensAdapter(base, overlay)
+    log, speed = optimise(adapter, trainset, cfg, out, on_step, resume)
+
+    nll_off, nll_on = heldout_nll(adapter, held, cfg, on=False), heldout_nll(adapter, held, cfg)
     training = {
         "recipe": "takens-lora: nll + lambda * relu(agg(kl) - tau)",
         "dataset_sha256": dataset.sha256,
@@ -222,7 +258,6 @@ def train(
         "heldout_nll_on": nll_on,
         "code_version": __version__,
     }
-    result = TrainResult(Overlay(overlay.to_params(), model.sha256, training), log, nll_off, nll_on,
-                         trained_tokens / elapsed if elapsed > 0 else 0.0)
+    result = TrainResult(Overlay(overlay.to_params(), model.sha256, training), log, nll_off, nll_on, speed)
     save_overlay(result.overlay, out)
     return result

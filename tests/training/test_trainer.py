@@ -12,7 +12,7 @@ from appliance.overlay.takens_torch import TakensLoRA
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Session
 from appliance.training.dataset import load_dataset
-from appliance.training.trainer import TrainConfig, encode, load_base, step_terms, train
+from appliance.training.trainer import TakensAdapter, TrainConfig, encode, load_base, step_terms, train
 
 CONVERSATIONS = [
     [{"role": "user", "content": q}, {"role": "assistant", "content": "Unknown. I will not guess. Check the log."}]
@@ -95,5 +95,8 @@ def test_reference_pass_is_the_base(model, runtime, base):
         by_zero_overlay = base(inputs_embeds=zero(E)).logits
     assert torch.equal(by_ids, by_embeddings)
     assert torch.equal(by_ids, by_zero_overlay)
-    nll_off, kl_off = step_terms(base, None, ex, TrainConfig())
-    assert float(kl_off.abs().max()) == 0.0
+    adapter = TakensAdapter(base, zero)
+    nll_off, kl_off = step_terms(adapter, ex, TrainConfig(), on=False)
+    nll_on, kl_on = step_terms(adapter, ex, TrainConfig())
+    assert nll_on.item() == nll_off.item()
+    assert float(kl_on.abs().max()) == 0.0
