@@ -66,10 +66,13 @@ def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: floa
     """Answer one PROMPT on the active base (and overlay), streaming the reply; both are journaled."""
     state.require_initialised(paths.state_dir())
     model = verify_pinned(embedded_pin())
-    # Re-hashed against its accepted manifest and bound to this base before anything is loaded.
-    active = load_active_overlay(paths.state_dir(), Base(model)) if overlay == "on" else None
-    # Refusals above change nothing; from here the vault is open, the kill-switch armed, the session journaled.
+    # From here the vault is open and the kill-switch armed; the session is journaled from its first record.
     with guarded_session(passphrase_file) as guard:
+        # Decrypted into memory, re-hashed against its accepted manifest and bound to this base before
+        # anything is loaded; a refusal here (exit 3, or 6 if erased) leaves nothing behind.
+        active = load_active_overlay(paths.state_dir(), Base(model), guard.vault) if overlay == "on" else None
+        if active is not None:
+            guard.killswitch.on_kill(active.zeroize)
         session = Session(
             Runtime(model),
             overlay=active.overlay if active else None,

@@ -9,11 +9,12 @@ import click
 from .. import paths, state
 from ..errors import Refused
 from ..store import describe_installed, embedded_base, verify_installed
-from ..store.active import floor_text
+from ..store.active import floor_text, versions_text
 from ..store.importer import import_bundle, rollback, verify_bundle
 from ..trust.bundle import create_bundle, sign_bundle
 from ..trust.manifest import format_time, parse_time
 from ..trust.policy import TrustStore
+from .vault_commands import passphrase_option, unlock
 
 LARGE = 64 << 20  # show progress for bundles above this size
 
@@ -156,9 +157,14 @@ def update() -> None:
 
 @update.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def update_import(file: Path) -> None:
-    """Verify a bundle in full and install it atomically."""
-    accepted = import_bundle(_home(), file, embedded_base(), _Progress(_size(file), "import"))
+@passphrase_option
+def update_import(file: Path, passphrase_file: Path | None) -> None:
+    """Verify a bundle in full and install it atomically (an overlay encrypted at rest: needs the passphrase)."""
+    vault = unlock(passphrase_file)  # locked: exit 4 before the bundle is even opened
+    try:
+        accepted = import_bundle(_home(), file, embedded_base(), vault, _Progress(_size(file), "import"))
+    finally:
+        vault.zeroize()
     _report(accepted, "installed")
 
 
@@ -167,16 +173,24 @@ def update_list() -> None:
     """Installed items, their versions and the active one."""
     store_state, items = describe_installed(_home())
     for item in items:
-        p = item.provenance
-        versions = ", ".join(f"v{v}" for v in item.installed_versions)
-        click.echo(f"{p.name}  {p.kind}  active v{p.version}  installed {versions}")
+        erased = f"  crypto-erased {versions_text(item.erased_versions)}" if item.erased_versions else ""
+        if item.provenance is None:
+            click.echo(f"{item.name}  {item.kind}  erased{erased}")
+        else:
+            installed = versions_text(item.installed_versions)
+            click.echo(f"{item.name}  {item.kind}  active v{item.provenance.version}  installed {installed}{erased}")
 
 
 @update.command("rollback")
 @click.argument("name")
-def update_rollback(name: str) -> None:
-    """Re-activate the previous version of NAME that is still in the store."""
-    old, new = rollback(_home(), name, embedded_base())
+@passphrase_option
+def update_rollback(name: str, passphrase_file: Path | None) -> None:
+    """Re-activate the previous version of NAME that is still in the store (re-verified: needs the passphrase)."""
+    vault = unlock(passphrase_file)
+    try:
+        old, new = rollback(_home(), name, embedded_base(), vault)
+    finally:
+        vault.zeroize()
     click.echo(f"{name}: v{old} -> v{new}")
 
 
@@ -184,12 +198,17 @@ def update_rollback(name: str) -> None:
 
 
 @click.command("verify")
-def verify_cmd() -> None:
-    """Re-verify the base and every installed version."""
+@passphrase_option
+def verify_cmd(passphrase_file: Path | None) -> None:
+    """Re-verify the base and every installed version (overlays decrypted in memory: needs the passphrase)."""
     home = _home()
+    vault = unlock(passphrase_file)
     base = embedded_base()
     click.echo(f"base sha256 {base.sha256}: ok")
-    results = verify_installed(home, base)
+    try:
+        results = verify_installed(home, base, vault)
+    finally:
+        vault.zeroize()
     for label, fault in results:
         click.echo(f"{label}: {fault or 'ok'}")
     failed = [f"{label}: {fault}" for label, fault in results if fault]
@@ -206,6 +225,11 @@ def status_lines(home: Path) -> list[str]:
     for item in items:
         p = item.provenance
         active = " (active overlay)" if item.is_active_overlay else ""
+        if p is None:
+            lines.append(f"{item.kind}: {item.name}{active} crypto-erased ({versions_text(item.erased_versions)})")
+            continue
         lines.append(f"{p.kind}: {p.name} v{p.version}{active}, manifest sha256 {p.manifest_sha256}")
         lines.append(f"         signed by {', '.join(p.signers)}; expires {format_time(p.expires)}")
+        if item.erased_versions:
+            lines.append(f"         crypto-erased earlier: {versions_text(item.erased_versions)}")
     return lines

@@ -93,9 +93,13 @@ def create_vault(home: Path, passphrase: bytes) -> None:
 class Guard:
     killswitch: KillSwitch
     vault: Vault
-    journal: Journal
+    # Opened by the first record: work done under the unlocked vault before it (decrypting and
+    # re-verifying the overlay) can still be refused without leaving an empty session behind.
+    journal: Optional[Journal] = None
 
     def message(self, role: str, text: str, *, base: dict, overlay: Optional[dict], settings: dict, **extra) -> None:
+        if self.journal is None:
+            self.journal = Journal.create(self.vault)
         self.journal.append("message", **provenance.message(role, text, base=base, overlay=overlay, settings=settings, **extra))
 
 
@@ -105,20 +109,18 @@ def guarded_session(passphrase_file: Optional[Path]) -> Iterator[Guard]:
     home = paths.state_dir()
     state.require_initialised(home)
     with KillSwitch(home) as ks:
-        vault = unlock(passphrase_file)
-        journal = None
+        guard = Guard(ks, unlock(passphrase_file))
         try:
             ks.check()
-            journal = Journal.create(vault)
-            yield Guard(ks, vault, journal)
+            yield guard
             ks.check()
         except Killed as killed:
-            _handle_kill(killed, ks, vault, journal)
+            _handle_kill(killed, ks, guard.vault, guard.journal)
             raise
         finally:
-            if journal is not None:
-                journal.close()
-            vault.zeroize()
+            if guard.journal is not None:
+                guard.journal.close()
+            guard.vault.zeroize()
 
 
 def _handle_kill(killed: Killed, ks: KillSwitch, vault: Vault, journal: Optional[Journal]) -> None:

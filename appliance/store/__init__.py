@@ -5,23 +5,31 @@ Layout under the state directory:
     store/
       state.json                  the commit point, replaced atomically:
                                   {"format", "floor", "overlay": active overlay name,
-                                   "items": {name: {"kind", "active", "installed", "max_version"}}}
+                                   "items": {name: {"kind", "active", "installed", "max_version", "erased"}}}
       objects/<manifest sha256>/  content-addressed, one per accepted manifest:
         manifest.json             the exact signed bytes
         signatures/<FPR>.asc      as they came in the bundle
         accepted.json             the pinned signers that counted, and when
-        artifacts/<path>          the bytes that were hashed on the way in
+        artifacts/<path>          the bytes that were hashed on the way in; an overlay's
+                                  encrypted under its version's vault data key (`at_rest`)
     .staging-<random>/            exists only while an import runs
 
 An import writes nothing but its staging directory until every check has
 passed; then it renames staging into `objects/` and replaces `state.json`.
 Killed at any point, the active versions are the old ones or the new ones;
 leftover staging directories and unreferenced objects are removed by the next
-successful import.
+successful import. Crypto-erase of an overlay (vault) marks its versions erased
+here (`forget`).
 """
 
+from ..vault.erase import OVERLAY_ERASE_HOOKS
 from .active import ActiveOverlay, Base, Provenance, describe_installed, embedded_base, load_active_overlay, verify_installed
+from .forget import forget_overlays
 from .importer import import_bundle, rollback, verify_bundle
+
+# The vault calls back after erasing overlay keys; registering here keeps the dependency one way
+# (store -> vault). Whoever can load an overlay has imported this package, so the hook is in place.
+OVERLAY_ERASE_HOOKS.append(forget_overlays)
 
 __all__ = [
     "ActiveOverlay",

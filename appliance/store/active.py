@@ -4,7 +4,8 @@ Rules applied to an installed version before it is used, each raising `Refused`:
 
 1. its manifest's bytes still hash to the address it is stored under;
 2. each artifact's size and SHA-256 match that manifest (the bytes hashed are
-   the bytes handed to the loader, never re-read after the check);
+   the bytes handed to the loader, never re-read after the check); an overlay's
+   are decrypted into memory first (`at_rest`), so the check is on the plaintext;
 3. an overlay is admitted by `overlay.files.load_overlay` for the active base
    (same base SHA-256 as its manifest binds, same hidden size).
 """
@@ -12,16 +13,16 @@ Rules applied to an installed version before it is used, each raising `Refused`:
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from io import BytesIO
 from pathlib import Path
 from typing import Optional
 
-from ..errors import HashMismatch, NotFound, Refused, SizeMismatch
+from ..errors import Erased, NotFound, Refused
 from ..overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay
 from ..runtime.embeddings import EmbeddingTable
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
-from ..trust.hashing import sha256_stream
-from ..trust.manifest import Artifact, Manifest, format_time
+from ..trust.manifest import Manifest, format_time
+from ..vault import Vault, zeroize
+from .at_rest import Sealing, read_artifact
 from .layout import Store, StoreState
 
 
@@ -65,30 +66,23 @@ class ActiveOverlay:
     overlay: Overlay
     provenance: Provenance
 
+    def zeroize(self) -> None:
+        """Zero the decrypted weights in place, for the kill-switch (other copies: docs/procedures.md)."""
+        for array in (self.overlay.params.A, self.overlay.params.W, self.overlay.params.B):
+            array.fill(0)
+
 
 @dataclass(frozen=True)
 class InstalledItem:
-    provenance: Provenance
+    name: str
+    kind: str
+    provenance: Optional[Provenance]  # of the active version; None once every version was crypto-erased
     installed_versions: tuple[int, ...]
+    erased_versions: tuple[int, ...]
     is_active_overlay: bool
 
 
-def read_artifact(directory: Path, artifact: Artifact, keep: bool) -> Optional[bytes]:
-    """Rule 2 for one artifact under `directory/artifacts`; returns its verified bytes when `keep`."""
-    path = directory / "artifacts" / artifact.path
-    if not path.is_file():
-        raise NotFound(f"{artifact.path}: missing from the store")
-    sink = BytesIO() if keep else None
-    with open(path, "rb", buffering=0) as f:
-        digest, size = sha256_stream(f, sink=sink)
-    if size != artifact.size:
-        raise SizeMismatch(artifact.path, artifact.size, size)
-    if digest != artifact.sha256:
-        raise HashMismatch(artifact.path, artifact.sha256, digest)
-    return sink.getvalue() if keep else None
-
-
-def check_binding(manifest: Manifest, directory: Path, base_sha256: str, hidden_size: int) -> Optional[Overlay]:
+def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base_sha256: str, hidden_size: int) -> Optional[Overlay]:
     """Rule 3: an overlay must be bound to the active base; returns the admitted overlay (None for other kinds)."""
     if manifest.kind != "overlay":
         return None
@@ -97,19 +91,31 @@ def check_binding(manifest: Manifest, directory: Path, base_sha256: str, hidden_
             f"{manifest.name} v{manifest.version} is bound to base {manifest.binds_base_sha256}, "
             f"the active base is {base_sha256}"
         )
-    files = {a.path: read_artifact(directory, a, keep=True) for a in manifest.artifacts if a.path in (JSON_NAME, TENSORS_NAME)}
-    return load_overlay(files[JSON_NAME], files[TENSORS_NAME], base_sha256=base_sha256, hidden_size=hidden_size)
+    files = {}
+    try:
+        for path in (JSON_NAME, TENSORS_NAME):
+            files[path] = read_artifact(directory, manifest.artifact(path), sealing, keep=True)
+        # The safetensors parser takes only immutable bytes: that copy cannot be zeroed and lives
+        # until the loader is done with it (a Python limit docs/procedures.md states); ours are zeroed.
+        return load_overlay(bytes(files[JSON_NAME]), bytes(files[TENSORS_NAME]), base_sha256=base_sha256, hidden_size=hidden_size)
+    finally:
+        for data in files.values():
+            zeroize(data)
 
 
-def verify_version(store: Store, manifest_sha256: str, base_sha256: str, hidden_size: int) -> tuple[Manifest, Optional[Overlay]]:
-    """Rules 1-3 for one installed version; an overlay's own two files are hashed once, as they are loaded."""
+def verify_version(store: Store, manifest_sha256: str, vault: Vault, base_sha256: str, hidden_size: int) -> tuple[Manifest, Optional[Overlay]]:
+    """Rules 1-3 for one installed version; an overlay's own two files are decrypted and hashed once, as they are loaded."""
     manifest = store.read_manifest(manifest_sha256)
     directory = store.object_dir(manifest_sha256)
     loaded_by_binding = (JSON_NAME, TENSORS_NAME) if manifest.kind == "overlay" else ()
-    for artifact in manifest.artifacts:
-        if artifact.path not in loaded_by_binding:
-            read_artifact(directory, artifact, keep=False)
-    return manifest, check_binding(manifest, directory, base_sha256, hidden_size)
+    sealing = Sealing.installed(vault, manifest)
+    try:
+        for artifact in manifest.artifacts:
+            if artifact.path not in loaded_by_binding:
+                read_artifact(directory, artifact, sealing, keep=False)
+        return manifest, check_binding(manifest, directory, sealing, base_sha256, hidden_size)
+    finally:
+        sealing.zeroize()
 
 
 def _provenance(store: Store, manifest: Manifest) -> Provenance:
@@ -119,20 +125,29 @@ def _provenance(store: Store, manifest: Manifest) -> Provenance:
     )
 
 
-def load_active_overlay(home: Path, base: Base) -> ActiveOverlay:
-    """The active overlay, re-hashed against its accepted manifest and admitted for this base, with its provenance.
+def load_active_overlay(home: Path, base: Base, vault: Vault) -> ActiveOverlay:
+    """The active overlay, decrypted into memory, re-hashed against its accepted manifest and admitted
+    for this base, with its provenance.
 
-    Raises `NotFound` (exit 5) when no overlay is installed, `Refused` (exit 3) when it fails a check.
+    Raises `NotFound` (exit 5) when no overlay is installed, `Erased` (exit 6) when it was
+    crypto-erased, `Refused` (exit 3) when it fails a check.
     """
     store = Store(home)
     state = store.read_state()
     if state.overlay is None:
         raise NotFound("no overlay is installed: import a signed bundle first (appliance update import FILE)")
-    manifest, overlay = verify_version(store, state.items[state.overlay].active, base.sha256, base.hidden_size)
+    item = state.items[state.overlay]
+    if item.active is None:
+        raise Erased(f"overlay {state.overlay} was crypto-erased ({versions_text(item.erased)}): import a new signed bundle")
+    manifest, overlay = verify_version(store, item.active, vault, base.sha256, base.hidden_size)
     return ActiveOverlay(overlay, _provenance(store, manifest))
 
 
-def verify_installed(home: Path, base: Base) -> list[tuple[str, str]]:
+def versions_text(versions: tuple[int, ...]) -> str:
+    return ", ".join(f"v{v}" for v in versions)
+
+
+def verify_installed(home: Path, base: Base, vault: Vault) -> list[tuple[str, str]]:
     """Every installed version of every item, re-verified: [(label, "" if ok else the fault)]."""
     store = Store(home)
     results = []
@@ -140,10 +155,10 @@ def verify_installed(home: Path, base: Base) -> list[tuple[str, str]]:
         for sha in item.installed:
             label = f"{name} {sha[:16]}{' (active)' if sha == item.active else ''}"
             try:
-                manifest, _ = verify_version(store, sha, base.sha256, base.hidden_size)
+                manifest, _ = verify_version(store, sha, vault, base.sha256, base.hidden_size)
                 label = f"{name} v{manifest.version}{' (active)' if sha == item.active else ''}"
                 results.append((label, ""))
-            except (Refused, NotFound) as e:
+            except (Refused, NotFound, Erased) as e:
                 results.append((label, str(e)))
     return results
 
@@ -155,7 +170,8 @@ def describe_installed(home: Path) -> tuple[StoreState, list[InstalledItem]]:
     items = []
     for name, item in sorted(state.items.items()):
         versions = tuple(sorted(store.read_manifest(sha).version for sha in item.installed))
-        items.append(InstalledItem(_provenance(store, store.read_manifest(item.active)), versions, name == state.overlay))
+        provenance = _provenance(store, store.read_manifest(item.active)) if item.active else None
+        items.append(InstalledItem(name, item.kind, provenance, versions, item.erased, name == state.overlay))
     return state, items
 
 

@@ -7,13 +7,21 @@
 4. an item keeps its kind, and the version is strictly above every version
    ever accepted for that name (rollback, replay);
 5. each artifact's size and SHA-256, hashed while it is copied from the
-   bundle into staging: the bytes verified are the bytes kept;
-6. binding: an overlay is bound to the active base and admitted by its loader;
-7. install: staging renamed into `store/objects/<manifest sha256>`, then
-   `store/state.json` replaced, the commit point (files and directories fsynced).
+   bundle into staging: the bytes verified are the bytes kept. An overlay's
+   are encrypted on the way (`at_rest`) under a fresh data key that exists
+   only in memory until step 7: no plaintext overlay byte reaches the disk;
+6. binding: an overlay is bound to the active base and admitted by its loader
+   (decrypted into memory from staging, so the ciphertext kept is checked too);
+7. install: the data key recorded in the vault, staging renamed into
+   `store/objects/<manifest sha256>`, then `store/state.json` replaced, the
+   commit point (files and directories fsynced).
 
-Before step 7 nothing outside the staging directory is written, and staging is
-removed on any refusal. For the crash-safety tests only,
+Before step 7 nothing outside the staging directory is written (the vault's
+key-slot file included), and staging is removed on any refusal. A kill between
+the key's record and the commit leaves an orphan key: harmless (its version is
+not installed, its ciphertext is unreferenced) and erased by the next
+successful import, or replaced if that import is the same version again.
+For the crash-safety tests only,
 `APPLIANCE_TEST_CRASH_AT=<point>` SIGKILLs the process at one of
 `CRASH_POINTS`; nothing else reads it.
 """
@@ -29,17 +37,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from ..errors import HashMismatch, NotFound, Refused, SizeMismatch
+from ..errors import Erased, HashMismatch, NotFound, Refused, SizeMismatch
 from ..fsutil import fsync_dir
 from ..state import require_initialised
 from ..trust.bundle_reader import Bundle, open_bundle
-from ..trust.hashing import Progress, sha256_stream
+from ..trust.hashing import Progress
 from ..trust.manifest import Manifest, format_time
 from ..trust.policy import TrustStore
-from .active import Base, check_binding, verify_version
-from .layout import ACCEPTED_NAME, STAGING_PREFIX, Item, Store, StoreState
+from ..vault import Vault
+from ..vault.erase import overlay_item
+from .active import Base, check_binding, verify_version, versions_text
+from .at_rest import Sealing, write_artifact
+from .layout import ACCEPTED_NAME, STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
 
-CRASH_POINTS = ("copying", "copied", "stored", "committed")
+CRASH_POINTS = ("copying", "copied", "keyed", "stored", "committed")
 
 
 class ManifestExpired(Refused):
@@ -101,18 +112,16 @@ def _check_version(manifest: Manifest, state: StoreState) -> None:
         )
 
 
-def _copy_artifacts(bundle: Bundle, staging: Path, progress: Optional[Progress]) -> None:
-    """Step 5: stream each artifact from the bundle into staging, hashing the very bytes written."""
+def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: Optional[Progress]) -> None:
+    """Step 5: stream each artifact from the bundle into staging, hashing the very bytes written (or encrypted)."""
     for artifact in bundle.manifest.artifacts:
         in_tar = bundle.artifact_size(artifact.path)
         if in_tar != artifact.size:
             raise SizeMismatch(artifact.path, artifact.size, in_tar)
         dest = staging / "artifacts" / artifact.path
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with bundle.open_artifact(artifact.path) as src, open(dest, "wb") as out:
-            digest, size = sha256_stream(src, progress, sink=out)
-            out.flush()
-            os.fsync(out.fileno())
+        with bundle.open_artifact(artifact.path) as src:
+            digest, size = write_artifact(src, dest, artifact.path, sealing, progress)
         if size != artifact.size:
             raise SizeMismatch(artifact.path, artifact.size, size)
         if digest != artifact.sha256:
@@ -137,8 +146,8 @@ def _fsync_tree(root: Path) -> None:
         fsync_dir(Path(directory))
 
 
-def _accept(home: Path, bundle_path: Path, staging: Path, base: Base, progress: Optional[Progress]) -> Accepted:
-    """Steps 1-6, filling `staging`; raises on the first fault."""
+def _accept(home: Path, bundle_path: Path, staging: Path, base: Base, progress: Optional[Progress]) -> tuple[Accepted, Sealing]:
+    """Steps 1-6, filling `staging`; raises on the first fault. The caller zeroes the returned sealing's key."""
     state = Store(home).read_state()
     with open_bundle(bundle_path) as bundle:
         manifest = bundle.manifest
@@ -146,29 +155,47 @@ def _accept(home: Path, bundle_path: Path, staging: Path, base: Base, progress: 
         note = _check_expiry(manifest, _now(), state.floor)
         _check_kind(manifest, state)
         _check_version(manifest, state)
-        _copy_artifacts(bundle, staging, progress)
-    _crash_point("copied")
-    check_binding(manifest, staging, base.sha256, base.hidden_size)
+        sealing = Sealing.fresh(manifest)
+        try:
+            _copy_artifacts(bundle, staging, sealing, progress)
+            _crash_point("copied")
+            check_binding(manifest, staging, sealing, base.sha256, base.hidden_size)
+        except BaseException:
+            sealing.zeroize()
+            raise
     accepted = Accepted(manifest, signers, note)
     _write_record(accepted, staging)
-    return accepted
+    return accepted, sealing
 
 
-def _remove_leftovers(store: Store, state: StoreState) -> None:
-    """Staging directories and unreferenced objects left by imports that were killed."""
+def _remove_leftovers(store: Store, state: StoreState, vault: Vault) -> None:
+    """Staging directories, unreferenced objects and orphan data keys left by imports that were killed."""
     for staging in store.staging_dirs():
         shutil.rmtree(staging, ignore_errors=True)
     referenced = {sha for item in state.items.values() for sha in item.installed}
     for obj in store.objects.iterdir():
         if obj.name not in referenced:
             shutil.rmtree(obj, ignore_errors=True)
+    try:
+        installed = {
+            overlay_item(name, store.read_manifest(sha).version)
+            for name, item in state.items.items() if item.kind == "overlay" for sha in item.installed
+        }
+    except StoreDamaged:
+        return  # unsure what is installed: keep every key (an orphan is harmless, a lost key is not)
+    orphans = [i for i in vault.items("overlay/") if i not in installed]
+    if orphans:
+        vault.erase(orphans)
 
 
-def _install(store: Store, accepted: Accepted, staging: Path) -> None:
-    """Step 7: rename staging into the content-addressed store, then commit by replacing state.json."""
+def _install(store: Store, vault: Vault, accepted: Accepted, sealing: Sealing, staging: Path) -> None:
+    """Step 7: record the data key, rename staging into the content-addressed store, commit by replacing state.json."""
     manifest = accepted.manifest
     state = store.read_state()
     _fsync_tree(staging)
+    # The key is durable before the commit point: an installed version is never left without its key.
+    sealing.record(vault)
+    _crash_point("keyed")
     store.objects.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = store.object_dir(manifest.sha256)
     if target.exists():  # left by an import killed before its commit: same manifest, so same content
@@ -177,51 +204,70 @@ def _install(store: Store, accepted: Accepted, staging: Path) -> None:
     fsync_dir(store.objects)
     _crash_point("stored")
     old = state.items.get(manifest.name)
-    item = Item(manifest.kind, manifest.sha256, (old.installed if old else ()) + (manifest.sha256,), manifest.version)
+    installed = (old.installed if old else ()) + (manifest.sha256,)
+    item = replace(old, active=manifest.sha256, installed=installed, max_version=manifest.version) if old else \
+        Item(manifest.kind, manifest.sha256, installed, manifest.version)
     floor = max(state.floor, manifest.created) if state.floor else manifest.created
     new_state = replace(state.with_item(manifest.name, item), floor=floor)
     store.write_state(new_state)
     _crash_point("committed")
-    _remove_leftovers(store, new_state)
+    _remove_leftovers(store, new_state, vault)
 
 
-def import_bundle(home: Path, bundle_path: Path, base: Base, progress: Optional[Progress] = None) -> Accepted:
+def import_bundle(home: Path, bundle_path: Path, base: Base, vault: Vault, progress: Optional[Progress] = None) -> Accepted:
     """Verify a bundle in full and install it atomically; a refusal leaves the state directory as it was."""
     require_initialised(home)
     staging = home / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
     staging.mkdir(mode=0o700)
     try:
-        accepted = _accept(home, bundle_path, staging, base, progress)
+        accepted, sealing = _accept(home, bundle_path, staging, base, progress)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _install(Store(home), accepted, staging)
+    try:
+        _install(Store(home), vault, accepted, sealing, staging)
+    finally:
+        sealing.zeroize()
     return accepted
 
 
 def verify_bundle(home: Path, bundle_path: Path, base: Base, progress: Optional[Progress] = None) -> Accepted:
-    """Every check an import makes, with staging in a temp dir: nothing in the state directory changes."""
+    """Every check an import makes, with staging in a temp dir: nothing in the state directory changes.
+
+    An overlay is encrypted into that temp dir under a throwaway key that is never recorded, so no
+    plaintext reaches the disk here either, and no passphrase is needed.
+    """
     require_initialised(home)
     staging = Path(tempfile.mkdtemp(prefix="appliance-verify-"))
     try:
-        return _accept(home, bundle_path, staging, base, progress)
+        accepted, sealing = _accept(home, bundle_path, staging, base, progress)
+        sealing.zeroize()
+        return accepted
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def rollback(home: Path, name: str, base: Base) -> tuple[int, int]:
-    """Re-activate the newest installed version below the active one (re-verified first); returns (from, to)."""
+def rollback(home: Path, name: str, base: Base, vault: Vault) -> tuple[int, int]:
+    """Re-activate the newest installed version below the active one (re-verified first); returns (from, to).
+
+    A crypto-erased version cannot come back: exit 6 when the version to return to was erased.
+    """
     require_initialised(home)
     store = Store(home)
     state = store.read_state()
     item = state.items.get(name)
     if item is None:
         raise NotFound(f"{name} is not installed")
+    if item.active is None:
+        raise Erased(f"every version of {name} was crypto-erased ({versions_text(item.erased)}): nothing to roll back to")
     active = store.read_manifest(item.active).version
     earlier = [(m.version, sha) for sha in item.installed if (m := store.read_manifest(sha)).version < active]
     if not earlier:
+        erased = tuple(v for v in item.erased if v < active)
+        if erased:
+            raise Erased(f"{name} {versions_text(erased)} was crypto-erased: it cannot be rolled back to")
         raise NotFound(f"no version of {name} below v{active} is still in the store")
     version, sha = max(earlier)
-    verify_version(store, sha, base.sha256, base.hidden_size)
+    verify_version(store, sha, vault, base.sha256, base.hidden_size)
     store.write_state(state.with_item(name, replace(item, active=sha)))
     return active, version

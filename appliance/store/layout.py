@@ -22,9 +22,10 @@ class StoreDamaged(Refused):
 @dataclass(frozen=True)
 class Item:
     kind: str
-    active: str  # manifest sha256 of the active version
+    active: Optional[str]  # manifest sha256 of the active version; None once every version was crypto-erased
     installed: tuple[str, ...]  # every version still in the store, in install order
-    max_version: int  # the highest version ever accepted: a bundle must go above it
+    max_version: int  # the highest version ever accepted: a bundle must go above it, even after an erase
+    erased: tuple[int, ...] = ()  # versions crypto-erased (overlays): why a load or rollback gets exit 6
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Store:
             doc = json.loads(self.state_path.read_bytes())
             assert doc["format"] == STATE_FORMAT
             items = {
-                name: Item(i["kind"], i["active"], tuple(i["installed"]), int(i["max_version"]))
+                name: Item(i["kind"], i["active"], tuple(i["installed"]), int(i["max_version"]), tuple(i.get("erased", ())))
                 for name, i in doc["items"].items()
             }
             floor = parse_time(doc["floor"]) if doc["floor"] else None
@@ -72,7 +73,8 @@ class Store:
             "floor": format_time(state.floor) if state.floor else None,
             "overlay": state.overlay,
             "items": {
-                name: {"kind": i.kind, "active": i.active, "installed": list(i.installed), "max_version": i.max_version}
+                name: {"kind": i.kind, "active": i.active, "installed": list(i.installed), "max_version": i.max_version,
+                       "erased": list(i.erased)}
                 for name, i in sorted(state.items.items())
             },
         }

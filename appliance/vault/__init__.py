@@ -21,9 +21,10 @@ from .keys import (
     VaultErased,
     VaultWriteFailed,
     WrongPassphrase,
+    random_key,
     zeroize,
 )
-from .stream import CiphertextRejected, EncryptedWriter, StreamResult, decrypt_to_memory, encrypt_stream
+from .stream import CiphertextRejected, EncryptedWriter, StreamResult, decrypt_chunks, decrypt_to_memory, encrypt_stream
 
 __all__ = [
     "CiphertextRejected",
@@ -36,7 +37,9 @@ __all__ = [
     "VaultErased",
     "VaultWriteFailed",
     "WrongPassphrase",
+    "decrypt_chunks",
     "decrypt_to_memory",
     "encrypt_stream",
+    "random_key",
     "zeroize",
 ]

@@ -94,6 +94,11 @@ def zeroize(buf: bytearray) -> None:
     buf[:] = bytes(len(buf))
 
 
+def random_key() -> bytearray:
+    """A fresh data key, held only in memory until `Vault.record_data_key` (or never: a throwaway key)."""
+    return bytearray(os.urandom(KEY_BYTES))
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -325,22 +330,35 @@ class Vault:
     # -- items -------------------------------------------------------------------------
 
     def new_data_key(self, item_id: str, files: list[str] = ()) -> bytearray:
-        """A fresh random data key for `item_id`, recorded in the table before it is returned.
+        """A fresh random data key for `item_id`, recorded in the table before it is returned."""
+        key = random_key()
+        try:
+            self.record_data_key(item_id, key, files)
+        except BaseException:
+            zeroize(key)
+            raise
+        return key
 
-        `files` are the item's ciphertext paths relative to the state dir: crypto-erase deletes
-        them after the key is gone. Re-creating an erased id is allowed (a fresh key).
+    def record_data_key(self, item_id: str, key: bytearray, files: list[str] = (), *, replace: bool = False) -> None:
+        """Record `key` (from `random_key`) as the data key of `item_id`, in one atomic table rewrite.
+
+        For callers that must encrypt before they may write to the vault (an import that can still
+        be refused keeps its key in memory until it commits). `files` are the item's ciphertext
+        paths relative to the state dir: crypto-erase deletes them after the key is gone.
+        Re-creating an erased id is allowed (a fresh key). An existing key is refused unless
+        `replace`, which only a caller that knows that key to be an orphan may ask for.
         """
         if not ITEM_ID.fullmatch(item_id):
             raise Refused(f"not a valid item id: {item_id!r}")
+        if len(key) != KEY_BYTES:
+            raise Refused(f"a data key is {KEY_BYTES} bytes, not {len(key)}")
         for f in files:
             self._inside_home(f)
-        key = bytearray(os.urandom(KEY_BYTES))
         with self._table() as table:
-            if item_id in table["items"]:
+            if item_id in table["items"] and not replace:
                 raise Refused(f"{item_id} already has a data key")
             table["erased"].pop(item_id, None)
             table["items"][item_id] = {"key": _b64(key), "files": list(files), "created": _now()}
-        return key
 
     def data_key(self, item_id: str) -> bytearray:
         table = self._read_table()

@@ -10,8 +10,10 @@ and is the only one sealed with last=1. Hence:
 - a changed header fails (it is associated data); `context` (say, the item id) binds the ciphertext
   to what it is, so a file copied in under another id fails too.
 
-Rules: one fresh data key per file (from `Vault.new_data_key`); plaintext is never written to disk
-by this module; decryption returns a `bytearray` the caller zeroes when done (see `vault.zeroize`).
+Rules: one fresh data key per item (from `Vault.new_data_key` or `random_key`); the few files of one
+item (an overlay version's artifacts) share it and are kept apart by their random nonce prefix and
+their `context`. Plaintext is never written to disk by this module; decryption returns a `bytearray`
+(or yields chunks) the caller zeroes when done (see `vault.zeroize`).
 """
 
 import hashlib
@@ -19,7 +21,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -50,7 +52,8 @@ class EncryptedWriter:
     """A write-only sink: plaintext in, ciphertext to `dst`; `close()` seals the last chunk.
 
     Fits `trust.hashing.sha256_stream(src, sink=EncryptedWriter(key, dst, context))`: the bytes
-    hashed from the USB stick are exactly the bytes encrypted into the store.
+    hashed from the USB stick are exactly the bytes encrypted into the store. It does not hash
+    itself: the caller already does, and a second SHA-256 would halve import throughput.
     """
 
     def __init__(self, key: bytes | bytearray, dst: BinaryIO, context: bytes = b"", chunk_size: int = CHUNK_BYTES):
@@ -62,11 +65,10 @@ class EncryptedWriter:
         self._ad = header + context
         self._dst, self._chunk = dst, chunk_size
         self._buf = bytearray()
-        self._index, self._size, self._digest = 0, 0, hashlib.sha256()
+        self._index, self._size = 0, 0
         dst.write(header)
 
     def write(self, data) -> int:
-        self._digest.update(data)
         self._size += len(data)
         self._buf += data
         # Strictly more than one chunk: a full chunk stays pending because it may turn out to be the last.
@@ -75,10 +77,11 @@ class EncryptedWriter:
             del self._buf[: self._chunk]
         return len(data)
 
-    def close(self) -> StreamResult:
+    def close(self) -> int:
+        """Seal the last chunk; returns the plaintext size."""
         self._emit(self._buf, last=True)
         zeroize(self._buf)
-        return StreamResult(self._size, self._digest.hexdigest())
+        return self._size
 
     def _emit(self, plain, last: bool) -> None:
         if self._index >= MAX_CHUNKS:
@@ -90,14 +93,31 @@ class EncryptedWriter:
 
 def encrypt_stream(key: bytes | bytearray, src: BinaryIO, dst: BinaryIO, context: bytes = b"") -> StreamResult:
     """Encrypt everything readable from `src` into `dst` (the caller places `dst` atomically and fsyncs it)."""
-    writer = EncryptedWriter(key, dst, context)
+    writer, digest = EncryptedWriter(key, dst, context), hashlib.sha256()
     while block := src.read(CHUNK_BYTES):
+        digest.update(block)
         writer.write(block)
-    return writer.close()
+    return StreamResult(writer.close(), digest.hexdigest())
 
 
 def decrypt_to_memory(key: bytes | bytearray, path: Path, context: bytes = b"") -> bytearray:
     """The whole plaintext of `path`, in memory only; CiphertextRejected on any break."""
+    out = bytearray()
+    try:
+        for chunk in decrypt_chunks(key, path, context):
+            out += chunk
+    except BaseException:
+        zeroize(out)
+        raise
+    return out
+
+
+def decrypt_chunks(key: bytes | bytearray, path: Path, context: bytes = b"") -> Iterator[bytes]:
+    """The plaintext of `path`, one authenticated chunk at a time (for hashing a file without holding it).
+
+    Each chunk is authentic when yielded, but the file is whole only once the iteration ends without
+    CiphertextRejected (a cut-off tail is caught at the last chunk): act on nothing before that.
+    """
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -116,15 +136,13 @@ def decrypt_to_memory(key: bytes | bytearray, path: Path, context: bytes = b"") 
         count = full + (1 if rest else 0)
         if count > MAX_CHUNKS:
             raise CiphertextRejected(f"{path}: too many chunks")
-        aead, ad, out = AESGCM(key), header + context, bytearray()
+        aead, ad = AESGCM(key), header + context
         for index in range(count):
             sealed = f.read(chunk_size + TAG_BYTES)
             nonce = prefix + NONCE_TAIL.pack(index, int(index == count - 1))
             try:
-                out += aead.decrypt(nonce, sealed, ad)
+                yield aead.decrypt(nonce, sealed, ad)
             except InvalidTag:
-                zeroize(out)
                 raise CiphertextRejected(
                     f"{path}: chunk {index} failed authentication (modified, reordered, truncated, or another item's key)"
                 ) from None
-        return out

@@ -2,7 +2,7 @@
 
 
 import pytest
-from conftest import make_bundle
+from bundles import make_bundle
 from helpers import appliance
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -56,7 +56,7 @@ def test_end_to_end_offline(keys, tmp_path, monkeypatch):
     ok("verify", prefix=OFFLINE)
 
 
-@pytest.mark.parametrize("point", ["copying", "copied", "stored", "committed"])
+@pytest.mark.parametrize("point", ["copying", "copied", "keyed", "stored", "committed"])
 def test_import_killed_at_any_point_leaves_old_or_new(home, keys, tmp_path, point):
     ok("update", "import", str(make_bundle(keys, tmp_path / "v1.bundle", version=1, seed=21)))
     v2 = make_bundle(keys, tmp_path / "v2.bundle", version=2, seed=22)

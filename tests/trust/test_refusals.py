@@ -4,7 +4,7 @@ import os
 import tarfile
 
 import pytest
-from conftest import (
+from bundles import (
     BASE_SHA, file_member, iso, make_bundle, members, raw_signature, utc, write_tar,
 )
 from helpers import appliance, tree_digest
@@ -128,13 +128,13 @@ def test_same_signer_twice(home, keys, good, tmp_path):
 # -- versions and time -----------------------------------------------------------
 
 
-def test_older_version_is_a_rollback(home, keys, good, base, tmp_path):
-    import_bundle(home, make_bundle(keys, tmp_path / "v2.bundle", version=2, seed=2), base)
+def test_older_version_is_a_rollback(home, keys, good, base, vault, tmp_path):
+    import_bundle(home, make_bundle(keys, tmp_path / "v2.bundle", version=2, seed=2), base, vault)
     assert_refused(home, good, "older version", "rollback")
 
 
-def test_same_version_again_is_a_replay(home, good, base):
-    import_bundle(home, good, base)
+def test_same_version_again_is_a_replay(home, good, base, vault):
+    import_bundle(home, good, base, vault)
     assert_refused(home, good, "same version", "replay")
 
 
@@ -143,9 +143,9 @@ def test_expired_manifest(home, keys, tmp_path):
     assert_refused(home, bad, "expired")
 
 
-def test_expiry_before_time_floor_when_clock_set_back(home, keys, base, tmp_path):
+def test_expiry_before_time_floor_when_clock_set_back(home, keys, base, vault, tmp_path):
     # A bundle created 30 days ahead moves the floor there: the clock now reads as set back.
-    import_bundle(home, make_bundle(keys, tmp_path / "ahead.bundle", name="ahead", created=utc(30), expires="+60d"), base)
+    import_bundle(home, make_bundle(keys, tmp_path / "ahead.bundle", name="ahead", created=utc(30), expires="+60d"), base, vault)
     bad = make_bundle(keys, tmp_path / "b.bundle", expires=iso(10))
     assert_refused(home, bad, "time floor", "set back")
 

@@ -5,7 +5,7 @@ import pytest
 from appliance import state
 from appliance.vault import Vault
 
-PASSPHRASE = b"correct horse battery staple"
+from vault_setup import PASSPHRASE
 
 
 @pytest.fixture

@@ -154,7 +154,7 @@ _FAILING_WRITER = textwrap.dedent(
 
 
 def test_failed_write_leaves_earlier_records_verifiable(vault_home):
-    from conftest import PASSPHRASE
+    from vault_setup import PASSPHRASE
 
     r = subprocess.run([sys.executable, "-c", _FAILING_WRITER, str(vault_home), PASSPHRASE.decode()], capture_output=True, text=True)
     assert r.returncode == 3, r.stderr

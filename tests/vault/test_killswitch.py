@@ -12,7 +12,7 @@ from appliance.errors import Erased
 from appliance.journal import check, sessions
 from appliance.vault import Vault, encrypt_stream
 from appliance.vault.killswitch import pid_path
-from conftest import PASSPHRASE
+from vault_setup import PASSPHRASE
 from helpers import appliance
 
 LONG = ("ask", "Write a very long, detailed story about a lighthouse keeper, chapter by chapter.", "--max-tokens", "2000")

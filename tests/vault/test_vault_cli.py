@@ -8,7 +8,7 @@ import pytest
 from appliance.journal import Journal
 from appliance.vault import Vault, encrypt_stream
 from appliance.vault.erase import overlay_item
-from conftest import PASSPHRASE
+from vault_setup import PASSPHRASE
 from helpers import appliance, tree_digest
 
 

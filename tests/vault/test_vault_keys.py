@@ -8,7 +8,7 @@ import pytest
 from appliance.errors import ApplianceError, Erased, NotFound, Refused
 from appliance.vault import CiphertextRejected, Vault, WrongPassphrase, decrypt_to_memory, encrypt_stream, zeroize
 from appliance.vault.stream import CHUNK_BYTES, HEADER, TAG_BYTES
-from conftest import PASSPHRASE
+from vault_setup import PASSPHRASE
 
 
 def test_unlock_is_fast_and_wrong_passphrase_is_locked(vault_home):

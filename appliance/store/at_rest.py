@@ -1,0 +1,133 @@
+"""Installed artifacts at rest: an overlay's encrypted under its version's data key, a base model's in the clear.
+
+Rules:
+- An overlay version's artifacts are encrypted (`vault.stream`, chunked AES-256-GCM) under one data
+  key, vault item `overlay_item(name, version)`, while they are hashed on the way in from the bundle:
+  the bytes hashed are the bytes encrypted, and no plaintext overlay byte is written anywhere.
+- Each file's context binds it to its item, its accepted manifest and its path: a ciphertext moved to
+  another path, version or manifest fails authentication even under the right key.
+- Reading decrypts into memory only and re-hashes the plaintext against the accepted manifest before
+  anyone uses it; decrypted buffers are zeroed as soon as their user is done with them.
+- A base model is public (the brief): stored and read in the clear, hashed all the same.
+"""
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Optional
+
+from ..errors import HashMismatch, NotFound, SizeMismatch
+from ..trust.hashing import Progress, sha256_stream
+from ..trust.manifest import Artifact, Manifest
+from ..vault import EncryptedWriter, Vault, decrypt_chunks, decrypt_to_memory, random_key, zeroize
+from ..vault.erase import overlay_item
+
+
+def is_encrypted(manifest: Manifest) -> bool:
+    return manifest.kind == "overlay"
+
+
+def artifact_rel(manifest_sha256: str, path: str) -> str:
+    """Where an installed artifact lives, relative to the state dir (the vault records these for erase)."""
+    return f"store/objects/{manifest_sha256}/artifacts/{path}"
+
+
+@dataclass
+class Sealing:
+    """How one version's artifacts are kept: under `key` (None: in the clear) for vault item `item`."""
+
+    manifest: Manifest
+    key: Optional[bytearray]
+
+    @property
+    def item(self) -> str:
+        return overlay_item(self.manifest.name, self.manifest.version)
+
+    @classmethod
+    def fresh(cls, manifest: Manifest) -> "Sealing":
+        """For an import: a new key, in memory only until the import commits (see `record`)."""
+        return cls(manifest, random_key() if is_encrypted(manifest) else None)
+
+    @classmethod
+    def installed(cls, vault: Vault, manifest: Manifest) -> "Sealing":
+        """For a load: the version's data key from the vault (Erased, exit 6, once crypto-erased)."""
+        return cls(manifest, vault.data_key(overlay_item(manifest.name, manifest.version)) if is_encrypted(manifest) else None)
+
+    def record(self, vault: Vault) -> None:
+        """Make the key durable in the vault, with the ciphertext paths crypto-erase must delete.
+
+        `replace`: the importer only records a version above every version ever accepted, so a key
+        already under this id can only be the orphan of an import killed before its commit.
+        """
+        if self.key is not None:
+            files = [artifact_rel(self.manifest.sha256, a.path) for a in self.manifest.artifacts]
+            vault.record_data_key(self.item, self.key, files, replace=True)
+
+    def context(self, path: str) -> bytes:
+        return f"{self.item}\0{self.manifest.sha256}\0{path}".encode()
+
+    def zeroize(self) -> None:
+        if self.key is not None:
+            zeroize(self.key)
+
+
+def write_artifact(src: BinaryIO, dest: Path, path: str, sealing: Sealing, progress: Optional[Progress]) -> tuple[str, int]:
+    """Copy one artifact from the bundle to `dest`, encrypted if its kind says so; returns (sha256, size) of the plaintext."""
+    with open(dest, "wb") as out:
+        if sealing.key is None:
+            digest, size = sha256_stream(src, progress, sink=out)
+        else:
+            writer = EncryptedWriter(sealing.key, out, sealing.context(path))
+            digest, size = sha256_stream(src, progress, sink=writer)
+            writer.close()
+        out.flush()
+        os.fsync(out.fileno())
+    return digest, size
+
+
+def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: bool) -> Optional[bytearray]:
+    """One installed artifact, its size and SHA-256 checked against the manifest; its verified bytes when `keep`.
+
+    An encrypted artifact is decrypted into memory only (CiphertextRejected, exit 3, if any byte of
+    it changed); one that is not kept is hashed chunk by chunk and never held whole.
+    """
+    path = directory / "artifacts" / artifact.path
+    if not path.is_file():
+        raise NotFound(f"{artifact.path}: missing from the store")
+    data = None
+    if sealing.key is None:
+        sink = _ByteSink() if keep else None
+        with open(path, "rb", buffering=0) as f:
+            digest, size = sha256_stream(f, sink=sink)
+        data = sink.data if keep else None
+    elif keep:
+        data = decrypt_to_memory(sealing.key, path, sealing.context(artifact.path))
+        digest, size = hashlib.sha256(data).hexdigest(), len(data)
+    else:
+        h, size = hashlib.sha256(), 0
+        for chunk in decrypt_chunks(sealing.key, path, sealing.context(artifact.path)):
+            h.update(chunk)
+            size += len(chunk)
+        digest = h.hexdigest()
+    try:
+        if size != artifact.size:
+            raise SizeMismatch(artifact.path, artifact.size, size)
+        if digest != artifact.sha256:
+            raise HashMismatch(artifact.path, artifact.sha256, digest)
+    except BaseException:
+        if data is not None:
+            zeroize(data)
+        raise
+    return data
+
+
+class _ByteSink:
+    """A write-only sink collecting into one bytearray (zeroable, unlike BytesIO's buffer)."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def write(self, chunk) -> int:
+        self.data += chunk
+        return len(chunk)

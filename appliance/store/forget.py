@@ -1,0 +1,42 @@
+"""What the store forgets when the vault crypto-erases overlays: registered in `vault.erase.OVERLAY_ERASE_HOOKS`.
+
+The vault destroys the keys first (and the ciphertext files it recorded with them); then this hook
+marks every installed version of the overlay as erased in `store/state.json` and removes what is
+left of their objects (manifest, signatures, the ciphertext when `erase all` had no key table to
+read). The item itself stays, with its `max_version`: an erased overlay cannot be replayed by
+importing one of its old bundles again, and `ask --overlay on` or a rollback to it says "erased"
+(exit 6) rather than "not found". The vault stays the authority: killed between the two steps, the
+store still lists versions whose keys are gone, and loading them fails with exit 6 all the same.
+"""
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+from ..fsutil import fsync_dir
+from .layout import Store, StoreDamaged
+
+
+def forget_overlays(home: Path, name: Optional[str]) -> None:
+    """Mark overlay NAME (None: every overlay) erased in state.json, then remove its store objects."""
+    store = Store(home)
+    state = store.read_state()
+    items, gone = dict(state.items), []
+    for n, item in state.items.items():
+        if item.kind != "overlay" or not item.installed or (name is not None and n != name):
+            continue
+        versions = set(item.erased)
+        for sha in item.installed:
+            try:
+                versions.add(store.read_manifest(sha).version)
+            except StoreDamaged:
+                pass  # its key is gone all the same; the number only serves the messages
+        items[n] = replace(item, active=None, installed=(), erased=tuple(sorted(versions)))
+        gone += item.installed
+    if not gone:
+        return
+    store.write_state(replace(state, items=items))
+    for sha in gone:
+        shutil.rmtree(store.object_dir(sha), ignore_errors=True)
+    fsync_dir(store.objects)

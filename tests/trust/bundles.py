@@ -1,0 +1,109 @@
+"""What the trust tests build with: real GnuPG keys in temp dirs, bundles made with the library, tar surgery.
+
+A plain module (not conftest.py), so test files import it by a name no other test directory uses.
+"""
+
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from io import BytesIO
+from pathlib import Path
+
+from appliance.overlay.files import Overlay, overlay_files
+from appliance.overlay.params import OverlayParams
+from appliance.trust.bundle import create_bundle, sign_bundle
+from appliance.trust.manifest import format_time
+
+BASE_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+PASSPHRASE = "correct horse battery staple"
+
+
+def gpg(home: Path, *args: str, input: bytes | None = None) -> bytes:
+    return subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--passphrase", "", "--pinentry-mode", "loopback", *args],
+        input=input, capture_output=True, check=True,
+    ).stdout
+
+
+def fingerprint(home: Path, uid: str) -> str:
+    out = gpg(home, "--with-colons", "--list-keys", uid).decode()
+    return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr"))
+
+
+@dataclass
+class Keys:
+    home: Path  # the build station's GNUPGHOME
+    fpr: dict[str, str]
+
+    def public(self, name: str, tmp: Path) -> Path:
+        path = tmp / f"{name}.asc"
+        path.write_bytes(gpg(self.home, "--export", "--armor", self.fpr[name]))
+        return path
+
+
+def revoked_public_key(keys: Keys, tmp: Path) -> Path:
+    """rev's public key with its revocation certificate (gpg wrote it at key creation) applied.
+
+    Done in a scratch keyring, so the build station can still sign with rev: the
+    appliance must refuse the signature because it knows the key is revoked.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="g", dir="/tmp"))
+    scratch.chmod(0o700)
+    cert = (keys.home / "openpgp-revocs.d" / f"{keys.fpr['rev']}.rev").read_text()
+    gpg(scratch, "--import", str(keys.public("rev", tmp)))
+    gpg(scratch, "--import", input=cert.replace(":-----BEGIN", "-----BEGIN").encode())
+    path = tmp / "rev-revoked.asc"
+    path.write_bytes(gpg(scratch, "--export", "--armor", keys.fpr["rev"]))
+    subprocess.run(["gpgconf", "--homedir", str(scratch), "--kill", "all"], capture_output=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return path
+
+
+def overlay_dir(tmp: Path, seed: int, base: str = BASE_SHA) -> list[Path]:
+    d = tmp / f"overlay-{seed}-{base[:8]}"
+    d.mkdir(exist_ok=True)
+    for name, data in overlay_files(Overlay(OverlayParams.random(576, seed=seed), base)).items():
+        (d / name).write_bytes(data)
+    return [d / "overlay.json", d / "overlay.safetensors"]
+
+
+def make_bundle(keys: Keys, out: Path, *, name="care", version=1, signers=("alice", "bob"), seed=1,
+                base=BASE_SHA, binds=BASE_SHA, created=None, expires=None) -> Path:
+    create_bundle(out, kind="overlay", name=name, version=version, artifacts=overlay_dir(out.parent, seed, base),
+                  binds_base=binds, created=created, expires=expires)
+    for s in signers:
+        sign_bundle(out, keys.fpr[s], keys.home)
+    return out
+
+
+def raw_signature(keys: Keys, signer: str, data: bytes, *extra: str) -> bytes:
+    return gpg(keys.home, *extra, "--local-user", keys.fpr[signer], "--detach-sign", "--armor", input=data)
+
+
+def members(bundle: Path) -> list[tuple[tarfile.TarInfo, bytes]]:
+    with tarfile.open(bundle) as tar:
+        return [(m, tar.extractfile(m).read() if m.isfile() else b"") for m in tar.getmembers()]
+
+
+def write_tar(out: Path, entries) -> Path:
+    """entries: (TarInfo, bytes) pairs, written as they are (whatever they claim to be)."""
+    with tarfile.open(out, "w") as tar:
+        for info, data in entries:
+            info.size = len(data) if info.isfile() else 0
+            tar.addfile(info, BytesIO(data) if info.isfile() else None)
+    return out
+
+
+def file_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    return tarfile.TarInfo(name), data
+
+
+def utc(days: float) -> datetime:
+    return (datetime.now(timezone.utc) + timedelta(days=days)).replace(microsecond=0)
+
+
+def iso(days: float) -> str:
+    return format_time(utc(days))

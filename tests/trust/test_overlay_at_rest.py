@@ -1,0 +1,155 @@
+"""Overlays encrypted at rest, end to end through the real CLI: import, load, erase, wipe, tampering.
+
+Here rather than under tests/vault because it needs the trust fixtures (signer keys, pinned homes);
+the vault's own unit tests stay in tests/vault.
+"""
+
+import json
+
+import pytest
+from bundles import PASSPHRASE, make_bundle
+from helpers import appliance, tree_digest
+
+from appliance.store.layout import Store
+from appliance.vault import Vault
+
+ASK = ("ask", "Name a colour.", "--temperature", "0", "--max-tokens", "4")
+
+
+def ok(*args, **kw):
+    r = appliance(*args, **kw)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def fails(code, *args, **kw):
+    r = appliance(*args, **kw)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    return r.stderr
+
+
+def bundle(keys, tmp_path, label, **kw):
+    """A signed bundle in its own directory (make_bundle leaves the overlay's plaintext files beside it)."""
+    d = tmp_path / label
+    d.mkdir()
+    return make_bundle(keys, d / f"{label}.bundle", **kw)
+
+
+def overlay_plaintext(bundle):
+    """The two overlay files as make_bundle wrote them beside the bundle."""
+    d = next(bundle.parent.glob("overlay-*"))
+    return (d / "overlay.safetensors").read_bytes(), (d / "overlay.json").read_bytes()
+
+
+def assert_no_plaintext(home, bundle):
+    tensors, meta = overlay_plaintext(bundle)
+    # Windows every 32 bytes: any leaked run of 96 bytes or more contains one of them whole.
+    windows = {tensors[i:i + 64] for i in range(0, len(tensors) - 64, 32)}
+    for path in home.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            assert meta not in data, f"overlay.json in plaintext in {path}"
+            leaked = next((w for w in windows if w in data), None)
+            assert leaked is None, f"overlay.safetensors bytes in plaintext in {path}"
+
+
+def stored_artifact(home, name="overlay.safetensors"):
+    state = Store(home).read_state()
+    return Store(home).object_dir(state.items["care"].active) / "artifacts" / name
+
+
+def test_no_plaintext_overlay_on_disk_after_import_and_ask(home, keys, tmp_path):
+    care = bundle(keys, tmp_path, "care")
+    ok("update", "import", str(care))
+    assert_no_plaintext(home, care)
+    assert ok(*ASK, "--overlay", "on").strip()
+    assert_no_plaintext(home, care)
+    (sid,) = [line.split()[0] for line in ok("logs", "list").splitlines()]
+    ok("logs", "export", sid, "--format", "jsonl", "--out", str(tmp_path / "x.jsonl"))
+    reply = json.loads((tmp_path / "x.jsonl").read_text().splitlines()[-1])
+    assert reply["overlay"]["name"] == "care" and reply["overlay"]["on"] is True
+
+
+@pytest.mark.parametrize("how", ["wrong passphrase", "no passphrase"])
+def test_import_refused_when_locked(home, keys, tmp_path, monkeypatch, how):
+    care = bundle(keys, tmp_path, "care")
+    before = tree_digest(home)
+    if how == "wrong passphrase":
+        (tmp_path / "wrong").write_text("not it\n")
+        stderr = fails(4, "update", "import", str(care), "--passphrase-file", str(tmp_path / "wrong"))
+        assert "wrong passphrase" in stderr
+    else:
+        monkeypatch.delenv("APPLIANCE_PASSPHRASE_FILE")
+        assert "no passphrase" in fails(4, "update", "import", str(care))
+    assert tree_digest(home) == before
+
+
+def test_flipped_ciphertext_byte_refused_at_load(home, keys, tmp_path):
+    ok("update", "import", str(bundle(keys, tmp_path, "care")))
+    path = stored_artifact(home)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    stderr = fails(3, *ASK, "--overlay", "on")
+    assert "overlay.safetensors" in stderr and "failed authentication" in stderr
+    assert "failed authentication" in fails(3, "verify")
+    assert not list((home / "journal").glob("*.journal")), "a refused load must not leave an empty session"
+
+
+def test_erase_overlay_then_ask_is_erased_and_the_rest_still_works(home, keys, tmp_path):
+    aux = bundle(keys, tmp_path, "aux", name="aux", seed=5)
+    v1 = bundle(keys, tmp_path, "v1", seed=6)
+    ok("update", "import", str(aux))
+    ok("update", "import", str(v1))  # the last overlay imported is the one `--overlay on` loads
+    ok(*ASK, "--overlay", "off")
+    (sid,) = [line.split()[0] for line in ok("logs", "list").splitlines()]
+
+    out = ok("erase", "overlay", "care", "--yes")
+    assert "overlay/care/1" in out and "proof:" in out
+    assert "erased" in fails(6, *ASK, "--overlay", "on")
+    assert "care overlay erased crypto-erased v1" in " ".join(ok("update", "list").split())
+    assert "care (active overlay) crypto-erased (v1)" in ok("status")
+    assert "crypto-erased" in fails(6, "update", "rollback", "care")
+    assert "replay" in fails(3, "update", "import", str(v1))  # an erased version cannot come back
+    # The other overlay and the journal are untouched and still decrypt.
+    verify = ok("verify")
+    assert "aux v1 (active): ok" in verify and "care" not in verify
+    assert ok("logs", "verify", sid).startswith("ok")
+    vault = Vault.unlock(home, PASSPHRASE.encode())
+    assert vault.items("overlay/") == ["overlay/aux/1"]
+
+    # A newer version installs and loads; rolling back to the erased one is refused with exit 6.
+    v2 = bundle(keys, tmp_path, "v2", version=2, seed=7)
+    ok("update", "import", str(v2))
+    assert ok(*ASK, "--overlay", "on").strip()
+    assert "care v1 was crypto-erased" in fails(6, "update", "rollback", "care")
+
+
+def test_kill_wipe_and_erase_all_forget_every_overlay(home, keys, tmp_path):
+    ok("update", "import", str(bundle(keys, tmp_path, "v1")))
+    assert "overlay/care/1" in ok("kill", "--wipe")  # nothing running: wiped here
+    assert "erased" in fails(6, *ASK, "--overlay", "on")
+    assert not list((home / "store" / "objects").iterdir())
+
+    ok("update", "import", str(bundle(keys, tmp_path, "v2", version=2, seed=3)))
+    ok("erase", "all", "--yes")
+    ok("init")  # a fresh vault with the same passphrase file
+    assert "erased" in fails(6, *ASK, "--overlay", "on")
+    assert "care overlay erased crypto-erased v1, v2" in " ".join(ok("update", "list").split())
+
+
+def test_killed_import_orphan_key_is_harmless_and_erased(home, keys, tmp_path):
+    """SIGKILL after the data key was recorded but before the commit: an orphan key, cleaned up by the next import."""
+    ok("update", "import", str(bundle(keys, tmp_path, "v1", seed=1)))
+    v2 = bundle(keys, tmp_path, "v2", version=2, seed=2)
+    r = appliance("update", "import", str(v2), env={"APPLIANCE_TEST_CRASH_AT": "keyed"})
+    assert r.returncode == -9
+    vault = Vault.unlock(home, PASSPHRASE.encode())
+    assert vault.items("overlay/") == ["overlay/care/1", "overlay/care/2"]  # the orphan
+    ok("verify")
+    assert ok(*ASK, "--overlay", "on").strip()  # v1 still loads
+    v3 = bundle(keys, tmp_path, "v3", version=3, seed=3)
+    ok("update", "import", str(v3))
+    assert vault.items("overlay/") == ["overlay/care/1", "overlay/care/3"]
+    assert "overlay/care/2" in vault.erased_items("overlay/")
