@@ -9,7 +9,7 @@ the base. Deterministic on the CPU for a given seed.
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
@@ -19,10 +19,12 @@ from ..errors import UsageError
 from ..overlay.files import Overlay, save_overlay
 from ..overlay.params import DEFAULT_DELAYS
 from ..overlay.takens_torch import TakensLoRA
-from ..runtime.session import Runtime
 from ..trust.builtin import VerifiedModel
 from .dataset import Dataset
 from .objective import aggregate, barrier, nll, per_position_kl
+
+if TYPE_CHECKING:
+    from ..runtime.session import Runtime
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -80,7 +82,7 @@ def load_base(model: VerifiedModel, device: str = "cpu"):
     return base.eval().to(device)
 
 
-def encode(runtime: Runtime, conversation: list[dict], max_len: int) -> Example:
+def encode(runtime: "Runtime", conversation: list[dict], max_len: int) -> Example:
     """Token ids of the rendered conversation and which of them are assistant tokens (the targets).
 
     The rendering grows message by message; each assistant turn's generation
@@ -114,7 +116,9 @@ def config_of(overlay: Overlay) -> TrainConfig:
 
 def split_examples(model: VerifiedModel, dataset: Dataset, cfg: TrainConfig) -> tuple[list[Example], list[Example]]:
     """(held out, training) examples: a seeded permutation, so a report can recover the same split."""
-    runtime = Runtime(model, n_ctx=max(512, cfg.max_len + 8))  # the runtime's own tokenizer and template
+    from ..runtime.session import Runtime  # llama.cpp: the runtime's own tokenizer and template
+
+    runtime = Runtime(model, n_ctx=max(512, cfg.max_len + 8))
     try:
         examples = [encode(runtime, conv, cfg.max_len) for conv in dataset.conversations]
     finally:
@@ -235,10 +239,26 @@ def train(
 
     `base` is the frozen torch base if the caller already loaded it (see `load_base`).
     """
-    torch.manual_seed(cfg.seed)
     held, trainset = split_examples(model, dataset, cfg)
+    return train_examples(model, dataset.sha256, len(dataset.conversations), held, trainset, cfg, out, on_step, resume, base)
+
+
+def train_examples(
+    model: VerifiedModel,
+    dataset_sha256: str,
+    conversations: int,
+    held: list[Example],
+    trainset: list[Example],
+    cfg: TrainConfig,
+    out: Path,
+    on_step: Optional[Callable[[StepLog], None]] = None,
+    resume: bool = False,
+    base=None,
+) -> TrainResult:
+    """`train` on examples already tokenised (a GPU machine need not have llama.cpp)."""
     if not trainset:
         raise UsageError("no conversation left to train on after the held-out split")
+    torch.manual_seed(cfg.seed)
     base = base if base is not None else load_base(model, cfg.device)
     overlay = TakensLoRA(base.config.hidden_size, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(cfg.device)
     adapter = TakensAdapter(base, overlay)
@@ -247,8 +267,8 @@ def train(
     nll_off, nll_on = heldout_nll(adapter, held, cfg, on=False), heldout_nll(adapter, held, cfg)
     training = {
         "recipe": "takens-lora: nll + lambda * relu(agg(kl) - tau)",
-        "dataset_sha256": dataset.sha256,
-        "dataset_conversations": len(dataset.conversations),
+        "dataset_sha256": dataset_sha256,
+        "dataset_conversations": conversations,
         "heldout_conversations": len(held),
         "config": {**asdict(cfg), "delays": list(cfg.delays)},
         "steps": len(log),
@@ -256,6 +276,7 @@ def train(
         "final_barrier": log[-1].barrier if log else None,
         "heldout_nll_off": nll_off,
         "heldout_nll_on": nll_on,
+        "tokens_per_second": speed,
         "code_version": __version__,
     }
     result = TrainResult(Overlay(overlay.to_params(), model.sha256, training), log, nll_off, nll_on, speed)
