@@ -55,7 +55,7 @@ class ApplianceApp(App):
         try:
             await self.chat.halt()
             self.core.kill()
-            await self._lock_ui("killed: keys zeroed, overlay off, `kill` journalled. Passphrase to come back.")
+            await self._lock_ui("Killed: reply stopped, overlay off and zeroed, keys zeroed, `kill` journalled. Type the passphrase to come back.")
         finally:
             self._killing = False
 
@@ -77,7 +77,7 @@ class ApplianceApp(App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The palette lists exactly the key table's commands for this screen, each with its key."""
-        keyed = [(self, k) for k in APP_KEYS if k.action != "command_palette"]
-        keyed += [(screen, k) for k in getattr(screen, "KEYS", ()) if not k.widget]
+        keyed = [(self, k) for k in APP_KEYS if not k.builtin]
+        keyed += [(screen, k) for k in getattr(screen, "KEYS", ()) if not k.builtin]
         for target, k in keyed:
             yield SystemCommand(f"{k.title} [{k.key}]", k.help, partial(target.run_action, k.action))

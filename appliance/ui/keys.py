@@ -17,34 +17,35 @@ class Key:
     title: str  # short, for the footer
     help: str  # one line, for the help screen and the palette
     priority: bool = False  # reaches the screen even while the prompt (a TextArea) has focus
-    widget: bool = False  # handled by a widget itself (listed in help, not bound on the screen)
+    builtin: bool = False  # handled by a widget or by Textual itself: listed in help, not bound again
+    footer: bool = True  # 80 columns hold about seven keys; the rest are in help and the palette
 
     def binding(self) -> Binding:
-        return Binding(self.key, self.action, self.title, priority=self.priority)
+        return Binding(self.key, self.action, self.title, show=self.footer, priority=self.priority)
 
 
 APP_KEYS = (
     Key("f9", "kill", "Kill", "Kill-switch: stop the reply, overlay off, keys zeroed, journal `kill`, lock. No confirmation.", True),
     Key("f1", "help", "Help", "This help: every key and what the divergence meter costs."),
-    Key("ctrl+p", "command_palette", "Palette", "Command palette: search every command below."),
+    Key("ctrl+p", "command_palette", "Palette", "Command palette: search every command below.", builtin=True),
     Key("ctrl+q", "quit", "Quit", "Lock (keys zeroed) and leave.", True),
 )
 
 CHAT_KEYS = (
-    Key("enter", "send", "Send", "Send the prompt (in the prompt box).", widget=True),
-    Key("ctrl+j", "newline", "Newline", "New line in the prompt (paste works too); up/down at the edges recall earlier prompts.", widget=True),
+    Key("enter", "send", "Send", "Send the prompt (in the prompt box).", builtin=True),
+    Key("ctrl+j", "newline", "Newline", "New line in the prompt (paste works too); up/down at the edges recall earlier prompts.", builtin=True),
     Key("escape", "stop", "Stop", "Stop the reply now (within one token).", True),
     Key("f2", "toggle_overlay", "Overlay", "Switch the overlay ON/OFF; the next reply is what a fresh session in that state says.", True),
     Key("f3", "toggle_audit", "Audit", "Divergence meter on/off: KL(overlay || base) over each overlay-on reply.", True),
     Key("f4", "sessions", "Sessions", "Past sessions: open (decrypted, with provenance), verify, export Markdown.", True),
-    Key("f5", "new_session", "New", "New session: empty history, new journal session.", True),
-    Key("f6", "system_prompt", "System", "Edit this session's system prompt.", True),
-    Key("f7", "erase_overlay", "Erase ovl", "Crypto-erase the overlay (type its name to confirm).", True),
-    Key("f8", "erase_journal", "Erase log", "Crypto-erase every journal session (type `erase logs` to confirm).", True),
+    Key("f5", "new_session", "New", "New session: empty history, new journal session.", True, footer=False),
+    Key("f6", "system_prompt", "System", "Edit this session's system prompt.", True, footer=False),
+    Key("f7", "erase_overlay", "Erase ovl", "Crypto-erase the overlay (type its name to confirm).", True, footer=False),
+    Key("f8", "erase_journal", "Erase log", "Crypto-erase every journal session (type `erase logs` to confirm).", True, footer=False),
 )
 
 SESSIONS_KEYS = (
-    Key("enter", "open", "Open", "Open the selected session (decrypted, each message with its provenance).", widget=True),
+    Key("enter", "open", "Open", "Open the selected session (decrypted, each message with its provenance).", builtin=True),
     Key("v", "verify", "Verify", "Verify every session's hash chain and sealed head; breaks are named."),
     Key("e", "export", "Export", "Export the selected session as Markdown."),
     Key("escape", "back", "Back", "Back to the chat."),
@@ -54,4 +55,4 @@ SECTIONS = (("Everywhere", APP_KEYS), ("Chat", CHAT_KEYS), ("Sessions", SESSIONS
 
 
 def bindings(keys: tuple[Key, ...]) -> list[Binding]:
-    return [k.binding() for k in keys if not k.widget]
+    return [k.binding() for k in keys if not k.builtin]

@@ -11,7 +11,7 @@ from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Session
 from appliance.ui.chat import ChatScreen
 from appliance.ui.unlock import UnlockScreen
-from appliance.ui.widgets import ChatMessage, StatusBar
+from appliance.ui.widgets import ChatMessage, PromptInput, StatusBar
 from appliance.vault import Vault
 
 
@@ -52,19 +52,16 @@ async def test_streamed_reply_is_journalled_with_provenance(vault_home, make_app
     async with app.run_test() as pilot:
         await unlock(pilot, PASSPHRASE)
         screen = app.screen
-        screen.query_one("#prompt").text = "Tell me about the sea."
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: screen.worker is not None)
-        partial_lengths = set()
-        while screen.worker is not None:
-            views = screen.query(ChatMessage)
-            if len(views) == 2:
-                partial_lengths.add(len(views[1].body.source))
+        # Posted, not pressed: Pilot's press waits for the app to go idle, i.e. for the whole reply.
+        screen.query_one(PromptInput).post_message(PromptInput.Submitted("Tell me about the sea."))
+        await wait_for(pilot, lambda: len(screen.query(ChatMessage)) == 2)
+        reply, partial_lengths = screen.query(ChatMessage)[1], set()
+        while "tok/s" not in str(reply.header.render()):  # the header gets its numbers when the reply ends
+            partial_lengths.add(len(reply.body.source))
             await pilot.pause(0.01)
-        reply = screen.query(ChatMessage)[1]
         final = reply.body.source
         assert final.strip()
-        assert any(0 < n < len(final) for n in partial_lengths), "the reply appeared only at the end"
+        assert any(0 < n < len(final) for n in partial_lengths), f"the reply appeared only at the end: {sorted(partial_lengths)} {len(final)}"
         assert "overlay ON" in str(reply.header.render()) and "tok/s" in str(reply.header.render())
         assert screen.query_one(StatusBar).tokens_per_second > 0
         sid = app.core.journal.session_id

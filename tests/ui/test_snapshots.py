@@ -1,0 +1,80 @@
+"""Snapshots of the four screens at 80x24 and 120x40 (update with `pytest tests/ui --snapshot-update`).
+
+Deterministic by construction: journal session ids are fixed, the past sessions are written
+directly through the journal API, and the chat's messages and numbers are set, not generated.
+"""
+
+import itertools
+
+import pytest
+from conftest import PASSPHRASE
+from steps import unlock
+
+from appliance.journal import Journal
+from appliance.journal import store as journal_store
+from appliance.ui.divergence import Divergence
+from appliance.ui.widgets import StatusBar
+from appliance.vault import Vault
+
+SIZES = [(80, 24), (120, 40)]
+REPLY = """Three colours of the sea at dawn:
+
+1. **slate grey** before the sun,
+2. *rose* where the light first touches,
+3. `#1e90ff` by mid-morning."""
+
+
+@pytest.fixture
+def fixed_ids(monkeypatch):
+    ids = (f"20260101T00000{n}Z-0000000{n}" for n in itertools.count(1))
+    monkeypatch.setattr(journal_store, "new_session_id", lambda: next(ids))
+
+
+@pytest.fixture
+def past_sessions(vault_home, fixed_ids):
+    vault = Vault.unlock(vault_home, PASSPHRASE.encode())
+    for text in ("How do I change the passphrase?", "Summarise the kill procedure."):
+        journal = Journal.create(vault)
+        journal.append("message", role="user", text=text)
+        journal.append("message", role="assistant", text="...")
+        journal.close()
+    vault.zeroize()
+
+
+async def _chat(pilot) -> None:
+    await unlock(pilot, PASSPHRASE)
+    screen = pilot.app.screen
+    await screen.add_message("user", "What colours is the sea at dawn?")
+    await screen.add_message("assistant", REPLY, header="assistant  overlay ON  38 tok  97.5 tok/s  KL rmse 0.412 max 1.730")
+    status = screen.query_one(StatusBar)
+    status.tokens_per_second, status.audit = 97.5, True
+    status.divergence = Divergence(38, 0.412, 1.73)
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_unlock(snap_compare, vault_home, make_app, size):
+    assert snap_compare(make_app(), terminal_size=size)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_chat(snap_compare, vault_home, fixed_ids, make_app, size):
+    assert snap_compare(make_app(), terminal_size=size, run_before=_chat)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_sessions(snap_compare, past_sessions, make_app, size):
+    async def run_before(pilot):
+        await unlock(pilot, PASSPHRASE)
+        await pilot.press("f4", "v")
+
+    assert snap_compare(make_app(), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_help(snap_compare, vault_home, fixed_ids, make_app, size):
+    async def run_before(pilot):
+        await unlock(pilot, PASSPHRASE)
+        await pilot.press("f1")
+
+    assert snap_compare(make_app(), terminal_size=size, run_before=run_before)

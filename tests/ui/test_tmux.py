@@ -1,0 +1,75 @@
+"""The real `appliance chat` in a real terminal (tmux): unlock, a streamed reply, the overlay key, the kill key."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PASSPHRASE
+
+from appliance.journal import read, sessions
+from appliance.vault import Vault
+from appliance.vault.killswitch import pid_path
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+class Tmux:
+    """One private tmux server (its own socket), one 120x40 session running a command."""
+
+    def __init__(self, tmp: Path, command: list[str], env: dict):
+        self.socket = f"appliance-test-{os.getpid()}"
+        exports = " ".join(f"{k}={v}" for k, v in env.items())
+        self.run("new-session", "-d", "-s", "ui", "-x", "120", "-y", "40",
+                 f"cd {tmp} && env {exports} {' '.join(command)}; sleep 60")
+
+    def run(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True).stdout
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", "ui", *keys)
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "ui")
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if re.search(pattern, screen):
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} never appeared; the screen:\n{screen}")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+
+
+def test_chat_in_tmux_unlock_reply_kill(vault_home, tmp_path):
+    env = {"APPLIANCE_HOME": str(vault_home), "TERM": "xterm-256color", "PYTHONPATH": str(Path.cwd())}
+    command = [sys.executable, "-m", "appliance", "chat", "--temperature", "0", "--max-tokens", "16", "--threads", "1"]
+    tmux = Tmux(tmp_path, command, env)
+    try:
+        tmux.wait_for("Passphrase:")
+        tmux.keys("-l", PASSPHRASE)
+        tmux.keys("Enter")
+        tmux.wait_for("journal 2")
+        tmux.keys("-l", "Name three colours.")
+        tmux.keys("Enter")
+        screen = tmux.wait_for(r"assistant  overlay none  \d+ tok  [\d.]+ tok/s", timeout=120)  # finished
+        assert "Name three colours." in screen
+        assert pid_path(vault_home).exists()
+        tmux.keys("F9")
+        assert "Killed" in tmux.wait_for("Passphrase:", timeout=10)
+        assert not pid_path(vault_home).exists()  # `appliance kill` now finds nothing to stop
+    finally:
+        tmux.close()
+    vault = Vault.unlock(vault_home, PASSPHRASE.encode())
+    (sid,) = sessions(vault)
+    user, reply, kill = read(vault, sid)
+    assert user["text"] == "Name three colours." and reply["text"] and kill["kind"] == "kill"
