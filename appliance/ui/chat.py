@@ -37,7 +37,7 @@ class ChatScreen(Screen):
 
     def on_mount(self) -> None:
         status = self.query_one(StatusBar)
-        status.base = f"{self.core.model.name} {self.core.model.sha256[:12]}"
+        status.base = f"{self.core.model.name} {self.core.model.sha256[:8]}"
         self.refresh_status()
         if self.core.overlay_problem:
             self.notify(f"overlay not loaded: {self.core.overlay_problem}", severity="error", timeout=15)
@@ -71,6 +71,7 @@ class ChatScreen(Screen):
 
     async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
         if self.busy:
+            self.query_one(PromptInput).text = event.text  # kept for when the reply is done
             self.notify("a reply is still being written: escape stops it", severity="warning")
             return
         await self.add_message("user", event.text)

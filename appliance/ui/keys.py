@@ -28,7 +28,7 @@ APP_KEYS = (
     Key("f9", "kill", "Kill", "Kill-switch: stop the reply, overlay off, keys zeroed, journal `kill`, lock. No confirmation.", True),
     Key("f1", "help", "Help", "This help: every key and what the divergence meter costs."),
     Key("ctrl+p", "command_palette", "Palette", "Command palette: search every command below.", builtin=True),
-    Key("ctrl+q", "quit", "Quit", "Lock (keys zeroed) and leave.", True),
+    Key("ctrl+q", "quit", "Quit", "Lock (keys zeroed) and leave.", True, footer=False),
 )
 
 CHAT_KEYS = (

@@ -27,16 +27,19 @@ class StatusBar(Widget):
     busy = reactive(False)
 
     def render(self) -> Text:
-        line = Text.assemble(("base ", "dim"), self.base, ("  overlay ", "dim"), self.overlay, " ")
+        # Three short lines, the overlay's state first: at 80 columns nothing wraps.
+        line = Text.assemble(("overlay ", "dim"))
         if self.overlay_on is not None:
             line.append(" ON " if self.overlay_on else " OFF ", style="bold reverse green" if self.overlay_on else "bold reverse red")
-        line.append("\n")
-        tps = f"{self.tokens_per_second:.1f} tok/s" if self.tokens_per_second is not None else "- tok/s"
-        line.append_text(Text.assemble(("journal ", "dim"), self.session or "-", "  ", tps, ("  KL ", "dim")))
+            line.append(" ")
+        line.append(self.overlay)
+        line.append_text(Text.assemble("\n", ("base ", "dim"), self.base, ("  journal ", "dim"), self.session or "-", "\n"))
+        line.append(f"{self.tokens_per_second:.1f} tok/s" if self.tokens_per_second is not None else "- tok/s")
+        line.append("  KL ", style="dim")
         if not self.audit:
             line.append("meter off (F3)", style="dim")
         elif self.divergence is None:
-            line.append("audit on, no overlay-on reply yet")
+            line.append("meter on, no overlay-ON reply yet")
         else:
             line.append(f"rmse {self.divergence.rmse:.3f} max {self.divergence.max:.3f}", style="bold")
         if self.busy:
