@@ -8,6 +8,8 @@ KL(variant || base) along its own greedy replies to neutral prompts, and the
 repeated-4-gram loop rate of those replies.
 
 Run: ./run compare [--steps N]   (CPU: about half an hour at the default)
+On a GPU machine, after `bench/gpu_training.py prepare .gpu` here:
+     python3 bench/compare_overlays.py --prepared .gpu --device cuda
 """
 
 import argparse
@@ -19,7 +21,6 @@ import torch
 
 from appliance.demo import DATASET, NEUTRAL_PROMPTS
 from appliance.overlay.takens_torch import TakensLoRA
-from appliance.runtime.session import Runtime
 from appliance.training.dataset import load_dataset
 from appliance.training.evaluate import kl_along, kl_stats, loop_rate, torch_greedy
 from appliance.training.trainer import TakensAdapter, TrainConfig, heldout_nll, load_base, optimise, split_examples
@@ -43,8 +44,8 @@ class PeftLoraAdapter:
             return self.module(input_ids=ids[None]).logits[0]
 
 
-def judge(adapter, held, cfg, prompts, runtime, max_tokens) -> dict:
-    replies = [torch_greedy(adapter, p, max_tokens, runtime.engine.is_end_of_generation) for p in prompts]
+def judge(adapter, held, cfg, prompts, is_end, max_tokens) -> dict:
+    replies = [torch_greedy(adapter, p, max_tokens, is_end) for p in prompts]
     kl = kl_stats([kl_along(adapter, p, r) for p, r in zip(prompts, replies) if r])
     return {
         "params": sum(p.numel() for p in adapter.module.parameters() if p.requires_grad),
@@ -56,35 +57,46 @@ def judge(adapter, held, cfg, prompts, runtime, max_tokens) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--prompts", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=40)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--prepared", type=Path, default=None, help="examples from bench/gpu_training.py prepare")
     args = ap.parse_args()
 
-    model = verify_pinned(embedded_pin())
-    cfg = TrainConfig(steps=args.steps, lr=3e-3, tau=0.3, lam=4.0, agg="rmse", seed=0, holdout=0.15)
-    held, trainset = split_examples(model, load_dataset(DATASET), cfg)
-    runtime = Runtime(model, n_ctx=1024)
-    render = runtime.template.render
-    prompts = [
-        runtime.engine.tokenize(render([{"role": "user", "content": line}]))
-        for line in NEUTRAL_PROMPTS.read_text().splitlines()[: args.prompts]
-    ]
+    cfg = TrainConfig(steps=args.steps, lr=3e-3, tau=0.3, lam=4.0, agg="rmse", seed=0, holdout=0.15, device=args.device)
+    if args.prepared is not None:
+        from gpu_training import load_prepared
 
-    base = load_base(model)
+        model, held, trainset, prompts, end_tokens, _ = load_prepared(args.prepared, args.device)
+        is_end = end_tokens.__contains__
+    else:
+        from appliance.runtime.session import Runtime
+
+        model = verify_pinned(embedded_pin())
+        held, trainset = split_examples(model, load_dataset(DATASET), cfg)
+        runtime = Runtime(model, n_ctx=1024)
+        render = runtime.template.render
+        prompts = [runtime.engine.tokenize(render([{"role": "user", "content": line}])) for line in NEUTRAL_PROMPTS.read_text().splitlines()]
+        is_end = runtime.engine.is_end_of_generation
+    prompts = prompts[: args.prompts]
+
+    base = load_base(model, args.device)
     rows = {}
-    untouched = TakensAdapter(base, TakensLoRA(576, cfg.rank, cfg.delays, cfg.alpha, cfg.activation))  # B = 0: the base
-    rows["base (no adapter)"] = {**judge(untouched, held, cfg, prompts, runtime, args.max_tokens), "params": 0}
+    untouched = TakensAdapter(base, TakensLoRA(576, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(args.device))  # B = 0
+    rows["base (no adapter)"] = {**judge(untouched, held, cfg, prompts, is_end, args.max_tokens), "params": 0}
     for name, variant in (("takens-lora, rmse barrier", cfg), ("takens-lora, mean barrier", replace(cfg, agg="mean"))):
         torch.manual_seed(variant.seed)
-        adapter = TakensAdapter(base, TakensLoRA(576, variant.rank, variant.delays, variant.alpha, variant.activation))
+        overlay = TakensLoRA(576, variant.rank, variant.delays, variant.alpha, variant.activation).to(args.device)
+        adapter = TakensAdapter(base, overlay)
         optimise(adapter, trainset, variant, None)
-        rows[name] = judge(adapter, held, variant, prompts, runtime, args.max_tokens)
+        rows[name] = judge(adapter, held, variant, prompts, is_end, args.max_tokens)
     torch.manual_seed(cfg.seed)
     lora = PeftLoraAdapter(base, rank=1, layers=list(range(8)))  # last: peft edits the base in place
+    lora.module.to(args.device)
     optimise(lora, trainset, cfg, None)
-    rows["peft lora r=1, q_proj x 8 layers, rmse barrier"] = judge(lora, held, cfg, prompts, runtime, args.max_tokens)
+    rows["peft lora r=1, q_proj x 8 layers, rmse barrier"] = judge(lora, held, cfg, prompts, is_end, args.max_tokens)
 
     print(f"steps {cfg.steps}, seed {cfg.seed}, lr {cfg.lr}, lambda {cfg.lam}, tau {cfg.tau}; "
           f"{len(trainset)} training / {len(held)} held-out conversations; {len(prompts)} neutral prompts")

@@ -10,7 +10,7 @@ hidden states from the torch base on the same tokens.
 """
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -20,9 +20,11 @@ from ..overlay.files import Overlay
 from ..overlay.takens_numpy import OverlayStream
 from ..overlay.takens_torch import TakensLoRA
 from ..runtime.sampler import GREEDY
-from ..runtime.session import Runtime, Session
 from .objective import AGGREGATES, aggregate, per_position_kl
 from .trainer import Example
+
+if TYPE_CHECKING:
+    from ..runtime.session import Runtime
 
 LOOP_N = 4
 
@@ -33,7 +35,9 @@ class Trajectory:
     reply: list[int]  # greedy reply tokens
 
 
-def replies(runtime: Runtime, prompts: list[str], overlay: Optional[Overlay], max_tokens: int) -> list[Trajectory]:
+def replies(runtime: "Runtime", prompts: list[str], overlay: Optional[Overlay], max_tokens: int) -> list[Trajectory]:
+    from ..runtime.session import Session  # llama.cpp: only where replies are generated
+
     out = []
     for text in prompts:
         s = Session(runtime, overlay=overlay, overlay_on=overlay is not None, settings=GREEDY)
@@ -85,10 +89,10 @@ def trajectory_measures(base, overlay: Overlay, trajs: list[Trajectory], on: boo
 
 def torch_greedy(adapter, prompt: list[int], max_tokens: int, is_end) -> list[int]:
     """Greedy reply of any adapter (adapter on), recomputing the whole context each step: slow, exact."""
-    ids = list(prompt)
+    ids, device = list(prompt), next(adapter.module.parameters()).device
     with torch.no_grad():
         for _ in range(max_tokens):
-            token = int(adapter.logits(torch.tensor(ids))[-1].argmax())
+            token = int(adapter.logits(torch.tensor(ids, device=device))[-1].argmax())
             if is_end(token):
                 break
             ids.append(token)
@@ -97,9 +101,9 @@ def torch_greedy(adapter, prompt: list[int], max_tokens: int, is_end) -> list[in
 
 def kl_along(adapter, prompt: list[int], reply: list[int]) -> np.ndarray:
     """KL(adapter || base) at each position that predicts a reply token."""
-    ids, start = torch.tensor(prompt + reply), len(prompt)
+    ids, start = torch.tensor(prompt + reply, device=next(adapter.module.parameters()).device), len(prompt)
     with torch.no_grad():
-        return per_position_kl(adapter.logits(ids)[start - 1 : -1], adapter.reference(ids)[start - 1 : -1]).numpy()
+        return per_position_kl(adapter.logits(ids)[start - 1 : -1], adapter.reference(ids)[start - 1 : -1]).cpu().numpy()
 
 
 def kl_stats(kls: list[np.ndarray]) -> dict[str, float]:
@@ -107,7 +111,7 @@ def kl_stats(kls: list[np.ndarray]) -> dict[str, float]:
     return {agg: float(aggregate(pooled, agg)) for agg in AGGREGATES}
 
 
-def nll_llama(runtime: Runtime, overlay: Optional[Overlay], examples: list[Example]) -> float:
+def nll_llama(runtime: "Runtime", overlay: Optional[Overlay], examples: list[Example]) -> float:
     """Mean NLL of the target tokens, scored by llama.cpp on its quantised weights."""
     engine, losses = runtime.engine, []
     for ex in examples:
