@@ -2,8 +2,7 @@
 
 import time
 
-from conftest import PASSPHRASE, overlay_for_tests
-from steps import send, unlock, wait_for
+from ui_support import PASSPHRASE, overlay_for_tests, send, unlock, wait_for
 from textual.widgets import Label, Markdown
 
 from appliance.journal import read

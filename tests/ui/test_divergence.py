@@ -1,7 +1,6 @@
 """The divergence meter: same reply with or without it, KL stored in the provenance, its cost shown in help."""
 
-from conftest import PASSPHRASE
-from steps import send, unlock
+from ui_support import PASSPHRASE, send, unlock
 from textual.widgets import Markdown
 
 from appliance.journal import read

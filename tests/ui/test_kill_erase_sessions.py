@@ -2,10 +2,10 @@
 
 import os
 import signal
+from datetime import datetime, timezone
 
 import pytest
-from conftest import PASSPHRASE
-from steps import send, unlock, wait_for
+from ui_support import PASSPHRASE, send, unlock, wait_for
 from textual.widgets import DataTable, Label, Markdown
 
 from appliance.errors import Erased
@@ -38,6 +38,7 @@ async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
         await pilot.press("enter")
         await wait_for(pilot, lambda: len(screen.query(ChatMessage)) == 2 and screen.query(ChatMessage)[1].body.source)
         sid = app.core.journal.session_id
+        pressed = datetime.now(timezone.utc)
         if how == "key":
             await pilot.press("f9")
         else:  # what `appliance kill` sends
@@ -53,6 +54,10 @@ async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
     user, reply, kill = read(_vault(vault_home), sid)
     assert reply["finish"] == "cancelled" and reply["tokens"] < 300
     assert kill["kind"] == "kill" and kill["wipe"] is False
+    # The cut-off reply is journalled once generation has stopped: that moment bounds the stop latency.
+    stopped = datetime.strptime(reply["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc) - pressed
+    print(f"\nkill ({how}) -> generation stopped and journalled in {stopped.total_seconds() * 1000:.0f} ms")
+    assert stopped.total_seconds() < 0.1
 
 
 def _fake_overlay_item(home):

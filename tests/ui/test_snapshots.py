@@ -7,8 +7,7 @@ directly through the journal API, and the chat's messages and numbers are set, n
 import itertools
 
 import pytest
-from conftest import PASSPHRASE
-from steps import unlock
+from ui_support import PASSPHRASE, unlock
 
 from appliance.journal import Journal
 from appliance.journal import store as journal_store

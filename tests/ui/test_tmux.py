@@ -1,4 +1,4 @@
-"""The real `appliance chat` in a real terminal (tmux): unlock, a streamed reply, the overlay key, the kill key."""
+"""The real `appliance chat` in a real terminal (tmux): unlock, a reply, help, the overlay key, the kill key."""
 
 import os
 import re
@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE
+from ui_support import PASSPHRASE
 
 from appliance.journal import read, sessions
 from appliance.vault import Vault
@@ -64,6 +64,12 @@ def test_chat_in_tmux_unlock_reply_kill(vault_home, tmp_path):
         screen = tmux.wait_for(r"assistant  overlay none  \d+ tok  [\d.]+ tok/s", timeout=120)  # finished
         assert "Name three colours." in screen
         assert pid_path(vault_home).exists()
+        tmux.keys("F1")  # F-keys and escape reach the app through tmux
+        tmux.wait_for("Everywhere", timeout=10)
+        tmux.keys("Escape")
+        tmux.wait_for("Message \\(enter sends", timeout=10)  # a lone escape is read only after a pause
+        tmux.keys("F2")
+        tmux.wait_for("no overlay is loaded", timeout=10)
         tmux.keys("F9")
         assert "Killed" in tmux.wait_for("Passphrase:", timeout=10)
         assert not pid_path(vault_home).exists()  # `appliance kill` now finds nothing to stop

@@ -1,0 +1,58 @@
+"""What the UI tests share besides fixtures: the passphrase, the test overlay, Pilot steps.
+
+A plain module, not conftest: `from conftest import ...` resolves to whichever conftest pytest
+loaded last when several test folders are collected together.
+
+The overlay is a seeded random Takens-LoRA overlay handed to `ChatCore` through its
+`overlay_loader` argument (the product always decrypts the store's active overlay, re-verified):
+the UI tests need an overlay whose effect is visible, not the trust chain, which tests/trust covers.
+"""
+
+import time
+from datetime import datetime, timezone
+
+from textual.widgets import Input
+
+from appliance.overlay.files import Overlay
+from appliance.overlay.params import OverlayParams
+from appliance.store import ActiveOverlay, Provenance
+from appliance.ui.chat import ChatScreen
+from appliance.ui.widgets import ChatMessage, PromptInput
+
+PASSPHRASE = "correct horse battery staple"
+SIGNERS = ("A1B2C3D4E5F60718293A4B5C6D7E8F9012345678", "0FEDCBA9876543210FEDCBA9876543210FEDCBA9")
+# One llama.cpp thread: with two threads on two cores, any other busy process makes llama.cpp's
+# spinning thread barrier collapse to ~0.5 tok/s (measured); one thread keeps ~55 tok/s.
+THREADS = 1
+FIXED_TIME = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def overlay_for_tests(model) -> ActiveOverlay:
+    """A fresh copy each call: a kill or an erase zeroes the weights of the one loaded."""
+    params = OverlayParams.random(576, seed=1, b_scale=0.1)  # 0.2 makes the model end its first reply at once
+    return ActiveOverlay(Overlay(params, model.sha256),
+                         Provenance("care", "overlay", 1, "ab" * 32, SIGNERS, FIXED_TIME, FIXED_TIME))
+
+
+async def wait_for(pilot, condition, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.02)
+
+
+async def unlock(pilot, passphrase: str) -> None:
+    pilot.app.screen.query_one("#passphrase", Input).value = passphrase
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+async def send(pilot, text: str) -> None:
+    """Type a prompt and wait until its reply has finished."""
+    screen = pilot.app.screen
+    assert isinstance(screen, ChatScreen)
+    before = len(screen.query(ChatMessage))
+    screen.query_one(PromptInput).text = text
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: len(screen.query(ChatMessage)) == before + 2 and screen.worker is None, what="the reply")
