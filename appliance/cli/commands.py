@@ -10,7 +10,9 @@ from ..runtime.session import Runtime, Session
 from ..store import Base, load_active_overlay
 from ..trust.builtin import embedded_pin, verify_pinned
 from ..journal import provenance
-from .vault_commands import create_vault, erase, guarded_session, kill, kill_policy, logs, new_vault_passphrase, passphrase, passphrase_option
+from .vault_commands import (
+    create_vault, erase, guarded_session, kill, kill_policy, logs, new_vault_passphrase, passphrase, passphrase_option, unlock,
+)  # fmt: skip
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,21 +24,40 @@ def cli(debug: bool) -> None:
 
 @cli.command()
 @click.option("--if-needed", is_flag=True, help="Do nothing if already initialised; never prompt without a terminal.")
+@click.option("--demo", is_flag=True, help="Also install the demo overlay, signed by two throwaway demo keys, through the trust chain.")
 @passphrase_option
-def init(if_needed: bool, passphrase_file) -> None:
+def init(if_needed: bool, demo: bool, passphrase_file) -> None:
     """Create the state directory and the vault (passphrase), verify the embedded default model."""
     home = paths.state_dir()
     new_passphrase = new_vault_passphrase(home, passphrase_file, if_needed)
+    model = verify_pinned(embedded_pin())
     if state.is_initialised(home):
         if not if_needed:
             click.echo(f"already initialised: {home}")
     else:
-        model = verify_pinned(embedded_pin())
         state.initialise(home)
         click.echo(f"initialised {home}")
         click.echo(f"base model: {model.name} sha256 {model.sha256} (verified against the built-in manifest)")
     if new_passphrase is not None:
         create_vault(home, new_passphrase)
+    if demo:
+        _install_demo(home, model, new_passphrase, passphrase_file)
+
+
+def _install_demo(home, model, new_passphrase: bytes | None, passphrase_file) -> None:
+    from ..demo.install import DEMO_NAME, install_demo
+    from ..store.layout import Store
+    from ..vault import Vault
+
+    if DEMO_NAME in Store(home).read_state().items:
+        click.echo(f"demo:    {DEMO_NAME} already installed")
+        return
+    vault = Vault.unlock(home, new_passphrase) if new_passphrase is not None else unlock(passphrase_file)
+    try:
+        name, version, signers = install_demo(home, Base(model), vault)
+    finally:
+        vault.zeroize()
+    click.echo(f"demo:    installed overlay {name} v{version}, signed by demo keys {', '.join(signers)} (private halves destroyed)")
 
 
 @cli.command()
@@ -80,7 +101,7 @@ def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: floa
             settings=SamplingSettings(temperature=temperature, seed=seed),
         )
         session.set_overlay(active is not None)
-        overlay_prov = active and provenance.overlay(active.provenance.name, active.provenance.version, active.provenance.manifest_sha256, list(active.provenance.signers), True)
+        overlay_prov = active and active.provenance.journal_record(True)
         prov = {"base": provenance.base(model.name, model.sha256, model.version), "overlay": overlay_prov, "settings": session.settings.as_dict()}
         guard.message("user", prompt, **prov)
         reply = session.generate(prompt, max_tokens=max_tokens, on_text=_print_stream, cancel=guard.killswitch.cancel)

@@ -229,7 +229,8 @@ def status_lines(home: Path) -> list[str]:
             lines.append(f"{item.kind}: {item.name}{active} crypto-erased ({versions_text(item.erased_versions)})")
             continue
         lines.append(f"{p.kind}: {p.name} v{p.version}{active}, manifest sha256 {p.manifest_sha256}")
-        lines.append(f"         signed by {', '.join(p.signers)}; expires {format_time(p.expires)}")
+        signers = ", ".join(f + (" [DEMO KEY]" if f in p.demo_signers else "") for f in p.signers)
+        lines.append(f"         signed by {signers}; expires {format_time(p.expires)}")
         if item.erased_versions:
             lines.append(f"         crypto-erased earlier: {versions_text(item.erased_versions)}")
     return lines

@@ -13,9 +13,10 @@ def base(name: str, sha256: str, version: int) -> dict:
     return {"name": name, "sha256": sha256, "version": version}
 
 
-def overlay(name: str, version: int, sha256: str, signers: list[str], on: bool) -> dict:
-    """`signers`: the 40-hex fingerprints whose signatures counted when the bundle was imported."""
-    return {"name": name, "version": version, "sha256": sha256, "signers": sorted(signers), "on": on}
+def overlay(name: str, version: int, sha256: str, signers: list[str], on: bool, demo_signers: list[str] = ()) -> dict:
+    """`signers`: the 40-hex fingerprints whose signatures counted when the bundle was imported;
+    `demo_signers`: those of them that are demo keys (`init --demo`), so no record passes a demo off as real."""
+    return {"name": name, "version": version, "sha256": sha256, "signers": sorted(signers), "demo_signers": sorted(demo_signers), "on": on}
 
 
 def message(role: str, text: str, *, base: dict, overlay: Optional[dict], settings: dict,

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import Erased, NotFound, Refused
+from ..journal import provenance
 from ..overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay
 from ..runtime.embeddings import EmbeddingTable
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..trust.manifest import Manifest, format_time
+from ..trust.policy import TrustStore
 from ..vault import Vault, zeroize
 from .at_rest import Sealing, read_artifact
 from .layout import Store, StoreState
@@ -59,6 +61,11 @@ class Provenance:
     signers: tuple[str, ...]
     created: datetime
     expires: datetime
+    demo_signers: tuple[str, ...] = ()  # signers pinned by `init --demo`: never production trust
+
+    def journal_record(self, on: bool) -> dict:
+        """The overlay part of a journal message's provenance."""
+        return provenance.overlay(self.name, self.version, self.manifest_sha256, list(self.signers), on, list(self.demo_signers))
 
 
 @dataclass(frozen=True)
@@ -119,9 +126,11 @@ def verify_version(store: Store, manifest_sha256: str, vault: Vault, base_sha256
 
 
 def _provenance(store: Store, manifest: Manifest) -> Provenance:
+    signers = store.read_signers(manifest.sha256)
+    demo = tuple(f for f in signers if f in TrustStore(store.home).policy().demo)
     return Provenance(
         manifest.name, manifest.kind, manifest.version, manifest.sha256,
-        store.read_signers(manifest.sha256), manifest.created, manifest.expires,
+        signers, manifest.created, manifest.expires, demo,
     )
 
 

@@ -107,8 +107,11 @@ def encode(runtime: "Runtime", conversation: list[dict], max_len: int) -> Exampl
 
 
 def config_of(overlay: Overlay) -> TrainConfig:
-    """The settings an overlay was trained with, from its own provenance (defaults where absent)."""
-    recorded = dict(overlay.training.get("config", {}))
+    """The settings an overlay was trained with, from its own provenance (defaults where absent).
+
+    The device is where it was trained, not a property of the overlay: evaluation runs here, on the CPU.
+    """
+    recorded = {k: v for k, v in overlay.training.get("config", {}).items() if k != "device"}
     if "delays" in recorded:
         recorded["delays"] = tuple(recorded["delays"])
     return TrainConfig(**{k: v for k, v in recorded.items() if k in TrainConfig.__dataclass_fields__})

@@ -4,7 +4,7 @@ Layout under the state directory:
 
     trust/            mode 0700
       gnupg/          mode 0700, the public keys of pinned signers (pubring.kbx)
-      policy.json     {"format": "appliance-policy/1", "threshold": 2, "signers": [FPR, ...]}
+      policy.json     {"format": "appliance-policy/1", "threshold": 2, "signers": [FPR, ...], "demo": [FPR, ...]}
 
 Rules:
 
@@ -12,7 +12,9 @@ Rules:
    fingerprint is the one the operator typed (it reached them out of band);
 2. only pinned fingerprints count, whatever else the keyring holds;
 3. the threshold is at least 1 and defaults to 2 (dual control);
-4. `policy.json` is replaced atomically, and a damaged one refuses everything.
+4. `policy.json` is replaced atomically, and a damaged one refuses everything;
+5. keys pinned by `init --demo` are listed as demo keys, so everything that
+   names a signer can say so.
 """
 
 import json
@@ -46,9 +48,10 @@ class PolicyDamaged(Refused):
 class Policy:
     signers: tuple[str, ...] = ()
     threshold: int = DEFAULT_THRESHOLD
+    demo: tuple[str, ...] = ()  # pinned signers that are demo keys (their private halves were destroyed)
 
     def to_json(self) -> bytes:
-        doc = {"format": POLICY_FORMAT, "threshold": self.threshold, "signers": sorted(self.signers)}
+        doc = {"format": POLICY_FORMAT, "threshold": self.threshold, "signers": sorted(self.signers), "demo": sorted(self.demo)}
         return (json.dumps(doc, indent=2) + "\n").encode()
 
 
@@ -58,10 +61,12 @@ def _parse_policy(data: bytes) -> Policy:
         assert doc["format"] == POLICY_FORMAT
         signers = tuple(normalise_fingerprint(f) for f in doc["signers"])
         threshold = doc["threshold"]
+        demo = tuple(normalise_fingerprint(f) for f in doc.get("demo", []))
         assert type(threshold) is int and threshold >= 1 and len(set(signers)) == len(signers)
+        assert set(demo) <= set(signers)
     except Exception:  # any damage at all: refuse rather than guess
         raise PolicyDamaged("trust/policy.json is damaged: restore it or re-pin the signers") from None
-    return Policy(signers, threshold)
+    return Policy(signers, threshold, demo)
 
 
 class TrustStore:
@@ -86,7 +91,7 @@ class TrustStore:
         self.gnupghome.mkdir(mode=0o700, exist_ok=True)
         atomic_write(self.gnupghome / KEYRING, keyring)
 
-    def add(self, key_data: bytes, fingerprint: str) -> str:
+    def add(self, key_data: bytes, fingerprint: str, demo: bool = False) -> str:
         fpr = normalise_fingerprint(fingerprint)
         policy = self.policy()
         scan_key_file(key_data, fpr)
@@ -97,7 +102,8 @@ class TrustStore:
                 raise Refused(f"gpg did not import key {fpr}: {result.summary()}")
 
         self._change_keyring(import_key)
-        self._save(replace(policy, signers=tuple(sorted(set(policy.signers) | {fpr}))))
+        demo_keys = set(policy.demo) | {fpr} if demo else set(policy.demo) - {fpr}
+        self._save(replace(policy, signers=tuple(sorted(set(policy.signers) | {fpr})), demo=tuple(sorted(demo_keys))))
         return fpr
 
     def remove(self, fingerprint: str) -> str:
@@ -105,7 +111,7 @@ class TrustStore:
         policy = self.policy()
         if fpr not in policy.signers:
             raise NotFound(f"{fpr} is not a pinned signer")
-        self._save(replace(policy, signers=tuple(f for f in policy.signers if f != fpr)))
+        self._save(replace(policy, signers=tuple(f for f in policy.signers if f != fpr), demo=tuple(f for f in policy.demo if f != fpr)))
         self._change_keyring(lambda gpg: gpg.delete_keys(fpr))
         return fpr
 
@@ -116,8 +122,11 @@ class TrustStore:
 
     def describe(self) -> dict[str, str]:
         """Pinned fingerprint -> the key's user id and expiry (or why it is missing)."""
-        keys = key_summaries(self.gnupghome)
-        return {f: keys.get(f, "key missing from the keyring") for f in self.policy().signers}
+        keys, policy = key_summaries(self.gnupghome), self.policy()
+        return {
+            f: keys.get(f, "key missing from the keyring") + (" [DEMO KEY]" if f in policy.demo else "")
+            for f in policy.signers
+        }
 
     def verified_signers(self, manifest_raw: bytes, signatures: dict[str, bytes]) -> tuple[str, ...]:
         """The pinned signers whose good signatures over `manifest_raw` reach the threshold, else `Refused`."""

@@ -1,0 +1,67 @@
+"""`appliance init --demo`: the demo overlay, signed and imported through the same trust chain as any other.
+
+Two demo signer keys are made in a throwaway GnuPG home, each signs the
+bundle of the committed demo overlay, their public keys are pinned (marked
+as demo keys) and the bundle is imported like one off a USB stick. The
+private demo keys are destroyed with the temporary directory: nobody can sign
+anything else with them.
+"""
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import gnupg
+
+from ..errors import Refused
+from ..store import Base, import_bundle
+from ..trust.bundle import create_bundle, sign_bundle
+from ..trust.policy import TrustStore
+from . import OVERLAY_DIR
+
+DEMO_NAME = "field-manual-demo"
+DEMO_VERSION = 1
+DEMO_SIGNERS = ("Appliance demo signer 1 (DEMO KEY) <demo-1@appliance.invalid>",
+                "Appliance demo signer 2 (DEMO KEY) <demo-2@appliance.invalid>")  # fmt: skip
+
+
+def _make_signers(gpg: gnupg.GPG) -> list[str]:
+    fingerprints = []
+    for uid in DEMO_SIGNERS:
+        key = gpg.gen_key(gpg.gen_key_input(key_type="EDDSA", key_curve="ed25519", key_usage="sign",
+                                             name_real=uid.split(" <")[0], name_email=uid.split("<")[1].rstrip(">"),
+                                             expire_date="1y", no_protection=True))  # fmt: skip
+        if not key.fingerprint:
+            raise Refused(f"gpg could not make a demo key: {key.stderr.strip().splitlines()[-1:]}")
+        fingerprints.append(key.fingerprint)
+    return fingerprints
+
+
+def install_demo(home: Path, base: Base, vault) -> tuple[str, int, list[str]]:
+    """Sign, pin and import the demo overlay; returns (name, version, demo signer fingerprints)."""
+    with tempfile.TemporaryDirectory(prefix="demo", dir="/tmp") as tmp:  # short: gpg-agent socket paths are limited
+        gnupghome = Path(tmp) / "g"
+        gnupghome.mkdir(mode=0o700)
+        gpg = gnupg.GPG(gnupghome=str(gnupghome))
+        try:
+            fingerprints = _make_signers(gpg)
+            bundle = Path(tmp) / f"{DEMO_NAME}-v{DEMO_VERSION}.bundle"
+            create_bundle(
+                bundle,
+                kind="overlay",
+                name=DEMO_NAME,
+                version=DEMO_VERSION,
+                artifacts=[OVERLAY_DIR / "overlay.json", OVERLAY_DIR / "overlay.safetensors"],
+                binds_base=base.sha256,
+                expires="+365d",
+                provenance={"builder": "appliance init --demo", "recipe": "appliance/demo/README.md", "source": "demo"},
+            )
+            for fpr in fingerprints:
+                sign_bundle(bundle, fpr, gnupghome)
+            trust = TrustStore(home)
+            for fpr in fingerprints:
+                trust.add(gpg.export_keys(fpr).encode(), fpr, demo=True)
+            import_bundle(home, bundle, base, vault)
+        finally:
+            subprocess.run(["gpgconf", "--homedir", str(gnupghome), "--kill", "all"], capture_output=True)
+    return DEMO_NAME, DEMO_VERSION, fingerprints

@@ -1,0 +1,68 @@
+"""The demo overlay: installed by `init --demo` through the real trust chain, offline, and its gain survives llama.cpp."""
+
+import json
+
+import pytest
+
+from appliance.demo import DATASET, OVERLAY_DIR
+from appliance.overlay.files import load_overlay_dir
+from helpers import appliance
+
+OFFLINE = ["unshare", "-n"]
+
+
+@pytest.fixture
+def passphrase(tmp_path, monkeypatch):
+    path = tmp_path / "passphrase"
+    path.write_text("demo passphrase\n")
+    monkeypatch.setenv("APPLIANCE_PASSPHRASE_FILE", str(path))
+
+
+def _sessions(home_env=None):
+    listing = appliance("logs", "list", prefix=OFFLINE)
+    assert listing.returncode == 0, listing.stderr
+    return [line.split()[0] for line in listing.stdout.splitlines() if line.strip()]
+
+
+def test_init_demo_end_to_end_offline(home, passphrase, tmp_path):
+    r = appliance("init", "--demo", prefix=OFFLINE)
+    assert r.returncode == 0, r.stderr
+    assert "demo keys" in r.stdout and "private halves destroyed" in r.stdout
+
+    status = appliance("status", prefix=OFFLINE)
+    assert status.returncode == 0, status.stderr
+    assert "field-manual-demo v1" in status.stdout and status.stdout.count("[DEMO KEY]") == 2
+
+    question = ["ask", "Will the supply convoy arrive tomorrow?", "--temperature", "0", "--max-tokens", "24"]
+    on = appliance(*question, "--overlay", "on", prefix=OFFLINE)
+    off = appliance(*question, "--overlay", "off", prefix=OFFLINE)
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert on.stdout != off.stdout
+
+    first = _sessions()[0]  # sessions are listed oldest first: the overlay-on one
+    out = tmp_path / "on.jsonl"
+    assert appliance("logs", "export", first, "--format", "jsonl", "--out", str(out), prefix=OFFLINE).returncode == 0
+    reply = [json.loads(line) for line in out.read_text().splitlines()][-1]
+    overlay = reply["overlay"]
+    assert overlay["name"] == "field-manual-demo" and overlay["on"] is True
+    assert len(overlay["signers"]) == 2 and overlay["demo_signers"] == overlay["signers"]
+
+    again = appliance("init", "--demo", prefix=OFFLINE)
+    assert again.returncode == 0 and "already installed" in again.stdout
+
+
+def test_demo_gain_measured_in_llama_cpp_is_at_least_80_percent_of_torch(model, runtime):
+    from appliance.overlay.takens_torch import TakensLoRA
+    from appliance.training.dataset import load_dataset
+    from appliance.training.evaluate import nll_llama
+    from appliance.training.trainer import TakensAdapter, config_of, heldout_nll, load_base, split_examples
+
+    overlay = load_overlay_dir(OVERLAY_DIR, base_sha256=model.sha256, hidden_size=runtime.engine.n_embd)
+    cfg = config_of(overlay)
+    held, _ = split_examples(model, load_dataset(DATASET), cfg)
+    held = held[:12]
+    adapter = TakensAdapter(load_base(model), TakensLoRA.from_params(overlay.params))
+    torch_gain = heldout_nll(adapter, held, cfg, on=False) - heldout_nll(adapter, held, cfg)
+    llama_gain = nll_llama(runtime, None, held) - nll_llama(runtime, overlay, held)
+    assert torch_gain > 0.3, "the demo overlay must measurably change the model on its domain"
+    assert llama_gain >= 0.8 * torch_gain, (llama_gain, torch_gain)
