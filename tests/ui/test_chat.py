@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 from ui_support import PASSPHRASE, overlay_for_tests, send, unlock, wait_for
 from textual.widgets import Label, Markdown
 
@@ -116,3 +117,42 @@ async def test_escape_stops_a_long_reply_early(vault_home, make_app):
     assert stopped_after < 0.5, stopped_after
     _, reply = read(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
     assert reply["finish"] == "cancelled" and reply["tokens"] < 300
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("corrupt", "not valid JSON"),
+    ("erased", "crypto-erased"),
+])
+async def test_damaged_or_erased_vault_is_a_message(vault_home, make_app, damage, says):
+    master = vault_home / "vault" / "master.json"
+    if damage == "corrupt":
+        master.write_text("{not json")
+    else:
+        Vault.erase_all(vault_home)
+    app = make_app()
+    async with app.run_test() as pilot:
+        if damage == "corrupt":
+            await unlock(pilot, PASSPHRASE)
+        text = " ".join(str(label.render()) for label in app.screen.query(Label))
+        assert isinstance(app.screen, UnlockScreen) and says in text
+
+
+async def test_prompt_history_and_system_prompt(vault_home, make_app):
+    app = make_app(overlay=False, max_tokens=4)
+    async with app.run_test() as pilot:
+        await unlock(pilot, PASSPHRASE)
+        await send(pilot, "first")
+        await send(pilot, "second\nline")
+        prompt = app.screen.query_one(PromptInput)
+        await pilot.press("up")
+        assert prompt.text == "second\nline"
+        await pilot.press("up", "up")  # the cursor stands on the last line: one up moves within the text
+        assert prompt.text == "first"
+        await pilot.press("down")  # a recalled prompt puts the cursor at its end, on its last line
+        assert prompt.text == "second\nline"
+        await pilot.press("down")
+        assert prompt.text == ""
+        await pilot.press("f6", *"Answer in French.", "ctrl+s")
+        assert app.core.session.system_prompt == "Answer in French."
+        await send(pilot, "Hello")
+        assert app.core.session.messages()[0] == {"role": "system", "content": "Answer in French."}
