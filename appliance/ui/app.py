@@ -12,6 +12,7 @@ from typing import Iterable, Optional
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
+from ..errors import ApplianceError
 from .chat import ChatScreen
 from .core import ChatCore
 from .help import HelpScreen
@@ -52,12 +53,15 @@ class ApplianceApp(App):
         if not self.core.unlocked or self._killing:
             return
         self._killing = True
+        message = "Killed: reply stopped, overlay off and zeroed, keys zeroed, `kill` journalled. Type the passphrase to come back."
         try:
             await self.chat.halt()
-            self.core.kill()
-            await self._lock_ui("Killed: reply stopped, overlay off and zeroed, keys zeroed, `kill` journalled. Type the passphrase to come back.")
+            self.core.kill()  # locks even when it raises
+        except ApplianceError as e:
+            message = f"Killed and locked, but: {e}"
         finally:
             self._killing = False
+        await self._lock_ui(message)
 
     async def _lock_ui(self, message: str) -> None:
         while len(self.screen_stack) > 2:  # modals, help, sessions above the chat

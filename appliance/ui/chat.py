@@ -141,6 +141,9 @@ class ChatScreen(Screen):
         if self.core.active is None:
             self.notify("no overlay is loaded", severity="warning")
             return
+        if self.busy:  # the reply under way keeps the state it started in; its provenance says which
+            self.notify("a reply is being written: escape stops it, then switch", severity="warning")
+            return
         try:
             on = self.core.toggle()
         except ApplianceError as e:

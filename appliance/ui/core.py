@@ -89,7 +89,6 @@ class ChatCore:
 
         Must run on the main thread: the kill-switch installs signal handlers.
         """
-        Vault.require(self.home)
         vault = Vault.unlock(self.home, passphrase)
         killswitch = KillSwitch(self.home)
         try:
@@ -99,8 +98,12 @@ class ChatCore:
             raise
         self.vault, self.killswitch = vault, killswitch
         killswitch.on_kill(self._drop_overlay)
-        self._load()
-        self.new_session()
+        try:
+            self._load()
+            self.new_session()
+        except BaseException:  # e.g. the journal cannot be written: stay locked rather than chat unjournalled
+            self.lock()
+            raise
 
     def _load(self) -> None:
         try:
@@ -121,8 +124,7 @@ class ChatCore:
         self.session.set_overlay(on and self.active is not None)
 
     def set_system_prompt(self, text: Optional[str]) -> None:
-        """Per session: the next reply is conditioned on it (the context is re-rendered every turn)."""
-        self.system_prompt = text
+        """This session's only (a new session starts from `--system` again); the next reply is conditioned on it."""
         self.session.system_prompt = text
 
     def lock(self) -> None:

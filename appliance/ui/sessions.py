@@ -53,7 +53,12 @@ class SessionsScreen(Screen):
         table = self.query_one(DataTable)
         table.clear()
         reports = []
-        for sid in self.core.sessions():
+        try:
+            ids = self.core.sessions()
+        except ApplianceError as e:  # the key-slot table itself is unreadable
+            self._say(str(e))
+            return reports
+        for sid in ids:
             try:
                 report = self.core.check(sid)
             except ApplianceError as e:  # erased or missing key: listed, not opened
