@@ -1,4 +1,5 @@
-"""The real `appliance chat` in a real terminal (tmux): unlock, a reply, help, the overlay key, the kill key."""
+"""The real `appliance chat` in a real terminal (tmux), on the demo overlay imported through the trust chain:
+unlock, a reply with the overlay ON, help, the overlay key, a reply OFF, the kill key."""
 
 import os
 import re
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import appliance
 from ui_support import PASSPHRASE
 
 from appliance.journal import read, sessions
@@ -50,32 +52,46 @@ class Tmux:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
 
 
-def test_chat_in_tmux_unlock_reply_kill(vault_home, tmp_path):
-    env = {"APPLIANCE_HOME": str(vault_home), "TERM": "xterm-256color", "PYTHONPATH": str(Path.cwd())}
+@pytest.fixture
+def demo_home(home, tmp_path):
+    """`appliance init --demo`: a vault and the demo overlay, signed and imported through the real trust chain."""
+    passphrase_file = tmp_path / "passphrase"
+    passphrase_file.write_text(PASSPHRASE)
+    r = appliance("init", "--demo", "--passphrase-file", str(passphrase_file))
+    assert r.returncode == 0, r.stderr
+    return home
+
+
+def test_chat_in_tmux_unlock_reply_toggle_kill(demo_home, tmp_path):
+    env = {"APPLIANCE_HOME": str(demo_home), "TERM": "xterm-256color", "PYTHONPATH": str(Path.cwd())}
     command = [sys.executable, "-m", "appliance", "chat", "--temperature", "0", "--max-tokens", "16", "--threads", "1"]
     tmux = Tmux(tmp_path, command, env)
     try:
         tmux.wait_for("Passphrase:")
         tmux.keys("-l", PASSPHRASE)
         tmux.keys("Enter")
-        tmux.wait_for("journal 2")
+        tmux.wait_for(r"overlay  ON  field-manual-demo v1 signers")  # decrypted and re-verified at unlock
         tmux.keys("-l", "Name three colours.")
         tmux.keys("Enter")
-        screen = tmux.wait_for(r"assistant  overlay none  \d+ tok  [\d.]+ tok/s", timeout=120)  # finished
-        assert "Name three colours." in screen
-        assert pid_path(vault_home).exists()
+        tmux.wait_for(r"assistant  overlay ON  \d+ tok  [\d.]+ tok/s", timeout=120)  # the reply has finished
+        assert pid_path(demo_home).exists()
         tmux.keys("F1")  # F-keys and escape reach the app through tmux
         tmux.wait_for("Everywhere", timeout=10)
         tmux.keys("Escape")
         tmux.wait_for("Message \\(enter sends", timeout=10)  # a lone escape is read only after a pause
         tmux.keys("F2")
-        tmux.wait_for("no overlay is loaded", timeout=10)
+        tmux.wait_for(r"overlay  OFF  field-manual-demo", timeout=10)
+        tmux.keys("-l", "And three animals?")
+        tmux.keys("Enter")
+        tmux.wait_for(r"assistant  overlay OFF  \d+ tok", timeout=120)
         tmux.keys("F9")
         assert "Killed" in tmux.wait_for("Passphrase:", timeout=10)
-        assert not pid_path(vault_home).exists()  # `appliance kill` now finds nothing to stop
+        assert not pid_path(demo_home).exists()  # `appliance kill` now finds nothing to stop
     finally:
         tmux.close()
-    vault = Vault.unlock(vault_home, PASSPHRASE.encode())
+    vault = Vault.unlock(demo_home, PASSPHRASE.encode())
     (sid,) = sessions(vault)
-    user, reply, kill = read(vault, sid)
-    assert user["text"] == "Name three colours." and reply["text"] and kill["kind"] == "kill"
+    records = read(vault, sid)
+    assert [r.get("role", r["kind"]) for r in records] == ["user", "assistant", "overlay-toggle", "user", "assistant", "kill"]
+    assert records[1]["overlay"]["name"] == "field-manual-demo" and records[1]["overlay"]["on"] is True
+    assert records[4]["overlay"]["on"] is False and len(records[1]["overlay"]["signers"]) == 2
