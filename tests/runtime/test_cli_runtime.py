@@ -1,7 +1,6 @@
 """The real `appliance` command: init, status, ask, exit codes, the model pin, and no network."""
 
 import shutil
-import sys
 
 import pytest
 

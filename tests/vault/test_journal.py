@@ -1,11 +1,9 @@
 """The journal: every kind of tampering located by `appliance logs verify` (exit 3), failed writes, latency."""
 
 import json
-import statistics
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -112,21 +110,6 @@ def test_show_and_export(vault_home, vault, tmp_path):
     assert appliance("logs", "export", sid, "--format", "md", "--out", str(md)).returncode == 0
     assert "a message 1" in md.read_text()
     assert "a message 1" in appliance("logs", "list").stdout
-
-
-def test_append_latency_under_2ms_median(vault):
-    j = Journal.create(vault)
-    times = []
-    for i in range(200):
-        t0 = time.perf_counter()
-        j.append("message", role="user", text=f"a typical chat message of some length, number {i}" * 3)
-        times.append(time.perf_counter() - t0)
-    j.close()
-    median, p99 = statistics.median(times), sorted(times)[int(len(times) * 0.99)]
-    print(f"journal append: median {median * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms")
-    # The 2 ms target is a benchmark (measured about 1.2 ms idle here), not a timed test: a shared CI
-    # machine's fsync varies tenfold. This bound only catches a per-append KDF or table blow-up.
-    assert median < 0.05
 
 
 _FAILING_WRITER = textwrap.dedent(

@@ -4,7 +4,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -27,7 +26,6 @@ def _start_long_generation():
 
 def _kill_and_collect(home, *kill_args):
     proc = _start_long_generation()
-    t0 = time.monotonic()
     r = appliance("kill", *kill_args)
     out, err = proc.communicate(timeout=60)
     assert r.returncode == 0, r.stderr
@@ -38,16 +36,15 @@ def _kill_and_collect(home, *kill_args):
     (sid,) = sessions(vault)
     report = check(vault, sid)
     assert report.ok, report.brk
-    return report.records, time.monotonic() - t0, vault
+    return report.records, vault
 
 
 def test_kill_stops_generation_early_and_journals_it(vault_home):
-    records, seconds, _ = _kill_and_collect(vault_home)
+    records, _ = _kill_and_collect(vault_home)
     user, reply, kill = records
     assert user["role"] == "user" and reply["role"] == "assistant"
     assert reply["finish"] == "cancelled" and reply["tokens"] < 500  # far fewer than the 2000 asked
     assert kill["kind"] == "kill" and kill["wipe"] is False
-    assert seconds < 10
 
 
 def _fake_overlay(home):
@@ -65,7 +62,7 @@ def test_kill_wipe_erases_the_overlays(vault_home, how):
     ciphertext = _fake_overlay(vault_home)
     if how == "policy":
         assert "kill policy: wipe" in appliance("kill-policy", "wipe").stdout
-    records, _, vault = _kill_and_collect(vault_home, *([how] if how == "--wipe" else []))
+    records, vault = _kill_and_collect(vault_home, *([how] if how == "--wipe" else []))
     assert records[-1]["kind"] == "kill" and records[-1]["wipe"] is True
     assert records[-1]["overlays_erased"] == ["overlay/care/1"]
     with pytest.raises(Erased):

@@ -11,12 +11,9 @@ from appliance.vault.stream import CHUNK_BYTES, HEADER, TAG_BYTES
 from vault_setup import PASSPHRASE
 
 
-def test_unlock_is_fast_and_wrong_passphrase_is_locked(vault_home):
-    import time
-
-    t0 = time.perf_counter()
+def test_right_passphrase_unlocks_and_wrong_one_is_locked(vault_home):
+    # How fast an unlock is, is a benchmark row (bench/bench.py), not a timed test.
     Vault.unlock(vault_home, PASSPHRASE).zeroize()
-    assert time.perf_counter() - t0 < 1.0
     with pytest.raises(WrongPassphrase) as e:
         Vault.unlock(vault_home, b"wrong")
     assert e.value.exit_code == 4
