@@ -6,7 +6,6 @@ and a rename, so a half-written bundle never carries the final name.
 """
 
 import json
-import os
 import re
 import tarfile
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
 from ..errors import Refused, UsageError
-from ..fsutil import fsync_dir
+from ..fsutil import atomic_file
 from .bundle_reader import ARTIFACTS_PREFIX, MANIFEST_NAME, open_bundle
 from .hashing import Progress, sha256_file
 from .manifest import SCHEMA_ID, Manifest, format_time, parse_manifest, parse_time
@@ -60,24 +59,14 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
 
 def write_bundle(out: Path, manifest: Manifest, signatures: dict[str, bytes], sources: dict[str, Source]) -> None:
     """manifest.json, then signatures in fingerprint order, then artifacts in manifest order; atomically."""
-    out = Path(out).resolve()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w:", format=tarfile.PAX_FORMAT) as tar:
-                tar.addfile(_member(MANIFEST_NAME, len(manifest.raw)), BytesIO(manifest.raw))
-                for fpr, sig in sorted(signatures.items()):
-                    tar.addfile(_member(f"signatures/{fpr}.asc", len(sig)), BytesIO(sig))
-                for a in manifest.artifacts:
-                    with sources[a.path].open() as src:
-                        tar.addfile(_member(ARTIFACTS_PREFIX + a.path, sources[a.path].size), src)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(out.parent)
+    with atomic_file(Path(out).resolve(), mode=0o644) as f:
+        with tarfile.open(fileobj=f, mode="w:", format=tarfile.PAX_FORMAT) as tar:
+            tar.addfile(_member(MANIFEST_NAME, len(manifest.raw)), BytesIO(manifest.raw))
+            for fpr, sig in sorted(signatures.items()):
+                tar.addfile(_member(f"signatures/{fpr}.asc", len(sig)), BytesIO(sig))
+            for a in manifest.artifacts:
+                with sources[a.path].open() as src:
+                    tar.addfile(_member(ARTIFACTS_PREFIX + a.path, sources[a.path].size), src)
 
 
 def create_bundle(
