@@ -51,7 +51,8 @@ class ChatScreen(Screen):
             status.overlay_on = None
         else:
             p = active.provenance
-            status.overlay = f"{p.name} v{p.version} signers {' '.join(s[:8] for s in p.signers)}"
+            demo = " [DEMO KEYS]" if p.demo_signers else ""  # never let a demo pass for production trust
+            status.overlay = f"{p.name} v{p.version} signers {' '.join(s[:8] for s in p.signers)}{demo}"
             status.overlay_on = core.session.overlay_on
         status.session = core.journal.session_id
         status.audit = core.audit.enabled

@@ -170,8 +170,7 @@ class ChatCore:
     def overlay_prov(self, on: bool) -> Optional[dict]:
         if self.active is None:
             return None
-        p = self.active.provenance
-        return provenance.overlay(p.name, p.version, p.manifest_sha256, list(p.signers), on)
+        return self.active.provenance.journal_record(on)
 
     def toggle(self) -> bool:
         """O(1) flip (the next reply re-prefills in the new state); journalled with its moment."""

@@ -1,10 +1,8 @@
 """The chat on the real embedded model: unlock, streaming, the overlay switch, escape, the journal."""
 
-import time
-
 import pytest
 from ui_support import PASSPHRASE, overlay_for_tests, send, unlock, wait_for
-from textual.widgets import Label, Markdown
+from textual.widgets import Label
 
 from appliance.journal import read
 from appliance.runtime.sampler import GREEDY
@@ -107,14 +105,11 @@ async def test_escape_stops_a_long_reply_early(vault_home, make_app):
         screen.query_one("#prompt").text = "Write a very long story about a lighthouse keeper, chapter by chapter."
         await pilot.press("enter")
         await wait_for(pilot, lambda: len(screen.query(ChatMessage)) == 2 and len(screen.query(ChatMessage)[1].body.source) > 20)
-        t0 = time.perf_counter()
         await pilot.press("escape")
         await wait_for(pilot, lambda: screen.worker is None, timeout=5)
-        stopped_after = time.perf_counter() - t0
         header = str(screen.query(ChatMessage)[1].header.render())
         sid = app.core.journal.session_id
     assert "stopped" in header
-    assert stopped_after < 0.5, stopped_after
     _, reply = read(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
     assert reply["finish"] == "cancelled" and reply["tokens"] < 300
 
