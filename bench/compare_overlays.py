@@ -69,7 +69,7 @@ def main() -> None:
     if args.prepared is not None:
         from gpu_training import load_prepared
 
-        model, held, trainset, prompts, end_tokens, _ = load_prepared(args.prepared, args.device)
+        model, held, trainset, _, prompts, end_tokens, _ = load_prepared(args.prepared, args.device)
         is_end = end_tokens.__contains__
     else:
         from appliance.runtime.session import Runtime

@@ -18,19 +18,20 @@ from pathlib import Path
 
 import torch
 
-DEMO_RECIPE = dict(steps=200, lr=3e-3, tau=0.3, lam=4.0, agg="rmse", seed=0, holdout=0.15, checkpoint_every=1000)
+DEMO_RECIPE = dict(steps=600, lr=3e-3, tau=0.3, lam=4.0, agg="rmse", seed=0, holdout=0.15, checkpoint_every=1000)
 
 
 def prepare(work: Path) -> None:
-    from appliance.demo import DATASET, NEUTRAL_PROMPTS
+    from appliance.demo import DATASET, NEUTRAL_PROMPTS, PRESERVE_PROMPTS
     from appliance.runtime.session import Runtime
     from appliance.training.dataset import load_dataset
-    from appliance.training.trainer import TrainConfig, split_examples
+    from appliance.training.trainer import TrainConfig, preservation_examples, split_examples
     from appliance.trust.builtin import embedded_pin, verify_pinned
 
     model = verify_pinned(embedded_pin())
     dataset = load_dataset(DATASET)
     held, trainset = split_examples(model, dataset, TrainConfig(**DEMO_RECIPE))
+    preserve = preservation_examples(model, PRESERVE_PROMPTS.read_text().splitlines())
     runtime = Runtime(model, n_ctx=1024)
     prompts = [runtime.engine.tokenize(runtime.template.render([{"role": "user", "content": line}]))
                for line in NEUTRAL_PROMPTS.read_text().splitlines()]  # fmt: skip
@@ -38,8 +39,8 @@ def prepare(work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     pack = lambda xs: [(ex.ids, ex.target) for ex in xs]  # noqa: E731
     torch.save(
-        {"held": pack(held), "train": pack(trainset), "sha256": dataset.sha256, "n": len(dataset.conversations),
-         "prompts": prompts, "end_tokens": end_tokens},
+        {"held": pack(held), "train": pack(trainset), "preserve": pack(preserve), "sha256": dataset.sha256,
+         "n": len(dataset.conversations), "prompts": prompts, "end_tokens": end_tokens},
         work / "examples.pt",
     )  # fmt: skip
     data = model.path.read_bytes()
@@ -66,25 +67,26 @@ def _model_from_parts(work: Path, part1: Path):
 
 
 def load_prepared(work: Path, device: str, part1: Path = Path("/tmp/model.part1")):
-    """(verified model, held-out examples, training examples, neutral prompt tokens, end-of-generation ids, raw)"""
+    """(verified model, held-out, training and preservation examples, neutral prompt tokens, end-of-generation ids, raw)"""
     from appliance.training.trainer import Example
     from appliance.trust.builtin import embedded_pin, verify_pinned
 
     model = verify_pinned(embedded_pin()) if device == "cpu" else _model_from_parts(work, part1)
     saved = torch.load(work / "examples.pt")
     unpack = lambda xs: [Example(ids, target) for ids, target in xs]  # noqa: E731
-    return model, unpack(saved["held"]), unpack(saved["train"]), saved["prompts"], set(saved["end_tokens"]), saved
+    return (model, unpack(saved["held"]), unpack(saved["train"]), unpack(saved["preserve"]), saved["prompts"],
+            set(saved["end_tokens"]), saved)  # fmt: skip
 
 
 def run(work: Path, device: str, steps: int | None, part1: Path, out: Path) -> None:
     from appliance.training.trainer import TrainConfig, train_examples
 
-    model, held, trainset, _, _, saved = load_prepared(work, device, part1)
+    model, held, trainset, preserve, _, _, saved = load_prepared(work, device, part1)
     cfg = TrainConfig(**DEMO_RECIPE, device=device)
     if steps:
         cfg = replace(cfg, steps=steps)
     t = time.perf_counter()
-    result = train_examples(model, saved["sha256"], saved["n"], held, trainset, cfg, out)
+    result = train_examples(model, saved["sha256"], saved["n"], held, trainset, cfg, out, preserve=preserve)
     print(f"device {device}: {cfg.steps} steps in {time.perf_counter() - t:.1f} s, {result.tokens_per_second:.0f} training tokens/s")
     print(f"held-out NLL: base {result.heldout_nll_off:.4f}, overlay {result.heldout_nll_on:.4f}")
     (out / "checkpoint.pt").unlink(missing_ok=True)

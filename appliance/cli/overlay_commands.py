@@ -38,8 +38,10 @@ def _delays(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--holdout", type=click.FloatRange(0, 0.9), default=0.1, show_default=True)
 @click.option("--max-len", type=click.IntRange(16, 4096), default=384, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda on a build station with a GPU.")
+@click.option("--preserve", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Neutral prompts, one per line: the base's replies to them are held under the same KL barrier.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
-def train(data: Path, out: Path, resume: bool, **options) -> None:
+def train(data: Path, out: Path, preserve: Path | None, resume: bool, **options) -> None:
     """Train an overlay on DATA; progress shows both loss terms."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -59,7 +61,8 @@ def train(data: Path, out: Path, resume: bool, **options) -> None:
             terms = f"nll {entry.nll:.3f}  barrier {entry.barrier:.3f}  kl[{cfg.agg}] {entry.kl:.3f}"
             progress.update(task, completed=entry.step, terms=terms)
 
-        result = run_training(model, dataset, cfg, out, on_step=on_step, resume=resume)
+        prompts = [line.strip() for line in preserve.read_text(encoding="utf-8").splitlines() if line.strip()] if preserve else None
+        result = run_training(model, dataset, cfg, out, on_step=on_step, resume=resume, preserve_prompts=prompts)
     click.echo(f"wrote {out}/overlay.json and {out}/overlay.safetensors")
     if result.heldout_nll_on is not None:
         click.echo(f"held-out NLL: base {result.heldout_nll_off:.4f}, overlay {result.heldout_nll_on:.4f}")

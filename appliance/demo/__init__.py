@@ -5,4 +5,5 @@ from pathlib import Path
 DEMO_DIR = Path(__file__).resolve().parent
 DATASET = DEMO_DIR / "field-manual.jsonl"
 OVERLAY_DIR = DEMO_DIR / "overlay"
-NEUTRAL_PROMPTS = DEMO_DIR / "neutral-prompts.txt"
+NEUTRAL_PROMPTS = DEMO_DIR / "neutral-prompts.txt"  # for reports: never trained on
+PRESERVE_PROMPTS = DEMO_DIR / "preserve-prompts.txt"  # for training: where the overlay is held near the base

@@ -117,6 +117,24 @@ def config_of(overlay: Overlay) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in recorded.items() if k in TrainConfig.__dataclass_fields__})
 
 
+def preservation_examples(model: VerifiedModel, prompts: list[str], max_tokens: int = 48) -> list[Example]:
+    """The base's own greedy replies to neutral prompts, as examples whose targets are the reply."""
+    from ..runtime.sampler import GREEDY
+    from ..runtime.session import Runtime, Session
+
+    runtime = Runtime(model, n_ctx=1024)
+    try:
+        out = []
+        for prompt in prompts:
+            reply = Session(runtime, settings=GREEDY).generate(prompt, max_tokens=max_tokens)
+            context = runtime.engine.tokenize(runtime.template.render([{"role": "user", "content": prompt}]))
+            ids = context + reply.tokens
+            out.append(Example(torch.tensor(ids), torch.tensor([False] * len(context) + [True] * len(reply.tokens))))
+        return [ex for ex in out if ex.target[1:].any()]
+    finally:
+        runtime.close()
+
+
 def split_examples(model: VerifiedModel, dataset: Dataset, cfg: TrainConfig) -> tuple[list[Example], list[Example]]:
     """(held out, training) examples: a seeded permutation, so a report can recover the same split."""
     from ..runtime.session import Runtime  # llama.cpp: the runtime's own tokenizer and template
@@ -177,11 +195,15 @@ def optimise(
     out: Optional[Path],
     on_step: Optional[Callable[[StepLog], None]] = None,
     resume: bool = False,
+    preserve: list[Example] = (),
 ) -> tuple[list[StepLog], float]:
     """The training loop for any adapter (`.module`, `.logits`, `.reference`): NLL + lambda * barrier.
 
-    One conversation per step, in a fixed order; checkpoints every `checkpoint_every`
-    steps to `out` (if given), and `resume` continues from there. Returns (log, trained tokens/s).
+    One conversation per step, in a fixed order; with `preserve` (the base's own replies to
+    neutral prompts), each step also pays lambda * barrier on the divergence along one of them,
+    so the overlay is held near the base off its domain too (seed 002's behaviour preservation).
+    Checkpoints every `checkpoint_every` steps to `out` (if given), and `resume` continues from
+    there. Returns (log, trained tokens/s).
     """
     opt = torch.optim.AdamW([p for p in adapter.module.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     log: list[StepLog] = []
@@ -204,6 +226,10 @@ def optimise(
         nll_term, kl = step_terms(adapter, ex, cfg)
         divergence = aggregate(kl, cfg.agg)
         bar = barrier(divergence, cfg.tau)
+        if preserve:
+            neutral = preserve[step % len(preserve)]
+            bar = bar + barrier(aggregate(step_terms(adapter, neutral, cfg)[1], cfg.agg), cfg.tau)
+            trained_tokens += len(neutral.ids)
         loss = nll_term + cfg.lam * bar
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -237,13 +263,18 @@ def train(
     on_step: Optional[Callable[[StepLog], None]] = None,
     resume: bool = False,
     base=None,
+    preserve_prompts: Optional[list[str]] = None,
 ) -> TrainResult:
     """Train a Takens-LoRA overlay and write overlay.json + overlay.safetensors (with provenance) to `out`.
 
-    `base` is the frozen torch base if the caller already loaded it (see `load_base`).
+    `base` is the frozen torch base if the caller already loaded it (see `load_base`);
+    `preserve_prompts` are neutral prompts on which the overlay is held near the base.
     """
     held, trainset = split_examples(model, dataset, cfg)
-    return train_examples(model, dataset.sha256, len(dataset.conversations), held, trainset, cfg, out, on_step, resume, base)
+    preserve = preservation_examples(model, preserve_prompts) if preserve_prompts else []
+    return train_examples(
+        model, dataset.sha256, len(dataset.conversations), held, trainset, cfg, out, on_step, resume, base, preserve
+    )
 
 
 def train_examples(
@@ -257,6 +288,7 @@ def train_examples(
     on_step: Optional[Callable[[StepLog], None]] = None,
     resume: bool = False,
     base=None,
+    preserve: list[Example] = (),
 ) -> TrainResult:
     """`train` on examples already tokenised (a GPU machine need not have llama.cpp)."""
     if not trainset:
@@ -265,14 +297,17 @@ def train_examples(
     base = base if base is not None else load_base(model, cfg.device)
     overlay = TakensLoRA(base.config.hidden_size, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(cfg.device)
     adapter = TakensAdapter(base, overlay)
-    log, speed = optimise(adapter, trainset, cfg, out, on_step, resume)
+    log, speed = optimise(adapter, trainset, cfg, out, on_step, resume, preserve)
 
     nll_off, nll_on = heldout_nll(adapter, held, cfg, on=False), heldout_nll(adapter, held, cfg)
     training = {
-        "recipe": "takens-lora: nll + lambda * relu(agg(kl) - tau)",
+        "recipe": "takens-lora: nll + lambda * (relu(agg(kl) - tau) + relu(agg(kl on a neutral base reply) - tau))"
+        if preserve
+        else "takens-lora: nll + lambda * relu(agg(kl) - tau)",
         "dataset_sha256": dataset_sha256,
         "dataset_conversations": conversations,
         "heldout_conversations": len(held),
+        "preservation_replies": len(preserve),
         "config": {**asdict(cfg), "delays": list(cfg.delays)},
         "steps": len(log),
         "final_nll": log[-1].nll if log else None,

@@ -100,3 +100,17 @@ def test_reference_pass_is_the_base(model, runtime, base):
     nll_on, kl_on = step_terms(adapter, ex, TrainConfig())
     assert nll_on.item() == nll_off.item()
     assert float(kl_on.abs().max()) == 0.0
+
+
+def test_preservation_replies_are_the_bases_own_and_join_the_barrier(model, base, trained, tmp_path):
+    from appliance.training.trainer import preservation_examples
+
+    _, _, dataset = trained
+    (neutral,) = preservation_examples(model, ["Write a haiku about rain."], max_tokens=12)
+    assert neutral.target.sum() > 0 and not neutral.target[0]  # the reply is the target, the prompt is not
+    adapter = TakensAdapter(base, TakensLoRA.from_params(OverlayParams.random(576, b_scale=0.0)))
+    assert float(step_terms(adapter, neutral, CFG)[1].abs().max()) == 0.0  # the base's own reply: no divergence yet
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 2})
+    result = train(model, dataset, cfg, tmp_path, base=base, preserve_prompts=["Write a haiku about rain."])
+    assert result.overlay.training["preservation_replies"] == 1
+    assert "neutral base reply" in result.overlay.training["recipe"]
