@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import re
+import subprocess
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +46,7 @@ VAULT_DIR = "vault"
 MASTER_FILE = "master.json"
 SLOTS_FILE = "slots.json"
 LOCK_FILE = "lock"
+TRASH_DIR = ".erased"  # ciphertext whose keys are gone, waiting to be unlinked
 MASTER_FORMAT = "appliance-vault/1"
 SLOTS_FORMAT = "appliance-keyslots/1"
 KEY_BYTES = 32
@@ -87,6 +89,14 @@ class VaultWriteFailed(Refused):
 class VaultErased(Erased):
     def __init__(self, when: str):
         super().__init__(f"the vault was crypto-erased at {when}: no passphrase opens it; `appliance init` starts afresh")
+
+
+def _unlink_detached(directory: Path) -> None:
+    """Remove `directory` (erased ciphertext only) in a detached process that outlives this command."""
+    subprocess.Popen(
+        ["rm", "-rf", "--", str(directory)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
 
 
 def zeroize(buf: bytearray) -> None:
@@ -398,13 +408,19 @@ class Vault:
                 table["erased"][item_id] = when
         # The keys are gone (durably) before any ciphertext is touched: a crash in between
         # leaves undecryptable files, never a readable item that was meant to be erased.
+        # The ciphertext is then renamed out of sight (O(1)) and unlinked by a detached process:
+        # freeing a large file's blocks takes time in proportion to its size, the erase must not.
+        batch = self.home / TRASH_DIR / os.urandom(8).hex()  # this erase's own: nothing else races on it
+        batch.mkdir(mode=0o700, parents=True)
         deleted = []
         for rel in files:
             path = self._inside_home(rel)
             if path.exists():
-                path.unlink()
+                os.rename(path, batch / str(len(deleted)))
                 fsync_dir(path.parent)
                 deleted.append(rel)
+        fsync_dir(batch)
+        _unlink_detached(batch)
         return deleted
 
     # -- sealed heads (the journal's last record per session) ---------------------------
