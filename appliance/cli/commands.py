@@ -30,21 +30,21 @@ def init(if_needed: bool, demo: bool, passphrase_file) -> None:
     """Create the state directory and the vault (passphrase), verify the embedded default model."""
     home = paths.state_dir()
     new_passphrase = new_vault_passphrase(home, passphrase_file, if_needed)
-    model = verify_pinned(embedded_pin())
     if state.is_initialised(home):
         if not if_needed:
             click.echo(f"already initialised: {home}")
     else:
+        model = verify_pinned(embedded_pin())
         state.initialise(home)
         click.echo(f"initialised {home}")
         click.echo(f"base model: {model.name} sha256 {model.sha256} (verified against the built-in manifest)")
     if new_passphrase is not None:
         create_vault(home, new_passphrase)
     if demo:
-        _install_demo(home, model, new_passphrase, passphrase_file)
+        _install_demo(home, new_passphrase, passphrase_file)
 
 
-def _install_demo(home, model, new_passphrase: bytes | None, passphrase_file) -> None:
+def _install_demo(home, new_passphrase: bytes | None, passphrase_file) -> None:
     from ..demo.install import DEMO_NAME, install_demo
     from ..store.layout import Store
     from ..vault import Vault
@@ -52,6 +52,7 @@ def _install_demo(home, model, new_passphrase: bytes | None, passphrase_file) ->
     if DEMO_NAME in Store(home).read_state().items:
         click.echo(f"demo:    {DEMO_NAME} already installed")
         return
+    model = verify_pinned(embedded_pin())  # the base the demo overlay is bound to, checked as for any load
     vault = Vault.unlock(home, new_passphrase) if new_passphrase is not None else unlock(passphrase_file)
     try:
         name, version, signers = install_demo(home, Base(model), vault)

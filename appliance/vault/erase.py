@@ -31,19 +31,20 @@ def erase_overlay(vault: Vault, name: str) -> list[str]:
         if vault.erased_items(f"overlay/{name}/"):
             raise Erased(f"overlay {name} was already crypto-erased")
         raise NotFound(f"no overlay named {name} in the vault")
-    vault.erase(items)
-    for hook in OVERLAY_ERASE_HOOKS:
-        hook(vault.home, name)
-    return items
+    return _erase_overlays(vault, items, name)
 
 
 def erase_all_overlays(vault: Vault) -> list[str]:
     """The kill-switch wipe. Returns the item ids erased (possibly none)."""
-    items = vault.items("overlay/")
+    return _erase_overlays(vault, vault.items("overlay/"), None)
+
+
+def _erase_overlays(vault: Vault, items: list[str], name: str | None) -> list[str]:
+    """Destroy the keys, then let the store forget the overlay (`name` None: all of them)."""
     if items:
         vault.erase(items)
     for hook in OVERLAY_ERASE_HOOKS:
-        hook(vault.home, None)
+        hook(vault.home, name)
     return items
 
 

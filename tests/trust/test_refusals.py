@@ -91,24 +91,25 @@ def test_manifest_edited_after_signing(home, good, tmp_path):
     assert_refused(home, replace_member(good, tmp_path / "b.bundle", "manifest.json", edited), "bad signature", "0 of 2")
 
 
-def test_signature_by_unpinned_key(home, keys, good, tmp_path):
+def _alice_and(keys, good, out, signer, *gpg_args):
+    """The good bundle, signed by pinned alice and by `signer` (instead of bob)."""
     sigs, raw = signatures_of(good)
-    bad = with_signatures(good, tmp_path / "b.bundle", {keys.fpr["alice"]: sigs[keys.fpr["alice"]],
-                                                        keys.fpr["carol"]: raw_signature(keys, "carol", raw)})
+    return with_signatures(good, out, {keys.fpr["alice"]: sigs[keys.fpr["alice"]],
+                                       keys.fpr[signer]: raw_signature(keys, signer, raw, *gpg_args)})  # fmt: skip
+
+
+def test_signature_by_unpinned_key(home, keys, good, tmp_path):
+    bad = _alice_and(keys, good, tmp_path / "b.bundle", "carol")
     assert_refused(home, bad, "1 of 2", keys.fpr["carol"], "not pinned")
 
 
 def test_signature_by_expired_key(home, keys, good, tmp_path):
-    sigs, raw = signatures_of(good)
-    old = raw_signature(keys, "old", raw, "--faked-system-time", "20200101T120000")
-    bad = with_signatures(good, tmp_path / "b.bundle", {keys.fpr["alice"]: sigs[keys.fpr["alice"]], keys.fpr["old"]: old})
+    bad = _alice_and(keys, good, tmp_path / "b.bundle", "old", "--faked-system-time", "20200101T120000")
     assert_refused(home, bad, "1 of 2", keys.fpr["old"], "expired")
 
 
 def test_signature_by_revoked_key(home, keys, good, tmp_path):
-    sigs, raw = signatures_of(good)
-    bad = with_signatures(good, tmp_path / "b.bundle", {keys.fpr["alice"]: sigs[keys.fpr["alice"]],
-                                                        keys.fpr["rev"]: raw_signature(keys, "rev", raw)})
+    bad = _alice_and(keys, good, tmp_path / "b.bundle", "rev")
     assert_refused(home, bad, "1 of 2", keys.fpr["rev"], "revoked")
 
 
