@@ -43,7 +43,8 @@ async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
             await pilot.press("f9")
         else:  # what `appliance kill` sends
             os.kill(os.getpid(), signal.SIGTERM)
-        await wait_for(pilot, lambda: isinstance(app.screen, UnlockScreen), timeout=5)
+        # The unlock screen is the active one before it has composed its widgets: wait for its message.
+        await wait_for(pilot, lambda: isinstance(app.screen, UnlockScreen) and app.screen.query("#message"), timeout=5)
         assert "Killed" in str(app.screen.query_one("#message", Label).render())
         # Disarmed: the signal handlers are back (the pid file is left to `running_pid`, which
         # only counts a process whose command line says appliance, unlike pytest's).

@@ -46,6 +46,8 @@ async def unlock(pilot, passphrase: str) -> None:
     pilot.app.screen.query_one("#passphrase", Input).value = passphrase
     await pilot.press("enter")
     await pilot.pause()
+    if isinstance(pilot.app.screen, ChatScreen):  # active before composed on a busy machine
+        await wait_for(pilot, lambda: pilot.app.screen.query("#prompt"), what="the chat screen")
 
 
 async def send(pilot, text: str) -> None:
