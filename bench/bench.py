@@ -222,7 +222,8 @@ def vault_and_store(model, rounds: int, import_mib: int) -> list[tuple]:
             load_active_overlay(home, Base(verify_pinned(embedded_pin()), hidden_size=base.hidden_size), vault)
             startups.append(time.perf_counter() - t)
             journal = Journal.create(vault)
-            prov = {"base": provenance.base(model.name, model.sha256, model.version), "overlay": None, "settings": GREEDY.as_dict()}
+            prov = {"base": provenance.base(model.name, model.sha256, model.version), "overlay": None, "settings": GREEDY.as_dict(),
+                    "system_prompt": None}
             for i in range(100):
                 t = time.perf_counter()
                 journal.append("message", **provenance.message("user", f"message {i} " * 20, **prov))

@@ -103,7 +103,8 @@ def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: floa
         )
         session.set_overlay(active is not None)
         overlay_prov = active and active.provenance.journal_record(True)
-        prov = {"base": provenance.base(model.name, model.sha256, model.version), "overlay": overlay_prov, "settings": session.settings.as_dict()}
+        prov = {"base": provenance.base(model.name, model.sha256, model.version), "overlay": overlay_prov, "settings": session.settings.as_dict(),
+                "system_prompt": system_prompt}
         guard.message("user", prompt, **prov)
         reply = session.generate(prompt, max_tokens=max_tokens, on_text=_print_stream, cancel=guard.killswitch.cancel)
         click.echo()

@@ -78,7 +78,9 @@ def train(data: Path, out: Path, preserve: Path | None, resume: bool, **options)
 @click.option("--data", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="The overlay's training data: its held-out split (recovered from the overlay's own config) gives the in-domain NLL.")
 @click.option("--max-tokens", type=click.IntRange(8, 1024), default=96, show_default=True)
-def report(overlay_dir: Path, prompts: Path, out: Path, data: Path | None, max_tokens: int) -> None:
+@click.option("--sample-seeds", type=click.IntRange(0, 16), default=2, show_default=True,
+              help="Also measure loops on replies from the chat's default sampler, with this many seeds (0: greedy only).")  # fmt: skip
+def report(overlay_dir: Path, prompts: Path, out: Path, data: Path | None, max_tokens: int, sample_seeds: int) -> None:
     """What the overlay does to the model (on vs off), and what it costs in coherence: numbers, plots, one page."""
     from ..errors import UsageError
     from ..overlay.files import load_overlay_dir
@@ -96,8 +98,10 @@ def report(overlay_dir: Path, prompts: Path, out: Path, data: Path | None, max_t
     heldout = None
     if data is not None:
         heldout, _ = split_examples(model, load_dataset(data), config_of(overlay_files))
-    metrics = build_report(model, overlay_files, prompt_lines, out, heldout=heldout, max_tokens=max_tokens)
+    metrics = build_report(model, overlay_files, prompt_lines, out, heldout=heldout, max_tokens=max_tokens, sample_seeds=sample_seeds)
     kl = metrics["kl"]
     click.echo(f"wrote {out}/report.md")
     click.echo(f"KL per position: mean {kl['mean']:.3f} rmse {kl['rmse']:.3f} p95 {kl['p95']:.3f} max {kl['max']:.3f}")
-    click.echo(f"loop rate: off {metrics['loop_rate']['off']:.3f} on {metrics['loop_rate']['on']:.3f}")
+    for how, loops in metrics["loop_rate"].items():
+        click.echo(f"loop rate, {how}: off {loops['off']:.3f} on {loops['on']:.3f} "
+                   f"(per prompt: {loops['more']} more, {loops['less']} less, {loops['same']} same)")  # fmt: skip

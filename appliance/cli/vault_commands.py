@@ -19,7 +19,9 @@ import click
 from .. import paths, state
 from ..errors import Erased, Locked, NotFound, Refused, UsageError
 from ..fsutil import atomic_write
+from ..emergency import handle_kill
 from ..journal import Journal, Report, check, provenance, read, sessions
+from ..journal.transcript import markdown_transcript, provenance_line
 from ..vault import Vault, zeroize
 from ..vault.erase import erase_all_overlays, erase_everything, erase_journal, erase_overlay
 from ..vault.killswitch import WIPE_POLICY, Killed, KillSwitch, running_pid, signal_running
@@ -97,10 +99,11 @@ class Guard:
     # re-verifying the overlay) can still be refused without leaving an empty session behind.
     journal: Optional[Journal] = None
 
-    def message(self, role: str, text: str, *, base: dict, overlay: Optional[dict], settings: dict, **extra) -> None:
+    def message(self, role: str, text: str, **fields) -> None:
+        """A `message` record with the fields of `provenance.message`."""
         if self.journal is None:
             self.journal = Journal.create(self.vault)
-        self.journal.append("message", **provenance.message(role, text, base=base, overlay=overlay, settings=settings, **extra))
+        self.journal.append("message", **provenance.message(role, text, **fields))
 
 
 @contextmanager
@@ -115,24 +118,13 @@ def guarded_session(passphrase_file: Optional[Path]) -> Iterator[Guard]:
             yield guard
             ks.check()
         except Killed as killed:
-            _handle_kill(killed, ks, guard.vault, guard.journal)
+            for item in handle_kill(killed, ks, guard.vault, guard.journal):
+                click.echo(f"wiped: {item}", err=True)
             raise
         finally:
             if guard.journal is not None:
                 guard.journal.close()
             guard.vault.zeroize()
-
-
-def _handle_kill(killed: Killed, ks: KillSwitch, vault: Vault, journal: Optional[Journal]) -> None:
-    ks.run_callbacks()  # overlay off, decrypted weights zeroed: first, before any disk work
-    killed.wipe = killed.wipe or bool(vault.setting(WIPE_POLICY, False))
-    wiping = vault.items("overlay/") if killed.wipe else []
-    if journal is not None:
-        journal.append("kill", wipe=killed.wipe, overlays_erased=wiping)
-    if killed.wipe:
-        erase_all_overlays(vault)
-        for item in wiping:
-            click.echo(f"wiped: {item}", err=True)
 
 
 # -- logs ------------------------------------------------------------------------------
@@ -178,16 +170,10 @@ def logs_show(session_id: str, passphrase_file: Optional[Path]) -> None:
     for n, r in enumerate(records, 1):
         click.echo(f"[{n}] {r['time']} {r['kind']}")
         if r["kind"] == "message":
-            click.echo(f"    {_provenance_line(r)}")
+            click.echo(f"    {provenance_line(r)}")
             click.echo(f"    {r['role']}: {r['text']}")
         else:
             click.echo(f"    {json.dumps({k: v for k, v in r.items() if k not in ('kind', 'time')})}")
-
-
-def _provenance_line(r: dict) -> str:
-    base, ov = r.get("base") or {}, r.get("overlay")
-    overlay = "none" if not ov else f"{ov['name']} v{ov['version']} {'on' if ov['on'] else 'off'} signers {','.join(ov['signers'])}"
-    return f"base {base.get('name')} v{base.get('version')} {str(base.get('sha256'))[:12]}; overlay {overlay}; settings {json.dumps(r.get('settings'))}"
 
 
 @logs.command("verify")
@@ -237,17 +223,6 @@ def logs_export(session_id: str, fmt: str, out: Path, passphrase_file: Optional[
         text = markdown_transcript(session_id, records)
     atomic_write(out, text.encode())
     click.echo(f"exported {len(records)} records of {session_id} to {out}")
-
-
-def markdown_transcript(session_id: str, records: list[dict]) -> str:
-    """A verified session as Markdown, each message under its provenance (`logs export` and the chat UI)."""
-    lines = [f"# Session {session_id}", ""]
-    for n, r in enumerate(records, 1):
-        if r["kind"] == "message":
-            lines += [f"## {n}. {r['role']} ({r['time']})", "", f"*{_provenance_line(r)}*", "", r["text"], ""]
-        else:
-            lines += [f"## {n}. {r['kind']} ({r['time']})", "", f"`{json.dumps({k: v for k, v in r.items() if k not in ('kind', 'time')})}`", ""]
-    return "\n".join(lines)
 
 
 # -- erase ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 A message record (see `message`) carries: UTC time and appliance version (added by
 `Journal.append`), role, text, the base model {name, sha256, version}, the overlay
 {name, version, sha256, signers, on} or null when none is loaded, the sampling settings,
+the system prompt that conditioned the reply (null: the model's own default),
 and the overlay's divergence from the base for that reply where it was measured (else null).
 """
 
@@ -20,7 +21,7 @@ def overlay(name: str, version: int, sha256: str, signers: list[str], on: bool, 
 
 
 def message(role: str, text: str, *, base: dict, overlay: Optional[dict], settings: dict,
-            divergence: Optional[dict] = None, **extra) -> dict:
+            system_prompt: Optional[str], divergence: Optional[dict] = None, **extra) -> dict:
     """The fields of a `message` record; `extra` holds reply facts (finish, tokens)."""
     return {"role": role, "text": text, "base": base, "overlay": overlay, "settings": settings,
-            "divergence": divergence, **extra}
+            "system_prompt": system_prompt, "divergence": divergence, **extra}

@@ -2,6 +2,7 @@
 
   kl_stats          per-position KL(p_overlay || p_base) along the overlay's own replies: mean, rmse, p95, max
   loop_rate         share of reply tokens that close a 4-gram already seen in the same reply
+  compare_loops     loop rate off vs on, and per prompt how many replies loop more, less, the same
   participation_ratio  (sum lambda)^2 / sum lambda^2 of the covariance of final hidden states
   nll_llama         held-out NLL measured in llama.cpp, quantised weights, overlay through batch.embd
 
@@ -19,7 +20,7 @@ from torch.nn import functional as F
 from ..overlay.files import Overlay
 from ..overlay.takens_numpy import OverlayStream
 from ..overlay.takens_torch import TakensLoRA
-from ..runtime.sampler import GREEDY
+from ..runtime.sampler import GREEDY, SamplingSettings
 from .objective import AGGREGATES, aggregate, per_position_kl
 from .trainer import Example
 
@@ -35,12 +36,14 @@ class Trajectory:
     reply: list[int]  # greedy reply tokens
 
 
-def replies(runtime: "Runtime", prompts: list[str], overlay: Optional[Overlay], max_tokens: int) -> list[Trajectory]:
+def replies(
+    runtime: "Runtime", prompts: list[str], overlay: Optional[Overlay], max_tokens: int, settings: SamplingSettings = GREEDY
+) -> list[Trajectory]:
     from ..runtime.session import Session  # llama.cpp: only where replies are generated
 
     out = []
     for text in prompts:
-        s = Session(runtime, overlay=overlay, overlay_on=overlay is not None, settings=GREEDY)
+        s = Session(runtime, overlay=overlay, overlay_on=overlay is not None, settings=settings)
         prompt = runtime.engine.tokenize(runtime.template.render([{"role": "user", "content": text}]))
         out.append(Trajectory(prompt, s.generate(text, max_tokens=max_tokens).tokens))
     return out
@@ -56,6 +59,16 @@ def loop_rate(tokens: list[int], n: int = LOOP_N) -> float:
         repeats += gram in seen
         seen.add(gram)
     return repeats / (len(tokens) - n + 1)
+
+
+def compare_loops(off: list[Trajectory], on: list[Trajectory]) -> dict:
+    """Mean loop rate off and on, and paired per prompt: how many replies loop more, less or the same with it on.
+
+    The mean moves with one or two replies that fall into a long loop; the paired counts show
+    whether the overlay makes looping more likely or only moved where it happens.
+    """
+    a, b = np.array([loop_rate(t.reply) for t in off]), np.array([loop_rate(t.reply) for t in on])
+    return {"off": float(a.mean()), "on": float(b.mean()), "more": int((b > a).sum()), "less": int((b < a).sum()), "same": int((b == a).sum())}
 
 
 def participation_ratio(hidden: np.ndarray) -> float:

@@ -7,10 +7,11 @@ from typing import Optional
 import numpy as np
 
 from ..overlay.files import Overlay
+from ..overlay.takens_torch import TakensLoRA
+from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..trust.builtin import VerifiedModel
-from .evaluate import kl_stats, loop_rate, nll_llama, participation_ratio, replies, trajectory_measures
-from ..overlay.takens_torch import TakensLoRA
+from .evaluate import compare_loops, kl_stats, nll_llama, participation_ratio, replies, trajectory_measures
 from .trainer import Example, TakensAdapter, TrainConfig, heldout_nll, load_base
 
 
@@ -61,8 +62,13 @@ def build_report(
     heldout: Optional[list[Example]] = None,
     max_tokens: int = 96,
     base=None,
+    sample_seeds: int = 2,
 ) -> dict:
-    """Measure overlay on vs off on `prompts` (and held-out NLL on `heldout`); write report.md, report.json, PNGs."""
+    """Measure overlay on vs off on `prompts` (and held-out NLL on `heldout`); write report.md, report.json, PNGs.
+
+    Replies are greedy (no repetition penalty: the stress test for loops); the loop rate is also
+    measured on the replies a user gets, the chat's default sampler, with `sample_seeds` seeds.
+    """
     out.mkdir(parents=True, exist_ok=True)
     base = base if base is not None else load_base(model)
     runtime = Runtime(model, n_ctx=2048)
@@ -70,6 +76,13 @@ def build_report(
         on, off = replies(runtime, prompts, overlay, max_tokens), replies(runtime, prompts, None, max_tokens)
         kls, hidden_on = trajectory_measures(base, overlay, on, on=True)
         _, hidden_off = trajectory_measures(base, overlay, off, on=False)
+        loops = {"greedy": compare_loops(off, on)}
+        if sample_seeds:
+            sampled = [SamplingSettings(seed=k) for k in range(sample_seeds)]
+            loops["sampled"] = compare_loops(
+                [t for s in sampled for t in replies(runtime, prompts, None, max_tokens, s)],
+                [t for s in sampled for t in replies(runtime, prompts, overlay, max_tokens, s)],
+            )
         nll = {}
         if heldout:
             cfg, adapter = TrainConfig(), TakensAdapter(base, TakensLoRA.from_params(overlay.params))
@@ -88,7 +101,7 @@ def build_report(
         "prompts": len(prompts),
         "kl": kl_stats(kls),
         "tau": tau,
-        "loop_rate": {"off": float(np.mean([loop_rate(t.reply) for t in off])), "on": float(np.mean([loop_rate(t.reply) for t in on]))},
+        "loop_rate": loops,
         "participation_ratio": {"off": participation_ratio(hidden_off), "on": participation_ratio(hidden_on)},
         "heldout_nll": nll,
     }
@@ -97,7 +110,8 @@ def build_report(
         metrics["heldout_gain"] = {"torch": torch_gain, "llama.cpp": llama_gain, "transfer": llama_gain / torch_gain if torch_gain else None}
 
     _kl_plot(out / "kl.png", kls, tau)
-    _bars(out / "loop_rate.png", f"repeated {4}-gram rate (lower is better)", "share of tokens", metrics["loop_rate"])
+    _bars(out / "loop_rate.png", "repeated 4-gram rate (lower is better)", "share of tokens",
+          {f"{how} {side}": loops[how][side] for how in loops for side in ("off", "on")})  # fmt: skip
     _bars(out / "participation.png", "participation ratio of final hidden states", "dimensions", metrics["participation_ratio"])
     if nll:
         _bars(out / "nll.png", "held-out NLL on the overlay's domain (lower is better)", "nats / token", nll)
@@ -109,6 +123,7 @@ def build_report(
 def _page(overlay: Overlay, m: dict, samples: list[tuple[str, str, str]]) -> str:
     kl, loops, pr = m["kl"], m["loop_rate"], m["participation_ratio"]
     verdict_kl = "" if m["tau"] is None else (" (under tau)" if kl["rmse"] <= m["tau"] else " (ABOVE tau)")
+    loop_rows = {"greedy": "repeated 4-gram rate, greedy", "sampled": "repeated 4-gram rate, the chat's sampler"}
     lines = [
         "# Overlay report",
         "",
@@ -117,7 +132,7 @@ def _page(overlay: Overlay, m: dict, samples: list[tuple[str, str, str]]) -> str
         "",
         "| measure | overlay off | overlay on |",
         "|---|---|---|",
-        f"| repeated 4-gram rate | {loops['off']:.3f} | {loops['on']:.3f} |",
+        *(f"| {loop_rows[how]} | {x['off']:.3f} | {x['on']:.3f} |" for how, x in loops.items()),
         f"| participation ratio, final hidden states | {pr['off']:.1f} | {pr['on']:.1f} |",
     ]
     if m["heldout_nll"]:
@@ -130,6 +145,11 @@ def _page(overlay: Overlay, m: dict, samples: list[tuple[str, str, str]]) -> str
         "",
         f"KL(overlay || base) along the overlay's replies, nats per position: mean {kl['mean']:.3f}, "
         f"rmse {kl['rmse']:.3f}{verdict_kl}, p95 {kl['p95']:.3f}, max {kl['max']:.3f}.",
+        "",
+        "Loops, per reply with the overlay on against the same prompt off: "
+        + "; ".join(f"{how}: {x['more']} loop more, {x['less']} less, {x['same']} the same "
+                    f"({'not above' if x['on'] <= x['off'] else 'ABOVE'} the base on average)" for how, x in loops.items())  # fmt: skip
+        + ".",
     ]
     gain = m.get("heldout_gain")
     if gain and gain["transfer"] is not None:

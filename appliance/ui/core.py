@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..cli.vault_commands import _handle_kill, markdown_transcript
+from ..emergency import handle_kill
+from ..journal.transcript import markdown_transcript
 from ..errors import ApplianceError, NotFound
 from ..fsutil import atomic_write
 from ..journal import Journal, Report, check, provenance, read, sessions
@@ -145,7 +146,7 @@ class ChatCore:
             self.killswitch.check()
         except Killed as killed:
             with self._lock:
-                _handle_kill(killed, self.killswitch, self.vault, self.journal)
+                handle_kill(killed, self.killswitch, self.vault, self.journal)
         finally:
             self.lock()
 
@@ -192,7 +193,7 @@ class ChatCore:
 
     def reply(self, text: str, on_text: Callable[[str], None], stop: threading.Event) -> Outcome:
         prov = {"base": self.base_prov, "overlay": self.overlay_prov(self.session.overlay_on),
-                "settings": self.session.settings.as_dict()}
+                "settings": self.session.settings.as_dict(), "system_prompt": self.session.system_prompt}
         self._append("message", **provenance.message("user", text, **prov))
         reply = self.session.generate(text, max_tokens=self.max_tokens, on_text=on_text, cancel=stop)
         divergence = self.audit.divergence()

@@ -7,7 +7,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Markdown
 
-from ..cli.vault_commands import markdown_transcript
+from ..journal.transcript import markdown_transcript
 from ..errors import ApplianceError
 from ..journal import Report
 from .core import ChatCore

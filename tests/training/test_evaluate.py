@@ -7,7 +7,7 @@ import pytest
 
 from appliance.overlay.files import Overlay, save_overlay
 from appliance.overlay.params import OverlayParams
-from appliance.training.evaluate import loop_rate, participation_ratio
+from appliance.training.evaluate import Trajectory, compare_loops, loop_rate, participation_ratio
 from helpers import appliance
 
 
@@ -17,6 +17,13 @@ def test_loop_rate_by_hand():
     assert loop_rate([1, 2, 3, 4, 1, 2, 3, 4]) == pytest.approx(1 / 5)
     assert loop_rate([9] * 10) == pytest.approx(6 / 7)  # every 4-gram after the first is a repeat
     assert loop_rate([1, 2]) == 0.0
+
+
+def test_compare_loops_pairs_replies_by_prompt():
+    looping, plain = [1, 2, 3, 4] * 3, list(range(12))  # loop rates 5/9 (every 4-gram after the fourth) and 0
+    off = [Trajectory([0], plain), Trajectory([0], looping), Trajectory([0], plain)]
+    on = [Trajectory([0], looping), Trajectory([0], plain), Trajectory([0], plain)]
+    assert compare_loops(off, on) == {"off": pytest.approx(5 / 27), "on": pytest.approx(5 / 27), "more": 1, "less": 1, "same": 1}
 
 
 def test_participation_ratio_by_hand():
@@ -42,7 +49,9 @@ def test_report_command_writes_numbers_plots_and_a_page(tmp_path, model):
     metrics = json.loads((out / "report.json").read_text())
     assert metrics["prompts"] == 2
     assert metrics["kl"]["max"] >= metrics["kl"]["p95"] >= 0 and metrics["kl"]["rmse"] >= metrics["kl"]["mean"] > 0
-    assert set(metrics["loop_rate"]) == set(metrics["participation_ratio"]) == {"off", "on"}
+    assert set(metrics["participation_ratio"]) == {"off", "on"} and set(metrics["loop_rate"]) == {"greedy", "sampled"}
+    for loops in metrics["loop_rate"].values():  # every prompt's replies compared once per reply
+        assert loops["more"] + loops["less"] + loops["same"] == (2 if loops is metrics["loop_rate"]["greedy"] else 4)
     for png in ("kl.png", "loop_rate.png", "participation.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.md").read_text()

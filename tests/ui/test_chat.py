@@ -5,6 +5,7 @@ from ui_support import PASSPHRASE, overlay_for_tests, send, unlock, wait_for
 from textual.widgets import Label
 
 from appliance.journal import read
+from appliance.journal.transcript import markdown_transcript
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Session
 from appliance.ui.chat import ChatScreen
@@ -151,3 +152,7 @@ async def test_prompt_history_and_system_prompt(vault_home, make_app):
         assert app.core.session.system_prompt == "Answer in French."
         await send(pilot, "Hello")
         assert app.core.session.messages()[0] == {"role": "system", "content": "Answer in French."}
+        records = read(Vault.unlock(vault_home, PASSPHRASE.encode()), app.core.journal.session_id)
+        assert records[0]["system_prompt"] is None  # the model's own default, before F6
+        assert records[-2]["system_prompt"] == records[-1]["system_prompt"] == "Answer in French."  # what conditioned it
+        assert 'system prompt "Answer in French."' in markdown_transcript(app.core.journal.session_id, records)

@@ -1,0 +1,26 @@
+"""What a kill does, for every front end (`ask` under its guard, the chat UI).
+
+In this order, because the first steps must not wait on the disk: the kill-switch callbacks
+switch the overlay off and zero its decrypted weights; the wipe policy can turn any kill into a
+wipe; the journal (if a session was opened) gets its final `kill` record naming what is erased;
+then a wipe crypto-erases every overlay.
+"""
+
+from typing import Optional
+
+from .journal import Journal
+from .vault import Vault
+from .vault.erase import erase_all_overlays
+from .vault.killswitch import WIPE_POLICY, Killed, KillSwitch
+
+
+def handle_kill(killed: Killed, ks: KillSwitch, vault: Vault, journal: Optional[Journal]) -> list[str]:
+    """Returns the vault items a wipe erased (none for a plain kill)."""
+    ks.run_callbacks()
+    killed.wipe = killed.wipe or bool(vault.setting(WIPE_POLICY, False))
+    wiping = vault.items("overlay/") if killed.wipe else []
+    if journal is not None:
+        journal.append("kill", wipe=killed.wipe, overlays_erased=wiping)
+    if killed.wipe:
+        erase_all_overlays(vault)
+    return wiping

@@ -1,0 +1,22 @@
+"""A verified session as text: one line of provenance per message, and the Markdown export."""
+
+import json
+
+
+def provenance_line(r: dict) -> str:
+    base, ov = r.get("base") or {}, r.get("overlay")
+    overlay = "none" if not ov else f"{ov['name']} v{ov['version']} {'on' if ov['on'] else 'off'} signers {','.join(ov['signers'])}"
+    system = f"; system prompt {json.dumps(r['system_prompt'])}" if r.get("system_prompt") else ""
+    return (f"base {base.get('name')} v{base.get('version')} {str(base.get('sha256'))[:12]}; overlay {overlay}; "
+            f"settings {json.dumps(r.get('settings'))}{system}")  # fmt: skip
+
+
+def markdown_transcript(session_id: str, records: list[dict]) -> str:
+    """Each message under its provenance (`logs export` and the chat UI's sessions screen)."""
+    lines = [f"# Session {session_id}", ""]
+    for n, r in enumerate(records, 1):
+        if r["kind"] == "message":
+            lines += [f"## {n}. {r['role']} ({r['time']})", "", f"*{provenance_line(r)}*", "", r["text"], ""]
+        else:
+            lines += [f"## {n}. {r['kind']} ({r['time']})", "", f"`{json.dumps({k: v for k, v in r.items() if k not in ('kind', 'time')})}`", ""]
+    return "\n".join(lines)
