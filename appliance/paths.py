@@ -5,6 +5,9 @@ from pathlib import Path
 
 import platformdirs
 
+# The journal's folder under the state dir: the journal writes there, `erase all` removes it.
+JOURNAL_DIR = "journal"
+
 
 def state_dir() -> Path:
     home = os.environ.get("APPLIANCE_HOME")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from ..training.objective import AGGREGATES
+from ..training.choices import AGGREGATES
 
 
 @click.group()

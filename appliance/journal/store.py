@@ -25,12 +25,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .. import __version__
 from ..errors import NotFound, Refused
 from ..fsutil import fsync_dir
+from ..paths import JOURNAL_DIR
 from ..vault import Vault, zeroize
 from ..vault.keys import VaultWriteFailed
 from . import frames
 from .frames import Break
 
-JOURNAL_DIR = "journal"
 KINDS = ("message", "overlay-toggle", "kill")
 
 

@@ -11,7 +11,7 @@ barrier (seed 003).
 import torch
 from torch.nn import functional as F
 
-AGGREGATES = ("mean", "rmse", "p95", "max")
+from .choices import AGGREGATES
 
 
 def per_position_kl(logits_overlay: torch.Tensor, logits_base: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import Erased, NotFound
-from ..journal.store import JOURNAL_DIR
+from ..paths import JOURNAL_DIR
 from .keys import Vault
 
 # The overlay store registers here what else it must forget when overlays are erased (its
