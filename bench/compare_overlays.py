@@ -84,11 +84,11 @@ def main() -> None:
 
     base = load_base(model, args.device)
     rows = {}
-    untouched = TakensAdapter(base, TakensLoRA(576, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(args.device))  # B = 0
+    untouched = TakensAdapter(base, TakensLoRA(base.config.hidden_size, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(args.device))  # B = 0
     rows["base (no adapter)"] = {**judge(untouched, held, cfg, prompts, is_end, args.max_tokens), "params": 0}
     for name, variant in (("takens-lora, rmse barrier", cfg), ("takens-lora, mean barrier", replace(cfg, agg="mean"))):
         torch.manual_seed(variant.seed)
-        overlay = TakensLoRA(576, variant.rank, variant.delays, variant.alpha, variant.activation).to(args.device)
+        overlay = TakensLoRA(base.config.hidden_size, variant.rank, variant.delays, variant.alpha, variant.activation).to(args.device)
         adapter = TakensAdapter(base, overlay)
         optimise(adapter, trainset, variant, None)
         rows[name] = judge(adapter, held, variant, prompts, is_end, args.max_tokens)

@@ -18,6 +18,13 @@ def appliance(*args: str, env: dict | None = None, input: str | None = None, tim
     )
 
 
+def ok(*args: str, **kw) -> str:
+    """`appliance ARGS` that must succeed; its stdout."""
+    r = appliance(*args, **kw)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 def tree_digest(root: Path) -> dict[str, bytes]:
     """Every file under root with its bytes and mode: equal before and after means nothing changed."""
     out = {}

@@ -30,6 +30,7 @@ def init(if_needed: bool, demo: bool, passphrase_file) -> None:
     """Create the state directory and the vault (passphrase), verify the embedded default model."""
     home = paths.state_dir()
     new_passphrase = new_vault_passphrase(home, passphrase_file, if_needed)
+    model = None  # hashed once, and only when something here needs the verified base
     if state.is_initialised(home):
         if not if_needed:
             click.echo(f"already initialised: {home}")
@@ -38,26 +39,31 @@ def init(if_needed: bool, demo: bool, passphrase_file) -> None:
         state.initialise(home)
         click.echo(f"initialised {home}")
         click.echo(f"base model: {model.name} sha256 {model.sha256} (verified against the built-in manifest)")
-    if new_passphrase is not None:
-        create_vault(home, new_passphrase)
-    if demo:
-        _install_demo(home, new_passphrase, passphrase_file)
+    vault = create_vault(home, new_passphrase) if new_passphrase is not None else None
+    try:
+        if demo:
+            _install_demo(home, model, vault, passphrase_file)
+    finally:
+        if vault is not None:
+            vault.zeroize()
 
 
-def _install_demo(home, new_passphrase: bytes | None, passphrase_file) -> None:
+def _install_demo(home, model, vault, passphrase_file) -> None:
+    """`model` and `vault`: what `init` already verified and opened, else None."""
     from ..demo.install import DEMO_NAME, install_demo
     from ..store.layout import Store
-    from ..vault import Vault
 
     if DEMO_NAME in Store(home).read_state().items:
         click.echo(f"demo:    {DEMO_NAME} already installed")
         return
-    model = verify_pinned(embedded_pin())  # the base the demo overlay is bound to, checked as for any load
-    vault = Vault.unlock(home, new_passphrase) if new_passphrase is not None else unlock(passphrase_file)
+    model = model or verify_pinned(embedded_pin())  # the base the demo overlay is bound to, checked as for any load
+    opened = vault is None
+    vault = unlock(passphrase_file) if opened else vault
     try:
         name, version, signers = install_demo(home, Base(model), vault)
     finally:
-        vault.zeroize()
+        if opened:
+            vault.zeroize()
     click.echo(f"demo:    installed overlay {name} v{version}, signed by demo keys {', '.join(signers)} (private halves destroyed)")
 
 
@@ -103,8 +109,7 @@ def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: floa
         )
         session.set_overlay(active is not None)
         overlay_prov = active and active.provenance.journal_record(True)
-        prov = {"base": provenance.base(model.name, model.sha256, model.version), "overlay": overlay_prov, "settings": session.settings.as_dict(),
-                "system_prompt": system_prompt}
+        prov = {"base": provenance.base(model.name, model.sha256, model.version), "overlay": overlay_prov, **session.conditioning()}
         guard.message("user", prompt, **prov)
         reply = session.generate(prompt, max_tokens=max_tokens, on_text=_print_stream, cancel=guard.killswitch.cancel)
         click.echo()

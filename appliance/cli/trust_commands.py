@@ -13,7 +13,7 @@ from ..store.active import floor_text, versions_text
 from ..store.importer import import_bundle, rollback, verify_bundle
 from ..trust.bundle import create_bundle, sign_bundle
 from ..trust.manifest import format_time, parse_time
-from ..trust.policy import TrustStore
+from ..trust.policy import TrustStore, demo_mark
 from .vault_commands import passphrase_option, unlock
 
 LARGE = 64 << 20  # show progress for bundles above this size
@@ -229,7 +229,7 @@ def status_lines(home: Path) -> list[str]:
             lines.append(f"{item.kind}: {item.name}{active} crypto-erased ({versions_text(item.erased_versions)})")
             continue
         lines.append(f"{p.kind}: {p.name} v{p.version}{active}, manifest sha256 {p.manifest_sha256}")
-        signers = ", ".join(f + (" [DEMO KEY]" if f in p.demo_signers else "") for f in p.signers)
+        signers = ", ".join(f + demo_mark(f, p.demo_signers) for f in p.signers)
         lines.append(f"         signed by {signers}; expires {format_time(p.expires)}")
         if item.erased_versions:
             lines.append(f"         crypto-erased earlier: {versions_text(item.erased_versions)}")

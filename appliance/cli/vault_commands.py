@@ -23,7 +23,7 @@ from ..emergency import handle_kill
 from ..journal import Journal, Report, check, provenance, read, sessions
 from ..journal.transcript import markdown_transcript, provenance_line
 from ..vault import Vault, zeroize
-from ..vault.erase import erase_all_overlays, erase_everything, erase_journal, erase_overlay
+from ..vault.erase import ERASE_JOURNAL_PHRASE, erase_all_overlays, erase_everything, erase_journal, erase_overlay
 from ..vault.killswitch import WIPE_POLICY, Killed, KillSwitch, running_pid, signal_running
 
 PASSPHRASE_ENV = "APPLIANCE_PASSPHRASE_FILE"
@@ -82,10 +82,12 @@ def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed:
     return read_passphrase(passphrase_file, confirm=True, prompt="New passphrase")
 
 
-def create_vault(home: Path, passphrase: bytes) -> None:
+def create_vault(home: Path, passphrase: bytes) -> Vault:
+    """The new vault, left unlocked for the caller (one key derivation); the caller zeroizes it."""
     replacing = Vault.state(home) == "erased"
-    Vault.create(home, passphrase).zeroize()
+    vault = Vault.create(home, passphrase)
     click.echo(f"vault:   created ({home / 'vault'})" + (", replacing the erased one" if replacing else ""))
+    return vault
 
 
 # -- the guard around a chat: kill-switch, unlocked vault, a journal session ------------
@@ -136,10 +138,8 @@ def logs() -> None:
 
 
 def _summary(report: Report) -> str:
-    first = next((r for r in report.records if r.get("kind") == "message"), None)
-    preview = (first["text"][:48].replace("\n", " ") if first else "")
     status = "ok" if report.ok else f"BROKEN at {report.brk}"
-    return f"{report.session_id}  {len(report.records):4d} records  {status}  {preview}"
+    return f"{report.session_id}  {len(report.records):4d} records  {status}  {report.preview(48)}"
 
 
 @logs.command("list")
@@ -193,8 +193,7 @@ def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> N
                 click.echo(f"skip    {sid}: {e}")
                 continue
             if report.ok:
-                unsealed = len(report.records) - report.sealed
-                note = f" ({unsealed} written after the last sealed head: an interrupted append)" if unsealed else ""
+                note = f" ({report.unsealed} written after the last sealed head: an interrupted append)" if report.unsealed else ""
                 click.echo(f"ok      {sid}: {len(report.records)} records{note}")
             else:
                 click.echo(f"BROKEN  {sid}: {report.brk}")
@@ -279,7 +278,7 @@ def erase_logs_cmd(yes: bool, passphrase_file: Optional[Path]) -> None:
     """Every journal session."""
     vault = unlock(passphrase_file)
     try:
-        _confirm("erase logs", "every journal session", yes)
+        _confirm(ERASE_JOURNAL_PHRASE, "every journal session", yes)
         t0 = time.perf_counter()
         items = erase_journal(vault)
         click.echo(f"destroyed: data keys of {len(items)} journal sessions, then their files ({time.perf_counter() - t0:.3f} s)")

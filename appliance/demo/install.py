@@ -7,8 +7,6 @@ private demo keys are destroyed with the temporary directory: nobody can sign
 anything else with them.
 """
 
-import subprocess
-import tempfile
 from pathlib import Path
 
 import gnupg
@@ -16,6 +14,7 @@ import gnupg
 from ..errors import Refused
 from ..store import Base, import_bundle
 from ..trust.bundle import create_bundle, sign_bundle
+from ..trust.signatures import scratch_gpg
 from ..trust.policy import TrustStore
 from . import OVERLAY_DIR
 
@@ -39,29 +38,23 @@ def _make_signers(gpg: gnupg.GPG) -> list[str]:
 
 def install_demo(home: Path, base: Base, vault) -> tuple[str, int, list[str]]:
     """Sign, pin and import the demo overlay; returns (name, version, demo signer fingerprints)."""
-    with tempfile.TemporaryDirectory(prefix="demo", dir="/tmp") as tmp:  # short: gpg-agent socket paths are limited
-        gnupghome = Path(tmp) / "g"
-        gnupghome.mkdir(mode=0o700)
-        gpg = gnupg.GPG(gnupghome=str(gnupghome))
-        try:
-            fingerprints = _make_signers(gpg)
-            bundle = Path(tmp) / f"{DEMO_NAME}-v{DEMO_VERSION}.bundle"
-            create_bundle(
-                bundle,
-                kind="overlay",
-                name=DEMO_NAME,
-                version=DEMO_VERSION,
-                artifacts=[OVERLAY_DIR / "overlay.json", OVERLAY_DIR / "overlay.safetensors"],
-                binds_base=base.sha256,
-                expires="+365d",
-                provenance={"builder": "appliance init --demo", "recipe": "appliance/demo/README.md", "source": "demo"},
-            )
-            for fpr in fingerprints:
-                sign_bundle(bundle, fpr, gnupghome)
-            trust = TrustStore(home)
-            for fpr in fingerprints:
-                trust.add(gpg.export_keys(fpr).encode(), fpr, demo=True)
-            import_bundle(home, bundle, base, vault)
-        finally:
-            subprocess.run(["gpgconf", "--homedir", str(gnupghome), "--kill", "all"], capture_output=True)
+    with scratch_gpg() as (gpg, tmp):
+        fingerprints = _make_signers(gpg)
+        bundle = tmp / f"{DEMO_NAME}-v{DEMO_VERSION}.bundle"
+        create_bundle(
+            bundle,
+            kind="overlay",
+            name=DEMO_NAME,
+            version=DEMO_VERSION,
+            artifacts=[OVERLAY_DIR / "overlay.json", OVERLAY_DIR / "overlay.safetensors"],
+            binds_base=base.sha256,
+            expires="+365d",
+            provenance={"builder": "appliance init --demo", "recipe": "appliance/demo/README.md", "source": "demo"},
+        )
+        for fpr in fingerprints:
+            sign_bundle(bundle, fpr, Path(gpg.gnupghome))
+        trust = TrustStore(home)
+        for fpr in fingerprints:
+            trust.add(gpg.export_keys(fpr).encode(), fpr, demo=True)
+        import_bundle(home, bundle, base, vault)
     return DEMO_NAME, DEMO_VERSION, fingerprints

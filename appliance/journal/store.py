@@ -82,10 +82,6 @@ class Journal:
             raise JournalWriteFailed(f"cannot create journal {path}: {e.strerror}") from None
         return cls(vault, session_id, key, fd, 0, frames.ZERO_HASH, 0)
 
-    @property
-    def records(self) -> int:
-        return self._seq
-
     def append(self, kind: str, **fields) -> int:
         """Seal, append, fsync, move the sealed head. Returns the record's seq (its number, from 1)."""
         if kind not in KINDS:
@@ -139,6 +135,16 @@ class Report:
     @property
     def ok(self) -> bool:
         return self.brk is None
+
+    @property
+    def unsealed(self) -> int:
+        """Records written after the last sealed head: an interrupted append."""
+        return len(self.records) - self.sealed
+
+    def preview(self, width: int) -> str:
+        """The start of the session's first message, on one line (for listings)."""
+        first = next((r for r in self.records if r.get("kind") == "message"), None)
+        return first["text"][:width].replace("\n", " ") if first else ""
 
 
 def check(vault: Vault, session_id: str) -> Report:

@@ -89,9 +89,6 @@ class LlamaEngine:
         n = C.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
         return self._piece.raw[:n]
 
-    def detokenize(self, tokens: list[int]) -> str:
-        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
-
     def token_text(self, token: int) -> str:
         n = C.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, True)
         return self._piece.raw[:n].decode("utf-8", errors="replace")

@@ -51,11 +51,15 @@ class Reply:
     finish: str  # "stop" (end of turn), "length" (max tokens or window full), "cancelled"
     overlay_on: bool
     settings: SamplingSettings
-    prompt_tokens: int  # the context the reply was conditioned on
+    prompt: list[int]  # the context tokens the reply was conditioned on (after the window policy)
     prefill_tokens: int  # of those, how many had to be computed (not in the cache)
     dropped_turns: int  # oldest turns left out to fit the context window
     seconds: float  # from first to last generated token
     prefill_seconds: float
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt)
 
     @property
     def tokens_per_second(self) -> float:
@@ -73,6 +77,10 @@ class Session:
     first_turn: int = 0  # turns before this index no longer fit the context window
 
     # -- the overlay switch --------------------------------------------------
+
+    def conditioning(self) -> dict:
+        """What besides the model and overlay shapes the next reply: the provenance of a journal record."""
+        return {"settings": self.settings.as_dict(), "system_prompt": self.system_prompt}
 
     def set_overlay(self, on: bool) -> None:
         if on and self.overlay is None:
@@ -138,7 +146,7 @@ class Session:
             finish=finish,
             overlay_on=self.overlay_on,
             settings=settings,
-            prompt_tokens=len(prompt),
+            prompt=list(prompt),
             prefill_tokens=prefill_tokens,
             dropped_turns=dropped,
             seconds=time.perf_counter() - t1,

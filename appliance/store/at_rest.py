@@ -20,7 +20,7 @@ from typing import BinaryIO, Optional
 from ..errors import HashMismatch, NotFound, SizeMismatch
 from ..trust.hashing import Progress, sha256_stream
 from ..trust.manifest import Artifact, Manifest
-from ..vault import EncryptedWriter, Vault, decrypt_chunks, decrypt_to_memory, random_key, zeroize
+from ..vault import EncryptedWriter, Vault, decrypt_chunks, random_key, zeroize
 from ..vault.erase import overlay_item
 
 
@@ -95,26 +95,22 @@ def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: b
     path = directory / "artifacts" / artifact.path
     if not path.is_file():
         raise NotFound(f"{artifact.path}: missing from the store")
-    data = None
     if sealing.key is None:
-        sink = _ByteSink() if keep else None
+        if keep:
+            raise ValueError("only encrypted artifacts (overlays) are read into memory")
         with open(path, "rb", buffering=0) as f:
-            digest, size = sha256_stream(f, sink=sink)
-        data = sink.data if keep else None
-    elif keep:
-        data = decrypt_to_memory(sealing.key, path, sealing.context(artifact.path))
-        digest, size = hashlib.sha256(data).hexdigest(), len(data)
-    else:
+            digest, size = sha256_stream(f)
+        _check(artifact, size, digest)
+        return None
+    data = bytearray() if keep else None
+    try:
         h, size = hashlib.sha256(), 0
         for chunk in decrypt_chunks(sealing.key, path, sealing.context(artifact.path)):
             h.update(chunk)
             size += len(chunk)
-        digest = h.hexdigest()
-    try:
-        if size != artifact.size:
-            raise SizeMismatch(artifact.path, artifact.size, size)
-        if digest != artifact.sha256:
-            raise HashMismatch(artifact.path, artifact.sha256, digest)
+            if data is not None:
+                data += chunk
+        _check(artifact, size, h.hexdigest())
     except BaseException:
         if data is not None:
             zeroize(data)
@@ -122,12 +118,8 @@ def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: b
     return data
 
 
-class _ByteSink:
-    """A write-only sink collecting into one bytearray (zeroable, unlike BytesIO's buffer)."""
-
-    def __init__(self):
-        self.data = bytearray()
-
-    def write(self, chunk) -> int:
-        self.data += chunk
-        return len(chunk)
+def _check(artifact: Artifact, size: int, digest: str) -> None:
+    if size != artifact.size:
+        raise SizeMismatch(artifact.path, artifact.size, size)
+    if digest != artifact.sha256:
+        raise HashMismatch(artifact.path, artifact.sha256, digest)

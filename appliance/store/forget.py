@@ -9,12 +9,11 @@ importing one of its old bundles again, and `ask --overlay on` or a rollback to 
 store still lists versions whose keys are gone, and loading them fails with exit 6 all the same.
 """
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from ..fsutil import fsync_dir
+from ..vault.keys import discard
 from .layout import Store, StoreDamaged
 
 
@@ -37,6 +36,4 @@ def forget_overlays(home: Path, name: Optional[str]) -> None:
     if not gone:
         return
     store.write_state(replace(state, items=items))
-    for sha in gone:
-        shutil.rmtree(store.object_dir(sha), ignore_errors=True)
-    fsync_dir(store.objects)
+    discard(home, [store.object_dir(sha) for sha in gone])

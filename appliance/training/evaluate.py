@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from ..overlay.files import Overlay
 from ..overlay.takens_numpy import OverlayStream
 from ..overlay.takens_torch import TakensLoRA
 from ..runtime.sampler import GREEDY, SamplingSettings
-from .objective import AGGREGATES, aggregate, per_position_kl
+from .objective import AGGREGATES, aggregate, nll, per_position_kl
 from .trainer import Example
 
 if TYPE_CHECKING:
@@ -33,7 +32,8 @@ LOOP_N = 4
 @dataclass
 class Trajectory:
     prompt: list[int]  # rendered chat prompt tokens
-    reply: list[int]  # greedy reply tokens
+    reply: list[int]  # reply tokens
+    text: str = ""  # the reply as text
 
 
 def replies(
@@ -44,8 +44,8 @@ def replies(
     out = []
     for text in prompts:
         s = Session(runtime, overlay=overlay, overlay_on=overlay is not None, settings=settings)
-        prompt = runtime.engine.tokenize(runtime.template.render([{"role": "user", "content": text}]))
-        out.append(Trajectory(prompt, s.generate(text, max_tokens=max_tokens).tokens))
+        reply = s.generate(text, max_tokens=max_tokens)
+        out.append(Trajectory(reply.prompt, reply.tokens, reply.text))
     return out
 
 
@@ -84,19 +84,21 @@ def _forward(base, module: Optional[TakensLoRA], ids: list[int]):
 
 
 def trajectory_measures(base, overlay: Overlay, trajs: list[Trajectory], on: bool):
-    """Per-position KL along each reply (overlay vs base) and the final hidden states of the reply positions."""
-    module = TakensLoRA.from_params(overlay.params)
+    """Final hidden states of the reply positions in the state the replies were made in; when `on`,
+    also the per-position KL(overlay || base) along each reply (the base pass runs only then)."""
+    module = TakensLoRA.from_params(overlay.params) if on else None
     kls, hidden = [], []
     with torch.no_grad():
         for t in trajs:
             if not t.reply:
                 continue
             ids, start = t.prompt + t.reply, len(t.prompt)
-            logits_base, h_base = _forward(base, None, ids)
-            logits_on, h_on = _forward(base, module, ids)
-            # position p predicts token p+1: the reply tokens are predicted from start-1 .. T-2
-            kls.append(per_position_kl(logits_on[start - 1 : -1], logits_base[start - 1 : -1]).numpy())
-            hidden.append((h_on if on else h_base)[start:].numpy())
+            logits, h = _forward(base, module, ids)
+            if on:
+                logits_base, _ = _forward(base, None, ids)
+                # position p predicts token p+1: the reply tokens are predicted from start-1 .. T-2
+                kls.append(per_position_kl(logits[start - 1 : -1], logits_base[start - 1 : -1]).numpy())
+            hidden.append(h[start:].numpy())
     return kls, np.concatenate(hidden) if hidden else np.zeros((0, 1))
 
 
@@ -136,6 +138,6 @@ def nll_llama(runtime: "Runtime", overlay: Optional[Overlay], examples: list[Exa
             engine.decode_embeddings(OverlayStream(overlay.params).steps(runtime.embeddings.rows(ids)), 0, all_logits=True)
         logits = torch.from_numpy(np.stack([engine.logits_at(i).copy() for i in range(len(ids) - 1)]))
         predicts = ex.target[1:]
-        losses.append(F.cross_entropy(logits[predicts], ex.ids[1:][predicts]).item())
+        losses.append(nll(logits[predicts], ex.ids[1:][predicts]).item())
     runtime.decoder.reset()  # we scored behind the decoder's back
     return float(np.mean(losses))

@@ -92,7 +92,7 @@ def build_report(
                 "llama.cpp off": nll_llama(runtime, None, heldout),
                 "llama.cpp on": nll_llama(runtime, overlay, heldout),
             }
-        samples = [(p, runtime.engine.detokenize(a.reply), runtime.engine.detokenize(b.reply)) for p, a, b in zip(prompts, off, on)]
+        samples = [(p, a.text, b.text) for p, a, b in zip(prompts, off, on)]
     finally:
         runtime.close()
 

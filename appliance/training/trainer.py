@@ -127,9 +127,8 @@ def preservation_examples(model: VerifiedModel, prompts: list[str], max_tokens: 
         out = []
         for prompt in prompts:
             reply = Session(runtime, settings=GREEDY).generate(prompt, max_tokens=max_tokens)
-            context = runtime.engine.tokenize(runtime.template.render([{"role": "user", "content": prompt}]))
-            ids = context + reply.tokens
-            out.append(Example(torch.tensor(ids), torch.tensor([False] * len(context) + [True] * len(reply.tokens))))
+            ids = reply.prompt + reply.tokens
+            out.append(Example(torch.tensor(ids), torch.tensor([False] * len(reply.prompt) + [True] * len(reply.tokens))))
         return [ex for ex in out if ex.target[1:].any()]
     finally:
         runtime.close()

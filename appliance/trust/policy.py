@@ -69,6 +69,11 @@ def _parse_policy(data: bytes) -> Policy:
     return Policy(signers, threshold, demo)
 
 
+def demo_mark(fingerprint: str, demo) -> str:
+    """The mark a demo key carries wherever a signer is shown: never let a demo pass for real trust."""
+    return " [DEMO KEY]" if fingerprint in demo else ""
+
+
 class TrustStore:
     def __init__(self, home: Path):
         self.dir = home / "trust"
@@ -124,7 +129,7 @@ class TrustStore:
         """Pinned fingerprint -> the key's user id and expiry (or why it is missing)."""
         keys, policy = key_summaries(self.gnupghome), self.policy()
         return {
-            f: keys.get(f, "key missing from the keyring") + (" [DEMO KEY]" if f in policy.demo else "")
+            f: keys.get(f, "key missing from the keyring") + demo_mark(f, policy.demo)
             for f in policy.signers
         }
 

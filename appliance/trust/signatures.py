@@ -77,8 +77,12 @@ def normalise_fingerprint(text: str) -> str:
 
 @contextmanager
 def scratch_gpg(keyring_home: Optional[Path] = None) -> Iterator[tuple[gnupg.GPG, Path]]:
-    """A throwaway GnuPG home (with a copy of `keyring_home`'s public keyring, if any); removed afterwards."""
-    tmp = Path(tempfile.mkdtemp(prefix="appliance-gpg-"))
+    """A throwaway GnuPG home (with a copy of `keyring_home`'s public keyring, if any); removed afterwards.
+
+    Under /tmp, whatever $TMPDIR says: gpg-agent's socket path must stay short. Any agent a gpg
+    operation started (key generation always does) is stopped with its home, wherever its socket is.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="appliance-gpg-", dir="/tmp"))
     try:
         home = tmp / "gnupg"
         home.mkdir(mode=0o700)
@@ -86,8 +90,7 @@ def scratch_gpg(keyring_home: Optional[Path] = None) -> Iterator[tuple[gnupg.GPG
             shutil.copyfile(keyring_home / KEYRING, home / KEYRING)
         yield gnupg.GPG(gnupghome=str(home)), tmp
     finally:
-        if (home / "S.gpg-agent").exists():  # some gpg operations start an agent: stop it with its home
-            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

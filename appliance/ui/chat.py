@@ -1,18 +1,21 @@
 """The chat screen: messages, the prompt, the status bar; replies are generated on a worker thread."""
 
 import threading
+from collections import deque
 from typing import Optional
 
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Markdown
 from textual.widgets.markdown import MarkdownStream
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
 from ..errors import ApplianceError
-from .core import ERASE_JOURNAL_PHRASE, ChatCore, Outcome
+from ..vault.erase import ERASE_JOURNAL_PHRASE
+from .core import ChatCore, Outcome
 from .keys import CHAT_KEYS, bindings
 from .modals import EraseScreen, SystemPromptScreen
 from .sessions import SessionsScreen
@@ -82,23 +85,44 @@ class ChatScreen(Screen):
         self.query_one(StatusBar).busy = True
         self.worker = self._generate(event.text, view, Markdown.get_stream(view.body), self.stop_event)
 
+    class TextPending(Message):
+        """The worker wrote pieces of the reply into `pending`: draw them."""
+
+        def __init__(self, stream: MarkdownStream, pending: deque):
+            super().__init__()
+            self.stream, self.pending = stream, pending
+
     @work(thread=True, exit_on_error=False, group="reply")
     def _generate(self, text: str, view: ChatMessage, stream: MarkdownStream, stop: threading.Event) -> None:
-        def on_text(piece: str) -> None:
-            self.app.call_from_thread(self._stream, stream, piece)
+        pending: deque[str] = deque()  # pieces the model wrote that the UI has not drawn yet
+
+        def on_text(piece: str) -> None:  # never waits for the UI: tok/s stays the model's
+            pending.append(piece)
+            if len(pending) == 1:  # else a draw is already due and takes this piece too
+                self.post_message(self.TextPending(stream, pending))
 
         try:
             outcome = self.core.reply(text, on_text, stop)
         except ApplianceError as e:  # context full, journal write refused, ...: shown, never a crash
-            self.app.call_from_thread(self._finished, view, stream, None, str(e))
+            self.app.call_from_thread(self._finished, view, stream, pending, None, str(e))
             return
-        self.app.call_from_thread(self._finished, view, stream, outcome, "")
+        self.app.call_from_thread(self._finished, view, stream, pending, outcome, "")
 
-    async def _stream(self, stream: MarkdownStream, piece: str) -> None:
-        await stream.write(piece)
-        self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
+    @on(TextPending)
+    async def _draw_pending(self, event: TextPending) -> None:
+        await self._draw(event.stream, event.pending)
 
-    async def _finished(self, view: ChatMessage, stream: MarkdownStream, outcome: Optional[Outcome], error: str) -> None:
+    async def _draw(self, stream: MarkdownStream, pending: deque) -> None:
+        parts = []
+        while pending:
+            parts.append(pending.popleft())
+        if parts:
+            await stream.write("".join(parts))
+            self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
+
+    async def _finished(self, view: ChatMessage, stream: MarkdownStream, pending: deque, outcome: Optional[Outcome],
+                        error: str) -> None:
+        await self._draw(stream, pending)  # whatever the queued draws have not taken yet
         await stream.stop()
         self.worker = self.stop_event = None
         status = self.query_one(StatusBar)

@@ -30,7 +30,6 @@ from ..vault.erase import erase_journal, erase_overlay
 from ..vault.killswitch import Killed, KillSwitch
 from .divergence import AuditDecoder, Divergence
 
-ERASE_JOURNAL_PHRASE = "erase logs"  # what `appliance erase logs` asks to have typed, too
 
 
 @dataclass
@@ -81,16 +80,15 @@ class ChatCore:
         return Vault.state(self.home)
 
     def create_vault(self, passphrase: bytes) -> None:
-        """First run (or after `erase all`): a new vault, then unlocked with the same passphrase."""
-        Vault.create(self.home, passphrase).zeroize()
-        self.unlock(passphrase)
+        """First run (or after `erase all`): a new vault, opened as it is made (one key derivation)."""
+        self._open(Vault.create(self.home, passphrase))
 
     def unlock(self, passphrase: bytes) -> None:
-        """Open the vault (exit-4 errors propagate unchanged), arm the kill-switch, start a session.
+        """Open the vault (exit-4 errors propagate unchanged), arm the kill-switch, start a session."""
+        self._open(Vault.unlock(self.home, passphrase))
 
-        Must run on the main thread: the kill-switch installs signal handlers.
-        """
-        vault = Vault.unlock(self.home, passphrase)
+    def _open(self, vault: Vault) -> None:
+        """Must run on the main thread: the kill-switch installs signal handlers."""
         killswitch = KillSwitch(self.home)
         try:
             killswitch.__enter__()
@@ -143,10 +141,8 @@ class ChatCore:
         """The kill key, or `appliance kill` from elsewhere. The caller has stopped the reply first."""
         self.killswitch.cancel.set()
         try:
-            self.killswitch.check()
-        except Killed as killed:
             with self._lock:
-                handle_kill(killed, self.killswitch, self.vault, self.journal)
+                handle_kill(Killed(self.killswitch.wipe), self.killswitch, self.vault, self.journal)
         finally:
             self.lock()
 
@@ -192,8 +188,7 @@ class ChatCore:
     # -- a reply (on a worker thread) ----------------------------------------------------------
 
     def reply(self, text: str, on_text: Callable[[str], None], stop: threading.Event) -> Outcome:
-        prov = {"base": self.base_prov, "overlay": self.overlay_prov(self.session.overlay_on),
-                "settings": self.session.settings.as_dict(), "system_prompt": self.session.system_prompt}
+        prov = {"base": self.base_prov, "overlay": self.overlay_prov(self.session.overlay_on), **self.session.conditioning()}
         self._append("message", **provenance.message("user", text, **prov))
         reply = self.session.generate(text, max_tokens=self.max_tokens, on_text=on_text, cancel=stop)
         divergence = self.audit.divergence()

@@ -16,14 +16,8 @@ from .keys import SESSIONS_KEYS, bindings
 
 def _state(report: Report) -> str:
     if report.ok:
-        unsealed = len(report.records) - report.sealed
-        return "ok" + (f" ({unsealed} unsealed)" if unsealed else "")
+        return "ok" + (f" ({report.unsealed} unsealed)" if report.unsealed else "")
     return f"BROKEN at {report.brk}"
-
-
-def _preview(report: Report) -> str:
-    first = next((r for r in report.records if r.get("kind") == "message"), None)
-    return first["text"][:40].replace("\n", " ") if first else ""
 
 
 class SessionsScreen(Screen):
@@ -65,7 +59,7 @@ class SessionsScreen(Screen):
                 table.add_row(sid, "-", f"unreadable: {e}", "", key=sid)
                 continue
             reports.append(report)
-            table.add_row(sid, str(len(report.records)), _state(report), _preview(report), key=sid)
+            table.add_row(sid, str(len(report.records)), _state(report), report.preview(40), key=sid)
         return reports
 
     def _selected(self) -> str | None:

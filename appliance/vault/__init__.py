@@ -24,22 +24,19 @@ from .keys import (
     random_key,
     zeroize,
 )
-from .stream import CiphertextRejected, EncryptedWriter, StreamResult, decrypt_chunks, decrypt_to_memory, encrypt_stream
+from .stream import CiphertextRejected, EncryptedWriter, decrypt_chunks
 
 __all__ = [
     "CiphertextRejected",
     "EncryptedWriter",
     "KeySlotsCorrupt",
     "NoVault",
-    "StreamResult",
     "Vault",
     "VaultCorrupt",
     "VaultErased",
     "VaultWriteFailed",
     "WrongPassphrase",
     "decrypt_chunks",
-    "decrypt_to_memory",
-    "encrypt_stream",
     "random_key",
     "zeroize",
 ]

@@ -5,18 +5,20 @@ ciphertext files the vault recorded for them; the time does not depend on the da
 `everything` destroys the master key slot and needs no passphrase.
 """
 
-import shutil
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import Erased, NotFound
 from ..paths import JOURNAL_DIR
-from .keys import Vault
+from .keys import Vault, discard
 
 # The overlay store registers here what else it must forget when overlays are erased (its
 # install records, the active pointer): called as hook(home, name), name None meaning all.
 # The vault itself only knows keys and the ciphertext paths recorded with them.
 OVERLAY_ERASE_HOOKS: list[Callable[[Path, Optional[str]], None]] = []
+
+
+ERASE_JOURNAL_PHRASE = "erase logs"  # typed to confirm, at `appliance erase logs` and in the chat's modal
 
 
 def overlay_item(name: str, version: int) -> str:
@@ -60,7 +62,7 @@ def erase_everything(home: Path) -> str:
     """Destroy the master key slot, then delete the ciphertext it protected. Returns the erase time."""
     when = Vault.erase_all(home)
     # The keys are already unrecoverable; removing the ciphertext only frees the space.
-    shutil.rmtree(home / JOURNAL_DIR, ignore_errors=True)
+    discard(home, [home / JOURNAL_DIR])
     for hook in OVERLAY_ERASE_HOOKS:
         hook(home, None)
     return when

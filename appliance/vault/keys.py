@@ -91,6 +91,27 @@ class VaultErased(Erased):
         super().__init__(f"the vault was crypto-erased at {when}: no passphrase opens it; `appliance init` starts afresh")
 
 
+def discard(home: Path, paths: list[Path]) -> list[Path]:
+    """Remove files or folders of keyless ciphertext in a time that does not grow with their size.
+
+    Each is renamed out of sight into one fresh batch under `<home>/.erased/` (O(1), fsynced once per
+    folder), then the batch is unlinked by a detached process: freeing a large file's blocks takes
+    time in proportion to its size. Returns the paths that existed.
+    """
+    batch = home / TRASH_DIR / os.urandom(8).hex()  # this call's own: nothing else races on it
+    batch.mkdir(mode=0o700, parents=True)
+    moved, emptied = [], set()
+    for path in paths:
+        if path.exists():
+            os.rename(path, batch / str(len(moved)))
+            emptied.add(path.parent)
+            moved.append(path)
+    for folder in emptied | {batch}:  # once each, not once per file
+        fsync_dir(folder)
+    _unlink_detached(batch)
+    return moved
+
+
 def _unlink_detached(directory: Path) -> None:
     """Remove `directory` (erased ciphertext only) in a detached process that outlives this command."""
     subprocess.Popen(
@@ -408,20 +429,8 @@ class Vault:
                 table["erased"][item_id] = when
         # The keys are gone (durably) before any ciphertext is touched: a crash in between
         # leaves undecryptable files, never a readable item that was meant to be erased.
-        # The ciphertext is then renamed out of sight (O(1)) and unlinked by a detached process:
-        # freeing a large file's blocks takes time in proportion to its size, the erase must not.
-        batch = self.home / TRASH_DIR / os.urandom(8).hex()  # this erase's own: nothing else races on it
-        batch.mkdir(mode=0o700, parents=True)
-        deleted = []
-        for rel in files:
-            path = self._inside_home(rel)
-            if path.exists():
-                os.rename(path, batch / str(len(deleted)))
-                fsync_dir(path.parent)
-                deleted.append(rel)
-        fsync_dir(batch)
-        _unlink_detached(batch)
-        return deleted
+        paths = {self._inside_home(rel): rel for rel in files}
+        return [paths[path] for path in discard(self.home, list(paths))]
 
     # -- sealed heads (the journal's last record per session) ---------------------------
 

@@ -86,10 +86,6 @@ class KillSwitch:
         if self.cancel.is_set():
             raise Killed(self.wipe)
 
-    def progress(self, _n: int) -> None:
-        """A `Progress` callback for long hashing: lets a kill interrupt verification too."""
-        self.check()
-
     def run_callbacks(self) -> None:
         for callback in self._callbacks:
             callback()

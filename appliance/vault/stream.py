@@ -12,14 +12,12 @@ and is the only one sealed with last=1. Hence:
 
 Rules: one fresh data key per item (from `Vault.new_data_key` or `random_key`); the few files of one
 item (an overlay version's artifacts) share it and are kept apart by their random nonce prefix and
-their `context`. Plaintext is never written to disk by this module; decryption returns a `bytearray`
-(or yields chunks) the caller zeroes when done (see `vault.zeroize`).
+their `context`. Plaintext is never written to disk by this module; decryption yields chunks the
+caller zeroes when done (see `vault.zeroize`).
 """
 
-import hashlib
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -40,12 +38,6 @@ MAX_CHUNKS = 1 << 32
 
 class CiphertextRejected(Refused):
     """An encrypted file failed authentication: modified, reordered, truncated, or the wrong key."""
-
-
-@dataclass(frozen=True)
-class StreamResult:
-    size: int  # plaintext bytes
-    sha256: str  # of the plaintext, hashed as it was encrypted (the bytes verified are the bytes kept)
 
 
 class EncryptedWriter:
@@ -89,27 +81,6 @@ class EncryptedWriter:
         nonce = self._prefix + NONCE_TAIL.pack(self._index, int(last))
         self._dst.write(self._aead.encrypt(nonce, plain, self._ad))
         self._index += 1
-
-
-def encrypt_stream(key: bytes | bytearray, src: BinaryIO, dst: BinaryIO, context: bytes = b"") -> StreamResult:
-    """Encrypt everything readable from `src` into `dst` (the caller places `dst` atomically and fsyncs it)."""
-    writer, digest = EncryptedWriter(key, dst, context), hashlib.sha256()
-    while block := src.read(CHUNK_BYTES):
-        digest.update(block)
-        writer.write(block)
-    return StreamResult(writer.close(), digest.hexdigest())
-
-
-def decrypt_to_memory(key: bytes | bytearray, path: Path, context: bytes = b"") -> bytearray:
-    """The whole plaintext of `path`, in memory only; CiphertextRejected on any break."""
-    out = bytearray()
-    try:
-        for chunk in decrypt_chunks(key, path, context):
-            out += chunk
-    except BaseException:
-        zeroize(out)
-        raise
-    return out
 
 
 def decrypt_chunks(key: bytes | bytearray, path: Path, context: bytes = b"") -> Iterator[bytes]:

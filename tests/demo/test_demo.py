@@ -18,7 +18,7 @@ def passphrase(tmp_path, monkeypatch):
     monkeypatch.setenv("APPLIANCE_PASSPHRASE_FILE", str(path))
 
 
-def _sessions(home_env=None):
+def _sessions():
     listing = appliance("logs", "list", prefix=OFFLINE)
     assert listing.returncode == 0, listing.stderr
     return [line.split()[0] for line in listing.stdout.splitlines() if line.strip()]

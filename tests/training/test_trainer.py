@@ -1,6 +1,7 @@
 """The trainer on the real base (dequantised from the embedded GGUF): a few steps on a tiny dataset."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from appliance.overlay.takens_torch import TakensLoRA
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Session
 from appliance.training.dataset import load_dataset
-from appliance.training.trainer import TakensAdapter, TrainConfig, encode, load_base, step_terms, train
+from appliance.training.trainer import TakensAdapter, TrainConfig, encode, load_base, optimise, step_terms, train
 
 CONVERSATIONS = [
     [{"role": "user", "content": q}, {"role": "assistant", "content": "Unknown. I will not guess. Check the log."}]
@@ -110,6 +111,16 @@ def test_preservation_replies_are_the_bases_own_and_join_the_barrier(model, base
     assert neutral.target.sum() > 0 and not neutral.target[0]  # the reply is the target, the prompt is not
     adapter = TakensAdapter(base, TakensLoRA.from_params(OverlayParams.random(576, b_scale=0.0)))
     assert float(step_terms(adapter, neutral, CFG)[1].abs().max()) == 0.0  # the base's own reply: no divergence yet
+    with torch.no_grad():  # the torch base (dequantised) would write the same reply as llama.cpp did
+        predicted = adapter.reference(neutral.ids)[:-1].argmax(-1)[neutral.target[1:]]
+    assert (predicted == neutral.ids[1:][neutral.target[1:]]).float().mean() >= 0.8
+    # Joined: with tau 0 the first step pays the barrier on the reply twice, as a domain example and as preservation.
+    first_barrier = []
+    for preserve in ([], [neutral]):
+        moved = TakensAdapter(base, TakensLoRA.from_params(OverlayParams.random(576, b_scale=0.1)))
+        log, _ = optimise(moved, [neutral], replace(CFG, steps=1, tau=0.0), None, preserve=preserve)
+        first_barrier.append(log[0].barrier)
+    assert first_barrier[0] > 0 and first_barrier[1] == pytest.approx(2 * first_barrier[0], rel=1e-5)
     cfg = TrainConfig(**{**CFG.__dict__, "steps": 2})
     result = train(model, dataset, cfg, tmp_path, base=base, preserve_prompts=["Write a haiku about rain."])
     assert result.overlay.training["preservation_replies"] == 1

@@ -3,7 +3,7 @@
 
 import pytest
 from bundles import make_bundle
-from helpers import appliance
+from helpers import appliance, ok
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -12,12 +12,6 @@ from appliance.trust.bundle_reader import open_bundle
 from appliance.trust.manifest import parse_manifest
 
 OFFLINE = ["unshare", "-n"]
-
-
-def ok(*args, **kw):
-    r = appliance(*args, **kw)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def active_version(name):

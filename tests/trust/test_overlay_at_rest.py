@@ -8,18 +8,12 @@ import json
 
 import pytest
 from bundles import PASSPHRASE, make_bundle
-from helpers import appliance, tree_digest
+from helpers import appliance, ok, tree_digest
 
 from appliance.store.layout import Store
 from appliance.vault import Vault
 
 ASK = ("ask", "Name a colour.", "--temperature", "0", "--max-tokens", "4")
-
-
-def ok(*args, **kw):
-    r = appliance(*args, **kw)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def fails(code, *args, **kw):

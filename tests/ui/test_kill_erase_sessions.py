@@ -147,6 +147,10 @@ async def test_help_and_palette_list_every_key(vault_home, make_app):
             for k in keys:
                 assert f"`{k.key}`" in text and k.help in text
         assert "costs" in text
+        # What help lists is what runs: each key it names for a screen has that screen's action.
+        for (_, keys), owner in zip(SECTIONS, (type(app), ChatScreen, SessionsScreen)):
+            for k in keys:
+                assert k.builtin or callable(getattr(owner, f"action_{k.action}", None)), f"{k.key}: no action_{k.action}"
         await pilot.press("escape")
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert {"Kill [f9]", "Overlay [f2]", "Sessions [f4]", "Audit [f3]", "Help [f1]"} <= set(titles)

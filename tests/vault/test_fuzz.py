@@ -27,6 +27,8 @@ def _mutate(data: bytes, edits) -> bytes:
 def test_frame_split_never_raises(data):
     found, brk = frames.split(data)
     assert brk is None or brk.record == len(found) + 1
+    walked = b"".join(f.raw for f in found)  # the frames tile the start of the file, in order
+    assert data.startswith(walked) and (brk is not None or walked == data)  # clean end: every byte is in a frame
 
 
 @FUZZ

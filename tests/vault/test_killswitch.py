@@ -1,6 +1,5 @@
 """The kill-switch on a real generation: `appliance kill` from another process stops it early."""
 
-import io
 import os
 import subprocess
 import sys
@@ -9,9 +8,9 @@ import pytest
 
 from appliance.errors import Erased
 from appliance.journal import check, sessions
-from appliance.vault import Vault, encrypt_stream
+from appliance.vault import Vault
 from appliance.vault.killswitch import pid_path
-from vault_setup import PASSPHRASE
+from vault_setup import PASSPHRASE, install_fake_overlay
 from helpers import appliance
 
 LONG = ("ask", "Write a very long, detailed story about a lighthouse keeper, chapter by chapter.", "--max-tokens", "2000")
@@ -49,12 +48,9 @@ def test_kill_stops_generation_early_and_journals_it(vault_home):
 
 def _fake_overlay(home):
     vault = Vault.unlock(home, PASSPHRASE)
-    rel = "overlays/care/1/overlay.enc"
-    (home / rel).parent.mkdir(parents=True)
-    key = vault.new_data_key("overlay/care/1", files=[rel])
-    with open(home / rel, "wb") as f:
-        encrypt_stream(key, io.BytesIO(b"weights" * 1000), f)
-    return home / rel
+    path = install_fake_overlay(home, vault, "care", 1, b"weights" * 1000)
+    vault.zeroize()
+    return path
 
 
 @pytest.mark.parametrize("how", ["--wipe", "policy"])

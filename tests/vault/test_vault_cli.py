@@ -1,14 +1,12 @@
 """The CLI around the vault: locked states change nothing (exit 4), init paths, passphrase change, erase."""
 
-import io
 import json
 
 import pytest
 
 from appliance.journal import Journal
-from appliance.vault import Vault, encrypt_stream
-from appliance.vault.erase import overlay_item
-from vault_setup import PASSPHRASE
+from appliance.vault import Vault
+from vault_setup import PASSPHRASE, install_fake_overlay
 from helpers import appliance, tree_digest
 
 
@@ -88,16 +86,6 @@ def test_passphrase_change(vault_home, tmp_path):
     assert appliance("logs", "list", "--passphrase-file", str(tmp_path / "new")).returncode == 0
 
 
-def _install_fake_overlay(vault_home, vault, name, version, payload):
-    """What the overlay store does at import: a fresh data key, the artifact encrypted under it."""
-    rel = f"overlays/{name}/{version}/overlay.safetensors.enc"
-    (vault_home / rel).parent.mkdir(parents=True, exist_ok=True)
-    key = vault.new_data_key(overlay_item(name, version), files=[rel])
-    with open(vault_home / rel, "wb") as dst:
-        encrypt_stream(key, io.BytesIO(payload), dst, context=overlay_item(name, version).encode())
-    return vault_home / rel
-
-
 def _journal(vault, text):
     j = Journal.create(vault)
     j.append("message", role="user", text=text)
@@ -106,8 +94,8 @@ def _journal(vault, text):
 
 
 def test_erase_overlay(vault_home, vault):
-    care = _install_fake_overlay(vault_home, vault, "care", 1, b"care weights" * 100)
-    other = _install_fake_overlay(vault_home, vault, "other", 1, b"other weights" * 100)
+    care = install_fake_overlay(vault_home, vault, "care", 1, b"care weights" * 100)
+    other = install_fake_overlay(vault_home, vault, "other", 1, b"other weights" * 100)
     sid = _journal(vault, "kept")
     r = appliance("erase", "overlay", "care", input="wrong\n")
     assert r.returncode == 3 and "nothing was erased" in r.stderr and care.exists()
@@ -127,7 +115,7 @@ def test_erase_overlay(vault_home, vault):
 
 def test_erase_logs(vault_home, vault):
     sids = [_journal(vault, "one"), _journal(vault, "two")]
-    overlay = _install_fake_overlay(vault_home, vault, "care", 1, b"w" * 10)
+    overlay = install_fake_overlay(vault_home, vault, "care", 1, b"w" * 10)
     r = appliance("erase", "logs", "--yes")
     assert r.returncode == 0, r.stderr
     assert "2 journal sessions" in r.stdout and r.stdout.count("proof:") == 2
@@ -138,7 +126,7 @@ def test_erase_logs(vault_home, vault):
 
 
 def test_erase_all_then_init_afresh(vault_home, vault, tmp_path):
-    _install_fake_overlay(vault_home, vault, "care", 1, b"w")
+    install_fake_overlay(vault_home, vault, "care", 1, b"w")
     sid = _journal(vault, "gone")
     r = appliance("erase", "all", input="erase all\n")
     assert r.returncode == 0, r.stderr

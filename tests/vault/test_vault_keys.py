@@ -1,12 +1,11 @@
 """The vault library: key hierarchy, passphrase change, per-item erase, chunked file encryption."""
 
-import io
 import json
 
 import pytest
 
 from appliance.errors import ApplianceError, Erased, NotFound, Refused
-from appliance.vault import CiphertextRejected, Vault, WrongPassphrase, decrypt_to_memory, encrypt_stream, zeroize
+from appliance.vault import CiphertextRejected, EncryptedWriter, Vault, WrongPassphrase, decrypt_chunks, zeroize
 from appliance.vault.stream import CHUNK_BYTES, HEADER, TAG_BYTES
 from vault_setup import PASSPHRASE
 
@@ -67,21 +66,29 @@ def test_zeroize_overwrites_in_place():
     assert bytes(view) == bytes(16)
 
 
+def _decrypt(key, path, context=b"") -> bytes:
+    return b"".join(decrypt_chunks(key, path, context))
+
+
 @pytest.mark.parametrize("size", [0, 1, CHUNK_BYTES - 1, CHUNK_BYTES, CHUNK_BYTES + 1, 3 * CHUNK_BYTES])
 def test_stream_roundtrip(tmp_path, size):
     key = bytearray(32)
     data = bytes(i % 251 for i in range(size))
     with open(tmp_path / "f.enc", "wb") as dst:
-        result = encrypt_stream(key, io.BytesIO(data), dst, context=b"overlay/x/1")
-    assert result.size == size
-    assert decrypt_to_memory(key, tmp_path / "f.enc", context=b"overlay/x/1") == data
+        writer = EncryptedWriter(key, dst, context=b"overlay/x/1")
+        for i in range(0, size, 1000):  # fed in pieces that do not line up with the chunks
+            writer.write(data[i : i + 1000])
+        assert writer.close() == size
+    assert _decrypt(key, tmp_path / "f.enc", context=b"overlay/x/1") == data
     assert size < 64 or data[:64] not in (tmp_path / "f.enc").read_bytes()
 
 
 def _two_chunk_file(tmp_path):
     key = bytearray(b"k" * 32)
     with open(tmp_path / "f.enc", "wb") as dst:
-        encrypt_stream(key, io.BytesIO(b"a" * (2 * CHUNK_BYTES + 10)), dst)
+        writer = EncryptedWriter(key, dst)
+        writer.write(b"a" * (2 * CHUNK_BYTES + 10))
+        writer.close()
     return key, (tmp_path / "f.enc").read_bytes()
 
 
@@ -93,12 +100,12 @@ def test_stream_detects_truncation_reordering_and_wrong_context(tmp_path):
     for bad in (h + c0 + c1, h + c0, h + c1 + c0 + rest, h + c0 + c1 + rest + b"x", blob[:-1]):
         path.write_bytes(bad)
         with pytest.raises(CiphertextRejected):
-            decrypt_to_memory(key, path)
+            _decrypt(key, path)
     path.write_bytes(blob)
     with pytest.raises(CiphertextRejected):
-        decrypt_to_memory(key, path, context=b"another item")
+        _decrypt(key, path, context=b"another item")
     with pytest.raises(CiphertextRejected):
-        decrypt_to_memory(bytearray(32), path)
+        _decrypt(bytearray(32), path)
 
 
 def test_ciphertext_paths_must_stay_inside_the_state_dir(vault):

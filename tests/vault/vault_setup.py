@@ -2,3 +2,19 @@
 name no other test directory uses (two `conftest` modules on one path shadow each other)."""
 
 PASSPHRASE = b"correct horse battery staple"
+
+
+def install_fake_overlay(home, vault, name: str, version: int, payload: bytes):
+    """What the overlay store does at import: a fresh data key, the artifact encrypted under it
+    (the store's own import, through gpg and the trust chain, is tested in tests/trust)."""
+    from appliance.vault import EncryptedWriter
+    from appliance.vault.erase import overlay_item
+
+    rel = f"overlays/{name}/{version}/overlay.safetensors.enc"
+    (home / rel).parent.mkdir(parents=True, exist_ok=True)
+    key = vault.new_data_key(overlay_item(name, version), files=[rel])
+    with open(home / rel, "wb") as dst:
+        writer = EncryptedWriter(key, dst, context=overlay_item(name, version).encode())
+        writer.write(payload)
+        writer.close()
+    return home / rel
