@@ -25,7 +25,7 @@ from appliance.store import Base, import_bundle, load_active_overlay
 from appliance.trust.bundle import create_bundle, sign_bundle
 from appliance.trust.builtin import embedded_pin, verify_pinned
 from appliance.trust.hashing import sha256_file
-from appliance.trust.policy import TrustStore
+from appliance.store.trust_changes import pin_signer
 from appliance.vault import Vault
 from appliance.vault.erase import erase_journal
 
@@ -159,9 +159,10 @@ def _appliance_home(tmp: Path) -> tuple[Path, Path, list[str]]:
         fprs.append(next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr")))
     home = tmp / "template-home"
     state.initialise(home)
-    Vault.create(home, PASSPHRASE).zeroize()
+    vault = Vault.create(home, PASSPHRASE)
     for fpr in fprs:
-        TrustStore(home).add(_gpg(gnupg, "--export", "--armor", fpr), fpr)
+        pin_signer(vault, _gpg(gnupg, "--export", "--armor", fpr), fpr)
+    vault.zeroize()
     return home, gnupg, fprs
 
 
@@ -216,10 +217,10 @@ def vault_and_store(model, rounds: int, import_mib: int) -> list[tuple]:
             vault = Vault.unlock(home, PASSPHRASE)
             unlocks.append(time.perf_counter() - t)
             t = time.perf_counter()
-            import_bundle(home, bundle, base, vault)
+            import_bundle(bundle, base, vault)
             rate = size / (time.perf_counter() - t)
             t = time.perf_counter()  # what a chat does before its first token: base against its pin, overlay decrypted and re-hashed
-            load_active_overlay(home, Base(verify_pinned(embedded_pin()), hidden_size=base.hidden_size), vault)
+            load_active_overlay(Base(verify_pinned(embedded_pin()), hidden_size=base.hidden_size), vault)
             startups.append(time.perf_counter() - t)
             journal = Journal.create(vault)
             prov = {"base": provenance.base(model.name, model.sha256, model.version), "overlay": None, "settings": GREEDY.as_dict(),

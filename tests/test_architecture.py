@@ -11,7 +11,7 @@ PACKAGE = Path(appliance.__file__).parent
 # Bottom to top: a part may import only parts of strictly lower layers (and itself).
 LAYERS = [
     {"__init__", "errors", "fsutil", "paths"},
-    {"state", "overlay"},
+    {"state", "state_files", "overlay"},
     {"vault", "trust"},
     {"journal", "runtime"},
     {"emergency", "store", "training"},

@@ -11,7 +11,7 @@ from ..store import Base, load_active_overlay
 from ..trust.builtin import embedded_pin, verify_pinned
 from ..journal import provenance
 from .vault_commands import (
-    create_vault, erase, guarded_session, kill, kill_policy, logs, new_vault_passphrase, passphrase, passphrase_option, unlock,
+    create_vault, erase, guarded_session, kill, kill_policy, logs, new_vault_passphrase, passphrase, passphrase_option, unlock, unlocked,
 )  # fmt: skip
 
 
@@ -42,25 +42,25 @@ def init(if_needed: bool, demo: bool, passphrase_file) -> None:
     vault = create_vault(home, new_passphrase) if new_passphrase is not None else None
     try:
         if demo:
-            _install_demo(home, model, vault, passphrase_file)
+            _install_demo(model, vault, passphrase_file)
     finally:
         if vault is not None:
             vault.zeroize()
 
 
-def _install_demo(home, model, vault, passphrase_file) -> None:
+def _install_demo(model, vault, passphrase_file) -> None:
     """`model` and `vault`: what `init` already verified and opened, else None."""
     from ..demo.install import DEMO_NAME, install_demo
     from ..store.layout import Store
 
-    if DEMO_NAME in Store(home).read_state().items:
-        click.echo(f"demo:    {DEMO_NAME} already installed")
-        return
-    model = model or verify_pinned(embedded_pin())  # the base the demo overlay is bound to, checked as for any load
     opened = vault is None
     vault = unlock(passphrase_file) if opened else vault
     try:
-        name, version, signers = install_demo(home, Base(model), vault)
+        if DEMO_NAME in Store.unlocked(vault).read_state().items:
+            click.echo(f"demo:    {DEMO_NAME} already installed")
+            return
+        model = model or verify_pinned(embedded_pin())  # the base the demo overlay is bound to, checked as for any load
+        name, version, signers = install_demo(Base(model), vault)
     finally:
         if opened:
             vault.zeroize()
@@ -68,8 +68,9 @@ def _install_demo(home, model, vault, passphrase_file) -> None:
 
 
 @cli.command()
-def status() -> None:
-    """Installed artifacts, active versions and their verification."""
+@passphrase_option
+def status(passphrase_file) -> None:
+    """Installed artifacts, active versions and their verification (the store is sealed: needs the passphrase)."""
     home = paths.state_dir()
     state.require_initialised(home)
     pin = embedded_pin()
@@ -78,7 +79,9 @@ def status() -> None:
     click.echo(f"base:    {model.name} v{model.version} (built-in manifest)")
     click.echo(f"         {model.path}")
     click.echo(f"         sha256 {model.sha256}  {pin.size} bytes  verified")
-    for line in status_lines(home):
+    with unlocked(passphrase_file) as vault:
+        lines = status_lines(vault)
+    for line in lines:
         click.echo(line)
 
 
@@ -98,7 +101,7 @@ def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: floa
     with guarded_session(passphrase_file) as guard:
         # Decrypted into memory, re-hashed against its accepted manifest and bound to this base before
         # anything is loaded; a refusal here (exit 3, or 6 if erased) leaves nothing behind.
-        active = load_active_overlay(paths.state_dir(), Base(model), guard.vault) if overlay == "on" else None
+        active = load_active_overlay(Base(model), guard.vault) if overlay == "on" else None
         if active is not None:
             guard.killswitch.on_kill(active.zeroize)
         session = Session(

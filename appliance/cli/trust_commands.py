@@ -6,23 +6,19 @@ from pathlib import Path
 
 import click
 
-from .. import paths, state
 from ..errors import Refused
 from ..store import describe_installed, embedded_base, verify_installed
 from ..store.active import floor_text, versions_text
 from ..store.importer import import_bundle, rollback, verify_bundle
+from ..store.layout import Store
+from ..store.trust_changes import pin_signer, set_threshold, unpin_signer
 from ..trust.bundle import create_bundle, sign_bundle
 from ..trust.manifest import format_time, parse_time
-from ..trust.policy import TrustStore, demo_mark
-from .vault_commands import passphrase_option, unlock
+from ..trust.policy import demo_mark
+from ..vault import Vault
+from .vault_commands import passphrase_option, unlocked
 
 LARGE = 64 << 20  # show progress for bundles above this size
-
-
-def _home() -> Path:
-    home = paths.state_dir()
-    state.require_initialised(home)
-    return home
 
 
 class _Progress:
@@ -44,41 +40,51 @@ class _Progress:
 
 @click.group()
 def trust() -> None:
-    """Pinned signer keys and the k-of-n threshold."""
+    """Pinned signer keys and the k-of-n threshold (sealed in the vault: every command needs the passphrase)."""
 
 
 @trust.command("add")
 @click.argument("keyfile", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--fingerprint", required=True, help="The 40-hex fingerprint, as it reached you out of band.")
-def trust_add(keyfile: Path, fingerprint: str) -> None:
-    """Pin the signer whose public key is in KEYFILE, if its fingerprint is the one typed."""
-    fpr = TrustStore(_home()).add(keyfile.read_bytes(), fingerprint)
+@passphrase_option
+def trust_add(keyfile: Path, fingerprint: str, passphrase_file: Path | None) -> None:
+    """Pin the signer whose public key is in KEYFILE, if its fingerprint is the one typed (journalled)."""
+    key_data = keyfile.read_bytes()
+    with unlocked(passphrase_file) as vault:
+        fpr = pin_signer(vault, key_data, fingerprint)
     click.echo(f"pinned {fpr}")
 
 
 @trust.command("list")
-def trust_list() -> None:
+@passphrase_option
+def trust_list(passphrase_file: Path | None) -> None:
     """Pinned signers and the threshold."""
-    store = TrustStore(_home())
-    policy = store.policy()
+    with unlocked(passphrase_file) as vault:
+        store = Store.unlocked(vault).trust()
+        policy, described = store.policy(), store.describe()
     click.echo(f"threshold: {policy.threshold} of {len(policy.signers)} pinned signers")
-    for fpr, summary in store.describe().items():
+    for fpr, summary in described.items():
         click.echo(f"{fpr}  {summary}")
 
 
 @trust.command("remove")
 @click.argument("fingerprint")
-def trust_remove(fingerprint: str) -> None:
-    """Unpin a signer and drop its key."""
-    click.echo(f"removed {TrustStore(_home()).remove(fingerprint)}")
+@passphrase_option
+def trust_remove(fingerprint: str, passphrase_file: Path | None) -> None:
+    """Unpin a signer and drop its key (journalled)."""
+    with unlocked(passphrase_file) as vault:
+        fpr = unpin_signer(vault, fingerprint)
+    click.echo(f"removed {fpr}")
 
 
 @trust.command("threshold")
 @click.argument("k", type=click.IntRange(1, 16))
-def trust_threshold(k: int) -> None:
-    """Require K good signatures from distinct pinned signers."""
-    TrustStore(_home()).set_threshold(k)
-    click.echo(f"threshold: {k}")
+@passphrase_option
+def trust_threshold(k: int, passphrase_file: Path | None) -> None:
+    """Require K good signatures from distinct pinned signers (journalled)."""
+    with unlocked(passphrase_file) as vault:
+        old, new = set_threshold(vault, k)
+    click.echo(f"threshold: {new} (was {old})")
 
 
 # -- bundle (build station) --------------------------------------------------
@@ -130,9 +136,11 @@ def bundle_sign(file: Path, key: str, gnupghome: Path | None) -> None:
 
 @bundle.command("verify")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def bundle_verify(file: Path) -> None:
-    """Every check an import makes, against this appliance's trust store; installs nothing."""
-    accepted = verify_bundle(_home(), file, embedded_base(), _Progress(_size(file), "verify"))
+@passphrase_option
+def bundle_verify(file: Path, passphrase_file: Path | None) -> None:
+    """Every check an import makes, against this appliance's sealed trust store; installs nothing."""
+    with unlocked(passphrase_file) as vault:
+        accepted = verify_bundle(file, embedded_base(), vault, _Progress(_size(file), "verify"))
     _report(accepted, "verified")
 
 
@@ -160,18 +168,17 @@ def update() -> None:
 @passphrase_option
 def update_import(file: Path, passphrase_file: Path | None) -> None:
     """Verify a bundle in full and install it atomically (an overlay encrypted at rest: needs the passphrase)."""
-    vault = unlock(passphrase_file)  # locked: exit 4 before the bundle is even opened
-    try:
-        accepted = import_bundle(_home(), file, embedded_base(), vault, _Progress(_size(file), "import"))
-    finally:
-        vault.zeroize()
+    with unlocked(passphrase_file) as vault:  # locked: exit 4 before the bundle is even opened
+        accepted = import_bundle(file, embedded_base(), vault, _Progress(_size(file), "import"))
     _report(accepted, "installed")
 
 
 @update.command("list")
-def update_list() -> None:
+@passphrase_option
+def update_list(passphrase_file: Path | None) -> None:
     """Installed items, their versions and the active one."""
-    store_state, items = describe_installed(_home())
+    with unlocked(passphrase_file) as vault:
+        _, items = describe_installed(vault)
     for item in items:
         erased = f"  crypto-erased {versions_text(item.erased_versions)}" if item.erased_versions else ""
         if item.provenance is None:
@@ -186,11 +193,8 @@ def update_list() -> None:
 @passphrase_option
 def update_rollback(name: str, passphrase_file: Path | None) -> None:
     """Re-activate the previous version of NAME that is still in the store (re-verified: needs the passphrase)."""
-    vault = unlock(passphrase_file)
-    try:
-        old, new = rollback(_home(), name, embedded_base(), vault)
-    finally:
-        vault.zeroize()
+    with unlocked(passphrase_file) as vault:
+        old, new = rollback(name, embedded_base(), vault)
     click.echo(f"{name}: v{old} -> v{new}")
 
 
@@ -201,14 +205,10 @@ def update_rollback(name: str, passphrase_file: Path | None) -> None:
 @passphrase_option
 def verify_cmd(passphrase_file: Path | None) -> None:
     """Re-verify the base and every installed version (overlays decrypted in memory: needs the passphrase)."""
-    home = _home()
-    vault = unlock(passphrase_file)
-    base = embedded_base()
-    click.echo(f"base sha256 {base.sha256}: ok")
-    try:
-        results = verify_installed(home, base, vault)
-    finally:
-        vault.zeroize()
+    with unlocked(passphrase_file) as vault:
+        base = embedded_base()
+        click.echo(f"base sha256 {base.sha256}: ok")
+        results = verify_installed(base, vault)
     for label, fault in results:
         click.echo(f"{label}: {fault or 'ok'}")
     failed = [f"{label}: {fault}" for label, fault in results if fault]
@@ -216,9 +216,9 @@ def verify_cmd(passphrase_file: Path | None) -> None:
         raise Refused(f"{len(failed)} installed version(s) failed verification: {failed[0]}")
 
 
-def status_lines(home: Path) -> list[str]:
+def status_lines(vault: Vault) -> list[str]:
     """The trust part of `appliance status`: each installed item, its signers, expiry, and the time floor."""
-    store_state, items = describe_installed(home)
+    store_state, items = describe_installed(vault)
     lines = [f"time floor: {floor_text(store_state)}"]
     if not items:
         lines.append("overlay: none installed")

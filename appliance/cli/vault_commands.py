@@ -66,6 +66,16 @@ def unlock(passphrase_file: Optional[Path]) -> Vault:
     return Vault.unlock(home, read_passphrase(passphrase_file))
 
 
+@contextmanager
+def unlocked(passphrase_file: Optional[Path]) -> Iterator[Vault]:
+    """The unlocked vault for the body of a command; its keys are zeroed however the body ends."""
+    vault = unlock(passphrase_file)
+    try:
+        yield vault
+    finally:
+        vault.zeroize()
+
+
 def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed: bool) -> Optional[bytes]:
     """`init`'s vault step, asked before anything is created: the new passphrase, or None for no vault now.
 

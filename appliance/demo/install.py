@@ -12,10 +12,12 @@ from pathlib import Path
 import gnupg
 
 from ..errors import Refused
+from ..journal import Journal
 from ..store import Base, import_bundle
+from ..store.trust_changes import pin_signer
 from ..trust.bundle import create_bundle, sign_bundle
 from ..trust.signatures import scratch_gpg
-from ..trust.policy import TrustStore
+from ..vault import Vault
 from . import OVERLAY_DIR
 
 DEMO_NAME = "field-manual-demo"
@@ -36,7 +38,7 @@ def _make_signers(gpg: gnupg.GPG) -> list[str]:
     return fingerprints
 
 
-def install_demo(home: Path, base: Base, vault) -> tuple[str, int, list[str]]:
+def install_demo(base: Base, vault: Vault) -> tuple[str, int, list[str]]:
     """Sign, pin and import the demo overlay; returns (name, version, demo signer fingerprints)."""
     with scratch_gpg() as (gpg, tmp):
         fingerprints = _make_signers(gpg)
@@ -53,8 +55,11 @@ def install_demo(home: Path, base: Base, vault) -> tuple[str, int, list[str]]:
         )
         for fpr in fingerprints:
             sign_bundle(bundle, fpr, Path(gpg.gnupghome))
-        trust = TrustStore(home)
-        for fpr in fingerprints:
-            trust.add(gpg.export_keys(fpr).encode(), fpr, demo=True)
-        import_bundle(home, bundle, base, vault)
+        journal = Journal.create(vault)  # both demo pins in one session of the journal
+        try:
+            for fpr in fingerprints:
+                pin_signer(vault, gpg.export_keys(fpr).encode(), fpr, demo=True, journal=journal)
+        finally:
+            journal.close()
+        import_bundle(bundle, base, vault)
     return DEMO_NAME, DEMO_VERSION, fingerprints

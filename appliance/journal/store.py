@@ -31,7 +31,7 @@ from ..vault.keys import VaultWriteFailed
 from . import frames
 from .frames import Break
 
-KINDS = ("message", "overlay-toggle", "kill")
+KINDS = ("message", "overlay-toggle", "kill", "trust-change")
 
 
 class JournalWriteFailed(Refused):
@@ -142,9 +142,11 @@ class Report:
         return len(self.records) - self.sealed
 
     def preview(self, width: int) -> str:
-        """The start of the session's first message, on one line (for listings)."""
+        """The start of the session's first message, on one line (for listings); else its first record's kind."""
         first = next((r for r in self.records if r.get("kind") == "message"), None)
-        return first["text"][:width].replace("\n", " ") if first else ""
+        if first is None:
+            return f"({self.records[0]['kind']})" if self.records else ""
+        return first["text"][:width].replace("\n", " ")
 
 
 def check(vault: Vault, session_id: str) -> Report:

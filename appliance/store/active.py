@@ -22,7 +22,6 @@ from ..overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay
 from ..runtime.embeddings import EmbeddingTable
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..trust.manifest import Manifest, format_time
-from ..trust.policy import TrustStore
 from ..vault import Vault, zeroize
 from .at_rest import Sealing, read_artifact
 from .layout import Store, StoreState
@@ -127,21 +126,21 @@ def verify_version(store: Store, manifest_sha256: str, vault: Vault, base_sha256
 
 def _provenance(store: Store, manifest: Manifest) -> Provenance:
     signers = store.read_signers(manifest.sha256)
-    demo = tuple(f for f in signers if f in TrustStore(store.home).policy().demo)
+    demo = tuple(f for f in signers if f in store.trust().policy().demo)
     return Provenance(
         manifest.name, manifest.kind, manifest.version, manifest.sha256,
         signers, manifest.created, manifest.expires, demo,
     )
 
 
-def load_active_overlay(home: Path, base: Base, vault: Vault) -> ActiveOverlay:
+def load_active_overlay(base: Base, vault: Vault) -> ActiveOverlay:
     """The active overlay, decrypted into memory, re-hashed against its accepted manifest and admitted
     for this base, with its provenance.
 
     Raises `NotFound` (exit 5) when no overlay is installed, `Erased` (exit 6) when it was
     crypto-erased, `Refused` (exit 3) when it fails a check.
     """
-    store = Store(home)
+    store = Store.unlocked(vault)
     state = store.read_state()
     if state.overlay is None:
         raise NotFound("no overlay is installed: import a signed bundle first (appliance update import FILE)")
@@ -156,9 +155,9 @@ def versions_text(versions: tuple[int, ...]) -> str:
     return ", ".join(f"v{v}" for v in versions)
 
 
-def verify_installed(home: Path, base: Base, vault: Vault) -> list[tuple[str, str]]:
+def verify_installed(base: Base, vault: Vault) -> list[tuple[str, str]]:
     """Every installed version of every item, re-verified: [(label, "" if ok else the fault)]."""
-    store = Store(home)
+    store = Store.unlocked(vault)
     results = []
     for name, item in sorted(store.read_state().items.items()):
         for sha in item.installed:
@@ -172,9 +171,9 @@ def verify_installed(home: Path, base: Base, vault: Vault) -> list[tuple[str, st
     return results
 
 
-def describe_installed(home: Path) -> tuple[StoreState, list[InstalledItem]]:
+def describe_installed(vault: Vault) -> tuple[StoreState, list[InstalledItem]]:
     """The store's state (time floor, active overlay) and each item's active version with its provenance."""
-    store = Store(home)
+    store = Store.unlocked(vault)
     state = store.read_state()
     items = []
     for name, item in sorted(state.items.items()):

@@ -10,16 +10,16 @@ store still lists versions whose keys are gone, and loading them fails with exit
 """
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Optional
 
+from ..vault import Vault
 from ..vault.keys import discard
 from .layout import Store, StoreDamaged
 
 
-def forget_overlays(home: Path, name: Optional[str]) -> None:
+def forget_overlays(vault: Vault, name: Optional[str]) -> None:
     """Mark overlay NAME (None: every overlay) erased in state.json, then remove its store objects."""
-    store = Store(home)
+    store = Store.unlocked(vault)
     state = store.read_state()
     items, gone = dict(state.items), []
     for n, item in state.items.items():
@@ -36,4 +36,4 @@ def forget_overlays(home: Path, name: Optional[str]) -> None:
     if not gone:
         return
     store.write_state(replace(state, items=items))
-    discard(home, [store.object_dir(sha) for sha in gone])
+    discard(vault.home, store.forget_objects(gone))

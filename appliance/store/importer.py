@@ -1,7 +1,8 @@
 """Importing a bundle, in the brief's verification order; every step refuses with exit 3 and one line.
 
 1. shape and size limits of the tar, then the manifest (`trust.bundle_reader`);
-2. signatures and threshold (`trust.policy.TrustStore.verified_signers`);
+2. signatures and threshold (`trust.policy.TrustStore.verified_signers`), against the
+   sealed policy and keyring (`state_files`: changed outside the appliance, they refuse);
 3. expiry against the time floor: refused if `expires` is not after
    max(now, floor); a clock earlier than the floor is reported;
 4. an item keeps its kind, and the version is strictly above every version
@@ -13,8 +14,9 @@
 6. binding: an overlay is bound to the active base and admitted by its loader
    (decrypted into memory from staging, so the ciphertext kept is checked too);
 7. install: the data key recorded in the vault, staging renamed into
-   `store/objects/<manifest sha256>`, then `store/state.json` replaced, the
-   commit point (files and directories fsynced).
+   `store/objects/<manifest sha256>`, its accepted record sealed, then
+   `store/state.json` replaced and sealed, the commit point (files and
+   directories fsynced).
 
 Before step 7 nothing outside the staging directory is written (the vault's
 key-slot file included), and staging is removed on any refusal. A kill between
@@ -43,12 +45,11 @@ from ..state import require_initialised
 from ..trust.bundle_reader import Bundle, open_bundle
 from ..trust.hashing import Progress
 from ..trust.manifest import Manifest, format_time
-from ..trust.policy import TrustStore
 from ..vault import Vault
 from ..vault.erase import overlay_item
 from .active import Base, check_binding, verify_version, versions_text
 from .at_rest import Sealing, write_artifact
-from .layout import ACCEPTED_NAME, STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
+from .layout import STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
 
 CRASH_POINTS = ("copying", "copied", "keyed", "stored", "committed")
 
@@ -129,10 +130,8 @@ def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: O
         _crash_point("copying")
 
 
-def _write_record(accepted: Accepted, staging: Path) -> None:
+def _write_manifest(accepted: Accepted, staging: Path) -> None:
     (staging / "manifest.json").write_bytes(accepted.manifest.raw)
-    record = {"signers": list(accepted.signers), "accepted": format_time(_now())}
-    (staging / ACCEPTED_NAME).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _fsync_tree(root: Path) -> None:
@@ -146,12 +145,12 @@ def _fsync_tree(root: Path) -> None:
         fsync_dir(Path(directory))
 
 
-def _accept(home: Path, bundle_path: Path, staging: Path, base: Base, progress: Optional[Progress]) -> tuple[Accepted, Sealing]:
+def _accept(store: Store, bundle_path: Path, staging: Path, base: Base, progress: Optional[Progress]) -> tuple[Accepted, Sealing]:
     """Steps 1-6, filling `staging`; raises on the first fault. The caller zeroes the returned sealing's key."""
-    state = Store(home).read_state()
+    state = store.read_state()
     with open_bundle(bundle_path) as bundle:
         manifest = bundle.manifest
-        signers = TrustStore(home).verified_signers(manifest.raw, bundle.signatures)
+        signers = store.trust().verified_signers(manifest.raw, bundle.signatures)
         note = _check_expiry(manifest, _now(), state.floor)
         _check_kind(manifest, state)
         _check_version(manifest, state)
@@ -164,7 +163,7 @@ def _accept(home: Path, bundle_path: Path, staging: Path, base: Base, progress: 
             sealing.zeroize()
             raise
     accepted = Accepted(manifest, signers, note)
-    _write_record(accepted, staging)
+    _write_manifest(accepted, staging)
     return accepted, sealing
 
 
@@ -173,9 +172,9 @@ def _remove_leftovers(store: Store, state: StoreState, vault: Vault) -> None:
     for staging in store.staging_dirs():
         shutil.rmtree(staging, ignore_errors=True)
     referenced = {sha for item in state.items.values() for sha in item.installed}
-    for obj in store.objects.iterdir():
-        if obj.name not in referenced:
-            shutil.rmtree(obj, ignore_errors=True)
+    unreferenced = [obj.name for obj in store.objects.iterdir() if obj.name not in referenced]
+    for obj in store.forget_objects(unreferenced):
+        shutil.rmtree(obj, ignore_errors=True)
     try:
         installed = {
             overlay_item(name, store.read_manifest(sha).version)
@@ -202,6 +201,7 @@ def _install(store: Store, vault: Vault, accepted: Accepted, sealing: Sealing, s
         shutil.rmtree(target)
     os.rename(staging, target)
     fsync_dir(store.objects)
+    store.write_signers(manifest.sha256, accepted.signers, _now())
     _crash_point("stored")
     old = state.items.get(manifest.name)
     installed = (old.installed if old else ()) + (manifest.sha256,)
@@ -214,46 +214,47 @@ def _install(store: Store, vault: Vault, accepted: Accepted, sealing: Sealing, s
     _remove_leftovers(store, new_state, vault)
 
 
-def import_bundle(home: Path, bundle_path: Path, base: Base, vault: Vault, progress: Optional[Progress] = None) -> Accepted:
+def import_bundle(bundle_path: Path, base: Base, vault: Vault, progress: Optional[Progress] = None) -> Accepted:
     """Verify a bundle in full and install it atomically; a refusal leaves the state directory as it was."""
-    require_initialised(home)
-    staging = home / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
+    require_initialised(vault.home)
+    store = Store.unlocked(vault)
+    staging = vault.home / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
     staging.mkdir(mode=0o700)
     try:
-        accepted, sealing = _accept(home, bundle_path, staging, base, progress)
+        accepted, sealing = _accept(store, bundle_path, staging, base, progress)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     try:
-        _install(Store(home), vault, accepted, sealing, staging)
+        _install(store, vault, accepted, sealing, staging)
     finally:
         sealing.zeroize()
     return accepted
 
 
-def verify_bundle(home: Path, bundle_path: Path, base: Base, progress: Optional[Progress] = None) -> Accepted:
+def verify_bundle(bundle_path: Path, base: Base, vault: Vault, progress: Optional[Progress] = None) -> Accepted:
     """Every check an import makes, with staging in a temp dir: nothing in the state directory changes.
 
     An overlay is encrypted into that temp dir under a throwaway key that is never recorded, so no
-    plaintext reaches the disk here either, and no passphrase is needed.
+    plaintext reaches the disk here either. The vault is needed to read the sealed policy and state.
     """
-    require_initialised(home)
+    require_initialised(vault.home)
     staging = Path(tempfile.mkdtemp(prefix="appliance-verify-"))
     try:
-        accepted, sealing = _accept(home, bundle_path, staging, base, progress)
+        accepted, sealing = _accept(Store.unlocked(vault), bundle_path, staging, base, progress)
         sealing.zeroize()
         return accepted
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def rollback(home: Path, name: str, base: Base, vault: Vault) -> tuple[int, int]:
+def rollback(name: str, base: Base, vault: Vault) -> tuple[int, int]:
     """Re-activate the newest installed version below the active one (re-verified first); returns (from, to).
 
     A crypto-erased version cannot come back: exit 6 when the version to return to was erased.
     """
-    require_initialised(home)
-    store = Store(home)
+    require_initialised(vault.home)
+    store = Store.unlocked(vault)
     state = store.read_state()
     item = state.items.get(name)
     if item is None:

@@ -1,18 +1,29 @@
-"""Paths of the store and its commit record, `store/state.json`."""
+"""Paths of the store, its commit record `store/state.json`, and each version's accepted record.
 
-import json
+Both are sealed state (`state_files`): read and written through the vault's seal, so an edit
+made outside the appliance (a signer added to an accepted record, an older state put back to
+undo an erase or lower the time floor) is refused with exit 3 naming the file.
+"""
+
+import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
 from ..errors import Refused
-from ..fsutil import atomic_write
+from ..state_files import StateDoc, StateFileDamaged, StateSeal, read_sealed_state, state_bytes
 from ..trust.manifest import Manifest, format_time, parse_manifest, parse_time
+from ..trust.policy import TrustStore
+from ..vault import Vault
+from ..vault.sealed_state import SealedState
 
 STATE_FORMAT = "appliance-store/1"
+ACCEPTED_FORMAT = "appliance-accepted/1"
 STAGING_PREFIX = ".staging-"
 ACCEPTED_NAME = "accepted.json"  # the signers that counted at import (a key expiring later must not unload it)
+KINDS = ("overlay", "base-model")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class StoreDamaged(Refused):
@@ -39,12 +50,39 @@ class StoreState:
         return replace(self, overlay=overlay, items={**self.items, name: item})
 
 
+def _sha256s(doc: StateDoc, name: str, field: str, optional: bool = False) -> tuple[str, ...]:
+    values = doc.strings(field, optional)
+    if not all(SHA256_HEX.fullmatch(v) for v in values):
+        raise StateFileDamaged(doc.path, f"field items.{name}.{field!r} holds something that is not a SHA-256")
+    return values
+
+
+def _item(doc: StateDoc, name: str) -> Item:
+    kind = doc.string("kind")
+    if kind not in KINDS:
+        raise StateFileDamaged(doc.path, f"field items.{name}.'kind' is not one of {', '.join(KINDS)}")
+    installed = _sha256s(doc, name, "installed")
+    active = doc.optional_string("active")
+    if active is not None and active not in installed:
+        raise StateFileDamaged(doc.path, f"field items.{name}.'active' is not an installed version")
+    return Item(kind, active, installed, doc.integer("max_version", 1), doc.integers("erased", optional=True))
+
+
 class Store:
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, seal: StateSeal):
         self.home = home
         self.dir = home / "store"
         self.objects = self.dir / "objects"
         self.state_path = self.dir / "state.json"
+        self.seal = seal
+
+    @classmethod
+    def unlocked(cls, vault: Vault) -> "Store":
+        return cls(vault.home, SealedState(vault))
+
+    def trust(self) -> TrustStore:
+        """The trust policy, read through the same seal."""
+        return TrustStore(self.home, self.seal)
 
     def object_dir(self, manifest_sha256: str) -> Path:
         return self.objects / manifest_sha256
@@ -53,19 +91,19 @@ class Store:
         return sorted(self.home.glob(STAGING_PREFIX + "*"))
 
     def read_state(self) -> StoreState:
-        if not self.state_path.is_file():
+        doc = read_sealed_state(self.seal, self.state_path, STATE_FORMAT)
+        if doc is None:
             return StoreState()
+        items = {name: _item(inner, name) for name, inner in doc.objects("items").items()}
+        floor_text = doc.optional_string("floor")
         try:
-            doc = json.loads(self.state_path.read_bytes())
-            assert doc["format"] == STATE_FORMAT
-            items = {
-                name: Item(i["kind"], i["active"], tuple(i["installed"]), int(i["max_version"]), tuple(i.get("erased", ())))
-                for name, i in doc["items"].items()
-            }
-            floor = parse_time(doc["floor"]) if doc["floor"] else None
-            return StoreState(floor, doc["overlay"], items)
-        except Exception:  # any damage: refuse rather than guess what is installed
-            raise StoreDamaged(f"{self.state_path} is damaged") from None
+            floor = parse_time(floor_text) if floor_text else None
+        except ValueError:
+            raise StateFileDamaged(self.state_path, "field 'floor' is not a UTC time") from None
+        overlay = doc.optional_string("overlay")
+        if overlay is not None and (overlay not in items or items[overlay].kind != "overlay"):
+            raise StateFileDamaged(self.state_path, "field 'overlay' names no installed overlay")
+        return StoreState(floor, overlay, items)
 
     def write_state(self, state: StoreState) -> None:
         doc = {
@@ -79,7 +117,7 @@ class Store:
             },
         }
         self.dir.mkdir(mode=0o700, exist_ok=True)
-        atomic_write(self.state_path, (json.dumps(doc, indent=2) + "\n").encode())
+        self.seal.write(self.state_path, state_bytes(doc))
 
     def read_manifest(self, manifest_sha256: str) -> Manifest:
         """The accepted manifest of an installed version; refused unless its bytes still hash to its address."""
@@ -92,9 +130,24 @@ class Store:
             raise StoreDamaged(f"installed manifest {manifest_sha256[:16]} was modified (SHA-256 {manifest.sha256})")
         return manifest
 
+    def write_signers(self, manifest_sha256: str, signers: tuple[str, ...], accepted: datetime) -> None:
+        """Seal the record of the pinned signers that counted when this version was accepted."""
+        doc = {"format": ACCEPTED_FORMAT, "signers": list(signers), "accepted": format_time(accepted)}
+        self.seal.write(self.object_dir(manifest_sha256) / ACCEPTED_NAME, state_bytes(doc))
+
     def read_signers(self, manifest_sha256: str) -> tuple[str, ...]:
         """The pinned signers that counted when this version was accepted."""
-        try:
-            return tuple(json.loads((self.object_dir(manifest_sha256) / ACCEPTED_NAME).read_bytes())["signers"])
-        except Exception:
-            raise StoreDamaged(f"installed version {manifest_sha256[:16]}: {ACCEPTED_NAME} is damaged") from None
+        path = self.object_dir(manifest_sha256) / ACCEPTED_NAME
+        doc = read_sealed_state(self.seal, path, ACCEPTED_FORMAT)
+        if doc is None:
+            raise StoreDamaged(f"installed version {manifest_sha256[:16]}: {ACCEPTED_NAME} is missing")
+        signers = doc.strings("signers")
+        if not signers or not all(re.fullmatch(r"[0-9A-F]{40}", f) for f in signers):
+            raise StateFileDamaged(path, "field 'signers' is not a list of fingerprints")
+        return signers
+
+    def forget_objects(self, manifest_sha256s: list[str]) -> list[Path]:
+        """Unseal the records of these objects (the caller removes them); returns their folders."""
+        folders = [self.object_dir(sha) for sha in manifest_sha256s]
+        self.seal.forget(folders)
+        return folders

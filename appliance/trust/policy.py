@@ -12,20 +12,22 @@ Rules:
    fingerprint is the one the operator typed (it reached them out of band);
 2. only pinned fingerprints count, whatever else the keyring holds;
 3. the threshold is at least 1 and defaults to 2 (dual control);
-4. `policy.json` is replaced atomically, and a damaged one refuses everything;
+4. `policy.json` and the keyring are sealed state (`state_files`): only the appliance,
+   unlocked by the passphrase, writes them; one changed outside it refuses everything
+   (exit 3, naming the file), and so does a damaged one. gpg only ever sees a scratch
+   copy of the keyring bytes that were checked;
 5. keys pinned by `init --demo` are listed as demo keys, so everything that
    names a signer can say so.
 """
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import gnupg
 
 from ..errors import NotFound, Refused, UsageError
-from ..fsutil import atomic_write
+from ..state_files import StateFileDamaged, StateSeal, read_sealed_state, state_bytes
 from .signatures import (
     KEYRING,
     check_signatures,
@@ -38,10 +40,7 @@ from .signatures import (
 
 POLICY_FORMAT = "appliance-policy/1"
 DEFAULT_THRESHOLD = 2
-
-
-class PolicyDamaged(Refused):
-    pass
+MAX_THRESHOLD = 16
 
 
 @dataclass(frozen=True)
@@ -51,21 +50,30 @@ class Policy:
     demo: tuple[str, ...] = ()  # pinned signers that are demo keys (their private halves were destroyed)
 
     def to_json(self) -> bytes:
-        doc = {"format": POLICY_FORMAT, "threshold": self.threshold, "signers": sorted(self.signers), "demo": sorted(self.demo)}
-        return (json.dumps(doc, indent=2) + "\n").encode()
+        return state_bytes({"format": POLICY_FORMAT, "threshold": self.threshold, "signers": sorted(self.signers), "demo": sorted(self.demo)})
 
 
-def _parse_policy(data: bytes) -> Policy:
+def _fingerprints(path: Path, field: str, values: tuple[str, ...]) -> tuple[str, ...]:
     try:
-        doc = json.loads(data)
-        assert doc["format"] == POLICY_FORMAT
-        signers = tuple(normalise_fingerprint(f) for f in doc["signers"])
-        threshold = doc["threshold"]
-        demo = tuple(normalise_fingerprint(f) for f in doc.get("demo", []))
-        assert type(threshold) is int and threshold >= 1 and len(set(signers)) == len(signers)
-        assert set(demo) <= set(signers)
-    except Exception:  # any damage at all: refuse rather than guess
-        raise PolicyDamaged("trust/policy.json is damaged: restore it or re-pin the signers") from None
+        fprs = tuple(normalise_fingerprint(f) for f in values)
+    except UsageError:
+        raise StateFileDamaged(path, f"field {field!r} holds something that is not a fingerprint") from None
+    if len(set(fprs)) != len(fprs):
+        raise StateFileDamaged(path, f"field {field!r} lists a fingerprint twice")
+    return fprs
+
+
+def _parse_policy(path: Path, seal: StateSeal) -> Policy:
+    doc = read_sealed_state(seal, path, POLICY_FORMAT)
+    if doc is None:
+        return Policy()
+    signers = _fingerprints(path, "signers", doc.strings("signers"))
+    demo = _fingerprints(path, "demo", doc.strings("demo", optional=True))
+    threshold = doc.integer("threshold", 1)
+    if threshold > MAX_THRESHOLD:
+        raise StateFileDamaged(path, f"field 'threshold' is above {MAX_THRESHOLD}")
+    if not set(demo) <= set(signers):
+        raise StateFileDamaged(path, "field 'demo' names a signer that is not pinned")
     return Policy(signers, threshold, demo)
 
 
@@ -75,26 +83,36 @@ def demo_mark(fingerprint: str, demo) -> str:
 
 
 class TrustStore:
-    def __init__(self, home: Path):
+    """The policy and the keyring, read and written through the vault's seal (so only with the passphrase)."""
+
+    def __init__(self, home: Path, seal: StateSeal):
         self.dir = home / "trust"
-        self.gnupghome = self.dir / "gnupg"
+        self.keyring_path = self.dir / "gnupg" / KEYRING
         self.policy_path = self.dir / "policy.json"
+        self._seal = seal
 
     def policy(self) -> Policy:
-        return _parse_policy(self.policy_path.read_bytes()) if self.policy_path.is_file() else Policy()
+        return _parse_policy(self.policy_path, self._seal)
+
+    def keyring(self) -> Optional[bytes]:
+        """The pinned signers' public keyring as last written by the appliance (None before the first pin)."""
+        return self._seal.read(self.keyring_path)
 
     def _save(self, policy: Policy) -> None:
-        self.dir.mkdir(mode=0o700, exist_ok=True)
-        atomic_write(self.policy_path, policy.to_json())
+        self._prepare_dirs()
+        self._seal.write(self.policy_path, policy.to_json())
+
+    def _prepare_dirs(self) -> None:
+        for directory in (self.dir, self.keyring_path.parent):
+            directory.mkdir(mode=0o700, exist_ok=True)
 
     def _change_keyring(self, change: Callable[[gnupg.GPG], None]) -> None:
-        """Apply `change` to a scratch copy of the keyring, then swap the new keyring in atomically."""
-        with scratch_gpg(self.gnupghome) as (gpg, _):
+        """Apply `change` to a scratch copy of the keyring, then seal the new keyring in."""
+        with scratch_gpg(self.keyring()) as (gpg, _):
             change(gpg)
             keyring = Path(gpg.gnupghome, KEYRING).read_bytes()
-        self.dir.mkdir(mode=0o700, exist_ok=True)
-        self.gnupghome.mkdir(mode=0o700, exist_ok=True)
-        atomic_write(self.gnupghome / KEYRING, keyring)
+        self._prepare_dirs()
+        self._seal.write(self.keyring_path, keyring)
 
     def add(self, key_data: bytes, fingerprint: str, demo: bool = False) -> str:
         fpr = normalise_fingerprint(fingerprint)
@@ -121,13 +139,13 @@ class TrustStore:
         return fpr
 
     def set_threshold(self, k: int) -> None:
-        if k < 1:
-            raise UsageError("the threshold must be at least 1")
+        if not 1 <= k <= MAX_THRESHOLD:
+            raise UsageError(f"the threshold must be between 1 and {MAX_THRESHOLD}")
         self._save(replace(self.policy(), threshold=k))
 
     def describe(self) -> dict[str, str]:
         """Pinned fingerprint -> the key's user id and expiry (or why it is missing)."""
-        keys, policy = key_summaries(self.gnupghome), self.policy()
+        keys, policy = key_summaries(self.keyring()), self.policy()
         return {
             f: keys.get(f, "key missing from the keyring") + demo_mark(f, policy.demo)
             for f in policy.signers
@@ -136,5 +154,5 @@ class TrustStore:
     def verified_signers(self, manifest_raw: bytes, signatures: dict[str, bytes]) -> tuple[str, ...]:
         """The pinned signers whose good signatures over `manifest_raw` reach the threshold, else `Refused`."""
         policy = self.policy()
-        checks = check_signatures(manifest_raw, signatures, frozenset(policy.signers), self.gnupghome)
+        checks = check_signatures(manifest_raw, signatures, frozenset(policy.signers), self.keyring())
         return require_threshold(checks, policy.threshold)

@@ -14,9 +14,10 @@ rule is one small function that says why it did not:
 Then the count must reach the policy's threshold, or `ThresholdNotMet` lists
 every signature that did not count and why.
 
-gpg runs in a scratch copy of the trust store's public keyring, so verifying
-never writes to the state directory (gpg updates its trustdb, random seed and
-agent sockets as it likes) and never reaches for a network key server.
+gpg runs in a scratch home holding a copy of the trust store's public keyring
+(the bytes the caller checked), so verifying never writes to the state directory
+(gpg updates its trustdb, random seed and agent sockets as it likes) and never
+reaches for a network key server.
 """
 
 import os
@@ -76,8 +77,8 @@ def normalise_fingerprint(text: str) -> str:
 
 
 @contextmanager
-def scratch_gpg(keyring_home: Optional[Path] = None) -> Iterator[tuple[gnupg.GPG, Path]]:
-    """A throwaway GnuPG home (with a copy of `keyring_home`'s public keyring, if any); removed afterwards.
+def scratch_gpg(keyring: Optional[bytes] = None) -> Iterator[tuple[gnupg.GPG, Path]]:
+    """A throwaway GnuPG home (holding `keyring` as its public keyring, if given); removed afterwards.
 
     Under /tmp, whatever $TMPDIR says: gpg-agent's socket path must stay short. Any agent a gpg
     operation started (key generation always does) is stopped with its home, wherever its socket is.
@@ -86,8 +87,8 @@ def scratch_gpg(keyring_home: Optional[Path] = None) -> Iterator[tuple[gnupg.GPG
     try:
         home = tmp / "gnupg"
         home.mkdir(mode=0o700)
-        if keyring_home is not None and (keyring_home / KEYRING).is_file():
-            shutil.copyfile(keyring_home / KEYRING, home / KEYRING)
+        if keyring is not None:
+            (home / KEYRING).write_bytes(keyring)
         yield gnupg.GPG(gnupghome=str(home)), tmp
     finally:
         subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
@@ -134,10 +135,10 @@ def gpg_verify(gpg: gnupg.GPG, workdir: Path, sig: bytes, data: bytes):
         sig_path.unlink()
 
 
-def check_signatures(data: bytes, signatures: dict[str, bytes], pinned: frozenset[str], keyring_home: Path) -> list[SignatureCheck]:
+def check_signatures(data: bytes, signatures: dict[str, bytes], pinned: frozenset[str], keyring: Optional[bytes]) -> list[SignatureCheck]:
     """Apply rules 1-5 to every signature file; the result says which count and why the others do not."""
     checks, counted = [], set()
-    with scratch_gpg(keyring_home if keyring_home.is_dir() else None) as (gpg, workdir):
+    with scratch_gpg(keyring) as (gpg, workdir):
         for name, sig in sorted(signatures.items()):
             result = gpg_verify(gpg, workdir, sig, data)
             signer = result.pubkey_fingerprint if result.valid else None
@@ -180,18 +181,19 @@ def sign_detached(gnupghome: Optional[Path], key: str, data: bytes) -> tuple[str
     result = gnupg.GPG(gnupghome=str(home)).sign(data, keyid=key, detach=True, binary=False)
     if not result.data:
         raise SigningFailed(f"gpg could not sign with key {key}: {result.status or 'no signature made'}")
-    with scratch_gpg(home) as (gpg, workdir):
+    signer_keyring = home / KEYRING
+    with scratch_gpg(signer_keyring.read_bytes() if signer_keyring.is_file() else None) as (gpg, workdir):
         verdict = gpg_verify(gpg, workdir, result.data, data)
     if not verdict.valid or not verdict.pubkey_fingerprint:
         raise SigningFailed(f"the signature gpg made with key {key} does not verify: {verdict.status}")
     return verdict.pubkey_fingerprint, result.data
 
 
-def key_summaries(keyring_home: Path) -> dict[str, str]:
+def key_summaries(keyring: Optional[bytes]) -> dict[str, str]:
     """fingerprint -> "user id, expiry" for the keys in a keyring, read from a scratch copy."""
-    if not keyring_home.is_dir():
+    if keyring is None:
         return {}
-    with scratch_gpg(keyring_home) as (gpg, _):
+    with scratch_gpg(keyring) as (gpg, _):
         keys = gpg.list_keys()
     return {k["fingerprint"]: f"{', '.join(k['uids'])}; {_expiry(k)}" for k in keys}
 

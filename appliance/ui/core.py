@@ -56,7 +56,7 @@ class ChatCore:
         self.home, self.model = home, model
         self.settings, self.max_tokens, self.system_prompt = settings, max_tokens, system_prompt
         # Tests inject an overlay here; the product always decrypts the store's active one, re-verified.
-        self._load_overlay = overlay_loader or (lambda vault: load_active_overlay(home, Base(model), vault))
+        self._load_overlay = overlay_loader or (lambda vault: load_active_overlay(Base(model), vault))
         self.runtime = Runtime(model, n_ctx=n_ctx, n_threads=n_threads)
         self.audit = AuditDecoder.install(self.runtime)
         self.base_prov = provenance.base(model.name, model.sha256, model.version)

@@ -2,20 +2,21 @@
 
 Each erase removes data keys from the vault first (one atomic rewrite), then deletes the
 ciphertext files the vault recorded for them; the time does not depend on the data's size.
-`everything` destroys the master key slot and needs no passphrase.
+`everything` destroys the master key slot and needs no passphrase; the store's and the trust
+policy's records go with it, since the vault that sealed them is gone.
 """
 
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import Erased, NotFound
-from ..paths import JOURNAL_DIR
+from ..paths import JOURNAL_DIR, STORE_DIR, TRUST_DIR
 from .keys import Vault, discard
 
 # The overlay store registers here what else it must forget when overlays are erased (its
-# install records, the active pointer): called as hook(home, name), name None meaning all.
+# install records, the active pointer): called as hook(vault, name), name None meaning all.
 # The vault itself only knows keys and the ciphertext paths recorded with them.
-OVERLAY_ERASE_HOOKS: list[Callable[[Path, Optional[str]], None]] = []
+OVERLAY_ERASE_HOOKS: list[Callable[[Vault, Optional[str]], None]] = []
 
 
 ERASE_JOURNAL_PHRASE = "erase logs"  # typed to confirm, at `appliance erase logs` and in the chat's modal
@@ -46,7 +47,7 @@ def _erase_overlays(vault: Vault, items: list[str], name: str | None) -> list[st
     if items:
         vault.erase(items)
     for hook in OVERLAY_ERASE_HOOKS:
-        hook(vault.home, name)
+        hook(vault, name)
     return items
 
 
@@ -62,7 +63,5 @@ def erase_everything(home: Path) -> str:
     """Destroy the master key slot, then delete the ciphertext it protected. Returns the erase time."""
     when = Vault.erase_all(home)
     # The keys are already unrecoverable; removing the ciphertext only frees the space.
-    discard(home, [home / JOURNAL_DIR])
-    for hook in OVERLAY_ERASE_HOOKS:
-        hook(home, None)
+    discard(home, [home / JOURNAL_DIR, home / STORE_DIR, home / TRUST_DIR])
     return when

@@ -4,7 +4,8 @@
     KEK    --AES-256-GCM--> master key (32 random bytes)        master.json "master"
     master --AES-256-GCM--> key-slot table                       slots.json "sealed"
     key-slot table = {items: {item_id: {key, files}}, erased: {item_id: time},
-                      heads: {item_id: {seq, hash}}, settings: {...}}
+                      heads: {item_id: {seq, hash}}, settings: {...},
+                      files: {path under the state dir: [sha256, ...]}}   (`sealed_state`)
 
 Rules:
 - Changing the passphrase rewrites master.json only; the table and the data are untouched.
@@ -246,6 +247,8 @@ def _check_table(table) -> dict:
     """The decrypted table is authentic (we sealed it) but is still checked: a bug must not pass silently."""
     if not isinstance(table, dict) or not all(isinstance(table.get(k), dict) for k in ("items", "erased", "heads", "settings")):
         raise KeySlotsCorrupt("slots.json: the sealed table has the wrong shape")
+    if not isinstance(table.get("files", {}), dict):
+        raise KeySlotsCorrupt("slots.json: the sealed file digests have the wrong shape")
     for entry in table["items"].values():
         if not isinstance(entry, dict) or not isinstance(entry.get("files"), list):
             raise KeySlotsCorrupt("slots.json: a key slot has the wrong shape")
@@ -458,6 +461,26 @@ class Vault:
     def set_setting(self, name: str, value) -> None:
         with self._table() as table:
             table["settings"][name] = value
+
+    # -- digests of sealed state files (`sealed_state`): what only the passphrase can change --
+
+    def file_digests(self, rel: str) -> tuple[str, ...]:
+        digests = self._read_table().get("files", {}).get(rel, [])
+        if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+            raise KeySlotsCorrupt(f"slots.json: the digests of {rel} have the wrong shape")
+        return tuple(digests)
+
+    def set_file_digests(self, rel: str, digests: tuple[str, ...]) -> None:
+        with self._table() as table:
+            table.setdefault("files", {})[rel] = sorted(set(digests))
+
+    def forget_file_digests(self, rels: list[str]) -> None:
+        """Drop the digests of these files, and of every file under them (a folder the appliance deleted)."""
+        with self._table() as table:
+            files = table.setdefault("files", {})
+            for known in list(files):
+                if any(known == rel or known.startswith(rel.rstrip("/") + "/") for rel in rels):
+                    del files[known]
 
     # -- the table on disk ---------------------------------------------------------------
 

@@ -21,7 +21,7 @@ def passphrase(tmp_path, monkeypatch):
 def _sessions():
     listing = appliance("logs", "list", prefix=OFFLINE)
     assert listing.returncode == 0, listing.stderr
-    return [line.split()[0] for line in listing.stdout.splitlines() if line.strip()]
+    return [line.split()[0] for line in listing.stdout.splitlines() if line.strip() and "(trust-change)" not in line]
 
 
 def test_init_demo_end_to_end_offline(home, passphrase, tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from bundles import PASSPHRASE, Keys, fingerprint, gpg, revoked_public_key
 from helpers import appliance
 
+from appliance.store.layout import Store
 from appliance.vault import Vault
 
 
@@ -46,8 +47,13 @@ def pinned_home(keys, tmp_path_factory):
         key = revoked_public_key(keys, tmp) if name == "rev" else keys.public(name, tmp)
         r = appliance("trust", "add", str(key), "--fingerprint", keys.fpr[name], env=env)
         assert r.returncode == 0, r.stderr
-    gpg(home / "trust" / "gnupg", "--import", str(keys.public("carol", tmp)))
-    subprocess.run(["gpgconf", "--homedir", str(home / "trust" / "gnupg"), "--kill", "all"], capture_output=True)
+    # carol's key in the keyring but not pinned: only the appliance writes the (sealed) keyring.
+    carol = keys.public("carol", tmp).read_bytes()
+    sealed = Vault.unlock(home, PASSPHRASE.encode())
+    try:
+        Store.unlocked(sealed).trust()._change_keyring(lambda g: g.import_keys(carol))
+    finally:
+        sealed.zeroize()
     return home, pp
 
 

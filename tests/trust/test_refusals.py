@@ -130,12 +130,12 @@ def test_same_signer_twice(home, keys, good, tmp_path):
 
 
 def test_older_version_is_a_rollback(home, keys, good, base, vault, tmp_path):
-    import_bundle(home, make_bundle(keys, tmp_path / "v2.bundle", version=2, seed=2), base, vault)
+    import_bundle(make_bundle(keys, tmp_path / "v2.bundle", version=2, seed=2), base, vault)
     assert_refused(home, good, "older version", "rollback")
 
 
 def test_same_version_again_is_a_replay(home, good, base, vault):
-    import_bundle(home, good, base, vault)
+    import_bundle(good, base, vault)
     assert_refused(home, good, "same version", "replay")
 
 
@@ -146,7 +146,7 @@ def test_expired_manifest(home, keys, tmp_path):
 
 def test_expiry_before_time_floor_when_clock_set_back(home, keys, base, vault, tmp_path):
     # A bundle created 30 days ahead moves the floor there: the clock now reads as set back.
-    import_bundle(home, make_bundle(keys, tmp_path / "ahead.bundle", name="ahead", created=utc(30), expires="+60d"), base, vault)
+    import_bundle(make_bundle(keys, tmp_path / "ahead.bundle", name="ahead", created=utc(30), expires="+60d"), base, vault)
     bad = make_bundle(keys, tmp_path / "b.bundle", expires=iso(10))
     assert_refused(home, bad, "time floor", "set back")
 

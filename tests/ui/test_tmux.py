@@ -90,7 +90,8 @@ def test_chat_in_tmux_unlock_reply_toggle_kill(demo_home, tmp_path):
     finally:
         tmux.close()
     vault = Vault.unlock(demo_home, PASSPHRASE.encode())
-    (sid,) = sessions(vault)
+    trust_pins, sid = sessions(vault)  # init --demo journalled its two pins in one session
+    assert [r["action"] for r in read(vault, trust_pins)] == ["pin", "pin"]
     records = read(vault, sid)
     assert [r.get("role", r["kind"]) for r in records] == ["user", "assistant", "overlay-toggle", "user", "assistant", "kill"]
     assert records[1]["overlay"]["name"] == "field-manual-demo" and records[1]["overlay"]["on"] is True

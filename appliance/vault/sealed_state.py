@@ -1,0 +1,67 @@
+"""State files that only the passphrase can change: their SHA-256 kept in the vault's sealed table.
+
+The trust policy, the keyring of pinned signers, the store's state and each version's accepted
+record are plain files (readable, diffable), but the vault's key-slot table, which is AES-GCM
+sealed under the master key, records the digest of each one's last written bytes. So whoever can
+write the state directory but lacks the passphrase can neither change them nor put back an older
+copy: the next read refuses (exit 3, naming the file).
+
+Rules:
+1. a file is keyed by its path relative to the state directory;
+2. read: absent and never sealed -> None; absent but sealed -> forged (deleted); present but
+   never sealed -> forged (planted); present with a digest the table does not hold -> forged
+   (modified, or an older copy put back);
+3. write: the new digest joins the current one in the table, the file is replaced atomically,
+   then the table keeps only the new digest. A crash in between leaves the old or the new file,
+   and both are accepted until the next write of that file settles it;
+4. `forget` drops the digests of files the appliance deleted itself.
+"""
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+from ..fsutil import atomic_write
+from ..state_files import MAX_STATE_FILE, StateForged
+from .keys import Vault, VaultWriteFailed
+
+MAX_SEALED_FILE = max(MAX_STATE_FILE, 16 << 20)  # the signers' keyring can outgrow a JSON state file
+
+
+class SealedState:
+    """`state_files.StateSeal` for one unlocked vault."""
+
+    def __init__(self, vault: Vault):
+        self.vault = vault
+        self.home = vault.home
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.home).as_posix()
+
+    def read(self, path: Path) -> Optional[bytes]:
+        sealed = self.vault.file_digests(self._rel(path))
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_SEALED_FILE + 1)
+        except FileNotFoundError:
+            if sealed:
+                raise StateForged(path, "deleted") from None
+            return None
+        if not sealed:
+            raise StateForged(path, "not written by this appliance")
+        if hashlib.sha256(data).hexdigest() not in sealed:
+            raise StateForged(path, "modified, or an older copy put back")
+        return data
+
+    def write(self, path: Path, data: bytes) -> None:
+        rel, digest = self._rel(path), hashlib.sha256(data).hexdigest()
+        self.vault.set_file_digests(rel, self.vault.file_digests(rel) + (digest,))
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            atomic_write(path, data)
+        except OSError as e:
+            raise VaultWriteFailed(f"cannot write {path} ({e.strerror}): it is unchanged") from None
+        self.vault.set_file_digests(rel, (digest,))
+
+    def forget(self, paths: list[Path]) -> None:
+        self.vault.forget_file_digests([self._rel(p) for p in paths])
