@@ -219,7 +219,8 @@ def verify_cmd(passphrase_file: Path | None) -> None:
 def status_lines(vault: Vault) -> list[str]:
     """The trust part of `appliance status`: each installed item, its signers, expiry, and the time floor."""
     store_state, items = describe_installed(vault)
-    lines = [f"time floor: {floor_text(store_state)}"]
+    policy = Store.unlocked(vault).trust().policy()
+    lines = [f"trust:   {policy.threshold} of {len(policy.signers)} pinned signers must sign", f"time floor: {floor_text(store_state)}"]
     if not items:
         lines.append("overlay: none installed")
     for item in items:
