@@ -1,6 +1,5 @@
 """The trust chain's commands: `trust`, `bundle`, `update`, `verify`. Thin shells over trust/ and store/."""
 
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from ..store.importer import import_bundle, rollback, verify_bundle
 from ..trust.bundle import create_bundle, sign_bundle
 from ..trust.manifest import format_time, parse_time
 from ..trust.policy import TrustStore, demo_mark
+from .output import say, warn
 from .vault_commands import passphrase_option, unlock
 
 LARGE = 64 << 20  # show progress for bundles above this size
@@ -36,7 +36,7 @@ class _Progress:
         pct = 100 * self.done // max(self.total, 1)
         if self.total >= LARGE and pct >= self.shown + 10:
             self.shown = pct - pct % 10
-            print(f"{self.label}: {self.shown}%", file=sys.stderr, flush=True)
+            warn(f"{self.label}: {self.shown}%")
 
 
 # -- trust -----------------------------------------------------------------
@@ -53,7 +53,7 @@ def trust() -> None:
 def trust_add(keyfile: Path, fingerprint: str) -> None:
     """Pin the signer whose public key is in KEYFILE, if its fingerprint is the one typed."""
     fpr = TrustStore(_home()).add(keyfile.read_bytes(), fingerprint)
-    click.echo(f"pinned {fpr}")
+    say(f"pinned {fpr}")
 
 
 @trust.command("list")
@@ -61,16 +61,16 @@ def trust_list() -> None:
     """Pinned signers and the threshold."""
     store = TrustStore(_home())
     policy = store.policy()
-    click.echo(f"threshold: {policy.threshold} of {len(policy.signers)} pinned signers")
+    say(f"threshold: {policy.threshold} of {len(policy.signers)} pinned signers")
     for fpr, summary in store.describe().items():
-        click.echo(f"{fpr}  {summary}")
+        say(f"{fpr}  {summary}")
 
 
 @trust.command("remove")
 @click.argument("fingerprint")
 def trust_remove(fingerprint: str) -> None:
     """Unpin a signer and drop its key."""
-    click.echo(f"removed {TrustStore(_home()).remove(fingerprint)}")
+    say(f"removed {TrustStore(_home()).remove(fingerprint)}")
 
 
 @trust.command("threshold")
@@ -78,7 +78,7 @@ def trust_remove(fingerprint: str) -> None:
 def trust_threshold(k: int) -> None:
     """Require K good signatures from distinct pinned signers."""
     TrustStore(_home()).set_threshold(k)
-    click.echo(f"threshold: {k}")
+    say(f"threshold: {k}")
 
 
 # -- bundle (build station) --------------------------------------------------
@@ -109,7 +109,7 @@ def bundle_create(kind, name, version, artifacts, binds_base, created, expires, 
         out, kind=kind, name=name, version=version, artifacts=list(artifacts), binds_base=binds_base,
         created=_time_option("--created", created), expires=expires, provenance=provenance,
     )
-    click.echo(f"created {out}: {manifest.name} v{manifest.version}, manifest sha256 {manifest.sha256}")
+    say(f"created {out}: {manifest.name} v{manifest.version}, manifest sha256 {manifest.sha256}")
 
 
 def _time_option(name: str, text: str | None) -> datetime | None:
@@ -125,7 +125,7 @@ def _time_option(name: str, text: str | None) -> datetime | None:
 @click.option("--gnupghome", type=click.Path(file_okay=False, path_type=Path), default=None, help="The signer's GnuPG home.")
 def bundle_sign(file: Path, key: str, gnupghome: Path | None) -> None:
     """Add a detached signature over the exact manifest bytes."""
-    click.echo(f"signed {file} as {sign_bundle(file, key, gnupghome)}")
+    say(f"signed {file} as {sign_bundle(file, key, gnupghome)}")
 
 
 @bundle.command("verify")
@@ -142,9 +142,9 @@ def _size(file: Path) -> int:
 
 def _report(accepted, verb: str) -> None:
     m = accepted.manifest
-    click.echo(f"{verb} {m.kind} {m.name} v{m.version}, signed by {', '.join(accepted.signers)}, expires {format_time(m.expires)}")
+    say(f"{verb} {m.kind} {m.name} v{m.version}, signed by {', '.join(accepted.signers)}, expires {format_time(m.expires)}")
     if accepted.clock_note:
-        click.echo(f"warning: {accepted.clock_note}", err=True)
+        warn(f"warning: {accepted.clock_note}")
 
 
 # -- update (appliance) ------------------------------------------------------
@@ -175,10 +175,10 @@ def update_list() -> None:
     for item in items:
         erased = f"  crypto-erased {versions_text(item.erased_versions)}" if item.erased_versions else ""
         if item.provenance is None:
-            click.echo(f"{item.name}  {item.kind}  erased{erased}")
+            say(f"{item.name}  {item.kind}  erased{erased}")
         else:
             installed = versions_text(item.installed_versions)
-            click.echo(f"{item.name}  {item.kind}  active v{item.provenance.version}  installed {installed}{erased}")
+            say(f"{item.name}  {item.kind}  active v{item.provenance.version}  installed {installed}{erased}")
 
 
 @update.command("rollback")
@@ -191,7 +191,7 @@ def update_rollback(name: str, passphrase_file: Path | None) -> None:
         old, new = rollback(_home(), name, embedded_base(), vault)
     finally:
         vault.zeroize()
-    click.echo(f"{name}: v{old} -> v{new}")
+    say(f"{name}: v{old} -> v{new}")
 
 
 # -- verify ----------------------------------------------------------------
@@ -204,13 +204,13 @@ def verify_cmd(passphrase_file: Path | None) -> None:
     home = _home()
     vault = unlock(passphrase_file)
     base = embedded_base()
-    click.echo(f"base sha256 {base.sha256}: ok")
+    say(f"base sha256 {base.sha256}: ok")
     try:
         results = verify_installed(home, base, vault)
     finally:
         vault.zeroize()
     for label, fault in results:
-        click.echo(f"{label}: {fault or 'ok'}")
+        say(f"{label}: {fault or 'ok'}")
     failed = [f"{label}: {fault}" for label, fault in results if fault]
     if failed:
         raise Refused(f"{len(failed)} installed version(s) failed verification: {failed[0]}")
