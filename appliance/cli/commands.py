@@ -1,7 +1,5 @@
 """The commands. Each is a thin shell over the library: parse, call, print."""
 
-import sys
-
 import click
 
 from .. import __version__, paths, state
@@ -10,6 +8,7 @@ from ..runtime.session import Runtime, Session
 from ..store import Base, load_active_overlay
 from ..trust.builtin import embedded_pin, verify_pinned
 from ..journal import provenance
+from .output import say, stream, warn
 from .vault_commands import (
     create_vault, erase, guarded_session, kill, kill_policy, logs, new_vault_passphrase, passphrase, passphrase_option, unlock, unlocked,
 )  # fmt: skip
@@ -33,12 +32,12 @@ def init(if_needed: bool, demo: bool, passphrase_file) -> None:
     model = None  # hashed once, and only when something here needs the verified base
     if state.is_initialised(home):
         if not if_needed:
-            click.echo(f"already initialised: {home}")
+            say(f"already initialised: {home}")
     else:
         model = verify_pinned(embedded_pin())
         state.initialise(home)
-        click.echo(f"initialised {home}")
-        click.echo(f"base model: {model.name} sha256 {model.sha256} (verified against the built-in manifest)")
+        say(f"initialised {home}")
+        say(f"base model: {model.name} sha256 {model.sha256} (verified against the built-in manifest)")
     vault = create_vault(home, new_passphrase) if new_passphrase is not None else None
     try:
         if demo:
@@ -57,14 +56,14 @@ def _install_demo(model, vault, passphrase_file) -> None:
     vault = unlock(passphrase_file) if opened else vault
     try:
         if DEMO_NAME in Store.unlocked(vault).read_state().items:
-            click.echo(f"demo:    {DEMO_NAME} already installed")
+            say(f"demo:    {DEMO_NAME} already installed")
             return
         model = model or verify_pinned(embedded_pin())  # the base the demo overlay is bound to, checked as for any load
         name, version, signers = install_demo(Base(model), vault)
     finally:
         if opened:
             vault.zeroize()
-    click.echo(f"demo:    installed overlay {name} v{version}, signed by demo keys {', '.join(signers)} (private halves destroyed)")
+    say(f"demo:    installed overlay {name} v{version}, signed by demo keys {', '.join(signers)} (private halves destroyed)")
 
 
 @cli.command()
@@ -75,18 +74,24 @@ def status(passphrase_file) -> None:
     state.require_initialised(home)
     pin = embedded_pin()
     model = verify_pinned(pin)
-    click.echo(f"state:   {home}")
-    click.echo(f"base:    {model.name} v{model.version} (built-in manifest)")
-    click.echo(f"         {model.path}")
-    click.echo(f"         sha256 {model.sha256}  {pin.size} bytes  verified")
+    say(f"state:   {home}")
+    say(f"base:    {model.name} v{model.version} (built-in manifest)")
+    say(f"         {model.path}")
+    say(f"         sha256 {model.sha256}  {pin.size} bytes  verified")
     with unlocked(passphrase_file) as vault:
         lines = status_lines(vault)
     for line in lines:
-        click.echo(line)
+        say(line)
+
+
+def _not_blank(ctx, param, value: str) -> str:
+    if not value.strip():  # nothing to answer: refused before the vault opens or a session is journaled
+        raise click.BadParameter("the prompt is empty (or only whitespace)")
+    return value
 
 
 @cli.command()
-@click.argument("prompt")
+@click.argument("prompt", callback=_not_blank)
 @click.option("--overlay", type=click.Choice(["on", "off"]), default="off", show_default=True)
 @click.option("--max-tokens", type=click.IntRange(1, 4096), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -114,16 +119,11 @@ def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: floa
         overlay_prov = active and active.provenance.journal_record(True)
         prov = {"base": provenance.base(model.name, model.sha256, model.version), "overlay": overlay_prov, **session.conditioning()}
         guard.message("user", prompt, **prov)
-        reply = session.generate(prompt, max_tokens=max_tokens, on_text=_print_stream, cancel=guard.killswitch.cancel)
-        click.echo()
+        reply = session.generate(prompt, max_tokens=max_tokens, on_text=stream, cancel=guard.killswitch.cancel)
+        say()
         guard.message("assistant", reply.text, **prov, finish=reply.finish, tokens=len(reply.tokens))
     if reply.dropped_turns:
-        click.echo(f"note: {reply.dropped_turns} oldest exchanges left out to fit the context window", err=True)
-
-
-def _print_stream(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+        warn(f"note: {reply.dropped_turns} oldest exchanges left out to fit the context window")
 
 
 # Vault, journal, erase and kill-switch commands (appliance/cli/vault_commands.py).

@@ -7,6 +7,7 @@ import click
 
 from ..errors import ApplianceError
 from .commands import cli
+from .output import warn
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,15 +20,15 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", 1)
     except ApplianceError as e:
         if "--debug" in args:
-            traceback.print_exc()
+            warn(traceback.format_exc().rstrip())
         _fail(str(e), e.exit_code)
     except Exception as e:  # a bug: say so, in one line unless asked for the traceback
         if "--debug" in args:
-            traceback.print_exc()
+            warn(traceback.format_exc().rstrip())
         _fail(f"internal error: {type(e).__name__}: {e}", 1)
     sys.exit(code if isinstance(code, int) else 0)
 
 
 def _fail(message: str, code: int) -> None:
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    warn(f"error: {' '.join(message.split())}")
     sys.exit(code)

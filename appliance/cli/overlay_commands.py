@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from ..training.choices import AGGREGATES
+from .output import say
 
 
 @click.group()
@@ -63,10 +64,10 @@ def train(data: Path, out: Path, preserve: Path | None, resume: bool, **options)
 
         prompts = [line.strip() for line in preserve.read_text(encoding="utf-8").splitlines() if line.strip()] if preserve else None
         result = run_training(model, dataset, cfg, out, on_step=on_step, resume=resume, preserve_prompts=prompts)
-    click.echo(f"wrote {out}/overlay.json and {out}/overlay.safetensors")
+    say(f"wrote {out}/overlay.json and {out}/overlay.safetensors")
     if result.heldout_nll_on is not None:
-        click.echo(f"held-out NLL: base {result.heldout_nll_off:.4f}, overlay {result.heldout_nll_on:.4f}")
-    click.echo(f"training speed: {result.tokens_per_second:.0f} tokens/s on {cfg.device}")
+        say(f"held-out NLL: base {result.heldout_nll_off:.4f}, overlay {result.heldout_nll_on:.4f}")
+    say(f"training speed: {result.tokens_per_second:.0f} tokens/s on {cfg.device}")
 
 
 @overlay.command()
@@ -100,8 +101,8 @@ def report(overlay_dir: Path, prompts: Path, out: Path, data: Path | None, max_t
         heldout, _ = split_examples(model, load_dataset(data), config_of(overlay_files))
     metrics = build_report(model, overlay_files, prompt_lines, out, heldout=heldout, max_tokens=max_tokens, sample_seeds=sample_seeds)
     kl = metrics["kl"]
-    click.echo(f"wrote {out}/report.md")
-    click.echo(f"KL per position: mean {kl['mean']:.3f} rmse {kl['rmse']:.3f} p95 {kl['p95']:.3f} max {kl['max']:.3f}")
+    say(f"wrote {out}/report.md")
+    say(f"KL per position: mean {kl['mean']:.3f} rmse {kl['rmse']:.3f} p95 {kl['p95']:.3f} max {kl['max']:.3f}")
     for how, loops in metrics["loop_rate"].items():
-        click.echo(f"loop rate, {how}: off {loops['off']:.3f} on {loops['on']:.3f} "
+        say(f"loop rate, {how}: off {loops['off']:.3f} on {loops['on']:.3f} "
                    f"(per prompt: {loops['more']} more, {loops['less']} less, {loops['same']} same)")  # fmt: skip

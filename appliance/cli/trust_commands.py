@@ -1,6 +1,5 @@
 """The trust chain's commands: `trust`, `bundle`, `update`, `verify`. Thin shells over trust/ and store/."""
 
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from ..trust.bundle import create_bundle, sign_bundle
 from ..trust.manifest import format_time, parse_time
 from ..trust.policy import demo_mark
 from ..vault import Vault
+from .output import say, warn
 from .vault_commands import passphrase_option, unlocked
 
 LARGE = 64 << 20  # show progress for bundles above this size
@@ -32,7 +32,7 @@ class _Progress:
         pct = 100 * self.done // max(self.total, 1)
         if self.total >= LARGE and pct >= self.shown + 10:
             self.shown = pct - pct % 10
-            print(f"{self.label}: {self.shown}%", file=sys.stderr, flush=True)
+            warn(f"{self.label}: {self.shown}%")
 
 
 # -- trust -----------------------------------------------------------------
@@ -52,7 +52,7 @@ def trust_add(keyfile: Path, fingerprint: str, passphrase_file: Path | None) -> 
     key_data = keyfile.read_bytes()
     with unlocked(passphrase_file) as vault:
         fpr = pin_signer(vault, key_data, fingerprint)
-    click.echo(f"pinned {fpr}")
+    say(f"pinned {fpr}")
 
 
 @trust.command("list")
@@ -62,9 +62,9 @@ def trust_list(passphrase_file: Path | None) -> None:
     with unlocked(passphrase_file) as vault:
         store = Store.unlocked(vault).trust()
         policy, described = store.policy(), store.describe()
-    click.echo(f"threshold: {policy.threshold} of {len(policy.signers)} pinned signers")
+    say(f"threshold: {policy.threshold} of {len(policy.signers)} pinned signers")
     for fpr, summary in described.items():
-        click.echo(f"{fpr}  {summary}")
+        say(f"{fpr}  {summary}")
 
 
 @trust.command("remove")
@@ -74,7 +74,7 @@ def trust_remove(fingerprint: str, passphrase_file: Path | None) -> None:
     """Unpin a signer and drop its key (journalled)."""
     with unlocked(passphrase_file) as vault:
         fpr = unpin_signer(vault, fingerprint)
-    click.echo(f"removed {fpr}")
+    say(f"removed {fpr}")
 
 
 @trust.command("threshold")
@@ -84,7 +84,7 @@ def trust_threshold(k: int, passphrase_file: Path | None) -> None:
     """Require K good signatures from distinct pinned signers (journalled)."""
     with unlocked(passphrase_file) as vault:
         old, new = set_threshold(vault, k)
-    click.echo(f"threshold: {new} (was {old})")
+    say(f"threshold: {new} (was {old})")
 
 
 # -- bundle (build station) --------------------------------------------------
@@ -115,7 +115,7 @@ def bundle_create(kind, name, version, artifacts, binds_base, created, expires, 
         out, kind=kind, name=name, version=version, artifacts=list(artifacts), binds_base=binds_base,
         created=_time_option("--created", created), expires=expires, provenance=provenance,
     )
-    click.echo(f"created {out}: {manifest.name} v{manifest.version}, manifest sha256 {manifest.sha256}")
+    say(f"created {out}: {manifest.name} v{manifest.version}, manifest sha256 {manifest.sha256}")
 
 
 def _time_option(name: str, text: str | None) -> datetime | None:
@@ -131,7 +131,7 @@ def _time_option(name: str, text: str | None) -> datetime | None:
 @click.option("--gnupghome", type=click.Path(file_okay=False, path_type=Path), default=None, help="The signer's GnuPG home.")
 def bundle_sign(file: Path, key: str, gnupghome: Path | None) -> None:
     """Add a detached signature over the exact manifest bytes."""
-    click.echo(f"signed {file} as {sign_bundle(file, key, gnupghome)}")
+    say(f"signed {file} as {sign_bundle(file, key, gnupghome)}")
 
 
 @bundle.command("verify")
@@ -150,9 +150,9 @@ def _size(file: Path) -> int:
 
 def _report(accepted, verb: str) -> None:
     m = accepted.manifest
-    click.echo(f"{verb} {m.kind} {m.name} v{m.version}, signed by {', '.join(accepted.signers)}, expires {format_time(m.expires)}")
+    say(f"{verb} {m.kind} {m.name} v{m.version}, signed by {', '.join(accepted.signers)}, expires {format_time(m.expires)}")
     if accepted.clock_note:
-        click.echo(f"warning: {accepted.clock_note}", err=True)
+        warn(f"warning: {accepted.clock_note}")
 
 
 # -- update (appliance) ------------------------------------------------------
@@ -182,10 +182,10 @@ def update_list(passphrase_file: Path | None) -> None:
     for item in items:
         erased = f"  crypto-erased {versions_text(item.erased_versions)}" if item.erased_versions else ""
         if item.provenance is None:
-            click.echo(f"{item.name}  {item.kind}  erased{erased}")
+            say(f"{item.name}  {item.kind}  erased{erased}")
         else:
             installed = versions_text(item.installed_versions)
-            click.echo(f"{item.name}  {item.kind}  active v{item.provenance.version}  installed {installed}{erased}")
+            say(f"{item.name}  {item.kind}  active v{item.provenance.version}  installed {installed}{erased}")
 
 
 @update.command("rollback")
@@ -195,7 +195,7 @@ def update_rollback(name: str, passphrase_file: Path | None) -> None:
     """Re-activate the previous version of NAME that is still in the store (re-verified: needs the passphrase)."""
     with unlocked(passphrase_file) as vault:
         old, new = rollback(name, embedded_base(), vault)
-    click.echo(f"{name}: v{old} -> v{new}")
+    say(f"{name}: v{old} -> v{new}")
 
 
 # -- verify ----------------------------------------------------------------
@@ -207,10 +207,10 @@ def verify_cmd(passphrase_file: Path | None) -> None:
     """Re-verify the base and every installed version (overlays decrypted in memory: needs the passphrase)."""
     with unlocked(passphrase_file) as vault:
         base = embedded_base()
-        click.echo(f"base sha256 {base.sha256}: ok")
+        say(f"base sha256 {base.sha256}: ok")
         results = verify_installed(base, vault)
     for label, fault in results:
-        click.echo(f"{label}: {fault or 'ok'}")
+        say(f"{label}: {fault or 'ok'}")
     failed = [f"{label}: {fault}" for label, fault in results if fault]
     if failed:
         raise Refused(f"{len(failed)} installed version(s) failed verification: {failed[0]}")

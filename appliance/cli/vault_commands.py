@@ -25,6 +25,7 @@ from ..journal.transcript import markdown_transcript, provenance_line
 from ..vault import Vault, zeroize
 from ..vault.erase import ERASE_JOURNAL_PHRASE, erase_all_overlays, erase_everything, erase_journal, erase_overlay
 from ..vault.killswitch import WIPE_POLICY, Killed, KillSwitch, running_pid, signal_running
+from .output import say, warn
 
 PASSPHRASE_ENV = "APPLIANCE_PASSPHRASE_FILE"
 KILL_WAIT_SECONDS = 10.0
@@ -86,7 +87,7 @@ def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed:
         return None
     if not _has_passphrase_source(passphrase_file):
         if if_needed:
-            click.echo("note: no vault yet; `appliance init` in a terminal (or with --passphrase-file) sets the passphrase", err=True)
+            warn("note: no vault yet; `appliance init` in a terminal (or with --passphrase-file) sets the passphrase")
             return None
         raise UsageError(f"init needs a passphrase: run it in a terminal, or give --passphrase-file / ${PASSPHRASE_ENV}")
     return read_passphrase(passphrase_file, confirm=True, prompt="New passphrase")
@@ -96,7 +97,7 @@ def create_vault(home: Path, passphrase: bytes) -> Vault:
     """The new vault, left unlocked for the caller (one key derivation); the caller zeroizes it."""
     replacing = Vault.state(home) == "erased"
     vault = Vault.create(home, passphrase)
-    click.echo(f"vault:   created ({home / 'vault'})" + (", replacing the erased one" if replacing else ""))
+    say(f"vault:   created ({home / 'vault'})" + (", replacing the erased one" if replacing else ""))
     return vault
 
 
@@ -131,7 +132,7 @@ def guarded_session(passphrase_file: Optional[Path]) -> Iterator[Guard]:
             ks.check()
         except Killed as killed:
             for item in handle_kill(killed, ks, guard.vault, guard.journal):
-                click.echo(f"wiped: {item}", err=True)
+                warn(f"wiped: {item}")
             raise
         finally:
             if guard.journal is not None:
@@ -160,9 +161,9 @@ def logs_list(passphrase_file: Optional[Path]) -> None:
     try:
         for sid in sessions(vault):
             try:
-                click.echo(_summary(check(vault, sid)))
+                say(_summary(check(vault, sid)))
             except (Erased, NotFound) as e:
-                click.echo(f"{sid}  unreadable: {e}")
+                say(f"{sid}  unreadable: {e}")
     finally:
         vault.zeroize()
 
@@ -178,12 +179,12 @@ def logs_show(session_id: str, passphrase_file: Optional[Path]) -> None:
     finally:
         vault.zeroize()
     for n, r in enumerate(records, 1):
-        click.echo(f"[{n}] {r['time']} {r['kind']}")
+        say(f"[{n}] {r['time']} {r['kind']}")
         if r["kind"] == "message":
-            click.echo(f"    {provenance_line(r)}")
-            click.echo(f"    {r['role']}: {r['text']}")
+            say(f"    {provenance_line(r)}")
+            say(f"    {r['role']}: {r['text']}")
         else:
-            click.echo(f"    {json.dumps({k: v for k, v in r.items() if k not in ('kind', 'time')})}")
+            say(f"    {json.dumps({k: v for k, v in r.items() if k not in ('kind', 'time')})}")
 
 
 @logs.command("verify")
@@ -200,13 +201,13 @@ def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> N
             except (Erased, NotFound) as e:
                 if session_id:
                     raise
-                click.echo(f"skip    {sid}: {e}")
+                say(f"skip    {sid}: {e}")
                 continue
             if report.ok:
                 note = f" ({report.unsealed} written after the last sealed head: an interrupted append)" if report.unsealed else ""
-                click.echo(f"ok      {sid}: {len(report.records)} records{note}")
+                say(f"ok      {sid}: {len(report.records)} records{note}")
             else:
-                click.echo(f"BROKEN  {sid}: {report.brk}")
+                say(f"BROKEN  {sid}: {report.brk}")
                 broken.append(report)
     finally:
         vault.zeroize()
@@ -231,7 +232,7 @@ def logs_export(session_id: str, fmt: str, out: Path, passphrase_file: Optional[
     else:
         text = markdown_transcript(session_id, records)
     atomic_write(out, text.encode())
-    click.echo(f"exported {len(records)} records of {session_id} to {out}")
+    say(f"exported {len(records)} records of {session_id} to {out}")
 
 
 # -- erase ------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ def erase() -> None:
 def _confirm(phrase: str, what: str, yes: bool) -> None:
     if yes:
         return
-    click.echo(f"This crypto-erases {what}. It cannot be undone.", err=True)
+    warn(f"This crypto-erases {what}. It cannot be undone.")
     try:
         typed = click.prompt(f'Type "{phrase}" to confirm', default="", show_default=False, err=True)
     except click.Abort:
@@ -259,7 +260,7 @@ def _prove(vault: Vault, items: list[str]) -> None:
         try:
             zeroize(vault.data_key(item))
         except Erased as e:
-            click.echo(f"proof:     decryption of {item} fails: {e}")
+            say(f"proof:     decryption of {item} fails: {e}")
             continue
         raise Refused(f"erase of {item} did not take: its key is still readable")
 
@@ -275,7 +276,7 @@ def erase_overlay_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> 
         _confirm(name, f"overlay {name} (every installed version)", yes)
         t0 = time.perf_counter()
         items = erase_overlay(vault, name)
-        click.echo(f"destroyed: data keys of {', '.join(items)} ({time.perf_counter() - t0:.3f} s)")
+        say(f"destroyed: data keys of {', '.join(items)} ({time.perf_counter() - t0:.3f} s)")
         _prove(vault, items)
     finally:
         vault.zeroize()
@@ -291,7 +292,7 @@ def erase_logs_cmd(yes: bool, passphrase_file: Optional[Path]) -> None:
         _confirm(ERASE_JOURNAL_PHRASE, "every journal session", yes)
         t0 = time.perf_counter()
         items = erase_journal(vault)
-        click.echo(f"destroyed: data keys of {len(items)} journal sessions, then their files ({time.perf_counter() - t0:.3f} s)")
+        say(f"destroyed: data keys of {len(items)} journal sessions, then their files ({time.perf_counter() - t0:.3f} s)")
         _prove(vault, items)
     finally:
         vault.zeroize()
@@ -305,11 +306,11 @@ def erase_all_cmd(yes: bool) -> None:
     state.require_initialised(home)
     _confirm("erase all", "the whole vault (overlays, journal, keys)", yes)
     when = erase_everything(home)
-    click.echo(f"destroyed: the master key slot at {when}, then the journal and overlay ciphertext")
+    say(f"destroyed: the master key slot at {when}, then the journal and overlay ciphertext")
     try:
         Vault.unlock(home, b"")
     except Erased as e:
-        click.echo(f"proof:     unlocking fails: {e}")
+        say(f"proof:     unlocking fails: {e}")
         return
     raise Refused("erase all did not take: the vault still opens")
 
@@ -328,7 +329,7 @@ def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Pa
     old = read_passphrase(passphrase_file, prompt="Current passphrase")
     new = read_passphrase(new_passphrase_file, confirm=True, prompt="New passphrase", use_env=False)
     Vault.change_passphrase(home, old, new)
-    click.echo("passphrase changed (master key rewrapped; data keys and data untouched)")
+    say("passphrase changed (master key rewrapped; data keys and data untouched)")
 
 
 @click.command()
@@ -348,7 +349,7 @@ def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
             items = erase_all_overlays(vault)
         finally:
             vault.zeroize()
-        click.echo(f"no running appliance; wiped overlays: {', '.join(items) or 'none installed'}")
+        say(f"no running appliance; wiped overlays: {', '.join(items) or 'none installed'}")
         return
     pid = signal_running(home, wipe)
     deadline = time.monotonic() + KILL_WAIT_SECONDS
@@ -356,7 +357,7 @@ def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
         if time.monotonic() > deadline:
             raise Refused(f"appliance pid {pid} did not stop within {KILL_WAIT_SECONDS:.0f} s")
         time.sleep(0.01)
-    click.echo(f"stopped appliance pid {pid}" + (" and wiped its overlays" if wipe else ""))
+    say(f"stopped appliance pid {pid}" + (" and wiped its overlays" if wipe else ""))
 
 
 @click.command("kill-policy")
@@ -368,6 +369,6 @@ def kill_policy(policy: Optional[str], passphrase_file: Optional[Path]) -> None:
     try:
         if policy is not None:
             vault.set_setting(WIPE_POLICY, policy == "wipe")
-        click.echo(f"kill policy: {'wipe' if vault.setting(WIPE_POLICY, False) else 'lock'}")
+        say(f"kill policy: {'wipe' if vault.setting(WIPE_POLICY, False) else 'lock'}")
     finally:
         vault.zeroize()

@@ -1,6 +1,12 @@
-"""A verified session as text: one line of provenance per message, and the Markdown export."""
+"""A verified session as text: one line of provenance per message, and the Markdown export.
+
+The Markdown is escaped (`appliance.printable`): the file will be `cat` to a terminal, and the chat
+UI shows the same text.
+"""
 
 import json
+
+from ..printable import printable
 
 
 def provenance_line(r: dict) -> str:
@@ -19,4 +25,4 @@ def markdown_transcript(session_id: str, records: list[dict]) -> str:
             lines += [f"## {n}. {r['role']} ({r['time']})", "", f"*{provenance_line(r)}*", "", r["text"], ""]
         else:
             lines += [f"## {n}. {r['kind']} ({r['time']})", "", f"`{json.dumps({k: v for k, v in r.items() if k not in ('kind', 'time')})}`", ""]
-    return "\n".join(lines)
+    return printable("\n".join(lines))

@@ -13,6 +13,7 @@ from textual.app import App, SystemCommand
 from textual.screen import Screen
 
 from ..errors import ApplianceError
+from ..printable import printable
 from .chat import ChatScreen
 from .core import ChatCore
 from .help import HelpScreen
@@ -68,6 +69,12 @@ class ApplianceApp(App):
             await self.pop_screen()
         self.chat = None
         await self.switch_screen(UnlockScreen(self.core, message=message))
+
+    def notify(self, message: str, *, markup: bool = False, **kwargs) -> None:
+        """Every notification (screens and widgets call this one) is escaped plain text: error messages
+        quote names, paths and replies from outside, which must neither reach the terminal raw nor be
+        read as markup."""
+        super().notify(printable(message), markup=False, **kwargs)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -14,6 +14,7 @@ from textual.widgets.markdown import MarkdownStream
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
 from ..errors import ApplianceError
+from ..printable import printable
 from ..vault.erase import ERASE_JOURNAL_PHRASE
 from .core import ChatCore, Outcome
 from .keys import CHAT_KEYS, bindings
@@ -116,8 +117,8 @@ class ChatScreen(Screen):
         parts = []
         while pending:
             parts.append(pending.popleft())
-        if parts:
-            await stream.write("".join(parts))
+        if parts:  # the model's words may hold ESC and C1 controls, which Textual would pass to the terminal
+            await stream.write(printable("".join(parts)))
             self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
 
     async def _finished(self, view: ChatMessage, stream: MarkdownStream, pending: deque, outcome: Optional[Outcome],

@@ -8,6 +8,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, TextArea
 
+from .widgets import PlainLabel
+
 
 class EraseScreen(ModalScreen[bool]):
     """Dismissed with True only once `phrase` is typed exactly; a wrong phrase erases nothing and says so."""
@@ -20,16 +22,16 @@ class EraseScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(f"Crypto-erase {self.what}. It cannot be undone.", markup=False)
-            yield Label(f'Type "{self.phrase}" and press enter (escape cancels):', markup=False)
+            yield PlainLabel(f"Crypto-erase {self.what}. It cannot be undone.")
+            yield PlainLabel(f'Type "{self.phrase}" and press enter (escape cancels):')
             yield Input(id="confirm")
-            yield Label("", id="message", markup=False)
+            yield PlainLabel("", id="message")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.value.strip() == self.phrase:
             self.dismiss(True)
             return
-        self.query_one("#message", Label).update("confirmation did not match: nothing was erased")
+        self.query_one("#message", PlainLabel).update("confirmation did not match: nothing was erased")
         event.input.clear()
 
     def action_cancel(self) -> None:

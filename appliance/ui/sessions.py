@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.screen import Screen
@@ -10,8 +11,15 @@ from textual.widgets import DataTable, Footer, Label, Markdown
 from ..journal.transcript import markdown_transcript
 from ..errors import ApplianceError
 from ..journal import Report
+from ..printable import printable
 from .core import ChatCore
 from .keys import SESSIONS_KEYS, bindings
+from .widgets import PlainLabel
+
+
+def _cells(*values: str) -> tuple[Text, ...]:
+    """A row of the table: a DataTable reads a plain string as markup, so every cell is escaped Text."""
+    return tuple(Text(printable(v)) for v in values)
 
 
 def _state(report: Report) -> str:
@@ -31,9 +39,9 @@ class SessionsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Label("Journal sessions: enter opens, v verifies all, e exports, escape returns", id="title")
         yield DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
-        yield Label("", id="result", markup=False)
+        yield PlainLabel("", id="result")
         with VerticalScroll(id="viewer"):
-            yield Markdown("", id="transcript")
+            yield Markdown("", id="transcript", open_links=False)  # escaped by markdown_transcript
         yield Footer()
 
     def on_mount(self) -> None:
@@ -56,10 +64,10 @@ class SessionsScreen(Screen):
             try:
                 report = self.core.check(sid)
             except ApplianceError as e:  # erased or missing key: listed, not opened
-                table.add_row(sid, "-", f"unreadable: {e}", "", key=sid)
+                table.add_row(*_cells(sid, "-", f"unreadable: {e}", ""), key=sid)
                 continue
             reports.append(report)
-            table.add_row(sid, str(len(report.records)), _state(report), report.preview(40), key=sid)
+            table.add_row(*_cells(sid, str(len(report.records)), _state(report), report.preview(40)), key=sid)
         return reports
 
     def _selected(self) -> str | None:
@@ -101,4 +109,4 @@ class SessionsScreen(Screen):
         self.app.pop_screen()
 
     def _say(self, text: str) -> None:
-        self.query_one("#result", Label).update(text)
+        self.query_one("#result", PlainLabel).update(text)

@@ -13,6 +13,7 @@ from textual.widgets import Footer, Input, Label
 
 from ..errors import ApplianceError
 from .core import ChatCore
+from .widgets import PlainLabel
 
 
 class UnlockScreen(Screen):
@@ -26,7 +27,7 @@ class UnlockScreen(Screen):
         model = self.core.model
         with Vertical(classes="dialog", id="unlock"):
             yield Label("appliance: locked", id="title")
-            yield Label(f"base {model.name} v{model.version} sha256 {model.sha256[:16]} (verified)", markup=False)
+            yield PlainLabel(f"base {model.name} v{model.version} sha256 {model.sha256[:16]} (verified)")
             if self.creating:
                 why = "The vault was crypto-erased." if self.core.vault_state() == "erased" else "No vault yet."
                 yield Label(f"{why} Choose a passphrase to create it (typed twice).", markup=False)
@@ -35,7 +36,7 @@ class UnlockScreen(Screen):
             else:
                 yield Label("Passphrase:")
                 yield Input(password=True, placeholder="passphrase", id="passphrase")
-            yield Label(self.message, id="message", markup=False)
+            yield PlainLabel(self.message, id="message")  # a refusal quotes files and paths
         yield Footer()
 
     def on_mount(self) -> None:
@@ -65,7 +66,7 @@ class UnlockScreen(Screen):
         self.app.unlocked()
 
     def _fail(self, text: str) -> None:
-        self.query_one("#message", Label).update(text)
+        self.query_one("#message", PlainLabel).update(text)
         for field in self.query(Input):
             field.clear()
         self.query_one("#passphrase", Input).focus()

@@ -1,4 +1,10 @@
-"""The chat's widgets: the status bar, the prompt box with history, and one message in the list."""
+"""The chat's widgets: the status bar, the prompt box with history, one message in the list, a plain label.
+
+Text from outside (replies, prompts, names and signers from the store, error messages) is shown
+through these widgets escaped (`appliance.printable`) and never read as markup: Textual passes ESC
+and C1 controls through to the terminal as they are, and Rich markup in a string would style it,
+make links, or fail to parse and stop the app.
+"""
 
 from typing import Optional
 
@@ -11,6 +17,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Label, Markdown, Static, TextArea
 
+from ..printable import printable
 from .divergence import Divergence
 
 
@@ -32,8 +39,8 @@ class StatusBar(Widget):
         if self.overlay_on is not None:
             line.append(" ON " if self.overlay_on else " OFF ", style="bold reverse green" if self.overlay_on else "bold reverse red")
             line.append(" ")
-        line.append(self.overlay)
-        line.append_text(Text.assemble("\n", ("base ", "dim"), self.base, ("  journal ", "dim"), self.session or "-", "\n"))
+        line.append(printable(self.overlay))  # signers come from the store's accepted records
+        line.append_text(Text.assemble("\n", ("base ", "dim"), printable(self.base), ("  journal ", "dim"), printable(self.session or "-"), "\n"))
         line.append(f"{self.tokens_per_second:.1f} tok/s" if self.tokens_per_second is not None else "- tok/s")
         line.append("  KL ", style="dim")
         if not self.audit:
@@ -97,18 +104,32 @@ class PromptInput(TextArea):
         self.move_cursor(self.document.end)
 
 
+class PlainLabel(Label):
+    """A label for text that may come from outside: shown escaped, never read as markup."""
+
+    def __init__(self, text: str = "", **kwargs):
+        super().__init__(printable(text), markup=False, **kwargs)
+
+    def update(self, text: str = "", *, layout: bool = True) -> None:
+        super().update(printable(text), layout=layout)
+
+
 class ChatMessage(Vertical):
     """One message: a one-line header (who, and for a reply its provenance facts), then the text."""
 
     def __init__(self, role: str, text: str = "", header: str = ""):
         super().__init__(classes=role)
         self.role, self._text = role, text
-        self.header = Label(header or ("you" if role == "user" else "assistant"), classes="header", markup=False)
+        self.header = PlainLabel(header or ("you" if role == "user" else "assistant"), classes="header")
 
     def compose(self) -> ComposeResult:
         yield self.header
-        # Replies are Markdown (streamed in); the user's own words are shown verbatim.
-        yield Markdown(self._text) if self.role == "assistant" else Static(self._text, markup=False)
+        # Replies are Markdown (streamed in, escaped piece by piece by the chat screen); the user's own
+        # words are shown verbatim. A link in a reply is text: nothing is opened from a model's words.
+        if self.role == "assistant":
+            yield Markdown(printable(self._text), open_links=False)
+        else:
+            yield Static(printable(self._text), markup=False)
 
     @property
     def body(self) -> Markdown:
