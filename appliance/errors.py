@@ -51,3 +51,11 @@ class Erased(ApplianceError):
 
 class ContextOverflow(UsageError):
     """The system prompt and the newest user turn alone do not fit the context window."""
+
+
+class EnvironmentRefused(Refused):
+    """The machine cannot hold the state: disk full, file size limit, read-only, not a directory, no permission.
+
+    Not a bug, so not exit 1: the write that failed left the state as it was (a temp file removed,
+    a failed append cut back), and freeing space or fixing the mount is enough to retry.
+    """

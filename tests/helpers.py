@@ -33,3 +33,28 @@ def tree_digest(root: Path) -> dict[str, bytes]:
         st = p.lstat()
         out[rel] = (st.st_mode, p.read_bytes() if p.is_file() and not p.is_symlink() else b"")
     return out
+
+
+def with_file_size_limit(*args: str, fsize: int, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`appliance ARGS` where no file it writes may grow past `fsize` bytes (RLIMIT_FSIZE): a disk
+    that fills up mid-command, without root tricks. Writes past the limit fail with EFBIG."""
+    import resource
+    import signal
+
+    def cap():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args],
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
+        capture_output=True, text=True, timeout=300, preexec_fn=cap,
+    )  # fmt: skip
+
+
+def read_only(directory: Path) -> list[str]:
+    """A `prefix` for `appliance()`: the command runs in its own mount namespace in which `directory`
+    is a read-only bind mount (EROFS). As root, a mode such as 0500 stops nothing; the namespace and
+    its mount end with the command. Needs root (CAP_SYS_ADMIN)."""
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"'
+    return ["unshare", "--mount", "sh", "-c", script, "sh", str(directory)]

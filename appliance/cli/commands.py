@@ -7,6 +7,7 @@ from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime, Session
 from ..store import Base, load_active_overlay
 from ..trust.builtin import embedded_pin, verify_pinned
+from ..vault import Vault
 from ..journal import provenance
 from .output import say, stream, warn
 from .vault_commands import (
@@ -28,18 +29,23 @@ def cli(debug: bool) -> None:
 def init(if_needed: bool, demo: bool, passphrase_file) -> None:
     """Create the state directory and the vault (passphrase), verify the embedded default model."""
     home = paths.state_dir()
+    state.require_directory(home)  # before asking for a passphrase
     new_passphrase = new_vault_passphrase(home, passphrase_file, if_needed)
-    model = None  # hashed once, and only when something here needs the verified base
-    if state.is_initialised(home):
-        if not if_needed:
-            say(f"already initialised: {home}")
-    else:
-        model = verify_pinned(embedded_pin())
-        state.initialise(home)
-        say(f"initialised {home}")
+    fresh = not state.is_initialised(home)
+    model = verify_pinned(embedded_pin()) if fresh else None  # hashed once, and only when something here needs it
+    if fresh:
         say(f"base model: {model.name} sha256 {model.sha256} (verified against the built-in manifest)")
-    vault = create_vault(home, new_passphrase) if new_passphrase is not None else None
+    vault = None
     try:
+        with state.initialising(home):  # all or nothing: "initialised" is written last
+            if new_passphrase is not None:
+                vault = create_vault(home, new_passphrase)
+            elif fresh and Vault.state(home) == "present":
+                say(f"vault:   kept the one already there ({home / 'vault'})")
+        if fresh:
+            say(f"initialised {home}")
+        elif not if_needed:
+            say(f"already initialised: {home}")
         if demo:
             _install_demo(model, vault, passphrase_file)
     finally:
@@ -84,22 +90,36 @@ def status(passphrase_file) -> None:
         say(line)
 
 
-def _not_blank(ctx, param, value: str) -> str:
-    if not value.strip():  # nothing to answer: refused before the vault opens or a session is journaled
-        raise click.BadParameter("the prompt is empty (or only whitespace)")
+def _utf8_text(ctx, param, value: str | None) -> str | None:
+    """Text for the model and the journal arrives as bytes on the command line: it must be UTF-8."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a byte that is not UTF-8 arrives as a lone surrogate (PEP 383)
+        bad = ord(value[e.start])
+        byte = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"character U+{bad:04X}"
+        raise click.BadParameter(f"not valid UTF-8 ({byte} at character {e.start})") from None
     return value
 
 
+def _prompt_text(ctx, param, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("the prompt is empty (or only whitespace)")
+    return _utf8_text(ctx, param, value)
+
+
 @cli.command()
-@click.argument("prompt", callback=_not_blank)
+@click.argument("prompt", callback=_prompt_text)
 @click.option("--overlay", type=click.Choice(["on", "off"]), default="off", show_default=True)
 @click.option("--max-tokens", type=click.IntRange(1, 4096), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
-@click.option("--system", "system_prompt", default=None, help="System prompt (default: the model's own).")
+@click.option("--system", "system_prompt", default=None, callback=_utf8_text, help="System prompt (default: the model's own).")
 @passphrase_option
 def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: float, system_prompt: str | None, passphrase_file) -> None:
     """Answer one PROMPT on the active base (and overlay), streaming the reply; both are journaled."""
+    # PROMPT and --system were checked while parsing (exit 2), before anything is opened or journaled.
     state.require_initialised(paths.state_dir())
     model = verify_pinned(embedded_pin())
     # From here the vault is open and the kill-switch armed; the session is journaled from its first record.

@@ -1,13 +1,23 @@
 """Entry point: every failure becomes one `error:` line and the exit code of the brief."""
 
+import errno
+import os
 import sys
 import traceback
 
 import click
 
-from ..errors import ApplianceError
+from .. import paths
+from ..errors import ApplianceError, EnvironmentRefused
 from .commands import cli
 from .output import warn
+
+# What the OS answers when the machine cannot hold the state: not a bug (exit 3, not 1). Every
+# write to the state dir goes through a temp file removed on failure (fsutil.atomic_file), or cuts
+# a failed append back (journal), and `init` writes its marker last, so the state is as it was:
+# tests/test_environment_failures.py and tests/trust/test_import_environment.py prove it.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR})
+CANNOT_WRITE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,15 +28,31 @@ def main(argv: list[str] | None = None) -> None:
         _fail(e.format_message(), e.exit_code)
     except click.Abort:
         _fail("aborted", 1)
-    except ApplianceError as e:
+    except Exception as e:
         if "--debug" in args:
             warn(traceback.format_exc().rstrip())
-        _fail(str(e), e.exit_code)
-    except Exception as e:  # a bug: say so, in one line unless asked for the traceback
-        if "--debug" in args:
-            warn(traceback.format_exc().rstrip())
-        _fail(f"internal error: {type(e).__name__}: {e}", 1)
+        error = _typed(e)
+        if error is None:  # a bug: say so, in one line unless asked for the traceback
+            _fail(f"internal error: {type(e).__name__}: {e}", 1)
+        _fail(str(error), error.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _typed(e: Exception) -> ApplianceError | None:
+    """The error as the user meets it: an ApplianceError as raised, an environment OSError typed; None for a bug."""
+    if isinstance(e, ApplianceError):
+        return e
+    if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+        return _environment_refused(e)
+    return None
+
+
+def _environment_refused(e: OSError) -> EnvironmentRefused:
+    """One line: the file (the destination of a copy, link or rename), the OS's reason, the state dir."""
+    path = e.filename2 if e.filename2 is not None else e.filename
+    verb = "write" if e.errno in CANNOT_WRITE else "use"
+    what = f"cannot {verb} {os.fsdecode(path)}" if path is not None else f"cannot {verb}"  # write(2) names no file
+    return EnvironmentRefused(f"{what}: {e.strerror or os.strerror(e.errno)}; nothing was changed in {paths.state_dir()}")
 
 
 def _fail(message: str, code: int) -> None:

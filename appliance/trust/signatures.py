@@ -12,7 +12,7 @@ rule is one small function that says why it did not:
 5. it is the first signature counted for that fingerprint.
 
 Then the count must reach the policy's threshold, or `ThresholdNotMet` lists
-every signature that did not count and why.
+the signatures that counted, and every one that did not with why.
 
 gpg runs in a scratch home holding a copy of the trust store's public keyring
 (the bytes the caller checked), so verifying never writes to the state directory
@@ -152,12 +152,14 @@ def check_signatures(data: bytes, signatures: dict[str, bytes], pinned: frozense
 
 
 def require_threshold(checks: list[SignatureCheck], threshold: int) -> tuple[str, ...]:
-    """The counted signers' fingerprints, or `ThresholdNotMet` naming each signature that did not count."""
+    """The counted signers' fingerprints, or `ThresholdNotMet` naming those that counted and why each other did not."""
     signers = tuple(c.signer for c in checks if c.counted)
     if len(signers) < threshold:
-        why = "; ".join(f"{c.name}: {c.reason}" for c in checks if not c.counted) or "no signatures"
+        counted = ", ".join(signers) or "none"
+        not_counted = ", ".join(f"{c.name} ({c.reason})" for c in checks if not c.counted) or "none"
         raise ThresholdNotMet(
-            f"manifest.json has {len(signers)} of {threshold} required signatures from pinned signers ({why})"
+            f"manifest.json has {len(signers)} of {threshold} required signatures from pinned signers"
+            f" (counted: {counted}; did not count: {not_counted})"
         )
     return signers
 

@@ -97,8 +97,8 @@ class KillSwitch:
     def _claim_pid_file(self) -> None:
         path = pid_path(self.home)
         tmp = path.with_name(f".{PID_FILE}.{os.getpid()}")
-        tmp.write_text(f"{os.getpid()}\n")
         try:
+            tmp.write_text(f"{os.getpid()}\n")  # inside: a full disk must not leave an empty temp behind
             for _ in range(2):
                 try:
                     os.link(tmp, path)

@@ -116,7 +116,7 @@ def test_signature_by_revoked_key(home, keys, good, tmp_path):
 def test_one_of_two_required_signatures(home, keys, good, tmp_path):
     sigs, _ = signatures_of(good)
     bad = with_signatures(good, tmp_path / "b.bundle", {keys.fpr["alice"]: sigs[keys.fpr["alice"]]})
-    assert_refused(home, bad, "1 of 2 required signatures")
+    assert_refused(home, bad, "1 of 2 required signatures", f"counted: {keys.fpr['alice']}; did not count: none")
 
 
 def test_same_signer_twice(home, keys, good, tmp_path):
