@@ -227,6 +227,13 @@ def import_bundle(bundle_path: Path, base: Base, vault: Vault, progress: Optiona
         raise
     try:
         _install(store, vault, accepted, sealing, staging)
+    except BaseException:
+        # Before the commit nothing is installed: staging (or the object it became) goes. A data
+        # key already recorded stays an orphan, harmless and erased by the next import.
+        shutil.rmtree(staging, ignore_errors=True)
+        if accepted.manifest.sha256 not in {sha for item in store.read_state().items.values() for sha in item.installed}:
+            shutil.rmtree(store.object_dir(accepted.manifest.sha256), ignore_errors=True)
+        raise
     finally:
         sealing.zeroize()
     return accepted

@@ -99,19 +99,13 @@ class TrustStore:
         return self._seal.read(self.keyring_path)
 
     def _save(self, policy: Policy) -> None:
-        self._prepare_dirs()
         self._seal.write(self.policy_path, policy.to_json())
-
-    def _prepare_dirs(self) -> None:
-        for directory in (self.dir, self.keyring_path.parent):
-            directory.mkdir(mode=0o700, exist_ok=True)
 
     def _change_keyring(self, change: Callable[[gnupg.GPG], None]) -> None:
         """Apply `change` to a scratch copy of the keyring, then seal the new keyring in."""
         with scratch_gpg(self.keyring()) as (gpg, _):
             change(gpg)
             keyring = Path(gpg.gnupghome, KEYRING).read_bytes()
-        self._prepare_dirs()
         self._seal.write(self.keyring_path, keyring)
 
     def add(self, key_data: bytes, fingerprint: str, demo: bool = False) -> str:

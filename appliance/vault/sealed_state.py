@@ -56,10 +56,16 @@ class SealedState:
     def write(self, path: Path, data: bytes) -> None:
         rel, digest = self._rel(path), hashlib.sha256(data).hexdigest()
         self.vault.set_file_digests(rel, self.vault.file_digests(rel) + (digest,))
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        created = []  # folders made for this file: removed again if it cannot be written
         try:
+            for folder in reversed(path.parents[: len(path.relative_to(self.home).parents) - 1]):
+                if not folder.is_dir():
+                    folder.mkdir(mode=0o700)
+                    created.append(folder)
             atomic_write(path, data)
         except OSError as e:
+            for folder in reversed(created):
+                folder.rmdir()
             raise VaultWriteFailed(f"cannot write {path} ({e.strerror}): it is unchanged") from None
         self.vault.set_file_digests(rel, (digest,))
 
