@@ -15,7 +15,7 @@ LAYERS = [
     {"vault", "trust"},
     {"journal", "runtime"},
     {"emergency", "store", "training"},
-    {"demo"},
+    {"demo", "service"},
     {"ui"},
     {"cli"},
     {"__main__"},

@@ -1,4 +1,4 @@
-"""Vault, journal, erase and kill commands, and the guard `ask` (and later the chat UI) runs under.
+"""Vault, journal, erase and kill commands, and the unlocked appliance `ask` runs in.
 
 Passphrase sources, in order: `--passphrase-file`, `$APPLIANCE_PASSPHRASE_FILE`, a prompt when
 stdin is a terminal. With none of them the vault stays locked (exit 4): a script never hangs
@@ -10,7 +10,6 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -19,12 +18,13 @@ import click
 from .. import paths, state
 from ..errors import Erased, Locked, NotFound, Refused, UsageError
 from ..fsutil import atomic_write
-from ..emergency import handle_kill
-from ..journal import Journal, Report, check, provenance, read, sessions
+from ..journal import Report, check, read, sessions
 from ..journal.transcript import markdown_transcript, provenance_line
 from ..vault import Vault, zeroize
 from ..vault.erase import ERASE_JOURNAL_PHRASE, erase_all_overlays, erase_everything, erase_journal, erase_overlay
-from ..vault.killswitch import WIPE_POLICY, Killed, KillSwitch, running_pid, signal_running
+from ..service import UnlockedAppliance
+from ..trust.builtin import VerifiedModel
+from ..vault.killswitch import WIPE_POLICY, Killed, running_pid, signal_running
 from .output import say, warn
 
 PASSPHRASE_ENV = "APPLIANCE_PASSPHRASE_FILE"
@@ -101,43 +101,20 @@ def create_vault(home: Path, passphrase: bytes) -> Vault:
     return vault
 
 
-# -- the guard around a chat: kill-switch, unlocked vault, a journal session ------------
-
-
-@dataclass
-class Guard:
-    killswitch: KillSwitch
-    vault: Vault
-    # Opened by the first record: work done under the unlocked vault before it (decrypting and
-    # re-verifying the overlay) can still be refused without leaving an empty session behind.
-    journal: Optional[Journal] = None
-
-    def message(self, role: str, text: str, **fields) -> None:
-        """A `message` record with the fields of `provenance.message`."""
-        if self.journal is None:
-            self.journal = Journal.create(self.vault)
-        self.journal.append("message", **provenance.message(role, text, **fields))
+# -- the unlocked appliance that `ask` runs in (`service.UnlockedAppliance`) ------------
 
 
 @contextmanager
-def guarded_session(passphrase_file: Optional[Path]) -> Iterator[Guard]:
-    """Everything a chat needs, torn down with keys zeroed; a kill writes the `kill` record (and wipes)."""
-    home = paths.state_dir()
-    state.require_initialised(home)
-    with KillSwitch(home) as ks:
-        guard = Guard(ks, unlock(passphrase_file))
-        try:
-            ks.check()
-            yield guard
-            ks.check()
-        except Killed as killed:
-            for item in handle_kill(killed, ks, guard.vault, guard.journal):
-                warn(f"wiped: {item}")
-            raise
-        finally:
-            if guard.journal is not None:
-                guard.journal.close()
-            guard.vault.zeroize()
+def unlocked_appliance(passphrase_file: Optional[Path], model: VerifiedModel) -> Iterator[UnlockedAppliance]:
+    """Vault unlocked, kill-switch armed, keys zeroed on the way out; a kill says what its wipe erased."""
+    vault = unlock(passphrase_file)
+    try:
+        with UnlockedAppliance.open(vault, model) as app:
+            yield app
+    except Killed as killed:
+        for item in killed.wiped:
+            warn(f"wiped: {item}")
+        raise
 
 
 # -- logs ------------------------------------------------------------------------------

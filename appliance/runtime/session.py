@@ -100,12 +100,23 @@ class Session:
         on_text: Optional[Callable[[str], None]] = None,
         cancel: Optional[threading.Event] = None,
         settings: Optional[SamplingSettings] = None,
+        on_start: Optional[Callable[[], None]] = None,
     ) -> Reply:
-        """Answer `user_text`, streaming decoded text to `on_text`; the exchange joins the history."""
+        """Answer `user_text`, streaming decoded text to `on_text`; the exchange joins the history.
+
+        `on_start` runs once the prompt is known to fit the window, before anything is decoded (the
+        caller journals the user's message there); if it raises, the turn is not taken.
+        """
         settings = settings or self.settings
         self.history.append({"role": "user", "content": user_text})
         t0 = time.perf_counter()
         prompt, dropped = self._fit_window(max_tokens)
+        if on_start is not None:
+            try:
+                on_start()
+            except BaseException:
+                self.history.pop()
+                raise
         decoder, engine = self.runtime.decoder, self.runtime.engine
         overlay = self.overlay.params if self.overlay_on else None
         logits = decoder.prefill(prompt, overlay)

@@ -28,7 +28,6 @@ For the crash-safety tests only,
 `CRASH_POINTS`; nothing else reads it.
 """
 
-import json
 import os
 import secrets
 import shutil

@@ -23,7 +23,7 @@ async def test_wrong_then_right_passphrase(vault_home, make_app):
         await unlock(pilot, PASSPHRASE)
         assert isinstance(app.screen, ChatScreen)
         status = app.screen.query_one(StatusBar)
-        assert status.session == app.core.journal.session_id and status.overlay_on is True
+        assert status.session == app.core.status().session_id and status.overlay_on is True
         assert status.base.startswith(app.core.model.name) and "care v1 signers A1B2C3D4 0FEDCBA9" == status.overlay
 
 
@@ -63,7 +63,7 @@ async def test_streamed_reply_is_journalled_with_provenance(vault_home, make_app
         assert any(0 < n < len(final) for n in partial_lengths), f"the reply appeared only at the end: {sorted(partial_lengths)} {len(final)}"
         assert "overlay ON" in str(reply.header.render()) and "tok/s" in str(reply.header.render())
         assert screen.query_one(StatusBar).tokens_per_second > 0
-        sid = app.core.journal.session_id
+        sid = app.core.status().session_id
     vault = Vault.unlock(vault_home, PASSPHRASE.encode())
     user, assistant = read(vault, sid)
     assert user["text"] == "Tell me about the sea." and assistant["text"] == final
@@ -82,7 +82,7 @@ async def test_toggle_changes_the_next_reply_to_a_fresh_sessions(vault_home, mak
         assert status.overlay_on is False and "OFF" in str(status.render())
         await send(pilot, "And three animals?")
         second = app.screen.query(ChatMessage)[3].body.source
-        sid = app.core.journal.session_id
+        sid = app.core.status().session_id
     history = [{"role": "user", "content": "Name three colours."}, {"role": "assistant", "content": first}]
 
     def fresh(on: bool) -> str:
@@ -109,7 +109,7 @@ async def test_escape_stops_a_long_reply_early(vault_home, make_app):
         await pilot.press("escape")
         await wait_for(pilot, lambda: screen.worker is None, timeout=5)
         header = str(screen.query(ChatMessage)[1].header.render())
-        sid = app.core.journal.session_id
+        sid = app.core.status().session_id
     assert "stopped" in header
     _, reply = read(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
     assert reply["finish"] == "cancelled" and reply["tokens"] < 300
@@ -152,7 +152,7 @@ async def test_prompt_history_and_system_prompt(vault_home, make_app):
         assert app.core.session.system_prompt == "Answer in French."
         await send(pilot, "Hello")
         assert app.core.session.messages()[0] == {"role": "system", "content": "Answer in French."}
-        records = read(Vault.unlock(vault_home, PASSPHRASE.encode()), app.core.journal.session_id)
+        records = read(Vault.unlock(vault_home, PASSPHRASE.encode()), app.core.status().session_id)
         assert records[0]["system_prompt"] is None  # the model's own default, before F6
         assert records[-2]["system_prompt"] == records[-1]["system_prompt"] == "Answer in French."  # what conditioned it
-        assert 'system prompt "Answer in French."' in markdown_transcript(app.core.journal.session_id, records)
+        assert 'system prompt "Answer in French."' in markdown_transcript(app.core.status().session_id, records)
