@@ -36,6 +36,7 @@ class Killed(Locked):
     def __init__(self, wipe: bool):
         super().__init__("stopped by the kill-switch: keys zeroed, appliance locked" + (" (wipe requested)" if wipe else ""))
         self.wipe = wipe
+        self.wiped: list[str] = []  # vault items the kill's wipe erased, once it was handled
 
 
 def pid_path(home: Path) -> Path:
