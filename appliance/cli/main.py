@@ -1,4 +1,4 @@
-"""Entry point: every failure becomes one `error:` line and the exit code of the brief."""
+"""Entry point: every failure becomes one `error:` line and its documented exit code (docs/design.md, "CLI contract")."""
 
 import errno
 import os

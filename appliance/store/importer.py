@@ -1,4 +1,4 @@
-"""Importing a bundle, in the brief's verification order; every step refuses with exit 3 and one line.
+"""Importing a bundle, in the verification order of docs/design.md; every step refuses with exit 3 and one line.
 
 1. shape and size limits of the tar, then the manifest (`trust.bundle_reader`);
 2. signatures and threshold (`trust.policy.TrustStore.verified_signers`), against the

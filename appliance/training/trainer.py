@@ -200,7 +200,7 @@ def optimise(
 
     One conversation per step, in a fixed order; with `preserve` (the base's own replies to
     neutral prompts), each step also pays lambda * barrier on the divergence along one of them,
-    so the overlay is held near the base off its domain too (seed 002's behaviour preservation).
+    so the overlay is held near the base off its domain too (behaviour preservation, docs/overlay-training.md).
     Checkpoints every `checkpoint_every` steps to `out` (if given), and `resume` continues from
     there. Returns (log, trained tokens/s).
     """
