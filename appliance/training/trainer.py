@@ -17,34 +17,16 @@ import torch
 from .. import __version__
 from ..errors import UsageError
 from ..overlay.files import Overlay, save_overlay
-from ..overlay.params import DEFAULT_DELAYS
 from ..overlay.takens_torch import TakensLoRA
 from ..trust.builtin import VerifiedModel
 from .dataset import Dataset
+from .choices import TrainConfig
 from .objective import aggregate, barrier, nll, per_position_kl
 
 if TYPE_CHECKING:
     from ..runtime.session import Runtime
 
 CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    rank: int = 8
-    delays: tuple[int, ...] = DEFAULT_DELAYS
-    alpha: float = 8.0
-    activation: str = "tanh"
-    steps: int = 200
-    lr: float = 2e-3
-    lam: float = 1.0  # weight of the KL barrier
-    tau: float = 0.5  # nats the aggregated KL may reach before the barrier acts
-    agg: str = "rmse"
-    seed: int = 0
-    holdout: float = 0.1  # fraction of conversations kept out of training
-    max_len: int = 384  # tokens per conversation, longer ones are cut
-    device: str = "cpu"
-    checkpoint_every: int = 50
 
 
 @dataclass
