@@ -10,13 +10,13 @@ A failed `init` that made the directory itself removes it again.
 import json
 import shutil
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 from . import __version__
 from .errors import EnvironmentRefused, NotFound
 from .fsutil import atomic_write, fsync_dir
+from .utc import now_text
 
 STATE_FILE = "appliance.json"
 STATE_FORMAT = "appliance-state/1"
@@ -53,7 +53,7 @@ def initialising(home: Path) -> Iterator[None]:
         yield
         record = {
             "format": STATE_FORMAT,
-            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created": now_text(),
             "created_by": __version__,
         }
         atomic_write(home / STATE_FILE, (json.dumps(record, indent=2) + "\n").encode())

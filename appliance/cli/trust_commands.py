@@ -12,7 +12,7 @@ from ..store.importer import import_bundle, rollback, verify_bundle
 from ..store.layout import Store
 from ..store.trust_changes import pin_signer, set_threshold, unpin_signer
 from ..trust.bundle import create_bundle, sign_bundle
-from ..trust.manifest import format_time, parse_time
+from ..utc import format_time, parse_time
 from ..trust.policy import demo_mark
 from ..vault import Vault
 from .output import say, warn

@@ -16,13 +16,12 @@ import json
 import os
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Optional
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .. import __version__
+from .. import __version__, utc
 from ..errors import NotFound, Refused
 from ..fsutil import fsync_dir
 from ..paths import JOURNAL_DIR
@@ -52,12 +51,9 @@ def relative_path(session_id: str) -> str:
     return f"{JOURNAL_DIR}/{session_id}.journal"
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def new_session_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(4)
+    """Sortable by creation: the UTC time to the second, then random."""
+    return utc.now().strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(4)
 
 
 class Journal:
@@ -86,7 +82,7 @@ class Journal:
         """Seal, append, fsync, move the sealed head. Returns the record's seq (its number, from 1)."""
         if kind not in KINDS:
             raise ValueError(f"unknown record kind {kind!r}")
-        record = {"kind": kind, "time": utc_now(), "appliance_version": __version__, **fields}
+        record = {"kind": kind, "time": utc.format_precise(utc.now()), "appliance_version": __version__, **fields}
         seq = self._seq + 1
         head = frames.header(self.session_id, seq, self._prev)
         nonce = os.urandom(frames.NONCE_BYTES)  # random, never seq: a retried seq after a failed write must not reuse a nonce

@@ -21,7 +21,8 @@ from ..journal import provenance
 from ..overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay
 from ..runtime.embeddings import EmbeddingTable
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
-from ..trust.manifest import Manifest, format_time
+from ..trust.manifest import Manifest
+from ..utc import format_time
 from ..vault import Vault, zeroize
 from .at_rest import Sealing, read_artifact
 from .layout import Store, StoreState

@@ -20,7 +20,7 @@ a re-serialisation.
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import lru_cache
 from io import BytesIO
 from typing import Optional
@@ -29,17 +29,16 @@ import jsonschema
 
 from ..errors import Refused
 from ..overlay.files import JSON_NAME, TENSORS_NAME
+from ..utc import parse_time
 from .builtin import MANIFESTS_DIR
 from .hashing import sha256_stream
 
 SCHEMA_PATH = MANIFESTS_DIR / "appliance-manifest.schema.json"
 SCHEMA_ID = "appliance-manifest/1"
 MAX_MANIFEST_BYTES = 64 * 1024
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 PATH_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
-TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 OVERLAY_FILES = frozenset({JSON_NAME, TENSORS_NAME})
 
 
@@ -97,17 +96,6 @@ class Manifest:
 
     def artifact(self, path: str) -> Artifact:
         return next(a for a in self.artifacts if a.path == path)
-
-
-def format_time(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime(TIME_FORMAT)
-
-
-def parse_time(text: str) -> datetime:
-    """A `YYYY-MM-DDTHH:MM:SSZ` string as an aware UTC datetime; ValueError otherwise."""
-    if not TIME_RE.fullmatch(text):
-        raise ValueError(f"{text!r} is not YYYY-MM-DDTHH:MM:SSZ")
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
 
 
 @lru_cache(maxsize=1)

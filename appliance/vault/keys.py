@@ -27,7 +27,6 @@ import os
 import re
 import subprocess
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ..errors import Erased, Locked, NotFound, Refused
 from ..fsutil import atomic_write, fsync_dir
+from ..utc import now_text
 
 try:
     from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
@@ -129,10 +129,6 @@ def zeroize(buf: bytearray) -> None:
 def random_key() -> bytearray:
     """A fresh data key, held only in memory until `Vault.record_data_key` (or never: a throwaway key)."""
     return bytearray(os.urandom(KEY_BYTES))
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _b64(data: bytes) -> str:
@@ -299,7 +295,7 @@ class Vault:
         kdf = _kdf_params()
         kek = _derive_kek(passphrase, kdf)
         try:
-            master_doc = {"format": MASTER_FORMAT, "created": _now(), "kdf": kdf, "master": _seal(kek, vault._master, MASTER_AD)}
+            master_doc = {"format": MASTER_FORMAT, "created": now_text(), "kdf": kdf, "master": _seal(kek, vault._master, MASTER_AD)}
         finally:
             zeroize(kek)
         _durable(vdir / MASTER_FILE, (json.dumps(master_doc, indent=2) + "\n").encode())
@@ -352,7 +348,7 @@ class Vault:
         vdir = _vault_dir(home)
         if Vault.state(home) == "none":
             raise NotFound(f"no vault in {home}")
-        when = _now()
+        when = now_text()
         _durable(vdir / MASTER_FILE, (json.dumps({"format": MASTER_FORMAT, "erased": when}) + "\n").encode())
         (vdir / SLOTS_FILE).unlink(missing_ok=True)
         fsync_dir(vdir)
@@ -392,7 +388,7 @@ class Vault:
             if item_id in table["items"] and not replace:
                 raise Refused(f"{item_id} already has a data key")
             table["erased"].pop(item_id, None)
-            table["items"][item_id] = {"key": _b64(key), "files": list(files), "created": _now()}
+            table["items"][item_id] = {"key": _b64(key), "files": list(files), "created": now_text()}
 
     def data_key(self, item_id: str) -> bytearray:
         table = self._read_table()
@@ -425,7 +421,7 @@ class Vault:
                     if item_id in table["erased"]:
                         raise Erased(f"{item_id} was already crypto-erased at {table['erased'][item_id]}")
                     raise NotFound(f"no such item in the vault: {item_id}")
-            files, when = [], _now()
+            files, when = [], now_text()
             for item_id in item_ids:
                 files += table["items"].pop(item_id)["files"]
                 table["heads"].pop(item_id, None)

@@ -12,6 +12,7 @@ from appliance.errors import Erased
 from appliance.journal import check, read, sessions
 from appliance.journal.store import relative_path
 from appliance.ui.chat import ChatScreen
+from appliance.utc import parse_precise
 from appliance.ui.help import HelpScreen
 from appliance.ui.keys import SECTIONS
 from appliance.ui.modals import EraseScreen
@@ -57,7 +58,7 @@ async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
     assert kill["kind"] == "kill" and kill["wipe"] is False
     # The cut-off reply is journalled once generation has stopped: that moment bounds the stop latency
     # (printed for the record; a shared machine makes it a measurement, not an assertion).
-    stopped = datetime.strptime(reply["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc) - pressed
+    stopped = parse_precise(reply["time"]) - pressed
     print(f"\nkill ({how}) -> generation stopped and journalled in {stopped.total_seconds() * 1000:.0f} ms")
 
 

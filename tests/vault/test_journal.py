@@ -152,13 +152,13 @@ def test_failed_write_in_ask_is_a_clear_error(vault_home, vault):
     import resource
 
     earlier = _session(vault, n=3)
-    limit = 16 << 10  # above the key-slot table, below the 40 kB prompt record
+    limit = 8 << 10  # above the key-slot table, below the 12 kB prompt record (which fits the context window)
 
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     r = subprocess.run(
-        [sys.executable, "-m", "appliance", "ask", "x" * 40_000, "--max-tokens", "1"],
+        [sys.executable, "-m", "appliance", "ask", "x" * 12_000, "--max-tokens", "1"],
         capture_output=True, text=True, preexec_fn=small_files,
     )
     assert r.returncode == 3, r.stderr

@@ -87,6 +87,7 @@ class _ModelThatEmitsControls:
 
     def __init__(self, runtime, **kw):
         self.system_prompt = kw.get("system_prompt")
+        self.overlay_on = False
 
     def set_overlay(self, on: bool) -> None:
         pass
@@ -94,19 +95,21 @@ class _ModelThatEmitsControls:
     def conditioning(self) -> dict:
         return {"settings": {"temperature": 0}, "system_prompt": self.system_prompt}
 
-    def generate(self, prompt, *, max_tokens, on_text, cancel):
+    def generate(self, prompt, *, max_tokens, on_text, cancel, on_start):
+        on_start()
         for piece in PIECES:
             on_text(piece)
-        return SimpleNamespace(text="".join(PIECES), finish="stop", tokens=PIECES, dropped_turns=0)
+        return SimpleNamespace(text="".join(PIECES), finish="stop", tokens=PIECES, dropped_turns=0, tokens_per_second=1.0)
 
 
 def test_ask_streams_a_reply_escaped(vault_home, monkeypatch, capsys):
     """The real `ask` command, with a model whose reply carries control characters: shown, not obeyed."""
+    from appliance import service
     from appliance.cli import commands
     from appliance.cli.main import main
 
     monkeypatch.setattr(commands, "Runtime", lambda model: None)
-    monkeypatch.setattr(commands, "Session", _ModelThatEmitsControls)
+    monkeypatch.setattr(service, "Session", _ModelThatEmitsControls)
     with pytest.raises(SystemExit) as done:
         main(["ask", "say \x1b]0;hi\x07"])
     out = capsys.readouterr()
