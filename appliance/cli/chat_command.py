@@ -14,6 +14,7 @@ import click
 from .. import paths, state
 from ..runtime.sampler import SamplingSettings
 from ..trust.builtin import embedded_pin, verify_pinned
+from ..vault import zeroize
 from .vault_commands import PASSPHRASE_ENV, passphrase_option, read_passphrase
 
 
@@ -40,3 +41,5 @@ def chat(max_tokens: int, seed: int, temperature: float, system_prompt: Optional
         ApplianceApp(core, passphrase=passphrase).run()
     finally:
         core.close()
+        if passphrase is not None:
+            zeroize(passphrase)  # normally already zeroed by the unlock screen; not if it never tried

@@ -5,6 +5,7 @@ import sys
 import click
 
 from .. import __version__, paths, state
+from ..hardening import protections
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime, Session
 from ..store import Base, load_active_overlay
@@ -78,6 +79,7 @@ def status() -> None:
     click.echo(f"base:    {model.name} v{model.version} (built-in manifest)")
     click.echo(f"         {model.path}")
     click.echo(f"         sha256 {model.sha256}  {pin.size} bytes  verified")
+    click.echo(f"process: {protections().summary()}")
     for line in status_lines(home):
         click.echo(line)
 

@@ -6,10 +6,12 @@ import traceback
 import click
 
 from ..errors import ApplianceError
+from ..hardening import harden_process
 from .commands import cli
 
 
 def main(argv: list[str] | None = None) -> None:
+    harden_process()  # before anything can read a passphrase or create a file (appliance/hardening.py)
     args = sys.argv[1:] if argv is None else argv
     try:
         code = cli.main(args=args, prog_name="appliance", standalone_mode=False)
