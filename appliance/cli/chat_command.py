@@ -15,6 +15,7 @@ from .. import paths, state
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..trust.builtin import embedded_pin, verify_pinned
+from ..vault import zeroize
 from .vault_commands import PASSPHRASE_ENV, passphrase_option, read_passphrase
 
 
@@ -43,3 +44,5 @@ def chat(max_tokens: int, seed: int, temperature: float, system_prompt: Optional
     finally:
         core.close()
         runtime.close()
+        if passphrase is not None:
+            zeroize(passphrase)  # normally already zeroed by the unlock screen; not if it never tried

@@ -3,6 +3,7 @@
 import click
 
 from .. import __version__, paths, state
+from ..hardening import protections
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..store import Base
@@ -83,6 +84,7 @@ def status(passphrase_file) -> None:
     say(f"base:    {model.name} v{model.version} (built-in manifest)")
     say(f"         {model.path}")
     say(f"         sha256 {model.sha256}  {pin.size} bytes  verified")
+    say(f"process: {protections().summary()}")
     with unlocked(passphrase_file) as vault:
         lines = status_lines(vault)
     for line in lines:

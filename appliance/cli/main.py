@@ -9,6 +9,7 @@ import click
 
 from .. import paths
 from ..errors import ApplianceError, EnvironmentRefused
+from ..hardening import harden_process
 from .commands import cli
 from .output import warn
 
@@ -21,6 +22,7 @@ CANNOT_WRITE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 def main(argv: list[str] | None = None) -> None:
+    harden_process()  # before anything can read a passphrase or create a file (appliance/hardening.py)
     args = sys.argv[1:] if argv is None else argv
     try:
         code = cli.main(args=args, prog_name="appliance", standalone_mode=False)

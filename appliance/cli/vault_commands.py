@@ -18,6 +18,7 @@ import click
 from .. import paths, state
 from ..errors import Erased, Locked, NotFound, Refused, UsageError
 from ..fsutil import atomic_write
+from ..hardening import lock_secret
 from ..journal import Report, check, read, sessions
 from ..journal.transcript import markdown_transcript, provenance_line
 from ..vault import Vault, zeroize
@@ -28,6 +29,7 @@ from ..vault.killswitch import WIPE_POLICY, Killed, running_pid, signal_running
 from .output import say, warn
 
 PASSPHRASE_ENV = "APPLIANCE_PASSPHRASE_FILE"
+MAX_PASSPHRASE_FILE = 4096
 KILL_WAIT_SECONDS = 10.0
 
 
@@ -44,27 +46,70 @@ def _has_passphrase_source(path: Optional[Path]) -> bool:
     return bool(path or os.environ.get(PASSPHRASE_ENV) or sys.stdin.isatty())
 
 
-def read_passphrase(path: Optional[Path], *, confirm: bool = False, prompt: str = "Passphrase", use_env: bool = True) -> bytes:
+def read_passphrase(path: Optional[Path], *, confirm: bool = False, prompt: str = "Passphrase", use_env: bool = True) -> bytearray:
+    """The passphrase in a locked buffer that the caller zeroizes once the vault has it."""
     source = path or (os.environ.get(PASSPHRASE_ENV) if use_env else None)
     if source:
-        try:
-            raw = Path(source).read_bytes()
-        except OSError as e:
-            raise Locked(f"cannot read the passphrase file {source}: {e.strerror}") from None
-        raw = raw.removesuffix(b"\n").removesuffix(b"\r")  # one line ending, as an editor leaves it
-        if not raw:
-            raise Locked(f"the passphrase file {source} is empty")
-        return raw
+        return _read_passphrase_file(Path(source))
     if not sys.stdin.isatty():
         raise Locked(f"the vault is locked and no passphrase was given: use --passphrase-file, ${PASSPHRASE_ENV}, or a terminal")
-    return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True).encode()
+    typed = bytearray(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True).encode())
+    lock_secret(typed)
+    return typed  # the prompt's own str cannot be zeroed (docs/procedures.md, section 9)
+
+
+def _read_passphrase_file(source: Path) -> bytearray:
+    """Read into a buffer that is zeroed, never copied into an immutable `bytes`.
+
+    A file that other users may read or write is refused, as ssh refuses such a private key:
+    reading it discloses the passphrase, writing it chooses the next one.
+    """
+    buf = bytearray(MAX_PASSPHRASE_FILE + 1)
+    lock_secret(buf)
+    try:
+        n = _read_private_file(source, buf)
+        if n > MAX_PASSPHRASE_FILE:
+            raise Locked(f"the passphrase file {source} is longer than {MAX_PASSPHRASE_FILE} bytes")
+        if n and buf[n - 1] == ord("\n"):  # one line ending ("\n", "\r\n" or "\r"), as an editor leaves it
+            n -= 1
+        if n and buf[n - 1] == ord("\r"):
+            n -= 1
+        if not n:
+            raise Locked(f"the passphrase file {source} is empty")
+        with memoryview(buf) as view:
+            passphrase = bytearray(view[:n])
+        lock_secret(passphrase)
+        return passphrase
+    finally:
+        zeroize(buf)
+
+
+def _read_private_file(source: Path, buf: bytearray) -> int:
+    """Fill `buf` from `source` (the byte count); Locked if the file is not its owner's alone."""
+    try:
+        with open(source, "rb", buffering=0) as f, memoryview(buf) as view:
+            st = os.fstat(f.fileno())
+            if st.st_mode & 0o077:
+                raise Locked(f"the passphrase file {source} is open to other users (mode {st.st_mode & 0o777:03o}): `chmod 600 {source}`")
+            if st.st_uid not in (os.geteuid(), 0):
+                raise Locked(f"the passphrase file {source} belongs to another user (uid {st.st_uid})")
+            n = 0
+            while n < len(buf) and (got := f.readinto(view[n:])):
+                n += got
+            return n
+    except OSError as e:
+        raise Locked(f"cannot read the passphrase file {source}: {e.strerror}") from None
 
 
 def unlock(passphrase_file: Optional[Path]) -> Vault:
     home = paths.state_dir()
     state.require_initialised(home)
     Vault.require(home)  # no vault, or an erased one: say so before asking for a passphrase
-    return Vault.unlock(home, read_passphrase(passphrase_file))
+    passphrase = read_passphrase(passphrase_file)
+    try:
+        return Vault.unlock(home, passphrase)
+    finally:
+        zeroize(passphrase)
 
 
 @contextmanager
@@ -77,7 +122,7 @@ def unlocked(passphrase_file: Optional[Path]) -> Iterator[Vault]:
         vault.zeroize()
 
 
-def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed: bool) -> Optional[bytes]:
+def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed: bool) -> Optional[bytearray]:
     """`init`'s vault step, asked before anything is created: the new passphrase, or None for no vault now.
 
     A live vault needs nothing. Non-interactive `init --if-needed` (what ./run calls) without a
@@ -93,10 +138,16 @@ def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed:
     return read_passphrase(passphrase_file, confirm=True, prompt="New passphrase")
 
 
-def create_vault(home: Path, passphrase: bytes) -> Vault:
-    """The new vault, left unlocked for the caller (one key derivation); the caller zeroizes it."""
+def create_vault(home: Path, passphrase: bytearray) -> Vault:
+    """The new vault, left unlocked for the caller (one key derivation); the caller zeroizes it.
+
+    The passphrase is zeroed here, once the vault has it.
+    """
     replacing = Vault.state(home) == "erased"
-    vault = Vault.create(home, passphrase)
+    try:
+        vault = Vault.create(home, passphrase)
+    finally:
+        zeroize(passphrase)
     say(f"vault:   created ({home / 'vault'})" + (", replacing the erased one" if replacing else ""))
     return vault
 
@@ -303,9 +354,13 @@ def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Pa
     """Change the passphrase (rewraps the master key only)."""
     home = paths.state_dir()
     state.require_initialised(home)
-    old = read_passphrase(passphrase_file, prompt="Current passphrase")
-    new = read_passphrase(new_passphrase_file, confirm=True, prompt="New passphrase", use_env=False)
-    Vault.change_passphrase(home, old, new)
+    old, new = read_passphrase(passphrase_file, prompt="Current passphrase"), bytearray()
+    try:
+        new = read_passphrase(new_passphrase_file, confirm=True, prompt="New passphrase", use_env=False)
+        Vault.change_passphrase(home, old, new)
+    finally:
+        zeroize(old)
+        zeroize(new)
     say("passphrase changed (master key rewrapped; data keys and data untouched)")
 
 

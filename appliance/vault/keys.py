@@ -13,6 +13,11 @@ Rules:
   are as tamper-evident as the data keys themselves.
 - Every table change is read-modify-write under an exclusive `flock` on `vault/lock`, so two
   appliance processes never lose each other's keys or heads.
+- Every write of a vault file holds that lock, so a temp file found beside them by whoever takes
+  the lock is left by an interrupted write, and may be a whole copy of the old table or master
+  slot: it is removed then, before anything else. Every erase takes the lock, so no copy of an
+  erased key survives in one.
+- Key buffers are mlocked where the OS allows (`hardening.lock_secret`) and zeroed after use.
 - `erase_all` needs no passphrase: it replaces master.json by a tombstone, after which no
   passphrase opens anything; `Vault.create` may then start afresh.
 - Unlock fails (exit 4) without changing a byte on disk: missing vault, wrong passphrase,
@@ -26,7 +31,7 @@ import json
 import os
 import re
 import subprocess
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -35,7 +40,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ..errors import Erased, Locked, NotFound, Refused
-from ..fsutil import atomic_write, fsync_dir
+from ..fsutil import atomic_write, fsync_dir, remove_stale_temps
+from ..hardening import lock_secret
 from ..utc import now_text
 
 try:
@@ -128,7 +134,14 @@ def zeroize(buf: bytearray) -> None:
 
 def random_key() -> bytearray:
     """A fresh data key, held only in memory until `Vault.record_data_key` (or never: a throwaway key)."""
-    return bytearray(os.urandom(KEY_BYTES))
+    return _secret(os.urandom(KEY_BYTES))
+
+
+def _secret(data: bytes) -> bytearray:
+    """Key material in a buffer that can be zeroed, its pages locked out of swap where allowed."""
+    buf = bytearray(data)
+    lock_secret(buf)
+    return buf
 
 
 def _b64(data: bytes) -> str:
@@ -210,7 +223,7 @@ def _derive_kek(passphrase: bytes | bytearray, kdf) -> bytearray:
             if values["n"] & (values["n"] - 1):
                 raise VaultCorrupt("master.json: scrypt n is not a power of two")
             kdf_obj = Scrypt(salt=salt, length=KEY_BYTES, n=values["n"], r=values["r"], p=values["p"])
-        return bytearray(kdf_obj.derive(bytes(passphrase)))
+        return _secret(kdf_obj.derive(passphrase))  # the passphrase as given: no immutable copy of it
     except (ValueError, MemoryError) as e:
         raise VaultCorrupt(f"master.json: kdf parameters rejected: {e}") from None
 
@@ -224,6 +237,19 @@ def _durable(path: Path, data: bytes) -> None:
 
 def _vault_dir(home: Path) -> Path:
     return home / VAULT_DIR
+
+
+@contextmanager
+def _vault_lock(home: Path) -> Iterator[None]:
+    """The lock every writer of a vault file holds; taking it clears what interrupted writes left."""
+    vdir = _vault_dir(home)
+    fd = os.open(vdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        remove_stale_temps(vdir)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 def _read_master(home: Path) -> dict:
@@ -287,18 +313,22 @@ class Vault:
             raise Refused(f"a vault already exists in {home}: use `appliance passphrase` to change its passphrase")
         vdir = _vault_dir(home)
         vdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (vdir / LOCK_FILE).touch(mode=0o600)
-        vault = cls(home, bytearray(os.urandom(KEY_BYTES)))
-        # The table first: a crash before master.json lands leaves "no vault" (or the old
-        # tombstone), and the next create overwrites this orphan table.
-        vault._write_table({"items": {}, "erased": {}, "heads": {}, "settings": {}})
-        kdf = _kdf_params()
-        kek = _derive_kek(passphrase, kdf)
+        vault = cls(home, random_key())
         try:
-            master_doc = {"format": MASTER_FORMAT, "created": now_text(), "kdf": kdf, "master": _seal(kek, vault._master, MASTER_AD)}
-        finally:
-            zeroize(kek)
-        _durable(vdir / MASTER_FILE, (json.dumps(master_doc, indent=2) + "\n").encode())
+            with _vault_lock(home):
+                # The table first: a crash before master.json lands leaves "no vault" (or the old
+                # tombstone), and the next create overwrites this orphan table.
+                vault._write_table({"items": {}, "erased": {}, "heads": {}, "settings": {}})
+                kdf = _kdf_params()
+                kek = _derive_kek(passphrase, kdf)
+                try:
+                    master_doc = {"format": MASTER_FORMAT, "created": now_text(), "kdf": kdf, "master": _seal(kek, vault._master, MASTER_AD)}
+                finally:
+                    zeroize(kek)
+                _durable(vdir / MASTER_FILE, (json.dumps(master_doc, indent=2) + "\n").encode())
+        except BaseException:
+            vault.zeroize()
+            raise
         return vault
 
     @classmethod
@@ -308,7 +338,7 @@ class Vault:
         sealed = _unb64(doc.get("master"), VaultCorrupt, "master.json: master")
         kek = _derive_kek(passphrase, doc.get("kdf"))
         try:
-            master = bytearray(_open(kek, sealed, MASTER_AD))
+            master = _secret(_open(kek, sealed, MASTER_AD))
         except InvalidTag:
             raise WrongPassphrase() from None
         finally:
@@ -348,10 +378,11 @@ class Vault:
         vdir = _vault_dir(home)
         if Vault.state(home) == "none":
             raise NotFound(f"no vault in {home}")
-        when = now_text()
-        _durable(vdir / MASTER_FILE, (json.dumps({"format": MASTER_FORMAT, "erased": when}) + "\n").encode())
-        (vdir / SLOTS_FILE).unlink(missing_ok=True)
-        fsync_dir(vdir)
+        with _vault_lock(home):  # waits out a write in flight, and clears the copies interrupted ones left
+            when = now_text()
+            _durable(vdir / MASTER_FILE, (json.dumps({"format": MASTER_FORMAT, "erased": when}) + "\n").encode())
+            (vdir / SLOTS_FILE).unlink(missing_ok=True)
+            fsync_dir(vdir)
         return when
 
     def zeroize(self) -> None:
@@ -397,7 +428,7 @@ class Vault:
             if item_id in table["erased"]:
                 raise Erased(f"{item_id} was crypto-erased at {table['erased'][item_id]}: its data key is gone")
             raise NotFound(f"no such item in the vault: {item_id}")
-        key = bytearray(_unb64(entry.get("key"), KeySlotsCorrupt, f"slots.json: key of {item_id}"))
+        key = _secret(_unb64(entry.get("key"), KeySlotsCorrupt, f"slots.json: key of {item_id}"))
         if len(key) != KEY_BYTES:
             raise KeySlotsCorrupt(f"slots.json: key of {item_id} has the wrong length")
         return key
@@ -507,14 +538,8 @@ class Vault:
         doc = {"format": SLOTS_FORMAT, "sealed": _seal(self._master, json.dumps(table).encode(), SLOTS_AD)}
         _durable(_vault_dir(self.home) / SLOTS_FILE, (json.dumps(doc) + "\n").encode())
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(_vault_dir(self.home) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the flock
+    def _locked(self) -> AbstractContextManager[None]:
+        return _vault_lock(self.home)
 
     @contextmanager
     def _table(self) -> Iterator[dict]:

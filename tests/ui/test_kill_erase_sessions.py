@@ -47,9 +47,9 @@ async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
         # The unlock screen is the active one before it has composed its widgets: wait for its message.
         await wait_for(pilot, lambda: isinstance(app.screen, UnlockScreen) and app.screen.query("#message"), timeout=5)
         assert "Killed" in str(app.screen.query_one("#message", Label).render())
-        # Disarmed: the signal handlers are back (the pid file is left to `running_pid`, which
-        # only counts a process whose command line says appliance, unlike pytest's).
+        # Disarmed: the signal handlers are back, the pid file and its lock are gone.
         assert not app.core.unlocked and signal.getsignal(signal.SIGTERM) is previous
+        assert not pid_path(vault_home).exists()
         assert not params.B.any() and not params.A.any()  # the decrypted weights are zeroed
         await unlock(pilot, PASSPHRASE)  # the passphrase brings it back, in a new session
         assert isinstance(app.screen, ChatScreen) and app.core.status().session_id != sid

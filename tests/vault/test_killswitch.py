@@ -1,6 +1,8 @@
-"""The kill-switch on a real generation: `appliance kill` from another process stops it early."""
+"""The kill-switch on a real generation: `appliance kill` from another process stops it early, and
+finds the running appliance by the lock it holds on the pid file, never by a process name."""
 
 import os
+import resource
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ from appliance.journal import check, sessions
 from appliance.vault import Vault
 from appliance.vault.killswitch import pid_path
 from vault_setup import PASSPHRASE, install_fake_overlay
-from helpers import appliance
+from helpers import appliance, tree_digest
 
 LONG = ("ask", "Write a very long, detailed story about a lighthouse keeper, chapter by chapter.", "--max-tokens", "2000")
 
@@ -69,3 +71,34 @@ def test_kill_wipe_erases_the_overlays(vault_home, how):
 def test_kill_with_nothing_running_is_not_found(vault_home):
     r = appliance("kill")
     assert r.returncode == 5 and "no running appliance" in r.stderr
+
+
+def test_kill_signals_no_process_by_its_name(vault_home):
+    """A stale pid file naming a live process whose command line says appliance: nothing runs."""
+    decoy = subprocess.Popen(["bash", "-c", "exec -a not-the-appliance sleep 600"])
+    try:
+        pid_path(vault_home).write_text(f"{decoy.pid}\n")
+        r = appliance("kill")
+        assert r.returncode == 5 and "no running appliance" in r.stderr
+        assert decoy.poll() is None  # not signalled
+    finally:
+        decoy.kill()
+        decoy.wait()
+
+
+def test_a_pid_file_nobody_holds_is_stale(vault_home):
+    """Left by a crash, naming a live process (this one): the next appliance takes it over, and leaves none."""
+    pid_path(vault_home).write_text(f"{os.getpid()}\n")
+    assert appliance("kill").returncode == 5
+    r = appliance("ask", "hello", "--max-tokens", "2")
+    assert r.returncode == 0, r.stderr
+    assert not pid_path(vault_home).exists()
+
+
+def test_a_pid_file_that_cannot_be_written_leaves_nothing_behind(vault_home):
+    """The write of the pid fails (a full disk; here RLIMIT_FSIZE 0, the same failing write): no file is left."""
+    before = tree_digest(vault_home)
+    r = subprocess.run([sys.executable, "-m", "appliance", "ask", "hello"], capture_output=True, text=True, timeout=120,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)))  # fmt: skip
+    assert r.returncode != 0 and r.stderr.startswith("error:"), r.stderr
+    assert tree_digest(vault_home) == before
