@@ -17,10 +17,10 @@ from typing import Iterator, Optional
 import click
 
 from .. import paths, state
-from ..errors import Erased, Locked, NotFound, Refused, UsageError
+from ..errors import EraseNotProven, Erased, NoPassphrase, NotConfirmed, NotFound, Refused, UsageError
 from ..fsutil import atomic_write
 from ..emergency import handle_kill
-from ..journal import Journal, Report, check, provenance, read, sessions
+from ..journal import Journal, JournalBroken, Report, check, provenance, read, sessions
 from ..journal.transcript import markdown_transcript, provenance_line
 from ..vault import Vault, zeroize
 from ..vault.erase import ERASE_JOURNAL_PHRASE, erase_all_overlays, erase_everything, erase_journal, erase_overlay
@@ -50,13 +50,13 @@ def read_passphrase(path: Optional[Path], *, confirm: bool = False, prompt: str 
         try:
             raw = Path(source).read_bytes()
         except OSError as e:
-            raise Locked(f"cannot read the passphrase file {source}: {e.strerror}") from None
+            raise NoPassphrase(f"cannot read the passphrase file {source}: {e.strerror}") from None
         raw = raw.removesuffix(b"\n").removesuffix(b"\r")  # one line ending, as an editor leaves it
         if not raw:
-            raise Locked(f"the passphrase file {source} is empty")
+            raise NoPassphrase(f"the passphrase file {source} is empty")
         return raw
     if not sys.stdin.isatty():
-        raise Locked(f"the vault is locked and no passphrase was given: use --passphrase-file, ${PASSPHRASE_ENV}, or a terminal")
+        raise NoPassphrase(f"the vault is locked and no passphrase was given: use --passphrase-file, ${PASSPHRASE_ENV}, or a terminal")
     return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True).encode()
 
 
@@ -212,7 +212,7 @@ def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> N
     finally:
         vault.zeroize()
     if broken:
-        raise Refused(f"journal {broken[0].session_id} is broken at {broken[0].brk}")
+        raise JournalBroken(broken[0].session_id, broken[0].brk)
 
 
 @logs.command("export")
@@ -252,7 +252,7 @@ def _confirm(phrase: str, what: str, yes: bool) -> None:
     except click.Abort:
         typed = ""
     if typed.strip() != phrase:
-        raise Refused("confirmation did not match: nothing was erased")
+        raise NotConfirmed("confirmation did not match: nothing was erased")
 
 
 def _prove(vault: Vault, items: list[str]) -> None:
@@ -262,7 +262,7 @@ def _prove(vault: Vault, items: list[str]) -> None:
         except Erased as e:
             say(f"proof:     decryption of {item} fails: {e}")
             continue
-        raise Refused(f"erase of {item} did not take: its key is still readable")
+        raise EraseNotProven(f"erase of {item} did not take: its key is still readable")
 
 
 @erase.command("overlay")
@@ -312,7 +312,7 @@ def erase_all_cmd(yes: bool) -> None:
     except Erased as e:
         say(f"proof:     unlocking fails: {e}")
         return
-    raise Refused("erase all did not take: the vault still opens")
+    raise EraseNotProven("erase all did not take: the vault still opens")
 
 
 # -- passphrase, kill ----------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from ..emergency import handle_kill
 from ..journal.transcript import markdown_transcript
-from ..errors import ApplianceError, NotFound
+from ..errors import ApplianceError, NoOverlay
 from ..fsutil import atomic_write
 from ..journal import Journal, Report, check, provenance, read, sessions
 from ..runtime.sampler import SamplingSettings
@@ -107,9 +107,9 @@ class ChatCore:
     def _load(self) -> None:
         try:
             self.active, self.overlay_problem = self._load_overlay(self.vault), ""
-        except NotFound:
+        except NoOverlay:
             self.active, self.overlay_problem = None, ""
-        except ApplianceError as e:  # refused by verification, or erased: chat on the base alone, and say why
+        except ApplianceError as e:  # refused, erased, a file missing from the store: chat on the base alone, and say why
             self.active, self.overlay_problem = None, str(e)
 
     def new_session(self) -> None:

@@ -35,7 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from ..errors import Erased, Locked, NotFound, Refused
+from ..errors import EnvironmentRefused, Erased, Locked, NotFound, Refused
 from ..fsutil import atomic_write, fsync_dir
 
 try:
@@ -81,10 +81,6 @@ class VaultCorrupt(Locked):
 
 class KeySlotsCorrupt(VaultCorrupt):
     """slots.json is malformed or failed authentication under the master key."""
-
-
-class VaultWriteFailed(Refused):
-    """Key material could not be made durable (disk full, size limit, permissions); the old file stands."""
 
 
 class VaultErased(Erased):
@@ -223,7 +219,7 @@ def _durable(path: Path, data: bytes) -> None:
     try:
         atomic_write(path, data)
     except OSError as e:
-        raise VaultWriteFailed(f"cannot write {path} ({e.strerror}): it is unchanged") from None
+        raise EnvironmentRefused(f"cannot write {path} ({e.strerror}): it is unchanged") from None
 
 
 def _vault_dir(home: Path) -> Path:

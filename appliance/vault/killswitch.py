@@ -38,6 +38,10 @@ class Killed(Locked):
         self.wipe = wipe
 
 
+class AlreadyRunning(Refused):
+    """Another appliance process holds the pid file of this state dir: one at a time (`appliance kill` stops it)."""
+
+
 def pid_path(home: Path) -> Path:
     return home / PID_FILE
 
@@ -107,7 +111,7 @@ class KillSwitch:
                 except FileExistsError:
                     other = running_pid(self.home)
                     if other is not None:
-                        raise Refused(f"another appliance process is running (pid {other}): `appliance kill` stops it")
+                        raise AlreadyRunning(f"another appliance process is running (pid {other}): `appliance kill` stops it")
                     path.unlink(missing_ok=True)  # stale: its process is gone
             raise Refused(f"cannot claim {path}")
         finally:
