@@ -106,7 +106,7 @@ class UnlockedAppliance:
     def load_overlay(self, loader: Optional[Callable[[Vault], ActiveOverlay]] = None) -> ActiveOverlay:
         """The store's active overlay (or `loader`'s, in tests), decrypted and re-verified for this base.
 
-        Raises NotFound (none installed), Erased, or Refused (it failed a check); nothing is loaded then.
+        Raises NoOverlay (none installed), Erased, or Refused (it failed a check); nothing is loaded then.
         """
         self.drop_overlay()
         self.active = (loader or (lambda vault: load_active_overlay(Base(self.model), vault)))(self.vault)

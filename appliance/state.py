@@ -22,6 +22,10 @@ STATE_FILE = "appliance.json"
 STATE_FORMAT = "appliance-state/1"
 
 
+class NotInitialised(NotFound):
+    """The state dir has no marker: `appliance init` was never run there, or did not finish."""
+
+
 def is_initialised(home: Path) -> bool:
     return (home / STATE_FILE).is_file()
 
@@ -73,4 +77,4 @@ def initialise(home: Path) -> None:
 def require_initialised(home: Path) -> None:
     require_directory(home)
     if not is_initialised(home):
-        raise NotFound(f"{home} is not initialised: run `appliance init`")
+        raise NotInitialised(f"{home} is not initialised: run `appliance init`")

@@ -16,10 +16,10 @@ from typing import Iterator, Optional
 import click
 
 from .. import paths, state
-from ..errors import Erased, Locked, NotFound, Refused, UsageError
+from ..errors import EraseNotProven, Erased, NoPassphrase, NotConfirmed, NotFound, Refused, UsageError
 from ..fsutil import atomic_write
 from ..hardening import lock_secret
-from ..journal import Report, check, read, sessions
+from ..journal import JournalBroken, Report, check, read, sessions
 from ..journal.transcript import markdown_transcript, provenance_line
 from ..vault import Vault, zeroize
 from ..vault.erase import ERASE_JOURNAL_PHRASE, erase_all_overlays, erase_everything, erase_journal, erase_overlay
@@ -52,7 +52,7 @@ def read_passphrase(path: Optional[Path], *, confirm: bool = False, prompt: str 
     if source:
         return _read_passphrase_file(Path(source))
     if not sys.stdin.isatty():
-        raise Locked(f"the vault is locked and no passphrase was given: use --passphrase-file, ${PASSPHRASE_ENV}, or a terminal")
+        raise NoPassphrase(f"the vault is locked and no passphrase was given: use --passphrase-file, ${PASSPHRASE_ENV}, or a terminal")
     typed = bytearray(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True).encode())
     lock_secret(typed)
     return typed  # the prompt's own str cannot be zeroed (docs/procedures.md, section 9)
@@ -69,13 +69,13 @@ def _read_passphrase_file(source: Path) -> bytearray:
     try:
         n = _read_private_file(source, buf)
         if n > MAX_PASSPHRASE_FILE:
-            raise Locked(f"the passphrase file {source} is longer than {MAX_PASSPHRASE_FILE} bytes")
+            raise NoPassphrase(f"the passphrase file {source} is longer than {MAX_PASSPHRASE_FILE} bytes")
         if n and buf[n - 1] == ord("\n"):  # one line ending ("\n", "\r\n" or "\r"), as an editor leaves it
             n -= 1
         if n and buf[n - 1] == ord("\r"):
             n -= 1
         if not n:
-            raise Locked(f"the passphrase file {source} is empty")
+            raise NoPassphrase(f"the passphrase file {source} is empty")
         with memoryview(buf) as view:
             passphrase = bytearray(view[:n])
         lock_secret(passphrase)
@@ -90,15 +90,15 @@ def _read_private_file(source: Path, buf: bytearray) -> int:
         with open(source, "rb", buffering=0) as f, memoryview(buf) as view:
             st = os.fstat(f.fileno())
             if st.st_mode & 0o077:
-                raise Locked(f"the passphrase file {source} is open to other users (mode {st.st_mode & 0o777:03o}): `chmod 600 {source}`")
+                raise NoPassphrase(f"the passphrase file {source} is open to other users (mode {st.st_mode & 0o777:03o}): `chmod 600 {source}`")
             if st.st_uid not in (os.geteuid(), 0):
-                raise Locked(f"the passphrase file {source} belongs to another user (uid {st.st_uid})")
+                raise NoPassphrase(f"the passphrase file {source} belongs to another user (uid {st.st_uid})")
             n = 0
             while n < len(buf) and (got := f.readinto(view[n:])):
                 n += got
             return n
     except OSError as e:
-        raise Locked(f"cannot read the passphrase file {source}: {e.strerror}") from None
+        raise NoPassphrase(f"cannot read the passphrase file {source}: {e.strerror}") from None
 
 
 def unlock(passphrase_file: Optional[Path]) -> Vault:
@@ -240,7 +240,7 @@ def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> N
     finally:
         vault.zeroize()
     if broken:
-        raise Refused(f"journal {broken[0].session_id} is broken at {broken[0].brk}")
+        raise JournalBroken(broken[0].session_id, broken[0].brk)
 
 
 @logs.command("export")
@@ -280,7 +280,7 @@ def _confirm(phrase: str, what: str, yes: bool) -> None:
     except click.Abort:
         typed = ""
     if typed.strip() != phrase:
-        raise Refused("confirmation did not match: nothing was erased")
+        raise NotConfirmed("confirmation did not match: nothing was erased")
 
 
 def _prove(vault: Vault, items: list[str]) -> None:
@@ -290,7 +290,7 @@ def _prove(vault: Vault, items: list[str]) -> None:
         except Erased as e:
             say(f"proof:     decryption of {item} fails: {e}")
             continue
-        raise Refused(f"erase of {item} did not take: its key is still readable")
+        raise EraseNotProven(f"erase of {item} did not take: its key is still readable")
 
 
 @erase.command("overlay")
@@ -340,7 +340,7 @@ def erase_all_cmd(yes: bool) -> None:
     except Erased as e:
         say(f"proof:     unlocking fails: {e}")
         return
-    raise Refused("erase all did not take: the vault still opens")
+    raise EraseNotProven("erase all did not take: the vault still opens")
 
 
 # -- passphrase, kill ----------------------------------------------------------------------

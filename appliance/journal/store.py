@@ -22,11 +22,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .. import __version__, utc
-from ..errors import NotFound, Refused
+from ..errors import EnvironmentRefused, NotFound, Refused
 from ..fsutil import fsync_dir
 from ..paths import JOURNAL_DIR
 from ..vault import Vault, zeroize
-from ..vault.keys import VaultWriteFailed
 from . import frames
 from .frames import Break
 
@@ -101,7 +100,7 @@ class Journal:
         self._seq, self._prev, self._size = seq, hashlib.sha256(raw).digest(), self._size + len(raw)
         try:
             self.vault.seal_head(item_id(self.session_id), seq, self._prev.hex())
-        except VaultWriteFailed as e:
+        except EnvironmentRefused as e:
             raise JournalWriteFailed(f"record {seq} is written but its sealed head is not ({e}); verify reports it as unsealed") from None
         return seq
 

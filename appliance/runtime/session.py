@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Optional
 
-from ..errors import ContextOverflow, NotFound
+from ..errors import ContextOverflow, NoOverlay
 from ..overlay.files import Overlay
 from ..trust.builtin import VerifiedModel
 from .chat_template import ChatTemplate
@@ -84,7 +84,7 @@ class Session:
 
     def set_overlay(self, on: bool) -> None:
         if on and self.overlay is None:
-            raise NotFound("no overlay is installed")
+            raise NoOverlay("no overlay is installed")
         self.overlay_on = on
 
     def toggle(self) -> bool:

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 CHECKPOINT = "checkpoint.pt"
 
 
+class CheckpointMismatch(UsageError):
+    """`--resume` from a checkpoint made with other settings: resuming would mix two trainings."""
+
+
 @dataclass
 class Example:
     ids: torch.Tensor  # (T,) token ids
@@ -195,7 +199,7 @@ def optimise(
     if resume and checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         if state["config"] != asdict(cfg):
-            raise UsageError(f"{checkpoint} was made with other settings; start afresh without --resume")
+            raise CheckpointMismatch(f"{checkpoint} was made with other settings; start afresh without --resume")
         adapter.module.load_state_dict(state["adapter"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])

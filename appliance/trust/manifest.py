@@ -42,35 +42,27 @@ PATH_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]
 OVERLAY_FILES = frozenset({JSON_NAME, TENSORS_NAME})
 
 
-class ManifestRefused(Refused):
-    """The manifest is not one we can accept."""
-
-
-class ManifestTooLarge(ManifestRefused):
+class ManifestTooLarge(Refused):
     pass
 
 
-class ManifestNotUtf8(ManifestRefused):
+class ManifestNotJson(Refused):
     pass
 
 
-class ManifestNotJson(ManifestRefused):
+class ManifestSchemaViolation(Refused):
     pass
 
 
-class ManifestSchemaViolation(ManifestRefused):
+class ManifestBadTime(Refused):
     pass
 
 
-class ManifestBadTime(ManifestRefused):
+class ManifestBadPath(Refused):
     pass
 
 
-class ManifestBadPath(ManifestRefused):
-    pass
-
-
-class ManifestOverlayIncomplete(ManifestRefused):
+class ManifestOverlayIncomplete(Refused):
     pass
 
 
@@ -113,7 +105,7 @@ def _decode_utf8(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ManifestNotUtf8(f"manifest.json: not valid UTF-8 (byte {e.start})") from None
+        raise ManifestNotJson(f"manifest.json: not valid UTF-8 (byte {e.start})") from None
 
 
 def _no_duplicate_keys(pairs: list) -> dict:
@@ -180,7 +172,7 @@ def _check_overlay_files(doc: dict) -> None:
 
 
 def parse_manifest(data: bytes) -> Manifest:
-    """Admit a manifest from its exact bytes, or raise a `ManifestRefused` naming the fault."""
+    """Admit a manifest from its exact bytes, or raise a `Refused` subclass naming the fault."""
     check_manifest_size(len(data))
     doc = _parse_json(_decode_utf8(data))
     _check_schema(doc)

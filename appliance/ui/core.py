@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import ApplianceError, NotFound
+from ..errors import ApplianceError, NoOverlay
 from ..fsutil import atomic_write
 from ..journal import Report, check, read, sessions
 from ..journal.transcript import markdown_transcript
@@ -82,7 +82,7 @@ class ChatCore:
         try:
             self.app.load_overlay(self._overlay_loader)
             self.overlay_problem = ""
-        except NotFound:
+        except NoOverlay:
             self.overlay_problem = ""
         except ApplianceError as e:  # refused by verification, or erased: chat on the base alone, and say why
             self.overlay_problem = str(e)

@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from ..errors import Erased, Locked, NotFound, Refused
+from ..errors import EnvironmentRefused, Erased, Locked, NotFound, Refused
 from ..fsutil import atomic_write, fsync_dir, remove_stale_temps
 from ..hardening import lock_secret
 from ..utc import now_text
@@ -87,10 +87,6 @@ class VaultCorrupt(Locked):
 
 class KeySlotsCorrupt(VaultCorrupt):
     """slots.json is malformed or failed authentication under the master key."""
-
-
-class VaultWriteFailed(Refused):
-    """Key material could not be made durable (disk full, size limit, permissions); the old file stands."""
 
 
 class VaultErased(Erased):
@@ -232,7 +228,7 @@ def _durable(path: Path, data: bytes) -> None:
     try:
         atomic_write(path, data)
     except OSError as e:
-        raise VaultWriteFailed(f"cannot write {path} ({e.strerror}): it is unchanged") from None
+        raise EnvironmentRefused(f"cannot write {path} ({e.strerror}): it is unchanged") from None
 
 
 def _vault_dir(home: Path) -> Path:

@@ -44,6 +44,10 @@ class Killed(Locked):
         self.wiped: list[str] = []  # vault items the kill's wipe erased, once it was handled
 
 
+class AlreadyRunning(Refused):
+    """Another appliance process holds the pid file of this state dir: one at a time (`appliance kill` stops it)."""
+
+
 def pid_path(home: Path) -> Path:
     return home / PID_FILE
 
@@ -117,7 +121,7 @@ class KillSwitch:
                 os.close(fd)
                 other = running_pid(self.home)
                 if other is not None:
-                    raise Refused(f"another appliance process is running (pid {other}): `appliance kill` stops it") from None
+                    raise AlreadyRunning(f"another appliance process is running (pid {other}): `appliance kill` stops it") from None
                 time.sleep(0.001)
                 continue
             if _same_file(fd, path):

@@ -1,13 +1,15 @@
 """The chat on the real embedded model: unlock, streaming, the overlay switch, escape, the journal."""
 
 import pytest
-from ui_support import PASSPHRASE, overlay_for_tests, send, unlock, wait_for
+from ui_support import PASSPHRASE, THREADS, overlay_for_tests, send, unlock, wait_for
 from textual.widgets import Label
 
+from appliance.errors import NoOverlay, NotFound
 from appliance.journal import read
 from appliance.journal.transcript import markdown_transcript
 from appliance.runtime.sampler import GREEDY
-from appliance.runtime.session import Session
+from appliance.runtime.session import Runtime, Session
+from appliance.ui import ChatCore
 from appliance.ui.chat import ChatScreen
 from appliance.ui.unlock import UnlockScreen
 from appliance.ui.widgets import ChatMessage, PromptInput, StatusBar
@@ -156,3 +158,24 @@ async def test_prompt_history_and_system_prompt(vault_home, make_app):
         assert records[0]["system_prompt"] is None  # the model's own default, before F6
         assert records[-2]["system_prompt"] == records[-1]["system_prompt"] == "Answer in French."  # what conditioned it
         assert 'system prompt "Answer in French."' in markdown_transcript(app.core.status().session_id, records)
+
+
+@pytest.mark.parametrize("error, problem", [
+    (NoOverlay("no overlay is installed"), ""),
+    (NotFound("overlay.safetensors: missing from the store"), "overlay.safetensors: missing from the store"),
+], ids=["none-installed", "file-missing"])
+def test_only_no_overlay_installed_is_quiet(vault_home, model, error, problem):
+    """Nothing installed is said by the status bar; any other failure to load the overlay, a
+    missing file included, is a problem the chat shows (it chats on the base alone)."""
+
+    def loader(vault):
+        raise error
+
+    runtime = Runtime(model, n_ctx=256, n_threads=THREADS)
+    core = ChatCore(vault_home, model, runtime, overlay_loader=loader)
+    try:
+        core.unlock(PASSPHRASE.encode())
+        assert core.status().overlay is None and core.status().overlay_problem == problem
+    finally:
+        core.close()
+        runtime.close()

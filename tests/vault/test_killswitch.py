@@ -13,7 +13,7 @@ from appliance.journal import check, sessions
 from appliance.vault import Vault
 from appliance.vault.killswitch import pid_path
 from vault_setup import PASSPHRASE, install_fake_overlay
-from helpers import appliance, tree_digest
+from helpers import appliance, error_line, tree_digest
 
 LONG = ("ask", "Write a very long, detailed story about a lighthouse keeper, chapter by chapter.", "--max-tokens", "2000")
 
@@ -31,7 +31,7 @@ def _kill_and_collect(home, *kill_args):
     out, err = proc.communicate(timeout=60)
     assert r.returncode == 0, r.stderr
     assert proc.returncode == 4, err.decode()  # the documented exit code of a killed command: locked
-    assert b"kill-switch" in err
+    assert err.decode().splitlines()[-1].endswith(" [killed]"), err.decode()
     assert not pid_path(home).exists()
     vault = Vault.unlock(home, PASSPHRASE)
     (sid,) = sessions(vault)
@@ -69,8 +69,7 @@ def test_kill_wipe_erases_the_overlays(vault_home, how):
 
 
 def test_kill_with_nothing_running_is_not_found(vault_home):
-    r = appliance("kill")
-    assert r.returncode == 5 and "no running appliance" in r.stderr
+    assert "no running appliance" in error_line(appliance("kill"), 5, "not-found")
 
 
 def test_kill_signals_no_process_by_its_name(vault_home):
@@ -79,7 +78,7 @@ def test_kill_signals_no_process_by_its_name(vault_home):
     try:
         pid_path(vault_home).write_text(f"{decoy.pid}\n")
         r = appliance("kill")
-        assert r.returncode == 5 and "no running appliance" in r.stderr
+        assert "no running appliance" in error_line(r, 5, "not-found")
         assert decoy.poll() is None  # not signalled
     finally:
         decoy.kill()
@@ -102,3 +101,21 @@ def test_a_pid_file_that_cannot_be_written_leaves_nothing_behind(vault_home):
                        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)))  # fmt: skip
     assert r.returncode != 0 and r.stderr.startswith("error:"), r.stderr
     assert tree_digest(vault_home) == before
+
+
+
+_HOLDER = "import sys; from pathlib import Path; from appliance.vault.killswitch import KillSwitch\n" \
+          "with KillSwitch(Path(sys.argv[1])):\n    print('holding', flush=True); sys.stdin.read()"
+
+
+def test_a_second_appliance_on_one_state_dir_is_refused(vault_home):
+    """Another process holds the pid file, as a running chat does: `ask` is refused, the holder keeps it."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(vault_home)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        r = appliance("ask", "hello", "--max-tokens", "1")
+        assert f"(pid {holder.pid})" in error_line(r, 3, "already-running")
+        assert pid_path(vault_home).read_text().strip() == str(holder.pid)
+    finally:
+        holder.communicate("", timeout=60)
+    assert not pid_path(vault_home).exists()
