@@ -54,3 +54,10 @@ def runtime(model):
     rt = Runtime(model, n_ctx=2048)
     yield rt
     rt.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_process_hardening_in_pytest(monkeypatch):
+    """`main()` called in process must not harden pytest itself (a core limit of 0 for good, memory locked):
+    the protections are tested on real `appliance` processes (tests/vault/test_process_protections.py)."""
+    monkeypatch.setattr("appliance.cli.main.harden_process", lambda: None)

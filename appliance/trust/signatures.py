@@ -189,6 +189,11 @@ def sign_detached(gnupghome: Optional[Path], key: str, data: bytes) -> tuple[str
         verdict = gpg_verify(gpg, workdir, result.data, data)
     if not verdict.valid or not verdict.pubkey_fingerprint:
         raise SigningFailed(f"the signature gpg made with key {key} does not verify: {verdict.status}")
+    # gpg signs with the home's default key when it cannot find the one asked for: a mistyped
+    # fingerprint must not quietly become another signer's signature.
+    wanted = "".join(key.split()).upper()
+    if not any(fpr and fpr.upper().endswith(wanted) for fpr in (verdict.pubkey_fingerprint, verdict.fingerprint)):
+        raise SigningFailed(f"gpg signed with key {verdict.pubkey_fingerprint}, not with the key asked for ({key}): nothing was signed")
     return verdict.pubkey_fingerprint, result.data
 
 

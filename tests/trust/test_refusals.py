@@ -286,6 +286,15 @@ def test_bundle_sign_without_the_secret_key_fails(keys, good, tmp_path):
     assert bundle.read_bytes() == good.read_bytes()
 
 
+def test_bundle_sign_with_a_key_not_in_the_home_signs_nothing(keys, good, tmp_path):
+    """gpg falls back to the home's default secret key when the one asked for is missing: refused."""
+    bundle = tmp_path / "d.bundle"
+    bundle.write_bytes(good.read_bytes())
+    r = appliance("bundle", "sign", str(bundle), "--key", "0" * 40, "--gnupghome", str(keys.home))
+    assert "0" * 40 in error_line(r, 3, "signing-failed")
+    assert bundle.read_bytes() == good.read_bytes()
+
+
 def test_a_name_keeps_its_kind(home, keys, good, base, vault, tmp_path):
     import_bundle(good, base, vault)
     (tmp_path / "model.gguf").write_bytes(b"not really a model")
