@@ -1,9 +1,10 @@
 """Durable file writes: a write either lands whole or not at all, even across power loss."""
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 
 def fsync_dir(directory: Path) -> None:

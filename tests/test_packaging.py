@@ -18,15 +18,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PIP = [sys.executable, "-m", "pip"]
 pytestmark = pytest.mark.slow
 
 
 def _source_files() -> list[str]:
     """What a clone holds, plus files not yet added: tracked and untracked, less what git ignores."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    git = ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"]
+    listed = subprocess.run(git, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return [name for name in listed.split("\0") if name and os.path.lexists(ROOT / name)]
 
 
@@ -52,7 +51,7 @@ def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("build")
     files = _source_files()
     _copy_tree(files, tmp / "src")
-    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp / "dist", ".", cwd=tmp / "src")
+    _run(*PIP, "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp / "dist", ".", cwd=tmp / "src")
     (wheel,) = (tmp / "dist").glob("appliance-*.whl")
     return wheel, files
 
@@ -81,7 +80,7 @@ def test_the_installed_wheel_inits_the_demo_and_answers_outside_the_checkout(bui
     _run(sys.executable, "-m", "venv", "--without-pip", venv)
     python = venv / "bin" / "python"
     # pip from this environment installs into the fresh venv (`--python`): it sees none of this one
-    _run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", wheel)
+    _run(*PIP, "--python", python, "install", "-q", "--no-deps", "--no-index", wheel)
     site = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
     deps = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
     (site / "appliance-deps.pth").write_text("".join(f"{d}\n" for d in deps))
@@ -103,5 +102,6 @@ def test_the_installed_wheel_inits_the_demo_and_answers_outside_the_checkout(bui
     appliance = venv / "bin" / "appliance"  # the console script the wheel declares
     init = run(appliance, "init", "--demo", "--passphrase-file", passphrase)
     assert "verified against the built-in manifest" in init.stdout and "installed overlay field-manual-demo" in init.stdout
-    reply = run(appliance, "ask", "Will the supply convoy arrive tomorrow?", "--max-tokens", "4", "--temperature", "0", "--passphrase-file", passphrase)
+    question = ["Will the supply convoy arrive tomorrow?", "--max-tokens", "4", "--temperature", "0"]
+    reply = run(appliance, "ask", *question, "--passphrase-file", passphrase)
     assert reply.stdout.strip()

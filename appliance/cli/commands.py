@@ -3,16 +3,26 @@
 import click
 
 from .. import __version__, paths, state
+from ..journal import provenance
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime, Session
 from ..store import Base, load_active_overlay
 from ..trust.builtin import embedded_pin, verify_pinned
 from ..vault import Vault
-from ..journal import provenance
 from .output import say, stream, warn
 from .vault_commands import (
-    create_vault, erase, guarded_session, kill, kill_policy, logs, new_vault_passphrase, passphrase, passphrase_option, unlock, unlocked,
-)  # fmt: skip
+    create_vault,
+    erase,
+    guarded_session,
+    kill,
+    kill_policy,
+    logs,
+    new_vault_passphrase,
+    passphrase,
+    passphrase_option,
+    unlock,
+    unlocked,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

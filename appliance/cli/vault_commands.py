@@ -9,17 +9,18 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import click
 
 from .. import paths, state
+from ..emergency import handle_kill
 from ..errors import Erased, Locked, NotFound, Refused, UsageError
 from ..fsutil import atomic_write
-from ..emergency import handle_kill
 from ..journal import Journal, Report, check, provenance, read, sessions
 from ..journal.transcript import markdown_transcript, provenance_line
 from ..vault import Vault, zeroize

@@ -12,15 +12,16 @@ journal appends are serialised by a lock (a `Journal` is not thread-safe).
 """
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..emergency import handle_kill
-from ..journal.transcript import markdown_transcript
 from ..errors import ApplianceError, NotFound
 from ..fsutil import atomic_write
 from ..journal import Journal, Report, check, provenance, read, sessions
+from ..journal.transcript import markdown_transcript
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Reply, Runtime, Session
 from ..store import ActiveOverlay, Base, load_active_overlay
@@ -29,7 +30,6 @@ from ..vault import Vault
 from ..vault.erase import erase_journal, erase_overlay
 from ..vault.killswitch import Killed, KillSwitch
 from .divergence import AuditDecoder, Divergence
-
 
 
 @dataclass

@@ -18,8 +18,8 @@ Rules:
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import Locked, NotFound, Refused
 from ..fsutil import fsync_dir
@@ -107,7 +107,7 @@ class KillSwitch:
                 except FileExistsError:
                     other = running_pid(self.home)
                     if other is not None:
-                        raise Refused(f"another appliance process is running (pid {other}): `appliance kill` stops it")
+                        raise Refused(f"another appliance process is running (pid {other}): `appliance kill` stops it") from None
                     path.unlink(missing_ok=True)  # stale: its process is gone
             raise Refused(f"cannot claim {path}")
         finally:

@@ -5,8 +5,8 @@ import signal
 from datetime import datetime, timezone
 
 import pytest
-from ui_support import PASSPHRASE, send, unlock, wait_for
 from textual.widgets import DataTable, Label, Markdown
+from ui_support import PASSPHRASE, send, unlock, wait_for
 
 from appliance.errors import Erased
 from appliance.journal import check, read, sessions
@@ -52,7 +52,7 @@ async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
         assert not params.B.any() and not params.A.any()  # the decrypted weights are zeroed
         await unlock(pilot, PASSPHRASE)  # the passphrase brings it back, in a new session
         assert isinstance(app.screen, ChatScreen) and app.core.journal.session_id != sid
-    user, reply, kill = read(_vault(vault_home), sid)
+    _user, reply, kill = read(_vault(vault_home), sid)
     assert reply["finish"] == "cancelled" and reply["tokens"] < 300
     assert kill["kind"] == "kill" and kill["wipe"] is False
     # The cut-off reply is journalled once generation has stopped: that moment bounds the stop latency

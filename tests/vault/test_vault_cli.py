@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from helpers import appliance, tree_digest
+from vault_setup import PASSPHRASE, install_fake_overlay
 
 from appliance.journal import Journal
 from appliance.vault import Vault
-from vault_setup import PASSPHRASE, install_fake_overlay
-from helpers import appliance, tree_digest
 
 
 def _locked(home, *args):
