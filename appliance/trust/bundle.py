@@ -8,11 +8,13 @@ and a rename, so a half-written bundle never carries the final name.
 import json
 import re
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import Any, BinaryIO, Optional
 
 from ..errors import Refused, UsageError
 from ..fsutil import atomic_file
@@ -35,6 +37,10 @@ class Source:
 
     size: int
     open: Callable[[], BinaryIO]
+
+
+def _file_source(size: int, path: Path) -> Source:
+    return Source(size, lambda: open(path, "rb"))
 
 
 def parse_expiry(text: Optional[str], created: datetime) -> datetime:
@@ -87,7 +93,7 @@ def create_bundle(
     if len(paths) != len(artifacts):
         raise UsageError("two --artifact files share a file name; each is stored under its name")
     created = (created or datetime.now(timezone.utc)).replace(microsecond=0)
-    doc = {
+    doc: dict[str, Any] = {
         "schema": SCHEMA_ID,
         "kind": kind,
         "name": name,
@@ -104,7 +110,7 @@ def create_bundle(
     if provenance:
         doc["provenance"] = provenance
     manifest = parse_manifest((json.dumps(doc, indent=2) + "\n").encode())
-    sources = {a.path: Source(a.size, lambda p=paths[a.path]: open(p, "rb")) for a in manifest.artifacts}
+    sources = {a.path: _file_source(a.size, paths[a.path]) for a in manifest.artifacts}
     write_bundle(out, manifest, {}, sources)
     return manifest
 
@@ -116,7 +122,7 @@ def sign_bundle(path: Path, key: str, gnupghome: Optional[Path] = None) -> str:
         if fpr in bundle.signatures:
             raise AlreadySigned(f"{Path(path).name} already carries a signature by {fpr}")
         sources = {
-            a.path: Source(bundle.artifact_size(a.path), lambda p=a.path: bundle.open_artifact(p))
+            a.path: Source(bundle.artifact_size(a.path), partial(bundle.open_artifact, a.path))
             for a in bundle.manifest.artifacts
         }
         write_bundle(path, bundle.manifest, {**bundle.signatures, fpr: sig}, sources)

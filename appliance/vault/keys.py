@@ -26,10 +26,10 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -41,7 +41,7 @@ from ..fsutil import atomic_write, fsync_dir
 try:
     from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 except ImportError:  # builds linked against OpenSSL < 3.2 have no Argon2
-    Argon2id = None
+    Argon2id = None  # type: ignore[misc,assignment]  # `_derive_kek` refuses an Argon2id vault then
 
 VAULT_DIR = "vault"
 MASTER_FILE = "master.json"
@@ -101,7 +101,8 @@ def discard(home: Path, paths: list[Path]) -> list[Path]:
     """
     batch = home / TRASH_DIR / os.urandom(8).hex()  # this call's own: nothing else races on it
     batch.mkdir(mode=0o700, parents=True)
-    moved, emptied = [], set()
+    moved: list[Path] = []
+    emptied: set[Path] = set()
     for path in paths:
         if path.exists():
             os.rename(path, batch / str(len(moved)))
@@ -135,7 +136,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _b64(data: bytes) -> str:
+def _b64(data: bytes | bytearray) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
@@ -167,7 +168,7 @@ def _load_json(path: Path, error: type) -> dict:
     return doc
 
 
-def _seal(key: bytes | bytearray, plaintext: bytes, ad: bytes) -> str:
+def _seal(key: bytes | bytearray, plaintext: bytes | bytearray, ad: bytes) -> str:
     nonce = os.urandom(NONCE_BYTES)  # random: a key may seal many times and counters would need state
     return _b64(nonce + AESGCM(key).encrypt(nonce, plaintext, ad))
 
@@ -202,6 +203,7 @@ def _derive_kek(passphrase: bytes | bytearray, kdf) -> bytearray:
         values[field] = v
     if not 8 <= len(salt) <= 64:
         raise VaultCorrupt("master.json: kdf salt length out of bounds")
+    kdf_obj: Argon2id | Scrypt
     try:
         if name == "argon2id":
             if Argon2id is None:
@@ -363,7 +365,7 @@ class Vault:
 
     # -- items -------------------------------------------------------------------------
 
-    def new_data_key(self, item_id: str, files: list[str] = ()) -> bytearray:
+    def new_data_key(self, item_id: str, files: Sequence[str] = ()) -> bytearray:
         """A fresh random data key for `item_id`, recorded in the table before it is returned."""
         key = random_key()
         try:
@@ -373,7 +375,7 @@ class Vault:
             raise
         return key
 
-    def record_data_key(self, item_id: str, key: bytearray, files: list[str] = (), *, replace: bool = False) -> None:
+    def record_data_key(self, item_id: str, key: bytearray, files: Sequence[str] = (), *, replace: bool = False) -> None:
         """Record `key` (from `random_key`) as the data key of `item_id`, in one atomic table rewrite.
 
         For callers that must encrypt before they may write to the vault (an import that can still
