@@ -1,10 +1,17 @@
-"""Durable file writes: a write either lands whole or not at all, even across power loss."""
+"""Durable file writes: a write either lands whole or not at all, even across power loss.
+
+A write interrupted by a kill or a power cut leaves its temp file (`.NAME.tmp-PID`) beside the
+target: `remove_stale_temps` clears them where the caller knows that no write is in flight.
+"""
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+TEMP_NAME = re.compile(r"\..+\.tmp-[0-9]+")  # what `atomic_file` names its temp file
 
 
 def fsync_dir(directory: Path) -> None:
@@ -25,6 +32,7 @@ def atomic_file(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # `mode` exactly, whatever the umask (or a stale temp file) gave
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -38,3 +46,20 @@ def atomic_file(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     with atomic_file(path, mode) as f:
         f.write(data)
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Remove the temp files interrupted `atomic_file` writes left in `directory`; returns them.
+
+    Only for a caller that knows no write into `directory` is in flight (it holds the lock every
+    writer there holds): a temp file may be a whole copy of what its target held, secrets included.
+    """
+    try:
+        stale = [p for p in directory.iterdir() if TEMP_NAME.fullmatch(p.name) and p.is_file()]
+    except FileNotFoundError:
+        return []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        fsync_dir(directory)  # the removal must survive a power cut as surely as the write it undoes
+    return stale

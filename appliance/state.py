@@ -11,15 +11,19 @@ import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
 from .errors import EnvironmentRefused, NotFound
 from .fsutil import atomic_write, fsync_dir
+from .utc import now_text
 
 STATE_FILE = "appliance.json"
 STATE_FORMAT = "appliance-state/1"
+
+
+class NotInitialised(NotFound):
+    """The state dir has no marker: `appliance init` was never run there, or did not finish."""
 
 
 def is_initialised(home: Path) -> bool:
@@ -53,7 +57,7 @@ def initialising(home: Path) -> Iterator[None]:
         yield
         record = {
             "format": STATE_FORMAT,
-            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created": now_text(),
             "created_by": __version__,
         }
         atomic_write(home / STATE_FILE, (json.dumps(record, indent=2) + "\n").encode())
@@ -73,4 +77,4 @@ def initialise(home: Path) -> None:
 def require_initialised(home: Path) -> None:
     require_directory(home)
     if not is_initialised(home):
-        raise NotFound(f"{home} is not initialised: run `appliance init`")
+        raise NotInitialised(f"{home} is not initialised: run `appliance init`")

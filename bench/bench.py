@@ -1,4 +1,4 @@
-"""Benchmarks of the brief's performance targets, measured side by side in one run.
+"""Benchmarks of the performance targets in docs/design.md, measured side by side in one run.
 
 Each comparison interleaves its contenders round by round and reports medians,
 so a noisy shared machine slows both sides alike. Prints a table of ratios and

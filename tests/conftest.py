@@ -8,6 +8,9 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# What the tests write is theirs alone, as an operator's passphrase file must be (the appliance
+# refuses one that others can read); tests of the appliance's own modes set a looser umask.
+os.umask(0o077)
 
 _network_attempts: list[str] = []
 

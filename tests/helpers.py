@@ -25,6 +25,16 @@ def ok(*args: str, **kw) -> str:
     return r.stdout
 
 
+def error_line(r: subprocess.CompletedProcess, exit_code: int, reason: str) -> str:
+    """The one `error:` line of a failed command, checked: its exit code, and the reason code it ends with
+    (`[threshold-not-met]`, appliance/errors.py), which is what says WHICH failure it was."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == exit_code, (r.returncode, r.stdout, r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert lines[0].endswith(f" [{reason}]"), f"not [{reason}]: {lines[0]}"
+    return lines[0]
+
+
 def tree_digest(root: Path) -> dict[str, bytes]:
     """Every file under root with its bytes and mode: equal before and after means nothing changed."""
     out = {}

@@ -10,12 +10,12 @@ import appliance
 PACKAGE = Path(appliance.__file__).parent
 # Bottom to top: a part may import only parts of strictly lower layers (and itself).
 LAYERS = [
-    {"__init__", "errors", "fsutil", "paths", "printable"},
+    {"__init__", "errors", "fsutil", "hardening", "paths", "printable", "utc"},
     {"state", "state_files", "overlay"},
     {"vault", "trust"},
     {"journal", "runtime"},
     {"emergency", "store", "training"},
-    {"demo"},
+    {"demo", "service"},
     {"ui"},
     {"cli"},
     {"__main__"},

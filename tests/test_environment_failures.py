@@ -2,7 +2,8 @@
 
 A file where the state dir should be, a read-only mount, a disk that fills up (RLIMIT_FSIZE), a
 prompt that is not UTF-8: each is one `error:` line naming the path and the OS's reason, with its
-documented exit code (3 refused, 2 usage, never 1: none is a bug), and the state is as it was.
+documented exit code and reason code (3 `[environment-refused]`, 2 `[usage]`, never 1: none is a
+bug), and the state is as it was.
 `init` is all or nothing: a failed one leaves nothing that claims to be initialised, and running
 it again finishes the job.
 """
@@ -12,7 +13,7 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import appliance, read_only, tree_digest, with_file_size_limit
+from helpers import appliance, error_line, read_only, tree_digest, with_file_size_limit
 
 from appliance import state
 from appliance.vault import Vault
@@ -45,13 +46,11 @@ def vault_file_sizes(tmp_path_factory):
     return {p.name: p.stat().st_size for p in (tmp / "home").rglob("*") if p.is_file()}
 
 
-def one_error(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == code, r.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+def one_error(r: subprocess.CompletedProcess, code: int, reason: str, *words: str) -> str:
+    line = error_line(r, code, reason)
     for w in words:
-        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
-    return lines[0]
+        assert w in line, f"{w!r} not in {line!r}"
+    return line
 
 
 @pytest.fixture
@@ -67,14 +66,14 @@ def root_for_mounts():
 def test_state_dir_that_is_a_file_is_refused(home, passphrase_file, command):
     home.write_bytes(b"someone's file")
     r = appliance(*command)
-    one_error(r, 3, str(home), "not a directory")
+    one_error(r, 3, "environment-refused", str(home), "not a directory")
     assert home.read_bytes() == b"someone's file"
 
 
 def test_state_dir_below_a_file_is_refused(home, passphrase_file, monkeypatch):
     home.write_bytes(b"someone's file")
     monkeypatch.setenv("APPLIANCE_HOME", str(home / "appliance"))
-    one_error(appliance("init"), 3, str(home / "appliance"), "Not a directory")
+    one_error(appliance("init"), 3, "environment-refused", str(home / "appliance"), "Not a directory")
     assert home.read_bytes() == b"someone's file"
 
 
@@ -89,7 +88,7 @@ def test_read_only_state_dir_is_refused_and_unchanged(root_for_mounts, initialis
     (tmp_path / "new").write_text("another passphrase\n")
     before = tree_digest(initialised)
     r = appliance(*(a.format(new=tmp_path / "new") for a in command), prefix=read_only(initialised))
-    one_error(r, 3, f"cannot write {initialised}/", "Read-only file system", "nothing was changed")
+    one_error(r, 3, "environment-refused", f"cannot write {initialised}/", "Read-only file system", "nothing was changed")
     assert tree_digest(initialised) == before
 
 
@@ -98,7 +97,7 @@ def test_init_under_a_read_only_directory_creates_nothing(root_for_mounts, tmp_p
     parent.mkdir()
     monkeypatch.setenv("APPLIANCE_HOME", str(parent / "appliance"))
     r = appliance("init", prefix=read_only(parent))
-    one_error(r, 3, f"cannot write {parent / 'appliance'}", "Read-only file system")
+    one_error(r, 3, "environment-refused", f"cannot write {parent / 'appliance'}", "Read-only file system")
     assert list(parent.iterdir()) == []
 
 
@@ -109,7 +108,7 @@ def test_init_under_a_read_only_directory_creates_nothing(root_for_mounts, tmp_p
 def test_init_on_a_full_disk_is_all_or_nothing(home, passphrase_file, vault_file_sizes, fails_at):
     fsize = {"slots.json": 0, "master.json": vault_file_sizes["slots.json"]}[fails_at]
     r = with_file_size_limit("init", fsize=fsize)
-    one_error(r, 3, f"{home}/vault/{fails_at}", "File too large")
+    one_error(r, 3, "environment-refused", f"{home}/vault/{fails_at}", "File too large")
     assert not home.exists(), "a refused init removes the state dir it made"
     r = appliance("init")
     assert r.returncode == 0, r.stderr
@@ -120,9 +119,9 @@ def test_init_on_a_full_disk_is_all_or_nothing(home, passphrase_file, vault_file
 def test_init_into_an_existing_dir_on_a_full_disk_leaves_it_uninitialised(home, passphrase_file, vault_file_sizes):
     home.mkdir()  # a mount point, say: init must not remove it
     r = with_file_size_limit("init", fsize=vault_file_sizes["slots.json"])
-    one_error(r, 3, "master.json", "File too large")
+    one_error(r, 3, "environment-refused", "master.json", "File too large")
     assert home.is_dir() and not state.is_initialised(home)
-    one_error(appliance("status"), 5, "appliance init")
+    one_error(appliance("status"), 5, "not-initialised", "appliance init")
     assert appliance("init").returncode == 0
     Vault.unlock(home, PASSPHRASE.encode()).zeroize()
 
@@ -131,7 +130,7 @@ def test_init_interrupted_after_its_vault_is_finished_by_init(home, passphrase_f
     """A kill between the vault and the marker: not initialised; `init` keeps that vault and asks nothing."""
     home.mkdir()
     Vault.create(home, PASSPHRASE.encode()).zeroize()
-    one_error(appliance("status"), 5, "appliance init")
+    one_error(appliance("status"), 5, "not-initialised", "appliance init")
     monkeypatch.delenv("APPLIANCE_PASSPHRASE_FILE")
     r = appliance("init", "--if-needed")
     assert r.returncode == 0 and "vault:   kept" in r.stdout, r.stdout + r.stderr
@@ -142,7 +141,7 @@ def test_init_interrupted_after_its_vault_is_finished_by_init(home, passphrase_f
 def test_ask_on_a_full_disk_is_refused_and_leaves_no_trace(initialised):
     before = tree_digest(initialised)
     r = with_file_size_limit("ask", "hello", "--max-tokens", "1", fsize=0)
-    one_error(r, 3, "cannot write", "File too large", f"nothing was changed in {initialised}")
+    one_error(r, 3, "environment-refused", "cannot write", "File too large", f"nothing was changed in {initialised}")
     assert tree_digest(initialised) == before  # no pid file or temp, no journal session, no key slot
 
 
@@ -162,6 +161,6 @@ def test_ask_on_a_full_disk_is_refused_and_leaves_no_trace(initialised):
 def test_prompt_that_is_not_text_is_usage_and_journals_nothing(initialised, args, words):
     before = tree_digest(initialised)
     r = appliance("ask", *args, "--max-tokens", "1")
-    one_error(r, 2, *words)
+    one_error(r, 2, "usage", *words)
     assert r.stdout == ""
     assert tree_digest(initialised) == before  # no journal session, not even an empty one

@@ -13,7 +13,9 @@ import click
 
 from .. import paths, state
 from ..runtime.sampler import SamplingSettings
+from ..runtime.session import Runtime
 from ..trust.builtin import embedded_pin, verify_pinned
+from ..vault import zeroize
 from .vault_commands import PASSPHRASE_ENV, passphrase_option, read_passphrase
 
 
@@ -34,9 +36,13 @@ def chat(max_tokens: int, seed: int, temperature: float, system_prompt: Optional
     state.require_initialised(home)
     model = verify_pinned(embedded_pin())
     passphrase = read_passphrase(passphrase_file) if passphrase_file or os.environ.get(PASSPHRASE_ENV) else None
-    core = ChatCore(home, model, settings=SamplingSettings(temperature=temperature, seed=seed),
-                    max_tokens=max_tokens, system_prompt=system_prompt, n_threads=threads)
+    runtime = Runtime(model, n_threads=threads)
+    core = ChatCore(home, model, runtime, settings=SamplingSettings(temperature=temperature, seed=seed),
+                    max_tokens=max_tokens, system_prompt=system_prompt)
     try:
         ApplianceApp(core, passphrase=passphrase).run()
     finally:
         core.close()
+        runtime.close()
+        if passphrase is not None:
+            zeroize(passphrase)  # normally already zeroed by the unlock screen; not if it never tried

@@ -3,17 +3,16 @@
 import click
 
 from .. import __version__, paths, state
-from ..journal import provenance
+from ..hardening import protections
 from ..runtime.sampler import SamplingSettings
-from ..runtime.session import Runtime, Session
-from ..store import Base, load_active_overlay
+from ..runtime.session import Runtime
+from ..store import Base
 from ..trust.builtin import embedded_pin, verify_pinned
 from ..vault import Vault
 from .output import say, stream, warn
 from .vault_commands import (
     create_vault,
     erase,
-    guarded_session,
     kill,
     kill_policy,
     logs,
@@ -22,6 +21,7 @@ from .vault_commands import (
     passphrase_option,
     unlock,
     unlocked,
+    unlocked_appliance,
 )
 
 
@@ -94,6 +94,7 @@ def status(passphrase_file) -> None:
     say(f"base:    {model.name} v{model.version} (built-in manifest)")
     say(f"         {model.path}")
     say(f"         sha256 {model.sha256}  {pin.size} bytes  verified")
+    say(f"process: {protections().summary()}")
     with unlocked(passphrase_file) as vault:
         lines = status_lines(vault)
     for line in lines:
@@ -133,25 +134,15 @@ def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: floa
     state.require_initialised(paths.state_dir())
     model = verify_pinned(embedded_pin())
     # From here the vault is open and the kill-switch armed; the session is journaled from its first record.
-    with guarded_session(passphrase_file) as guard:
-        # Decrypted into memory, re-hashed against its accepted manifest and bound to this base before
-        # anything is loaded; a refusal here (exit 3, or 6 if erased) leaves nothing behind.
-        active = load_active_overlay(Base(model), guard.vault) if overlay == "on" else None
-        if active is not None:
-            guard.killswitch.on_kill(active.zeroize)
-        session = Session(
-            Runtime(model),
-            overlay=active.overlay if active else None,
-            system_prompt=system_prompt,
-            settings=SamplingSettings(temperature=temperature, seed=seed),
-        )
-        session.set_overlay(active is not None)
-        overlay_prov = active and active.provenance.journal_record(True)
-        prov = {"base": provenance.base(model.name, model.sha256, model.version), "overlay": overlay_prov, **session.conditioning()}
-        guard.message("user", prompt, **prov)
-        reply = session.generate(prompt, max_tokens=max_tokens, on_text=stream, cancel=guard.killswitch.cancel)
+    with unlocked_appliance(passphrase_file, model) as app:
+        if overlay == "on":
+            # Decrypted into memory, re-hashed against its accepted manifest and bound to this base before
+            # anything is loaded; a refusal here (exit 3, or 6 if erased) leaves nothing behind.
+            app.load_overlay()
+        settings = SamplingSettings(temperature=temperature, seed=seed)
+        session = app.session(Runtime(model), settings=settings, system_prompt=system_prompt, overlay_on=overlay == "on")
+        reply = app.reply(session, prompt, max_tokens=max_tokens, on_text=stream).reply
         say()
-        guard.message("assistant", reply.text, **prov, finish=reply.finish, tokens=len(reply.tokens))
     if reply.dropped_turns:
         warn(f"note: {reply.dropped_turns} oldest exchanges left out to fit the context window")
 

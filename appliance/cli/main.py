@@ -1,4 +1,9 @@
-"""Entry point: every failure becomes one `error:` line and the exit code of the brief."""
+"""Entry point: every failure becomes one `error:` line, ending with its reason code, and its exit code.
+
+The line is `error: MESSAGE [REASON]`: an `ApplianceError`'s own `reason` (appliance/errors.py),
+`usage` for click's usage errors (exit 2), `aborted` for an interrupted prompt and
+`internal-error` for a bug (exit 1). docs/errors.md lists every code.
+"""
 
 import errno
 import os
@@ -8,7 +13,8 @@ import traceback
 import click
 
 from .. import paths
-from ..errors import ApplianceError, EnvironmentRefused
+from ..errors import ApplianceError, EnvironmentRefused, UsageError
+from ..hardening import harden_process
 from .commands import cli
 from .output import warn
 
@@ -19,22 +25,28 @@ from .output import warn
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR})
 CANNOT_WRITE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
+# Reason codes of failures that are not an ApplianceError.
+USAGE = UsageError.reason  # click's own usage errors: the same code as ours
+ABORTED = "aborted"  # a prompt interrupted (ctrl-c, end of input)
+INTERNAL_ERROR = ApplianceError.reason  # a bug
+
 
 def main(argv: list[str] | None = None) -> None:
+    harden_process()  # before anything can read a passphrase or create a file (appliance/hardening.py)
     args = sys.argv[1:] if argv is None else argv
     try:
         code = cli.main(args=args, prog_name="appliance", standalone_mode=False)
     except click.ClickException as e:  # usage errors: exit 2
-        _fail(e.format_message(), e.exit_code)
+        _fail(e.format_message(), e.exit_code, USAGE)
     except click.Abort:
-        _fail("aborted", 1)
+        _fail("aborted", 1, ABORTED)
     except Exception as e:
         if "--debug" in args:
             warn(traceback.format_exc().rstrip())
         error = _typed(e)
         if error is None:  # a bug: say so, in one line unless asked for the traceback
-            _fail(f"internal error: {type(e).__name__}: {e}", 1)
-        _fail(str(error), error.exit_code)
+            _fail(f"internal error: {type(e).__name__}: {e}", 1, INTERNAL_ERROR)
+        _fail(str(error), error.exit_code, error.reason)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -55,6 +67,6 @@ def _environment_refused(e: OSError) -> EnvironmentRefused:
     return EnvironmentRefused(f"{what}: {e.strerror or os.strerror(e.errno)}; nothing was changed in {paths.state_dir()}")
 
 
-def _fail(message: str, code: int) -> None:
-    warn(f"error: {' '.join(message.split())}")
+def _fail(message: str, code: int, reason: str) -> None:
+    warn(f"error: {' '.join(message.split())} [{reason}]")
     sys.exit(code)

@@ -4,8 +4,11 @@ from pathlib import Path
 
 import click
 
-from ..training.choices import AGGREGATES
+from ..overlay.params import ACTIVATIONS
+from ..training.choices import AGGREGATES, TrainConfig
 from .output import say
+
+RECIPE = TrainConfig()  # the options' defaults: one place, torch-free
 
 
 @click.group()
@@ -26,19 +29,19 @@ def _delays(ctx, param, value: str) -> tuple[int, ...]:
 @overlay.command()
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL conversations.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory for overlay.json + overlay.safetensors.")
-@click.option("--rank", type=click.IntRange(1, 256), default=8, show_default=True)
-@click.option("--delays", callback=_delays, default="0,1,2,4,8", show_default=True)
-@click.option("--alpha", type=float, default=8.0, show_default=True)
-@click.option("--activation", type=click.Choice(["identity", "tanh", "silu"]), default="tanh", show_default=True)
-@click.option("--steps", type=click.IntRange(1), default=200, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True)
-@click.option("--lam", "lam", type=click.FloatRange(0), default=1.0, show_default=True, help="Weight of the KL barrier.")
-@click.option("--tau", type=click.FloatRange(0), default=0.5, show_default=True, help="KL (nats) allowed before the barrier acts.")
-@click.option("--agg", type=click.Choice(AGGREGATES), default="rmse", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--holdout", type=click.FloatRange(0, 0.9), default=0.1, show_default=True)
-@click.option("--max-len", type=click.IntRange(16, 4096), default=384, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda on a build station with a GPU.")
+@click.option("--rank", type=click.IntRange(1, 256), default=RECIPE.rank, show_default=True)
+@click.option("--delays", callback=_delays, default=",".join(map(str, RECIPE.delays)), show_default=True)
+@click.option("--alpha", type=float, default=RECIPE.alpha, show_default=True)
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default=RECIPE.activation, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=RECIPE.steps, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=RECIPE.lr, show_default=True)
+@click.option("--lam", "lam", type=click.FloatRange(0), default=RECIPE.lam, show_default=True, help="Weight of the KL barrier.")
+@click.option("--tau", type=click.FloatRange(0), default=RECIPE.tau, show_default=True, help="KL (nats) allowed before the barrier acts.")
+@click.option("--agg", type=click.Choice(AGGREGATES), default=RECIPE.agg, show_default=True)
+@click.option("--seed", type=int, default=RECIPE.seed, show_default=True)
+@click.option("--holdout", type=click.FloatRange(0, 0.9), default=RECIPE.holdout, show_default=True)
+@click.option("--max-len", type=click.IntRange(16, 4096), default=RECIPE.max_len, show_default=True)
+@click.option("--device", default=RECIPE.device, show_default=True, help="cpu, or cuda on a build station with a GPU.")
 @click.option("--preserve", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Neutral prompts, one per line: the base's replies to them are held under the same KL barrier.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
@@ -47,7 +50,6 @@ def train(data: Path, out: Path, preserve: Path | None, resume: bool, **options)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..training.dataset import load_dataset
-    from ..training.trainer import TrainConfig
     from ..training.trainer import train as run_training
     from ..trust.builtin import embedded_pin, verify_pinned
 

@@ -5,15 +5,14 @@ from pathlib import Path
 
 import click
 
-from ..errors import Refused
 from ..store import describe_installed, embedded_base, verify_installed
-from ..store.active import floor_text, versions_text
+from ..store.active import VerificationFailed, floor_text, versions_text
 from ..store.importer import import_bundle, rollback, verify_bundle
 from ..store.layout import Store
 from ..store.trust_changes import pin_signer, set_threshold, unpin_signer
 from ..trust.bundle import create_bundle, sign_bundle
-from ..trust.manifest import format_time, parse_time
 from ..trust.policy import demo_mark
+from ..utc import format_time, parse_time
 from ..vault import Vault
 from .output import say, warn
 from .vault_commands import passphrase_option, unlocked
@@ -213,7 +212,7 @@ def verify_cmd(passphrase_file: Path | None) -> None:
         say(f"{label}: {fault or 'ok'}")
     failed = [f"{label}: {fault}" for label, fault in results if fault]
     if failed:
-        raise Refused(f"{len(failed)} installed version(s) failed verification: {failed[0]}")
+        raise VerificationFailed(f"{len(failed)} installed version(s) failed verification: {failed[0]}")
 
 
 def status_lines(vault: Vault) -> list[str]:

@@ -1,4 +1,4 @@
-"""Vault, journal, erase and kill commands, and the guard `ask` (and later the chat UI) runs under.
+"""Vault, journal, erase and kill commands, and the unlocked appliance `ask` runs in.
 
 Passphrase sources, in order: `--passphrase-file`, `$APPLIANCE_PASSPHRASE_FILE`, a prompt when
 stdin is a terminal. With none of them the vault stays locked (exit 4): a script never hangs
@@ -11,24 +11,26 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import click
 
 from .. import paths, state
-from ..emergency import handle_kill
-from ..errors import Erased, Locked, NotFound, Refused, UsageError
+from ..errors import Erased, EraseNotProven, NoPassphrase, NotConfirmed, NotFound, Refused, UsageError
 from ..fsutil import atomic_write
-from ..journal import Journal, Report, check, provenance, read, sessions
+from ..hardening import lock_secret
+from ..journal import JournalBroken, Report, check, read, sessions
 from ..journal.transcript import markdown_transcript, provenance_line
+from ..service import UnlockedAppliance
+from ..trust.builtin import VerifiedModel
 from ..vault import Vault, zeroize
 from ..vault.erase import ERASE_JOURNAL_PHRASE, erase_all_overlays, erase_everything, erase_journal, erase_overlay
-from ..vault.killswitch import WIPE_POLICY, Killed, KillSwitch, running_pid, signal_running
+from ..vault.killswitch import WIPE_POLICY, Killed, running_pid, signal_running
 from .output import say, warn
 
 PASSPHRASE_ENV = "APPLIANCE_PASSPHRASE_FILE"
+MAX_PASSPHRASE_FILE = 4096
 KILL_WAIT_SECONDS = 10.0
 
 
@@ -45,27 +47,70 @@ def _has_passphrase_source(path: Optional[Path]) -> bool:
     return bool(path or os.environ.get(PASSPHRASE_ENV) or sys.stdin.isatty())
 
 
-def read_passphrase(path: Optional[Path], *, confirm: bool = False, prompt: str = "Passphrase", use_env: bool = True) -> bytes:
+def read_passphrase(path: Optional[Path], *, confirm: bool = False, prompt: str = "Passphrase", use_env: bool = True) -> bytearray:
+    """The passphrase in a locked buffer that the caller zeroizes once the vault has it."""
     source = path or (os.environ.get(PASSPHRASE_ENV) if use_env else None)
     if source:
-        try:
-            raw = Path(source).read_bytes()
-        except OSError as e:
-            raise Locked(f"cannot read the passphrase file {source}: {e.strerror}") from None
-        raw = raw.removesuffix(b"\n").removesuffix(b"\r")  # one line ending, as an editor leaves it
-        if not raw:
-            raise Locked(f"the passphrase file {source} is empty")
-        return raw
+        return _read_passphrase_file(Path(source))
     if not sys.stdin.isatty():
-        raise Locked(f"the vault is locked and no passphrase was given: use --passphrase-file, ${PASSPHRASE_ENV}, or a terminal")
-    return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True).encode()
+        raise NoPassphrase(f"the vault is locked and no passphrase was given: use --passphrase-file, ${PASSPHRASE_ENV}, or a terminal")
+    typed = bytearray(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True).encode())
+    lock_secret(typed)
+    return typed  # the prompt's own str cannot be zeroed (docs/procedures.md, section 9)
+
+
+def _read_passphrase_file(source: Path) -> bytearray:
+    """Read into a buffer that is zeroed, never copied into an immutable `bytes`.
+
+    A file that other users may read or write is refused, as ssh refuses such a private key:
+    reading it discloses the passphrase, writing it chooses the next one.
+    """
+    buf = bytearray(MAX_PASSPHRASE_FILE + 1)
+    lock_secret(buf)
+    try:
+        n = _read_private_file(source, buf)
+        if n > MAX_PASSPHRASE_FILE:
+            raise NoPassphrase(f"the passphrase file {source} is longer than {MAX_PASSPHRASE_FILE} bytes")
+        if n and buf[n - 1] == ord("\n"):  # one line ending ("\n", "\r\n" or "\r"), as an editor leaves it
+            n -= 1
+        if n and buf[n - 1] == ord("\r"):
+            n -= 1
+        if not n:
+            raise NoPassphrase(f"the passphrase file {source} is empty")
+        with memoryview(buf) as view:
+            passphrase = bytearray(view[:n])
+        lock_secret(passphrase)
+        return passphrase
+    finally:
+        zeroize(buf)
+
+
+def _read_private_file(source: Path, buf: bytearray) -> int:
+    """Fill `buf` from `source` (the byte count); Locked if the file is not its owner's alone."""
+    try:
+        with open(source, "rb", buffering=0) as f, memoryview(buf) as view:
+            st = os.fstat(f.fileno())
+            if st.st_mode & 0o077:
+                raise NoPassphrase(f"the passphrase file {source} is open to other users (mode {st.st_mode & 0o777:03o}): `chmod 600 {source}`")
+            if st.st_uid not in (os.geteuid(), 0):
+                raise NoPassphrase(f"the passphrase file {source} belongs to another user (uid {st.st_uid})")
+            n = 0
+            while n < len(buf) and (got := f.readinto(view[n:])):
+                n += got
+            return n
+    except OSError as e:
+        raise NoPassphrase(f"cannot read the passphrase file {source}: {e.strerror}") from None
 
 
 def unlock(passphrase_file: Optional[Path]) -> Vault:
     home = paths.state_dir()
     state.require_initialised(home)
     Vault.require(home)  # no vault, or an erased one: say so before asking for a passphrase
-    return Vault.unlock(home, read_passphrase(passphrase_file))
+    passphrase = read_passphrase(passphrase_file)
+    try:
+        return Vault.unlock(home, passphrase)
+    finally:
+        zeroize(passphrase)
 
 
 @contextmanager
@@ -78,7 +123,7 @@ def unlocked(passphrase_file: Optional[Path]) -> Iterator[Vault]:
         vault.zeroize()
 
 
-def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed: bool) -> Optional[bytes]:
+def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed: bool) -> Optional[bytearray]:
     """`init`'s vault step, asked before anything is created: the new passphrase, or None for no vault now.
 
     A live vault needs nothing. Non-interactive `init --if-needed` (what ./run calls) without a
@@ -94,51 +139,34 @@ def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed:
     return read_passphrase(passphrase_file, confirm=True, prompt="New passphrase")
 
 
-def create_vault(home: Path, passphrase: bytes) -> Vault:
-    """The new vault, left unlocked for the caller (one key derivation); the caller zeroizes it."""
+def create_vault(home: Path, passphrase: bytearray) -> Vault:
+    """The new vault, left unlocked for the caller (one key derivation); the caller zeroizes it.
+
+    The passphrase is zeroed here, once the vault has it.
+    """
     replacing = Vault.state(home) == "erased"
-    vault = Vault.create(home, passphrase)
+    try:
+        vault = Vault.create(home, passphrase)
+    finally:
+        zeroize(passphrase)
     say(f"vault:   created ({home / 'vault'})" + (", replacing the erased one" if replacing else ""))
     return vault
 
 
-# -- the guard around a chat: kill-switch, unlocked vault, a journal session ------------
-
-
-@dataclass
-class Guard:
-    killswitch: KillSwitch
-    vault: Vault
-    # Opened by the first record: work done under the unlocked vault before it (decrypting and
-    # re-verifying the overlay) can still be refused without leaving an empty session behind.
-    journal: Optional[Journal] = None
-
-    def message(self, role: str, text: str, **fields) -> None:
-        """A `message` record with the fields of `provenance.message`."""
-        if self.journal is None:
-            self.journal = Journal.create(self.vault)
-        self.journal.append("message", **provenance.message(role, text, **fields))
+# -- the unlocked appliance that `ask` runs in (`service.UnlockedAppliance`) ------------
 
 
 @contextmanager
-def guarded_session(passphrase_file: Optional[Path]) -> Iterator[Guard]:
-    """Everything a chat needs, torn down with keys zeroed; a kill writes the `kill` record (and wipes)."""
-    home = paths.state_dir()
-    state.require_initialised(home)
-    with KillSwitch(home) as ks:
-        guard = Guard(ks, unlock(passphrase_file))
-        try:
-            ks.check()
-            yield guard
-            ks.check()
-        except Killed as killed:
-            for item in handle_kill(killed, ks, guard.vault, guard.journal):
-                warn(f"wiped: {item}")
-            raise
-        finally:
-            if guard.journal is not None:
-                guard.journal.close()
-            guard.vault.zeroize()
+def unlocked_appliance(passphrase_file: Optional[Path], model: VerifiedModel) -> Iterator[UnlockedAppliance]:
+    """Vault unlocked, kill-switch armed, keys zeroed on the way out; a kill says what its wipe erased."""
+    vault = unlock(passphrase_file)
+    try:
+        with UnlockedAppliance.open(vault, model) as app:
+            yield app
+    except Killed as killed:
+        for item in killed.wiped:
+            warn(f"wiped: {item}")
+        raise
 
 
 # -- logs ------------------------------------------------------------------------------
@@ -213,7 +241,7 @@ def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> N
     finally:
         vault.zeroize()
     if broken:
-        raise Refused(f"journal {broken[0].session_id} is broken at {broken[0].brk}")
+        raise JournalBroken(broken[0].session_id, broken[0].brk)
 
 
 @logs.command("export")
@@ -253,7 +281,7 @@ def _confirm(phrase: str, what: str, yes: bool) -> None:
     except click.Abort:
         typed = ""
     if typed.strip() != phrase:
-        raise Refused("confirmation did not match: nothing was erased")
+        raise NotConfirmed("confirmation did not match: nothing was erased")
 
 
 def _prove(vault: Vault, items: list[str]) -> None:
@@ -263,7 +291,7 @@ def _prove(vault: Vault, items: list[str]) -> None:
         except Erased as e:
             say(f"proof:     decryption of {item} fails: {e}")
             continue
-        raise Refused(f"erase of {item} did not take: its key is still readable")
+        raise EraseNotProven(f"erase of {item} did not take: its key is still readable")
 
 
 @erase.command("overlay")
@@ -313,7 +341,7 @@ def erase_all_cmd(yes: bool) -> None:
     except Erased as e:
         say(f"proof:     unlocking fails: {e}")
         return
-    raise Refused("erase all did not take: the vault still opens")
+    raise EraseNotProven("erase all did not take: the vault still opens")
 
 
 # -- passphrase, kill ----------------------------------------------------------------------
@@ -327,9 +355,13 @@ def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Pa
     """Change the passphrase (rewraps the master key only)."""
     home = paths.state_dir()
     state.require_initialised(home)
-    old = read_passphrase(passphrase_file, prompt="Current passphrase")
-    new = read_passphrase(new_passphrase_file, confirm=True, prompt="New passphrase", use_env=False)
-    Vault.change_passphrase(home, old, new)
+    old, new = read_passphrase(passphrase_file, prompt="Current passphrase"), bytearray()
+    try:
+        new = read_passphrase(new_passphrase_file, confirm=True, prompt="New passphrase", use_env=False)
+        Vault.change_passphrase(home, old, new)
+    finally:
+        zeroize(old)
+        zeroize(new)
     say("passphrase changed (master key rewrapped; data keys and data untouched)")
 
 

@@ -16,18 +16,16 @@ import json
 import os
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Optional
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .. import __version__
-from ..errors import NotFound, Refused
+from .. import __version__, utc
+from ..errors import EnvironmentRefused, NotFound, Refused
 from ..fsutil import fsync_dir
 from ..paths import JOURNAL_DIR
 from ..vault import Vault, zeroize
-from ..vault.keys import VaultWriteFailed
 from . import frames
 from .frames import Break
 
@@ -52,12 +50,9 @@ def relative_path(session_id: str) -> str:
     return f"{JOURNAL_DIR}/{session_id}.journal"
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def new_session_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(4)
+    """Sortable by creation: the UTC time to the second, then random."""
+    return utc.now().strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(4)
 
 
 class Journal:
@@ -86,7 +81,7 @@ class Journal:
         """Seal, append, fsync, move the sealed head. Returns the record's seq (its number, from 1)."""
         if kind not in KINDS:
             raise ValueError(f"unknown record kind {kind!r}")
-        record = {"kind": kind, "time": utc_now(), "appliance_version": __version__, **fields}
+        record = {"kind": kind, "time": utc.format_precise(utc.now()), "appliance_version": __version__, **fields}
         seq = self._seq + 1
         head = frames.header(self.session_id, seq, self._prev)
         nonce = os.urandom(frames.NONCE_BYTES)  # random, never seq: a retried seq after a failed write must not reuse a nonce
@@ -105,7 +100,7 @@ class Journal:
         self._seq, self._prev, self._size = seq, hashlib.sha256(raw).digest(), self._size + len(raw)
         try:
             self.vault.seal_head(item_id(self.session_id), seq, self._prev.hex())
-        except VaultWriteFailed as e:
+        except EnvironmentRefused as e:
             raise JournalWriteFailed(f"record {seq} is written but its sealed head is not ({e}); verify reports it as unsealed") from None
         return seq
 

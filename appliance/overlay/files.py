@@ -1,7 +1,7 @@
 """The overlay's two files, `overlay.json` + `overlay.safetensors`, and the rules that admit them.
 
 An overlay is admitted only if every rule holds; each rule is one small
-function that raises `OverlayRejected` naming the fault:
+function that raises `OverlayRejected` naming the fault (rule 5: `BindingMismatch`):
 
 1. each file is under its size cap;
 2. `overlay.json` is UTF-8 JSON, an object with exactly the known keys;
@@ -24,7 +24,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from ..errors import OverlayRejected
+from ..errors import BindingMismatch, OverlayRejected
 from .params import ACTIVATIONS, OverlayParams
 
 FORMAT = "takens-lora/1"
@@ -120,15 +120,15 @@ def _parse_tensors(data: bytes, meta: dict) -> dict[str, np.ndarray]:
 
 def _check_binding(meta: dict, base_sha256: str, hidden_size: int) -> None:
     if meta["base_model_sha256"] != base_sha256:
-        raise OverlayRejected(
+        raise BindingMismatch(
             f"overlay is bound to base {meta['base_model_sha256']}, the active base is {base_sha256}"
         )
     if meta["hidden_size"] != hidden_size:
-        raise OverlayRejected(f"overlay hidden_size {meta['hidden_size']} != base hidden size {hidden_size}")
+        raise BindingMismatch(f"overlay hidden_size {meta['hidden_size']} != base hidden size {hidden_size}")
 
 
 def load_overlay(json_bytes: bytes, tensor_bytes: bytes, *, base_sha256: str, hidden_size: int) -> Overlay:
-    """Admit an overlay for the active base, or raise `OverlayRejected`."""
+    """Admit an overlay for the active base, or raise `OverlayRejected` / `BindingMismatch`."""
     _check_size(JSON_NAME, json_bytes, MAX_JSON_BYTES)
     _check_size(TENSORS_NAME, tensor_bytes, MAX_TENSORS_BYTES)
     meta = _parse_json(json_bytes)

@@ -17,7 +17,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
 
-from ..errors import ApplianceError
+from ..errors import ModelFailed
 
 TOKEN_EMBEDDING = "token_embd.weight"
 _SCALAR: dict[int, str] = {  # keyed by the value types, which are ints in the file
@@ -60,7 +60,7 @@ def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...]]
     """(absolute data offset, quantisation type, dims) of tensor `name` in a GGUF v2/v3 file."""
     c = _Cursor(buf)
     if bytes(buf[:4]) != b"GGUF" or struct.unpack_from("<I", buf, 4)[0] not in (2, 3):
-        raise ApplianceError("not a GGUF v2/v3 file")
+        raise ModelFailed("not a GGUF v2/v3 file")
     c.pos = 8
     n_tensors, n_kv = c.read("Q"), c.read("Q")
     alignment = 32
@@ -78,7 +78,7 @@ def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...]]
         if tname == name.encode():
             found = (offset, qtype, dims)
     if found is None:
-        raise ApplianceError(f"no {name} tensor")
+        raise ModelFailed(f"no {name} tensor")
     data_start = -(-c.pos // alignment) * alignment
     return data_start + found[0], found[1], found[2]
 
@@ -89,8 +89,8 @@ class EmbeddingTable:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             offset, self._qtype, (self.n_embd, self.n_vocab) = _locate(self._map, TOKEN_EMBEDDING)
-        except (ApplianceError, struct.error, ValueError) as e:
-            raise ApplianceError(f"{gguf_path}: cannot find the token embeddings ({e})") from None
+        except (ModelFailed, struct.error, ValueError) as e:
+            raise ModelFailed(f"{gguf_path}: cannot find the token embeddings ({e})") from None
         block, block_bytes = GGML_QUANT_SIZES[self._qtype]
         row_bytes = self.n_embd // block * block_bytes
         # (n_vocab, row_bytes) raw quantised rows, straight from the page cache

@@ -13,7 +13,7 @@ import llama_cpp as C
 import llama_cpp.llama_cpp as C_api  # the module the high-level Llama reads its defaults from
 import numpy as np
 
-from ..errors import ApplianceError, ContextOverflow
+from ..errors import ContextOverflow, ModelFailed
 
 
 @C.llama_log_callback
@@ -50,7 +50,7 @@ class LlamaEngine:
         _init_backend()
         self.model = C.llama_model_load_from_file(str(path).encode(), model_params())
         if not self.model:
-            raise ApplianceError(f"{path}: llama.cpp could not load the model")
+            raise ModelFailed(f"{path}: llama.cpp could not load the model")
         self.vocab = C.llama_model_get_vocab(self.model)
         cparams = C.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
@@ -59,7 +59,7 @@ class LlamaEngine:
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
         self.ctx = C.llama_init_from_model(self.model, cparams)
         if not self.ctx:
-            raise ApplianceError("llama.cpp could not create a context")
+            raise ModelFailed("llama.cpp could not create a context")
         self.memory = C.llama_get_memory(self.ctx)
         self.n_ctx, self.n_batch = C.llama_n_ctx(self.ctx), n_batch
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
@@ -81,7 +81,7 @@ class LlamaEngine:
         out = (C.llama_token * cap)()
         n = C.llama_tokenize(self.vocab, data, len(data), out, cap, False, special)
         if n < 0:
-            raise ApplianceError("tokenizer buffer too small")
+            raise ModelFailed("tokenizer buffer too small")
         return list(out[:n])
 
     def piece(self, token: int) -> bytes:
@@ -134,7 +134,7 @@ class LlamaEngine:
             batch.n_tokens = j - i
             rc = C.llama_decode(self.ctx, batch)
             if rc != 0:
-                raise ApplianceError(f"llama_decode failed with code {rc}")
+                raise ModelFailed(f"llama_decode failed with code {rc}")
 
     def logits_at(self, i: int) -> np.ndarray:
         """Logits (n_vocab,) of the i-th position of the last batch decoded with `all_logits`; a view."""

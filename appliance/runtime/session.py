@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Optional
 
-from ..errors import ContextOverflow, NotFound
+from ..errors import ContextOverflow, NoOverlay
 from ..overlay.files import Overlay
 from ..trust.builtin import VerifiedModel
 from .chat_template import ChatTemplate
@@ -85,7 +85,7 @@ class Session:
 
     def set_overlay(self, on: bool) -> None:
         if on and self.overlay is None:
-            raise NotFound("no overlay is installed")
+            raise NoOverlay("no overlay is installed")
         self.overlay_on = on
 
     def toggle(self) -> bool:
@@ -101,12 +101,23 @@ class Session:
         on_text: Optional[Callable[[str], None]] = None,
         cancel: Optional[threading.Event] = None,
         settings: Optional[SamplingSettings] = None,
+        on_start: Optional[Callable[[], None]] = None,
     ) -> Reply:
-        """Answer `user_text`, streaming decoded text to `on_text`; the exchange joins the history."""
+        """Answer `user_text`, streaming decoded text to `on_text`; the exchange joins the history.
+
+        `on_start` runs once the prompt is known to fit the window, before anything is decoded (the
+        caller journals the user's message there); if it raises, the turn is not taken.
+        """
         settings = settings or self.settings
         self.history.append({"role": "user", "content": user_text})
         t0 = time.perf_counter()
         prompt, dropped = self._fit_window(max_tokens)
+        if on_start is not None:
+            try:
+                on_start()
+            except BaseException:
+                self.history.pop()
+                raise
         decoder, engine = self.runtime.decoder, self.runtime.engine
         overlay = self.overlay.params if self.overlay_on and self.overlay is not None else None
         logits = decoder.prefill(prompt, overlay)

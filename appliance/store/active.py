@@ -16,19 +16,20 @@ from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
-from ..errors import Erased, NotFound, Refused
+from ..errors import BindingMismatch, Erased, NoOverlay, NotFound, Refused
 from ..journal import provenance
 from ..overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay
 from ..runtime.embeddings import EmbeddingTable
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
-from ..trust.manifest import Manifest, format_time
+from ..trust.manifest import Manifest
+from ..utc import format_time
 from ..vault import Vault, zeroize
 from .at_rest import Sealing, read_artifact
 from .layout import Store, StoreDamaged, StoreState
 
 
-class BindingMismatch(Refused):
-    pass
+class VerificationFailed(Refused):
+    """`verify`: an installed version no longer passes the rules above (the first failure is named)."""
 
 
 class Base:
@@ -137,13 +138,13 @@ def load_active_overlay(base: Base, vault: Vault) -> ActiveOverlay:
     """The active overlay, decrypted into memory, re-hashed against its accepted manifest and admitted
     for this base, with its provenance.
 
-    Raises `NotFound` (exit 5) when no overlay is installed, `Erased` (exit 6) when it was
+    Raises `NoOverlay` (exit 5) when no overlay is installed, `Erased` (exit 6) when it was
     crypto-erased, `Refused` (exit 3) when it fails a check.
     """
     store = Store.unlocked(vault)
     state = store.read_state()
     if state.overlay is None:
-        raise NotFound("no overlay is installed: import a signed bundle first (appliance update import FILE)")
+        raise NoOverlay("no overlay is installed: import a signed bundle first (appliance update import FILE)")
     item = state.items[state.overlay]
     if item.active is None:
         raise Erased(f"overlay {state.overlay} was crypto-erased ({versions_text(item.erased)}): import a new signed bundle")

@@ -8,7 +8,7 @@ Rules:
   another path, version or manifest fails authentication even under the right key.
 - Reading decrypts into memory only and re-hashes the plaintext against the accepted manifest before
   anyone uses it; decrypted buffers are zeroed as soon as their user is done with them.
-- A base model is public (the brief): stored and read in the clear, hashed all the same.
+- A base model is public (docs/design.md, "Keys, encryption at rest"): stored and read in the clear, hashed all the same.
 """
 
 import hashlib

@@ -1,4 +1,4 @@
-"""Importing a bundle, in the brief's verification order; every step refuses with exit 3 and one line.
+"""Importing a bundle, in the verification order of docs/design.md; every step refuses with exit 3 and one line.
 
 1. shape and size limits of the tar, then the manifest (`trust.bundle_reader`);
 2. signatures and threshold (`trust.policy.TrustStore.verified_signers`), against the
@@ -34,7 +34,7 @@ import shutil
 import signal
 import tempfile
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -43,7 +43,8 @@ from ..fsutil import fsync_dir
 from ..state import require_initialised
 from ..trust.bundle_reader import Bundle, open_bundle
 from ..trust.hashing import Progress
-from ..trust.manifest import Manifest, format_time
+from ..trust.manifest import Manifest
+from ..utc import format_time, now
 from ..vault import Vault
 from ..vault.erase import overlay_item
 from .active import Base, check_binding, verify_version, versions_text
@@ -75,10 +76,6 @@ class Accepted:
 def _crash_point(point: str) -> None:
     if os.environ.get("APPLIANCE_TEST_CRASH_AT") == point:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _check_expiry(manifest: Manifest, now: datetime, floor: Optional[datetime]) -> str:
@@ -150,7 +147,7 @@ def _accept(store: Store, bundle_path: Path, staging: Path, base: Base, progress
     with open_bundle(bundle_path) as bundle:
         manifest = bundle.manifest
         signers = store.trust().verified_signers(manifest.raw, bundle.signatures)
-        note = _check_expiry(manifest, _now(), state.floor)
+        note = _check_expiry(manifest, now(), state.floor)
         _check_kind(manifest, state)
         _check_version(manifest, state)
         sealing = Sealing.fresh(manifest)
@@ -200,7 +197,7 @@ def _install(store: Store, vault: Vault, accepted: Accepted, sealing: Sealing, s
         shutil.rmtree(target)
     os.rename(staging, target)
     fsync_dir(store.objects)
-    store.write_signers(manifest.sha256, accepted.signers, _now())
+    store.write_signers(manifest.sha256, accepted.signers, now())
     _crash_point("stored")
     old = state.items.get(manifest.name)
     installed = (old.installed if old else ()) + (manifest.sha256,)

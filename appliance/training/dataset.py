@@ -18,7 +18,9 @@ ROLES = ("system", "user", "assistant")
 
 
 class DatasetError(UsageError):
-    pass
+    """A training dataset that is not a list of well-formed conversations."""
+
+    reason = "dataset-rejected"  # like overlay-rejected: the file given is not admitted
 
 
 @dataclass(frozen=True)

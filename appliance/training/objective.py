@@ -5,7 +5,7 @@
 KL is over the full vocabulary at each target position t; `agg` folds the
 positions of a sequence into one number. `mean` lets a few incoherent spikes
 hide among many calm positions; `rmse`, `p95` and `max` let them fire the
-barrier (seed 003).
+barrier (docs/overlay-training.md).
 """
 
 import torch

@@ -18,9 +18,9 @@ import torch
 from .. import __version__
 from ..errors import UsageError
 from ..overlay.files import Overlay, save_overlay
-from ..overlay.params import DEFAULT_DELAYS
 from ..overlay.takens_torch import TakensLoRA
 from ..trust.builtin import VerifiedModel
+from .choices import TrainConfig
 from .dataset import Dataset
 from .objective import aggregate, barrier, nll, per_position_kl
 
@@ -30,22 +30,8 @@ if TYPE_CHECKING:
 CHECKPOINT = "checkpoint.pt"
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    rank: int = 8
-    delays: tuple[int, ...] = DEFAULT_DELAYS
-    alpha: float = 8.0
-    activation: str = "tanh"
-    steps: int = 200
-    lr: float = 2e-3
-    lam: float = 1.0  # weight of the KL barrier
-    tau: float = 0.5  # nats the aggregated KL may reach before the barrier acts
-    agg: str = "rmse"
-    seed: int = 0
-    holdout: float = 0.1  # fraction of conversations kept out of training
-    max_len: int = 384  # tokens per conversation, longer ones are cut
-    device: str = "cpu"
-    checkpoint_every: int = 50
+class CheckpointMismatch(UsageError):
+    """`--resume` from a checkpoint made with other settings: resuming would mix two trainings."""
 
 
 @dataclass
@@ -201,7 +187,7 @@ def optimise(
 
     One conversation per step, in a fixed order; with `preserve` (the base's own replies to
     neutral prompts), each step also pays lambda * barrier on the divergence along one of them,
-    so the overlay is held near the base off its domain too (seed 002's behaviour preservation).
+    so the overlay is held near the base off its domain too (behaviour preservation, docs/overlay-training.md).
     Checkpoints every `checkpoint_every` steps to `out` (if given), and `resume` continues from
     there. Returns (log, trained tokens/s).
     """
@@ -214,7 +200,7 @@ def optimise(
     if resume and checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         if state["config"] != asdict(cfg):
-            raise UsageError(f"{checkpoint} was made with other settings; start afresh without --resume")
+            raise CheckpointMismatch(f"{checkpoint} was made with other settings; start afresh without --resume")
         adapter.module.load_state_dict(state["adapter"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])

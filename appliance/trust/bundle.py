@@ -10,7 +10,7 @@ import re
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import partial
 from io import BytesIO
 from pathlib import Path
@@ -18,9 +18,10 @@ from typing import Any, BinaryIO, Optional
 
 from ..errors import Refused, UsageError
 from ..fsutil import atomic_file
+from ..utc import format_time, now, parse_time
 from .bundle_reader import ARTIFACTS_PREFIX, MANIFEST_NAME, open_bundle
 from .hashing import Progress, sha256_file
-from .manifest import SCHEMA_ID, Manifest, format_time, parse_manifest, parse_time
+from .manifest import SCHEMA_ID, Manifest, parse_manifest
 from .signatures import sign_detached
 
 DEFAULT_LIFETIME = timedelta(days=180)
@@ -92,7 +93,7 @@ def create_bundle(
     paths = {Path(p).name: Path(p) for p in artifacts}
     if len(paths) != len(artifacts):
         raise UsageError("two --artifact files share a file name; each is stored under its name")
-    created = (created or datetime.now(timezone.utc)).replace(microsecond=0)
+    created = (created or now()).replace(microsecond=0)
     doc: dict[str, Any] = {
         "schema": SCHEMA_ID,
         "kind": kind,

@@ -47,27 +47,23 @@ FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 TAR_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError, OverflowError)
 
 
-class BundleRefused(Refused):
-    """The bundle's shape is not one we accept."""
-
-
-class BundleTooLarge(BundleRefused):
+class BundleTooLarge(Refused):
     pass
 
 
-class BundleUnreadable(BundleRefused):
+class BundleUnreadable(Refused):
     pass
 
 
-class BundleUnsafeMember(BundleRefused):
+class BundleUnsafeMember(Refused):
     pass
 
 
-class BundleUnexpectedMember(BundleRefused):
+class BundleUnexpectedMember(Refused):
     pass
 
 
-class BundleMissingMember(BundleRefused):
+class BundleMissingMember(Refused):
     pass
 
 

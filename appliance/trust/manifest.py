@@ -20,7 +20,7 @@ a re-serialisation.
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import lru_cache
 from io import BytesIO
 from typing import Optional, cast
@@ -29,49 +29,40 @@ import jsonschema
 
 from ..errors import Refused
 from ..overlay.files import JSON_NAME, TENSORS_NAME
+from ..utc import parse_time
 from .builtin import MANIFESTS_DIR
 from .hashing import sha256_stream
 
 SCHEMA_PATH = MANIFESTS_DIR / "appliance-manifest.schema.json"
 SCHEMA_ID = "appliance-manifest/1"
 MAX_MANIFEST_BYTES = 64 * 1024
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 PATH_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
-TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 OVERLAY_FILES = frozenset({JSON_NAME, TENSORS_NAME})
 
 
-class ManifestRefused(Refused):
-    """The manifest is not one we can accept."""
-
-
-class ManifestTooLarge(ManifestRefused):
+class ManifestTooLarge(Refused):
     pass
 
 
-class ManifestNotUtf8(ManifestRefused):
+class ManifestNotJson(Refused):
     pass
 
 
-class ManifestNotJson(ManifestRefused):
+class ManifestSchemaViolation(Refused):
     pass
 
 
-class ManifestSchemaViolation(ManifestRefused):
+class ManifestBadTime(Refused):
     pass
 
 
-class ManifestBadTime(ManifestRefused):
+class ManifestBadPath(Refused):
     pass
 
 
-class ManifestBadPath(ManifestRefused):
-    pass
-
-
-class ManifestOverlayIncomplete(ManifestRefused):
+class ManifestOverlayIncomplete(Refused):
     pass
 
 
@@ -99,17 +90,6 @@ class Manifest:
         return next(a for a in self.artifacts if a.path == path)
 
 
-def format_time(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime(TIME_FORMAT)
-
-
-def parse_time(text: str) -> datetime:
-    """A `YYYY-MM-DDTHH:MM:SSZ` string as an aware UTC datetime; ValueError otherwise."""
-    if not TIME_RE.fullmatch(text):
-        raise ValueError(f"{text!r} is not YYYY-MM-DDTHH:MM:SSZ")
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
-
-
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
@@ -125,7 +105,7 @@ def _decode_utf8(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ManifestNotUtf8(f"manifest.json: not valid UTF-8 (byte {e.start})") from None
+        raise ManifestNotJson(f"manifest.json: not valid UTF-8 (byte {e.start})") from None
 
 
 def _no_duplicate_keys(pairs: list) -> dict:
@@ -192,7 +172,7 @@ def _check_overlay_files(doc: dict) -> None:
 
 
 def parse_manifest(data: bytes) -> Manifest:
-    """Admit a manifest from its exact bytes, or raise a `ManifestRefused` naming the fault."""
+    """Admit a manifest from its exact bytes, or raise a `Refused` subclass naming the fault."""
     check_manifest_size(len(data))
     doc = _parse_json(_decode_utf8(data))
     _check_schema(doc)

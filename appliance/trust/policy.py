@@ -27,10 +27,11 @@ from typing import Optional
 
 import gnupg
 
-from ..errors import NotFound, Refused, UsageError
+from ..errors import NotFound, UsageError
 from ..state_files import StateFileDamaged, StateSeal, read_sealed_state, state_bytes
 from .signatures import (
     KEYRING,
+    KeyFileRefused,
     check_signatures,
     key_summaries,
     normalise_fingerprint,
@@ -117,7 +118,7 @@ class TrustStore:
         def import_key(gpg: gnupg.GPG) -> None:
             result = gpg.import_keys(key_data)
             if fpr not in result.fingerprints:
-                raise Refused(f"gpg did not import key {fpr}: {result.summary()}")
+                raise KeyFileRefused(f"gpg did not import key {fpr}: {result.summary()}")
 
         self._change_keyring(import_key)
         demo_keys = set(policy.demo) | {fpr} if demo else set(policy.demo) - {fpr}
@@ -147,7 +148,7 @@ class TrustStore:
         }
 
     def verified_signers(self, manifest_raw: bytes, signatures: dict[str, bytes]) -> tuple[str, ...]:
-        """The pinned signers whose good signatures over `manifest_raw` reach the threshold, else `Refused`."""
+        """The pinned signers whose good signatures over `manifest_raw` reach the threshold, else `ThresholdNotMet`."""
         policy = self.policy()
         checks = check_signatures(manifest_raw, signatures, frozenset(policy.signers), self.keyring())
         return require_threshold(checks, policy.threshold)

@@ -34,6 +34,7 @@ from typing import Optional
 import gnupg
 
 from ..errors import Refused, UsageError
+from ..utc import format_time
 
 KEYRING = "pubring.kbx"
 # Our trust is the pinned list, not gpg's web of trust; and never fetch a key.
@@ -209,4 +210,4 @@ def _expiry(key: dict) -> str:
         return "expired"
     if not key.get("expires"):
         return "no expiry"
-    return f"expires {datetime.fromtimestamp(int(key['expires']), timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+    return f"expires {format_time(datetime.fromtimestamp(int(key['expires']), timezone.utc))}"

@@ -29,7 +29,7 @@ class ApplianceApp(App):
     TITLE = "appliance"
     BINDINGS = bindings(APP_KEYS)
 
-    def __init__(self, core: ChatCore, *, passphrase: Optional[bytes] = None, export_dir: Optional[Path] = None):
+    def __init__(self, core: ChatCore, *, passphrase: Optional[bytearray] = None, export_dir: Optional[Path] = None):
         super().__init__()
         self.core = core
         self.export_dir = export_dir or Path.cwd()

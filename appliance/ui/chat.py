@@ -40,26 +40,25 @@ class ChatScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        status = self.query_one(StatusBar)
-        status.base = f"{self.core.model.name} {self.core.model.sha256[:8]}"
+        snapshot = self.core.status()
+        self.query_one(StatusBar).base = f"{snapshot.base_name} {snapshot.base_sha256[:8]}"
         self.refresh_status()
-        if self.core.overlay_problem:
-            self.notify(f"overlay not loaded: {self.core.overlay_problem}", severity="error", timeout=15)
+        if snapshot.overlay_problem:
+            self.notify(f"overlay not loaded: {snapshot.overlay_problem}", severity="error", timeout=15)
         self.query_one(PromptInput).focus()
 
     def refresh_status(self) -> None:
-        status, core = self.query_one(StatusBar), self.core
-        active = core.active
-        if active is None:
-            status.overlay = "refused (see message)" if core.overlay_problem else "none installed"
+        status, snapshot = self.query_one(StatusBar), self.core.status()
+        p = snapshot.overlay
+        if p is None:
+            status.overlay = "refused (see message)" if snapshot.overlay_problem else "none installed"
             status.overlay_on = None
         else:
-            p = active.provenance
             demo = " [DEMO KEYS]" if p.demo_signers else ""  # never let a demo pass for production trust
             status.overlay = f"{p.name} v{p.version} signers {' '.join(s[:8] for s in p.signers)}{demo}"
-            status.overlay_on = core.session.overlay_on
-        status.session = core.journal.session_id
-        status.audit = core.audit.enabled
+            status.overlay_on = snapshot.overlay_on
+        status.session = snapshot.session_id
+        status.audit = self.core.audit.enabled
 
     @property
     def busy(self) -> bool:
@@ -80,7 +79,8 @@ class ChatScreen(Screen):
             self.notify("a reply is still being written: escape stops it", severity="warning")
             return
         await self.add_message("user", event.text)
-        state = "ON" if self.core.session.overlay_on else "OFF" if self.core.active else "none"
+        snapshot = self.core.status()
+        state = "ON" if snapshot.overlay_on else "OFF" if snapshot.overlay else "none"
         view = await self.add_message("assistant", header=f"assistant  overlay {state}")
         self.stop_event = threading.Event()
         self.query_one(StatusBar).busy = True
@@ -133,7 +133,7 @@ class ChatScreen(Screen):
             self.notify(error, severity="error", timeout=10)
             return
         reply, div = outcome.reply, outcome.divergence
-        facts = [f"overlay {'ON' if reply.overlay_on else 'OFF'}" if self.core.active else "overlay none",
+        facts = [f"overlay {'ON' if reply.overlay_on else 'OFF'}" if self.core.status().overlay else "overlay none",
                  f"{len(reply.tokens)} tok", f"{reply.tokens_per_second:.1f} tok/s"]
         if reply.finish != "stop":
             facts.append("stopped" if reply.finish == "cancelled" else "cut at max tokens")
@@ -164,7 +164,7 @@ class ChatScreen(Screen):
             self.stop_event.set()
 
     def action_toggle_overlay(self) -> None:
-        if self.core.active is None:
+        if self.core.status().overlay is None:
             self.notify("no overlay is loaded", severity="warning")
             return
         if self.busy:  # the reply under way keeps the state it started in; its provenance says which
@@ -205,10 +205,11 @@ class ChatScreen(Screen):
         self.app.push_screen(SystemPromptScreen(self.core.session.system_prompt or ""), apply)
 
     def action_erase_overlay(self) -> None:
-        if self.core.active is None:
+        overlay = self.core.status().overlay
+        if overlay is None:
             self.notify("no overlay is loaded", severity="warning")
             return
-        name = self.core.active.provenance.name
+        name = overlay.name
 
         async def erase(confirmed: bool) -> None:
             if confirmed:

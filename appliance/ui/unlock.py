@@ -12,12 +12,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Label
 
 from ..errors import ApplianceError
+from ..vault import zeroize
 from .core import ChatCore
 from .widgets import PlainLabel
 
 
 class UnlockScreen(Screen):
-    def __init__(self, core: ChatCore, message: str = "", passphrase: Optional[bytes] = None):
+    def __init__(self, core: ChatCore, message: str = "", passphrase: Optional[bytearray] = None):
         super().__init__()
         self.core, self.message = core, message
         self._passphrase = passphrase  # from --passphrase-file: tried once on mount, then forgotten
@@ -44,6 +45,7 @@ class UnlockScreen(Screen):
         if self._passphrase is not None and not self.creating:
             passphrase, self._passphrase = self._passphrase, None
             self._open(lambda: self.core.unlock(passphrase))
+            zeroize(passphrase)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if not self.creating:

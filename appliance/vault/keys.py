@@ -13,6 +13,11 @@ Rules:
   are as tamper-evident as the data keys themselves.
 - Every table change is read-modify-write under an exclusive `flock` on `vault/lock`, so two
   appliance processes never lose each other's keys or heads.
+- Every write of a vault file holds that lock, so a temp file found beside them by whoever takes
+  the lock is left by an interrupted write, and may be a whole copy of the old table or master
+  slot: it is removed then, before anything else. Every erase takes the lock, so no copy of an
+  erased key survives in one.
+- Key buffers are mlocked where the OS allows (`hardening.lock_secret`) and zeroed after use.
 - `erase_all` needs no passphrase: it replaces master.json by a tombstone, after which no
   passphrase opens anything; `Vault.create` may then start afresh.
 - Unlock fails (exit 4) without changing a byte on disk: missing vault, wrong passphrase,
@@ -27,16 +32,17 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from ..errors import Erased, Locked, NotFound, Refused
-from ..fsutil import atomic_write, fsync_dir
+from ..errors import EnvironmentRefused, Erased, Locked, NotFound, Refused
+from ..fsutil import atomic_write, fsync_dir, remove_stale_temps
+from ..hardening import lock_secret
+from ..utc import now_text
 
 try:
     from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
@@ -83,10 +89,6 @@ class KeySlotsCorrupt(VaultCorrupt):
     """slots.json is malformed or failed authentication under the master key."""
 
 
-class VaultWriteFailed(Refused):
-    """Key material could not be made durable (disk full, size limit, permissions); the old file stands."""
-
-
 class VaultErased(Erased):
     def __init__(self, when: str):
         super().__init__(f"the vault was crypto-erased at {when}: no passphrase opens it; `appliance init` starts afresh")
@@ -129,11 +131,14 @@ def zeroize(buf: bytearray) -> None:
 
 def random_key() -> bytearray:
     """A fresh data key, held only in memory until `Vault.record_data_key` (or never: a throwaway key)."""
-    return bytearray(os.urandom(KEY_BYTES))
+    return _secret(os.urandom(KEY_BYTES))
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _secret(data: bytes) -> bytearray:
+    """Key material in a buffer that can be zeroed, its pages locked out of swap where allowed."""
+    buf = bytearray(data)
+    lock_secret(buf)
+    return buf
 
 
 def _b64(data: bytes | bytearray) -> str:
@@ -216,7 +221,8 @@ def _derive_kek(passphrase: bytes | bytearray, kdf) -> bytearray:
             if values["n"] & (values["n"] - 1):
                 raise VaultCorrupt("master.json: scrypt n is not a power of two")
             kdf_obj = Scrypt(salt=salt, length=KEY_BYTES, n=values["n"], r=values["r"], p=values["p"])
-        return bytearray(kdf_obj.derive(bytes(passphrase)))
+        # the passphrase as given, no immutable copy of it: `derive` takes any buffer (its stubs say bytes)
+        return _secret(kdf_obj.derive(passphrase))  # type: ignore[arg-type]
     except (ValueError, MemoryError) as e:
         raise VaultCorrupt(f"master.json: kdf parameters rejected: {e}") from None
 
@@ -225,11 +231,24 @@ def _durable(path: Path, data: bytes) -> None:
     try:
         atomic_write(path, data)
     except OSError as e:
-        raise VaultWriteFailed(f"cannot write {path} ({e.strerror}): it is unchanged") from None
+        raise EnvironmentRefused(f"cannot write {path} ({e.strerror}): it is unchanged") from None
 
 
 def _vault_dir(home: Path) -> Path:
     return home / VAULT_DIR
+
+
+@contextmanager
+def _vault_lock(home: Path) -> Iterator[None]:
+    """The lock every writer of a vault file holds; taking it clears what interrupted writes left."""
+    vdir = _vault_dir(home)
+    fd = os.open(vdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        remove_stale_temps(vdir)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 def _read_master(home: Path) -> dict:
@@ -293,18 +312,22 @@ class Vault:
             raise Refused(f"a vault already exists in {home}: use `appliance passphrase` to change its passphrase")
         vdir = _vault_dir(home)
         vdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (vdir / LOCK_FILE).touch(mode=0o600)
-        vault = cls(home, bytearray(os.urandom(KEY_BYTES)))
-        # The table first: a crash before master.json lands leaves "no vault" (or the old
-        # tombstone), and the next create overwrites this orphan table.
-        vault._write_table({"items": {}, "erased": {}, "heads": {}, "settings": {}})
-        kdf = _kdf_params()
-        kek = _derive_kek(passphrase, kdf)
+        vault = cls(home, random_key())
         try:
-            master_doc = {"format": MASTER_FORMAT, "created": _now(), "kdf": kdf, "master": _seal(kek, vault._master, MASTER_AD)}
-        finally:
-            zeroize(kek)
-        _durable(vdir / MASTER_FILE, (json.dumps(master_doc, indent=2) + "\n").encode())
+            with _vault_lock(home):
+                # The table first: a crash before master.json lands leaves "no vault" (or the old
+                # tombstone), and the next create overwrites this orphan table.
+                vault._write_table({"items": {}, "erased": {}, "heads": {}, "settings": {}})
+                kdf = _kdf_params()
+                kek = _derive_kek(passphrase, kdf)
+                try:
+                    master_doc = {"format": MASTER_FORMAT, "created": now_text(), "kdf": kdf, "master": _seal(kek, vault._master, MASTER_AD)}
+                finally:
+                    zeroize(kek)
+                _durable(vdir / MASTER_FILE, (json.dumps(master_doc, indent=2) + "\n").encode())
+        except BaseException:
+            vault.zeroize()
+            raise
         return vault
 
     @classmethod
@@ -314,7 +337,7 @@ class Vault:
         sealed = _unb64(doc.get("master"), VaultCorrupt, "master.json: master")
         kek = _derive_kek(passphrase, doc.get("kdf"))
         try:
-            master = bytearray(_open(kek, sealed, MASTER_AD))
+            master = _secret(_open(kek, sealed, MASTER_AD))
         except InvalidTag:
             raise WrongPassphrase() from None
         finally:
@@ -354,10 +377,11 @@ class Vault:
         vdir = _vault_dir(home)
         if Vault.state(home) == "none":
             raise NotFound(f"no vault in {home}")
-        when = _now()
-        _durable(vdir / MASTER_FILE, (json.dumps({"format": MASTER_FORMAT, "erased": when}) + "\n").encode())
-        (vdir / SLOTS_FILE).unlink(missing_ok=True)
-        fsync_dir(vdir)
+        with _vault_lock(home):  # waits out a write in flight, and clears the copies interrupted ones left
+            when = now_text()
+            _durable(vdir / MASTER_FILE, (json.dumps({"format": MASTER_FORMAT, "erased": when}) + "\n").encode())
+            (vdir / SLOTS_FILE).unlink(missing_ok=True)
+            fsync_dir(vdir)
         return when
 
     def zeroize(self) -> None:
@@ -394,7 +418,7 @@ class Vault:
             if item_id in table["items"] and not replace:
                 raise Refused(f"{item_id} already has a data key")
             table["erased"].pop(item_id, None)
-            table["items"][item_id] = {"key": _b64(key), "files": list(files), "created": _now()}
+            table["items"][item_id] = {"key": _b64(key), "files": list(files), "created": now_text()}
 
     def data_key(self, item_id: str) -> bytearray:
         table = self._read_table()
@@ -403,7 +427,7 @@ class Vault:
             if item_id in table["erased"]:
                 raise Erased(f"{item_id} was crypto-erased at {table['erased'][item_id]}: its data key is gone")
             raise NotFound(f"no such item in the vault: {item_id}")
-        key = bytearray(_unb64(entry.get("key"), KeySlotsCorrupt, f"slots.json: key of {item_id}"))
+        key = _secret(_unb64(entry.get("key"), KeySlotsCorrupt, f"slots.json: key of {item_id}"))
         if len(key) != KEY_BYTES:
             raise KeySlotsCorrupt(f"slots.json: key of {item_id} has the wrong length")
         return key
@@ -427,7 +451,7 @@ class Vault:
                     if item_id in table["erased"]:
                         raise Erased(f"{item_id} was already crypto-erased at {table['erased'][item_id]}")
                     raise NotFound(f"no such item in the vault: {item_id}")
-            files, when = [], _now()
+            files, when = [], now_text()
             for item_id in item_ids:
                 files += table["items"].pop(item_id)["files"]
                 table["heads"].pop(item_id, None)
@@ -513,14 +537,8 @@ class Vault:
         doc = {"format": SLOTS_FORMAT, "sealed": _seal(self._master, json.dumps(table).encode(), SLOTS_AD)}
         _durable(_vault_dir(self.home) / SLOTS_FILE, (json.dumps(doc) + "\n").encode())
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(_vault_dir(self.home) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the flock
+    def _locked(self) -> AbstractContextManager[None]:
+        return _vault_lock(self.home)
 
     @contextmanager
     def _table(self) -> Iterator[dict]:

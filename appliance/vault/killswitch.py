@@ -11,20 +11,25 @@ Rules:
 - Whoever holds keys or decrypted weights registers a zeroing callback with `on_kill`; `Killed`
   handling runs them all, so nothing decrypted outlives the kill.
 - Exit code of a killed command: 4 (locked: the passphrase is needed to come back).
-- One long-running appliance per state dir: the pid file is created exclusively (link(2) of a
-  written temp file, so readers never see it half-written); a stale one (dead pid) is replaced.
+- One long-running appliance per state dir, known by a lock and not by its name: it holds an
+  exclusive `flock` on the pid file for as long as it runs, and writes its pid there. A pid file
+  that nobody holds the lock on is stale, whatever process has that pid now. `kill` signals the
+  pid only while the lock is held, through a pidfd taken before that check, so a pid reused in
+  between is never signalled.
 """
 
+import fcntl
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import Locked, NotFound, Refused
-from ..fsutil import fsync_dir
 
 PID_FILE = "appliance.pid"
+CLAIM_ATTEMPTS = 50  # a reader's shared lock lasts microseconds: retried, never taken for a running appliance
 KILL_SIGNAL = signal.SIGTERM
 WIPE_SIGNAL = signal.SIGUSR1
 WIPE_POLICY = "kill_wipes_overlays"  # vault setting: every kill is a wipe
@@ -36,6 +41,11 @@ class Killed(Locked):
     def __init__(self, wipe: bool):
         super().__init__("stopped by the kill-switch: keys zeroed, appliance locked" + (" (wipe requested)" if wipe else ""))
         self.wipe = wipe
+        self.wiped: list[str] = []  # vault items the kill's wipe erased, once it was handled
+
+
+class AlreadyRunning(Refused):
+    """Another appliance process holds the pid file of this state dir: one at a time (`appliance kill` stops it)."""
 
 
 def pid_path(home: Path) -> Path:
@@ -43,16 +53,22 @@ def pid_path(home: Path) -> Path:
 
 
 def running_pid(home: Path) -> int | None:
-    """The pid in the pid file if that process is alive and is an appliance; else None."""
+    """The pid of the appliance holding the pid file's lock; None when no process holds it."""
     try:
-        pid = int(pid_path(home).read_text().strip())
-    except (FileNotFoundError, ValueError):
+        fd = os.open(pid_path(home), os.O_RDONLY)
+    except FileNotFoundError:
         return None
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return pid if b"appliance" in cmdline else None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: the holder wrote its pid there
+            try:
+                return int(os.pread(fd, 32, 0))
+            except ValueError:
+                return None  # the holder is between its lock and its write: not running yet
+        return None  # nobody holds it: stale (the shared lock just taken goes with the close)
+    finally:
+        os.close(fd)
 
 
 class KillSwitch:
@@ -64,6 +80,7 @@ class KillSwitch:
         self.wipe = False
         self._callbacks: list[Callable[[], None]] = []
         self._previous: dict = {}
+        self._pid_fd: int | None = None  # open, and locked, for as long as this appliance runs
 
     def __enter__(self) -> "KillSwitch":
         self._claim_pid_file()
@@ -74,8 +91,7 @@ class KillSwitch:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        if running_pid(self.home) == os.getpid():
-            pid_path(self.home).unlink(missing_ok=True)
+        self._release_pid_file()
 
     def on_kill(self, callback: Callable[[], None]) -> None:
         """Run `callback` (zero a buffer, switch the overlay off, ...) when the kill is handled."""
@@ -95,29 +111,68 @@ class KillSwitch:
         self.cancel.set()
 
     def _claim_pid_file(self) -> None:
+        """Lock the pid file (created if absent, taken over if stale) and write this pid into it."""
         path = pid_path(self.home)
-        tmp = path.with_name(f".{PID_FILE}.{os.getpid()}")
+        for _ in range(CLAIM_ATTEMPTS):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                other = running_pid(self.home)
+                if other is not None:
+                    raise AlreadyRunning(f"another appliance process is running (pid {other}): `appliance kill` stops it") from None
+                time.sleep(0.001)
+                continue
+            if _same_file(fd, path):
+                self._pid_fd = fd
+                break
+            os.close(fd)  # its holder unlinked it on the way out: claim the one at the path now
+        else:
+            raise Refused(f"cannot claim {path}: another process holds its lock")
         try:
-            tmp.write_text(f"{os.getpid()}\n")  # inside: a full disk must not leave an empty temp behind
-            for _ in range(2):
-                try:
-                    os.link(tmp, path)
-                    fsync_dir(self.home)
-                    return
-                except FileExistsError:
-                    other = running_pid(self.home)
-                    if other is not None:
-                        raise Refused(f"another appliance process is running (pid {other}): `appliance kill` stops it") from None
-                    path.unlink(missing_ok=True)  # stale: its process is gone
-            raise Refused(f"cannot claim {path}")
-        finally:
-            tmp.unlink(missing_ok=True)
+            data = f"{os.getpid()}\n".encode()
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        except OSError:
+            self._release_pid_file()  # a full disk leaves no pid file behind, empty or stale
+            raise
+
+    def _release_pid_file(self) -> None:
+        if self._pid_fd is None:
+            return
+        path = pid_path(self.home)
+        if _same_file(self._pid_fd, path):  # unlinked while the lock is still held: no claimer can take it half-gone
+            path.unlink(missing_ok=True)
+        os.close(self._pid_fd)
+        self._pid_fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def signal_running(home: Path, wipe: bool) -> int:
     """Send the kill (or wipe) signal to the running appliance; returns its pid."""
+    gone = NotFound("no running appliance (no process holds the lock on its pid file)")
     pid = running_pid(home)
     if pid is None:
-        raise NotFound("no running appliance (no live pid file)")
-    os.kill(pid, WIPE_SIGNAL if wipe else KILL_SIGNAL)
+        raise gone
+    try:
+        pidfd = os.pidfd_open(pid)  # this process, even if it exits and its pid is reused
+    except ProcessLookupError:
+        raise gone from None
+    try:
+        if running_pid(home) != pid:  # checked after the pidfd: the process it names holds the lock
+            raise gone
+        signal.pidfd_send_signal(pidfd, WIPE_SIGNAL if wipe else KILL_SIGNAL)
+    except ProcessLookupError:
+        raise gone from None
+    finally:
+        os.close(pidfd)
     return pid

@@ -21,9 +21,10 @@ import hashlib
 from pathlib import Path
 from typing import Optional
 
+from ..errors import EnvironmentRefused
 from ..fsutil import atomic_write
 from ..state_files import MAX_STATE_FILE, StateForged
-from .keys import Vault, VaultWriteFailed
+from .keys import Vault
 
 MAX_SEALED_FILE = max(MAX_STATE_FILE, 16 << 20)  # the signers' keyring can outgrow a JSON state file
 
@@ -66,7 +67,7 @@ class SealedState:
         except OSError as e:
             for folder in reversed(created):
                 folder.rmdir()
-            raise VaultWriteFailed(f"cannot write {path} ({e.strerror}): it is unchanged") from None
+            raise EnvironmentRefused(f"cannot write {path} ({e.strerror}): it is unchanged") from None
         self.vault.set_file_digests(rel, (digest,))
 
     def forget(self, paths: list[Path]) -> None:

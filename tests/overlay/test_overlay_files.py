@@ -1,4 +1,5 @@
-"""Malformed overlay files are refused (exit 3) with a reason; well-formed ones load and round-trip."""
+"""Malformed overlay files are refused (exit 3, `OverlayRejected`) with a reason, an overlay for another
+base too (`BindingMismatch`); well-formed ones load and round-trip."""
 
 import json
 import struct
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save
 
-from appliance.errors import OverlayRejected
+from appliance.errors import BindingMismatch, OverlayRejected
 from appliance.overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay, overlay_files
 from appliance.overlay.params import OverlayParams
 
@@ -43,8 +44,8 @@ def test_round_trip(files):
     assert ov.training == {"recipe": "random", "seed": 7}
 
 
-def _refused(files, *words):
-    with pytest.raises(OverlayRejected) as e:
+def _refused(files, *words, error=OverlayRejected):
+    with pytest.raises(error) as e:
         _load(files)
     assert e.value.exit_code == 3
     for w in words:
@@ -56,7 +57,7 @@ def test_wrong_format_string(files):
 
 
 def test_wrong_binding(files):
-    _refused(_with_meta(files, base_model_sha256="0" * 64), "bound to base", "0" * 64)
+    _refused(_with_meta(files, base_model_sha256="0" * 64), "0" * 64, BASE, error=BindingMismatch)
 
 
 def test_wrong_hidden_size(files):
@@ -64,7 +65,7 @@ def test_wrong_hidden_size(files):
     _refused(meta_changed, "shape")  # the tensors no longer match the declared size
     p = OverlayParams.random(512)
     other = overlay_files(Overlay(p, BASE))
-    _refused(other, "hidden_size 512")
+    _refused(other, "hidden_size 512", error=BindingMismatch)
 
 
 @pytest.mark.parametrize(

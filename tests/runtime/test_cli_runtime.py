@@ -3,7 +3,7 @@
 import shutil
 
 import pytest
-from helpers import appliance, tree_digest
+from helpers import appliance, error_line, tree_digest
 
 from appliance.trust.builtin import embedded_pin
 
@@ -22,8 +22,7 @@ def initialised(home, tmp_path, monkeypatch):
 
 def test_ask_before_init_is_not_found(home):
     r = appliance("ask", "hello")
-    assert r.returncode == 5
-    assert r.stderr.startswith("error: ") and "appliance init" in r.stderr
+    assert "appliance init" in error_line(r, 5, "not-initialised")
     assert not home.exists(), "a refused command must not create state"
 
 
@@ -40,8 +39,7 @@ def test_init_status_ask(initialised):
 def test_overlay_on_with_nothing_installed_is_not_found(initialised):
     before = tree_digest(initialised)
     r = appliance("ask", "hello", "--overlay", "on")
-    assert r.returncode == 5
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "overlay" in r.stderr
+    error_line(r, 5, "no-overlay")
     assert tree_digest(initialised) == before
 
 
@@ -50,10 +48,7 @@ def test_overlay_on_with_nothing_installed_is_not_found(initialised):
     [("ask",), ("ask", "x", "--max-tokens", "0"), ("ask", "x", "--overlay", "maybe"), ("nonsense",)],
 )
 def test_usage_errors_exit_2(initialised, args):
-    r = appliance(*args)
-    assert r.returncode == 2
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
-    assert "Traceback" not in r.stderr
+    error_line(appliance(*args), 2, "usage")
 
 
 def _tampered_model_package(tmp_path, offset: int):
@@ -77,8 +72,8 @@ def test_flipped_byte_in_model_refused_exit_3(initialised, tmp_path, offset):
     fakepath, copy = _tampered_model_package(tmp_path, offset)
     before = tree_digest(initialised)
     r = appliance("ask", "hello", env={"PYTHONPATH": str(fakepath)})
-    assert r.returncode == 3
-    assert str(copy) in r.stderr and "expected " + EMBEDDED_SHA in r.stderr and "got " in r.stderr
+    line = error_line(r, 3, "hash-mismatch")
+    assert str(copy) in line and "expected " + EMBEDDED_SHA in line
     assert r.stdout == ""
     assert tree_digest(initialised) == before
 

@@ -92,10 +92,10 @@ def test_toggle_mid_conversation_equals_fresh_sessions(runtime, model):
 
 
 def test_toggle_without_overlay_is_not_found(runtime):
-    from appliance.errors import NotFound
+    from appliance.errors import NoOverlay
 
     s = Session(runtime)
-    with pytest.raises(NotFound):
+    with pytest.raises(NoOverlay):
         s.toggle()
     assert s.overlay_on is False
 

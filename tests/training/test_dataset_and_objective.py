@@ -77,7 +77,7 @@ def test_aggregates_by_hand():
 
 
 def test_rmse_fires_where_mean_dilutes():
-    """Seed 003: a short loop in a long reply stays under tau by the mean, not by the rmse."""
+    """docs/overlay-training.md: a short loop in a long reply stays under tau by the mean, not by the rmse."""
     kl = torch.zeros(60)
     kl[:4] = 5.8
     assert barrier(aggregate(kl, "mean"), 0.5).item() == 0.0

@@ -78,10 +78,10 @@ def test_a_killed_run_resumes_to_the_same_overlay(tmp_path, model, base, trained
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, model, base, trained):
-    from appliance.errors import UsageError
+    from appliance.training.trainer import CheckpointMismatch
 
     _, out, dataset = trained
-    with pytest.raises(UsageError, match="other settings"):
+    with pytest.raises(CheckpointMismatch):
         train(model, dataset, TrainConfig(**{**CFG.__dict__, "lr": 0.5}), out, resume=True, base=base)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from appliance.overlay.files import Overlay, overlay_files
 from appliance.overlay.params import OverlayParams
 from appliance.trust.bundle import create_bundle, sign_bundle
-from appliance.trust.manifest import format_time
+from appliance.utc import format_time
 
 BASE_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 PASSPHRASE = "correct horse battery staple"

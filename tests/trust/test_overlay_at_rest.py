@@ -8,7 +8,7 @@ import json
 
 import pytest
 from bundles import PASSPHRASE, make_bundle
-from helpers import appliance, ok, tree_digest
+from helpers import appliance, error_line, ok, tree_digest
 
 from appliance.store.layout import Store
 from appliance.vault import Vault
@@ -16,11 +16,9 @@ from appliance.vault import Vault
 ASK = ("ask", "Name a colour.", "--temperature", "0", "--max-tokens", "4")
 
 
-def fails(code, *args, **kw):
-    r = appliance(*args, **kw)
-    assert r.returncode == code, (r.stdout, r.stderr)
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
-    return r.stderr
+def fails(code, reason, *args, **kw):
+    """`appliance ARGS` fails with exit `code` and the reason code `reason`; its one error line."""
+    return error_line(appliance(*args, **kw), code, reason)
 
 
 def bundle(keys, tmp_path, label, **kw):
@@ -75,11 +73,10 @@ def test_import_refused_when_locked(home, keys, tmp_path, monkeypatch, how):
     before = tree_digest(home)
     if how == "wrong passphrase":
         (tmp_path / "wrong").write_text("not it\n")
-        stderr = fails(4, "update", "import", str(care), "--passphrase-file", str(tmp_path / "wrong"))
-        assert "wrong passphrase" in stderr
+        fails(4, "wrong-passphrase", "update", "import", str(care), "--passphrase-file", str(tmp_path / "wrong"))
     else:
         monkeypatch.delenv("APPLIANCE_PASSPHRASE_FILE")
-        assert "no passphrase" in fails(4, "update", "import", str(care))
+        fails(4, "no-passphrase", "update", "import", str(care))
     assert tree_digest(home) == before
 
 
@@ -90,9 +87,8 @@ def test_flipped_ciphertext_byte_refused_at_load(home, keys, tmp_path):
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     sessions_before = set((home / "journal").glob("*.journal"))  # the trust-change sessions of the pins
-    stderr = fails(3, *ASK, "--overlay", "on")
-    assert "overlay.safetensors" in stderr and "failed authentication" in stderr
-    assert "failed authentication" in fails(3, "verify")
+    assert "overlay.safetensors" in fails(3, "ciphertext-rejected", *ASK, "--overlay", "on")
+    assert "overlay.safetensors" in fails(3, "verification-failed", "verify")
     assert set((home / "journal").glob("*.journal")) == sessions_before, "a refused load must not leave an empty session"
 
 
@@ -106,11 +102,11 @@ def test_erase_overlay_then_ask_is_erased_and_the_rest_still_works(home, keys, t
 
     out = ok("erase", "overlay", "care", "--yes")
     assert "overlay/care/1" in out and "proof:" in out
-    assert "erased" in fails(6, *ASK, "--overlay", "on")
+    assert "overlay care was crypto-erased" in fails(6, "erased", *ASK, "--overlay", "on")
     assert "care overlay erased crypto-erased v1" in " ".join(ok("update", "list").split())
     assert "care (active overlay) crypto-erased (v1)" in ok("status")
-    assert "crypto-erased" in fails(6, "update", "rollback", "care")
-    assert "replay" in fails(3, "update", "import", str(v1))  # an erased version cannot come back
+    fails(6, "erased", "update", "rollback", "care")
+    assert "replay" in fails(3, "version-not-newer", "update", "import", str(v1))  # an erased version cannot come back
     # The other overlay and the journal are untouched and still decrypt.
     verify = ok("verify")
     assert "aux v1 (active): ok" in verify and "care" not in verify
@@ -122,13 +118,13 @@ def test_erase_overlay_then_ask_is_erased_and_the_rest_still_works(home, keys, t
     v2 = bundle(keys, tmp_path, "v2", version=2, seed=7)
     ok("update", "import", str(v2))
     assert ok(*ASK, "--overlay", "on").strip()
-    assert "care v1 was crypto-erased" in fails(6, "update", "rollback", "care")
+    assert "care v1 was crypto-erased" in fails(6, "erased", "update", "rollback", "care")
 
 
 def test_kill_wipe_and_erase_all_forget_every_overlay(home, keys, tmp_path):
     ok("update", "import", str(bundle(keys, tmp_path, "v1")))
     assert "overlay/care/1" in ok("kill", "--wipe")  # nothing running: wiped here
-    assert "erased" in fails(6, *ASK, "--overlay", "on")
+    fails(6, "erased", *ASK, "--overlay", "on")
     assert not list((home / "store" / "objects").iterdir())
 
     v2 = bundle(keys, tmp_path, "v2", version=2, seed=3)
@@ -137,10 +133,10 @@ def test_kill_wipe_and_erase_all_forget_every_overlay(home, keys, tmp_path):
     # The store and the trust policy were sealed by the destroyed vault: they go with it.
     assert not (home / "store").exists() and not (home / "trust").exists()
     ok("init")  # a fresh vault with the same passphrase file
-    assert "no overlay is installed" in fails(5, *ASK, "--overlay", "on")
+    fails(5, "no-overlay", *ASK, "--overlay", "on")
     assert ok("update", "list") == ""
     assert "threshold: 2 of 0 pinned signers" in ok("trust", "list")
-    assert "0 of 2 required signatures" in fails(3, "update", "import", str(v2))  # nothing pinned any more
+    assert "0 of 2 required signatures" in fails(3, "threshold-not-met", "update", "import", str(v2))  # nothing pinned any more
 
 
 def test_killed_import_orphan_key_is_harmless_and_erased(home, keys, tmp_path):

@@ -3,7 +3,8 @@
 The trust policy, the signers' keyring, the store's state and each version's accepted record are
 sealed under the vault (`appliance/state_files.py`, `appliance/vault/sealed_state.py`): changing them
 needs the passphrase; edited, replaced by an older copy, planted or deleted outside the appliance
-they refuse with exit 3 naming the file, and nothing else changes. Each test runs also under
+they refuse with exit 3 naming the file (`[state-forged]`; a sealed file whose content is invalid:
+`[state-file-damaged]`), and nothing else changes. Each test runs also under
 `python -O`, where an `assert` would have vanished.
 """
 
@@ -12,7 +13,7 @@ import shutil
 
 import pytest
 from bundles import PASSPHRASE, make_bundle
-from helpers import appliance, ok, tree_digest
+from helpers import appliance, error_line, ok, tree_digest
 
 from appliance.state_files import state_bytes
 from appliance.vault import Vault
@@ -21,17 +22,14 @@ from appliance.vault.sealed_state import SealedState
 OPTIMISE = [{}, {"PYTHONOPTIMIZE": "1"}]
 
 
-def refused(home, words, *args, env=None):
-    """`appliance ARGS` exits 3 with one error line holding `words`, and the state tree is unchanged."""
+def refused(home, reason, words, *args, env=None):
+    """`appliance ARGS` exits 3 with one error line ending `[reason]` and naming `words`; the state tree is unchanged."""
     before = tree_digest(home)
-    r = appliance(*args, env=env)
-    assert r.returncode == 3, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr
+    line = error_line(appliance(*args, env=env), 3, reason)
     for w in words:
-        assert w in lines[0], (w, lines[0])
+        assert w in line, (w, line)
     assert tree_digest(home) == before
-    return lines[0]
+    return line
 
 
 def carol_only(keys, tmp_path, name="evil"):
@@ -43,10 +41,8 @@ def test_the_whole_attack_on_the_policy_fails(home, keys, tmp_path, monkeypatch)
     monkeypatch.delenv("APPLIANCE_PASSPHRASE_FILE")
     before = tree_digest(home)
     carol = keys.public("carol", tmp_path)
-    r = appliance("trust", "add", str(carol), "--fingerprint", keys.fpr["carol"], input="")
-    assert r.returncode == 4 and "passphrase" in r.stderr, r.stderr
-    r = appliance("trust", "threshold", "1", input="")
-    assert r.returncode == 4 and "passphrase" in r.stderr, r.stderr
+    error_line(appliance("trust", "add", str(carol), "--fingerprint", keys.fpr["carol"], input=""), 4, "no-passphrase")
+    error_line(appliance("trust", "threshold", "1", input=""), 4, "no-passphrase")
     assert tree_digest(home) == before
 
     # So the attacker writes the files by hand: the policy with their key and a threshold of 1.
@@ -56,9 +52,9 @@ def test_the_whole_attack_on_the_policy_fails(home, keys, tmp_path, monkeypatch)
     monkeypatch.setenv("APPLIANCE_PASSPHRASE_FILE", str(home.parent / "pp"))
     (home.parent / "pp").write_text(PASSPHRASE)
     for env in OPTIMISE:
-        refused(home, ["trust/policy.json", "changed outside the appliance"], "update", "import", str(carol_only(keys, tmp_path)), env=env)
-        refused(home, ["trust/policy.json"], "trust", "list", env=env)
-        refused(home, ["trust/policy.json"], "status", env=env)
+        refused(home, "state-forged", ["trust/policy.json"], "update", "import", str(carol_only(keys, tmp_path)), env=env)
+        refused(home, "state-forged", ["trust/policy.json"], "trust", "list", env=env)
+        refused(home, "state-forged", ["trust/policy.json"], "status", env=env)
 
 
 def test_trust_changes_are_journalled(home, keys, tmp_path):
@@ -84,8 +80,8 @@ def test_forged_accepted_record_is_refused(home, keys, tmp_path, env):
     (record,) = (home / "store" / "objects").glob("*/accepted.json")
     doc = json.loads(record.read_text())
     record.write_text(json.dumps({**doc, "signers": [keys.fpr["carol"]]}))
-    refused(home, ["accepted.json", "changed outside the appliance"], "status", env=env)
-    refused(home, ["accepted.json"], "ask", "hi", "--overlay", "on", "--max-tokens", "1", env=env)
+    refused(home, "state-forged", ["accepted.json"], "status", env=env)
+    refused(home, "state-forged", ["accepted.json"], "ask", "hi", "--overlay", "on", "--max-tokens", "1", env=env)
 
 
 def test_older_store_state_put_back_is_refused(home, keys, tmp_path):
@@ -96,7 +92,7 @@ def test_older_store_state_put_back_is_refused(home, keys, tmp_path):
     ok("erase", "overlay", "care", "--yes")
     state.write_bytes(saved)
     for env in OPTIMISE:
-        refused(home, ["store/state.json", "older copy"], "update", "list", env=env)
+        refused(home, "state-forged", ["store/state.json", "older copy"], "update", "list", env=env)
 
 
 def test_older_keyring_put_back_is_refused(home, keys, tmp_path):
@@ -105,14 +101,14 @@ def test_older_keyring_put_back_is_refused(home, keys, tmp_path):
     saved = keyring.read_bytes()
     ok("trust", "remove", keys.fpr["bob"])
     keyring.write_bytes(saved)
-    refused(home, ["pubring.kbx"], "update", "import", str(make_bundle(keys, tmp_path / "care.bundle")))
+    refused(home, "state-forged", ["pubring.kbx"], "update", "import", str(make_bundle(keys, tmp_path / "care.bundle")))
 
 
 def test_deleted_or_planted_state_is_refused(home, keys, tmp_path):
     policy = home / "trust" / "policy.json"
     saved = policy.read_bytes()
     policy.unlink()
-    refused(home, ["trust/policy.json", "deleted"], "trust", "list")
+    refused(home, "state-forged", ["trust/policy.json", "deleted"], "trust", "list")
     policy.write_bytes(saved)
     assert "threshold: 2" in ok("trust", "list")
 
@@ -122,7 +118,7 @@ def test_deleted_or_planted_state_is_refused(home, keys, tmp_path):
     ok("update", "list", env={"APPLIANCE_HOME": str(fresh)})
     (fresh / "store").mkdir()
     (fresh / "store" / "state.json").write_bytes((home / "trust" / "policy.json").read_bytes())
-    refused(fresh, ["store/state.json", "not written by this appliance"], "update", "list", env={"APPLIANCE_HOME": str(fresh)})
+    refused(fresh, "state-forged", ["store/state.json", "not written by this appliance"], "update", "list", env={"APPLIANCE_HOME": str(fresh)})
 
 
 @pytest.mark.parametrize("env", OPTIMISE, ids=["plain", "python-O"])
@@ -145,5 +141,5 @@ def test_invalid_sealed_policy_is_refused_by_code_not_assert(home, keys, tmp_pat
         SealedState(vault).write(policy, state_bytes({**json.loads(policy.read_text()), **change}))
     finally:
         vault.zeroize()
-    line = refused(home, ["trust/policy.json", field], "update", "import", str(carol_only(keys, tmp_path)), env=env)
+    line = refused(home, "state-file-damaged", ["trust/policy.json", field], "update", "import", str(carol_only(keys, tmp_path)), env=env)
     assert "signatures" not in line  # refused at the policy, before any signature was counted

@@ -2,12 +2,14 @@
 
 import pytest
 from textual.widgets import Label
-from ui_support import PASSPHRASE, overlay_for_tests, send, unlock, wait_for
+from ui_support import PASSPHRASE, THREADS, overlay_for_tests, send, unlock, wait_for
 
+from appliance.errors import NoOverlay, NotFound
 from appliance.journal import read
 from appliance.journal.transcript import markdown_transcript
 from appliance.runtime.sampler import GREEDY
-from appliance.runtime.session import Session
+from appliance.runtime.session import Runtime, Session
+from appliance.ui import ChatCore
 from appliance.ui.chat import ChatScreen
 from appliance.ui.unlock import UnlockScreen
 from appliance.ui.widgets import ChatMessage, PromptInput, StatusBar
@@ -23,7 +25,7 @@ async def test_wrong_then_right_passphrase(vault_home, make_app):
         await unlock(pilot, PASSPHRASE)
         assert isinstance(app.screen, ChatScreen)
         status = app.screen.query_one(StatusBar)
-        assert status.session == app.core.journal.session_id and status.overlay_on is True
+        assert status.session == app.core.status().session_id and status.overlay_on is True
         assert status.base.startswith(app.core.model.name) and "care v1 signers A1B2C3D4 0FEDCBA9" == status.overlay
 
 
@@ -63,7 +65,7 @@ async def test_streamed_reply_is_journalled_with_provenance(vault_home, make_app
         assert any(0 < n < len(final) for n in partial_lengths), f"the reply appeared only at the end: {sorted(partial_lengths)} {len(final)}"
         assert "overlay ON" in str(reply.header.render()) and "tok/s" in str(reply.header.render())
         assert screen.query_one(StatusBar).tokens_per_second > 0
-        sid = app.core.journal.session_id
+        sid = app.core.status().session_id
     vault = Vault.unlock(vault_home, PASSPHRASE.encode())
     user, assistant = read(vault, sid)
     assert user["text"] == "Tell me about the sea." and assistant["text"] == final
@@ -82,7 +84,7 @@ async def test_toggle_changes_the_next_reply_to_a_fresh_sessions(vault_home, mak
         assert status.overlay_on is False and "OFF" in str(status.render())
         await send(pilot, "And three animals?")
         second = app.screen.query(ChatMessage)[3].body.source
-        sid = app.core.journal.session_id
+        sid = app.core.status().session_id
     history = [{"role": "user", "content": "Name three colours."}, {"role": "assistant", "content": first}]
 
     def fresh(on: bool) -> str:
@@ -109,7 +111,7 @@ async def test_escape_stops_a_long_reply_early(vault_home, make_app):
         await pilot.press("escape")
         await wait_for(pilot, lambda: screen.worker is None, timeout=5)
         header = str(screen.query(ChatMessage)[1].header.render())
-        sid = app.core.journal.session_id
+        sid = app.core.status().session_id
     assert "stopped" in header
     _, reply = read(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
     assert reply["finish"] == "cancelled" and reply["tokens"] < 300
@@ -152,7 +154,28 @@ async def test_prompt_history_and_system_prompt(vault_home, make_app):
         assert app.core.session.system_prompt == "Answer in French."
         await send(pilot, "Hello")
         assert app.core.session.messages()[0] == {"role": "system", "content": "Answer in French."}
-        records = read(Vault.unlock(vault_home, PASSPHRASE.encode()), app.core.journal.session_id)
+        records = read(Vault.unlock(vault_home, PASSPHRASE.encode()), app.core.status().session_id)
         assert records[0]["system_prompt"] is None  # the model's own default, before F6
         assert records[-2]["system_prompt"] == records[-1]["system_prompt"] == "Answer in French."  # what conditioned it
-        assert 'system prompt "Answer in French."' in markdown_transcript(app.core.journal.session_id, records)
+        assert 'system prompt "Answer in French."' in markdown_transcript(app.core.status().session_id, records)
+
+
+@pytest.mark.parametrize("error, problem", [
+    (NoOverlay("no overlay is installed"), ""),
+    (NotFound("overlay.safetensors: missing from the store"), "overlay.safetensors: missing from the store"),
+], ids=["none-installed", "file-missing"])
+def test_only_no_overlay_installed_is_quiet(vault_home, model, error, problem):
+    """Nothing installed is said by the status bar; any other failure to load the overlay, a
+    missing file included, is a problem the chat shows (it chats on the base alone)."""
+
+    def loader(vault):
+        raise error
+
+    runtime = Runtime(model, n_ctx=256, n_threads=THREADS)
+    core = ChatCore(vault_home, model, runtime, overlay_loader=loader)
+    try:
+        core.unlock(PASSPHRASE.encode())
+        assert core.status().overlay is None and core.status().overlay_problem == problem
+    finally:
+        core.close()
+        runtime.close()

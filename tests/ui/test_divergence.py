@@ -23,7 +23,7 @@ async def test_meter_measures_without_changing_the_reply(vault_home, make_app):
         assert audited.body.source == plain  # the meter only watches
         assert f"KL rmse {div.rmse:.3f} max {div.max:.3f}" in str(audited.header.render())
         assert div.positions >= len(plain.split()) and 0 < div.rmse <= div.max
-        sid = app.core.journal.session_id
+        sid = app.core.status().session_id
         await pilot.press("f2")  # overlay off: nothing to measure, and no stale number on the reply
         await send(pilot, PROMPT)
         assert "KL" not in str(app.screen.query(ChatMessage)[3].header.render())

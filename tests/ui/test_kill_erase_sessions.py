@@ -18,6 +18,7 @@ from appliance.ui.modals import EraseScreen
 from appliance.ui.sessions import SessionsScreen
 from appliance.ui.unlock import UnlockScreen
 from appliance.ui.widgets import ChatMessage, StatusBar
+from appliance.utc import parse_precise
 from appliance.vault import Vault
 from appliance.vault.killswitch import pid_path
 
@@ -33,11 +34,11 @@ async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
         previous = signal.getsignal(signal.SIGTERM)
         await unlock(pilot, PASSPHRASE)
         assert pid_path(vault_home).exists()  # `appliance kill` from another terminal finds the UI
-        screen, params = app.screen, app.core.active.overlay.params
+        screen, params = app.screen, app.core.app.active.overlay.params
         screen.query_one("#prompt").text = "Write a very long story about a lighthouse keeper."
         await pilot.press("enter")
         await wait_for(pilot, lambda: len(screen.query(ChatMessage)) == 2 and screen.query(ChatMessage)[1].body.source)
-        sid = app.core.journal.session_id
+        sid = app.core.status().session_id
         pressed = datetime.now(timezone.utc)
         if how == "key":
             await pilot.press("f9")
@@ -46,18 +47,18 @@ async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
         # The unlock screen is the active one before it has composed its widgets: wait for its message.
         await wait_for(pilot, lambda: isinstance(app.screen, UnlockScreen) and app.screen.query("#message"), timeout=5)
         assert "Killed" in str(app.screen.query_one("#message", Label).render())
-        # Disarmed: the signal handlers are back (the pid file is left to `running_pid`, which
-        # only counts a process whose command line says appliance, unlike pytest's).
+        # Disarmed: the signal handlers are back, the pid file and its lock are gone.
         assert not app.core.unlocked and signal.getsignal(signal.SIGTERM) is previous
+        assert not pid_path(vault_home).exists()
         assert not params.B.any() and not params.A.any()  # the decrypted weights are zeroed
         await unlock(pilot, PASSPHRASE)  # the passphrase brings it back, in a new session
-        assert isinstance(app.screen, ChatScreen) and app.core.journal.session_id != sid
+        assert isinstance(app.screen, ChatScreen) and app.core.status().session_id != sid
     _user, reply, kill = read(_vault(vault_home), sid)
     assert reply["finish"] == "cancelled" and reply["tokens"] < 300
     assert kill["kind"] == "kill" and kill["wipe"] is False
     # The cut-off reply is journalled once generation has stopped: that moment bounds the stop latency
     # (printed for the record; a shared machine makes it a measurement, not an assertion).
-    stopped = datetime.strptime(reply["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc) - pressed
+    stopped = parse_precise(reply["time"]) - pressed
     print(f"\nkill ({how}) -> generation stopped and journalled in {stopped.total_seconds() * 1000:.0f} ms")
 
 
@@ -93,12 +94,12 @@ async def test_erase_journal_then_a_fresh_session(vault_home, make_app):
     async with app.run_test() as pilot:
         await unlock(pilot, PASSPHRASE)
         await send(pilot, "Hello.")
-        old = app.core.journal.session_id
+        old = app.core.status().session_id
         await pilot.press("f8", *"erase log", "enter")
         assert isinstance(app.screen, EraseScreen) and check(_vault(vault_home), old).ok
         await pilot.press(*"erase logs", "enter")
         await pilot.pause()
-        new = app.core.journal.session_id
+        new = app.core.status().session_id
         assert new != old and app.screen.query_one(StatusBar).session == new
     with pytest.raises(Erased):
         check(_vault(vault_home), old)
@@ -109,10 +110,10 @@ async def test_sessions_open_verify_export(vault_home, make_app, tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await unlock(pilot, PASSPHRASE)
         await send(pilot, "Say hello.")
-        first = app.core.journal.session_id
+        first = app.core.status().session_id
         await pilot.press("f5")
         await send(pilot, "Say goodbye.")
-        second = app.core.journal.session_id
+        second = app.core.status().session_id
         path = vault_home / relative_path(second)
         data = bytearray(path.read_bytes())
         data[-5] ^= 1  # tamper with the last record of the second session

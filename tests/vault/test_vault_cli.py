@@ -1,29 +1,29 @@
-"""The CLI around the vault: locked states change nothing (exit 4), init paths, passphrase change, erase."""
+"""The CLI around the vault: locked states change nothing (exit 4, each with its reason code), init paths,
+passphrase change, erase."""
 
 import json
 
 import pytest
-from helpers import appliance, tree_digest
+from helpers import appliance, error_line, tree_digest
 from vault_setup import PASSPHRASE, install_fake_overlay
 
+from appliance.errors import Erased
 from appliance.journal import Journal
 from appliance.vault import Vault
 
 
-def _locked(home, *args):
+def _locked(home, reason, *args):
+    """`appliance ARGS` stays locked (exit 4) for the reason `reason`, and changes nothing; its error line."""
     before = tree_digest(home)
-    r = appliance(*args)
-    assert r.returncode == 4, (r.stdout, r.stderr)
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    line = error_line(appliance(*args), 4, reason)
     assert tree_digest(home) == before
-    return r
+    return line
 
 
 @pytest.mark.parametrize("command", [("logs", "list"), ("ask", "hello", "--max-tokens", "1")])
 def test_wrong_passphrase_exit_4_nothing_changed(vault_home, tmp_path, command):
     (tmp_path / "wrong").write_text("not it\n")
-    r = _locked(vault_home, *command, "--passphrase-file", str(tmp_path / "wrong"))
-    assert "wrong passphrase" in r.stderr
+    _locked(vault_home, "wrong-passphrase", *command, "--passphrase-file", str(tmp_path / "wrong"))
 
 
 @pytest.mark.parametrize("damage", ["flip a byte of the sealed table", "not JSON", "missing"])
@@ -37,8 +37,7 @@ def test_corrupted_key_slot_exit_4_nothing_changed(vault_home, damage):
         doc = json.loads(slots.read_text())
         doc["sealed"] = doc["sealed"][:40] + ("A" if doc["sealed"][40] != "A" else "B") + doc["sealed"][41:]
         slots.write_text(json.dumps(doc))
-    r = _locked(vault_home, "logs", "list")
-    assert "slots.json" in r.stderr
+    assert "slots.json" in _locked(vault_home, "key-slots-corrupt", "logs", "list")
 
 
 def test_corrupted_master_slot_exit_4(vault_home):
@@ -46,27 +45,26 @@ def test_corrupted_master_slot_exit_4(vault_home):
     doc = json.loads(master.read_text())
     doc["kdf"]["memory_kib"] = 1 << 40  # a tampered cost must be refused, not run
     master.write_text(json.dumps(doc))
-    _locked(vault_home, "logs", "list")
+    assert "memory_kib" in _locked(vault_home, "vault-corrupt", "logs", "list")
 
 
 def test_missing_vault_exit_4(home, passphrase_file):
     from appliance import state
 
     state.initialise(home)
-    r = _locked(home, "logs", "list")
-    assert "appliance init" in r.stderr
+    assert "appliance init" in _locked(home, "no-vault", "logs", "list")
 
 
 def test_no_passphrase_source_is_locked_not_a_hang(vault_home, monkeypatch):
     monkeypatch.delenv("APPLIANCE_PASSPHRASE_FILE")
-    r = _locked(vault_home, "logs", "list")
-    assert "no passphrase" in r.stderr
+    _locked(vault_home, "no-passphrase", "logs", "list")
 
 
 def test_init_paths(home, tmp_path, monkeypatch):
     monkeypatch.delenv("APPLIANCE_PASSPHRASE_FILE", raising=False)
     r = appliance("init")  # no terminal, no passphrase file: refused before anything is created
-    assert r.returncode == 2 and not home.exists()
+    error_line(r, 2, "usage")
+    assert not home.exists()
     r = appliance("init", "--if-needed")  # what ./run does: state only, a note, exit 0
     assert r.returncode == 0 and "no vault yet" in r.stderr
     assert Vault.state(home) == "none"
@@ -82,7 +80,7 @@ def test_passphrase_change(vault_home, tmp_path):
     (tmp_path / "new").write_text("brand new\n")
     r = appliance("passphrase", "--new-passphrase-file", str(tmp_path / "new"))
     assert r.returncode == 0, r.stderr
-    _locked(vault_home, "logs", "list")  # the old passphrase (from the env) no longer opens it
+    _locked(vault_home, "wrong-passphrase", "logs", "list")  # the old passphrase (from the env) no longer opens it
     assert appliance("logs", "list", "--passphrase-file", str(tmp_path / "new")).returncode == 0
 
 
@@ -98,19 +96,20 @@ def test_erase_overlay(vault_home, vault):
     other = install_fake_overlay(vault_home, vault, "other", 1, b"other weights" * 100)
     sid = _journal(vault, "kept")
     r = appliance("erase", "overlay", "care", input="wrong\n")
-    assert r.returncode == 3 and "nothing was erased" in r.stderr and care.exists()
+    last = r.stderr.splitlines()[-1]  # after the confirmation prompt (stderr too)
+    assert r.returncode == 3 and last.endswith("error: confirmation did not match: nothing was erased [not-confirmed]")
+    assert care.exists()
     r = appliance("erase", "overlay", "care", input="care\n")
     assert r.returncode == 0, r.stderr
     assert "destroyed: data keys of overlay/care/1" in r.stdout
     assert "proof:     decryption of overlay/care/1 fails" in r.stdout
     assert not care.exists()
     fresh = Vault.unlock(vault_home, PASSPHRASE)  # even with the right passphrase
-    with pytest.raises(Exception) as e:
+    with pytest.raises(Erased):
         fresh.data_key("overlay/care/1")
-    assert e.value.exit_code == 6
     assert fresh.data_key("overlay/other/1") and other.exists()  # the rest still works
     assert appliance("logs", "verify", sid).returncode == 0
-    assert appliance("erase", "overlay", "care", "--yes").returncode == 6
+    error_line(appliance("erase", "overlay", "care", "--yes"), 6, "erased")
 
 
 def test_erase_logs(vault_home, vault):
@@ -121,7 +120,7 @@ def test_erase_logs(vault_home, vault):
     assert "2 journal sessions" in r.stdout and r.stdout.count("proof:") == 2
     assert not list((vault_home / "journal").glob("*.journal"))
     for sid in sids:
-        assert appliance("logs", "show", sid).returncode == 6
+        error_line(appliance("logs", "show", sid), 6, "erased")
     assert Vault.unlock(vault_home, PASSPHRASE).data_key("overlay/care/1") and overlay.exists()
 
 
@@ -131,8 +130,8 @@ def test_erase_all_then_init_afresh(vault_home, vault, tmp_path):
     r = appliance("erase", "all", input="erase all\n")
     assert r.returncode == 0, r.stderr
     assert "master key slot" in r.stdout and "proof:     unlocking fails" in r.stdout
-    assert appliance("logs", "show", sid).returncode == 6
-    assert appliance("logs", "list").returncode == 6
+    error_line(appliance("logs", "show", sid), 6, "vault-erased")
+    error_line(appliance("logs", "list"), 6, "vault-erased")
     (tmp_path / "pw2").write_text("after the wipe\n")
     r = appliance("init", "--passphrase-file", str(tmp_path / "pw2"))
     assert r.returncode == 0 and "replacing the erased one" in r.stdout

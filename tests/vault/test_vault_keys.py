@@ -5,8 +5,8 @@ import json
 import pytest
 from vault_setup import PASSPHRASE
 
-from appliance.errors import ApplianceError, Erased, NotFound, Refused
-from appliance.vault import CiphertextRejected, EncryptedWriter, Vault, WrongPassphrase, decrypt_chunks, zeroize
+from appliance.errors import Erased, NotFound, Refused
+from appliance.vault import CiphertextRejected, EncryptedWriter, Vault, VaultErased, WrongPassphrase, decrypt_chunks, zeroize
 from appliance.vault.stream import CHUNK_BYTES, HEADER, TAG_BYTES
 
 
@@ -53,7 +53,7 @@ def test_change_passphrase_rewraps_only_the_master_key(vault_home, vault):
 def test_erase_all_then_afresh(vault_home, vault):
     vault.new_data_key("overlay/care/1")
     Vault.erase_all(vault_home)
-    with pytest.raises(Erased):
+    with pytest.raises(VaultErased):
         Vault.unlock(vault_home, PASSPHRASE)
     fresh = Vault.create(vault_home, b"another")
     assert fresh.items() == []
@@ -110,7 +110,7 @@ def test_stream_detects_truncation_reordering_and_wrong_context(tmp_path):
 
 def test_ciphertext_paths_must_stay_inside_the_state_dir(vault):
     for bad in ("/etc/passwd", "../outside"):
-        with pytest.raises(ApplianceError):
+        with pytest.raises(Refused):
             vault.new_data_key("overlay/evil/1", files=[bad])
     with pytest.raises(Refused):  # not an item id
         vault.new_data_key("../../x")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from bundles import fingerprint, gpg, make_bundle
-from helpers import appliance, ok
+from helpers import appliance, error_line, ok
 
 RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 TITLE = "\x1b]0;pwned\x07\x1b[2J"
@@ -53,11 +53,12 @@ def test_a_bundle_file_name_is_escaped_in_the_refusal(home, tmp_path, command):
     bundle = tmp_path / f"care{TITLE}.bundle"
     bundle.write_bytes(b"not a tar archive" * 100)
     r = appliance(*command, str(bundle))
-    assert r.returncode == 3
-    assert f"care{TITLE_SHOWN}.bundle" in _escaped(r, "stderr") and r.stderr.count("\n") == 1
+    error_line(r, 3, "bundle-unreadable")
+    assert f"care{TITLE_SHOWN}.bundle" in _escaped(r, "stderr")
 
     r = appliance(*command, str(tmp_path / f"gone{TITLE}.bundle"))
-    assert r.returncode == 5 and f"gone{TITLE_SHOWN}.bundle" in _escaped(r, "stderr")
+    error_line(r, 5, "not-found")
+    assert f"gone{TITLE_SHOWN}.bundle" in _escaped(r, "stderr")
 
 
 def test_status_never_prints_a_stored_signer_raw(home, keys, tmp_path):

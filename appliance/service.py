@@ -1,0 +1,206 @@
+"""The appliance, unlocked: the one lifecycle that `appliance ask` and the chat both run.
+
+    with UnlockedAppliance.open(vault, model) as app:   # the kill-switch armed, the vault zeroed on the way out
+        app.load_overlay()                              # decrypted, re-verified, bound to this base
+        session = app.session(runtime, settings=...)
+        outcome = app.reply(session, "Hello", max_tokens=64)
+
+Rules:
+1. `open` takes the unlocked vault over: its keys are zeroed however the body ends (a kill, a
+   refusal, a bug), after the decrypted overlay is zeroed and the journal closed;
+2. the kill-switch is armed for the whole life (pid file, signals): a kill, whether it arrives
+   as `Killed` at a safe point (`ask`) or from the chat's kill key (`kill`), runs the same
+   `emergency.handle_kill` once: overlay off and zeroed, a final `kill` record, a wipe if asked;
+3. a journal session opens at the first record (or when the chat starts one), so work refused
+   before it (an overlay that fails verification, a prompt that cannot fit the window) leaves no
+   empty session behind;
+4. a reply is journalled the same way whoever asks: the user's message with its provenance (base,
+   overlay and its switch, sampling settings, system prompt) once the prompt is known to fit, then
+   the assistant's with finish, tokens, tokens/s and the divergence where it was measured;
+5. every overlay switch is journalled with its moment; records are serialised by a lock, since the
+   chat replies on a worker thread while its UI thread may switch or kill.
+"""
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+from .emergency import handle_kill
+from .errors import NotFound
+from .journal import Journal, provenance
+from .runtime.sampler import SamplingSettings
+from .runtime.session import Reply, Runtime, Session
+from .store import ActiveOverlay, Base, Provenance, load_active_overlay
+from .trust.builtin import VerifiedModel
+from .vault import Vault
+from .vault.erase import erase_journal, erase_overlay
+from .vault.killswitch import Killed, KillSwitch
+
+
+class DivergenceMeter(Protocol):
+    """What measures a reply's divergence from the base while it is generated (the chat's meter)."""
+
+    def divergence(self): ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished reply, and its measured divergence (None when the meter was off)."""
+
+    reply: Reply
+    divergence: Optional[object]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a front end shows about the unlocked appliance; read-only, taken when asked."""
+
+    base_name: str
+    base_sha256: str
+    overlay: Optional[Provenance]  # the loaded overlay, whether switched on or off
+    overlay_on: bool
+    overlay_problem: str  # why no overlay is loaded when one is installed ("" otherwise)
+    session_id: Optional[str]  # the journal session, once opened
+
+
+class UnlockedAppliance:
+    """Vault, kill-switch, the loaded overlay and the journal session of one unlocked appliance."""
+
+    def __init__(self, vault: Vault, killswitch: KillSwitch, model: VerifiedModel):
+        self.vault, self.killswitch, self.model = vault, killswitch, model
+        self.active: Optional[ActiveOverlay] = None
+        self.journal: Optional[Journal] = None
+        self.killed = False
+        self._lock = threading.Lock()
+        self._base_record = provenance.base(model.name, model.sha256, model.version)
+        killswitch.on_kill(self.drop_overlay)
+
+    @classmethod
+    @contextmanager
+    def open(cls, vault: Vault, model: VerifiedModel) -> Iterator["UnlockedAppliance"]:
+        """Rules 1-2. A `Killed` raised in the body is handled (`kill`) and raised on, with `.wiped` set."""
+        try:
+            with KillSwitch(vault.home) as killswitch:
+                app = cls(vault, killswitch, model)
+                try:
+                    killswitch.check()
+                    yield app
+                    if not app.killed:  # a kill the body already handled (the chat's kill key) is not raised again
+                        killswitch.check()
+                except Killed as killed:
+                    killed.wiped = app.kill(killed)
+                    raise
+                finally:
+                    app.drop_overlay()
+                    app.close_journal()
+        finally:
+            vault.zeroize()
+
+    @property
+    def cancel(self) -> threading.Event:
+        """Set by a kill: the decode loop stops within one token."""
+        return self.killswitch.cancel
+
+    # -- the overlay --------------------------------------------------------------------
+
+    def load_overlay(self, loader: Optional[Callable[[Vault], ActiveOverlay]] = None) -> ActiveOverlay:
+        """The store's active overlay (or `loader`'s, in tests), decrypted and re-verified for this base.
+
+        Raises NoOverlay (none installed), Erased, or Refused (it failed a check); nothing is loaded then.
+        """
+        self.drop_overlay()
+        self.active = (loader or (lambda vault: load_active_overlay(Base(self.model), vault)))(self.vault)
+        return self.active
+
+    def drop_overlay(self) -> None:
+        """Zero the decrypted weights (the kill-switch runs this first)."""
+        if self.active is not None:
+            self.active.zeroize()
+            self.active = None
+
+    def session(self, runtime: Runtime, *, settings: SamplingSettings, system_prompt: Optional[str], overlay_on: bool) -> Session:
+        """A conversation on `runtime` with the loaded overlay, switched as asked (on needs one loaded)."""
+        session = Session(runtime, overlay=self.active.overlay if self.active else None, system_prompt=system_prompt, settings=settings)
+        session.set_overlay(overlay_on)
+        return session
+
+    def toggle(self, session: Session) -> bool:
+        """Rule 5: O(1) flip (the next reply re-reads the context in the new state), journalled."""
+        on = session.toggle()
+        self.record("overlay-toggle", on=on, overlay=self._overlay_record(on), after_messages=len(session.history))
+        return on
+
+    def _overlay_record(self, on: bool) -> Optional[dict]:
+        return self.active.provenance.journal_record(on) if self.active else None
+
+    # -- replies and the journal ------------------------------------------------------------
+
+    def reply(self, session: Session, text: str, *, max_tokens: int, on_text: Optional[Callable[[str], None]] = None,
+              cancel: Optional[threading.Event] = None, meter: Optional[DivergenceMeter] = None) -> Outcome:
+        """Rule 4: answer `text` in `session`, both messages journalled with their provenance."""
+        prov = {"base": self._base_record, "overlay": self._overlay_record(session.overlay_on), **session.conditioning()}
+        reply = session.generate(
+            text, max_tokens=max_tokens, on_text=on_text, cancel=cancel or self.cancel,
+            on_start=lambda: self.record("message", **provenance.message("user", text, **prov)),
+        )
+        divergence = meter.divergence() if meter is not None else None
+        self.record("message", **provenance.message(
+            "assistant", reply.text, **prov, divergence=divergence and divergence.as_dict(),
+            finish=reply.finish, tokens=len(reply.tokens), tokens_per_second=round(reply.tokens_per_second, 1)))  # fmt: skip
+        return Outcome(reply, divergence)
+
+    def record(self, kind: str, **fields) -> None:
+        """Append to this appliance's journal session, opening it at the first record."""
+        with self._lock:
+            if self.journal is None:
+                self.journal = Journal.create(self.vault)
+            self.journal.append(kind, **fields)
+
+    def new_journal(self) -> str:
+        """Close the current session and open a fresh one now (the chat's new conversation)."""
+        with self._lock:
+            self._close_journal()
+            self.journal = Journal.create(self.vault)
+            return self.journal.session_id
+
+    def close_journal(self) -> None:
+        with self._lock:
+            self._close_journal()
+
+    def _close_journal(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+
+    def snapshot(self, session: Optional[Session], overlay_problem: str = "") -> Snapshot:
+        return Snapshot(
+            self.model.name, self.model.sha256, self.active.provenance if self.active else None,
+            bool(session and session.overlay_on), overlay_problem, self.journal.session_id if self.journal else None,
+        )  # fmt: skip
+
+    # -- kill and erase -----------------------------------------------------------------------
+
+    def kill(self, killed: Optional[Killed] = None) -> list[str]:
+        """Rule 2, once: overlay zeroed, the `kill` record, a wipe if asked or by policy. Returns what a wipe erased."""
+        if self.killed:
+            return []
+        self.killed = True
+        self.cancel.set()
+        with self._lock:
+            return handle_kill(killed or Killed(self.killswitch.wipe), self.killswitch, self.vault, self.journal)
+
+    def erase_overlay(self) -> list[str]:
+        """Crypto-erase every installed version of the loaded overlay; switched off and zeroed first."""
+        if self.active is None:
+            raise NotFound("no overlay is loaded")
+        name = self.active.provenance.name
+        self.drop_overlay()
+        return erase_overlay(self.vault, name)
+
+    def erase_journal(self) -> list[str]:
+        """Every journal session, the open one included (the caller starts a fresh one if it goes on)."""
+        with self._lock:
+            self._close_journal()
+            return erase_journal(self.vault)

@@ -1,0 +1,140 @@
+"""An erased key leaves no copy in the state dir, even after a vault write was killed half-way.
+
+A key-slot write killed before its rename leaves its temp file (`.slots.json.tmp-PID`): a whole
+sealed table, the keys of that moment included. Swapped back over `slots.json` after an erase,
+it would bring the erased keys back to whoever has the passphrase. Here vault-writing commands
+are killed at each of their fsyncs in turn; then `erase logs` or `erase all` runs; then every
+pair of (master slot, key-slot table) found anywhere under the state dir is put in place and
+tried: none may open the erased session's key.
+"""
+
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from helpers import appliance
+from vault_setup import PASSPHRASE
+
+from appliance.errors import Erased, Locked, NotFound
+from appliance.journal import Journal
+from appliance.journal.store import item_id
+from appliance.vault import Vault
+
+# The real CLI with os.fsync counted, and the process SIGKILLed on entry to the Nth call (0: never).
+KILL_AT_FSYNC = r"""
+import atexit, os, signal, sys
+kill_at, seen, real = int(sys.argv[1]), 0, os.fsync
+def fsync(fd):
+    global seen
+    seen += 1
+    if seen == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(fd)
+os.fsync = fsync
+atexit.register(lambda: print(f"fsyncs: {seen}", file=sys.stderr))
+from appliance.cli.main import main
+main(sys.argv[2:])
+"""
+
+TABLE_WRITE = ("kill-policy", "wipe")  # the smallest command that rewrites the key-slot table
+
+
+def _run_killed_at(n: int, args: list[str], via: str) -> subprocess.CompletedProcess:
+    if via == "python":
+        cmd = [sys.executable, "-c", KILL_AT_FSYNC, str(n), *args]
+    else:
+        cmd = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync", "-e", f"inject=fsync:signal=SIGKILL:when={n}",
+               sys.executable, "-m", "appliance", *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def _fsyncs(args: list[str]) -> int:
+    r = _run_killed_at(0, args, "python")
+    return int(r.stderr.rsplit("fsyncs: ", 1)[1])
+
+
+def _restore(home, pristine) -> None:
+    shutil.rmtree(home)
+    shutil.copytree(pristine, home)
+
+
+def _format(path) -> str | None:
+    try:
+        return json.loads(path.read_bytes()).get("format")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+
+
+def _copies_that_open(home, item: str, scratch) -> list[tuple[str, str]]:
+    """Every (master slot, table) pair of files under `home` that, put in place, yields `item`'s key."""
+    files = [p for p in home.rglob("*") if p.is_file()]
+    masters = [p for p in files if _format(p) == "appliance-vault/1"]
+    tables = [p for p in files if _format(p) == "appliance-keyslots/1"]
+    found = []
+    for master in masters:
+        for table in tables:
+            shutil.rmtree(scratch, ignore_errors=True)
+            (scratch / "vault").mkdir(parents=True)
+            shutil.copy(master, scratch / "vault" / "master.json")
+            shutil.copy(table, scratch / "vault" / "slots.json")
+            try:
+                vault = Vault.unlock(scratch, PASSPHRASE)
+            except (Locked, Erased):
+                continue
+            try:
+                vault.data_key(item)
+                found.append((str(master.relative_to(home)), str(table.relative_to(home))))
+            except (Erased, NotFound):
+                pass
+            finally:
+                vault.zeroize()
+    return found
+
+
+@pytest.fixture
+def journalled(vault_home, vault):
+    """The state dir with one journal session: the item every erase below must leave unrecoverable."""
+    j = Journal.create(vault)
+    j.append("message", role="user", text="what the erase must take away")
+    j.close()
+    return vault_home, item_id(j.session_id)
+
+
+def _check_every_kill_point(home, item, interrupted: list[tuple[str, ...]], erase: str, via: str, tmp_path) -> None:
+    """For each combination of kill points, the interrupted commands in order, then the erase, then the proof."""
+    pristine = tmp_path / "pristine"
+    shutil.copytree(home, pristine)
+    assert _copies_that_open(home, item, tmp_path / "scratch")  # the proof can see a key when there is one
+    kill_points = []
+    for args in interrupted:
+        _restore(home, pristine)
+        kill_points.append(range(1, _fsyncs(args) + 1))
+    for points in itertools.product(*kill_points):
+        _restore(home, pristine)
+        for args, n in zip(interrupted, points, strict=True):
+            killed = _run_killed_at(n, args, via)
+            assert killed.returncode == -9, (args, n, killed.stderr)
+        r = appliance("erase", erase, "--yes")
+        assert r.returncode in ((0, 5) if erase == "logs" else (0,)), r.stderr  # 5: the killed erase had done it
+        leftovers = _copies_that_open(home, item, tmp_path / "scratch")
+        assert not leftovers, f"{interrupted} killed at fsyncs {points}, then erase {erase}: {leftovers} open {item}"
+
+
+@pytest.mark.parametrize("interrupted", [TABLE_WRITE, ("erase", "logs", "--yes")], ids=lambda args: args[0])
+def test_erase_logs_leaves_no_copy_of_the_keys(journalled, tmp_path, interrupted):
+    _check_every_kill_point(*journalled, [interrupted], "logs", "python", tmp_path)
+
+
+def test_erase_all_leaves_no_copy_of_the_keys(journalled, passphrase_file, tmp_path):
+    """After `erase all` a copy opens keys only as a pair: an old master slot and an old table."""
+    master_write = ("passphrase", "--new-passphrase-file", str(passphrase_file))  # "changed" to itself: the same one opens
+    _check_every_kill_point(*journalled, [master_write, TABLE_WRITE], "all", "python", tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="no strace here: the pure-Python injection above kills at the same calls")
+def test_the_same_with_kills_injected_by_strace(journalled, tmp_path):
+    """The kernel's view: every fsync(2) the process makes, not only those Python's os.fsync makes."""
+    _check_every_kill_point(*journalled, [TABLE_WRITE], "logs", "strace", tmp_path)
