@@ -6,9 +6,10 @@ target: `remove_stale_temps` clears them where the caller knows that no write is
 
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 TEMP_NAME = re.compile(r"\..+\.tmp-[0-9]+")  # what `atomic_file` names its temp file
 

@@ -69,13 +69,13 @@ def harden_process() -> None:
         return
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     if _memory_mode != "all":
-        _lock_memory()
+        _lock_memory(_libc)
 
 
-def _lock_memory() -> None:
+def _lock_memory(libc: ctypes.CDLL) -> None:
     limit = _memlock_limit()
     if limit is None:
-        if _libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0:
+        if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0:
             _set_memory("all", "mlockall, pages locked as touched")
             return
         why = f"mlockall refused: {os.strerror(ctypes.get_errno())}"
@@ -137,7 +137,7 @@ def _memlock_limit() -> int | None:
 def _has_capability(bit: int) -> bool:
     try:
         with open("/proc/self/status") as f:
-            line = next(l for l in f if l.startswith("CapEff:"))
+            line = next(row for row in f if row.startswith("CapEff:"))
     except (OSError, StopIteration):
         return False
     return bool(int(line.split()[1], 16) >> bit & 1)

@@ -19,7 +19,7 @@ for safety, not a reversible encoding, and paths and code stay readable.
 """
 
 KEPT = frozenset("\n\t")
-_RANGES = (range(0x00, 0x20), range(0x7F, 0xA0), range(0x202A, 0x202F), range(0x2066, 0x206A), range(0xD800, 0xE000))
+_RANGES = (range(0x20), range(0x7F, 0xA0), range(0x202A, 0x202F), range(0x2066, 0x206A), range(0xD800, 0xE000))
 _ESCAPES = {cp: f"\\x{cp:02x}" if cp <= 0xFF else f"\\u{cp:04x}" for r in _RANGES for cp in r if chr(cp) not in KEPT}
 
 

@@ -22,11 +22,13 @@ Rules:
 """
 
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Protocol
+from typing import Optional, Protocol
 
 from .emergency import handle_kill
+from .errors import NotFound
 from .journal import Journal, provenance
 from .runtime.sampler import SamplingSettings
 from .runtime.session import Reply, Runtime, Session
@@ -191,6 +193,8 @@ class UnlockedAppliance:
 
     def erase_overlay(self) -> list[str]:
         """Crypto-erase every installed version of the loaded overlay; switched off and zeroed first."""
+        if self.active is None:
+            raise NotFound("no overlay is loaded")
         name = self.active.provenance.name
         self.drop_overlay()
         return erase_overlay(self.vault, name)

@@ -9,9 +9,9 @@ A failed `init` that made the directory itself removes it again.
 
 import json
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from . import __version__
 from .errors import EnvironmentRefused, NotFound

@@ -11,8 +11,18 @@ from ..trust.builtin import embedded_pin, verify_pinned
 from ..vault import Vault
 from .output import say, stream, warn
 from .vault_commands import (
-    create_vault, erase, kill, kill_policy, logs, new_vault_passphrase, passphrase, passphrase_option, unlock, unlocked, unlocked_appliance,
-)  # fmt: skip
+    create_vault,
+    erase,
+    kill,
+    kill_policy,
+    logs,
+    new_vault_passphrase,
+    passphrase,
+    passphrase_option,
+    unlock,
+    unlocked,
+    unlocked_appliance,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -11,8 +11,8 @@ from ..store.importer import import_bundle, rollback, verify_bundle
 from ..store.layout import Store
 from ..store.trust_changes import pin_signer, set_threshold, unpin_signer
 from ..trust.bundle import create_bundle, sign_bundle
-from ..utc import format_time, parse_time
 from ..trust.policy import demo_mark
+from ..utc import format_time, parse_time
 from ..vault import Vault
 from .output import say, warn
 from .vault_commands import passphrase_option, unlocked

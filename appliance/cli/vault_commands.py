@@ -9,22 +9,23 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import click
 
 from .. import paths, state
-from ..errors import EraseNotProven, Erased, NoPassphrase, NotConfirmed, NotFound, Refused, UsageError
+from ..errors import Erased, EraseNotProven, NoPassphrase, NotConfirmed, NotFound, Refused, UsageError
 from ..fsutil import atomic_write
 from ..hardening import lock_secret
 from ..journal import JournalBroken, Report, check, read, sessions
 from ..journal.transcript import markdown_transcript, provenance_line
-from ..vault import Vault, zeroize
-from ..vault.erase import ERASE_JOURNAL_PHRASE, erase_all_overlays, erase_everything, erase_journal, erase_overlay
 from ..service import UnlockedAppliance
 from ..trust.builtin import VerifiedModel
+from ..vault import Vault, zeroize
+from ..vault.erase import ERASE_JOURNAL_PHRASE, erase_all_overlays, erase_everything, erase_journal, erase_overlay
 from ..vault.killswitch import WIPE_POLICY, Killed, running_pid, signal_running
 from .output import say, warn
 

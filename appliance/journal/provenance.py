@@ -7,6 +7,7 @@ the system prompt that conditioned the reply (null: the model's own default),
 and the overlay's divergence from the base for that reply where it was measured (else null).
 """
 
+from collections.abc import Sequence
 from typing import Optional
 
 
@@ -14,7 +15,7 @@ def base(name: str, sha256: str, version: int) -> dict:
     return {"name": name, "sha256": sha256, "version": version}
 
 
-def overlay(name: str, version: int, sha256: str, signers: list[str], on: bool, demo_signers: list[str] = ()) -> dict:
+def overlay(name: str, version: int, sha256: str, signers: list[str], on: bool, demo_signers: Sequence[str] = ()) -> dict:
     """`signers`: the 40-hex fingerprints whose signatures counted when the bundle was imported;
     `demo_signers`: those of them that are demo keys (`init --demo`), so no record passes a demo off as real."""
     return {"name": name, "version": version, "sha256": sha256, "signers": sorted(signers), "demo_signers": sorted(demo_signers), "on": on}

@@ -9,7 +9,8 @@ overlay state; a state change empties it and the next prefill recomputes the
 whole context, so a reply after a toggle equals a fresh session's.
 """
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class Decoder:
         self.engine.forget_from(keep)
         self.cached = self.cached[:keep]
         if self.stream is not None:
-            span = max(self.overlay.delays)
+            span = max(self.stream.p.delays)
             self.stream.resume(self._embeddings().rows(tokens[max(0, keep - span) : keep]), keep)
         self.last_prefill_tokens = len(tokens) - keep
         return self._feed(tokens[keep:])
@@ -53,7 +54,7 @@ class Decoder:
 
     def _feed(self, tokens: list[int]) -> np.ndarray:
         pos0 = len(self.cached)
-        if self.overlay is None:
+        if self.stream is None:  # no overlay
             self.engine.decode_tokens(tokens, pos0)
         else:
             # Always the incremental form, even for a whole context: the same tokens then give

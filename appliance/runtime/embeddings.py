@@ -20,7 +20,7 @@ from gguf.quants import dequantize
 from ..errors import ModelFailed
 
 TOKEN_EMBEDDING = "token_embd.weight"
-_SCALAR = {
+_SCALAR: dict[int, str] = {  # keyed by the value types, which are ints in the file
     GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b", GGUFValueType.UINT16: "H", GGUFValueType.INT16: "h",
     GGUFValueType.UINT32: "I", GGUFValueType.INT32: "i", GGUFValueType.FLOAT32: "f", GGUFValueType.BOOL: "?",
     GGUFValueType.UINT64: "Q", GGUFValueType.INT64: "q", GGUFValueType.FLOAT64: "d",

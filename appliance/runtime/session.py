@@ -9,9 +9,10 @@ that state would say.
 import codecs
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Optional
+from typing import Optional
 
 from ..errors import ContextOverflow, NoOverlay
 from ..overlay.files import Overlay
@@ -118,7 +119,7 @@ class Session:
                 self.history.pop()
                 raise
         decoder, engine = self.runtime.decoder, self.runtime.engine
-        overlay = self.overlay.params if self.overlay_on else None
+        overlay = self.overlay.params if self.overlay_on and self.overlay is not None else None
         logits = decoder.prefill(prompt, overlay)
         prefill_tokens = decoder.last_prefill_tokens
         t1 = time.perf_counter()

@@ -25,7 +25,7 @@ from ..trust.manifest import Manifest
 from ..utc import format_time
 from ..vault import Vault, zeroize
 from .at_rest import Sealing, read_artifact
-from .layout import Store, StoreState
+from .layout import Store, StoreDamaged, StoreState
 
 
 class VerificationFailed(Refused):
@@ -98,7 +98,7 @@ def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base_sh
             f"{manifest.name} v{manifest.version} is bound to base {manifest.binds_base_sha256}, "
             f"the active base is {base_sha256}"
         )
-    files = {}
+    files: dict[str, bytearray] = {}
     try:
         for path in (JSON_NAME, TENSORS_NAME):
             files[path] = read_artifact(directory, manifest.artifact(path), sealing, keep=True)
@@ -149,6 +149,8 @@ def load_active_overlay(base: Base, vault: Vault) -> ActiveOverlay:
     if item.active is None:
         raise Erased(f"overlay {state.overlay} was crypto-erased ({versions_text(item.erased)}): import a new signed bundle")
     manifest, overlay = verify_version(store, item.active, vault, base.sha256, base.hidden_size)
+    if overlay is None:  # state.json names, as the active overlay, a version whose manifest is of another kind
+        raise StoreDamaged(f"{manifest.name} v{manifest.version} is a {manifest.kind}, not an overlay")
     return ActiveOverlay(overlay, _provenance(store, manifest))
 
 

@@ -15,10 +15,10 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import Literal, Optional, overload
 
 from ..errors import HashMismatch, NotFound, SizeMismatch
-from ..trust.hashing import Progress, sha256_stream
+from ..trust.hashing import Progress, Readable, sha256_stream
 from ..trust.manifest import Artifact, Manifest
 from ..vault import EncryptedWriter, Vault, decrypt_chunks, random_key, zeroize
 from ..vault.erase import overlay_item
@@ -72,7 +72,7 @@ class Sealing:
             zeroize(self.key)
 
 
-def write_artifact(src: BinaryIO, dest: Path, path: str, sealing: Sealing, progress: Optional[Progress]) -> tuple[str, int]:
+def write_artifact(src: Readable, dest: Path, path: str, sealing: Sealing, progress: Optional[Progress]) -> tuple[str, int]:
     """Copy one artifact from the bundle to `dest`, encrypted if its kind says so; returns (sha256, size) of the plaintext."""
     with open(dest, "wb") as out:
         if sealing.key is None:
@@ -86,6 +86,10 @@ def write_artifact(src: BinaryIO, dest: Path, path: str, sealing: Sealing, progr
     return digest, size
 
 
+@overload
+def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: Literal[True]) -> bytearray: ...
+@overload
+def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: Literal[False]) -> None: ...
 def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: bool) -> Optional[bytearray]:
     """One installed artifact, its size and SHA-256 checked against the manifest; its verified bytes when `keep`.
 

@@ -21,7 +21,8 @@ def forget_overlays(vault: Vault, name: Optional[str]) -> None:
     """Mark overlay NAME (None: every overlay) erased in state.json, then remove its store objects."""
     store = Store.unlocked(vault)
     state = store.read_state()
-    items, gone = dict(state.items), []
+    items = dict(state.items)
+    gone: list[str] = []
     for n, item in state.items.items():
         if item.kind != "overlay" or not item.installed or (name is not None and n != name):
             continue

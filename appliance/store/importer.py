@@ -80,11 +80,11 @@ def _crash_point(point: str) -> None:
 
 def _check_expiry(manifest: Manifest, now: datetime, floor: Optional[datetime]) -> str:
     """Step 3; returns a note when the clock is earlier than the floor (it was set back, or is wrong)."""
-    clock_behind = floor is not None and now < floor
+    effective = now if floor is None else max(now, floor)
+    clock_behind = effective != now
     note = ""
     if clock_behind:
-        note = f"the clock ({format_time(now)}) is earlier than the time floor ({format_time(floor)}): was it set back?"
-    effective = floor if clock_behind else now
+        note = f"the clock ({format_time(now)}) is earlier than the time floor ({format_time(effective)}): was it set back?"
     if manifest.expires <= effective:
         against = "the time floor" if clock_behind else "now"
         raise ManifestExpired(

@@ -14,8 +14,8 @@ from typing import Optional
 from ..errors import Refused
 from ..state_files import StateDoc, StateFileDamaged, StateSeal, read_sealed_state, state_bytes
 from ..trust.manifest import Manifest, parse_manifest
-from ..utc import format_time, parse_time
 from ..trust.policy import TrustStore
+from ..utc import format_time, parse_time
 from ..vault import Vault
 from ..vault.sealed_state import SealedState
 

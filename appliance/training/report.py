@@ -148,7 +148,7 @@ def _page(overlay: Overlay, m: dict, samples: list[tuple[str, str, str]]) -> str
         "",
         "Loops, per reply with the overlay on against the same prompt off: "
         + "; ".join(f"{how}: {x['more']} loop more, {x['less']} less, {x['same']} the same "
-                    f"({'not above' if x['on'] <= x['off'] else 'ABOVE'} the base on average)" for how, x in loops.items())  # fmt: skip
+                    f"({'not above' if x['on'] <= x['off'] else 'ABOVE'} the base on average)" for how, x in loops.items())
         + ".",
     ]
     gain = m.get("heldout_gain")

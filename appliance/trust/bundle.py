@@ -8,17 +8,19 @@ and a rename, so a half-written bundle never carries the final name.
 import json
 import re
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import Any, BinaryIO, Optional
 
 from ..errors import Refused, UsageError
 from ..fsutil import atomic_file
+from ..utc import format_time, now, parse_time
 from .bundle_reader import ARTIFACTS_PREFIX, MANIFEST_NAME, open_bundle
 from .hashing import Progress, sha256_file
-from ..utc import format_time, now, parse_time
 from .manifest import SCHEMA_ID, Manifest, parse_manifest
 from .signatures import sign_detached
 
@@ -36,6 +38,10 @@ class Source:
 
     size: int
     open: Callable[[], BinaryIO]
+
+
+def _file_source(size: int, path: Path) -> Source:
+    return Source(size, lambda: open(path, "rb"))
 
 
 def parse_expiry(text: Optional[str], created: datetime) -> datetime:
@@ -88,7 +94,7 @@ def create_bundle(
     if len(paths) != len(artifacts):
         raise UsageError("two --artifact files share a file name; each is stored under its name")
     created = (created or now()).replace(microsecond=0)
-    doc = {
+    doc: dict[str, Any] = {
         "schema": SCHEMA_ID,
         "kind": kind,
         "name": name,
@@ -105,7 +111,7 @@ def create_bundle(
     if provenance:
         doc["provenance"] = provenance
     manifest = parse_manifest((json.dumps(doc, indent=2) + "\n").encode())
-    sources = {a.path: Source(a.size, lambda p=paths[a.path]: open(p, "rb")) for a in manifest.artifacts}
+    sources = {a.path: _file_source(a.size, paths[a.path]) for a in manifest.artifacts}
     write_bundle(out, manifest, {}, sources)
     return manifest
 
@@ -117,7 +123,7 @@ def sign_bundle(path: Path, key: str, gnupghome: Optional[Path] = None) -> str:
         if fpr in bundle.signatures:
             raise AlreadySigned(f"{Path(path).name} already carries a signature by {fpr}")
         sources = {
-            a.path: Source(bundle.artifact_size(a.path), lambda p=a.path: bundle.open_artifact(p))
+            a.path: Source(bundle.artifact_size(a.path), partial(bundle.open_artifact, a.path))
             for a in bundle.manifest.artifacts
         }
         write_bundle(path, bundle.manifest, {**bundle.signatures, fpr: sig}, sources)

@@ -22,12 +22,14 @@ Nothing is extracted to disk here: artifacts are streamed from the tar by
 whoever copies them, so the bytes hashed are the bytes kept.
 """
 
+import io
 import os
 import re
 import tarfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import cast
 
 from ..errors import NotFound, Refused
 from .manifest import Manifest, check_manifest_size, parse_manifest
@@ -78,8 +80,8 @@ class Bundle:
     def artifact_size(self, path: str) -> int:
         return self._members[ARTIFACTS_PREFIX + path].size
 
-    def open_artifact(self, path: str) -> BinaryIO:
-        return self._tar.extractfile(self._members[ARTIFACTS_PREFIX + path])
+    def open_artifact(self, path: str) -> io.BufferedReader:
+        return _extract(self._tar, self._members[ARTIFACTS_PREFIX + path])
 
     def close(self) -> None:
         self._tar.close()
@@ -108,7 +110,7 @@ def _check_member_type(m: tarfile.TarInfo) -> None:
         raise BundleUnsafeMember(f"member {m.name!r} is not a regular file or directory")
 
 
-def _check_member_name(name: str, seen: set[str]) -> None:
+def _check_member_name(name: str, seen: Collection[str]) -> None:
     if name.startswith("/"):
         raise BundleUnsafeMember(f"member {name!r} has an absolute path")
     if ".." in name.split("/"):
@@ -147,8 +149,15 @@ def _allowed_dirs(manifest: Manifest) -> set[str]:
     return dirs
 
 
+def _extract(tar: tarfile.TarFile, m: tarfile.TarInfo) -> io.BufferedReader:
+    f = tar.extractfile(m)
+    if f is None:  # a member that is not a regular file: rules 3 and 5 refuse it before this
+        raise BundleUnreadable(f"member {m.name!r} is not a regular file")
+    return cast(io.BufferedReader, f)  # tarfile's ExFileObject, typed as IO[bytes] in the stubs
+
+
 def _read_member(tar: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
-    data = tar.extractfile(m).read()
+    data = _extract(tar, m).read()
     if len(data) != m.size:
         raise BundleUnreadable(f"member {m.name!r} is truncated")
     return data

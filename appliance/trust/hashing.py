@@ -5,14 +5,27 @@ throughput stays within a few percent of `openssl dgst -sha256`.
 """
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import Optional, Protocol
 
 CHUNK = 1 << 20
 Progress = Callable[[int], None]  # called with the number of bytes just hashed
 
 
-def sha256_stream(src: BinaryIO, progress: Optional[Progress] = None, sink: Optional[BinaryIO] = None) -> tuple[str, int]:
+class Readable(Protocol):
+    """A binary file, buffered or raw, that can fill a caller's buffer."""
+
+    def readinto(self, buffer: bytearray, /) -> Optional[int]: ...
+
+
+class Sink(Protocol):
+    """Where hashed bytes are copied: a file, or an encrypting writer."""
+
+    def write(self, data: memoryview, /) -> object: ...
+
+
+def sha256_stream(src: Readable, progress: Optional[Progress] = None, sink: Optional[Sink] = None) -> tuple[str, int]:
     """Hash everything readable from `src`; copy it to `sink` as it is hashed (the bytes kept are the bytes verified).
 
     Returns (hex digest, bytes read).

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from io import BytesIO
-from typing import Optional
+from typing import Optional, cast
 
 import jsonschema
 
@@ -176,6 +176,7 @@ def parse_manifest(data: bytes) -> Manifest:
     check_manifest_size(len(data))
     doc = _parse_json(_decode_utf8(data))
     _check_schema(doc)
+    doc = cast(dict, doc)  # the schema admits only an object
     _check_patterns(doc)
     created, expires = _check_times(doc)
     _check_paths(doc)

@@ -20,9 +20,10 @@ Rules:
    names a signer can say so.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import gnupg
 

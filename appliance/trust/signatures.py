@@ -24,11 +24,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import gnupg
 
@@ -138,23 +139,24 @@ def gpg_verify(gpg: gnupg.GPG, workdir: Path, sig: bytes, data: bytes):
 
 def check_signatures(data: bytes, signatures: dict[str, bytes], pinned: frozenset[str], keyring: Optional[bytes]) -> list[SignatureCheck]:
     """Apply rules 1-5 to every signature file; the result says which count and why the others do not."""
-    checks, counted = [], set()
+    checks: list[SignatureCheck] = []
+    counted: set[str] = set()
     with scratch_gpg(keyring) as (gpg, workdir):
         for name, sig in sorted(signatures.items()):
             result = gpg_verify(gpg, workdir, sig, data)
             signer = result.pubkey_fingerprint if result.valid else None
             reason = _single_detached(result) or _good(result)
-            if not reason:
+            if not reason and signer:  # always both: `_good` passes a valid signature with a fingerprint only
                 reason = _named_by_signer(name, signer) or _pinned(signer, pinned) or _first_for_signer(signer, counted)
-            if not reason:
-                counted.add(signer)
+                if not reason:
+                    counted.add(signer)
             checks.append(SignatureCheck(name, signer, reason))
     return checks
 
 
 def require_threshold(checks: list[SignatureCheck], threshold: int) -> tuple[str, ...]:
     """The counted signers' fingerprints, or `ThresholdNotMet` naming those that counted and why each other did not."""
-    signers = tuple(c.signer for c in checks if c.counted)
+    signers = tuple(c.signer for c in checks if c.counted and c.signer is not None)
     if len(signers) < threshold:
         counted = ", ".join(signers) or "none"
         not_counted = ", ".join(f"{c.name} ({c.reason})" for c in checks if not c.counted) or "none"

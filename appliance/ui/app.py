@@ -5,9 +5,10 @@ The kill-switch's signal handler (`appliance kill` from another terminal) only s
 reply, writes the `kill` record and locks the UI.
 """
 
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 from textual.app import App, SystemCommand
 from textual.screen import Screen

@@ -8,9 +8,10 @@ kill-switch armed, overlay re-verified, every reply and switch journalled with i
 snapshot, rather than reaching into the appliance.
 """
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..errors import ApplianceError, NoOverlay
 from ..fsutil import atomic_write

@@ -8,9 +8,9 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Markdown
 
-from ..journal.transcript import markdown_transcript
 from ..errors import ApplianceError
 from ..journal import Report
+from ..journal.transcript import markdown_transcript
 from ..printable import printable
 from .core import ChatCore
 from .keys import SESSIONS_KEYS, bindings

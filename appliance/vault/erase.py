@@ -6,8 +6,9 @@ ciphertext files the vault recorded for them; the time does not depend on the da
 policy's records go with it, since the vault that sealed them is gone.
 """
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..errors import Erased, NotFound
 from ..paths import JOURNAL_DIR, STORE_DIR, TRUST_DIR

@@ -31,9 +31,9 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -47,7 +47,7 @@ from ..utc import now_text
 try:
     from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 except ImportError:  # builds linked against OpenSSL < 3.2 have no Argon2
-    Argon2id = None
+    Argon2id = None  # type: ignore[misc,assignment]  # `_derive_kek` refuses an Argon2id vault then
 
 VAULT_DIR = "vault"
 MASTER_FILE = "master.json"
@@ -103,7 +103,8 @@ def discard(home: Path, paths: list[Path]) -> list[Path]:
     """
     batch = home / TRASH_DIR / os.urandom(8).hex()  # this call's own: nothing else races on it
     batch.mkdir(mode=0o700, parents=True)
-    moved, emptied = [], set()
+    moved: list[Path] = []
+    emptied: set[Path] = set()
     for path in paths:
         if path.exists():
             os.rename(path, batch / str(len(moved)))
@@ -140,7 +141,7 @@ def _secret(data: bytes) -> bytearray:
     return buf
 
 
-def _b64(data: bytes) -> str:
+def _b64(data: bytes | bytearray) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
@@ -172,7 +173,7 @@ def _load_json(path: Path, error: type) -> dict:
     return doc
 
 
-def _seal(key: bytes | bytearray, plaintext: bytes, ad: bytes) -> str:
+def _seal(key: bytes | bytearray, plaintext: bytes | bytearray, ad: bytes) -> str:
     nonce = os.urandom(NONCE_BYTES)  # random: a key may seal many times and counters would need state
     return _b64(nonce + AESGCM(key).encrypt(nonce, plaintext, ad))
 
@@ -207,6 +208,7 @@ def _derive_kek(passphrase: bytes | bytearray, kdf) -> bytearray:
         values[field] = v
     if not 8 <= len(salt) <= 64:
         raise VaultCorrupt("master.json: kdf salt length out of bounds")
+    kdf_obj: Argon2id | Scrypt
     try:
         if name == "argon2id":
             if Argon2id is None:
@@ -219,7 +221,8 @@ def _derive_kek(passphrase: bytes | bytearray, kdf) -> bytearray:
             if values["n"] & (values["n"] - 1):
                 raise VaultCorrupt("master.json: scrypt n is not a power of two")
             kdf_obj = Scrypt(salt=salt, length=KEY_BYTES, n=values["n"], r=values["r"], p=values["p"])
-        return _secret(kdf_obj.derive(passphrase))  # the passphrase as given: no immutable copy of it
+        # the passphrase as given, no immutable copy of it: `derive` takes any buffer (its stubs say bytes)
+        return _secret(kdf_obj.derive(passphrase))  # type: ignore[arg-type]
     except (ValueError, MemoryError) as e:
         raise VaultCorrupt(f"master.json: kdf parameters rejected: {e}") from None
 
@@ -386,7 +389,7 @@ class Vault:
 
     # -- items -------------------------------------------------------------------------
 
-    def new_data_key(self, item_id: str, files: list[str] = ()) -> bytearray:
+    def new_data_key(self, item_id: str, files: Sequence[str] = ()) -> bytearray:
         """A fresh random data key for `item_id`, recorded in the table before it is returned."""
         key = random_key()
         try:
@@ -396,7 +399,7 @@ class Vault:
             raise
         return key
 
-    def record_data_key(self, item_id: str, key: bytearray, files: list[str] = (), *, replace: bool = False) -> None:
+    def record_data_key(self, item_id: str, key: bytearray, files: Sequence[str] = (), *, replace: bool = False) -> None:
         """Record `key` (from `random_key`) as the data key of `item_id`, in one atomic table rewrite.
 
         For callers that must encrypt before they may write to the vault (an import that can still

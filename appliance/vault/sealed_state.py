@@ -21,8 +21,8 @@ import hashlib
 from pathlib import Path
 from typing import Optional
 
-from ..fsutil import atomic_write
 from ..errors import EnvironmentRefused
+from ..fsutil import atomic_write
 from ..state_files import MAX_STATE_FILE, StateForged
 from .keys import Vault
 

@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from helpers import appliance
 
 from appliance.demo import DATASET, OVERLAY_DIR
 from appliance.overlay.files import load_overlay_dir
-from helpers import appliance
 
 OFFLINE = ["unshare", "-n"]
 

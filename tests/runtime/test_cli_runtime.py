@@ -3,9 +3,9 @@
 import shutil
 
 import pytest
+from helpers import appliance, error_line, tree_digest
 
 from appliance.trust.builtin import embedded_pin
-from helpers import appliance, error_line, tree_digest
 
 EMBEDDED_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 

@@ -14,7 +14,7 @@ GOOD = [{"role": "user", "content": "Status?"}, {"role": "assistant", "content":
 
 def _write(tmp_path, lines):
     path = tmp_path / "data.jsonl"
-    path.write_bytes(b"\n".join(l if isinstance(l, bytes) else json.dumps(l).encode() for l in lines) + b"\n")
+    path.write_bytes(b"\n".join(line if isinstance(line, bytes) else json.dumps(line).encode() for line in lines) + b"\n")
     return path
 
 

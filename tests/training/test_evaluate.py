@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from helpers import appliance
 
 from appliance.overlay.files import Overlay, save_overlay
 from appliance.overlay.params import OverlayParams
 from appliance.training.evaluate import Trajectory, compare_loops, loop_rate, participation_ratio
-from helpers import appliance
 
 
 def test_loop_rate_by_hand():

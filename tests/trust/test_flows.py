@@ -15,7 +15,7 @@ OFFLINE = ["unshare", "-n"]
 
 
 def active_version(name):
-    line = next(l for l in ok("update", "list").splitlines() if l.startswith(name + " "))
+    line = next(row for row in ok("update", "list").splitlines() if row.startswith(name + " "))
     return int(line.split("active v")[1].split()[0])
 
 

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 from bundles import (
-    BASE_SHA, file_member, iso, make_bundle, members, raw_signature, utc, write_tar,
+    BASE_SHA,
+    file_member,
+    iso,
+    make_bundle,
+    members,
+    raw_signature,
+    utc,
+    write_tar,
 )
 from helpers import appliance, error_line, tree_digest
 
@@ -21,8 +28,13 @@ from appliance.trust.builtin import embedded_pin, verify_pinned
 from appliance.trust.bundle import Source, create_bundle, sign_bundle, write_bundle
 from appliance.trust.bundle_reader import open_bundle
 from appliance.trust.manifest import (
-    ManifestBadPath, ManifestBadTime, ManifestNotJson, ManifestOverlayIncomplete, ManifestSchemaViolation,
-    ManifestTooLarge, parse_manifest,
+    ManifestBadPath,
+    ManifestBadTime,
+    ManifestNotJson,
+    ManifestOverlayIncomplete,
+    ManifestSchemaViolation,
+    ManifestTooLarge,
+    parse_manifest,
 )
 
 
@@ -66,7 +78,7 @@ def replace_member(src, out, name, data):
 
 
 def test_flipped_byte_in_artifact(home, good, tmp_path):
-    data = dict((m.name, d) for m, d in members(good))["artifacts/overlay.safetensors"]
+    data = {m.name: d for m, d in members(good)}["artifacts/overlay.safetensors"]
     flipped = data[:-7] + bytes([data[-7] ^ 1]) + data[-6:]
     assert_refused(home, replace_member(good, tmp_path / "b.bundle", "artifacts/overlay.safetensors", flipped),
                    "hash-mismatch", "overlay.safetensors")
@@ -74,7 +86,7 @@ def test_flipped_byte_in_artifact(home, good, tmp_path):
 
 def test_artifact_swapped_from_another_signed_bundle(home, keys, good, tmp_path):
     other = make_bundle(keys, tmp_path / "other.bundle", seed=7)
-    theirs = dict((m.name, d) for m, d in members(other))["artifacts/overlay.safetensors"]
+    theirs = {m.name: d for m, d in members(other)}["artifacts/overlay.safetensors"]
     assert_refused(home, replace_member(good, tmp_path / "b.bundle", "artifacts/overlay.safetensors", theirs),
                    "hash-mismatch", "overlay.safetensors")
 
@@ -93,7 +105,7 @@ def test_missing_member(home, good, tmp_path):
 
 
 def test_manifest_edited_after_signing(home, good, tmp_path):
-    manifest = dict((m.name, d) for m, d in members(good))["manifest.json"]
+    manifest = {m.name: d for m, d in members(good)}["manifest.json"]
     edited = manifest.replace(b'"version": 1', b'"version": 9')
     assert edited != manifest
     assert_refused(home, replace_member(good, tmp_path / "b.bundle", "manifest.json", edited), "threshold-not-met", "0 of 2", "bad signature")
@@ -193,7 +205,7 @@ def test_too_many_members(home, good, tmp_path):
 
 
 def test_oversized_manifest(home, good, tmp_path):
-    manifest = dict((m.name, d) for m, d in members(good))["manifest.json"]
+    manifest = {m.name: d for m, d in members(good)}["manifest.json"]
     big = manifest[:-2] + b" " * 70_000 + manifest[-2:]
     assert_refused(home, replace_member(good, tmp_path / "b.bundle", "manifest.json", big), "manifest-too-large", "manifest.json")
 

@@ -1,8 +1,8 @@
 """The chat on the real embedded model: unlock, streaming, the overlay switch, escape, the journal."""
 
 import pytest
-from ui_support import PASSPHRASE, THREADS, overlay_for_tests, send, unlock, wait_for
 from textual.widgets import Label
+from ui_support import PASSPHRASE, THREADS, overlay_for_tests, send, unlock, wait_for
 
 from appliance.errors import NoOverlay, NotFound
 from appliance.journal import read

@@ -1,7 +1,7 @@
 """The divergence meter: same reply with or without it, KL stored in the provenance, its cost shown in help."""
 
-from ui_support import PASSPHRASE, send, unlock
 from textual.widgets import Markdown
+from ui_support import PASSPHRASE, send, unlock
 
 from appliance.journal import read
 from appliance.ui.widgets import ChatMessage, StatusBar

@@ -5,20 +5,20 @@ import signal
 from datetime import datetime, timezone
 
 import pytest
-from ui_support import PASSPHRASE, send, unlock, wait_for
 from textual.widgets import DataTable, Label, Markdown
+from ui_support import PASSPHRASE, send, unlock, wait_for
 
 from appliance.errors import Erased
 from appliance.journal import check, read, sessions
 from appliance.journal.store import relative_path
 from appliance.ui.chat import ChatScreen
-from appliance.utc import parse_precise
 from appliance.ui.help import HelpScreen
 from appliance.ui.keys import SECTIONS
 from appliance.ui.modals import EraseScreen
 from appliance.ui.sessions import SessionsScreen
 from appliance.ui.unlock import UnlockScreen
 from appliance.ui.widgets import ChatMessage, StatusBar
+from appliance.utc import parse_precise
 from appliance.vault import Vault
 from appliance.vault.killswitch import pid_path
 
@@ -53,7 +53,7 @@ async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
         assert not params.B.any() and not params.A.any()  # the decrypted weights are zeroed
         await unlock(pilot, PASSPHRASE)  # the passphrase brings it back, in a new session
         assert isinstance(app.screen, ChatScreen) and app.core.status().session_id != sid
-    user, reply, kill = read(_vault(vault_home), sid)
+    _user, reply, kill = read(_vault(vault_home), sid)
     assert reply["finish"] == "cancelled" and reply["tokens"] < 300
     assert kill["kind"] == "kill" and kill["wipe"] is False
     # The cut-off reply is journalled once generation has stopped: that moment bounds the stop latency

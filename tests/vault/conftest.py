@@ -1,11 +1,10 @@
 """Fixtures for the vault, journal, erase and kill-switch tests: a state dir with a vault, a passphrase file."""
 
 import pytest
+from vault_setup import PASSPHRASE
 
 from appliance import state
 from appliance.vault import Vault
-
-from vault_setup import PASSPHRASE
 
 
 @pytest.fixture

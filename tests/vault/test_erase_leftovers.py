@@ -15,13 +15,13 @@ import subprocess
 import sys
 
 import pytest
+from helpers import appliance
+from vault_setup import PASSPHRASE
 
 from appliance.errors import Erased, Locked, NotFound
 from appliance.journal import Journal
 from appliance.journal.store import item_id
 from appliance.vault import Vault
-from vault_setup import PASSPHRASE
-from helpers import appliance
 
 # The real CLI with os.fsync counted, and the process SIGKILLed on entry to the Nth call (0: never).
 KILL_AT_FSYNC = r"""

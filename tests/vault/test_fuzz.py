@@ -4,12 +4,12 @@ import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from vault_setup import PASSPHRASE
 
 from appliance.errors import ApplianceError
 from appliance.journal import Journal, check, frames
 from appliance.journal.store import relative_path
 from appliance.vault import KeySlotsCorrupt, Vault
-from vault_setup import PASSPHRASE
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

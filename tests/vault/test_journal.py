@@ -6,10 +6,10 @@ import sys
 import textwrap
 
 import pytest
+from helpers import appliance, error_line
 
 from appliance.journal import Journal, check, frames
 from appliance.journal.store import relative_path
-from helpers import appliance, error_line
 
 
 def _session(vault, n=5, tag="a"):

@@ -7,13 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from helpers import appliance, error_line, tree_digest
+from vault_setup import PASSPHRASE, install_fake_overlay
 
 from appliance.errors import Erased
 from appliance.journal import check, sessions
 from appliance.vault import Vault
 from appliance.vault.killswitch import pid_path
-from vault_setup import PASSPHRASE, install_fake_overlay
-from helpers import appliance, error_line, tree_digest
 
 LONG = ("ask", "Write a very long, detailed story about a lighthouse keeper, chapter by chapter.", "--max-tokens", "2000")
 
@@ -28,7 +28,7 @@ def _start_long_generation():
 def _kill_and_collect(home, *kill_args):
     proc = _start_long_generation()
     r = appliance("kill", *kill_args)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert r.returncode == 0, r.stderr
     assert proc.returncode == 4, err.decode()  # the documented exit code of a killed command: locked
     assert err.decode().splitlines()[-1].endswith(" [killed]"), err.decode()

@@ -11,16 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import appliance
+from vault_setup import PASSPHRASE
 
 from appliance.cli import vault_commands
-from vault_setup import PASSPHRASE
-from helpers import appliance
 
 LONG = ("ask", "Write a very long, detailed story about a lighthouse keeper, chapter by chapter.", "--max-tokens", "2000")
 
 
 def _core_limit(pid: int) -> str:
-    line = next(l for l in Path(f"/proc/{pid}/limits").read_text().splitlines() if l.startswith("Max core file size"))
+    line = next(row for row in Path(f"/proc/{pid}/limits").read_text().splitlines() if row.startswith("Max core file size"))
     return " ".join(line.split()[4:6])  # soft and hard
 
 
@@ -55,7 +55,7 @@ def test_a_crash_during_ask_writes_no_core(vault_home, tmp_path):
 def test_status_reports_the_protections_in_force(vault_home):
     r = appliance("status")
     assert r.returncode == 0, r.stderr
-    (line,) = [l for l in r.stdout.splitlines() if l.startswith("process:")]
+    (line,) = [row for row in r.stdout.splitlines() if row.startswith("process:")]
     assert "core dumps off" in line and "not dumpable" in line and "umask 077" in line
     assert re.search(r"(memory locked|key memory locked|memory NOT locked) \(.+\)", line), line
 

@@ -4,14 +4,14 @@ import json
 
 import pytest
 from helpers import appliance, ok, tree_digest
+from vault_setup import PASSPHRASE
 
-from appliance.errors import ContextOverflow, Refused
+from appliance.errors import ContextOverflow, NotFound, Refused
 from appliance.journal import read, sessions
 from appliance.runtime.sampler import GREEDY
 from appliance.service import UnlockedAppliance
 from appliance.vault import Vault
 from appliance.vault.killswitch import Killed
-from vault_setup import PASSPHRASE
 
 
 def test_ask_journals_a_reply_as_the_chat_does(vault_home, tmp_path):
@@ -72,3 +72,10 @@ def test_context_overflow_leaves_the_history_as_it_was(vault_home, model, runtim
         with pytest.raises(ContextOverflow):
             app.reply(session, "word " * 5000, max_tokens=4)
         assert session.history == [] and app.journal is None
+
+
+def test_erasing_the_overlay_with_none_loaded_is_not_found(vault_home, model):
+    vault = Vault.unlock(vault_home, PASSPHRASE)
+    with UnlockedAppliance.open(vault, model) as app:
+        with pytest.raises(NotFound):
+            app.erase_overlay()

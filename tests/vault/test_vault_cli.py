@@ -4,12 +4,12 @@ passphrase change, erase."""
 import json
 
 import pytest
+from helpers import appliance, error_line, tree_digest
+from vault_setup import PASSPHRASE, install_fake_overlay
 
 from appliance.errors import Erased
 from appliance.journal import Journal
 from appliance.vault import Vault
-from vault_setup import PASSPHRASE, install_fake_overlay
-from helpers import appliance, error_line, tree_digest
 
 
 def _locked(home, reason, *args):

@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from vault_setup import PASSPHRASE
 
 from appliance.errors import Erased, NotFound, Refused
 from appliance.vault import CiphertextRejected, EncryptedWriter, Vault, VaultErased, WrongPassphrase, decrypt_chunks, zeroize
 from appliance.vault.stream import CHUNK_BYTES, HEADER, TAG_BYTES
-from vault_setup import PASSPHRASE
 
 
 def test_right_passphrase_unlocks_and_wrong_one_is_locked(vault_home):
