@@ -17,6 +17,7 @@ from pathlib import Path
 from appliance import state
 from appliance.journal import Journal, provenance
 from appliance.overlay.files import Overlay, overlay_files
+from appliance.erase import erase_journal
 from appliance.overlay.params import OverlayParams
 from appliance.runtime.llama import reference_llama
 from appliance.runtime.sampler import GREEDY
@@ -27,7 +28,6 @@ from appliance.trust.builtin import embedded_pin, verify_pinned
 from appliance.trust.hashing import sha256_file
 from appliance.store.trust_changes import pin_signer
 from appliance.vault import Vault
-from appliance.vault.erase import erase_journal
 
 PROMPT = "Write a long, detailed essay about the history of radio communication."
 N_CTX = 2048

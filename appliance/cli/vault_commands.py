@@ -16,13 +16,13 @@ from typing import Iterator, Optional
 import click
 
 from .. import paths, state
+from ..erase import ERASE_JOURNAL_PHRASE, erase_all_overlays, erase_everything, erase_journal, erase_overlay
 from ..errors import Erased, Locked, NotFound, Refused, UsageError
 from ..fsutil import atomic_write
 from ..hardening import lock_secret
 from ..journal import Report, check, read, sessions
 from ..journal.transcript import markdown_transcript, provenance_line
 from ..vault import Vault, zeroize
-from ..vault.erase import ERASE_JOURNAL_PHRASE, erase_all_overlays, erase_everything, erase_journal, erase_overlay
 from ..service import UnlockedAppliance
 from ..trust.builtin import VerifiedModel
 from ..vault.killswitch import WIPE_POLICY, Killed, running_pid, signal_running

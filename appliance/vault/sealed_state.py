@@ -23,7 +23,8 @@ from typing import Optional
 
 from ..fsutil import atomic_write
 from ..state_files import MAX_STATE_FILE, StateForged
-from .keys import Vault, VaultWriteFailed
+from .errors import VaultWriteFailed
+from .vault import Vault
 
 MAX_SEALED_FILE = max(MAX_STATE_FILE, 16 << 20)  # the signers' keyring can outgrow a JSON state file
 
