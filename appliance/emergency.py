@@ -8,9 +8,10 @@ then a wipe crypto-erases every overlay.
 
 from typing import Optional
 
+from .erase import erase_all_overlays
 from .journal import Journal
+from .store.at_rest import OVERLAY_ITEMS
 from .vault import Vault
-from .vault.erase import erase_all_overlays
 from .vault.killswitch import WIPE_POLICY, Killed, KillSwitch
 
 
@@ -18,7 +19,7 @@ def handle_kill(killed: Killed, ks: KillSwitch, vault: Vault, journal: Optional[
     """Returns the vault items a wipe erased (none for a plain kill)."""
     ks.run_callbacks()
     killed.wipe = killed.wipe or bool(vault.setting(WIPE_POLICY, False))
-    wiping = vault.items("overlay/") if killed.wipe else []
+    wiping = vault.items(OVERLAY_ITEMS) if killed.wipe else []
     if journal is not None:
         journal.append("kill", wipe=killed.wipe, overlays_erased=wiping)
     if killed.wipe:

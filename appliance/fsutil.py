@@ -1,17 +1,20 @@
-"""Durable file writes: a write either lands whole or not at all, even across power loss.
+"""Durable file changes: a write either lands whole or not at all, even across power loss.
 
 A write interrupted by a kill or a power cut leaves its temp file (`.NAME.tmp-PID`) beside the
 target: `remove_stale_temps` clears them where the caller knows that no write is in flight.
+`discard` removes files or folders in a time that does not grow with their size.
 """
 
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 TEMP_NAME = re.compile(r"\..+\.tmp-[0-9]+")  # what `atomic_file` names its temp file
+TRASH_DIR = ".erased"  # under the state dir: what `discard` moved away, until its unlink finishes
 
 
 def fsync_dir(directory: Path) -> None:
@@ -63,3 +66,33 @@ def remove_stale_temps(directory: Path) -> list[Path]:
     if stale:
         fsync_dir(directory)  # the removal must survive a power cut as surely as the write it undoes
     return stale
+
+
+def discard(home: Path, paths: list[Path]) -> list[Path]:
+    """Remove files or folders under `home` (keyless ciphertext) in a time that does not grow with their size.
+
+    Each is renamed out of sight into one fresh batch under `<home>/.erased/` (O(1), fsynced once per
+    folder), then the batch is unlinked by a detached process: freeing a large file's blocks takes
+    time in proportion to its size. Returns the paths that existed.
+    """
+    batch = home / TRASH_DIR / os.urandom(8).hex()  # this call's own: nothing else races on it
+    batch.mkdir(mode=0o700, parents=True)
+    moved: list[Path] = []
+    emptied: set[Path] = set()
+    for path in paths:
+        if path.exists():
+            os.rename(path, batch / str(len(moved)))
+            emptied.add(path.parent)
+            moved.append(path)
+    for folder in emptied | {batch}:  # once each, not once per file
+        fsync_dir(folder)
+    _unlink_detached(batch)
+    return moved
+
+
+def _unlink_detached(directory: Path) -> None:
+    """Remove `directory` in a detached process that outlives this command."""
+    subprocess.Popen(
+        ["rm", "-rf", "--", str(directory)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Optional, Protocol
 
 from .emergency import handle_kill
+from .erase import erase_journal, erase_overlay
 from .errors import NotFound
 from .journal import Journal, provenance
 from .runtime.sampler import SamplingSettings
@@ -35,7 +36,6 @@ from .runtime.session import Reply, Runtime, Session
 from .store import ActiveOverlay, Base, Provenance, load_active_overlay
 from .trust.builtin import VerifiedModel
 from .vault import Vault
-from .vault.erase import erase_journal, erase_overlay
 from .vault.killswitch import Killed, KillSwitch
 
 

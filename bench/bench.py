@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from appliance import state
+from appliance.erase import erase_journal
 from appliance.journal import Journal, provenance
 from appliance.overlay.files import Overlay, overlay_files
 from appliance.overlay.params import OverlayParams
@@ -27,7 +28,6 @@ from appliance.trust.builtin import embedded_pin, verify_pinned
 from appliance.trust.bundle import create_bundle, sign_bundle
 from appliance.trust.hashing import sha256_file
 from appliance.vault import Vault
-from appliance.vault.erase import erase_journal
 
 PROMPT = "Write a long, detailed essay about the history of radio communication."
 N_CTX = 2048

@@ -17,6 +17,7 @@ from typing import Optional
 import click
 
 from .. import paths, state
+from ..erase import ERASE_JOURNAL_PHRASE, erase_all_overlays, erase_everything, erase_journal, erase_overlay
 from ..errors import Erased, EraseNotProven, NoPassphrase, NotConfirmed, NotFound, Refused, UsageError
 from ..fsutil import atomic_write
 from ..hardening import lock_secret
@@ -25,7 +26,6 @@ from ..journal.transcript import markdown_transcript, provenance_line
 from ..service import UnlockedAppliance
 from ..trust.builtin import VerifiedModel
 from ..vault import Vault, zeroize
-from ..vault.erase import ERASE_JOURNAL_PHRASE, erase_all_overlays, erase_everything, erase_journal, erase_overlay
 from ..vault.killswitch import WIPE_POLICY, Killed, running_pid, signal_running
 from .output import say, warn
 

@@ -24,12 +24,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .. import __version__, utc
 from ..errors import EnvironmentRefused, NotFound, Refused
 from ..fsutil import fsync_dir
-from ..paths import JOURNAL_DIR
 from ..vault import Vault, zeroize
 from . import frames
 from .frames import Break
 
 KINDS = ("message", "overlay-toggle", "kill", "trust-change")
+JOURNAL_DIR = "journal"  # under the state dir
+JOURNAL_ITEMS = "journal/"  # the vault item ids of the sessions' data keys
 
 
 class JournalWriteFailed(Refused):
@@ -43,7 +44,7 @@ class JournalBroken(Refused):
 
 
 def item_id(session_id: str) -> str:
-    return f"journal/{session_id}"
+    return f"{JOURNAL_ITEMS}{session_id}"
 
 
 def relative_path(session_id: str) -> str:
@@ -176,7 +177,7 @@ def read(vault: Vault, session_id: str) -> list[dict]:
 
 def sessions(vault: Vault) -> list[str]:
     """Session ids the vault holds keys for, plus stray files (whose check then says what they are)."""
-    ids = {i.split("/", 1)[1] for i in vault.items("journal/")}
+    ids = {i.split("/", 1)[1] for i in vault.items(JOURNAL_ITEMS)}
     jdir = vault.home / JOURNAL_DIR
     if jdir.is_dir():
         ids |= {p.stem for p in jdir.glob("*.journal") if frames.SESSION_ID.fullmatch(p.stem)}

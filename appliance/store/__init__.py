@@ -18,23 +18,19 @@ An import writes nothing but its staging directory until every check has
 passed; then it renames staging into `objects/` and replaces `state.json`.
 Killed at any point, the active versions are the old ones or the new ones;
 leftover staging directories and unreferenced objects are removed by the next
-successful import. Crypto-erase of an overlay (vault) marks its versions erased
-here (`forget`).
+successful import. Crypto-erase of an overlay (`appliance.erase`) destroys its keys in the
+vault, then marks its versions erased here (`forget`).
 """
 
-from ..vault.erase import OVERLAY_ERASE_HOOKS
 from .active import ActiveOverlay, Base, Provenance, describe_installed, embedded_base, load_active_overlay, verify_installed
 from .forget import forget_overlays
 from .importer import import_bundle, rollback, verify_bundle
-
-# The vault calls back after erasing overlay keys; registering here keeps the dependency one way
-# (store -> vault). Whoever can load an overlay has imported this package, so the hook is in place.
-OVERLAY_ERASE_HOOKS.append(forget_overlays)
 
 __all__ = [
     "ActiveOverlay",
     "Base",
     "embedded_base",
+    "forget_overlays",
     "Provenance",
     "describe_installed",
     "import_bundle",

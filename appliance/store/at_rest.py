@@ -21,7 +21,14 @@ from ..errors import HashMismatch, NotFound, SizeMismatch
 from ..trust.hashing import Progress, Readable, sha256_stream
 from ..trust.manifest import Artifact, Manifest
 from ..vault import EncryptedWriter, Vault, decrypt_chunks, random_key, zeroize
-from ..vault.erase import overlay_item
+from .layout import STORE_DIR
+
+OVERLAY_ITEMS = "overlay/"  # the vault item ids of the overlays' data keys
+
+
+def overlay_item(name: str, version: int) -> str:
+    """The vault item id of one installed overlay version."""
+    return f"{OVERLAY_ITEMS}{name}/{version}"
 
 
 def is_encrypted(manifest: Manifest) -> bool:
@@ -30,7 +37,7 @@ def is_encrypted(manifest: Manifest) -> bool:
 
 def artifact_rel(manifest_sha256: str, path: str) -> str:
     """Where an installed artifact lives, relative to the state dir (the vault records these for erase)."""
-    return f"store/objects/{manifest_sha256}/artifacts/{path}"
+    return f"{STORE_DIR}/objects/{manifest_sha256}/artifacts/{path}"
 
 
 @dataclass

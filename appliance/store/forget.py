@@ -1,6 +1,6 @@
-"""What the store forgets when the vault crypto-erases overlays: registered in `vault.erase.OVERLAY_ERASE_HOOKS`.
+"""What the store forgets when overlays are crypto-erased (`appliance.erase` calls it).
 
-The vault destroys the keys first (and the ciphertext files it recorded with them); then this hook
+The vault destroys the keys first (and the ciphertext files it recorded with them); then this
 marks every installed version of the overlay as erased in `store/state.json` and removes what is
 left of their objects (manifest, signatures, the ciphertext when `erase all` had no key table to
 read). The item itself stays, with its `max_version`: an erased overlay cannot be replayed by
@@ -12,8 +12,8 @@ store still lists versions whose keys are gone, and loading them fails with exit
 from dataclasses import replace
 from typing import Optional
 
+from ..fsutil import discard
 from ..vault import Vault
-from ..vault.keys import discard
 from .layout import Store, StoreDamaged
 
 

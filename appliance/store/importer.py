@@ -46,9 +46,8 @@ from ..trust.hashing import Progress
 from ..trust.manifest import Manifest
 from ..utc import format_time, now
 from ..vault import Vault
-from ..vault.erase import overlay_item
 from .active import Base, check_binding, verify_version, versions_text
-from .at_rest import Sealing, write_artifact
+from .at_rest import OVERLAY_ITEMS, Sealing, overlay_item, write_artifact
 from .layout import STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
 
 CRASH_POINTS = ("copying", "copied", "keyed", "stored", "committed")
@@ -178,7 +177,7 @@ def _remove_leftovers(store: Store, state: StoreState, vault: Vault) -> None:
         }
     except StoreDamaged:
         return  # unsure what is installed: keep every key (an orphan is harmless, a lost key is not)
-    orphans = [i for i in vault.items("overlay/") if i not in installed]
+    orphans = [i for i in vault.items(OVERLAY_ITEMS) if i not in installed]
     if orphans:
         vault.erase(orphans)
 

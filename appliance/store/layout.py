@@ -19,6 +19,7 @@ from ..utc import format_time, parse_time
 from ..vault import Vault
 from ..vault.sealed_state import SealedState
 
+STORE_DIR = "store"  # under the state dir
 STATE_FORMAT = "appliance-store/1"
 ACCEPTED_FORMAT = "appliance-accepted/1"
 STAGING_PREFIX = ".staging-"
@@ -72,7 +73,7 @@ def _item(doc: StateDoc, name: str) -> Item:
 class Store:
     def __init__(self, home: Path, seal: StateSeal):
         self.home = home
-        self.dir = home / "store"
+        self.dir = home / STORE_DIR
         self.objects = self.dir / "objects"
         self.state_path = self.dir / "state.json"
         self.seal = seal

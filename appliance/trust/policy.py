@@ -40,6 +40,7 @@ from .signatures import (
     scratch_gpg,
 )
 
+TRUST_DIR = "trust"  # under the state dir
 POLICY_FORMAT = "appliance-policy/1"
 DEFAULT_THRESHOLD = 2
 MAX_THRESHOLD = 16
@@ -88,7 +89,7 @@ class TrustStore:
     """The policy and the keyring, read and written through the vault's seal (so only with the passphrase)."""
 
     def __init__(self, home: Path, seal: StateSeal):
-        self.dir = home / "trust"
+        self.dir = home / TRUST_DIR
         self.keyring_path = self.dir / "gnupg" / KEYRING
         self.policy_path = self.dir / "policy.json"
         self._seal = seal

@@ -13,9 +13,9 @@ from textual.widgets import Footer, Markdown
 from textual.widgets.markdown import MarkdownStream
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
+from ..erase import ERASE_JOURNAL_PHRASE
 from ..errors import ApplianceError
 from ..printable import printable
-from ..vault.erase import ERASE_JOURNAL_PHRASE
 from .core import ChatCore, Outcome
 from .keys import CHAT_KEYS, bindings
 from .modals import EraseScreen, SystemPromptScreen

@@ -1,5 +1,16 @@
 """The vault: passphrase -> key-encryption key -> master key -> one data key per item.
 
+    kdf.py           passphrase -> KEK: the KDF, its parameters and their bounds
+    aead.py          key buffers (zeroed, memory-locked) and AES-256-GCM sealing of the vault's secrets
+    disk.py          the vault folder: its files, the lock every writer holds, bounded reads, durable writes
+    master.py        master.json: the master key sealed under the KEK, or the erase tombstone
+    slots.py         slots.json: the typed key-slot table sealed under the master key, and its one lookup
+    vault.py         `Vault`: the above composed under the lock
+    errors.py        what the vault refuses with
+    stream.py        chunked AES-256-GCM for large files under a data key
+    sealed_state.py  state files whose digests the table seals
+    killswitch.py    the kill-switch of a running appliance
+
 Rules:
 - `cryptography` does every primitive (Argon2id or scrypt, AES-256-GCM); nothing here is hand-made crypto.
 - Every write of key material is atomic: temp file, fsync, rename, fsync of the directory
@@ -10,20 +21,14 @@ Rules:
 - Parsing a vault file raises only typed errors (`VaultCorrupt`, `WrongPassphrase`, ...):
   a malformed or tampered file is a refusal, never a crash.
 - Crypto-erase removes an item's data key from the key-slot table (one atomic rewrite) and
-  remembers its id as erased; reading it afterwards raises `Erased` (exit 6).
+  remembers its id as erased; reading it afterwards raises `Erased` (exit 6). Erasing an overlay,
+  the journal or everything, with what the store forgets, is `appliance.erase`'s.
 """
 
-from .keys import (
-    KeySlotsCorrupt,
-    NoVault,
-    Vault,
-    VaultCorrupt,
-    VaultErased,
-    WrongPassphrase,
-    random_key,
-    zeroize,
-)
+from .aead import random_key, zeroize
+from .errors import KeySlotsCorrupt, NoVault, VaultCorrupt, VaultErased, WrongPassphrase
 from .stream import CiphertextRejected, EncryptedWriter, decrypt_chunks
+from .vault import Vault
 
 __all__ = [
     "CiphertextRejected",

@@ -24,7 +24,7 @@ from typing import Optional
 from ..errors import EnvironmentRefused
 from ..fsutil import atomic_write
 from ..state_files import MAX_STATE_FILE, StateForged
-from .keys import Vault
+from .vault import Vault
 
 MAX_SEALED_FILE = max(MAX_STATE_FILE, 16 << 20)  # the signers' keyring can outgrow a JSON state file
 

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import Refused
-from .keys import zeroize
+from .aead import zeroize
 
 MAGIC = b"APPLENC1"
 HEADER = struct.Struct(">8sI7s")

@@ -5,6 +5,8 @@ the vault's own unit tests stay in tests/vault.
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 from bundles import PASSPHRASE, make_bundle
@@ -137,6 +139,30 @@ def test_kill_wipe_and_erase_all_forget_every_overlay(home, keys, tmp_path):
     assert ok("update", "list") == ""
     assert "threshold: 2 of 0 pinned signers" in ok("trust", "list")
     assert "0 of 2 required signatures" in fails(3, "threshold-not-met", "update", "import", str(v2))  # nothing pinned any more
+
+
+# A fresh interpreter that imports the erase module and the vault, nothing else of the package.
+ERASE_ALONE = """
+import sys
+from pathlib import Path
+from appliance.erase import erase_overlay
+from appliance.vault import Vault
+vault = Vault.unlock(Path(sys.argv[1]), sys.argv[2].encode())
+try:
+    print(erase_overlay(vault, "care"))
+finally:
+    vault.zeroize()
+"""
+
+
+def test_an_overlay_erase_updates_the_store_whatever_the_process_imported(home, keys, tmp_path):
+    """The store forgets an erased overlay because the erase calls it, not because a hook was registered
+    by an import that this process might not have made."""
+    ok("update", "import", str(bundle(keys, tmp_path, "care")))
+    r = subprocess.run([sys.executable, "-c", ERASE_ALONE, str(home), PASSPHRASE], capture_output=True, text=True)
+    assert r.returncode == 0 and "overlay/care/1" in r.stdout, r.stderr
+    assert "care overlay erased crypto-erased v1" in " ".join(ok("update", "list").split())
+    assert not list((home / "store" / "objects").iterdir())
 
 
 def test_killed_import_orphan_key_is_harmless_and_erased(home, keys, tmp_path):

@@ -108,6 +108,9 @@ def test_ask_streams_a_reply_escaped(vault_home, monkeypatch, capsys):
 
     monkeypatch.setattr(commands, "Runtime", lambda model: None)
     monkeypatch.setattr(service, "Session", _ModelThatEmitsControls)
+    # In process, so not the process protections: their hard core limit of 0 cannot be raised again,
+    # and later tests start children that must be able to dump core (test_process_protections.py).
+    monkeypatch.setattr("appliance.cli.main.harden_process", lambda: None)
     with pytest.raises(SystemExit) as done:
         main(["ask", "say \x1b]0;hi\x07"])
     out = capsys.readouterr()

@@ -7,8 +7,8 @@ PASSPHRASE = b"correct horse battery staple"
 def install_fake_overlay(home, vault, name: str, version: int, payload: bytes):
     """What the overlay store does at import: a fresh data key, the artifact encrypted under it
     (the store's own import, through gpg and the trust chain, is tested in tests/trust)."""
+    from appliance.store.at_rest import overlay_item
     from appliance.vault import EncryptedWriter
-    from appliance.vault.erase import overlay_item
 
     rel = f"overlays/{name}/{version}/overlay.safetensors.enc"
     (home / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,66 @@
+"""Crypto-erase by kind: one overlay, every overlay, the journal, everything. Each calls every owner.
+
+Order, the same for every kind: the data keys go first (the vault, one atomic table rewrite), then
+the ciphertext files the vault recorded with them (`fsutil.discard`: a time that does not depend on
+the data's size), then the owner's records of what was erased:
+
+- an overlay: its keys, then the store marks its versions erased and drops their objects
+  (`store.forget_overlays`), so a load, a rollback or a replayed bundle says "erased" (exit 6);
+- the journal: every session's key, then its file;
+- everything: the master key slot (needs no passphrase), then the journal's, the store's and the
+  trust policy's folders: the journal is keyless without the vault, and the store's and the
+  policy's records were sealed by it (`state_files`), so nothing there can be trusted by the
+  vault a later `init` makes.
+"""
+
+from pathlib import Path
+
+from .errors import Erased, NotFound
+from .fsutil import discard
+from .journal.store import JOURNAL_DIR, JOURNAL_ITEMS
+from .store import forget_overlays
+from .store.at_rest import OVERLAY_ITEMS
+from .store.layout import STORE_DIR
+from .trust.policy import TRUST_DIR
+from .vault import Vault
+
+ERASE_JOURNAL_PHRASE = "erase logs"  # typed to confirm, at `appliance erase logs` and in the chat's modal
+
+
+def erase_overlay(vault: Vault, name: str) -> list[str]:
+    """Every installed version of overlay NAME. Returns the item ids erased."""
+    prefix = f"{OVERLAY_ITEMS}{name}/"
+    items = vault.items(prefix)
+    if not items:
+        if vault.erased_items(prefix):
+            raise Erased(f"overlay {name} was already crypto-erased")
+        raise NotFound(f"no overlay named {name} in the vault")
+    vault.erase(items)
+    forget_overlays(vault, name)
+    return items
+
+
+def erase_all_overlays(vault: Vault) -> list[str]:
+    """The kill-switch wipe. Returns the item ids erased (possibly none)."""
+    items = vault.items(OVERLAY_ITEMS)
+    if items:
+        vault.erase(items)
+    forget_overlays(vault, None)  # also versions whose keys an earlier, interrupted erase destroyed
+    return items
+
+
+def erase_journal(vault: Vault) -> list[str]:
+    """Every journal session. Returns the item ids erased."""
+    items = vault.items(JOURNAL_ITEMS)
+    if not items:
+        raise NotFound("no journal sessions to erase")
+    vault.erase(items)
+    return items
+
+
+def erase_everything(home: Path) -> str:
+    """Destroy the master key slot, then delete the ciphertext it protected. Returns the erase time."""
+    when = Vault.erase_all(home)
+    # The keys are already unrecoverable; removing the ciphertext only frees the space.
+    discard(home, [home / JOURNAL_DIR, home / STORE_DIR, home / TRUST_DIR])
+    return when

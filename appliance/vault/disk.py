@@ -1,0 +1,75 @@
+"""The vault's folder on disk: where its files are, the lock every writer holds, bounded reads, durable writes.
+
+    <state>/vault/master.json   the passphrase's slot for the master key     (`master`)
+    <state>/vault/slots.json    the key-slot table, sealed under the master key  (`slots`)
+    <state>/vault/lock          the flock of every writer
+
+Rules:
+- Every write of a vault file holds the lock, so a temp file found beside them by whoever takes
+  the lock was left by an interrupted write, and may be a whole copy of the old table or master
+  slot: it is removed then, before anything else. Every erase takes the lock, so no copy of an
+  erased key survives in one.
+- Every write is atomic (`fsutil.atomic_write`); one that fails raises `EnvironmentRefused` and
+  leaves the old file standing.
+- A read is bounded (`MAX_VAULT_FILE`) and a file that is missing, unreadable, too large or not a
+  JSON object raises the caller's own typed error.
+"""
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import EnvironmentRefused
+from ..fsutil import atomic_write, remove_stale_temps
+
+VAULT_DIR = "vault"
+MASTER_FILE = "master.json"
+SLOTS_FILE = "slots.json"
+LOCK_FILE = "lock"
+MAX_VAULT_FILE = 16 << 20  # far above any real table; a larger file is refused unread
+
+
+def vault_dir(home: Path) -> Path:
+    return home / VAULT_DIR
+
+
+@contextmanager
+def vault_lock(home: Path) -> Iterator[None]:
+    """The lock every writer of a vault file holds; taking it clears what interrupted writes left."""
+    vdir = vault_dir(home)
+    fd = os.open(vdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        remove_stale_temps(vdir)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def load_json(path: Path, error: type[Exception]) -> dict:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_VAULT_FILE + 1)
+    except FileNotFoundError:
+        raise error(f"{path}: missing") from None
+    except OSError as e:
+        raise error(f"{path}: unreadable: {e.strerror}") from None
+    if len(raw) > MAX_VAULT_FILE:
+        raise error(f"{path}: larger than {MAX_VAULT_FILE} bytes")
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise error(f"{path}: not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise error(f"{path}: not a JSON object")
+    return doc
+
+
+def write_durable(path: Path, data: bytes) -> None:
+    try:
+        atomic_write(path, data)
+    except OSError as e:
+        raise EnvironmentRefused(f"cannot write {path} ({e.strerror}): it is unchanged") from None

@@ -1,0 +1,17 @@
+"""`fsutil.discard`: keyless ciphertext leaves its place at once, whatever its size; the unlink runs detached."""
+
+from appliance.fsutil import TRASH_DIR, discard
+
+
+def test_discard_moves_files_and_folders_out_of_sight_and_says_which_existed(tmp_path):
+    home = tmp_path / "home"
+    (home / "journal").mkdir(parents=True)
+    (home / "journal" / "s.journal").write_bytes(b"x" * 4096)
+    (home / "store" / "objects" / "a").mkdir(parents=True)
+    (home / "store" / "objects" / "a" / "blob").write_bytes(b"y")
+    paths = [home / "journal", home / "store" / "objects" / "a", home / "trust"]  # trust/ was never made
+
+    assert discard(home, paths) == paths[:2]
+    assert not (home / "journal").exists() and not (home / "store" / "objects" / "a").exists()
+    assert (home / "store" / "objects").is_dir()  # only what was named goes
+    assert {p.name for p in home.iterdir()} == {"store", TRASH_DIR}  # the batch itself may be gone already
