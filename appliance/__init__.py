@@ -1,12 +1,21 @@
 """The air-gapped appliance: a local model, a signed removable overlay, an encrypted journal.
 
-Layers, dependencies pointing down only:
+Layers, dependencies pointing down only (tests/test_architecture.py holds the table; README.md
+says what each part holds):
 
-    cli/                  command line (and, later, the terminal UI)
-    runtime/              llama.cpp decode loop, sampler, chat template, Session
-    overlay/              Takens-LoRA maths (numpy, torch) and its file format
-    trust/                hashing and the pinned manifests that gate every load
-    errors, paths         typed failures with exit codes; where state lives
+    cli                   the `appliance` command
+    ui                    the Textual chat
+    service, demo         the unlocked appliance that `ask` and the chat share; `init --demo`
+    emergency             what a kill does
+    erase                 crypto-erase by kind, calling each owner
+    store, training       verified import and loading; overlay training and its report
+    journal, runtime      the encrypted journal; llama.cpp and the decode loop
+    vault, trust          keys and sealed state; manifests, bundles, signatures, the trust policy
+    state, state_files, overlay
+                          the state dir; the reader of sealed state files; the Takens-LoRA maths
+    errors, fsutil, hardening, paths, printable, utc
+                          typed failures with reason codes; durable writes; process protections;
+                          where state lives; escaping outside text; UTC time
 """
 
 import os
