@@ -8,7 +8,7 @@ kill-switch armed, overlay re-verified, every reply and switch journalled with i
 snapshot, rather than reaching into the appliance.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
@@ -16,6 +16,7 @@ from typing import Optional
 from ..errors import ApplianceError, NoOverlay
 from ..fsutil import atomic_write
 from ..journal import Report, check, read, sessions
+from ..journal.search import Match, Skipped, search
 from ..journal.transcript import markdown_transcript
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime, Session
@@ -175,6 +176,10 @@ class ChatCore:
 
     def read(self, session_id: str) -> list[dict]:
         return read(self.app.vault, session_id)
+
+    def search(self, text: str, session_ids: Optional[list[str]] = None) -> Iterator[Match | Skipped]:
+        """Matches of `text` in every session (or those named), streamed as each is decrypted (in memory only)."""
+        return search(self.app.vault, text, session_ids)
 
     def export(self, session_id: str, directory: Path) -> Path:
         out = directory / f"{session_id}.md"

@@ -46,6 +46,7 @@ CHAT_KEYS = (
 
 SESSIONS_KEYS = (
     Key("enter", "open", "Open", "Open the selected session (decrypted, each message with its provenance).", builtin=True),
+    Key("slash", "search", "Search", "Search every session for a word or phrase (any case), decrypted in memory; no index is written."),
     Key("v", "verify", "Verify", "Verify every session's hash chain and sealed head; breaks are named."),
     Key("e", "export", "Export", "Export the selected session as Markdown."),
     Key("escape", "back", "Back", "Back to the chat."),
