@@ -41,7 +41,8 @@ class ChatScreen(Screen):
 
     def on_mount(self) -> None:
         snapshot = self.core.status()
-        self.query_one(StatusBar).base = f"{snapshot.base_name} {snapshot.base_sha256[:8]}"
+        status = self.query_one(StatusBar)
+        status.base, status.window = f"{snapshot.base_name} {snapshot.base_sha256[:8]}", self.core.window
         self.refresh_status()
         if snapshot.overlay_problem:
             self.notify(f"overlay not loaded: {snapshot.overlay_problem}", severity="error", timeout=15)
@@ -141,10 +142,16 @@ class ChatScreen(Screen):
             facts.append(f"KL rmse {div.rmse:.3f} max {div.max:.3f}")
         view.header.update("assistant  " + "  ".join(facts))
         status.tokens_per_second = reply.tokens_per_second
+        self.refresh_context(reply.prompt_tokens + len(reply.tokens))
         if div is not None:
             status.divergence = div
         if reply.dropped_turns:
-            self.notify(f"{reply.dropped_turns} oldest exchanges left out to fit the context window")
+            self.notify(f"{reply.dropped_turns} oldest exchanges left out to fit the context window", severity="warning")
+
+    def refresh_context(self, used: Optional[int]) -> None:
+        """The context meter: tokens in the window after a reply (None: no reply yet), and how many exchanges no longer fit."""
+        status = self.query_one(StatusBar)
+        status.context_used, status.dropped = used, self.core.dropped_exchanges()
 
     async def halt(self) -> None:
         """Stop the reply being written (if any) and wait until its worker has returned."""
@@ -191,6 +198,7 @@ class ChatScreen(Screen):
             return
         await self.query_one("#messages", VerticalScroll).remove_children()
         self.query_one(StatusBar).divergence = None
+        self.refresh_context(None)
         self.refresh_status()
 
     def action_sessions(self) -> None:

@@ -101,6 +101,15 @@ class ChatCore:
         """This session's only (a new session starts from `--system` again); the next reply is conditioned on it."""
         self.session.system_prompt = text
 
+    @property
+    def window(self) -> int:
+        """The context window, in tokens."""
+        return self.runtime.engine.n_ctx
+
+    def dropped_exchanges(self) -> int:
+        """Oldest exchanges of this session the model no longer sees (they did not fit the window)."""
+        return self.session.first_turn // 2 if self.session else 0
+
     def status(self) -> Snapshot:
         return self.app.snapshot(self.session, self.overlay_problem)
 

@@ -1,10 +1,11 @@
 """Search (F4), the context meter, regenerate, edit and resend, copy."""
 
 from textual.widgets import DataTable, Input, Label, Markdown
-from ui_support import PASSPHRASE, unlock, wait_for
+from ui_support import PASSPHRASE, send, unlock, wait_for
 
 from appliance.journal import Journal
 from appliance.ui.sessions import SessionsScreen
+from appliance.ui.widgets import StatusBar
 from appliance.vault import Vault
 
 
@@ -60,3 +61,27 @@ async def test_sessions_search_filters_to_matching_records(vault_home, make_app)
         await pilot.press("slash", "enter")
         await pilot.pause()
         assert table.row_count == 4
+
+
+async def test_context_meter_counts_the_window_and_says_when_the_oldest_are_dropped(vault_home, make_app):
+    app = make_app(overlay=False, max_tokens=8)
+    long_prompt = "Repeat after me: " + " ".join(["seven"] * 1100)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await unlock(pilot, PASSPHRASE)
+        status = app.screen.query_one(StatusBar)
+        assert status.window == 2048 and "ctx -/2048" in _text(status)
+        await send(pilot, long_prompt)
+        first = status.context_used
+        assert first is not None and 1100 < first < 2048
+        assert f"ctx {first}/2048" in _text(status) and "dropped" not in _text(status) and status.dropped == 0
+        await send(pilot, long_prompt)  # two of these do not fit: the first exchange is left out
+        assert status.dropped == 1 and "1 oldest dropped" in _text(status)
+        assert 1100 < status.context_used < 2048  # what the model saw: the second prompt alone, not both
+        assert any("oldest exchanges left out" in n.message for n in app._notifications)
+        await pilot.press("f5")  # a new session starts an empty window
+        await pilot.pause()
+        assert status.context_used is None and status.dropped == 0 and "ctx -/2048" in _text(status)
+
+
+def _text(widget) -> str:
+    return widget.render().plain
