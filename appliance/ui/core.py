@@ -8,12 +8,14 @@ kill-switch armed, overlay re-verified, every reply and switch journalled with i
 snapshot, rather than reaching into the appliance.
 """
 
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ApplianceError, NoOverlay
+from ..errors import ApplianceError, NoOverlay, NotFound
 from ..fsutil import atomic_write
 from ..journal import Report, check, read, sessions
 from ..journal.search import Match, Skipped, search
@@ -161,6 +163,41 @@ class ChatCore:
         if reply.overlay_on and reply.tokens:
             self.overlay_speed[outcome.divergence is not None] = reply.tokens_per_second
         return outcome
+
+    def can_take_back(self) -> bool:
+        """Whether there is a last exchange to regenerate or edit: the history ends with a reply the model still sees."""
+        history = self.session.history if self.session else []
+        return len(history) - self.session.first_turn >= 2 and history[-1]["role"] == "assistant"
+
+    def last_prompt(self) -> str:
+        return self.session.history[-2]["content"] if self.can_take_back() else ""
+
+    def last_reply(self) -> str:
+        return self.session.history[-1]["content"] if self.can_take_back() else ""
+
+    def regenerate(self, on_text: Callable[[str], None], stop) -> Outcome:
+        """The last prompt answered again with a new seed. The replaced reply leaves the model's history
+        and is kept in a `regenerate` record; the prompt and the new reply follow as message records."""
+        prompt, replaced = self._take_back()
+        self.app.record("regenerate", replaced=replaced, prompt=prompt, after_messages=len(self.session.history))
+        settings = self.session.settings
+        self.session.settings = replace(settings, seed=secrets.randbelow(2**31))
+        try:
+            return self.reply(prompt, on_text, stop)
+        finally:
+            self.session.settings = settings
+
+    def edit(self, text: str, on_text: Callable[[str], None], stop) -> Outcome:
+        """`text` sent in place of the last prompt: that exchange leaves the model's history (an `edit`
+        record keeps both its texts; its message records stay in the journal), then `text` is answered."""
+        prompt, replaced_reply = self._take_back()
+        self.app.record("edit", replaced=prompt, replaced_reply=replaced_reply, after_messages=len(self.session.history))
+        return self.reply(text, on_text, stop)
+
+    def _take_back(self) -> tuple[str, str]:
+        if not self.can_take_back():
+            raise NotFound("no reply yet in this session to take back")
+        return self.session.drop_last_exchange()
 
     # -- erase -----------------------------------------------------------------------------------
 
