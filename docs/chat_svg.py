@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from appliance.runtime.sampler import GREEDY
+from appliance.runtime.session import Runtime
 from appliance.trust.builtin import embedded_pin, verify_pinned
 from appliance.ui import ApplianceApp, ChatCore
 from appliance.ui.widgets import ChatMessage
@@ -26,9 +27,11 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     home, passphrase_file = tmp / "home", tmp / "passphrase"
     passphrase_file.write_text(PASSPHRASE)
+    passphrase_file.chmod(0o600)  # a passphrase file others may read is refused
     os.environ["APPLIANCE_HOME"] = str(home)
     subprocess.run([sys.executable, "-m", "appliance", "init", "--demo", "--passphrase-file", str(passphrase_file)], check=True)
-    core = ChatCore(home, verify_pinned(embedded_pin()), settings=GREEDY, max_tokens=80, n_threads=1)
+    model = verify_pinned(embedded_pin())
+    core = ChatCore(home, model, Runtime(model, n_threads=1), settings=GREEDY, max_tokens=80)
     app = ApplianceApp(core)
     async with app.run_test(size=(100, 32)) as pilot:
         app.screen.query_one("#passphrase").value = PASSPHRASE
@@ -40,6 +43,7 @@ async def main() -> None:
         await pilot.pause(0.3)
         app.save_screenshot(OUT.name, str(OUT.parent))
     core.close()
+    core.runtime.close()
     print(f"wrote {OUT}", file=sys.stderr)
 
 

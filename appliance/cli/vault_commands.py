@@ -22,6 +22,7 @@ from ..errors import Erased, EraseNotProven, NoPassphrase, NotConfirmed, NotFoun
 from ..fsutil import atomic_write
 from ..hardening import lock_secret
 from ..journal import JournalBroken, Report, check, read, sessions
+from ..journal.search import Match, search
 from ..journal.transcript import markdown_transcript, provenance_line
 from ..service import UnlockedAppliance
 from ..trust.builtin import VerifiedModel
@@ -174,7 +175,7 @@ def unlocked_appliance(passphrase_file: Optional[Path], model: VerifiedModel) ->
 
 @click.group()
 def logs() -> None:
-    """The encrypted session journal: list, show, verify, export."""
+    """The encrypted session journal: list, show, verify, search, export."""
 
 
 def _summary(report: Report) -> str:
@@ -242,6 +243,27 @@ def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> N
         vault.zeroize()
     if broken:
         raise JournalBroken(broken[0].session_id, broken[0].brk)
+
+
+@logs.command("search")
+@click.argument("text")
+@passphrase_option
+def logs_search(text: str, passphrase_file: Optional[Path]) -> None:
+    """Every record holding TEXT (any case), session by session, decrypted in memory only: no index is written."""
+    vault = unlock(passphrase_file)
+    found, searched, in_sessions = 0, 0, set()
+    try:
+        for hit in search(vault, text):
+            if isinstance(hit, Match):
+                found += 1
+                in_sessions.add(hit.session_id)
+                say(f"{hit.session_id}  [{hit.record}] {hit.time} {hit.role} ({hit.provenance}): {hit.snippet}")
+            else:
+                say(f"skip    {hit.session_id}: {hit.reason}")
+        searched = len(sessions(vault))
+    finally:
+        vault.zeroize()
+    say(f"{found} matches in {len(in_sessions)} of {searched} sessions")
 
 
 @logs.command("export")

@@ -28,7 +28,9 @@ from ..vault import Vault, zeroize
 from . import frames
 from .frames import Break
 
-KINDS = ("message", "overlay-toggle", "kill", "trust-change")
+# `regenerate` and `edit` take the last exchange out of what the model sees; each keeps the text it
+# replaced, and the new exchange follows as ordinary `message` records.
+KINDS = ("message", "overlay-toggle", "kill", "trust-change", "regenerate", "edit")
 JOURNAL_DIR = "journal"  # under the state dir
 JOURNAL_ITEMS = "journal/"  # the vault item ids of the sessions' data keys
 

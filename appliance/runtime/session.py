@@ -167,6 +167,13 @@ class Session:
         self.history.append({"role": "assistant", "content": reply.text})
         return reply
 
+    def drop_last_exchange(self) -> tuple[str, str]:
+        """Take the last prompt and its reply back out of the history (regenerate, edit and resend): their texts."""
+        if len(self.history) - self.first_turn < 2 or self.history[-1]["role"] != "assistant":
+            raise ValueError("the history does not end with an exchange the model still sees")
+        reply, prompt = self.history.pop(), self.history.pop()
+        return prompt["content"], reply["content"]
+
     def messages(self) -> list[dict]:
         """What the model sees: the system prompt and the turns that still fit."""
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []

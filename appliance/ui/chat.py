@@ -2,6 +2,8 @@
 
 import threading
 from collections import deque
+from collections.abc import Callable
+from functools import partial
 from typing import Optional
 
 from textual import on, work
@@ -32,6 +34,8 @@ class ChatScreen(Screen):
         self.core = core
         self.stop_event: Optional[threading.Event] = None
         self.worker: Optional[Worker] = None
+        self.editing = False  # the next send replaces the last exchange (edit and resend)
+        self._last: Optional[tuple[ChatMessage, ChatMessage]] = None  # the views of the last whole exchange
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -41,7 +45,8 @@ class ChatScreen(Screen):
 
     def on_mount(self) -> None:
         snapshot = self.core.status()
-        self.query_one(StatusBar).base = f"{snapshot.base_name} {snapshot.base_sha256[:8]}"
+        status = self.query_one(StatusBar)
+        status.base, status.window = f"{snapshot.base_name} {snapshot.base_sha256[:8]}", self.core.window
         self.refresh_status()
         if snapshot.overlay_problem:
             self.notify(f"overlay not loaded: {snapshot.overlay_problem}", severity="error", timeout=15)
@@ -78,13 +83,25 @@ class ChatScreen(Screen):
             self.query_one(PromptInput).text = event.text  # kept for when the reply is done
             self.notify("a reply is still being written: escape stops it", severity="warning")
             return
-        await self.add_message("user", event.text)
+        ask: Callable[[Callable[[str], None], threading.Event], Outcome] = partial(self.core.reply, event.text)
+        if self.editing:
+            self.editing = False
+            ask = partial(self.core.edit, event.text)
+            if self._last is not None:
+                for old in self._last:
+                    await old.remove()
+        user = await self.add_message("user", event.text)
+        await self._ask(ask, user)
+
+    async def _ask(self, ask: Callable[[Callable[[str], None], threading.Event], Outcome], user: ChatMessage) -> None:
+        """A new reply view under `user`, written by `ask(on_text, stop)` on the worker thread."""
+        self._last = None
         snapshot = self.core.status()
         state = "ON" if snapshot.overlay_on else "OFF" if snapshot.overlay else "none"
         view = await self.add_message("assistant", header=f"assistant  overlay {state}")
         self.stop_event = threading.Event()
         self.query_one(StatusBar).busy = True
-        self.worker = self._generate(event.text, view, Markdown.get_stream(view.body), self.stop_event)
+        self.worker = self._generate(ask, user, view, Markdown.get_stream(view.body), self.stop_event)
 
     class TextPending(Message):
         """The worker wrote pieces of the reply into `pending`: draw them."""
@@ -94,7 +111,7 @@ class ChatScreen(Screen):
             self.stream, self.pending = stream, pending
 
     @work(thread=True, exit_on_error=False, group="reply")
-    def _generate(self, text: str, view: ChatMessage, stream: MarkdownStream, stop: threading.Event) -> None:
+    def _generate(self, ask, user: ChatMessage, view: ChatMessage, stream: MarkdownStream, stop: threading.Event) -> None:
         pending: deque[str] = deque()  # pieces the model wrote that the UI has not drawn yet
 
         def on_text(piece: str) -> None:  # never waits for the UI: tok/s stays the model's
@@ -103,11 +120,11 @@ class ChatScreen(Screen):
                 self.post_message(self.TextPending(stream, pending))
 
         try:
-            outcome = self.core.reply(text, on_text, stop)
+            outcome = ask(on_text, stop)
         except ApplianceError as e:  # context full, journal write refused, ...: shown, never a crash
-            self.app.call_from_thread(self._finished, view, stream, pending, None, str(e))
+            self.app.call_from_thread(self._finished, user, view, stream, pending, None, str(e))
             return
-        self.app.call_from_thread(self._finished, view, stream, pending, outcome, "")
+        self.app.call_from_thread(self._finished, user, view, stream, pending, outcome, "")
 
     @on(TextPending)
     async def _draw_pending(self, event: TextPending) -> None:
@@ -121,8 +138,8 @@ class ChatScreen(Screen):
             await stream.write(printable("".join(parts)))
             self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
 
-    async def _finished(self, view: ChatMessage, stream: MarkdownStream, pending: deque, outcome: Optional[Outcome],
-                        error: str) -> None:
+    async def _finished(self, user: ChatMessage, view: ChatMessage, stream: MarkdownStream, pending: deque,
+                        outcome: Optional[Outcome], error: str) -> None:
         await self._draw(stream, pending)  # whatever the queued draws have not taken yet
         await stream.stop()
         self.worker = self.stop_event = None
@@ -132,6 +149,7 @@ class ChatScreen(Screen):
             view.header.update(f"assistant  error: {error}")
             self.notify(error, severity="error", timeout=10)
             return
+        self._last = (user, view)
         reply, div = outcome.reply, outcome.divergence
         facts = [f"overlay {'ON' if reply.overlay_on else 'OFF'}" if self.core.status().overlay else "overlay none",
                  f"{len(reply.tokens)} tok", f"{reply.tokens_per_second:.1f} tok/s"]
@@ -141,10 +159,16 @@ class ChatScreen(Screen):
             facts.append(f"KL rmse {div.rmse:.3f} max {div.max:.3f}")
         view.header.update("assistant  " + "  ".join(facts))
         status.tokens_per_second = reply.tokens_per_second
+        self.refresh_context(reply.prompt_tokens + len(reply.tokens))
         if div is not None:
             status.divergence = div
         if reply.dropped_turns:
-            self.notify(f"{reply.dropped_turns} oldest exchanges left out to fit the context window")
+            self.notify(f"{reply.dropped_turns} oldest exchanges left out to fit the context window", severity="warning")
+
+    def refresh_context(self, used: Optional[int]) -> None:
+        """The context meter: tokens in the window after a reply (None: no reply yet), and how many exchanges no longer fit."""
+        status = self.query_one(StatusBar)
+        status.context_used, status.dropped = used, self.core.dropped_exchanges()
 
     async def halt(self) -> None:
         """Stop the reply being written (if any) and wait until its worker has returned."""
@@ -190,8 +214,53 @@ class ChatScreen(Screen):
             self.notify(str(e), severity="error")
             return
         await self.query_one("#messages", VerticalScroll).remove_children()
+        self._last, self.editing = None, False
         self.query_one(StatusBar).divergence = None
+        self.refresh_context(None)
         self.refresh_status()
+
+    async def action_regenerate(self) -> None:
+        if not self._ready_to_take_back("regenerate"):
+            return
+        user, old = self._last
+        self.editing = False  # an edit under way would take back the new exchange instead
+        await old.remove()
+        await self._ask(self.core.regenerate, user)
+
+    def action_edit_last(self) -> None:
+        prompt = self.query_one(PromptInput)
+        if self.editing:
+            self.editing = False
+            prompt.clear()
+            self.notify("edit cancelled: the last exchange stays")
+            return
+        if not self._ready_to_take_back("edit"):
+            return
+        self.editing = True
+        prompt.text = self.core.last_prompt()
+        prompt.move_cursor(prompt.document.end)
+        prompt.focus()
+        self.notify("editing the last prompt: enter sends it in place of the last exchange (which stays in the journal)")
+
+    def _ready_to_take_back(self, what: str) -> bool:
+        if self.busy:
+            self.notify(f"a reply is being written: escape stops it, then {what}", severity="warning")
+            return False
+        if self._last is None or not self.core.can_take_back():
+            self.notify(f"no reply to {what} yet", severity="warning")
+            return False
+        return True
+
+    def action_copy_reply(self) -> None:
+        """OSC 52: the terminal puts the text on the clipboard (no clipboard daemon on an isolated machine).
+        The text is the reply as shown, escaped: raw control characters pasted into a shell could run
+        commands (a bracketed-paste end sequence in a reply would end the paste early)."""
+        text = self.core.last_reply() if self._last is not None else ""
+        if not text:
+            self.notify("no reply to copy yet", severity="warning")
+            return
+        self.app.copy_to_clipboard(printable(text))
+        self.notify(f"copied the last reply ({len(text)} characters) by OSC 52, if the terminal allows it")
 
     def action_sessions(self) -> None:
         self.app.push_screen(SessionsScreen(self.core, self.app.export_dir))

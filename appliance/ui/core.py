@@ -8,14 +8,17 @@ kill-switch armed, overlay re-verified, every reply and switch journalled with i
 snapshot, rather than reaching into the appliance.
 """
 
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ApplianceError, NoOverlay
+from ..errors import ApplianceError, NoOverlay, NotFound
 from ..fsutil import atomic_write
 from ..journal import Report, check, read, sessions
+from ..journal.search import Match, Skipped, search
 from ..journal.transcript import markdown_transcript
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime, Session
@@ -100,6 +103,15 @@ class ChatCore:
         """This session's only (a new session starts from `--system` again); the next reply is conditioned on it."""
         self.session.system_prompt = text
 
+    @property
+    def window(self) -> int:
+        """The context window, in tokens."""
+        return self.runtime.engine.n_ctx
+
+    def dropped_exchanges(self) -> int:
+        """Oldest exchanges of this session the model no longer sees (they did not fit the window)."""
+        return self.session.first_turn // 2 if self.session else 0
+
     def status(self) -> Snapshot:
         return self.app.snapshot(self.session, self.overlay_problem)
 
@@ -152,6 +164,41 @@ class ChatCore:
             self.overlay_speed[outcome.divergence is not None] = reply.tokens_per_second
         return outcome
 
+    def can_take_back(self) -> bool:
+        """Whether there is a last exchange to regenerate or edit: the history ends with a reply the model still sees."""
+        history = self.session.history if self.session else []
+        return len(history) - self.session.first_turn >= 2 and history[-1]["role"] == "assistant"
+
+    def last_prompt(self) -> str:
+        return self.session.history[-2]["content"] if self.can_take_back() else ""
+
+    def last_reply(self) -> str:
+        return self.session.history[-1]["content"] if self.can_take_back() else ""
+
+    def regenerate(self, on_text: Callable[[str], None], stop) -> Outcome:
+        """The last prompt answered again with a new seed. The replaced reply leaves the model's history
+        and is kept in a `regenerate` record; the prompt and the new reply follow as message records."""
+        prompt, replaced = self._take_back()
+        self.app.record("regenerate", replaced=replaced, prompt=prompt, after_messages=len(self.session.history))
+        settings = self.session.settings
+        self.session.settings = replace(settings, seed=secrets.randbelow(2**31))
+        try:
+            return self.reply(prompt, on_text, stop)
+        finally:
+            self.session.settings = settings
+
+    def edit(self, text: str, on_text: Callable[[str], None], stop) -> Outcome:
+        """`text` sent in place of the last prompt: that exchange leaves the model's history (an `edit`
+        record keeps both its texts; its message records stay in the journal), then `text` is answered."""
+        prompt, replaced_reply = self._take_back()
+        self.app.record("edit", replaced=prompt, replaced_reply=replaced_reply, after_messages=len(self.session.history))
+        return self.reply(text, on_text, stop)
+
+    def _take_back(self) -> tuple[str, str]:
+        if not self.can_take_back():
+            raise NotFound("no reply yet in this session to take back")
+        return self.session.drop_last_exchange()
+
     # -- erase -----------------------------------------------------------------------------------
 
     def erase_overlay(self) -> list[str]:
@@ -175,6 +222,10 @@ class ChatCore:
 
     def read(self, session_id: str) -> list[dict]:
         return read(self.app.vault, session_id)
+
+    def search(self, text: str, session_ids: Optional[list[str]] = None) -> Iterator[Match | Skipped]:
+        """Matches of `text` in every session (or those named), streamed as each is decrypted (in memory only)."""
+        return search(self.app.vault, text, session_ids)
 
     def export(self, session_id: str, directory: Path) -> Path:
         out = directory / f"{session_id}.md"

@@ -1,15 +1,22 @@
-"""Past journal sessions: list, open one decrypted with its provenance, verify all, export Markdown."""
+"""Past journal sessions: list, search, open one decrypted with its provenance, verify all, export Markdown.
 
+The search (`journal.search`) decrypts session by session in memory; its matches replace the list
+as they are found (one row per matching record) and an empty search brings the list back.
+"""
+
+import asyncio
 from pathlib import Path
 
 from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Label, Markdown
+from textual.widgets import DataTable, Footer, Input, Label, Markdown
 
 from ..errors import ApplianceError
 from ..journal import Report
+from ..journal.search import Match
 from ..journal.transcript import markdown_transcript
 from ..printable import printable
 from .core import ChatCore
@@ -35,9 +42,11 @@ class SessionsScreen(Screen):
     def __init__(self, core: ChatCore, export_dir: Path):
         super().__init__()
         self.core, self.export_dir = core, export_dir
+        self._row_session: dict[str, str] = {}  # row key -> session id (a search shows one row per record)
 
     def compose(self) -> ComposeResult:
-        yield Label("Journal sessions: enter opens, v verifies all, e exports, escape returns", id="title")
+        yield Label("Sessions: enter opens, / searches, v verifies all, e exports, esc returns", id="title")
+        yield Input(id="search", placeholder="/ search every session (enter; empty lists them all)")
         yield DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
         yield PlainLabel("", id="result")
         with VerticalScroll(id="viewer"):
@@ -45,15 +54,19 @@ class SessionsScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        table.add_columns("session", "records", "state", "first message")
         self._fill()
-        table.focus()
+        self.query_one(DataTable).focus()
+
+    def _columns(self, *names: str) -> DataTable:
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        table.add_columns(*names)
+        self._row_session.clear()
+        return table
 
     def _fill(self) -> list[Report]:
         """(Re)read every session; returns the reports of the readable ones."""
-        table = self.query_one(DataTable)
-        table.clear()
+        table = self._columns("session", "records", "state", "first message")
         reports = []
         try:
             ids = self.core.sessions()
@@ -65,19 +78,65 @@ class SessionsScreen(Screen):
                 report = self.core.check(sid)
             except ApplianceError as e:  # erased or missing key: listed, not opened
                 table.add_row(*_cells(sid, "-", f"unreadable: {e}", ""), key=sid)
+                self._row_session[sid] = sid
                 continue
             reports.append(report)
             table.add_row(*_cells(sid, str(len(report.records)), _state(report), report.preview(40)), key=sid)
+            self._row_session[sid] = sid
         return reports
+
+    # -- search -------------------------------------------------------------------------
+
+    def action_search(self) -> None:
+        self.query_one("#search", Input).focus()
+
+    @on(Input.Submitted, "#search")
+    def _search_submitted(self, event: Input.Submitted) -> None:
+        if not event.value.strip():
+            self._fill()
+            self._say("")
+        else:
+            self._search(event.value)
+        self.query_one(DataTable).focus()
+
+    @work(exclusive=True, group="search")
+    async def _search(self, text: str) -> None:
+        """Matches are added as each session is read; the loop yields to the UI after each session, so
+        keys (the kill key among them) are served during a long search. A new search cancels this one."""
+        table = self._columns("session", "record", "time", "role", "match")
+        found, hit_sessions, skipped = 0, set(), []
+        self._say(f"searching for {text!r}...")
+        try:
+            ids = self.core.sessions()
+            for sid in ids:
+                if not self.core.unlocked:  # killed or locked meanwhile: the vault is zeroed
+                    return
+                for hit in self.core.search(text, [sid]):
+                    if isinstance(hit, Match):
+                        key = f"{hit.session_id}#{hit.record}"
+                        table.add_row(*_cells(hit.session_id, str(hit.record), hit.time[:19], hit.role, hit.snippet), key=key)
+                        self._row_session[key] = hit.session_id
+                        found += 1
+                        hit_sessions.add(hit.session_id)
+                    else:
+                        skipped.append(f"{hit.session_id}: {hit.reason}")
+                await asyncio.sleep(0)
+        except ApplianceError as e:
+            self._say(f"search failed: {e}")
+            return
+        verdict = f"{found} matches for {text!r} in {len(hit_sessions)} of {len(ids)} sessions (enter opens; empty search lists all)"
+        self._say(verdict + "".join(f"; skipped {s}" for s in skipped))
 
     def _selected(self) -> str | None:
         table = self.query_one(DataTable)
         if table.row_count == 0:
             return None
-        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self._row_session.get(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value or "")
 
     async def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        sid = event.row_key.value
+        sid = self._row_session.get(event.row_key.value or "")
+        if sid is None:
+            return
         try:
             text = markdown_transcript(sid, self.core.read(sid))
         except ApplianceError as e:

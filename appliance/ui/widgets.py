@@ -22,7 +22,11 @@ from .divergence import Divergence
 
 
 class StatusBar(Widget):
-    """Always on screen: which base and which overlay make the words, the journal session, the last reply's numbers."""
+    """Always on screen: which base and which overlay make the words, the journal session, the last reply's numbers.
+
+    The context meter is the last reply's prompt and reply tokens over the window; once the oldest
+    exchanges no longer fit (the window policy in runtime/session.py), it says how many are left out.
+    """
 
     base = reactive("")
     overlay = reactive("none")  # name, version and signers, or why there is none
@@ -32,6 +36,9 @@ class StatusBar(Widget):
     audit = reactive(False)
     divergence: reactive[Optional[Divergence]] = reactive(None)
     busy = reactive(False)
+    window = reactive(0)  # the context window (tokens) of the engine
+    context_used: reactive[Optional[int]] = reactive(None)  # prompt + reply tokens of the last reply
+    dropped = reactive(0)  # oldest exchanges left out of what the model sees
 
     def render(self) -> Text:
         # Three short lines, the overlay's state first: at 80 columns nothing wraps.
@@ -42,6 +49,10 @@ class StatusBar(Widget):
         line.append(printable(self.overlay))  # signers come from the store's accepted records
         line.append_text(Text.assemble("\n", ("base ", "dim"), printable(self.base), ("  journal ", "dim"), printable(self.session or "-"), "\n"))
         line.append(f"{self.tokens_per_second:.1f} tok/s" if self.tokens_per_second is not None else "- tok/s")
+        line.append("  ctx ", style="dim")
+        line.append(f"{'-' if self.context_used is None else self.context_used}/{self.window}")
+        if self.dropped:
+            line.append(f" {self.dropped} oldest dropped", style="bold reverse yellow")
         line.append("  KL ", style="dim")
         if not self.audit:
             line.append("meter off (F3)", style="dim")

@@ -46,7 +46,7 @@ async def _chat(pilot) -> None:
     await screen.add_message("user", "What colours is the sea at dawn?")
     await screen.add_message("assistant", REPLY, header="assistant  overlay ON  38 tok  97.5 tok/s  KL rmse 0.412 max 1.730")
     status = screen.query_one(StatusBar)
-    status.tokens_per_second, status.audit = 97.5, True
+    status.tokens_per_second, status.audit, status.context_used = 97.5, True, 412
     status.divergence = Divergence(38, 0.412, 1.73)
     await pilot.pause()
 
