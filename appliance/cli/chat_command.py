@@ -16,7 +16,7 @@ from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..trust.builtin import embedded_pin, verify_pinned
 from ..vault import zeroize
-from .vault_commands import PASSPHRASE_ENV, passphrase_option, read_passphrase
+from .unlocking import PASSPHRASE_ENV, passphrase_option, read_passphrase
 
 
 @click.command()

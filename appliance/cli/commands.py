@@ -10,19 +10,8 @@ from ..store import Base
 from ..trust.builtin import embedded_pin, verify_pinned
 from ..vault import Vault
 from .output import say, stream, warn
-from .vault_commands import (
-    create_vault,
-    erase,
-    kill,
-    kill_policy,
-    logs,
-    new_vault_passphrase,
-    passphrase,
-    passphrase_option,
-    unlock,
-    unlocked,
-    unlocked_appliance,
-)
+from .unlocking import create_vault, new_vault_passphrase, passphrase_option, unlock, unlocked, unlocked_appliance
+from .vault_commands import erase, kill, kill_policy, logs, passphrase
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

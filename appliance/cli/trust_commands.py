@@ -15,7 +15,7 @@ from ..trust.policy import demo_mark
 from ..utc import format_time, parse_time
 from ..vault import Vault
 from .output import say, warn
-from .vault_commands import passphrase_option, unlocked
+from .unlocking import passphrase_option, unlocked
 
 LARGE = 64 << 20  # show progress for bundles above this size
 

@@ -31,7 +31,7 @@ from .slots import ITEM_ID, Head, Slot, SlotTable, read_table, slots_path, write
 
 
 class Vault:
-    """An unlocked vault: holds the master key (zeroed by `zeroize`) and reads the table per call."""
+    """An unlocked vault: holds the master key (zeroed by `zeroize`, or on leaving a `with` block) and reads the table per call."""
 
     def __init__(self, home: Path, master: bytearray):
         self.home = home
@@ -105,6 +105,13 @@ class Vault:
 
     def zeroize(self) -> None:
         zeroize(self._master)
+
+    def __enter__(self) -> "Vault":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """`with Vault.unlock(...) as vault:` zeroes the master key however the body ends."""
+        self.zeroize()
 
     # -- items -------------------------------------------------------------------------
 

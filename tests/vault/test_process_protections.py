@@ -14,7 +14,7 @@ import pytest
 from helpers import appliance
 from vault_setup import PASSPHRASE
 
-from appliance.cli import vault_commands
+from appliance.cli import unlocking
 
 LONG = ("ask", "Write a very long, detailed story about a lighthouse keeper, chapter by chapter.", "--max-tokens", "2000")
 
@@ -77,9 +77,9 @@ def test_under_a_memlock_limit_only_key_buffers_are_locked(vault_home, memlock, 
 
 def test_the_passphrase_buffer_is_zeroed_once_the_vault_has_it(vault_home, monkeypatch):
     seen = []
-    real = vault_commands.Vault.unlock
-    monkeypatch.setattr(vault_commands.Vault, "unlock", lambda home, passphrase: seen.append(passphrase) or real(home, passphrase))
-    vault_commands.unlock(None).zeroize()
+    real = unlocking.Vault.unlock
+    monkeypatch.setattr(unlocking.Vault, "unlock", lambda home, passphrase: seen.append(passphrase) or real(home, passphrase))
+    unlocking.unlock(None).zeroize()
     (passphrase,) = seen
     assert isinstance(passphrase, bytearray) and len(passphrase) == len(PASSPHRASE) and not any(passphrase)
 
