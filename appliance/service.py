@@ -122,7 +122,9 @@ class UnlockedAppliance:
 
     def session(self, runtime: Runtime, *, settings: SamplingSettings, system_prompt: Optional[str], overlay_on: bool) -> Session:
         """A conversation on `runtime` with the loaded overlay, switched as asked (on needs one loaded)."""
-        session = Session(runtime, overlay=self.active.overlay if self.active else None, system_prompt=system_prompt, settings=settings)
+        session = Session(
+            runtime, overlay=self.active.overlay if self.active else None, system_prompt=system_prompt, settings=settings
+        )
         session.set_overlay(overlay_on)
         return session
 
@@ -137,12 +139,23 @@ class UnlockedAppliance:
 
     # -- replies and the journal ------------------------------------------------------------
 
-    def reply(self, session: Session, text: str, *, max_tokens: int, on_text: Optional[Callable[[str], None]] = None,
-              cancel: Optional[threading.Event] = None, meter: Optional[DivergenceMeter] = None) -> Outcome:
+    def reply(
+        self,
+        session: Session,
+        text: str,
+        *,
+        max_tokens: int,
+        on_text: Optional[Callable[[str], None]] = None,
+        cancel: Optional[threading.Event] = None,
+        meter: Optional[DivergenceMeter] = None,
+    ) -> Outcome:
         """Rule 4: answer `text` in `session`, both messages journalled with their provenance."""
         prov = {"base": self._base_record, "overlay": self._overlay_record(session.overlay_on), **session.conditioning()}
         reply = session.generate(
-            text, max_tokens=max_tokens, on_text=on_text, cancel=cancel or self.cancel,
+            text,
+            max_tokens=max_tokens,
+            on_text=on_text,
+            cancel=cancel or self.cancel,
             on_start=lambda: self.record("message", **provenance.message("user", text, **prov)),
         )
         divergence = meter.divergence() if meter is not None else None

@@ -33,7 +33,9 @@ def is_initialised(home: Path) -> bool:
 def require_directory(home: Path) -> None:
     """Refuse a state dir path that names something other than a directory (exit 3, nothing created)."""
     if home.exists() and not home.is_dir():
-        raise EnvironmentRefused(f"{home} is not a directory: APPLIANCE_HOME must name a directory, or a path where one can be made")
+        raise EnvironmentRefused(
+            f"{home} is not a directory: APPLIANCE_HOME must name a directory, or a path where one can be made"
+        )
 
 
 @contextmanager

@@ -78,17 +78,24 @@ def main() -> None:
         held, trainset = split_examples(model, load_dataset(DATASET), cfg)
         runtime = Runtime(model, n_ctx=1024)
         render = runtime.template.render
-        prompts = [runtime.engine.tokenize(render([{"role": "user", "content": line}])) for line in NEUTRAL_PROMPTS.read_text().splitlines()]
+        prompts = [
+            runtime.engine.tokenize(render([{"role": "user", "content": line}]))
+            for line in NEUTRAL_PROMPTS.read_text().splitlines()
+        ]
         is_end = runtime.engine.is_end_of_generation
     prompts = prompts[: args.prompts]
 
     base = load_base(model, args.device)
     rows = {}
-    untouched = TakensAdapter(base, TakensLoRA(base.config.hidden_size, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(args.device))  # B = 0
+    untouched = TakensAdapter(
+        base, TakensLoRA(base.config.hidden_size, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(args.device)
+    )  # B = 0
     rows["base (no adapter)"] = {**judge(untouched, held, cfg, prompts, is_end, args.max_tokens), "params": 0}
     for name, variant in (("takens-lora, rmse barrier", cfg), ("takens-lora, mean barrier", replace(cfg, agg="mean"))):
         torch.manual_seed(variant.seed)
-        overlay = TakensLoRA(base.config.hidden_size, variant.rank, variant.delays, variant.alpha, variant.activation).to(args.device)
+        overlay = TakensLoRA(base.config.hidden_size, variant.rank, variant.delays, variant.alpha, variant.activation).to(
+            args.device
+        )
         adapter = TakensAdapter(base, overlay)
         optimise(adapter, trainset, variant, None)
         rows[name] = judge(adapter, held, variant, prompts, is_end, args.max_tokens)
@@ -98,12 +105,16 @@ def main() -> None:
     optimise(lora, trainset, cfg, None)
     rows["peft lora r=1, q_proj x 8 layers, rmse barrier"] = judge(lora, held, cfg, prompts, is_end, args.max_tokens)
 
-    print(f"steps {cfg.steps}, seed {cfg.seed}, lr {cfg.lr}, lambda {cfg.lam}, tau {cfg.tau}; "
-          f"{len(trainset)} training / {len(held)} held-out conversations; {len(prompts)} neutral prompts")
+    print(
+        f"steps {cfg.steps}, seed {cfg.seed}, lr {cfg.lr}, lambda {cfg.lam}, tau {cfg.tau}; "
+        f"{len(trainset)} training / {len(held)} held-out conversations; {len(prompts)} neutral prompts"
+    )
     print("| variant | trainable params | held-out NLL | neutral KL rmse | neutral KL max | loop rate |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['params']} | {r['heldout_nll']:.3f} | {r['kl_rmse']:.3f} | {r['kl_max']:.3f} | {r['loop_rate']:.3f} |")
+        print(
+            f"| {name} | {r['params']} | {r['heldout_nll']:.3f} | {r['kl_rmse']:.3f} | {r['kl_max']:.3f} | {r['loop_rate']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -87,7 +87,9 @@ def run(work: Path, device: str, steps: int | None, part1: Path, out: Path) -> N
         cfg = replace(cfg, steps=steps)
     t = time.perf_counter()
     result = train_examples(model, saved["sha256"], saved["n"], held, trainset, cfg, out, preserve=preserve)
-    print(f"device {device}: {cfg.steps} steps in {time.perf_counter() - t:.1f} s, {result.tokens_per_second:.0f} training tokens/s")
+    print(
+        f"device {device}: {cfg.steps} steps in {time.perf_counter() - t:.1f} s, {result.tokens_per_second:.0f} training tokens/s"
+    )
     print(f"held-out NLL: base {result.heldout_nll_off:.4f}, overlay {result.heldout_nll_on:.4f}")
     (out / "checkpoint.pt").unlink(missing_ok=True)
 

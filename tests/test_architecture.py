@@ -45,7 +45,9 @@ def test_imports_point_down_the_layers():
     for path in sorted(PACKAGE.rglob("*.py")):
         part = path.relative_to(PACKAGE).with_suffix("").parts[0]
         assert part in RANK, f"{part} is in no layer of this test: place it"
-        wrong += [f"{path.relative_to(PACKAGE)} imports {p}" for p in _imported_parts(path) if p != part and RANK[p] >= RANK[part]]
+        wrong += [
+            f"{path.relative_to(PACKAGE)} imports {p}" for p in _imported_parts(path) if p != part and RANK[p] >= RANK[part]
+        ]
     assert not wrong, wrong
 
 

@@ -82,7 +82,12 @@ def test_state_dir_below_a_file_is_refused(home, passphrase_file, monkeypatch):
 
 @pytest.mark.parametrize(
     "command",
-    [("ask", "hello", "--max-tokens", "1"), ("kill-policy", "wipe"), ("passphrase", "--new-passphrase-file", "{new}"), ("trust", "threshold", "1")],
+    [
+        ("ask", "hello", "--max-tokens", "1"),
+        ("kill-policy", "wipe"),
+        ("passphrase", "--new-passphrase-file", "{new}"),
+        ("trust", "threshold", "1"),
+    ],
 )
 def test_read_only_state_dir_is_refused_and_unchanged(root_for_mounts, initialised, tmp_path, command):
     (tmp_path / "new").write_text("another passphrase\n")

@@ -30,7 +30,9 @@ def error_classes() -> list[type[ApplianceError]]:
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef):
-                bases = {b.id if isinstance(b, ast.Name) else b.attr for b in node.bases if isinstance(b, (ast.Name, ast.Attribute))}
+                bases = {
+                    b.id if isinstance(b, ast.Name) else b.attr for b in node.bases if isinstance(b, (ast.Name, ast.Attribute))
+                }
                 defined.append((module, node.name, bases))
     errors = {"ApplianceError"}
     while grown := {name for _, name, bases in defined if name not in errors and errors & bases}:

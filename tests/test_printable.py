@@ -72,8 +72,13 @@ def _writes_to_the_terminal(node: ast.AST) -> bool:
         return f.id in ("print", "echo", "secho")
     if isinstance(f, ast.Attribute):
         owner = ast.unparse(f.value)
-        return (owner == "click" and f.attr in ("echo", "secho") or owner == "traceback" and f.attr.startswith("print")
-                or owner in ("sys.stdout", "sys.stderr", "sys.__stdout__", "sys.__stderr__"))
+        return (
+            owner == "click"
+            and f.attr in ("echo", "secho")
+            or owner == "traceback"
+            and f.attr.startswith("print")
+            or owner in ("sys.stdout", "sys.stderr", "sys.__stdout__", "sys.__stderr__")
+        )
     return False
 
 
@@ -82,7 +87,9 @@ def test_the_cli_prints_only_through_output():
     cli_dir = Path(appliance.cli.__file__).parent
     found = [
         f"{path.name}:{node.lineno}: {ast.unparse(node)[:60]}"
-        for path in sorted(cli_dir.glob("*.py")) if path.name != "output.py"
-        for node in ast.walk(ast.parse(path.read_text())) if _writes_to_the_terminal(node)
+        for path in sorted(cli_dir.glob("*.py"))
+        if path.name != "output.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if _writes_to_the_terminal(node)
     ]
     assert not found, found

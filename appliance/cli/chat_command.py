@@ -24,11 +24,21 @@ from .unlocking import PASSPHRASE_ENV, passphrase_option, read_passphrase
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
 @click.option("--system", "system_prompt", default=None, help="System prompt of the first session (editable in the UI).")
-@click.option("--threads", type=click.IntRange(1, 256), default=None,
-              help="llama.cpp threads (default: every core; on a busy machine fewer is much faster).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="llama.cpp threads (default: every core; on a busy machine fewer is much faster).",
+)
 @passphrase_option
-def chat(max_tokens: int, seed: int, temperature: float, system_prompt: Optional[str], threads: Optional[int],
-         passphrase_file: Optional[Path]) -> None:
+def chat(
+    max_tokens: int,
+    seed: int,
+    temperature: float,
+    system_prompt: Optional[str],
+    threads: Optional[int],
+    passphrase_file: Optional[Path],
+) -> None:
     """The terminal UI: unlock, chat with streaming replies, switch the overlay, audit, read and verify sessions, kill."""
     from ..ui import ApplianceApp, ChatCore  # Textual loads only for this command
 
@@ -37,8 +47,14 @@ def chat(max_tokens: int, seed: int, temperature: float, system_prompt: Optional
     model = verify_pinned(embedded_pin())
     passphrase = read_passphrase(passphrase_file) if passphrase_file or os.environ.get(PASSPHRASE_ENV) else None
     runtime = Runtime(model, n_threads=threads)
-    core = ChatCore(home, model, runtime, settings=SamplingSettings(temperature=temperature, seed=seed),
-                    max_tokens=max_tokens, system_prompt=system_prompt)
+    core = ChatCore(
+        home,
+        model,
+        runtime,
+        settings=SamplingSettings(temperature=temperature, seed=seed),
+        max_tokens=max_tokens,
+        system_prompt=system_prompt,
+    )
     try:
         ApplianceApp(core, passphrase=passphrase).run()
     finally:

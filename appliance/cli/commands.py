@@ -23,7 +23,9 @@ def cli(debug: bool) -> None:
 
 @cli.command()
 @click.option("--if-needed", is_flag=True, help="Do nothing if already initialised; never prompt without a terminal.")
-@click.option("--demo", is_flag=True, help="Also install the demo overlay, signed by two throwaway demo keys, through the trust chain.")
+@click.option(
+    "--demo", is_flag=True, help="Also install the demo overlay, signed by two throwaway demo keys, through the trust chain."
+)
 @passphrase_option
 def init(if_needed: bool, demo: bool, passphrase_file) -> None:
     """Create the state directory and the vault (passphrase), verify the embedded default model."""
@@ -117,7 +119,9 @@ def _prompt_text(ctx, param, value: str) -> str:
 @click.option("--temperature", type=click.FloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
 @click.option("--system", "system_prompt", default=None, callback=_utf8_text, help="System prompt (default: the model's own).")
 @passphrase_option
-def ask(prompt: str, overlay: str, max_tokens: int, seed: int, temperature: float, system_prompt: str | None, passphrase_file) -> None:
+def ask(
+    prompt: str, overlay: str, max_tokens: int, seed: int, temperature: float, system_prompt: str | None, passphrase_file
+) -> None:
     """Answer one PROMPT on the active base (and overlay), streaming the reply; both are journaled."""
     # PROMPT and --system were checked while parsing (exit 2), before anything is opened or journaled.
     state.require_initialised(paths.state_dir())

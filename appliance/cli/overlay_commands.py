@@ -28,7 +28,12 @@ def _delays(ctx, param, value: str) -> tuple[int, ...]:
 
 @overlay.command()
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL conversations.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory for overlay.json + overlay.safetensors.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for overlay.json + overlay.safetensors.",
+)
 @click.option("--rank", type=click.IntRange(1, 256), default=RECIPE.rank, show_default=True)
 @click.option("--delays", callback=_delays, default=",".join(map(str, RECIPE.delays)), show_default=True)
 @click.option("--alpha", type=float, default=RECIPE.alpha, show_default=True)
@@ -36,14 +41,20 @@ def _delays(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--steps", type=click.IntRange(1), default=RECIPE.steps, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=RECIPE.lr, show_default=True)
 @click.option("--lam", "lam", type=click.FloatRange(0), default=RECIPE.lam, show_default=True, help="Weight of the KL barrier.")
-@click.option("--tau", type=click.FloatRange(0), default=RECIPE.tau, show_default=True, help="KL (nats) allowed before the barrier acts.")
+@click.option(
+    "--tau", type=click.FloatRange(0), default=RECIPE.tau, show_default=True, help="KL (nats) allowed before the barrier acts."
+)
 @click.option("--agg", type=click.Choice(AGGREGATES), default=RECIPE.agg, show_default=True)
 @click.option("--seed", type=int, default=RECIPE.seed, show_default=True)
 @click.option("--holdout", type=click.FloatRange(0, 0.9), default=RECIPE.holdout, show_default=True)
 @click.option("--max-len", type=click.IntRange(16, 4096), default=RECIPE.max_len, show_default=True)
 @click.option("--device", default=RECIPE.device, show_default=True, help="cpu, or cuda on a build station with a GPU.")
-@click.option("--preserve", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="Neutral prompts, one per line: the base's replies to them are held under the same KL barrier.")
+@click.option(
+    "--preserve",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Neutral prompts, one per line: the base's replies to them are held under the same KL barrier.",
+)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
 def train(data: Path, out: Path, preserve: Path | None, resume: bool, **options) -> None:
     """Train an overlay on DATA; progress shows both loss terms."""
@@ -56,7 +67,12 @@ def train(data: Path, out: Path, preserve: Path | None, resume: bool, **options)
     dataset = load_dataset(data)
     cfg = TrainConfig(**options)
     model = verify_pinned(embedded_pin())
-    columns = (TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[terms]}"), TimeRemainingColumn())
+    columns = (
+        TextColumn("training"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} {task.fields[terms]}"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, transient=False) as progress:
         task = progress.add_task("train", total=cfg.steps, terms="")
 
@@ -64,7 +80,9 @@ def train(data: Path, out: Path, preserve: Path | None, resume: bool, **options)
             terms = f"nll {entry.nll:.3f}  barrier {entry.barrier:.3f}  kl[{cfg.agg}] {entry.kl:.3f}"
             progress.update(task, completed=entry.step, terms=terms)
 
-        prompts = [line.strip() for line in preserve.read_text(encoding="utf-8").splitlines() if line.strip()] if preserve else None
+        prompts = (
+            [line.strip() for line in preserve.read_text(encoding="utf-8").splitlines() if line.strip()] if preserve else None
+        )
         result = run_training(model, dataset, cfg, out, on_step=on_step, resume=resume, preserve_prompts=prompts)
     say(f"wrote {out}/overlay.json and {out}/overlay.safetensors")
     if result.heldout_nll_on is not None:
@@ -73,13 +91,26 @@ def train(data: Path, out: Path, preserve: Path | None, resume: bool, **options)
 
 
 @overlay.command()
-@click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
-              help="Directory with overlay.json + overlay.safetensors (build station: the trainer's --out).")
-@click.option("--prompts", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
-              help="Neutral prompts, one per line.")
+@click.option(
+    "--overlay",
+    "overlay_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="Directory with overlay.json + overlay.safetensors (build station: the trainer's --out).",
+)
+@click.option(
+    "--prompts",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="Neutral prompts, one per line.",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--data", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="The overlay's training data: its held-out split (recovered from the overlay's own config) gives the in-domain NLL.")
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The overlay's training data: its held-out split (recovered from the overlay's own config) gives the in-domain NLL.",
+)
 @click.option("--max-tokens", type=click.IntRange(8, 1024), default=96, show_default=True)
 @click.option("--sample-seeds", type=click.IntRange(0, 16), default=2, show_default=True,
               help="Also measure loops on replies from the chat's default sampler, with this many seeds (0: greedy only).")  # fmt: skip
@@ -101,7 +132,9 @@ def report(overlay_dir: Path, prompts: Path, out: Path, data: Path | None, max_t
     heldout = None
     if data is not None:
         heldout, _ = split_examples(model, load_dataset(data), config_of(overlay_files))
-    metrics = build_report(model, overlay_files, prompt_lines, out, heldout=heldout, max_tokens=max_tokens, sample_seeds=sample_seeds)
+    metrics = build_report(
+        model, overlay_files, prompt_lines, out, heldout=heldout, max_tokens=max_tokens, sample_seeds=sample_seeds
+    )
     kl = metrics["kl"]
     say(f"wrote {out}/report.md")
     say(f"KL per position: mean {kl['mean']:.3f} rmse {kl['rmse']:.3f} p95 {kl['p95']:.3f} max {kl['max']:.3f}")

@@ -98,7 +98,9 @@ def bundle() -> None:
 @click.option("--kind", type=click.Choice(["overlay", "base-model"]), required=True)
 @click.option("--name", required=True)
 @click.option("--version", type=click.IntRange(1), required=True)
-@click.option("--artifact", "artifacts", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--artifact", "artifacts", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("--binds-base", default=None, help="SHA-256 of the base an overlay is bound to.")
 @click.option("--created", default=None, help="YYYY-MM-DDTHH:MM:SSZ (default: now).")
 @click.option("--expires", default=None, help="YYYY-MM-DDTHH:MM:SSZ or +Nd (default: +180d).")
@@ -109,10 +111,19 @@ def bundle() -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def bundle_create(kind, name, version, artifacts, binds_base, created, expires, builder, recipe, dataset_sha256, source, out):
     """Hash the artifacts, write the manifest, pack an unsigned bundle."""
-    provenance = {k: v for k, v in dict(builder=builder, recipe=recipe, dataset_sha256=dataset_sha256, source=source).items() if v}
+    provenance = {
+        k: v for k, v in dict(builder=builder, recipe=recipe, dataset_sha256=dataset_sha256, source=source).items() if v
+    }
     manifest = create_bundle(
-        out, kind=kind, name=name, version=version, artifacts=list(artifacts), binds_base=binds_base,
-        created=_time_option("--created", created), expires=expires, provenance=provenance,
+        out,
+        kind=kind,
+        name=name,
+        version=version,
+        artifacts=list(artifacts),
+        binds_base=binds_base,
+        created=_time_option("--created", created),
+        expires=expires,
+        provenance=provenance,
     )
     say(f"created {out}: {manifest.name} v{manifest.version}, manifest sha256 {manifest.sha256}")
 
@@ -219,7 +230,10 @@ def status_lines(vault: Vault) -> list[str]:
     """The trust part of `appliance status`: each installed item, its signers, expiry, and the time floor."""
     store_state, items = describe_installed(vault)
     policy = Store.unlocked(vault).trust().policy()
-    lines = [f"trust:   {policy.threshold} of {len(policy.signers)} pinned signers must sign", f"time floor: {floor_text(store_state)}"]
+    lines = [
+        f"trust:   {policy.threshold} of {len(policy.signers)} pinned signers must sign",
+        f"time floor: {floor_text(store_state)}",
+    ]
     if not items:
         lines.append("overlay: none installed")
     for item in items:

@@ -40,13 +40,17 @@ def _has_passphrase_source(path: Optional[Path]) -> bool:
     return bool(path or os.environ.get(PASSPHRASE_ENV) or sys.stdin.isatty())
 
 
-def read_passphrase(path: Optional[Path], *, confirm: bool = False, prompt: str = "Passphrase", use_env: bool = True) -> bytearray:
+def read_passphrase(
+    path: Optional[Path], *, confirm: bool = False, prompt: str = "Passphrase", use_env: bool = True
+) -> bytearray:
     """The passphrase in a locked buffer that the caller zeroizes once the vault has it."""
     source = path or (os.environ.get(PASSPHRASE_ENV) if use_env else None)
     if source:
         return _read_passphrase_file(Path(source))
     if not sys.stdin.isatty():
-        raise NoPassphrase(f"the vault is locked and no passphrase was given: use --passphrase-file, ${PASSPHRASE_ENV}, or a terminal")
+        raise NoPassphrase(
+            f"the vault is locked and no passphrase was given: use --passphrase-file, ${PASSPHRASE_ENV}, or a terminal"
+        )
     typed = bytearray(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True).encode())
     lock_secret(typed)
     return typed  # the prompt's own str cannot be zeroed (docs/procedures.md, section 9)
@@ -84,7 +88,9 @@ def _read_private_file(source: Path, buf: bytearray) -> int:
         with open(source, "rb", buffering=0) as f, memoryview(buf) as view:
             st = os.fstat(f.fileno())
             if st.st_mode & 0o077:
-                raise NoPassphrase(f"the passphrase file {source} is open to other users (mode {st.st_mode & 0o777:03o}): `chmod 600 {source}`")
+                raise NoPassphrase(
+                    f"the passphrase file {source} is open to other users (mode {st.st_mode & 0o777:03o}): `chmod 600 {source}`"
+                )
             if st.st_uid not in (os.geteuid(), 0):
                 raise NoPassphrase(f"the passphrase file {source} belongs to another user (uid {st.st_uid})")
             n = 0

@@ -79,7 +79,9 @@ def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> N
                 say(f"skip    {sid}: {e}")
                 continue
             if report.ok:
-                note = f" ({report.unsealed} written after the last sealed head: an interrupted append)" if report.unsealed else ""
+                note = (
+                    f" ({report.unsealed} written after the last sealed head: an interrupted append)" if report.unsealed else ""
+                )
                 say(f"ok      {sid}: {len(report.records)} records{note}")
             else:
                 say(f"BROKEN  {sid}: {report.brk}")
@@ -202,8 +204,12 @@ def erase_all_cmd(yes: bool) -> None:
 
 @click.command()
 @passphrase_option
-@click.option("--new-passphrase-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Read the new passphrase from this file (default: a prompt, typed twice).")
+@click.option(
+    "--new-passphrase-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Read the new passphrase from this file (default: a prompt, typed twice).",
+)
 def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Path]) -> None:
     """Change the passphrase (rewraps the master key only)."""
     home = paths.state_dir()

@@ -18,11 +18,35 @@ def base(name: str, sha256: str, version: int) -> dict:
 def overlay(name: str, version: int, sha256: str, signers: list[str], on: bool, demo_signers: Sequence[str] = ()) -> dict:
     """`signers`: the 40-hex fingerprints whose signatures counted when the bundle was imported;
     `demo_signers`: those of them that are demo keys (`init --demo`), so no record passes a demo off as real."""
-    return {"name": name, "version": version, "sha256": sha256, "signers": sorted(signers), "demo_signers": sorted(demo_signers), "on": on}
+    return {
+        "name": name,
+        "version": version,
+        "sha256": sha256,
+        "signers": sorted(signers),
+        "demo_signers": sorted(demo_signers),
+        "on": on,
+    }
 
 
-def message(role: str, text: str, *, base: dict, overlay: Optional[dict], settings: dict,
-            system_prompt: Optional[str], divergence: Optional[dict] = None, **extra) -> dict:
+def message(
+    role: str,
+    text: str,
+    *,
+    base: dict,
+    overlay: Optional[dict],
+    settings: dict,
+    system_prompt: Optional[str],
+    divergence: Optional[dict] = None,
+    **extra,
+) -> dict:
     """The fields of a `message` record; `extra` holds reply facts (finish, tokens)."""
-    return {"role": role, "text": text, "base": base, "overlay": overlay, "settings": settings,
-            "system_prompt": system_prompt, "divergence": divergence, **extra}
+    return {
+        "role": role,
+        "text": text,
+        "base": base,
+        "overlay": overlay,
+        "settings": settings,
+        "system_prompt": system_prompt,
+        "divergence": divergence,
+        **extra,
+    }

@@ -97,14 +97,14 @@ class Journal:
             os.fsync(self._fd)
         except OSError as e:
             self._cut_back()
-            raise JournalWriteFailed(
-                f"journal write failed ({e.strerror}): {path}; records 1..{self._seq} are intact"
-            ) from None
+            raise JournalWriteFailed(f"journal write failed ({e.strerror}): {path}; records 1..{self._seq} are intact") from None
         self._seq, self._prev, self._size = seq, hashlib.sha256(raw).digest(), self._size + len(raw)
         try:
             self.vault.seal_head(item_id(self.session_id), seq, self._prev.hex())
         except EnvironmentRefused as e:
-            raise JournalWriteFailed(f"record {seq} is written but its sealed head is not ({e}); verify reports it as unsealed") from None
+            raise JournalWriteFailed(
+                f"record {seq} is written but its sealed head is not ({e}); verify reports it as unsealed"
+            ) from None
         return seq
 
     def close(self) -> None:

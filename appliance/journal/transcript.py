@@ -11,7 +11,9 @@ from ..printable import printable
 
 def provenance_line(r: dict) -> str:
     base, ov = r.get("base") or {}, r.get("overlay")
-    overlay = "none" if not ov else f"{ov['name']} v{ov['version']} {'on' if ov['on'] else 'off'} signers {','.join(ov['signers'])}"
+    overlay = (
+        "none" if not ov else f"{ov['name']} v{ov['version']} {'on' if ov['on'] else 'off'} signers {','.join(ov['signers'])}"
+    )
     system = f"; system prompt {json.dumps(r['system_prompt'])}" if r.get("system_prompt") else ""
     return (f"base {base.get('name')} v{base.get('version')} {str(base.get('sha256'))[:12]}; overlay {overlay}; "
             f"settings {json.dumps(r.get('settings'))}{system}")  # fmt: skip
@@ -24,5 +26,10 @@ def markdown_transcript(session_id: str, records: list[dict]) -> str:
         if r["kind"] == "message":
             lines += [f"## {n}. {r['role']} ({r['time']})", "", f"*{provenance_line(r)}*", "", r["text"], ""]
         else:
-            lines += [f"## {n}. {r['kind']} ({r['time']})", "", f"`{json.dumps({k: v for k, v in r.items() if k not in ('kind', 'time')})}`", ""]
+            lines += [
+                f"## {n}. {r['kind']} ({r['time']})",
+                "",
+                f"`{json.dumps({k: v for k, v in r.items() if k not in ('kind', 'time')})}`",
+                "",
+            ]
     return printable("\n".join(lines))

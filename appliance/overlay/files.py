@@ -120,9 +120,7 @@ def _parse_tensors(data: bytes, meta: dict) -> dict[str, np.ndarray]:
 
 def _check_binding(meta: dict, base_sha256: str, hidden_size: int) -> None:
     if meta["base_model_sha256"] != base_sha256:
-        raise BindingMismatch(
-            f"overlay is bound to base {meta['base_model_sha256']}, the active base is {base_sha256}"
-        )
+        raise BindingMismatch(f"overlay is bound to base {meta['base_model_sha256']}, the active base is {base_sha256}")
     if meta["hidden_size"] != hidden_size:
         raise BindingMismatch(f"overlay hidden_size {meta['hidden_size']} != base hidden size {hidden_size}")
 
@@ -135,9 +133,7 @@ def load_overlay(json_bytes: bytes, tensor_bytes: bytes, *, base_sha256: str, hi
     _check_header(meta)
     tensors = _parse_tensors(tensor_bytes, meta)
     _check_binding(meta, base_sha256, hidden_size)
-    params = OverlayParams(
-        **tensors, delays=tuple(meta["delays"]), alpha=float(meta["alpha"]), activation=meta["activation"]
-    )
+    params = OverlayParams(**tensors, delays=tuple(meta["delays"]), alpha=float(meta["alpha"]), activation=meta["activation"])
     return Overlay(params, meta["base_model_sha256"], meta.get("training", {}))
 
 

@@ -95,8 +95,7 @@ def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base_sh
         return None
     if manifest.binds_base_sha256 != base_sha256:
         raise BindingMismatch(
-            f"{manifest.name} v{manifest.version} is bound to base {manifest.binds_base_sha256}, "
-            f"the active base is {base_sha256}"
+            f"{manifest.name} v{manifest.version} is bound to base {manifest.binds_base_sha256}, the active base is {base_sha256}"
         )
     files: dict[str, bytearray] = {}
     try:
@@ -110,7 +109,9 @@ def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base_sh
             zeroize(data)
 
 
-def verify_version(store: Store, manifest_sha256: str, vault: Vault, base_sha256: str, hidden_size: int) -> tuple[Manifest, Optional[Overlay]]:
+def verify_version(
+    store: Store, manifest_sha256: str, vault: Vault, base_sha256: str, hidden_size: int
+) -> tuple[Manifest, Optional[Overlay]]:
     """Rules 1-3 for one installed version; an overlay's own two files are decrypted and hashed once, as they are loaded."""
     manifest = store.read_manifest(manifest_sha256)
     directory = store.object_dir(manifest_sha256)
@@ -129,8 +130,14 @@ def _provenance(store: Store, manifest: Manifest) -> Provenance:
     signers = store.read_signers(manifest.sha256)
     demo = tuple(f for f in signers if f in store.trust().policy().demo)
     return Provenance(
-        manifest.name, manifest.kind, manifest.version, manifest.sha256,
-        signers, manifest.created, manifest.expires, demo,
+        manifest.name,
+        manifest.kind,
+        manifest.version,
+        manifest.sha256,
+        signers,
+        manifest.created,
+        manifest.expires,
+        demo,
     )
 
 

@@ -103,9 +103,7 @@ def _check_version(manifest: Manifest, state: StoreState) -> None:
     item = state.items.get(manifest.name)
     if item is not None and manifest.version <= item.max_version:
         what = "the same version again (replay)" if manifest.version == item.max_version else "an older version (rollback)"
-        raise VersionNotNewer(
-            f"{manifest.name} v{manifest.version} is {what}: a bundle must be above v{item.max_version}"
-        )
+        raise VersionNotNewer(f"{manifest.name} v{manifest.version} is {what}: a bundle must be above v{item.max_version}")
 
 
 def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: Optional[Progress]) -> None:
@@ -173,7 +171,9 @@ def _remove_leftovers(store: Store, state: StoreState, vault: Vault) -> None:
     try:
         installed = {
             overlay_item(name, store.read_manifest(sha).version)
-            for name, item in state.items.items() if item.kind == "overlay" for sha in item.installed
+            for name, item in state.items.items()
+            if item.kind == "overlay"
+            for sha in item.installed
         }
     except StoreDamaged:
         return  # unsure what is installed: keep every key (an orphan is harmless, a lost key is not)
@@ -200,8 +200,11 @@ def _install(store: Store, vault: Vault, accepted: Accepted, sealing: Sealing, s
     _crash_point("stored")
     old = state.items.get(manifest.name)
     installed = (old.installed if old else ()) + (manifest.sha256,)
-    item = replace(old, active=manifest.sha256, installed=installed, max_version=manifest.version) if old else \
-        Item(manifest.kind, manifest.sha256, installed, manifest.version)
+    item = (
+        replace(old, active=manifest.sha256, installed=installed, max_version=manifest.version)
+        if old
+        else Item(manifest.kind, manifest.sha256, installed, manifest.version)
+    )
     floor = max(state.floor, manifest.created) if state.floor else manifest.created
     new_state = replace(state.with_item(manifest.name, item), floor=floor)
     store.write_state(new_state)

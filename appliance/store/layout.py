@@ -113,8 +113,13 @@ class Store:
             "floor": format_time(state.floor) if state.floor else None,
             "overlay": state.overlay,
             "items": {
-                name: {"kind": i.kind, "active": i.active, "installed": list(i.installed), "max_version": i.max_version,
-                       "erased": list(i.erased)}
+                name: {
+                    "kind": i.kind,
+                    "active": i.active,
+                    "installed": list(i.installed),
+                    "max_version": i.max_version,
+                    "erased": list(i.erased),
+                }
                 for name, i in sorted(state.items.items())
             },
         }

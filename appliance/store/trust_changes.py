@@ -36,8 +36,16 @@ def pin_signer(vault: Vault, key_data: bytes, fingerprint: str, demo: bool = Fal
     before = trust.policy()
     fpr = trust.add(key_data, fingerprint, demo=demo)
     after = trust.policy()
-    _record(vault, journal, action="pin", fingerprint=fpr, demo=demo, threshold=after.threshold,
-            signers_before=list(before.signers), signers_after=list(after.signers))
+    _record(
+        vault,
+        journal,
+        action="pin",
+        fingerprint=fpr,
+        demo=demo,
+        threshold=after.threshold,
+        signers_before=list(before.signers),
+        signers_after=list(after.signers),
+    )
     return fpr
 
 
@@ -46,8 +54,15 @@ def unpin_signer(vault: Vault, fingerprint: str) -> str:
     before = trust.policy()
     fpr = trust.remove(fingerprint)
     after = trust.policy()
-    _record(vault, None, action="unpin", fingerprint=fpr, threshold=after.threshold,
-            signers_before=list(before.signers), signers_after=list(after.signers))
+    _record(
+        vault,
+        None,
+        action="unpin",
+        fingerprint=fpr,
+        threshold=after.threshold,
+        signers_before=list(before.signers),
+        signers_after=list(after.signers),
+    )
     return fpr
 
 

@@ -68,7 +68,13 @@ def compare_loops(off: list[Trajectory], on: list[Trajectory]) -> dict:
     whether the overlay makes looping more likely or only moved where it happens.
     """
     a, b = np.array([loop_rate(t.reply) for t in off]), np.array([loop_rate(t.reply) for t in on])
-    return {"off": float(a.mean()), "on": float(b.mean()), "more": int((b > a).sum()), "less": int((b < a).sum()), "same": int((b == a).sum())}
+    return {
+        "off": float(a.mean()),
+        "on": float(b.mean()),
+        "more": int((b > a).sum()),
+        "less": int((b < a).sum()),
+        "same": int((b == a).sum()),
+    }
 
 
 def participation_ratio(hidden: np.ndarray) -> float:

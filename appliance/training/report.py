@@ -107,7 +107,11 @@ def build_report(
     }
     if nll:
         torch_gain, llama_gain = nll["torch off"] - nll["torch on"], nll["llama.cpp off"] - nll["llama.cpp on"]
-        metrics["heldout_gain"] = {"torch": torch_gain, "llama.cpp": llama_gain, "transfer": llama_gain / torch_gain if torch_gain else None}
+        metrics["heldout_gain"] = {
+            "torch": torch_gain,
+            "llama.cpp": llama_gain,
+            "transfer": llama_gain / torch_gain if torch_gain else None,
+        }
 
     _kl_plot(out / "kl.png", kls, tau)
     _bars(out / "loop_rate.png", "repeated 4-gram rate (lower is better)", "share of tokens",
@@ -147,8 +151,11 @@ def _page(overlay: Overlay, m: dict, samples: list[tuple[str, str, str]]) -> str
         f"rmse {kl['rmse']:.3f}{verdict_kl}, p95 {kl['p95']:.3f}, max {kl['max']:.3f}.",
         "",
         "Loops, per reply with the overlay on against the same prompt off: "
-        + "; ".join(f"{how}: {x['more']} loop more, {x['less']} less, {x['same']} the same "
-                    f"({'not above' if x['on'] <= x['off'] else 'ABOVE'} the base on average)" for how, x in loops.items())
+        + "; ".join(
+            f"{how}: {x['more']} loop more, {x['less']} less, {x['same']} the same "
+            f"({'not above' if x['on'] <= x['off'] else 'ABOVE'} the base on average)"
+            for how, x in loops.items()
+        )
         + ".",
     ]
     gain = m.get("heldout_gain")
@@ -158,7 +165,15 @@ def _page(overlay: Overlay, m: dict, samples: list[tuple[str, str, str]]) -> str
             f"Held-out gain: {gain['torch']:.3f} nats/token in torch, {gain['llama.cpp']:.3f} in llama.cpp "
             f"(transfer {gain['transfer']:.0%}).",
         ]
-    lines += ["", "![KL](kl.png) ![loops](loop_rate.png)", "", "![PR](participation.png)" + (" ![NLL](nll.png)" if m["heldout_nll"] else ""), "", "## Samples (greedy)", ""]
+    lines += [
+        "",
+        "![KL](kl.png) ![loops](loop_rate.png)",
+        "",
+        "![PR](participation.png)" + (" ![NLL](nll.png)" if m["heldout_nll"] else ""),
+        "",
+        "## Samples (greedy)",
+        "",
+    ]
     for prompt, off, on in samples[:5]:
         lines += [f"**{prompt}**", "", f"- off: {off.strip()[:300]}", f"- on: {on.strip()[:300]}", ""]
     return "\n".join(lines) + "\n"

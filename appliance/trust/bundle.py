@@ -123,8 +123,7 @@ def sign_bundle(path: Path, key: str, gnupghome: Optional[Path] = None) -> str:
         if fpr in bundle.signatures:
             raise AlreadySigned(f"{Path(path).name} already carries a signature by {fpr}")
         sources = {
-            a.path: Source(bundle.artifact_size(a.path), partial(bundle.open_artifact, a.path))
-            for a in bundle.manifest.artifacts
+            a.path: Source(bundle.artifact_size(a.path), partial(bundle.open_artifact, a.path)) for a in bundle.manifest.artifacts
         }
         write_bundle(path, bundle.manifest, {**bundle.signatures, fpr: sig}, sources)
     return fpr

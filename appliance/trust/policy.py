@@ -53,7 +53,9 @@ class Policy:
     demo: tuple[str, ...] = ()  # pinned signers that are demo keys (their private halves were destroyed)
 
     def to_json(self) -> bytes:
-        return state_bytes({"format": POLICY_FORMAT, "threshold": self.threshold, "signers": sorted(self.signers), "demo": sorted(self.demo)})
+        return state_bytes(
+            {"format": POLICY_FORMAT, "threshold": self.threshold, "signers": sorted(self.signers), "demo": sorted(self.demo)}
+        )
 
 
 def _fingerprints(path: Path, field: str, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -131,7 +133,9 @@ class TrustStore:
         policy = self.policy()
         if fpr not in policy.signers:
             raise NotFound(f"{fpr} is not a pinned signer")
-        self._save(replace(policy, signers=tuple(f for f in policy.signers if f != fpr), demo=tuple(f for f in policy.demo if f != fpr)))
+        self._save(
+            replace(policy, signers=tuple(f for f in policy.signers if f != fpr), demo=tuple(f for f in policy.demo if f != fpr))
+        )
         self._change_keyring(lambda gpg: gpg.delete_keys(fpr))
         return fpr
 
@@ -143,10 +147,7 @@ class TrustStore:
     def describe(self) -> dict[str, str]:
         """Pinned fingerprint -> the key's user id and expiry (or why it is missing)."""
         keys, policy = key_summaries(self.keyring()), self.policy()
-        return {
-            f: keys.get(f, "key missing from the keyring") + demo_mark(f, policy.demo)
-            for f in policy.signers
-        }
+        return {f: keys.get(f, "key missing from the keyring") + demo_mark(f, policy.demo) for f in policy.signers}
 
     def verified_signers(self, manifest_raw: bytes, signatures: dict[str, bytes]) -> tuple[str, ...]:
         """The pinned signers whose good signatures over `manifest_raw` reach the threshold, else `ThresholdNotMet`."""

@@ -137,7 +137,9 @@ def gpg_verify(gpg: gnupg.GPG, workdir: Path, sig: bytes, data: bytes):
         sig_path.unlink()
 
 
-def check_signatures(data: bytes, signatures: dict[str, bytes], pinned: frozenset[str], keyring: Optional[bytes]) -> list[SignatureCheck]:
+def check_signatures(
+    data: bytes, signatures: dict[str, bytes], pinned: frozenset[str], keyring: Optional[bytes]
+) -> list[SignatureCheck]:
     """Apply rules 1-5 to every signature file; the result says which count and why the others do not."""
     checks: list[SignatureCheck] = []
     counted: set[str] = set()
@@ -195,7 +197,9 @@ def sign_detached(gnupghome: Optional[Path], key: str, data: bytes) -> tuple[str
     # fingerprint must not quietly become another signer's signature.
     wanted = "".join(key.split()).upper()
     if not any(fpr and fpr.upper().endswith(wanted) for fpr in (verdict.pubkey_fingerprint, verdict.fingerprint)):
-        raise SigningFailed(f"gpg signed with key {verdict.pubkey_fingerprint}, not with the key asked for ({key}): nothing was signed")
+        raise SigningFailed(
+            f"gpg signed with key {verdict.pubkey_fingerprint}, not with the key asked for ({key}): nothing was signed"
+        )
     return verdict.pubkey_fingerprint, result.data
 
 

@@ -1,12 +1,12 @@
 """The terminal UI (`appliance chat`), in Textual.
 
-    core.py        ChatCore: vault, kill-switch, journal, overlay, session; no widgets
-    divergence.py  the divergence meter (a shadow base decoder, KL per position)
-    keys.py        the one table of keys: bindings, help, command palette
-    app.py         ApplianceApp: screens, the kill key, the palette
-    unlock.py, chat.py, sessions.py, help.py, modals.py   the screens
-    widgets.py     status bar, prompt with history, message
-    appliance.tcss the theme
+core.py        ChatCore: vault, kill-switch, journal, overlay, session; no widgets
+divergence.py  the divergence meter (a shadow base decoder, KL per position)
+keys.py        the one table of keys: bindings, help, command palette
+app.py         ApplianceApp: screens, the kill key, the palette
+unlock.py, chat.py, sessions.py, help.py, modals.py   the screens
+widgets.py     status bar, prompt with history, message
+appliance.tcss the theme
 """
 
 from .app import ApplianceApp

@@ -55,7 +55,9 @@ class ApplianceApp(App):
         if not self.core.unlocked or self._killing:
             return
         self._killing = True
-        message = "Killed: reply stopped, overlay off and zeroed, keys zeroed, `kill` journalled. Type the passphrase to come back."
+        message = (
+            "Killed: reply stopped, overlay off and zeroed, keys zeroed, `kill` journalled. Type the passphrase to come back."
+        )
         try:
             await self.chat.halt()
             self.core.kill()  # locks even when it raises

@@ -138,8 +138,9 @@ class ChatScreen(Screen):
             await stream.write(printable("".join(parts)))
             self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
 
-    async def _finished(self, user: ChatMessage, view: ChatMessage, stream: MarkdownStream, pending: deque,
-                        outcome: Optional[Outcome], error: str) -> None:
+    async def _finished(
+        self, user: ChatMessage, view: ChatMessage, stream: MarkdownStream, pending: deque, outcome: Optional[Outcome], error: str
+    ) -> None:
         await self._draw(stream, pending)  # whatever the queued draws have not taken yet
         await stream.stop()
         self.worker = self.stop_event = None
@@ -151,8 +152,11 @@ class ChatScreen(Screen):
             return
         self._last = (user, view)
         reply, div = outcome.reply, outcome.divergence
-        facts = [f"overlay {'ON' if reply.overlay_on else 'OFF'}" if self.core.status().overlay else "overlay none",
-                 f"{len(reply.tokens)} tok", f"{reply.tokens_per_second:.1f} tok/s"]
+        facts = [
+            f"overlay {'ON' if reply.overlay_on else 'OFF'}" if self.core.status().overlay else "overlay none",
+            f"{len(reply.tokens)} tok",
+            f"{reply.tokens_per_second:.1f} tok/s",
+        ]
         if reply.finish != "stop":
             facts.append("stopped" if reply.finish == "cancelled" else "cut at max tokens")
         if div is not None:

@@ -25,7 +25,13 @@ class Key:
 
 
 APP_KEYS = (
-    Key("f9", "kill", "Kill", "Kill-switch: stop the reply, overlay off, keys zeroed, journal `kill`, lock. No confirmation.", True),
+    Key(
+        "f9",
+        "kill",
+        "Kill",
+        "Kill-switch: stop the reply, overlay off, keys zeroed, journal `kill`, lock. No confirmation.",
+        True,
+    ),
     Key("f1", "help", "Help", "This help: every key and what the divergence meter costs."),
     Key("ctrl+p", "command_palette", "Palette", "Command palette: search every command below.", builtin=True),
     Key("ctrl+q", "quit", "Quit", "Lock (keys zeroed) and leave.", True, footer=False),
@@ -33,25 +39,70 @@ APP_KEYS = (
 
 CHAT_KEYS = (
     Key("enter", "send", "Send", "Send the prompt (in the prompt box).", builtin=True),
-    Key("ctrl+j", "newline", "Newline", "New line in the prompt (paste works too); up/down at the edges recall earlier prompts.", builtin=True),
+    Key(
+        "ctrl+j",
+        "newline",
+        "Newline",
+        "New line in the prompt (paste works too); up/down at the edges recall earlier prompts.",
+        builtin=True,
+    ),
     Key("escape", "stop", "Stop", "Stop the reply now (within one token).", True),
-    Key("f2", "toggle_overlay", "Overlay", "Switch the overlay ON/OFF; the next reply is what a fresh session in that state says.", True),
+    Key(
+        "f2",
+        "toggle_overlay",
+        "Overlay",
+        "Switch the overlay ON/OFF; the next reply is what a fresh session in that state says.",
+        True,
+    ),
     Key("f3", "toggle_audit", "Audit", "Divergence meter on/off: KL(overlay || base) over each overlay-on reply.", True),
-    Key("ctrl+r", "regenerate", "Regenerate", "Regenerate the last reply with a new seed (journalled `regenerate`, keeping the replaced reply).", True, footer=False),
-    Key("ctrl+l", "edit_last", "Edit last", "Edit and resend the last prompt: it comes back in the prompt box; enter sends it in place of the last exchange "
-        "(journalled `edit`; the old exchange stays in the journal). Again to cancel.", True, footer=False),
-    Key("ctrl+o", "copy_reply", "Copy", "Copy the last reply (as shown, escaped) to the clipboard by OSC 52: the terminal must allow OSC 52 "
-        "(tmux: `set -g set-clipboard on`).", True, footer=False),
+    Key(
+        "ctrl+r",
+        "regenerate",
+        "Regenerate",
+        "Regenerate the last reply with a new seed (journalled `regenerate`, keeping the replaced reply).",
+        True,
+        footer=False,
+    ),
+    Key(
+        "ctrl+l",
+        "edit_last",
+        "Edit last",
+        "Edit and resend the last prompt: it comes back in the prompt box; enter sends it in place of the last exchange "
+        "(journalled `edit`; the old exchange stays in the journal). Again to cancel.",
+        True,
+        footer=False,
+    ),
+    Key(
+        "ctrl+o",
+        "copy_reply",
+        "Copy",
+        "Copy the last reply (as shown, escaped) to the clipboard by OSC 52: the terminal must allow OSC 52 "
+        "(tmux: `set -g set-clipboard on`).",
+        True,
+        footer=False,
+    ),
     Key("f4", "sessions", "Sessions", "Past sessions: open (decrypted, with provenance), verify, export Markdown.", True),
     Key("f5", "new_session", "New", "New session: empty history, new journal session.", True, footer=False),
     Key("f6", "system_prompt", "System", "Edit this session's system prompt.", True, footer=False),
     Key("f7", "erase_overlay", "Erase ovl", "Crypto-erase the overlay (type its name to confirm).", True, footer=False),
-    Key("f8", "erase_journal", "Erase log", "Crypto-erase every journal session (type `erase logs` to confirm).", True, footer=False),
+    Key(
+        "f8",
+        "erase_journal",
+        "Erase log",
+        "Crypto-erase every journal session (type `erase logs` to confirm).",
+        True,
+        footer=False,
+    ),
 )
 
 SESSIONS_KEYS = (
     Key("enter", "open", "Open", "Open the selected session (decrypted, each message with its provenance).", builtin=True),
-    Key("slash", "search", "Search", "Search every session for a word or phrase (any case), decrypted in memory; no index is written."),
+    Key(
+        "slash",
+        "search",
+        "Search",
+        "Search every session for a word or phrase (any case), decrypted in memory; no index is written.",
+    ),
     Key("v", "verify", "Verify", "Verify every session's hash chain and sealed head; breaks are named."),
     Key("e", "export", "Export", "Export the selected session as Markdown."),
     Key("escape", "back", "Back", "Back to the chat."),

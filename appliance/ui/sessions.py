@@ -124,7 +124,9 @@ class SessionsScreen(Screen):
         except ApplianceError as e:
             self._say(f"search failed: {e}")
             return
-        verdict = f"{found} matches for {text!r} in {len(hit_sessions)} of {len(ids)} sessions (enter opens; empty search lists all)"
+        verdict = (
+            f"{found} matches for {text!r} in {len(hit_sessions)} of {len(ids)} sessions (enter opens; empty search lists all)"
+        )
         self._say(verdict + "".join(f"; skipped {s}" for s in skipped))
 
     def _selected(self) -> str | None:
@@ -148,8 +150,9 @@ class SessionsScreen(Screen):
     def action_verify(self) -> None:
         reports = self._fill()
         broken = [r for r in reports if not r.ok]
-        verdict = f"verified {len(reports)} sessions: " + ("all intact" if not broken else
-                                                         "; ".join(f"{r.session_id} BROKEN at {r.brk}" for r in broken))
+        verdict = f"verified {len(reports)} sessions: " + (
+            "all intact" if not broken else "; ".join(f"{r.session_id} BROKEN at {r.brk}" for r in broken)
+        )
         self._say(verdict)
 
     def action_export(self) -> None:

@@ -44,10 +44,16 @@ class StatusBar(Widget):
         # Three short lines, the overlay's state first: at 80 columns nothing wraps.
         line = Text.assemble(("overlay ", "dim"))
         if self.overlay_on is not None:
-            line.append(" ON " if self.overlay_on else " OFF ", style="bold reverse green" if self.overlay_on else "bold reverse red")
+            line.append(
+                " ON " if self.overlay_on else " OFF ", style="bold reverse green" if self.overlay_on else "bold reverse red"
+            )
             line.append(" ")
         line.append(printable(self.overlay))  # signers come from the store's accepted records
-        line.append_text(Text.assemble("\n", ("base ", "dim"), printable(self.base), ("  journal ", "dim"), printable(self.session or "-"), "\n"))
+        line.append_text(
+            Text.assemble(
+                "\n", ("base ", "dim"), printable(self.base), ("  journal ", "dim"), printable(self.session or "-"), "\n"
+            )
+        )
         line.append(f"{self.tokens_per_second:.1f} tok/s" if self.tokens_per_second is not None else "- tok/s")
         line.append("  ctx ", style="dim")
         line.append(f"{'-' if self.context_used is None else self.context_used}/{self.window}")

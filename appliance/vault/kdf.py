@@ -58,7 +58,10 @@ def derive_kek(passphrase: bytes | bytearray, kdf: object) -> bytearray:
             if Argon2id is None:
                 raise VaultCorrupt("this build of `cryptography` has no Argon2id, which the vault needs")
             kdf_obj: Argon2id | Scrypt = Argon2id(
-                salt=salt, length=KEY_BYTES, iterations=values["iterations"], lanes=values["lanes"],
+                salt=salt,
+                length=KEY_BYTES,
+                iterations=values["iterations"],
+                lanes=values["lanes"],
                 memory_cost=max(values["memory_kib"], 8 * values["lanes"]),
             )
         else:

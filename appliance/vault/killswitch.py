@@ -121,7 +121,9 @@ class KillSwitch:
                 os.close(fd)
                 other = running_pid(self.home)
                 if other is not None:
-                    raise AlreadyRunning(f"another appliance process is running (pid {other}): `appliance kill` stops it") from None
+                    raise AlreadyRunning(
+                        f"another appliance process is running (pid {other}): `appliance kill` stops it"
+                    ) from None
                 time.sleep(0.001)
                 continue
             if _same_file(fd, path):

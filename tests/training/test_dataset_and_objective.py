@@ -37,7 +37,10 @@ def test_good_dataset_loads_with_its_hash(tmp_path):
         ([{"role": "user", "content": "only a question"}], ["no assistant turn"]),
         ([{"role": "user", "content": 3}, {"role": "assistant", "content": "y"}], ["content must be a string"]),
         ([{"role": "user", "content": "x", "extra": 1}, {"role": "assistant", "content": "y"}], ["exactly"]),
-        ([{"role": "user", "content": "x"}, {"role": "system", "content": "late"}, {"role": "assistant", "content": "y"}], ["only come first"]),
+        (
+            [{"role": "user", "content": "x"}, {"role": "system", "content": "late"}, {"role": "assistant", "content": "y"}],
+            ["only come first"],
+        ),
     ],
 )
 def test_each_fault_is_reported_with_its_line_number(tmp_path, bad, words):

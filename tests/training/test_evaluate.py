@@ -44,7 +44,9 @@ def test_report_command_writes_numbers_plots_and_a_page(tmp_path, model):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Write a haiku about rain.\nWhat is a prime number?\n")
     out = tmp_path / "report"
-    r = appliance("overlay", "report", "--overlay", str(overlay_dir), "--prompts", str(prompts), "--out", str(out), "--max-tokens", "16")
+    r = appliance(
+        "overlay", "report", "--overlay", str(overlay_dir), "--prompts", str(prompts), "--out", str(out), "--max-tokens", "16"
+    )
     assert r.returncode == 0, r.stderr
     metrics = json.loads((out / "report.json").read_text())
     assert metrics["prompts"] == 2

@@ -24,7 +24,9 @@ PASSPHRASE = "correct horse battery staple"
 def gpg(home: Path, *args: str, input: bytes | None = None) -> bytes:
     return subprocess.run(
         ["gpg", "--homedir", str(home), "--batch", "--passphrase", "", "--pinentry-mode", "loopback", *args],
-        input=input, capture_output=True, check=True,
+        input=input,
+        capture_output=True,
+        check=True,
     ).stdout
 
 
@@ -70,10 +72,29 @@ def overlay_dir(tmp: Path, seed: int, base: str = BASE_SHA) -> list[Path]:
     return [d / "overlay.json", d / "overlay.safetensors"]
 
 
-def make_bundle(keys: Keys, out: Path, *, name="care", version=1, signers=("alice", "bob"), seed=1,
-                base=BASE_SHA, binds=BASE_SHA, created=None, expires=None) -> Path:
-    create_bundle(out, kind="overlay", name=name, version=version, artifacts=overlay_dir(out.parent, seed, base),
-                  binds_base=binds, created=created, expires=expires)
+def make_bundle(
+    keys: Keys,
+    out: Path,
+    *,
+    name="care",
+    version=1,
+    signers=("alice", "bob"),
+    seed=1,
+    base=BASE_SHA,
+    binds=BASE_SHA,
+    created=None,
+    expires=None,
+) -> Path:
+    create_bundle(
+        out,
+        kind="overlay",
+        name=name,
+        version=version,
+        artifacts=overlay_dir(out.parent, seed, base),
+        binds_base=binds,
+        created=created,
+        expires=expires,
+    )
     for s in signers:
         sign_bundle(out, keys.fpr[s], keys.home)
     return out

@@ -1,6 +1,5 @@
 """End to end offline (inside `unshare -n`), crash safety under SIGKILL, and fuzzing of the parsers."""
 
-
 import pytest
 from bundles import make_bundle
 from helpers import appliance, ok
@@ -65,12 +64,15 @@ def test_import_killed_at_any_point_leaves_old_or_new(home, keys, tmp_path, poin
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(
-    st.binary(max_size=2048),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                 lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=6)
-                 ).map(lambda d: __import__("json").dumps(d).encode()),
-))
+@given(
+    st.one_of(
+        st.binary(max_size=2048),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=6),
+        ).map(lambda d: __import__("json").dumps(d).encode()),
+    )
+)
 def test_fuzz_manifest_parser(data):
     try:
         parse_manifest(data)

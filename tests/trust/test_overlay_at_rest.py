@@ -39,7 +39,7 @@ def overlay_plaintext(bundle):
 def assert_no_plaintext(home, bundle):
     tensors, meta = overlay_plaintext(bundle)
     # Windows every 32 bytes: any leaked run of 96 bytes or more contains one of them whole.
-    windows = {tensors[i:i + 64] for i in range(0, len(tensors) - 64, 32)}
+    windows = {tensors[i : i + 64] for i in range(0, len(tensors) - 64, 32)}
     for path in home.rglob("*"):
         if path.is_file() and not path.is_symlink():
             data = path.read_bytes()

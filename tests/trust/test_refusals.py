@@ -80,15 +80,23 @@ def replace_member(src, out, name, data):
 def test_flipped_byte_in_artifact(home, good, tmp_path):
     data = {m.name: d for m, d in members(good)}["artifacts/overlay.safetensors"]
     flipped = data[:-7] + bytes([data[-7] ^ 1]) + data[-6:]
-    assert_refused(home, replace_member(good, tmp_path / "b.bundle", "artifacts/overlay.safetensors", flipped),
-                   "hash-mismatch", "overlay.safetensors")
+    assert_refused(
+        home,
+        replace_member(good, tmp_path / "b.bundle", "artifacts/overlay.safetensors", flipped),
+        "hash-mismatch",
+        "overlay.safetensors",
+    )
 
 
 def test_artifact_swapped_from_another_signed_bundle(home, keys, good, tmp_path):
     other = make_bundle(keys, tmp_path / "other.bundle", seed=7)
     theirs = {m.name: d for m, d in members(other)}["artifacts/overlay.safetensors"]
-    assert_refused(home, replace_member(good, tmp_path / "b.bundle", "artifacts/overlay.safetensors", theirs),
-                   "hash-mismatch", "overlay.safetensors")
+    assert_refused(
+        home,
+        replace_member(good, tmp_path / "b.bundle", "artifacts/overlay.safetensors", theirs),
+        "hash-mismatch",
+        "overlay.safetensors",
+    )
 
 
 def test_extra_member(home, good, tmp_path):
@@ -108,7 +116,9 @@ def test_manifest_edited_after_signing(home, good, tmp_path):
     manifest = {m.name: d for m, d in members(good)}["manifest.json"]
     edited = manifest.replace(b'"version": 1', b'"version": 9')
     assert edited != manifest
-    assert_refused(home, replace_member(good, tmp_path / "b.bundle", "manifest.json", edited), "threshold-not-met", "0 of 2", "bad signature")
+    assert_refused(
+        home, replace_member(good, tmp_path / "b.bundle", "manifest.json", edited), "threshold-not-met", "0 of 2", "bad signature"
+    )
 
 
 def _alice_and(keys, good, out, signer, *gpg_args):
@@ -136,7 +146,9 @@ def test_signature_by_revoked_key(home, keys, good, tmp_path):
 def test_one_of_two_required_signatures(home, keys, good, tmp_path):
     sigs, _ = signatures_of(good)
     bad = with_signatures(good, tmp_path / "b.bundle", {keys.fpr["alice"]: sigs[keys.fpr["alice"]]})
-    assert_refused(home, bad, "threshold-not-met", "1 of 2 required signatures", f"counted: {keys.fpr['alice']}; did not count: none")
+    assert_refused(
+        home, bad, "threshold-not-met", "1 of 2 required signatures", f"counted: {keys.fpr['alice']}; did not count: none"
+    )
 
 
 def test_same_signer_twice(home, keys, good, tmp_path):
@@ -188,13 +200,17 @@ def special(name, type_, **attrs):
     return info, b""
 
 
-@pytest.mark.parametrize("entry, words", [
-    (file_member("../evil", b"x"), ("'../evil'", "'..'")),
-    (file_member("/etc/evil", b"x"), ("'/etc/evil'", "absolute")),
-    (special("artifacts/link", tarfile.SYMTYPE, linkname="/etc/passwd"), ("'artifacts/link'", "symbolic link")),
-    (special("artifacts/hard", tarfile.LNKTYPE, linkname="manifest.json"), ("'artifacts/hard'", "hard link")),
-    (special("artifacts/dev", tarfile.CHRTYPE, devmajor=1, devminor=3), ("'artifacts/dev'", "device")),
-], ids=["dotdot", "absolute", "symlink", "hardlink", "device"])
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        (file_member("../evil", b"x"), ("'../evil'", "'..'")),
+        (file_member("/etc/evil", b"x"), ("'/etc/evil'", "absolute")),
+        (special("artifacts/link", tarfile.SYMTYPE, linkname="/etc/passwd"), ("'artifacts/link'", "symbolic link")),
+        (special("artifacts/hard", tarfile.LNKTYPE, linkname="manifest.json"), ("'artifacts/hard'", "hard link")),
+        (special("artifacts/dev", tarfile.CHRTYPE, devmajor=1, devminor=3), ("'artifacts/dev'", "device")),
+    ],
+    ids=["dotdot", "absolute", "symlink", "hardlink", "device"],
+)
 def test_unsafe_tar_member(home, good, tmp_path, entry, words):
     assert_refused(home, write_tar(tmp_path / "b.bundle", members(good) + [entry]), "bundle-unsafe-member", *words)
 
@@ -222,10 +238,14 @@ def test_random_bytes(home, tmp_path):
     assert_refused(home, tmp_path / "b.bundle", "bundle-unreadable", "b.bundle")
 
 
-@pytest.mark.parametrize("manifest, words", [
-    (b'{"schema": "appliance-manifest/1", "kind": ', ("line 1 column",)),
-    (b'{"schema": "appliance-manifest/1", "name": "\xff\xfe"}', ("UTF-8", "byte 44")),
-], ids=["invalid-json", "invalid-utf8"])
+@pytest.mark.parametrize(
+    "manifest, words",
+    [
+        (b'{"schema": "appliance-manifest/1", "kind": ', ("line 1 column",)),
+        (b'{"schema": "appliance-manifest/1", "name": "\xff\xfe"}', ("UTF-8", "byte 44")),
+    ],
+    ids=["invalid-json", "invalid-utf8"],
+)
 def test_bad_manifest_encoding(home, good, tmp_path, manifest, words):
     bad = replace_member(good, tmp_path / "b.bundle", "manifest.json", manifest)
     assert_refused(home, bad, "manifest-not-json", "manifest.json", *words)

@@ -118,7 +118,14 @@ def test_deleted_or_planted_state_is_refused(home, keys, tmp_path):
     ok("update", "list", env={"APPLIANCE_HOME": str(fresh)})
     (fresh / "store").mkdir()
     (fresh / "store" / "state.json").write_bytes((home / "trust" / "policy.json").read_bytes())
-    refused(fresh, "state-forged", ["store/state.json", "not written by this appliance"], "update", "list", env={"APPLIANCE_HOME": str(fresh)})
+    refused(
+        fresh,
+        "state-forged",
+        ["store/state.json", "not written by this appliance"],
+        "update",
+        "list",
+        env={"APPLIANCE_HOME": str(fresh)},
+    )
 
 
 @pytest.mark.parametrize("env", OPTIMISE, ids=["plain", "python-O"])
@@ -141,5 +148,7 @@ def test_invalid_sealed_policy_is_refused_by_code_not_assert(home, keys, tmp_pat
         SealedState(vault).write(policy, state_bytes({**json.loads(policy.read_text()), **change}))
     finally:
         vault.zeroize()
-    line = refused(home, "state-file-damaged", ["trust/policy.json", field], "update", "import", str(carol_only(keys, tmp_path)), env=env)
+    line = refused(
+        home, "state-file-damaged", ["trust/policy.json", field], "update", "import", str(carol_only(keys, tmp_path)), env=env
+    )
     assert "signatures" not in line  # refused at the policy, before any signature was counted

@@ -44,8 +44,14 @@ def make_app(home, model, tmp_path):
     cores = []
 
     def make(overlay: bool = True, max_tokens: int = 24, **kw) -> ApplianceApp:
-        core = ChatCore(home, model, Runtime(model, n_ctx=2048, n_threads=THREADS), settings=GREEDY, max_tokens=max_tokens,
-                        overlay_loader=(lambda vault: overlay_for_tests(model)) if overlay else None)
+        core = ChatCore(
+            home,
+            model,
+            Runtime(model, n_ctx=2048, n_threads=THREADS),
+            settings=GREEDY,
+            max_tokens=max_tokens,
+            overlay_loader=(lambda vault: overlay_for_tests(model)) if overlay else None,
+        )
         cores.append(core)
         return ApplianceApp(core, export_dir=tmp_path, **kw)
 

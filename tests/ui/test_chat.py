@@ -62,14 +62,18 @@ async def test_streamed_reply_is_journalled_with_provenance(vault_home, make_app
             await pilot.pause(0.01)
         final = reply.body.source
         assert final.strip()
-        assert any(0 < n < len(final) for n in partial_lengths), f"the reply appeared only at the end: {sorted(partial_lengths)} {len(final)}"
+        assert any(0 < n < len(final) for n in partial_lengths), (
+            f"the reply appeared only at the end: {sorted(partial_lengths)} {len(final)}"
+        )
         assert "overlay ON" in str(reply.header.render()) and "tok/s" in str(reply.header.render())
         assert screen.query_one(StatusBar).tokens_per_second > 0
         sid = app.core.status().session_id
     vault = Vault.unlock(vault_home, PASSPHRASE.encode())
     user, assistant = read(vault, sid)
     assert user["text"] == "Tell me about the sea." and assistant["text"] == final
-    assert assistant["overlay"]["on"] is True and assistant["overlay"]["signers"] == sorted(overlay_for_tests(app.core.model).provenance.signers)
+    assert assistant["overlay"]["on"] is True and assistant["overlay"]["signers"] == sorted(
+        overlay_for_tests(app.core.model).provenance.signers
+    )
     assert assistant["base"]["sha256"] == app.core.model.sha256 and assistant["finish"] in ("stop", "length")
 
 
@@ -117,10 +121,13 @@ async def test_escape_stops_a_long_reply_early(vault_home, make_app):
     assert reply["finish"] == "cancelled" and reply["tokens"] < 300
 
 
-@pytest.mark.parametrize("damage, says", [
-    ("corrupt", "not valid JSON"),
-    ("erased", "crypto-erased"),
-])
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        ("corrupt", "not valid JSON"),
+        ("erased", "crypto-erased"),
+    ],
+)
 async def test_damaged_or_erased_vault_is_a_message(vault_home, make_app, damage, says):
     master = vault_home / "vault" / "master.json"
     if damage == "corrupt":
@@ -160,10 +167,14 @@ async def test_prompt_history_and_system_prompt(vault_home, make_app):
         assert 'system prompt "Answer in French."' in markdown_transcript(app.core.status().session_id, records)
 
 
-@pytest.mark.parametrize("error, problem", [
-    (NoOverlay("no overlay is installed"), ""),
-    (NotFound("overlay.safetensors: missing from the store"), "overlay.safetensors: missing from the store"),
-], ids=["none-installed", "file-missing"])
+@pytest.mark.parametrize(
+    "error, problem",
+    [
+        (NoOverlay("no overlay is installed"), ""),
+        (NotFound("overlay.safetensors: missing from the store"), "overlay.safetensors: missing from the store"),
+    ],
+    ids=["none-installed", "file-missing"],
+)
 def test_only_no_overlay_installed_is_quiet(vault_home, model, error, problem):
     """Nothing installed is said by the status bar; any other failure to load the overlay, a
     missing file included, is a problem the chat shows (it chats on the base alone)."""

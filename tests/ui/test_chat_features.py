@@ -36,7 +36,12 @@ async def test_sessions_search_filters_to_matching_records(vault_home, make_app)
     first, second, third = _write_sessions(
         vault_home,
         ("Where is the lighthouse?", "On the northern cape."),
-        ("Tell me about tides.", "The LIGHTHOUSE keeper logs them \x1b]0;pwned\x07 daily.", "And storms?", "Lighthouse lamps stay lit."),
+        (
+            "Tell me about tides.",
+            "The LIGHTHOUSE keeper logs them \x1b]0;pwned\x07 daily.",
+            "And storms?",
+            "Lighthouse lamps stay lit.",
+        ),
         ("Nothing here.", "Indeed."),
     )
     app = make_app(overlay=False)
@@ -54,7 +59,9 @@ async def test_sessions_search_filters_to_matching_records(vault_home, make_app)
         await wait_for(pilot, lambda: "matches" in str(result.render()), what="the search")
         assert "3 matches for 'lighthouse' in 2 of 4 sessions" in str(result.render())
         rows = _rows(table)  # sessions made in the same second sort by their random part: order not asserted
-        assert sorted((r[0], r[1], r[3]) for r in rows) == sorted([(first, "1", "user"), (second, "2", "assistant"), (second, "4", "assistant")])
+        assert sorted((r[0], r[1], r[3]) for r in rows) == sorted(
+            [(first, "1", "user"), (second, "2", "assistant"), (second, "4", "assistant")]
+        )
         escaped = next(r[4] for r in rows if r[:2] == [second, "2"])
         assert "\\x1b]0;pwned\\x07" in escaped and "\x1b" not in escaped  # shown escaped
         assert third not in {r[0] for r in rows}
@@ -157,7 +164,10 @@ async def test_edit_and_resend_replaces_the_last_exchange(vault_home, make_app, 
         views = screen.query(ChatMessage)
         assert [(v.role, v.body.source if v.role == "assistant" else v._text) for v in views] == [
             ("user", "Name a vegetable."), ("assistant", new_reply)]  # fmt: skip
-        assert app.core.session.history == [{"role": "user", "content": "Name a vegetable."}, {"role": "assistant", "content": new_reply}]
+        assert app.core.session.history == [
+            {"role": "user", "content": "Name a vegetable."},
+            {"role": "assistant", "content": new_reply},
+        ]
         sid = app.core.status().session_id
     records = _records(vault_home, sid)
     assert [r["kind"] for r in records] == ["message", "message", "edit", "message", "message"]

@@ -29,7 +29,9 @@ async def test_meter_measures_without_changing_the_reply(vault_home, make_app):
         assert "KL" not in str(app.screen.query(ChatMessage)[3].header.render())
         await pilot.press("f1")
         cost = app.core.audit_cost()
-        assert "tok/s without the meter" in app.screen.query_one(Markdown).source and cost in app.screen.query_one(Markdown).source
+        assert (
+            "tok/s without the meter" in app.screen.query_one(Markdown).source and cost in app.screen.query_one(Markdown).source
+        )
         print(f"\ndivergence meter cost: {cost}")
     user, reply, *_ = read(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
     assert user["divergence"] is None

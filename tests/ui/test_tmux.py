@@ -26,8 +26,9 @@ class Tmux:
     def __init__(self, tmp: Path, command: list[str], env: dict):
         self.socket = f"appliance-test-{os.getpid()}"
         exports = " ".join(f"{k}={v}" for k, v in env.items())
-        self.run("new-session", "-d", "-s", "ui", "-x", "120", "-y", "40",
-                 f"cd {tmp} && env {exports} {' '.join(command)}; sleep 60")
+        self.run(
+            "new-session", "-d", "-s", "ui", "-x", "120", "-y", "40", f"cd {tmp} && env {exports} {' '.join(command)}; sleep 60"
+        )
 
     def run(self, *args: str) -> str:
         return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True).stdout

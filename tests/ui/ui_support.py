@@ -30,8 +30,9 @@ FIXED_TIME = datetime(2026, 1, 1, tzinfo=timezone.utc)
 def overlay_for_tests(model) -> ActiveOverlay:
     """A fresh copy each call: a kill or an erase zeroes the weights of the one loaded."""
     params = OverlayParams.random(576, seed=1, b_scale=0.1)  # 0.2 makes the model end its first reply at once
-    return ActiveOverlay(Overlay(params, model.sha256),
-                         Provenance("care", "overlay", 1, "ab" * 32, SIGNERS, FIXED_TIME, FIXED_TIME))
+    return ActiveOverlay(
+        Overlay(params, model.sha256), Provenance("care", "overlay", 1, "ab" * 32, SIGNERS, FIXED_TIME, FIXED_TIME)
+    )
 
 
 async def wait_for(pilot, condition, timeout: float = 30.0, what: str = "condition") -> None:

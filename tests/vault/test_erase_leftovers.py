@@ -134,7 +134,9 @@ def test_erase_all_leaves_no_copy_of_the_keys(journalled, passphrase_file, tmp_p
     _check_every_kill_point(*journalled, [master_write, TABLE_WRITE], "all", "python", tmp_path)
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="no strace here: the pure-Python injection above kills at the same calls")
+@pytest.mark.skipif(
+    shutil.which("strace") is None, reason="no strace here: the pure-Python injection above kills at the same calls"
+)
 def test_the_same_with_kills_injected_by_strace(journalled, tmp_path):
     """The kernel's view: every fsync(2) the process makes, not only those Python's os.fsync makes."""
     _check_every_kill_point(*journalled, [TABLE_WRITE], "logs", "strace", tmp_path)

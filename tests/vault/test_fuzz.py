@@ -56,7 +56,23 @@ def test_journal_reader_only_reports_breaks(vault, data):
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=512), st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(st.text(max_size=8), st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8), max_size=5))))
+@given(
+    st.one_of(
+        st.binary(max_size=512),
+        st.builds(
+            lambda d: json.dumps(d).encode(),
+            st.dictionaries(
+                st.text(max_size=8),
+                st.recursive(
+                    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                    max_leaves=8,
+                ),
+                max_size=5,
+            ),
+        ),
+    )
+)
 def test_key_slot_parser_only_typed_errors(vault, blob):
     slots = vault.home / "vault" / "slots.json"
     original = slots.read_bytes()

@@ -118,4 +118,6 @@ def test_ask_streams_a_reply_escaped(vault_home, monkeypatch, capsys):
     assert out.out == "Sure\\x1b]0;pwned\\x07\\x1b[2J\\x0d\\x08 done\n"
     (sid,) = [line.split()[0] for line in appliance("logs", "list").stdout.splitlines()]
     r = appliance("logs", "show", sid)  # journaled as the model wrote it, shown escaped
-    assert not RAW.search(r.stdout) and "assistant: Sure\\x1b]0;pwned\\x07" in r.stdout and "user: say \\x1b]0;hi\\x07" in r.stdout
+    assert (
+        not RAW.search(r.stdout) and "assistant: Sure\\x1b]0;pwned\\x07" in r.stdout and "user: say \\x1b]0;hi\\x07" in r.stdout
+    )

@@ -137,7 +137,9 @@ _FAILING_WRITER = textwrap.dedent(
 def test_failed_write_leaves_earlier_records_verifiable(vault_home):
     from vault_setup import PASSPHRASE
 
-    r = subprocess.run([sys.executable, "-c", _FAILING_WRITER, str(vault_home), PASSPHRASE.decode()], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", _FAILING_WRITER, str(vault_home), PASSPHRASE.decode()], capture_output=True, text=True
+    )
     assert r.returncode == 3, r.stderr
     sid, message = r.stdout.splitlines()[:2]
     assert "File too large" in message and "records 1..3 are intact" in message
@@ -157,7 +159,9 @@ def test_failed_write_in_ask_is_a_clear_error(vault_home, vault):
 
     r = subprocess.run(
         [sys.executable, "-m", "appliance", "ask", "x" * 12_000, "--max-tokens", "1"],
-        capture_output=True, text=True, preexec_fn=small_files,
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
     )
     assert "File too large" in error_line(r, 3, "journal-write-failed")
     assert appliance("logs", "verify").returncode == 0

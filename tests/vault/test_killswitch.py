@@ -19,7 +19,9 @@ LONG = ("ask", "Write a very long, detailed story about a lighthouse keeper, cha
 
 
 def _start_long_generation():
-    proc = subprocess.Popen([sys.executable, "-m", "appliance", *LONG], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", *LONG], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy()
+    )
     first = proc.stdout.read(1)  # streaming has begun: the generation loop is running
     assert first, proc.stderr.read().decode()
     return proc
@@ -103,14 +105,17 @@ def test_a_pid_file_that_cannot_be_written_leaves_nothing_behind(vault_home):
     assert tree_digest(vault_home) == before
 
 
-
-_HOLDER = "import sys; from pathlib import Path; from appliance.vault.killswitch import KillSwitch\n" \
-          "with KillSwitch(Path(sys.argv[1])):\n    print('holding', flush=True); sys.stdin.read()"
+_HOLDER = (
+    "import sys; from pathlib import Path; from appliance.vault.killswitch import KillSwitch\n"
+    "with KillSwitch(Path(sys.argv[1])):\n    print('holding', flush=True); sys.stdin.read()"
+)
 
 
 def test_a_second_appliance_on_one_state_dir_is_refused(vault_home):
     """Another process holds the pid file, as a running chat does: `ask` is refused, the holder keeps it."""
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(vault_home)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(vault_home)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline() == "holding\n"
         r = appliance("ask", "hello", "--max-tokens", "1")

@@ -36,7 +36,12 @@ def _two_chunk_file(tmp_path):
 def test_stream_detects_truncation_reordering_and_wrong_context(tmp_path):
     key, blob = _two_chunk_file(tmp_path)
     c = CHUNK_BYTES + TAG_BYTES
-    h, c0, c1, rest = blob[: HEADER.size], blob[HEADER.size : HEADER.size + c], blob[HEADER.size + c : HEADER.size + 2 * c], blob[HEADER.size + 2 * c :]
+    h, c0, c1, rest = (
+        blob[: HEADER.size],
+        blob[HEADER.size : HEADER.size + c],
+        blob[HEADER.size + c : HEADER.size + 2 * c],
+        blob[HEADER.size + 2 * c :],
+    )
     path = tmp_path / "f.enc"
     for bad in (h + c0 + c1, h + c0, h + c1 + c0 + rest, h + c0 + c1 + rest + b"x", blob[:-1]):
         path.write_bytes(bad)
