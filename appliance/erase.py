@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import Erased, NotFound
 from .fsutil import discard
-from .journal.store import JOURNAL_DIR, JOURNAL_ITEMS
+from .journal.session_files import JOURNAL_DIR, JOURNAL_ITEMS
 from .store import forget_overlays
 from .store.at_rest import OVERLAY_ITEMS
 from .store.layout import STORE_DIR

@@ -33,7 +33,7 @@ from .errors import NotFound
 from .journal import Journal, provenance
 from .runtime.sampler import SamplingSettings
 from .runtime.session import Reply, Runtime, Session
-from .store import ActiveOverlay, Base, Provenance, load_active_overlay
+from .store import ActiveBase, ActiveOverlay, InstallRecord, load_active_overlay
 from .trust.builtin import VerifiedModel
 from .vault import Vault
 from .vault.killswitch import Killed, KillSwitch
@@ -59,7 +59,7 @@ class Snapshot:
 
     base_name: str
     base_sha256: str
-    overlay: Optional[Provenance]  # the loaded overlay, whether switched on or off
+    overlay: Optional[InstallRecord]  # the loaded overlay, whether switched on or off
     overlay_on: bool
     overlay_problem: str  # why no overlay is loaded when one is installed ("" otherwise)
     session_id: Optional[str]  # the journal session, once opened
@@ -111,7 +111,7 @@ class UnlockedAppliance:
         Raises NoOverlay (none installed), Erased, or Refused (it failed a check); nothing is loaded then.
         """
         self.drop_overlay()
-        self.active = (loader or (lambda vault: load_active_overlay(Base(self.model), vault)))(self.vault)
+        self.active = (loader or (lambda vault: load_active_overlay(ActiveBase(self.model), vault)))(self.vault)
         return self.active
 
     def drop_overlay(self) -> None:

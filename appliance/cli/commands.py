@@ -6,7 +6,7 @@ from .. import __version__, paths, state
 from ..hardening import protections
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
-from ..store import Base
+from ..store import ActiveBase
 from ..trust.builtin import embedded_pin, verify_pinned
 from ..vault import Vault
 from .output import say, stream, warn
@@ -66,7 +66,7 @@ def _install_demo(model, vault, passphrase_file) -> None:
             say(f"demo:    {DEMO_NAME} already installed")
             return
         model = model or verify_pinned(embedded_pin())  # the base the demo overlay is bound to, checked as for any load
-        name, version, signers = install_demo(Base(model), vault)
+        name, version, signers = install_demo(ActiveBase(model), vault)
     finally:
         if opened:
             vault.zeroize()

@@ -31,7 +31,7 @@ def logs() -> None:
 
 
 def _summary(report: Report) -> str:
-    status = "ok" if report.ok else f"BROKEN at {report.brk}"
+    status = "ok" if report.ok else f"BROKEN at {report.broken_at}"
     return f"{report.session_id}  {len(report.records):4d} records  {status}  {report.preview(48)}"
 
 
@@ -84,10 +84,10 @@ def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> N
                 )
                 say(f"ok      {sid}: {len(report.records)} records{note}")
             else:
-                say(f"BROKEN  {sid}: {report.brk}")
+                say(f"BROKEN  {sid}: {report.broken_at}")
                 broken.append(report)
     if broken:
-        raise JournalBroken(broken[0].session_id, broken[0].brk)
+        raise JournalBroken(broken[0].session_id, broken[0].broken_at)
 
 
 @logs.command("search")

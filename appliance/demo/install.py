@@ -13,7 +13,7 @@ import gnupg
 
 from ..errors import Refused
 from ..journal import Journal
-from ..store import Base, import_bundle
+from ..store import ActiveBase, import_bundle
 from ..store.trust_changes import pin_signer
 from ..trust.bundle import create_bundle, sign_bundle
 from ..trust.signatures import scratch_gpg
@@ -38,7 +38,7 @@ def _make_signers(gpg: gnupg.GPG) -> list[str]:
     return fingerprints
 
 
-def install_demo(base: Base, vault: Vault) -> tuple[str, int, list[str]]:
+def install_demo(base: ActiveBase, vault: Vault) -> tuple[str, int, list[str]]:
     """Sign, pin and import the demo overlay; returns (name, version, demo signer fingerprints)."""
     with scratch_gpg() as (gpg, tmp):
         fingerprints = _make_signers(gpg)

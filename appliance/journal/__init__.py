@@ -12,6 +12,6 @@ Rules:
 
 from . import provenance
 from .frames import Break
-from .store import Journal, JournalBroken, JournalWriteFailed, Report, check, read, sessions
+from .session_files import Journal, JournalBroken, JournalWriteFailed, Report, check, read, sessions
 
 __all__ = ["Break", "Journal", "JournalBroken", "JournalWriteFailed", "Report", "check", "provenance", "read", "sessions"]

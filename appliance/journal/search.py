@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 from ..errors import Erased, NotFound, UsageError
 from ..vault import Vault
-from .store import check, sessions
+from .session_files import check, sessions
 
 TEXT_FIELDS = ("text", "replaced")  # the fields that hold words someone wrote or the model said
 SNIPPET_SIDE = 30  # characters of context either side of the match
@@ -61,8 +61,8 @@ def search(vault: Vault, text: str, session_ids: Optional[list[str]] = None) -> 
                     yield Match(sid, n, record.get("time", ""), record.get("role") or record["kind"],
                                 snippet(value, hit.start(), hit.end()), _provenance(record))  # fmt: skip
                     break
-        if report.brk is not None:
-            yield Skipped(sid, f"broken at {report.brk}; records 1..{len(report.records)} were searched")
+        if report.broken_at is not None:
+            yield Skipped(sid, f"broken at {report.broken_at}; records 1..{len(report.records)} were searched")
 
 
 def snippet(text: str, start: int, end: int, side: int = SNIPPET_SIDE) -> str:

@@ -22,16 +22,24 @@ successful import. Crypto-erase of an overlay (`appliance.erase`) destroys its k
 vault, then marks its versions erased here (`forget`).
 """
 
-from .active import ActiveOverlay, Base, Provenance, describe_installed, embedded_base, load_active_overlay, verify_installed
+from .active import (
+    ActiveBase,
+    ActiveOverlay,
+    InstallRecord,
+    describe_installed,
+    embedded_base,
+    load_active_overlay,
+    verify_installed,
+)
 from .forget import forget_overlays
 from .importer import import_bundle, rollback, verify_bundle
 
 __all__ = [
     "ActiveOverlay",
-    "Base",
+    "ActiveBase",
     "embedded_base",
     "forget_overlays",
-    "Provenance",
+    "InstallRecord",
     "describe_installed",
     "import_bundle",
     "load_active_overlay",

@@ -32,7 +32,7 @@ class VerificationFailed(Refused):
     """`verify`: an installed version no longer passes the rules above (the first failure is named)."""
 
 
-class Base:
+class ActiveBase:
     """The active base that overlays are bound to; its hidden size is read from the GGUF only when needed."""
 
     def __init__(self, model: VerifiedModel, hidden_size: Optional[int] = None):
@@ -45,13 +45,13 @@ class Base:
         return EmbeddingTable(self._path).n_embd
 
 
-def embedded_base() -> Base:
+def embedded_base() -> ActiveBase:
     """The embedded default base, verified against its built-in pin (the only base the runtime loads today)."""
-    return Base(verify_pinned(embedded_pin()))
+    return ActiveBase(verify_pinned(embedded_pin()))
 
 
 @dataclass(frozen=True)
-class Provenance:
+class InstallRecord:
     """Where an installed item came from: what the journal records with every reply."""
 
     name: str
@@ -71,7 +71,7 @@ class Provenance:
 @dataclass(frozen=True)
 class ActiveOverlay:
     overlay: Overlay
-    provenance: Provenance
+    provenance: InstallRecord
 
     def zeroize(self) -> None:
         """Zero the decrypted weights in place, for the kill-switch (other copies: docs/procedures.md)."""
@@ -83,7 +83,7 @@ class ActiveOverlay:
 class InstalledItem:
     name: str
     kind: str
-    provenance: Optional[Provenance]  # of the active version; None once every version was crypto-erased
+    provenance: Optional[InstallRecord]  # of the active version; None once every version was crypto-erased
     installed_versions: tuple[int, ...]
     erased_versions: tuple[int, ...]
     is_active_overlay: bool
@@ -126,10 +126,10 @@ def verify_version(
         sealing.zeroize()
 
 
-def _provenance(store: Store, manifest: Manifest) -> Provenance:
+def _provenance(store: Store, manifest: Manifest) -> InstallRecord:
     signers = store.read_signers(manifest.sha256)
     demo = tuple(f for f in signers if f in store.trust().policy().demo)
-    return Provenance(
+    return InstallRecord(
         manifest.name,
         manifest.kind,
         manifest.version,
@@ -141,7 +141,7 @@ def _provenance(store: Store, manifest: Manifest) -> Provenance:
     )
 
 
-def load_active_overlay(base: Base, vault: Vault) -> ActiveOverlay:
+def load_active_overlay(base: ActiveBase, vault: Vault) -> ActiveOverlay:
     """The active overlay, decrypted into memory, re-hashed against its accepted manifest and admitted
     for this base, with its provenance.
 
@@ -165,7 +165,7 @@ def versions_text(versions: tuple[int, ...]) -> str:
     return ", ".join(f"v{v}" for v in versions)
 
 
-def verify_installed(base: Base, vault: Vault) -> list[tuple[str, str]]:
+def verify_installed(base: ActiveBase, vault: Vault) -> list[tuple[str, str]]:
     """Every installed version of every item, re-verified: [(label, "" if ok else the fault)]."""
     store = Store.unlocked(vault)
     results = []

@@ -46,7 +46,7 @@ from ..trust.hashing import Progress
 from ..trust.manifest import Manifest
 from ..utc import format_time, now
 from ..vault import Vault
-from .active import Base, check_binding, verify_version, versions_text
+from .active import ActiveBase, check_binding, verify_version, versions_text
 from .at_rest import OVERLAY_ITEMS, Sealing, overlay_item, write_artifact
 from .layout import STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
 
@@ -138,7 +138,9 @@ def _fsync_tree(root: Path) -> None:
         fsync_dir(Path(directory))
 
 
-def _accept(store: Store, bundle_path: Path, staging: Path, base: Base, progress: Optional[Progress]) -> tuple[Accepted, Sealing]:
+def _accept(
+    store: Store, bundle_path: Path, staging: Path, base: ActiveBase, progress: Optional[Progress]
+) -> tuple[Accepted, Sealing]:
     """Steps 1-6, filling `staging`; raises on the first fault. The caller zeroes the returned sealing's key."""
     state = store.read_state()
     with open_bundle(bundle_path) as bundle:
@@ -212,7 +214,7 @@ def _install(store: Store, vault: Vault, accepted: Accepted, sealing: Sealing, s
     _remove_leftovers(store, new_state, vault)
 
 
-def import_bundle(bundle_path: Path, base: Base, vault: Vault, progress: Optional[Progress] = None) -> Accepted:
+def import_bundle(bundle_path: Path, base: ActiveBase, vault: Vault, progress: Optional[Progress] = None) -> Accepted:
     """Verify a bundle in full and install it atomically; a refusal leaves the state directory as it was."""
     require_initialised(vault.home)
     store = Store.unlocked(vault)
@@ -237,7 +239,7 @@ def import_bundle(bundle_path: Path, base: Base, vault: Vault, progress: Optiona
     return accepted
 
 
-def verify_bundle(bundle_path: Path, base: Base, vault: Vault, progress: Optional[Progress] = None) -> Accepted:
+def verify_bundle(bundle_path: Path, base: ActiveBase, vault: Vault, progress: Optional[Progress] = None) -> Accepted:
     """Every check an import makes, with staging in a temp dir: nothing in the state directory changes.
 
     An overlay is encrypted into that temp dir under a throwaway key that is never recorded, so no
@@ -253,7 +255,7 @@ def verify_bundle(bundle_path: Path, base: Base, vault: Vault, progress: Optiona
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def rollback(name: str, base: Base, vault: Vault) -> tuple[int, int]:
+def rollback(name: str, base: ActiveBase, vault: Vault) -> tuple[int, int]:
     """Re-activate the newest installed version below the active one (re-verified first); returns (from, to).
 
     A crypto-erased version cannot come back: exit 6 when the version to return to was erased.

@@ -32,7 +32,7 @@ def _cells(*values: str) -> tuple[Text, ...]:
 def _state(report: Report) -> str:
     if report.ok:
         return "ok" + (f" ({report.unsealed} unsealed)" if report.unsealed else "")
-    return f"BROKEN at {report.brk}"
+    return f"BROKEN at {report.broken_at}"
 
 
 class SessionsScreen(Screen):
@@ -151,7 +151,7 @@ class SessionsScreen(Screen):
         reports = self._fill()
         broken = [r for r in reports if not r.ok]
         verdict = f"verified {len(reports)} sessions: " + (
-            "all intact" if not broken else "; ".join(f"{r.session_id} BROKEN at {r.brk}" for r in broken)
+            "all intact" if not broken else "; ".join(f"{r.session_id} BROKEN at {r.broken_at}" for r in broken)
         )
         self._say(verdict)
 

@@ -22,7 +22,7 @@ from bundles import (
 )
 from helpers import appliance, error_line, tree_digest
 
-from appliance.store import Base
+from appliance.store import ActiveBase
 from appliance.store.importer import import_bundle
 from appliance.trust.builtin import embedded_pin, verify_pinned
 from appliance.trust.bundle import Source, create_bundle, sign_bundle, write_bundle
@@ -49,7 +49,7 @@ def assert_refused(home, bundle, reason, *words):
 
 @pytest.fixture(scope="module")
 def base():
-    return Base(verify_pinned(embedded_pin()), hidden_size=576)
+    return ActiveBase(verify_pinned(embedded_pin()), hidden_size=576)
 
 
 @pytest.fixture(scope="module")

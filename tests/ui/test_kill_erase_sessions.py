@@ -10,7 +10,7 @@ from ui_support import PASSPHRASE, send, unlock, wait_for
 
 from appliance.errors import Erased
 from appliance.journal import check, read, sessions
-from appliance.journal.store import relative_path
+from appliance.journal.session_files import relative_path
 from appliance.ui.chat import ChatScreen
 from appliance.ui.help import HelpScreen
 from appliance.ui.keys import SECTIONS

@@ -10,7 +10,7 @@ import pytest
 from ui_support import PASSPHRASE, unlock
 
 from appliance.journal import Journal
-from appliance.journal import store as journal_store
+from appliance.journal import session_files as journal_files
 from appliance.ui.divergence import Divergence
 from appliance.ui.widgets import StatusBar
 from appliance.vault import Vault
@@ -26,7 +26,7 @@ REPLY = """Three colours of the sea at dawn:
 @pytest.fixture
 def fixed_ids(monkeypatch):
     ids = (f"20260101T00000{n}Z-0000000{n}" for n in itertools.count(1))
-    monkeypatch.setattr(journal_store, "new_session_id", lambda: next(ids))
+    monkeypatch.setattr(journal_files, "new_session_id", lambda: next(ids))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from textual.widgets import Input
 
 from appliance.overlay.files import Overlay
 from appliance.overlay.params import OverlayParams
-from appliance.store import ActiveOverlay, Provenance
+from appliance.store import ActiveOverlay, InstallRecord
 from appliance.ui.chat import ChatScreen
 from appliance.ui.widgets import ChatMessage, PromptInput
 
@@ -31,7 +31,7 @@ def overlay_for_tests(model) -> ActiveOverlay:
     """A fresh copy each call: a kill or an erase zeroes the weights of the one loaded."""
     params = OverlayParams.random(576, seed=1, b_scale=0.1)  # 0.2 makes the model end its first reply at once
     return ActiveOverlay(
-        Overlay(params, model.sha256), Provenance("care", "overlay", 1, "ab" * 32, SIGNERS, FIXED_TIME, FIXED_TIME)
+        Overlay(params, model.sha256), InstallRecord("care", "overlay", 1, "ab" * 32, SIGNERS, FIXED_TIME, FIXED_TIME)
     )
 
 

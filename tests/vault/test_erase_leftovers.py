@@ -20,7 +20,7 @@ from vault_setup import PASSPHRASE
 
 from appliance.errors import Erased, Locked, NotFound
 from appliance.journal import Journal
-from appliance.journal.store import item_id
+from appliance.journal.session_files import item_id
 from appliance.vault import Vault
 
 # The real CLI with os.fsync counted, and the process SIGKILLed on entry to the Nth call (0: never).

@@ -8,7 +8,7 @@ from vault_setup import PASSPHRASE
 
 from appliance.errors import ApplianceError
 from appliance.journal import Journal, check, frames
-from appliance.journal.store import relative_path
+from appliance.journal.session_files import relative_path
 from appliance.vault import KeySlotsCorrupt, Vault
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -25,10 +25,10 @@ def _mutate(data: bytes, edits) -> bytes:
 @FUZZ
 @given(st.binary(max_size=2048))
 def test_frame_split_never_raises(data):
-    found, brk = frames.split(data)
-    assert brk is None or brk.record == len(found) + 1
+    found, broken_at = frames.split(data)
+    assert broken_at is None or broken_at.record == len(found) + 1
     walked = b"".join(f.raw for f in found)  # the frames tile the start of the file, in order
-    assert data.startswith(walked) and (brk is not None or walked == data)  # clean end: every byte is in a frame
+    assert data.startswith(walked) and (broken_at is not None or walked == data)  # clean end: every byte is in a frame
 
 
 @FUZZ

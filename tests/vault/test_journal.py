@@ -9,7 +9,7 @@ import pytest
 from helpers import appliance, error_line
 
 from appliance.journal import Journal, check, frames
-from appliance.journal.store import relative_path
+from appliance.journal.session_files import relative_path
 
 
 def _session(vault, n=5, tag="a"):

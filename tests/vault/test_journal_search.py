@@ -4,7 +4,7 @@ from helpers import appliance, error_line
 
 from appliance.journal import Journal
 from appliance.journal.search import Match, Skipped, search
-from appliance.journal.store import relative_path
+from appliance.journal.session_files import relative_path
 
 WORD = "Quetzalcoatlus"
 

@@ -38,7 +38,7 @@ def _kill_and_collect(home, *kill_args):
     vault = Vault.unlock(home, PASSPHRASE)
     (sid,) = sessions(vault)
     report = check(vault, sid)
-    assert report.ok, report.brk
+    assert report.ok, report.broken_at
     return report.records, vault
 
 

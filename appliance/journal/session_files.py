@@ -40,9 +40,9 @@ class JournalWriteFailed(Refused):
 
 
 class JournalBroken(Refused):
-    def __init__(self, session_id: str, brk: Break):
-        super().__init__(f"journal {session_id} is broken at {brk}")
-        self.session_id, self.brk = session_id, brk
+    def __init__(self, session_id: str, broken_at: Break):
+        super().__init__(f"journal {session_id} is broken at {broken_at}")
+        self.session_id, self.broken_at = session_id, broken_at
 
 
 def item_id(session_id: str) -> str:
@@ -127,12 +127,12 @@ class Journal:
 class Report:
     session_id: str
     records: list[dict] = field(default_factory=list)  # decrypted, in order, up to the break
-    brk: Optional[Break] = None
+    broken_at: Optional[Break] = None
     sealed: int = 0  # records covered by the vault's sealed head; more is an interrupted append
 
     @property
     def ok(self) -> bool:
-        return self.brk is None
+        return self.broken_at is None
 
     @property
     def unsealed(self) -> int:
@@ -158,12 +158,12 @@ def check(vault: Vault, session_id: str) -> Report:
         try:
             data = (vault.home / relative_path(session_id)).read_bytes()
         except FileNotFoundError:
-            report.brk = Break(1, "deleted", "the session file is missing")
+            report.broken_at = Break(1, "deleted", "the session file is missing")
             return report
         found, tail = frames.split(data)
-        report.brk = _walk(AESGCM(key), session_id, found, report.records)
-        if report.brk is None:
-            report.brk = tail or _against_head(found, head_seq, head_hash)
+        report.broken_at = _walk(AESGCM(key), session_id, found, report.records)
+        if report.broken_at is None:
+            report.broken_at = tail or _against_head(found, head_seq, head_hash)
         return report
     finally:
         zeroize(key)
@@ -172,8 +172,8 @@ def check(vault: Vault, session_id: str) -> Report:
 def read(vault: Vault, session_id: str) -> list[dict]:
     """The records of an intact session; JournalBroken (exit 3) otherwise."""
     report = check(vault, session_id)
-    if report.brk is not None:
-        raise JournalBroken(session_id, report.brk)
+    if report.broken_at is not None:
+        raise JournalBroken(session_id, report.broken_at)
     return report.records
 
 
