@@ -1,7 +1,7 @@
 """Importing a bundle, in the verification order of docs/design.md; every step refuses with exit 3 and one line.
 
 1. shape and size limits of the tar, then the manifest (`trust.bundle_reader`);
-2. signatures and threshold (`trust.policy.TrustStore.verified_signers`), against the
+2. signatures and threshold (`trust.policy.TrustRoot.verified_signers`), against the
    sealed policy and keyring (`state_files`: changed outside the appliance, they refuse);
 3. expiry against the time floor: refused if `expires` is not after
    max(now, floor); a clock earlier than the floor is reported;

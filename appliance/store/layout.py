@@ -14,7 +14,7 @@ from typing import Optional
 from ..errors import Refused
 from ..state_files import StateDoc, StateFileDamaged, StateSeal, read_sealed_state, state_bytes
 from ..trust.manifest import Manifest, parse_manifest
-from ..trust.policy import TrustStore
+from ..trust.policy import TrustRoot
 from ..utc import format_time, parse_time
 from ..vault import Vault
 from ..vault.sealed_state import SealedState
@@ -82,9 +82,9 @@ class Store:
     def unlocked(cls, vault: Vault) -> "Store":
         return cls(vault.home, SealedState(vault))
 
-    def trust(self) -> TrustStore:
+    def trust(self) -> TrustRoot:
         """The trust policy, read through the same seal."""
-        return TrustStore(self.home, self.seal)
+        return TrustRoot(self.home, self.seal)
 
     def object_dir(self, manifest_sha256: str) -> Path:
         return self.objects / manifest_sha256

@@ -87,8 +87,9 @@ def demo_mark(fingerprint: str, demo) -> str:
     return " [DEMO KEY]" if fingerprint in demo else ""
 
 
-class TrustStore:
-    """The policy and the keyring, read and written through the vault's seal (so only with the passphrase)."""
+class TrustRoot:
+    """The root of trust for bundles: the pinned signers' keyring and the policy (threshold, demo marks),
+    read and written through the vault's seal (so only with the passphrase)."""
 
     def __init__(self, home: Path, seal: StateSeal):
         self.dir = home / TRUST_DIR
