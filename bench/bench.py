@@ -23,7 +23,7 @@ from appliance.overlay.params import OverlayParams
 from appliance.runtime.llama import reference_llama
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Runtime, Session
-from appliance.store import Base, import_bundle, load_active_overlay
+from appliance.store import ActiveBase, import_bundle, load_active_overlay
 from appliance.store.trust_changes import pin_signer
 from appliance.trust.builtin import embedded_pin, verify_pinned
 from appliance.trust.bundle import create_bundle, sign_bundle
@@ -114,7 +114,12 @@ def cold_start(model_pin, rounds: int, prompt_tokens: list[int]) -> list[tuple]:
     m = median_of(rounds, {"ours": ours, "theirs": theirs})
     return [
         ("cold start to first token, llama-cpp-python, ms", f"{m['theirs'] * 1e3:.0f}", "", ""),
-        ("cold start to first token, ours (+ verification), ms", f"{m['ours'] * 1e3:.0f}", f"{m['ours'] / m['theirs']:.3f}", "<= 1.5"),
+        (
+            "cold start to first token, ours (+ verification), ms",
+            f"{m['ours'] * 1e3:.0f}",
+            f"{m['ours'] / m['theirs']:.3f}",
+            "<= 1.5",
+        ),
     ]
 
 
@@ -146,8 +151,11 @@ PASSPHRASE = b"bench passphrase"
 
 
 def _gpg(home: Path, *args: str) -> bytes:
-    return subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "", "--pinentry-mode", "loopback", *args],
-                          capture_output=True, check=True).stdout
+    return subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--passphrase", "", "--pinentry-mode", "loopback", *args],
+        capture_output=True,
+        check=True,
+    ).stdout
 
 
 def _appliance_home(tmp: Path) -> tuple[Path, Path, list[str]]:
@@ -202,7 +210,7 @@ def _fill_journal(vault: Vault, mib: int) -> None:
 
 def vault_and_store(model, rounds: int, import_mib: int) -> list[tuple]:
     """Import throughput vs openssl over the same bundle, start-up verification, unlock, journal append, erase."""
-    base = Base(model)
+    base = ActiveBase(model)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         template, gnupg, fprs = _appliance_home(tmp)
@@ -220,12 +228,18 @@ def vault_and_store(model, rounds: int, import_mib: int) -> list[tuple]:
             t = time.perf_counter()
             import_bundle(bundle, base, vault)
             rate = size / (time.perf_counter() - t)
-            t = time.perf_counter()  # what a chat does before its first token: base against its pin, overlay decrypted and re-hashed
-            load_active_overlay(Base(verify_pinned(embedded_pin()), hidden_size=base.hidden_size), vault)
+            t = (
+                time.perf_counter()
+            )  # what a chat does before its first token: base against its pin, overlay decrypted and re-hashed
+            load_active_overlay(ActiveBase(verify_pinned(embedded_pin()), hidden_size=base.hidden_size), vault)
             startups.append(time.perf_counter() - t)
             journal = Journal.create(vault)
-            prov = {"base": provenance.base(model.name, model.sha256, model.version), "overlay": None, "settings": GREEDY.as_dict(),
-                    "system_prompt": None}
+            prov = {
+                "base": provenance.base(model.name, model.sha256, model.version),
+                "overlay": None,
+                "settings": GREEDY.as_dict(),
+                "system_prompt": None,
+            }
             for i in range(100):
                 t = time.perf_counter()
                 journal.append("message", **provenance.message("user", f"message {i} " * 20, **prov))
@@ -252,15 +266,32 @@ def vault_and_store(model, rounds: int, import_mib: int) -> list[tuple]:
     flat = {mib: statistics.median(v) for mib, v in erases.items()}
     rows = [
         (f"sha256 MB/s, openssl dgst, {label}", f"{m['openssl'] / 1e6:.0f}", "", ""),
-        (f"import MB/s, ours (verify + encrypt at rest + fsync), {label}", f"{m['ours'] / 1e6:.0f}", f"{m['ours'] / m['openssl']:.3f}", "reported"),
-        ("start-up verification of the active set, ms (base + overlay)", f"{statistics.median(startups) * 1e3:.0f}", "", "reported"),
+        (
+            f"import MB/s, ours (verify + encrypt at rest + fsync), {label}",
+            f"{m['ours'] / 1e6:.0f}",
+            f"{m['ours'] / m['openssl']:.3f}",
+            "reported",
+        ),
+        (
+            "start-up verification of the active set, ms (base + overlay)",
+            f"{statistics.median(startups) * 1e3:.0f}",
+            "",
+            "reported",
+        ),
         ("vault unlock (KDF + master key + key table), ms", f"{statistics.median(unlocks) * 1e3:.0f}", "", "<= 1000 ms"),
         (f"journal append, median ms ({len(appends)} messages)", f"{statistics.median(appends) * 1e3:.2f}", "", "<= 2 ms"),
         (f"journal append, p99 ms ({len(appends)} messages)", f"{_percentile(appends, 0.99) * 1e3:.2f}", "", "reported"),
     ]
     for mib, seconds in flat.items():
         ratio = f"{seconds / flat[1]:.2f}" if mib != 1 else ""
-        rows.append((f"crypto-erase of {mib} MiB of journal, ms (ratio to 1 MiB)", f"{seconds * 1e3:.1f}", ratio, "<= 2.0" if ratio else ""))
+        rows.append(
+            (
+                f"crypto-erase of {mib} MiB of journal, ms (ratio to 1 MiB)",
+                f"{seconds * 1e3:.1f}",
+                ratio,
+                "<= 2.0" if ratio else "",
+            )
+        )
     return rows
 
 
@@ -270,12 +301,20 @@ def journal_search(rounds: int, n_sessions: int) -> list[tuple]:
         home = Path(tmp) / "home"
         state.initialise(home)
         vault = Vault.create(home, PASSPHRASE)
-        prov = {"base": provenance.base("bench", "0" * 64, 1), "overlay": None, "settings": GREEDY.as_dict(), "system_prompt": None}
+        prov = {
+            "base": provenance.base("bench", "0" * 64, 1),
+            "overlay": None,
+            "settings": GREEDY.as_dict(),
+            "system_prompt": None,
+        }
         for i in range(n_sessions):
             journal = Journal.create(vault)
             for n in range(4):
                 word = " albatross" if n == 3 and i % 10 == 0 else ""
-                journal.append("message", **provenance.message("user" if n % 2 == 0 else "assistant", f"message {n} of session {i}{word} " * 8, **prov))
+                journal.append(
+                    "message",
+                    **provenance.message("user" if n % 2 == 0 else "assistant", f"message {n} of session {i}{word} " * 8, **prov),
+                )
             journal.close()
 
         def run():
@@ -288,7 +327,9 @@ def journal_search(rounds: int, n_sessions: int) -> list[tuple]:
 
         rate = median_of(rounds, {"search": run})["search"]
         vault.zeroize()
-    return [(f"logs search, sessions/s ({n_sessions} sessions of 4 messages, decrypted in memory)", f"{rate:.0f}", "", "reported")]
+    return [
+        (f"logs search, sessions/s ({n_sessions} sessions of 4 messages, decrypted in memory)", f"{rate:.0f}", "", "reported")
+    ]
 
 
 def verdict(ratio: str, target: str) -> str:

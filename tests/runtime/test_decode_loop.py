@@ -162,6 +162,8 @@ def test_cancel_stops_generation_early(runtime):
         if len(seen) == 5:
             cancel.set()
 
-    reply = Session(runtime, settings=GREEDY).generate("Write a long essay about field radios.", max_tokens=200, on_text=on_text, cancel=cancel)
+    reply = Session(runtime, settings=GREEDY).generate(
+        "Write a long essay about field radios.", max_tokens=200, on_text=on_text, cancel=cancel
+    )
     assert reply.finish == "cancelled"
     assert len(reply.tokens) <= 6

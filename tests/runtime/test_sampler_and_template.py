@@ -44,7 +44,9 @@ def test_seeded_sampler_repeats():
 
 
 def test_template_renders_messages():
-    t = ChatTemplate("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    t = ChatTemplate(
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     assert t.render([{"role": "user", "content": "hi"}]) == "<user>hi<assistant>"
 
 
