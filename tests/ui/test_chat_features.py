@@ -3,14 +3,13 @@
 import base64
 
 from textual.widgets import DataTable, Input, Label, Markdown
-from ui_support import PASSPHRASE, send, unlock, wait_for
+from ui_support import PASSPHRASE, open_sessions, send, unlock, wait_for
 
 from appliance.journal import Journal, read
 from appliance.printable import printable
 from appliance.runtime.sampler import GREEDY, SamplingSettings
 from appliance.runtime.session import Session
 from appliance.ui.help import help_markdown
-from appliance.ui.sessions import SessionsScreen
 from appliance.ui.widgets import ChatMessage, PromptInput, StatusBar
 from appliance.vault import Vault
 
@@ -47,9 +46,7 @@ async def test_sessions_search_filters_to_matching_records(vault_home, make_app)
     app = make_app(overlay=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await unlock(pilot, PASSPHRASE)
-        await pilot.press("f4")
-        screen = app.screen
-        assert isinstance(screen, SessionsScreen)
+        screen = await open_sessions(pilot)
         table = screen.query_one(DataTable)
         assert table.row_count == 4  # the chat's own new session and the three above
         await pilot.press("slash")

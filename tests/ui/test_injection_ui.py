@@ -6,12 +6,11 @@ import re
 from types import SimpleNamespace
 
 from textual.widgets import DataTable, Label, Markdown
-from ui_support import PASSPHRASE, send, unlock, wait_for
+from ui_support import PASSPHRASE, open_sessions, send, unlock, wait_for
 
 from appliance.errors import Refused
 from appliance.journal import Journal
 from appliance.ui.core import Outcome
-from appliance.ui.sessions import SessionsScreen
 from appliance.ui.widgets import ChatMessage, StatusBar
 from appliance.vault import Vault
 
@@ -34,9 +33,7 @@ async def test_sessions_screen_shows_a_journaled_prompt_escaped_and_literal(vaul
     app = make_app(overlay=False)
     async with app.run_test(size=(160, 40)) as pilot:
         await unlock(pilot, PASSPHRASE)
-        await pilot.press("f4")
-        screen = app.screen
-        assert isinstance(screen, SessionsScreen)
+        screen = await open_sessions(pilot)
         await wait_for(pilot, lambda: screen.query_one(DataTable).row_count == 2, what="the sessions")  # and the chat's own
         table = screen.query_one(DataTable)
         previews = [table.get_row_at(n)[3] for n in range(table.row_count)]

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 from textual.widgets import DataTable, Label, Markdown
-from ui_support import PASSPHRASE, send, unlock, wait_for
+from ui_support import PASSPHRASE, open_sessions, send, unlock, wait_for
 
 from appliance.errors import Erased
 from appliance.journal import check, read, sessions
@@ -119,9 +119,7 @@ async def test_sessions_open_verify_export(vault_home, make_app, tmp_path):
         data[-5] ^= 1  # tamper with the last record of the second session
         path.write_bytes(bytes(data))
 
-        await pilot.press("f4")
-        screen = app.screen
-        assert isinstance(screen, SessionsScreen)
+        screen = await open_sessions(pilot)
         assert screen.query_one(DataTable).row_count == 2
         await pilot.press("v")
         verdict = str(screen.query_one("#result", Label).render())

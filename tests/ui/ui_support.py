@@ -17,6 +17,7 @@ from appliance.overlay.files import Overlay
 from appliance.overlay.params import OverlayParams
 from appliance.store import ActiveOverlay, InstallRecord
 from appliance.ui.chat import ChatScreen
+from appliance.ui.sessions import SessionsScreen
 from appliance.ui.widgets import ChatMessage, PromptInput
 
 PASSPHRASE = "correct horse battery staple"
@@ -49,6 +50,14 @@ async def unlock(pilot, passphrase: str) -> None:
     await pilot.pause()
     if isinstance(pilot.app.screen, ChatScreen):  # active before composed on a busy machine
         await wait_for(pilot, lambda: pilot.app.screen.query("#prompt"), what="the chat screen")
+
+
+async def open_sessions(pilot) -> SessionsScreen:
+    """F4 from the chat: the sessions screen, once it is the active one."""
+    await pilot.press("f4")
+    screen = pilot.app.screen
+    assert isinstance(screen, SessionsScreen)
+    return screen
 
 
 async def send(pilot, text: str) -> None:
