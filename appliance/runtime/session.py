@@ -1,9 +1,9 @@
 """A chat session: history, overlay state, streaming generation, toggle.
 
 The CLI and the terminal UI both drive this object. The overlay switch is a
-flag flip (O(1)); the decoder notices the new state at the next prefill and
-recomputes the context, so the next reply is what a fresh session entirely in
-that state would say.
+flag flip (O(1)); at the next prefill the decoder continues that state's own
+KV sequence, computing only the tokens it has not seen, so the next reply is
+what a fresh session entirely in that state would say.
 """
 
 import codecs
@@ -24,11 +24,14 @@ from .sampler import Sampler, SamplingSettings
 
 
 class Runtime:
-    """A verified model loaded in llama.cpp, with its chat template and one KV cache."""
+    """A verified model loaded in llama.cpp, with its chat template and a KV sequence per overlay state.
 
-    def __init__(self, model: VerifiedModel, n_ctx: int = 4096, n_threads: Optional[int] = None):
+    `sequences=1` keeps one: half the KV memory, and a switch recomputes the whole context.
+    """
+
+    def __init__(self, model: VerifiedModel, n_ctx: int = 4096, n_threads: Optional[int] = None, sequences: int = 2):
         self.model = model
-        self.engine = LlamaEngine(model.path, n_ctx=n_ctx, n_threads=n_threads)
+        self.engine = LlamaEngine(model.path, n_ctx=n_ctx, n_threads=n_threads, n_seq=sequences)
         self.decoder = Decoder(self.engine, lambda: self.embeddings)
         eos = self.engine.metadata("tokenizer.ggml.eos_token_id")
         self.template = ChatTemplate(
