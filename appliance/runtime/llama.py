@@ -173,6 +173,57 @@ class LlamaEngine:
         self.close()
 
 
+class SamplerChain:
+    """llama.cpp's sampler chain over an engine's last logits: the stages run in C, no logits row reaches Python.
+
+    Stages are added in the order they apply; the chain remembers the tokens it has seen (`accept`, and
+    each token it samples) for the repetition penalty.
+    """
+
+    def __init__(self, engine: LlamaEngine):
+        self._engine = engine
+        self._chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+
+    def _add(self, stage) -> "SamplerChain":
+        C.llama_sampler_chain_add(self._chain, stage)  # the chain owns the stage from here
+        return self
+
+    def penalties(self, last_n: int, repeat: float) -> "SamplerChain":
+        return self._add(C.llama_sampler_init_penalties(self._engine.n_vocab, last_n, repeat, 0.0, 0.0))
+
+    def temperature(self, t: float) -> "SamplerChain":
+        return self._add(C.llama_sampler_init_temp(t))
+
+    def top_k(self, k: int) -> "SamplerChain":
+        return self._add(C.llama_sampler_init_top_k(k))
+
+    def top_p(self, p: float) -> "SamplerChain":
+        return self._add(C.llama_sampler_init_top_p(p, 1))
+
+    def draw(self, seed: int) -> "SamplerChain":
+        # llama.cpp reads 0xFFFFFFFF as "a random seed": fold every seed into the values below it.
+        return self._add(C.llama_sampler_init_dist(seed % C.LLAMA_DEFAULT_SEED))
+
+    def greedy(self) -> "SamplerChain":
+        return self._add(C.llama_sampler_init_greedy())
+
+    def accept(self, tokens: list[int]) -> None:
+        for t in tokens:
+            C.llama_sampler_accept(self._chain, t)
+
+    def sample(self) -> int:
+        """The next token from the logits of the engine's last decoded position."""
+        return C.llama_sampler_sample(self._chain, self._engine.ctx, -1)
+
+    def close(self) -> None:
+        if self._chain:
+            C.llama_sampler_free(self._chain)
+            self._chain = None
+
+    def __del__(self):
+        self.close()
+
+
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     """[i, j) spans of at most `size` covering n; never a last span of one token after others (see FLASH_ATTENTION)."""
     spans = [(i, min(n, i + size)) for i in range(0, n, size)]

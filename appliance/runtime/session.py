@@ -20,7 +20,7 @@ from .chat_template import ChatTemplate
 from .decoder import Decoder
 from .embeddings import EmbeddingTable
 from .llama import LlamaEngine
-from .sampler import Sampler, SamplingSettings
+from .sampler import NativeSampler, SamplingSettings
 
 
 class Runtime:
@@ -122,32 +122,34 @@ class Session:
                 raise
         decoder, engine = self.runtime.decoder, self.runtime.engine
         overlay = self.overlay.params if self.overlay_on else None
-        logits = decoder.prefill(prompt, overlay)
+        decoder.prefill(prompt, overlay)
         prefill_tokens = decoder.last_prefill_tokens
         t1 = time.perf_counter()
 
-        sampler, utf8 = Sampler(settings), codecs.getincrementaldecoder("utf-8")(errors="replace")
-        context = list(prompt)  # prompt + generated, for the repetition penalty
+        sampler, utf8 = NativeSampler(engine, settings, prompt), codecs.getincrementaldecoder("utf-8")(errors="replace")
+        generated: list[int] = []
         text: list[str] = []
         finish = "length"
         room = min(max_tokens, engine.n_ctx - len(prompt))
-        for _ in range(room):
-            if cancel is not None and cancel.is_set():
-                finish = "cancelled"
-                break
-            token = sampler(logits, context)
-            if engine.is_end_of_generation(token):
-                finish = "stop"
-                break
-            context.append(token)
-            piece = utf8.decode(engine.piece(token))
-            if piece:
-                text.append(piece)
-                if on_text is not None:
-                    on_text(piece)
-            if len(context) - len(prompt) < room:  # the last token needs no forward pass
-                logits = decoder.step(token)
-        generated = context[len(prompt) :]
+        try:
+            while len(generated) < room:
+                if cancel is not None and cancel.is_set():
+                    finish = "cancelled"
+                    break
+                token = sampler()  # from the logits the decoder's last prefill or step left in the engine
+                if engine.is_end_of_generation(token):
+                    finish = "stop"
+                    break
+                generated.append(token)
+                piece = utf8.decode(engine.piece(token))
+                if piece:
+                    text.append(piece)
+                    if on_text is not None:
+                        on_text(piece)
+                if len(generated) < room:  # the last token needs no forward pass
+                    decoder.step(token)
+        finally:
+            sampler.close()
         tail = utf8.decode(b"", final=True)
         if tail:
             text.append(tail)

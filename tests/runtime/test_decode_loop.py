@@ -7,7 +7,7 @@ from appliance.overlay.files import Overlay
 from appliance.overlay.params import OverlayParams
 from appliance.overlay.takens_numpy import apply_sequence
 from appliance.runtime.llama import LlamaEngine, reference_llama
-from appliance.runtime.sampler import GREEDY, SamplingSettings
+from appliance.runtime.sampler import GREEDY, Sampler, SamplingSettings
 from appliance.runtime.session import Runtime, Session
 
 PROMPT = "What is an air gap, in one paragraph?"
@@ -212,6 +212,31 @@ def test_same_seed_same_text_different_seeds_differ(runtime):
     assert sample(11) == sample(11)
     texts = {sample(seed) for seed in (1, 2, 3, 4)}
     assert len(texts) >= 3
+
+
+def test_native_greedy_with_penalty_picks_what_the_numpy_sampler_picks(runtime):
+    """llama.cpp's chain (what a reply uses) against our numpy stages over the same logits, token for token."""
+    settings = SamplingSettings(temperature=0.0, repeat_penalty=1.3, repeat_last_n=16)
+    native = Session(runtime, settings=settings).generate(PROMPT, max_tokens=40)
+    prompt = _prompt_tokens(runtime, [{"role": "user", "content": PROMPT}])
+    sampler, context, ours = Sampler(settings), list(prompt), []
+    logits = runtime.decoder.prefill(prompt, None)
+    while len(ours) < 40:
+        token = sampler(logits, context)
+        if runtime.engine.is_end_of_generation(token):
+            break
+        context.append(token)
+        ours.append(token)
+        logits = runtime.decoder.step(token)
+    assert native.tokens == ours
+    assert native.tokens != Session(runtime, settings=GREEDY).generate(PROMPT, max_tokens=40).tokens, "the penalty must matter here"
+
+
+@pytest.mark.parametrize("filters", [{"top_k": 1}, {"top_k": 0, "top_p": 1e-6}])
+def test_native_top_k_and_top_p_filter_before_the_draw(runtime, filters):
+    """Left with one candidate, a hot draw is the greedy token: the filters run before the draw."""
+    hot = SamplingSettings(temperature=1.5, repeat_penalty=1.0, seed=4, **filters)
+    assert Session(runtime, settings=hot).generate(PROMPT, max_tokens=24).tokens == Session(runtime, settings=GREEDY).generate(PROMPT, max_tokens=24).tokens
 
 
 def test_context_window_drops_oldest_turns_keeps_system(model):
