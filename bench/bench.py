@@ -2,7 +2,7 @@
 
 Each comparison interleaves its contenders round by round and reports medians,
 so a noisy shared machine slows both sides alike. Prints a table of ratios and
-whether each target is met. Run: ./run bench [--rounds N] [--tokens N]
+whether each target is met. Run: ./run bench [--rounds N] [--tokens N] [--only SECTION,...]
 """
 
 import argparse
@@ -31,6 +31,9 @@ from appliance.vault.erase import erase_journal
 
 PROMPT = "Write a long, detailed essay about the history of radio communication."
 N_CTX = 2048
+WINDOW = 4096  # the chat's context window
+FILLER = ("A field radio needs charged batteries, a clean antenna connection and a log of every "
+          "frequency used; check each before the shift starts and write down what you changed.")
 
 
 def median_of(rounds: int, contenders: dict) -> dict:
@@ -89,6 +92,42 @@ def decode_speed(model, rounds: int, n_tokens: int) -> tuple[list[tuple], list[i
     ]
     runtime.close()
     return rows, prompt
+
+
+def _history(runtime: Runtime, n_tokens: int) -> list[dict]:
+    """Exchanges of plain text whose rendered prompt reaches about `n_tokens`."""
+    history: list[dict] = []
+    while len(runtime.engine.tokenize(runtime.template.render(history))) < n_tokens:
+        i = len(history) // 2
+        history += [{"role": "user", "content": f"Question {i}: what does a radio operator check?"},
+                     {"role": "assistant", "content": FILLER}]
+    return history
+
+
+def long_window(model, rounds: int, n_tokens: int) -> list[tuple]:
+    """Decode speed with a short prompt and with a conversation longer than the window (the policy drops its oldest exchanges)."""
+    runtime = Runtime(model, n_ctx=WINDOW)
+    long_history = _history(runtime, WINDOW + 1000)
+    seen = {}
+
+    def at(history: list[dict], name: str):
+        def run():
+            runtime.decoder.reset()
+            s = Session(runtime, history=list(history), settings=GREEDY)
+            reply = s.generate(PROMPT, max_tokens=n_tokens)
+            seen[name] = reply
+            return len(reply.tokens) / reply.seconds if reply.seconds > 0 else 0.0
+
+        return run
+
+    m = median_of(rounds, {"start": at([], "start"), "end": at(long_history, "end")})
+    runtime.close()
+    start, end = seen["start"], seen["end"]
+    return [
+        (f"decode tok/s, start of the window ({start.prompt_tokens}-token prompt)", f"{m['start']:.1f}", "", ""),
+        (f"decode tok/s, end of the {WINDOW}-token window ({end.prompt_tokens}-token prompt, {end.dropped_turns} "
+         f"oldest exchanges dropped)", f"{m['end']:.1f}", f"{m['end'] / m['start']:.3f}", "reported"),
+    ]
 
 
 def cold_start(model_pin, rounds: int, prompt_tokens: list[int]) -> list[tuple]:
@@ -271,28 +310,42 @@ def verdict(ratio: str, target: str) -> str:
     return "met" if (value >= bound if op == ">=" else value <= bound) else "NOT MET"
 
 
+SECTIONS = ("decode", "cold", "window", "hashing", "vault")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--hash-mib", type=int, default=1024, help="size of the extra file hashed (0 to skip)")
     ap.add_argument("--import-mib", type=int, default=256, help="size of the extra artifact in the imported overlay bundle")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections to run, of: {','.join(SECTIONS)}")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if only - set(SECTIONS):
+        ap.error(f"unknown sections: {','.join(sorted(only - set(SECTIONS)))}")
 
     pin = embedded_pin()
     model = verify_pinned(pin)
-    rows, prompt_tokens = decode_speed(model, args.rounds, args.tokens)
-    rows += cold_start(pin, args.rounds, prompt_tokens)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = [model.path]
-        if args.hash_mib:
-            big = Path(tmp) / "random.bin"
-            with open(big, "wb") as f:
-                for _ in range(args.hash_mib):
-                    f.write(os.urandom(1 << 20))
-            files.append(big)
-        rows += hashing(files, args.rounds)
-    rows += vault_and_store(model, args.rounds, args.import_mib)
+    rows = []
+    if only & {"decode", "cold"}:
+        decode_rows, prompt_tokens = decode_speed(model, args.rounds, args.tokens)
+        rows += decode_rows if "decode" in only else []
+        rows += cold_start(pin, args.rounds, prompt_tokens) if "cold" in only else []
+    if "window" in only:
+        rows += long_window(model, args.rounds, args.tokens)
+    if "hashing" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            files = [model.path]
+            if args.hash_mib:
+                big = Path(tmp) / "random.bin"
+                with open(big, "wb") as f:
+                    for _ in range(args.hash_mib):
+                        f.write(os.urandom(1 << 20))
+                files.append(big)
+            rows += hashing(files, args.rounds)
+    if "vault" in only:
+        rows += vault_and_store(model, args.rounds, args.import_mib)
 
     # Rows with a target in ms (flip time, journal append, unlock) judge their value, not a ratio.
     width = max(len(r[0]) for r in rows)

@@ -257,6 +257,32 @@ def test_context_window_drops_oldest_turns_keeps_system(model):
         small.close()
 
 
+def test_a_conversation_longer_than_the_window_keeps_going(model):
+    """Turn after turn into a full window: the oldest exchanges leave the prompt, never the history, and the
+    replies keep coming, each the reply of a fresh session given the same history."""
+    n_ctx, max_tokens = 512, 32
+    small = Runtime(model, n_ctx=n_ctx)
+    try:
+        s = Session(small, system_prompt="You answer in one sentence.", settings=GREEDY)
+        replies = []
+        for i in range(40):
+            replies.append(s.generate(f"Exchange {i}: describe item {i} of a field radio kit, and why it matters.", max_tokens))
+            if sum(r.dropped_turns for r in replies) >= 3:
+                break
+        dropped = sum(r.dropped_turns for r in replies)
+        assert dropped >= 3 and s.first_turn == 2 * dropped
+        assert len(s.history) == 2 * len(replies), "the history keeps every exchange; only the prompt leaves some out"
+        assert all(r.prompt_tokens <= n_ctx - max_tokens for r in replies)
+        assert max(r.prompt_tokens for r in replies) > n_ctx // 2, "the window was filled"
+        assert all(r.finish in ("stop", "length") for r in replies) and sum(bool(r.tokens) for r in replies) > len(replies) // 2
+        assert s.messages()[0]["role"] == "system" and s.messages()[1] == s.history[s.first_turn]
+        last = replies[-1]
+        fresh = _fresh_reply(model, s.history[:-2], s.history[-2]["content"], None, n_ctx, max_tokens, s.system_prompt)
+        assert (last.prompt, last.tokens) == (fresh.prompt, fresh.tokens)
+    finally:
+        small.close()
+
+
 def test_prompt_too_long_for_window_is_refused_and_history_unchanged(model):
     from appliance.errors import ContextOverflow
 
