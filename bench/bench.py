@@ -21,6 +21,7 @@ from appliance.overlay.params import OverlayParams
 from appliance.runtime.llama import reference_llama
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Runtime, Session
+from appliance.runtime.threads import our_cores
 from appliance.store import Base, import_bundle, load_active_overlay
 from appliance.trust.bundle import create_bundle, sign_bundle
 from appliance.trust.builtin import embedded_pin, verify_pinned
@@ -127,6 +128,38 @@ def long_window(model, rounds: int, n_tokens: int) -> list[tuple]:
         (f"decode tok/s, start of the window ({start.prompt_tokens}-token prompt)", f"{m['start']:.1f}", "", ""),
         (f"decode tok/s, end of the {WINDOW}-token window ({end.prompt_tokens}-token prompt, {end.dropped_turns} "
          f"oldest exchanges dropped)", f"{m['end']:.1f}", f"{m['end'] / m['start']:.3f}", "reported"),
+    ]
+
+
+def threads_under_load(model, rounds: int, n_tokens: int) -> list[tuple]:
+    """Decode speed quiet and with one CPU hog (`yes`), threads chosen by the governor against every core fixed."""
+    governed, every_core = Runtime(model, n_ctx=N_CTX), Runtime(model, n_ctx=N_CTX, n_threads=len(our_cores()))
+
+    def rate(runtime: Runtime):
+        def run():
+            runtime.decoder.reset()
+            reply = Session(runtime, settings=GREEDY).generate(PROMPT, max_tokens=n_tokens)
+            return len(reply.tokens) / reply.seconds if reply.seconds > 0 else 0.0
+
+        return run
+
+    contenders = {"governed": rate(governed), "fixed": rate(every_core)}
+    quiet = median_of(rounds, contenders)
+    hog = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL)
+    try:
+        busy = median_of(rounds, contenders)
+    finally:
+        hog.kill()
+        hog.wait()
+    governed.close()
+    every_core.close()
+    n = len(our_cores())
+    return [
+        (f"decode tok/s, quiet, every core fixed ({n} threads, the old default)", f"{quiet['fixed']:.1f}", "", ""),
+        ("decode tok/s, quiet, threads by the governor", f"{quiet['governed']:.1f}", f"{quiet['governed'] / quiet['fixed']:.3f}", ">= 0.97"),
+        ("decode tok/s, one CPU hog, every core fixed (ratio to quiet)", f"{busy['fixed']:.1f}", f"{busy['fixed'] / quiet['fixed']:.3f}", "reported"),
+        ("decode tok/s, one CPU hog, threads by the governor (ratio to quiet)", f"{busy['governed']:.1f}",
+         f"{busy['governed'] / quiet['governed']:.3f}", ">= 0.6"),
     ]
 
 
@@ -310,7 +343,7 @@ def verdict(ratio: str, target: str) -> str:
     return "met" if (value >= bound if op == ">=" else value <= bound) else "NOT MET"
 
 
-SECTIONS = ("decode", "cold", "window", "hashing", "vault")
+SECTIONS = ("decode", "cold", "window", "threads", "hashing", "vault")
 
 
 def main() -> None:
@@ -334,6 +367,8 @@ def main() -> None:
         rows += cold_start(pin, args.rounds, prompt_tokens) if "cold" in only else []
     if "window" in only:
         rows += long_window(model, args.rounds, args.tokens)
+    if "threads" in only:
+        rows += threads_under_load(model, args.rounds, args.tokens)
     if "hashing" in only:
         with tempfile.TemporaryDirectory() as tmp:
             files = [model.path]

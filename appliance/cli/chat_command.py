@@ -25,7 +25,7 @@ from .vault_commands import PASSPHRASE_ENV, passphrase_option, read_passphrase
 @click.option("--temperature", type=click.FloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
 @click.option("--system", "system_prompt", default=None, help="System prompt of the first session (editable in the UI).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
-              help="llama.cpp threads (default: every core; on a busy machine fewer is much faster).")
+              help="llama.cpp threads (default: every core, one fewer for each core other processes keep busy).")
 @passphrase_option
 def chat(max_tokens: int, seed: int, temperature: float, system_prompt: Optional[str], threads: Optional[int],
          passphrase_file: Optional[Path]) -> None:

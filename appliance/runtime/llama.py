@@ -9,7 +9,6 @@ weights.
 """
 
 import ctypes
-import os
 from pathlib import Path
 
 import llama_cpp as C
@@ -17,6 +16,7 @@ import llama_cpp.llama_cpp as C_api  # the module the high-level Llama reads its
 import numpy as np
 
 from ..errors import ApplianceError, ContextOverflow
+from .threads import ThreadGovernor
 
 
 @C.llama_log_callback
@@ -66,7 +66,10 @@ class LlamaEngine:
         cparams.n_ctx, cparams.n_seq_max, cparams.kv_unified = n_ctx * n_seq, n_seq, False
         cparams.n_batch, cparams.n_ubatch = n_batch, n_batch  # equal: llama.cpp never splits our batches further
         cparams.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED if FLASH_ATTENTION else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        self.n_threads = n_threads or os.cpu_count() or 1
+        # None: the governor follows the load (threads.py); a number is kept as it is.
+        self.thread_setting = n_threads
+        self.governor = ThreadGovernor() if n_threads is None else None
+        self.n_threads = n_threads or self.governor.threads
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
         self.ctx = C.llama_init_from_model(self.model, cparams)
         if not self.ctx:
@@ -140,6 +143,8 @@ class LlamaEngine:
             raise ContextOverflow(f"{pos0 + n} tokens exceed the context window of {self.n_ctx}")
         if all_logits and n > self.n_batch:
             raise ContextOverflow(f"scoring {n} positions at once needs n <= {self.n_batch}")
+        if self.governor is not None and self.governor.threads_now() != self.n_threads:
+            self.set_threads(self.governor.threads)
         for i, j in _chunks(n, self.n_batch):
             fill(batch, i, j)
             for k in range(j - i):

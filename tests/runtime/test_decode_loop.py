@@ -47,12 +47,12 @@ def test_zero_B_overlay_logits_bit_identical_to_token_path(runtime):
 def test_batches_of_two_or_more_give_the_logits_of_one_whole_prefill(runtime, model):
     """The same tokens, fed in random batches of two or more on either sequence with 1 or 2 threads, give
     the logits of one whole prefill in a one-sequence context, bit for bit, at every batch's end (token and
-    embedding path). What the decoder reuses rests on this."""
+    embedding path). What the decoder reuses, and the thread governor's freedom, rest on this."""
     rng = np.random.default_rng(3)
     tokens = [int(t) for t in rng.integers(100, 40000, 700)]
     E = runtime.embeddings.rows(tokens)
     single = LlamaEngine(model.path, n_ctx=1024, n_threads=2)
-    engine, threads = runtime.engine, runtime.engine.n_threads
+    engine = LlamaEngine(model.path, n_ctx=1024, n_threads=2, n_seq=2)
     try:
         for feed in ("decode_tokens", "decode_embeddings"):
             data = tokens if feed == "decode_tokens" else E
@@ -67,7 +67,6 @@ def test_batches_of_two_or_more_give_the_logits_of_one_whole_prefill(runtime, mo
                 getattr(single, feed)(data[:end], 0)
                 want[end] = single.last_logits().copy()
             for seq in (0, 1):
-                engine.forget_from(0, seq)
                 start = 0
                 for end in ends:
                     engine.set_threads(int(rng.integers(1, 3)))
@@ -75,9 +74,9 @@ def test_batches_of_two_or_more_give_the_logits_of_one_whole_prefill(runtime, mo
                     if end in want:
                         assert np.array_equal(engine.last_logits(), want[end]), f"{feed}, sequence {seq}, position {end}"
                     start = end
+            engine.forget_all()
     finally:
-        engine.set_threads(threads)
-        runtime.decoder.reset()  # we bypassed the decoder
+        engine.close()
         single.close()
 
 
