@@ -131,6 +131,49 @@ def long_window(model, rounds: int, n_tokens: int) -> list[tuple]:
     ]
 
 
+def switch_cost(model, rounds: int, reply_tokens: int = 48) -> list[tuple]:
+    """Time to first token after an overlay switch, by history length: the catch-up of the two sequences against
+    the one-sequence runtime, which recomputes the whole context at every switch (the behaviour before them)."""
+    two, one = Runtime(model, n_ctx=WINDOW), Runtime(model, n_ctx=WINDOW, sequences=1)
+    overlay = Overlay(OverlayParams.random(two.engine.n_embd, seed=1), model.sha256)
+    two.embeddings, one.embeddings  # load the tables outside the timed region, as a running chat would have
+
+    def conversation(runtime: Runtime, history: list[dict]) -> dict:
+        """Seconds to the first token of: a turn with no switch, the first switch, the switch back, and positions read."""
+        runtime.decoder.reset()
+        s = Session(runtime, overlay=overlay, history=list(history), settings=GREEDY)
+        s.generate("Go on.", max_tokens=reply_tokens)  # the off sequence reads the history
+        same = s.generate("And then?", max_tokens=reply_tokens)
+        s.toggle()
+        first = s.generate("And with the overlay?", max_tokens=reply_tokens)  # nothing yet in the on sequence
+        s.toggle()
+        back = s.generate("And without it?", max_tokens=reply_tokens)
+        return {"same": same.prefill_seconds, "first": first.prefill_seconds, "back": back.prefill_seconds,
+                "history": same.prompt_tokens, "read": back.prefill_tokens}
+
+    rows = []
+    for size in (150, 1000, 3000):
+        history = _history(two, size) if size > 150 else _history(two, size)[:2]
+        runs = {"two": [], "one": []}
+        for _ in range(rounds):
+            runs["two"].append(conversation(two, history))
+            runs["one"].append(conversation(one, history))
+        m = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
+        base, n = m["two"]["same"], int(m["two"]["history"])
+        rows += [
+            (f"first token, no switch, {n}-token context, ms", f"{base * 1e3:.0f}", "", ""),
+            (f"first token after a switch back, catch-up ({int(m['two']['read'])} tokens read), ms",
+             f"{m['two']['back'] * 1e3:.0f}", f"{m['two']['back'] / base:.3f}", "<= 1.2" if size == 3000 else "reported"),
+            (f"first token after a switch back, full re-prefill ({int(m['one']['read'])} tokens read), ms",
+             f"{m['one']['back'] * 1e3:.0f}", f"{m['one']['back'] / base:.3f}", "reported"),
+            ("first token after the first switch (nothing read in that state yet), ms",
+             f"{m['two']['first'] * 1e3:.0f}", f"{m['two']['first'] / base:.3f}", "reported"),
+        ]
+    two.close()
+    one.close()
+    return rows
+
+
 def threads_under_load(model, rounds: int, n_tokens: int) -> list[tuple]:
     """Decode speed quiet and with one CPU hog (`yes`), threads chosen by the governor against every core fixed."""
     governed, every_core = Runtime(model, n_ctx=N_CTX), Runtime(model, n_ctx=N_CTX, n_threads=len(our_cores()))
@@ -343,7 +386,7 @@ def verdict(ratio: str, target: str) -> str:
     return "met" if (value >= bound if op == ">=" else value <= bound) else "NOT MET"
 
 
-SECTIONS = ("decode", "cold", "window", "threads", "hashing", "vault")
+SECTIONS = ("decode", "cold", "window", "switch", "threads", "hashing", "vault")
 
 
 def main() -> None:
@@ -367,6 +410,8 @@ def main() -> None:
         rows += cold_start(pin, args.rounds, prompt_tokens) if "cold" in only else []
     if "window" in only:
         rows += long_window(model, args.rounds, args.tokens)
+    if "switch" in only:
+        rows += switch_cost(model, args.rounds)
     if "threads" in only:
         rows += threads_under_load(model, args.rounds, args.tokens)
     if "hashing" in only:
