@@ -40,7 +40,7 @@ class NativeSampler:
     def __init__(self, engine: LlamaEngine, settings: SamplingSettings, context: list[int]):
         s = settings
         self.chain = SamplerChain(engine)
-        if s.repeat_penalty != 1.0:
+        if s.repeat_penalty != 1.0 and s.repeat_last_n > 0:
             self.chain.penalties(s.repeat_last_n, s.repeat_penalty)
             self.chain.accept(context[-s.repeat_last_n :])
         if s.temperature <= 0.0:

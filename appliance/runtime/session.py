@@ -2,8 +2,9 @@
 
 The CLI and the terminal UI both drive this object. The overlay switch is a
 flag flip (O(1)); at the next prefill the decoder continues that state's own
-KV sequence, computing only the tokens it has not seen, so the next reply is
-what a fresh session entirely in that state would say.
+KV sequence, reading only what it has not read yet (decoder.py says exactly
+what), so the next reply is what a fresh session entirely in that state would
+say.
 """
 
 import codecs

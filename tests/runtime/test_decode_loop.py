@@ -187,6 +187,25 @@ def test_reset_empties_both_sequences(runtime, model):
         assert reply.prefill_tokens == reply.prompt_tokens
 
 
+def test_another_overlay_object_reads_everything_again(runtime, model):
+    s = Session(runtime, overlay=_overlay(model, seed=1, b_scale=0.2), overlay_on=True, settings=GREEDY)
+    s.generate("Name three uses of a USB stick.", max_tokens=16)
+    history = list(s.history)
+    s.overlay = _overlay(model, seed=2, b_scale=0.2)  # a newly installed overlay: nothing computed with it is kept
+    reply = s.generate("Which is the riskiest?", max_tokens=16)
+    assert reply.prefill_tokens == reply.prompt_tokens
+    assert reply.tokens == _fresh_reply(model, history, "Which is the riskiest?", s.overlay, max_tokens=16).tokens
+
+
+def test_a_long_prefill_never_ends_on_a_batch_of_one():
+    from appliance.runtime.llama import _chunks
+
+    assert _chunks(513, 512) == [(0, 511), (511, 513)]
+    assert _chunks(1024, 512) == [(0, 512), (512, 1024)]
+    assert _chunks(1, 512) == [(0, 1)]
+    assert all(j - i >= 2 for n in range(2, 1600) for i, j in _chunks(n, 512))
+
+
 def test_toggle_without_overlay_is_not_found(runtime):
     from appliance.errors import NotFound
 
