@@ -126,8 +126,8 @@ def long_window(model, rounds: int, n_tokens: int) -> list[tuple]:
     start, end = seen["start"], seen["end"]
     return [
         (f"decode tok/s, start of the window ({start.prompt_tokens}-token prompt)", f"{m['start']:.1f}", "", ""),
-        (f"decode tok/s, end of the {WINDOW}-token window ({end.prompt_tokens}-token prompt, {end.dropped_turns} "
-         f"oldest exchanges dropped)", f"{m['end']:.1f}", f"{m['end'] / m['start']:.3f}", "reported"),
+        (f"decode tok/s, end of the {WINDOW}-token window ({end.prompt_tokens}-token prompt, "
+         + f"{end.dropped_turns} oldest exchanges dropped)", f"{m['end']:.1f}", f"{m['end'] / m['start']:.3f}", "reported"),
     ]
 
 
