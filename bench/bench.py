@@ -2,7 +2,7 @@
 
 Each comparison interleaves its contenders round by round and reports medians,
 so a noisy shared machine slows both sides alike. Prints a table of ratios and
-whether each target is met. Run: ./run bench [--rounds N] [--tokens N]
+whether each target is met. Run: ./run bench [--rounds N] [--tokens N] [--only SECTION,...]
 """
 
 import argparse
@@ -23,6 +23,7 @@ from appliance.overlay.params import OverlayParams
 from appliance.runtime.llama import reference_llama
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Runtime, Session
+from appliance.runtime.threads import our_cores
 from appliance.store import ActiveBase, import_bundle, load_active_overlay
 from appliance.store.trust_changes import pin_signer
 from appliance.trust.builtin import embedded_pin, verify_pinned
@@ -32,6 +33,11 @@ from appliance.vault import Vault
 
 PROMPT = "Write a long, detailed essay about the history of radio communication."
 N_CTX = 2048
+WINDOW = 4096  # the chat's context window
+FILLER = (
+    "A field radio needs charged batteries, a clean antenna connection and a log of every "
+    "frequency used; check each before the shift starts and write down what you changed."
+)
 
 
 def median_of(rounds: int, contenders: dict) -> dict:
@@ -90,6 +96,161 @@ def decode_speed(model, rounds: int, n_tokens: int) -> tuple[list[tuple], list[i
     ]
     runtime.close()
     return rows, prompt
+
+
+def _history(runtime: Runtime, n_tokens: int) -> list[dict]:
+    """Exchanges of plain text whose rendered prompt reaches about `n_tokens`."""
+    history: list[dict] = []
+    while len(runtime.engine.tokenize(runtime.template.render(history))) < n_tokens:
+        i = len(history) // 2
+        history += [
+            {"role": "user", "content": f"Question {i}: what does a radio operator check?"},
+            {"role": "assistant", "content": FILLER},
+        ]
+    return history
+
+
+def long_window(model, rounds: int, n_tokens: int) -> list[tuple]:
+    """Decode speed with a short prompt and with a conversation longer than the window (the policy drops its oldest exchanges)."""
+    runtime = Runtime(model, n_ctx=WINDOW)
+    long_history = _history(runtime, WINDOW + 1000)
+    seen = {}
+
+    def at(history: list[dict], name: str):
+        def run():
+            runtime.decoder.reset()
+            s = Session(runtime, history=list(history), settings=GREEDY)
+            reply = s.generate(PROMPT, max_tokens=n_tokens)
+            seen[name] = reply
+            return len(reply.tokens) / reply.seconds if reply.seconds > 0 else 0.0
+
+        return run
+
+    m = median_of(rounds, {"start": at([], "start"), "end": at(long_history, "end")})
+    runtime.close()
+    start, end = seen["start"], seen["end"]
+    return [
+        (f"decode tok/s, start of the window ({start.prompt_tokens}-token prompt)", f"{m['start']:.1f}", "", ""),
+        (
+            f"decode tok/s, end of the {WINDOW}-token window ({end.prompt_tokens}-token prompt, "
+            + f"{end.dropped_turns} oldest exchanges dropped)",
+            f"{m['end']:.1f}",
+            f"{m['end'] / m['start']:.3f}",
+            "reported",
+        ),
+    ]
+
+
+def switch_cost(model, rounds: int, reply_tokens: int = 48) -> list[tuple]:
+    """Time to first token after an overlay switch, by history length: the catch-up of the two sequences against
+    the one-sequence runtime, which recomputes the whole context at every switch (the behaviour before them)."""
+    two, one = Runtime(model, n_ctx=WINDOW), Runtime(model, n_ctx=WINDOW, sequences=1)
+    overlay = Overlay(OverlayParams.random(two.engine.n_embd, seed=1), model.sha256)
+    _ = two.embeddings, one.embeddings  # load the tables outside the timed region, as a running chat would have
+
+    def conversation(runtime: Runtime, history: list[dict]) -> dict:
+        """Seconds to the first token of: a turn with no switch, the first switch, the switch back, and positions read."""
+        runtime.decoder.reset()
+        s = Session(runtime, overlay=overlay, history=list(history), settings=GREEDY)
+        s.generate("Go on.", max_tokens=reply_tokens)  # the off sequence reads the history
+        same = s.generate("And then?", max_tokens=reply_tokens)
+        s.toggle()
+        first = s.generate("And with the overlay?", max_tokens=reply_tokens)  # nothing yet in the on sequence
+        s.toggle()
+        back = s.generate("And without it?", max_tokens=reply_tokens)
+        return {
+            "same": same.prefill_seconds,
+            "first": first.prefill_seconds,
+            "back": back.prefill_seconds,
+            "history": same.prompt_tokens,
+            "same_read": same.prefill_tokens,
+            "read": back.prefill_tokens,
+        }
+
+    rows = []
+    for size in (150, 1000, 3000):
+        history = _history(two, size) if size > 150 else _history(two, size)[:2]
+        runs = {"two": [], "one": []}
+        for _ in range(rounds):
+            runs["two"].append(conversation(two, history))
+            runs["one"].append(conversation(one, history))
+        m = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
+        base, n = m["two"]["same"], int(m["two"]["history"])
+        rows += [
+            (
+                f"first token, no switch, {n}-token context ({int(m['two']['same_read'])} tokens read: last reply + new turn), ms",
+                f"{base * 1e3:.0f}",
+                "",
+                "",
+            ),
+            (
+                f"first token after a switch back, catch-up ({int(m['two']['read'])} tokens read), ms",
+                f"{m['two']['back'] * 1e3:.0f}",
+                f"{m['two']['back'] / base:.3f}",
+                "<= 1.2" if size == 3000 else "reported",
+            ),
+            (
+                f"first token after a switch back, full re-prefill ({int(m['one']['read'])} tokens read), ms",
+                f"{m['one']['back'] * 1e3:.0f}",
+                f"{m['one']['back'] / base:.3f}",
+                "reported",
+            ),
+            (
+                "first token after the first switch (nothing read in that state yet), ms",
+                f"{m['two']['first'] * 1e3:.0f}",
+                f"{m['two']['first'] / base:.3f}",
+                "reported",
+            ),
+        ]
+    two.close()
+    one.close()
+    return rows
+
+
+def threads_under_load(model, rounds: int, n_tokens: int) -> list[tuple]:
+    """Decode speed quiet and with one CPU hog (`yes`), threads chosen by the governor against every core fixed."""
+    governed, every_core = Runtime(model, n_ctx=N_CTX), Runtime(model, n_ctx=N_CTX, n_threads=len(our_cores()))
+
+    def rate(runtime: Runtime):
+        def run():
+            runtime.decoder.reset()
+            reply = Session(runtime, settings=GREEDY).generate(PROMPT, max_tokens=n_tokens)
+            return len(reply.tokens) / reply.seconds if reply.seconds > 0 else 0.0
+
+        return run
+
+    contenders = {"governed": rate(governed), "fixed": rate(every_core)}
+    quiet = median_of(rounds, contenders)
+    hog = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL)
+    try:
+        busy = median_of(rounds, contenders)
+    finally:
+        hog.kill()
+        hog.wait()
+    governed.close()
+    every_core.close()
+    n = len(our_cores())
+    return [
+        (f"decode tok/s, quiet, every core fixed ({n} threads, the old default)", f"{quiet['fixed']:.1f}", "", ""),
+        (
+            "decode tok/s, quiet, threads by the governor",
+            f"{quiet['governed']:.1f}",
+            f"{quiet['governed'] / quiet['fixed']:.3f}",
+            ">= 0.97",
+        ),
+        (
+            "decode tok/s, one CPU hog, every core fixed (ratio to quiet)",
+            f"{busy['fixed']:.1f}",
+            f"{busy['fixed'] / quiet['fixed']:.3f}",
+            "reported",
+        ),
+        (
+            "decode tok/s, one CPU hog, threads by the governor (ratio to quiet)",
+            f"{busy['governed']:.1f}",
+            f"{busy['governed'] / quiet['governed']:.3f}",
+            ">= 0.6",
+        ),
+    ]
 
 
 def cold_start(model_pin, rounds: int, prompt_tokens: list[int]) -> list[tuple]:
@@ -295,6 +456,17 @@ def vault_and_store(model, rounds: int, import_mib: int) -> list[tuple]:
     return rows
 
 
+def verdict(ratio: str, target: str) -> str:
+    if not ratio or not target or target == "reported":
+        return ""
+    op, bound = target.split()[0], float(target.split()[1])
+    value = float(ratio)
+    return "met" if (value >= bound if op == ">=" else value <= bound) else "NOT MET"
+
+
+SECTIONS = ("decode", "cold", "window", "switch", "threads", "hashing", "vault")
+
+
 def journal_search(rounds: int, n_sessions: int) -> list[tuple]:
     """`logs search` over a journal of `n_sessions` small sessions (4 messages each, one word in 1 of 10)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -332,14 +504,6 @@ def journal_search(rounds: int, n_sessions: int) -> list[tuple]:
     ]
 
 
-def verdict(ratio: str, target: str) -> str:
-    if not ratio or not target or target == "reported":
-        return ""
-    op, bound = target.split()[0], float(target.split()[1])
-    value = float(ratio)
-    return "met" if (value >= bound if op == ">=" else value <= bound) else "NOT MET"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=5)
@@ -347,32 +511,40 @@ def main() -> None:
     ap.add_argument("--hash-mib", type=int, default=1024, help="size of the extra file hashed (0 to skip)")
     ap.add_argument("--import-mib", type=int, default=256, help="size of the extra artifact in the imported overlay bundle")
     ap.add_argument("--search-sessions", type=int, default=1000, help="sessions in the journal `logs search` reads (0 to skip)")
-    ap.add_argument("--only-search", action="store_true", help="run only the journal search row (a quick check of it)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections to run, of: {','.join(SECTIONS)}")
     args = ap.parse_args()
-    if args.only_search:
-        _print(journal_search(args.rounds, args.search_sessions))
-        return
+    only = set(args.only.split(","))
+    if only - set(SECTIONS):
+        ap.error(f"unknown sections: {','.join(sorted(only - set(SECTIONS)))}")
 
     pin = embedded_pin()
     model = verify_pinned(pin)
-    rows, prompt_tokens = decode_speed(model, args.rounds, args.tokens)
-    rows += cold_start(pin, args.rounds, prompt_tokens)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = [model.path]
-        if args.hash_mib:
-            big = Path(tmp) / "random.bin"
-            with open(big, "wb") as f:
-                for _ in range(args.hash_mib):
-                    f.write(os.urandom(1 << 20))
-            files.append(big)
-        rows += hashing(files, args.rounds)
-    rows += vault_and_store(model, args.rounds, args.import_mib)
-    if args.search_sessions:
+    rows = []
+    if only & {"decode", "cold"}:
+        decode_rows, prompt_tokens = decode_speed(model, args.rounds, args.tokens)
+        rows += decode_rows if "decode" in only else []
+        rows += cold_start(pin, args.rounds, prompt_tokens) if "cold" in only else []
+    if "window" in only:
+        rows += long_window(model, args.rounds, args.tokens)
+    if "switch" in only:
+        rows += switch_cost(model, args.rounds)
+    if "threads" in only:
+        rows += threads_under_load(model, args.rounds, args.tokens)
+    if "hashing" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            files = [model.path]
+            if args.hash_mib:
+                big = Path(tmp) / "random.bin"
+                with open(big, "wb") as f:
+                    for _ in range(args.hash_mib):
+                        f.write(os.urandom(1 << 20))
+                files.append(big)
+            rows += hashing(files, args.rounds)
+    if "vault" in only:
+        rows += vault_and_store(model, args.rounds, args.import_mib)
+    if "search" in only and args.search_sessions:
         rows += journal_search(args.rounds, args.search_sessions)
-    _print(rows)
 
-
-def _print(rows: list[tuple]) -> None:
     # Rows with a target in ms (flip time, journal append, unlock) judge their value, not a ratio.
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'value':>10}  {'ratio':>7}  {'target':>8}  verdict")

@@ -28,7 +28,7 @@ from .unlocking import PASSPHRASE_ENV, passphrase_option, read_passphrase
     "--threads",
     type=click.IntRange(1, 256),
     default=None,
-    help="llama.cpp threads (default: every core; on a busy machine fewer is much faster).",
+    help="llama.cpp threads (default: every core, one fewer for each core other processes keep busy).",
 )
 @passphrase_option
 def chat(

@@ -4,12 +4,26 @@ Overlay off: token ids go to llama.cpp as they are. Overlay on: each token id
 becomes its dequantised embedding row, the overlay transforms it, and the
 result goes in through `batch.embd`.
 
-The cache is reused only for the longest prefix computed in the *same*
-overlay state; a state change empties it and the next prefill recomputes the
-whole context, so a reply after a toggle equals a fresh session's.
+One llama.cpp sequence per overlay state (seq_id 0: off, seq_id 1: on), each
+remembering the tokens it holds and the overlay they were computed with:
+  1. a prefill in a state uses that state's sequence and makes it current;
+  2. a sequence computed with another overlay object (or none) is emptied first;
+  3. it keeps the longest common prefix of what it holds and the new context,
+     but never past the positions a prefill computed (`exact`): a reply's tokens
+     were decoded one at a time, which rounds differently from a prefill
+     (`llama.FLASH_ATTENTION`), so the next prefill reads them again;
+  4. the rest is computed in batches of two or more tokens, which give bit for
+     bit what one whole prefill gives;
+  5. the overlay's delay ring is rebuilt from the tokens before the kept prefix's end.
+So every prefill leaves its sequence exactly as a fresh session's would be, and
+a reply, after any switches and whatever the window dropped, is the reply of a
+fresh session in that state. A switch reads only what that state's sequence
+has not seen: its own last reply and the exchanges since. With an engine of
+one sequence both states share seq_id 0 and rule 2 empties it at every switch.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -20,47 +34,62 @@ from .embeddings import EmbeddingTable
 from .llama import LlamaEngine
 
 
+@dataclass
+class KVSequence:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # what its cells hold, position by position
+    exact: int = 0  # leading positions computed by prefills: what a fresh prefill computes
+    overlay: Optional[OverlayParams] = None  # the state those tokens were computed in
+    stream: Optional[OverlayStream] = None  # the overlay's delay ring, positioned after `tokens`
+
+
 class Decoder:
     def __init__(self, engine: LlamaEngine, embeddings: Callable[[], EmbeddingTable]):
         self.engine = engine
         self._embeddings = embeddings  # loaded on first use: overlay-off chats never need it
-        self.cached: list[int] = []
-        self.overlay: Optional[OverlayParams] = None  # the state the cache was computed in
-        self.stream: Optional[OverlayStream] = None
+        self.sequences = [KVSequence(seq_id) for seq_id in range(min(engine.n_seq, 2))]
+        self.current = self.sequences[0]
         self.last_prefill_tokens = 0  # how many positions the last prefill had to compute
 
     def reset(self) -> None:
-        """Empty the cache: the next prefill computes everything, as in a new process."""
-        self.engine.forget_from(0)
-        self.cached = []
+        """Empty every sequence: the next prefill computes everything, as in a new process."""
+        self.engine.forget_all()
+        self.sequences = [KVSequence(seq.seq_id) for seq in self.sequences]
+        self.current = self.sequences[0]
 
     def prefill(self, tokens: list[int], overlay: Optional[OverlayParams]) -> np.ndarray:
-        """Make the cache hold exactly `tokens` under `overlay`; return the logits after the last token."""
-        if overlay is not self.overlay:
-            self.overlay, self.cached = overlay, []
-            self.stream = OverlayStream(overlay) if overlay is not None else None
-        keep = _common_prefix(self.cached, tokens)
-        keep = min(keep, len(tokens) - 1)  # always decode at least one token to get fresh logits
-        self.engine.forget_from(keep)
-        self.cached = self.cached[:keep]
-        if self.stream is not None:
-            span = max(self.stream.p.delays)
-            self.stream.resume(self._embeddings().rows(tokens[max(0, keep - span) : keep]), keep)
+        """Make the current sequence hold exactly `tokens` under `overlay`; return the logits after the last token."""
+        seq = self.sequences[1 if overlay is not None and len(self.sequences) > 1 else 0]
+        if seq.overlay is not overlay:
+            self.engine.forget_from(0, seq.seq_id)
+            seq.tokens, seq.exact, seq.overlay = [], 0, overlay
+            seq.stream = OverlayStream(overlay) if overlay is not None else None
+        self.current = seq
+        # At least two tokens are computed (fresh logits, and never a batch of one), unless the context is one token.
+        keep = min(_common_prefix(seq.tokens, tokens), seq.exact, max(0, len(tokens) - 2))
+        self.engine.forget_from(keep, seq.seq_id)
+        del seq.tokens[keep:]
+        if seq.stream is not None:
+            span = max(seq.stream.p.delays)
+            seq.stream.resume(self._embeddings().rows(tokens[max(0, keep - span) : keep]), keep)
         self.last_prefill_tokens = len(tokens) - keep
-        return self._feed(tokens[keep:])
+        logits = self._feed(tokens[keep:])
+        seq.exact = len(tokens) if len(tokens) - keep != 1 else keep
+        return logits
 
     def step(self, token: int) -> np.ndarray:
         return self._feed([token])
 
     def _feed(self, tokens: list[int]) -> np.ndarray:
-        pos0 = len(self.cached)
-        if self.stream is None:  # no overlay
-            self.engine.decode_tokens(tokens, pos0)
+        seq = self.current
+        pos0 = len(seq.tokens)
+        if seq.stream is None:
+            self.engine.decode_tokens(tokens, pos0, seq=seq.seq_id)
         else:
             # Always the incremental form, even for a whole context: the same tokens then give
             # bit-identical inputs however the context was split into prefill and steps.
-            self.engine.decode_embeddings(self.stream.steps(self._embeddings().rows(tokens)), pos0)
-        self.cached.extend(tokens)
+            self.engine.decode_embeddings(seq.stream.steps(self._embeddings().rows(tokens)), pos0, seq=seq.seq_id)
+        seq.tokens.extend(tokens)
         return self.engine.last_logits()
 
 

@@ -1,12 +1,14 @@
 """A thin, owned wrapper over llama-cpp-python's low-level C API.
 
-One model, one context, one sequence. Input is either token ids or input
-embeddings (`batch.embd`), which is how the overlay enters llama.cpp without
-touching its weights.
+One model, one context, and in it `n_seq` KV sequences (seq_id 0, 1, ...), each
+in its own stream of `n_ctx` cells (llama.cpp's non-unified KV cache: a
+sequence attends only to its own stream, so it computes exactly what a
+one-sequence context would). Input is either token ids or input embeddings
+(`batch.embd`), which is how the overlay enters llama.cpp without touching its
+weights.
 """
 
 import ctypes
-import os
 from pathlib import Path
 
 import llama_cpp as C
@@ -14,12 +16,19 @@ import llama_cpp.llama_cpp as C_api  # the module the high-level Llama reads its
 import numpy as np
 
 from ..errors import ContextOverflow, ModelFailed
+from .threads import ThreadGovernor
 
 
 @C.llama_log_callback
 def _quiet(level, text, user_data):  # llama.cpp logs to stderr by default; the CLI owns stderr
     pass
 
+
+# Flash attention is off: with it, the same tokens give different logits when a context is split
+# into batches differently or the thread count changes. Without it, every batch of two or more
+# tokens computes bit for bit what one whole prefill computes, with any thread count; only a batch
+# of a single token (a decode step) rounds differently. The decoder builds on exactly that.
+FLASH_ATTENTION = False
 
 _backend_ready = False
 _default_model_params = C.llama_model_default_params
@@ -46,27 +55,40 @@ def model_params() -> "C.llama_model_params":
 
 
 class LlamaEngine:
-    def __init__(self, path: Path, n_ctx: int = 4096, n_batch: int = 512, n_threads: int | None = None):
+    def __init__(self, path: Path, n_ctx: int = 4096, n_batch: int = 512, n_threads: int | None = None, n_seq: int = 1):
         _init_backend()
         self.model = C.llama_model_load_from_file(str(path).encode(), model_params())
         if not self.model:
             raise ModelFailed(f"{path}: llama.cpp could not load the model")
         self.vocab = C.llama_model_get_vocab(self.model)
         cparams = C.llama_context_default_params()
-        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
-        cparams.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        self.n_threads = n_threads or os.cpu_count() or 1
+        # n_ctx is the window of one sequence; non-unified, the context's cells are split evenly among them.
+        cparams.n_ctx, cparams.n_seq_max, cparams.kv_unified = n_ctx * n_seq, n_seq, False
+        cparams.n_batch, cparams.n_ubatch = n_batch, n_batch  # equal: llama.cpp never splits our batches further
+        cparams.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED if FLASH_ATTENTION else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # None: the governor follows the load (threads.py); a number is kept as it is.
+        self.thread_setting = n_threads
+        self.governor: ThreadGovernor | None = None
+        if n_threads is None:
+            self.governor = ThreadGovernor()
+            n_threads = self.governor.threads
+        self.n_threads = n_threads
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
         self.ctx = C.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise ModelFailed("llama.cpp could not create a context")
         self.memory = C.llama_get_memory(self.ctx)
-        self.n_ctx, self.n_batch = C.llama_n_ctx(self.ctx), n_batch
+        self.n_ctx, self.n_seq, self.n_batch = C.llama_n_ctx_seq(self.ctx), n_seq, n_batch
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
         self.n_embd = C.llama_model_n_embd(self.model)
         self._token_batch = C.llama_batch_init(n_batch, 0, 1)
         self._embd_batch = C.llama_batch_init(n_batch, self.n_embd, 1)
         self._piece = ctypes.create_string_buffer(256)
+
+    def set_threads(self, n: int) -> None:
+        """Threads for the next decodes (prompt batches and single tokens alike); the numerics do not depend on it."""
+        C.llama_set_n_threads(self.ctx, n, n)
+        self.n_threads = n
 
     # -- vocabulary and metadata ------------------------------------------
 
@@ -96,39 +118,42 @@ class LlamaEngine:
     def is_end_of_generation(self, token: int) -> bool:
         return C.llama_vocab_is_eog(self.vocab, token)
 
-    # -- the KV cache (sequence 0) ------------------------------------------
+    # -- the KV cache: one sequence per seq_id ---------------------------------
 
-    def forget_from(self, pos: int) -> None:
-        """Drop cached positions >= pos."""
-        if pos == 0:
-            C.llama_memory_clear(self.memory, True)
-        else:
-            C.llama_memory_seq_rm(self.memory, 0, pos, -1)
+    def forget_from(self, pos: int, seq: int = 0) -> None:
+        """Drop the positions >= pos that sequence `seq` holds."""
+        if not C.llama_memory_seq_rm(self.memory, seq, pos, -1):
+            raise ModelFailed(f"llama.cpp could not drop positions >= {pos} of sequence {seq}")
 
-    def decode_tokens(self, tokens: list[int], pos0: int, all_logits: bool = False) -> None:
-        """Feed token ids at positions pos0.. ; logits are kept for the last one (or all, within one batch)."""
-        self._decode(len(tokens), pos0, self._token_batch, lambda b, i, j: _set_tokens(b, tokens[i:j]), all_logits)
+    def forget_all(self) -> None:
+        """Empty every sequence."""
+        C.llama_memory_clear(self.memory, True)
 
-    def decode_embeddings(self, embeddings: np.ndarray, pos0: int, all_logits: bool = False) -> None:
-        """Feed input embeddings (n, n_embd) float32 at positions pos0.. ; logits as for `decode_tokens`."""
+    def decode_tokens(self, tokens: list[int], pos0: int, all_logits: bool = False, seq: int = 0) -> None:
+        """Feed token ids at positions pos0.. of sequence `seq`; logits are kept for the last one (or all, within one batch)."""
+        self._decode(len(tokens), pos0, seq, self._token_batch, lambda b, i, j: _set_tokens(b, tokens[i:j]), all_logits)
+
+    def decode_embeddings(self, embeddings: np.ndarray, pos0: int, all_logits: bool = False, seq: int = 0) -> None:
+        """Feed input embeddings (n, n_embd) float32 at positions pos0.. of sequence `seq`; logits as for `decode_tokens`."""
         E = np.ascontiguousarray(embeddings, dtype=np.float32)
         assert E.ndim == 2 and E.shape[1] == self.n_embd
         row = self.n_embd * 4
         fill = lambda b, i, j: ctypes.memmove(b.embd, E[i:j].ctypes.data, (j - i) * row)  # noqa: E731
-        self._decode(len(E), pos0, self._embd_batch, fill, all_logits)
+        self._decode(len(E), pos0, seq, self._embd_batch, fill, all_logits)
 
-    def _decode(self, n: int, pos0: int, batch, fill, all_logits: bool = False) -> None:
+    def _decode(self, n: int, pos0: int, seq: int, batch, fill, all_logits: bool = False) -> None:
         if pos0 + n > self.n_ctx:
             raise ContextOverflow(f"{pos0 + n} tokens exceed the context window of {self.n_ctx}")
         if all_logits and n > self.n_batch:
             raise ContextOverflow(f"scoring {n} positions at once needs n <= {self.n_batch}")
-        for i in range(0, n, self.n_batch):
-            j = min(n, i + self.n_batch)
+        if self.governor is not None and self.governor.threads_now() != self.n_threads:
+            self.set_threads(self.governor.threads)
+        for i, j in _chunks(n, self.n_batch):
             fill(batch, i, j)
             for k in range(j - i):
                 batch.pos[k] = pos0 + i + k
                 batch.n_seq_id[k] = 1
-                batch.seq_id[k][0] = 0
+                batch.seq_id[k][0] = seq
                 batch.logits[k] = all_logits
             batch.logits[j - i - 1] = j == n
             batch.n_tokens = j - i
@@ -156,6 +181,66 @@ class LlamaEngine:
         self.close()
 
 
+class SamplerChain:
+    """llama.cpp's sampler chain over an engine's last logits: the stages run in C, no logits row reaches Python.
+
+    Stages are added in the order they apply; the chain remembers the tokens it has seen (`accept`, and
+    each token it samples) for the repetition penalty.
+    """
+
+    def __init__(self, engine: LlamaEngine):
+        self._engine = engine
+        self._chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+
+    def _add(self, stage) -> "SamplerChain":
+        C.llama_sampler_chain_add(self._chain, stage)  # the chain owns the stage from here
+        return self
+
+    def penalties(self, last_n: int, repeat: float) -> "SamplerChain":
+        return self._add(C.llama_sampler_init_penalties(self._engine.n_vocab, last_n, repeat, 0.0, 0.0))
+
+    def temperature(self, t: float) -> "SamplerChain":
+        return self._add(C.llama_sampler_init_temp(t))
+
+    def top_k(self, k: int) -> "SamplerChain":
+        return self._add(C.llama_sampler_init_top_k(k))
+
+    def top_p(self, p: float) -> "SamplerChain":
+        return self._add(C.llama_sampler_init_top_p(p, 1))
+
+    def draw(self, seed: int) -> "SamplerChain":
+        # llama.cpp reads 0xFFFFFFFF as "a random seed": fold every seed into the values below it.
+        return self._add(C.llama_sampler_init_dist(seed % C.LLAMA_DEFAULT_SEED))
+
+    def greedy(self) -> "SamplerChain":
+        return self._add(C.llama_sampler_init_greedy())
+
+    def accept(self, tokens: list[int]) -> None:
+        for t in tokens:
+            C.llama_sampler_accept(self._chain, t)
+
+    def sample(self) -> int:
+        """The next token from the logits of the engine's last decoded position."""
+        return C.llama_sampler_sample(self._chain, self._engine.ctx, -1)
+
+    def close(self) -> None:
+        if self._chain:
+            C.llama_sampler_free(self._chain)
+            self._chain = None
+
+    def __del__(self):
+        self.close()
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """[i, j) spans of at most `size` covering n; never a last span of one token after others (see FLASH_ATTENTION)."""
+    spans = [(i, min(n, i + size)) for i in range(0, n, size)]
+    if len(spans) > 1 and spans[-1][1] - spans[-1][0] == 1:
+        (a, b), (_, c) = spans[-2], spans[-1]
+        spans[-2:] = [(a, b - 1), (b - 1, c)]
+    return spans
+
+
 def _set_tokens(batch, tokens: list[int]) -> None:
     for k, t in enumerate(tokens):
         batch.token[k] = t
@@ -164,7 +249,7 @@ def _set_tokens(batch, tokens: list[int]) -> None:
 def reference_llama(path: Path, **kwargs) -> "C.Llama":
     """llama-cpp-python's own high-level `Llama`, loaded with our model params: the yardstick in tests and bench."""
     _init_backend()
-    kwargs.setdefault("flash_attn", True)  # as our context has it; Llama() turns it off by default
+    kwargs["flash_attn"] = FLASH_ATTENTION  # as our context has it
     C_api.llama_model_default_params = model_params
     try:
         return C.Llama(str(path), verbose=False, **kwargs)

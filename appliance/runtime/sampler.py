@@ -1,12 +1,21 @@
 """Next-token choice from raw logits: greedy, or repetition penalty -> temperature -> top-k -> top-p -> draw.
 
-With a seed, the same logits give the same tokens: the generator is the
-sampler's own `numpy.random.Generator`.
+Two implementations of the same stages in the same order:
+  `NativeSampler`  llama.cpp's sampler chain, reading the engine's logits in C: what a reply uses;
+  `Sampler`        numpy over a logits row: the reference the chain is tested against, and for code
+                   that holds the whole distribution anyway.
+Greedy (with or without the penalty) picks the same token in both. With a
+temperature both keep the same candidates and draw with the same probabilities
+(float32 in C, float64 in numpy), but from different generators (llama.cpp's
+mt19937, numpy's PCG64): a seed gives the same text every time within one
+implementation, not across them.
 """
 
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from .llama import LlamaEngine, SamplerChain
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,33 @@ class SamplingSettings:
 
 
 GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0)
+
+
+class NativeSampler:
+    """The stages in llama.cpp's sampler chain; `context` is what the penalty may look back on (the prompt)."""
+
+    def __init__(self, engine: LlamaEngine, settings: SamplingSettings, context: list[int]):
+        s = settings
+        self.chain = SamplerChain(engine)
+        if s.repeat_penalty != 1.0 and s.repeat_last_n > 0:
+            self.chain.penalties(s.repeat_last_n, s.repeat_penalty)
+            self.chain.accept(context[-s.repeat_last_n :])
+        if s.temperature <= 0.0:
+            self.chain.greedy()
+            return
+        self.chain.temperature(s.temperature)
+        if s.top_k > 0:
+            self.chain.top_k(s.top_k)
+        if s.top_p < 1.0:
+            self.chain.top_p(s.top_p)
+        self.chain.draw(s.seed)
+
+    def __call__(self) -> int:
+        """The next token after the engine's last decoded position; the chain remembers it for the penalty."""
+        return self.chain.sample()
+
+    def close(self) -> None:
+        self.chain.close()
 
 
 class Sampler:

@@ -1,9 +1,10 @@
 """A chat session: history, overlay state, streaming generation, toggle.
 
 The CLI and the terminal UI both drive this object. The overlay switch is a
-flag flip (O(1)); the decoder notices the new state at the next prefill and
-recomputes the context, so the next reply is what a fresh session entirely in
-that state would say.
+flag flip (O(1)); at the next prefill the decoder continues that state's own
+KV sequence, reading only what it has not read yet (decoder.py says exactly
+what), so the next reply is what a fresh session entirely in that state would
+say.
 """
 
 import codecs
@@ -21,15 +22,18 @@ from .chat_template import ChatTemplate
 from .decoder import Decoder
 from .embeddings import EmbeddingTable
 from .llama import LlamaEngine
-from .sampler import Sampler, SamplingSettings
+from .sampler import NativeSampler, SamplingSettings
 
 
 class Runtime:
-    """A verified model loaded in llama.cpp, with its chat template and one KV cache."""
+    """A verified model loaded in llama.cpp, with its chat template and a KV sequence per overlay state.
 
-    def __init__(self, model: VerifiedModel, n_ctx: int = 4096, n_threads: Optional[int] = None):
+    `sequences=1` keeps one: half the KV memory, and a switch recomputes the whole context.
+    """
+
+    def __init__(self, model: VerifiedModel, n_ctx: int = 4096, n_threads: Optional[int] = None, sequences: int = 2):
         self.model = model
-        self.engine = LlamaEngine(model.path, n_ctx=n_ctx, n_threads=n_threads)
+        self.engine = LlamaEngine(model.path, n_ctx=n_ctx, n_threads=n_threads, n_seq=sequences)
         self.decoder = Decoder(self.engine, lambda: self.embeddings)
         eos = self.engine.metadata("tokenizer.ggml.eos_token_id")
         self.template = ChatTemplate(
@@ -120,32 +124,34 @@ class Session:
                 raise
         decoder, engine = self.runtime.decoder, self.runtime.engine
         overlay = self.overlay.params if self.overlay_on and self.overlay is not None else None
-        logits = decoder.prefill(prompt, overlay)
+        decoder.prefill(prompt, overlay)
         prefill_tokens = decoder.last_prefill_tokens
         t1 = time.perf_counter()
 
-        sampler, utf8 = Sampler(settings), codecs.getincrementaldecoder("utf-8")(errors="replace")
-        context = list(prompt)  # prompt + generated, for the repetition penalty
+        sampler, utf8 = NativeSampler(engine, settings, prompt), codecs.getincrementaldecoder("utf-8")(errors="replace")
+        generated: list[int] = []
         text: list[str] = []
         finish = "length"
         room = min(max_tokens, engine.n_ctx - len(prompt))
-        for _ in range(room):
-            if cancel is not None and cancel.is_set():
-                finish = "cancelled"
-                break
-            token = sampler(logits, context)
-            if engine.is_end_of_generation(token):
-                finish = "stop"
-                break
-            context.append(token)
-            piece = utf8.decode(engine.piece(token))
-            if piece:
-                text.append(piece)
-                if on_text is not None:
-                    on_text(piece)
-            if len(context) - len(prompt) < room:  # the last token needs no forward pass
-                logits = decoder.step(token)
-        generated = context[len(prompt) :]
+        try:
+            while len(generated) < room:
+                if cancel is not None and cancel.is_set():
+                    finish = "cancelled"
+                    break
+                token = sampler()  # from the logits the decoder's last prefill or step left in the engine
+                if engine.is_end_of_generation(token):
+                    finish = "stop"
+                    break
+                generated.append(token)
+                piece = utf8.decode(engine.piece(token))
+                if piece:
+                    text.append(piece)
+                    if on_text is not None:
+                        on_text(piece)
+                if len(generated) < room:  # the last token needs no forward pass
+                    decoder.step(token)
+        finally:
+            sampler.close()
         tail = utf8.decode(b"", final=True)
         if tail:
             text.append(tail)

@@ -70,7 +70,7 @@ class AuditDecoder(Decoder):
             self.kl = None  # overlay off: the reply *is* the base's, there is nothing to measure
             return logits
         if self.base is None:
-            engine = LlamaEngine(self._runtime.model.path, n_ctx=self.engine.n_ctx, n_threads=self.engine.n_threads)
+            engine = LlamaEngine(self._runtime.model.path, n_ctx=self.engine.n_ctx, n_threads=self.engine.thread_setting)
             self.base = Decoder(engine, lambda: self._runtime.embeddings)
         self.kl = [kl_divergence(logits, self.base.prefill(tokens, None))]
         return logits

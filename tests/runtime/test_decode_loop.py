@@ -6,8 +6,8 @@ import pytest
 from appliance.overlay.files import Overlay
 from appliance.overlay.params import OverlayParams
 from appliance.overlay.takens_numpy import apply_sequence
-from appliance.runtime.llama import reference_llama
-from appliance.runtime.sampler import GREEDY, SamplingSettings
+from appliance.runtime.llama import LlamaEngine, reference_llama
+from appliance.runtime.sampler import GREEDY, Sampler, SamplingSettings
 from appliance.runtime.session import Runtime, Session
 
 PROMPT = "What is an air gap, in one paragraph?"
@@ -44,6 +44,42 @@ def test_zero_B_overlay_logits_bit_identical_to_token_path(runtime):
         assert np.array_equal(a, b), f"max |diff| = {np.abs(a - b).max()}"
 
 
+def test_batches_of_two_or_more_give_the_logits_of_one_whole_prefill(runtime, model):
+    """The same tokens, fed in random batches of two or more on either sequence with 1 or 2 threads, give
+    the logits of one whole prefill in a one-sequence context, bit for bit, at every batch's end (token and
+    embedding path). What the decoder reuses, and the thread governor's freedom, rest on this."""
+    rng = np.random.default_rng(3)
+    tokens = [int(t) for t in rng.integers(100, 40000, 700)]
+    E = runtime.embeddings.rows(tokens)
+    single = LlamaEngine(model.path, n_ctx=1024, n_threads=2)
+    engine = LlamaEngine(model.path, n_ctx=1024, n_threads=2, n_seq=2)
+    try:
+        for feed in ("decode_tokens", "decode_embeddings"):
+            data = tokens if feed == "decode_tokens" else E
+            want, ends, pos = {}, [], 0
+            while pos < len(tokens):
+                n = min(int(rng.choice([2, 3, 40, 300, 600])), len(tokens) - pos)
+                n += 1 if len(tokens) - pos - n == 1 else 0
+                ends.append(pos + n)
+                pos += n
+            for end in ends[-3:]:
+                single.forget_all()
+                getattr(single, feed)(data[:end], 0)
+                want[end] = single.last_logits().copy()
+            for seq in (0, 1):
+                start = 0
+                for end in ends:
+                    engine.set_threads(int(rng.integers(1, 3)))
+                    getattr(engine, feed)(data[start:end], start, seq=seq)
+                    if end in want:
+                        assert np.array_equal(engine.last_logits(), want[end]), f"{feed}, sequence {seq}, position {end}"
+                    start = end
+            engine.forget_all()
+    finally:
+        engine.close()
+        single.close()
+
+
 def test_greedy_reply_token_identical_to_llama_cpp_python(runtime, model):
     session = Session(runtime, settings=GREEDY)
     ours = session.generate(PROMPT, max_tokens=48)
@@ -63,32 +99,119 @@ def test_random_overlay_changes_the_reply(runtime, model):
     assert on.tokens != base.tokens
 
 
-def _fresh_reply(model, history, prompt, overlay=None):
-    """What a new process would answer: its own runtime, nothing cached."""
-    rt = Runtime(model, n_ctx=2048)
+def _fresh_reply(model, history, prompt, overlay=None, n_ctx=2048, max_tokens=24, system_prompt=None):
+    """What a new process would answer: its own runtime of one KV sequence, nothing cached."""
+    rt = Runtime(model, n_ctx=n_ctx, sequences=1)
     try:
-        s = Session(rt, overlay=overlay, overlay_on=overlay is not None, history=list(history), settings=GREEDY)
-        return s.generate(prompt, max_tokens=24)
+        s = Session(
+            rt,
+            overlay=overlay,
+            overlay_on=overlay is not None,
+            history=list(history),
+            settings=GREEDY,
+            system_prompt=system_prompt,
+        )
+        return s.generate(prompt, max_tokens=max_tokens)
     finally:
         rt.close()
 
 
+def _switch_and_check(model, s, first, questions, overlay, n_ctx=2048, max_tokens=24, switch=True):
+    """Toggle before each question; each reply must equal a fresh session's, and compute only the positions
+    its state's sequence has not computed by a prefill yet: its last reply (decoded one token at a time) and
+    everything after. `first` is the reply made before; returns the replies."""
+    prefilled = {first.overlay_on: first.prompt}  # overlay state -> the context its last prefill computed
+    replies = []
+    for q in questions:
+        history = list(s.history)
+        on = s.toggle() if switch else s.overlay_on
+        reply = s.generate(q, max_tokens=max_tokens)
+        fresh = _fresh_reply(model, history, q, overlay if on else None, n_ctx, max_tokens, s.system_prompt)
+        assert reply.prompt == fresh.prompt and reply.tokens == fresh.tokens, f"{'on' if on else 'off'}, before {q!r}"
+        held = prefilled.get(on, [])
+        common = next((i for i, (a, b) in enumerate(zip(held, reply.prompt)) if a != b), min(len(held), len(reply.prompt)))
+        assert reply.prefill_tokens == reply.prompt_tokens - min(common, reply.prompt_tokens - 2)
+        prefilled[on] = reply.prompt
+        replies.append(reply)
+    return replies
+
+
 def test_toggle_mid_conversation_equals_fresh_sessions(runtime, model):
     overlay = _overlay(model, b_scale=0.2)
+    runtime.decoder.reset()
     s = Session(runtime, overlay=overlay, overlay_on=True, settings=GREEDY)
-    s.generate("Name three uses of a USB stick.", max_tokens=24)
-    history = list(s.history)
+    first = s.generate("Name three uses of a USB stick.", max_tokens=24)
+    assert first.prefill_tokens == first.prompt_tokens
 
-    assert s.toggle() is False  # off mid-conversation
-    off_reply = s.generate("And which is the riskiest?", max_tokens=24)
-    assert off_reply.prefill_tokens == off_reply.prompt_tokens, "a toggle must recompute the whole context"
-    assert _fresh_reply(model, history, "And which is the riskiest?").tokens == off_reply.tokens
+    questions = ["And which is the riskiest?", "Why?", "How would you check one?", "What about a CD?", "Summarise."]
+    replies = _switch_and_check(model, s, first, questions, overlay)
+    off_first, on_back = replies[0], replies[1]
+    assert off_first.prefill_tokens == off_first.prompt_tokens, "the off sequence had seen nothing yet"
+    assert on_back.prefill_tokens == on_back.prompt_tokens - first.prompt_tokens, (
+        "the return reads its last reply and what came after"
+    )
+    assert [r.overlay_on for r in replies] == [False, True, False, True, False]
+    assert _fresh_reply(model, s.history[:4], "Why?").tokens != on_back.tokens, "the overlay must matter here"
 
+
+def test_switches_stay_exact_when_the_window_drops_old_exchanges(model):
+    small = Runtime(model, n_ctx=256)
+    try:
+        overlay = _overlay(model, b_scale=0.2)
+        s = Session(small, overlay=overlay, overlay_on=True, system_prompt="You are terse.", settings=GREEDY)
+        first = s.generate("Tell me about field radios and their batteries, briefly.", max_tokens=16)
+        questions = [f"Question {i}: what should a radio operator check on day {i}?" for i in range(1, 7)]
+        replies = _switch_and_check(model, s, first, questions, overlay, n_ctx=256, max_tokens=16)
+        assert sum(r.dropped_turns for r in replies) > 0, "the window must have dropped exchanges"
+        assert s.first_turn > 0 and len(s.history) == 14
+    finally:
+        small.close()
+
+
+def test_one_sequence_runtime_recomputes_at_each_switch(model):
+    single = Runtime(model, n_ctx=1024, sequences=1)
+    try:
+        s = Session(single, overlay=_overlay(model), settings=GREEDY)
+        s.generate("Hello!", max_tokens=8)
+        s.toggle()
+        on = s.generate("Tell me more.", max_tokens=8)
+        s.toggle()
+        off = s.generate("And more.", max_tokens=8)
+        assert on.prefill_tokens == on.prompt_tokens and off.prefill_tokens == off.prompt_tokens
+    finally:
+        single.close()
+
+
+def test_reset_empties_both_sequences(runtime, model):
+    s = Session(runtime, overlay=_overlay(model), settings=GREEDY)
+    s.generate("Hello!", max_tokens=8)
+    s.toggle()
+    s.generate("Tell me more.", max_tokens=8)
+    runtime.decoder.reset()
+    assert all(seq.tokens == [] for seq in runtime.decoder.sequences)
+    for _ in range(2):
+        s.toggle()
+        reply = s.generate("Again.", max_tokens=8)
+        assert reply.prefill_tokens == reply.prompt_tokens
+
+
+def test_another_overlay_object_reads_everything_again(runtime, model):
+    s = Session(runtime, overlay=_overlay(model, seed=1, b_scale=0.2), overlay_on=True, settings=GREEDY)
+    s.generate("Name three uses of a USB stick.", max_tokens=16)
     history = list(s.history)
-    assert s.toggle() is True  # and back on
-    on_reply = s.generate("Why?", max_tokens=24)
-    assert _fresh_reply(model, history, "Why?", overlay).tokens == on_reply.tokens
-    assert _fresh_reply(model, history, "Why?").tokens != on_reply.tokens, "the overlay must matter here"
+    s.overlay = _overlay(model, seed=2, b_scale=0.2)  # a newly installed overlay: nothing computed with it is kept
+    reply = s.generate("Which is the riskiest?", max_tokens=16)
+    assert reply.prefill_tokens == reply.prompt_tokens
+    assert reply.tokens == _fresh_reply(model, history, "Which is the riskiest?", s.overlay, max_tokens=16).tokens
+
+
+def test_a_long_prefill_never_ends_on_a_batch_of_one():
+    from appliance.runtime.llama import _chunks
+
+    assert _chunks(513, 512) == [(0, 511), (511, 513)]
+    assert _chunks(1024, 512) == [(0, 512), (512, 1024)]
+    assert _chunks(1, 512) == [(0, 1)]
+    assert all(j - i >= 2 for n in range(2, 1600) for i, j in _chunks(n, 512))
 
 
 def test_toggle_without_overlay_is_not_found(runtime):
@@ -100,11 +223,11 @@ def test_toggle_without_overlay_is_not_found(runtime):
     assert s.overlay_on is False
 
 
-def test_cache_reuse_keeps_the_prefix(runtime):
+def test_turns_without_a_switch_reuse_the_prefix_and_equal_fresh_sessions(runtime, model):
     s = Session(runtime, settings=GREEDY)
-    s.generate("Hello!", max_tokens=8)
-    second = s.generate("Tell me more.", max_tokens=8)
-    assert second.prefill_tokens < second.prompt_tokens / 2, "the earlier turns should come from the cache"
+    first = s.generate("Hello!", max_tokens=8)
+    replies = _switch_and_check(model, s, first, ["Tell me more.", "And then?"], None, max_tokens=8, switch=False)
+    assert all(r.prefill_tokens < r.prompt_tokens / 2 for r in replies), "the earlier turns should come from the cache"
 
 
 def test_same_seed_same_text_different_seeds_differ(runtime):
@@ -115,6 +238,36 @@ def test_same_seed_same_text_different_seeds_differ(runtime):
     assert sample(11) == sample(11)
     texts = {sample(seed) for seed in (1, 2, 3, 4)}
     assert len(texts) >= 3
+
+
+def test_native_greedy_with_penalty_picks_what_the_numpy_sampler_picks(runtime):
+    """llama.cpp's chain (what a reply uses) against our numpy stages over the same logits, token for token."""
+    settings = SamplingSettings(temperature=0.0, repeat_penalty=1.3, repeat_last_n=16)
+    native = Session(runtime, settings=settings).generate(PROMPT, max_tokens=40)
+    prompt = _prompt_tokens(runtime, [{"role": "user", "content": PROMPT}])
+    sampler, context, ours = Sampler(settings), list(prompt), []
+    logits = runtime.decoder.prefill(prompt, None)
+    while len(ours) < 40:
+        token = sampler(logits, context)
+        if runtime.engine.is_end_of_generation(token):
+            break
+        context.append(token)
+        ours.append(token)
+        logits = runtime.decoder.step(token)
+    assert native.tokens == ours
+    assert native.tokens != Session(runtime, settings=GREEDY).generate(PROMPT, max_tokens=40).tokens, (
+        "the penalty must matter here"
+    )
+
+
+@pytest.mark.parametrize("filters", [{"top_k": 1}, {"top_k": 0, "top_p": 1e-6}])
+def test_native_top_k_and_top_p_filter_before_the_draw(runtime, filters):
+    """Left with one candidate, a hot draw is the greedy token: the filters run before the draw."""
+    hot = SamplingSettings(temperature=1.5, repeat_penalty=1.0, seed=4, **filters)
+    assert (
+        Session(runtime, settings=hot).generate(PROMPT, max_tokens=24).tokens
+        == Session(runtime, settings=GREEDY).generate(PROMPT, max_tokens=24).tokens
+    )
 
 
 def test_context_window_drops_oldest_turns_keeps_system(model):
@@ -131,6 +284,32 @@ def test_context_window_drops_oldest_turns_keeps_system(model):
         seen = s.messages()
         assert seen[0] == {"role": "system", "content": "You are terse. SYSTEM-MARKER."}
         assert len(s.history) == 12, "the full history is kept for the journal; only the window shrinks"
+    finally:
+        small.close()
+
+
+def test_a_conversation_longer_than_the_window_keeps_going(model):
+    """Turn after turn into a full window: the oldest exchanges leave the prompt, never the history, and the
+    replies keep coming, each the reply of a fresh session given the same history."""
+    n_ctx, max_tokens = 512, 32
+    small = Runtime(model, n_ctx=n_ctx)
+    try:
+        s = Session(small, system_prompt="You answer in one sentence.", settings=GREEDY)
+        replies = []
+        for i in range(40):
+            replies.append(s.generate(f"Exchange {i}: describe item {i} of a field radio kit, and why it matters.", max_tokens))
+            if sum(r.dropped_turns for r in replies) >= 3:
+                break
+        dropped = sum(r.dropped_turns for r in replies)
+        assert dropped >= 3 and s.first_turn == 2 * dropped
+        assert len(s.history) == 2 * len(replies), "the history keeps every exchange; only the prompt leaves some out"
+        assert all(r.prompt_tokens <= n_ctx - max_tokens for r in replies)
+        assert max(r.prompt_tokens for r in replies) > n_ctx // 2, "the window was filled"
+        assert all(r.finish in ("stop", "length") for r in replies) and sum(bool(r.tokens) for r in replies) > len(replies) // 2
+        assert s.messages()[0]["role"] == "system" and s.messages()[1] == s.history[s.first_turn]
+        last = replies[-1]
+        fresh = _fresh_reply(model, s.history[:-2], s.history[-2]["content"], None, n_ctx, max_tokens, s.system_prompt)
+        assert (last.prompt, last.tokens) == (fresh.prompt, fresh.tokens)
     finally:
         small.close()
 
