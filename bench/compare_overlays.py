@@ -13,6 +13,7 @@ On a GPU machine, after `bench/gpu_training.py prepare .gpu` here:
 """
 
 import argparse
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from appliance.demo import DATASET, NEUTRAL_PROMPTS
 from appliance.overlay.takens_torch import TakensLoRA
 from appliance.training.dataset import load_dataset
 from appliance.training.evaluate import kl_along, kl_stats, loop_rate, torch_greedy
-from appliance.training.trainer import TakensAdapter, TrainConfig, heldout_nll, load_base, optimise, split_examples
+from appliance.training.trainer import Batch, TakensAdapter, TrainConfig, heldout_nll, load_base, optimise, split_examples
 from appliance.trust.builtin import embedded_pin, verify_pinned
 
 
@@ -36,12 +37,18 @@ class PeftLoraAdapter:
         config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=["q_proj"], layers_to_transform=layers)
         self.module = get_peft_model(base, config)
 
+    precision = "fp32"
+
+    def logits_at(self, batch: Batch, on: bool = True) -> torch.Tensor:
+        with contextlib.nullcontext() if on else self.module.disable_adapter():
+            return self.module(input_ids=batch.ids).logits[batch.rows, batch.cols].float()
+
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.module(input_ids=ids[None]).logits[0]
+        return self.logits_at(Batch.every_position(ids))
 
     def reference(self, ids: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), self.module.disable_adapter():
-            return self.module(input_ids=ids[None]).logits[0]
+        with torch.no_grad():
+            return self.logits_at(Batch.every_position(ids), on=False)
 
 
 def judge(adapter, held, cfg, prompts, is_end, max_tokens) -> dict:

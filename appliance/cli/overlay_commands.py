@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from ..overlay.params import ACTIVATIONS
-from ..training.choices import AGGREGATES, TrainConfig
+from ..training.choices import AGGREGATES, PRECISIONS, TrainConfig
 from .output import say
 
 RECIPE = TrainConfig()  # the options' defaults: one place, torch-free
@@ -49,6 +49,15 @@ def _delays(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--holdout", type=click.FloatRange(0, 0.9), default=RECIPE.holdout, show_default=True)
 @click.option("--max-len", type=click.IntRange(16, 4096), default=RECIPE.max_len, show_default=True)
 @click.option("--device", default=RECIPE.device, show_default=True, help="cpu, or cuda on a build station with a GPU.")
+@click.option(
+    "--batch",
+    type=click.IntRange(1),
+    default=RECIPE.batch,
+    show_default=True,
+    help="Conversations per step (and as many preservation replies), side by side; under torchrun, over all processes.",
+)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=RECIPE.precision, show_default=True,
+              help="The base's arithmetic: auto is bf16 autocast on a GPU, float32 on the CPU.")  # fmt: skip
 @click.option(
     "--preserve",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),

@@ -3,6 +3,15 @@
 The table stays quantised and memory-mapped; only the rows asked for are
 dequantised, so a lookup costs O(tokens), not O(vocabulary).
 
+The rows are what llama.cpp's graph reads after its token lookup. Gemma 3's
+graph multiplies the looked-up rows by sqrt(n_embd), but only for token input,
+never for embeddings given through `batch.embd` (docs/design.md, "Facts about
+llama.cpp's embedding input"); so for it the rows come scaled here, in float32
+as llama.cpp scales them, and the overlay acts on what the model reads, as in
+transformers, whose Gemma 3 embedding module applies the same scale. Gemma
+and Gemma 2 scale every input inside the graph, rows or tokens: theirs stay
+as stored.
+
 Finding the table: `gguf.GGUFReader` materialises every metadata field,
 including ~100k tokenizer strings, which takes seconds; we only need one
 tensor's offset, so `_locate` walks the header with the `gguf` package's own
@@ -20,6 +29,8 @@ from gguf.quants import dequantize
 from ..errors import ModelFailed
 
 TOKEN_EMBEDDING = "token_embd.weight"
+# llama.cpp's graphs that scale token input, and only token input, by sqrt(n_embd): `ubatch.token ? sqrtf(n_embd) : 1.0f`
+SCALED_BY_SQRT_N_EMBD = ("gemma3",)
 _SCALAR: dict[int, str] = {  # keyed by the value types, which are ints in the file
     GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b", GGUFValueType.UINT16: "H", GGUFValueType.INT16: "h",
     GGUFValueType.UINT32: "I", GGUFValueType.INT32: "i", GGUFValueType.FLOAT32: "f", GGUFValueType.BOOL: "?",
@@ -56,18 +67,20 @@ class _Cursor:
             self.pos += struct.calcsize(_SCALAR[vtype])
 
 
-def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...]]:
-    """(absolute data offset, quantisation type, dims) of tensor `name` in a GGUF v2/v3 file."""
+def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...], str]:
+    """(absolute data offset, quantisation type, dims) of tensor `name` in a GGUF v2/v3 file, and its architecture."""
     c = _Cursor(buf)
     if bytes(buf[:4]) != b"GGUF" or struct.unpack_from("<I", buf, 4)[0] not in (2, 3):
         raise ModelFailed("not a GGUF v2/v3 file")
     c.pos = 8
     n_tensors, n_kv = c.read("Q"), c.read("Q")
-    alignment = 32
+    alignment, architecture = 32, ""
     for _ in range(n_kv):
         key, vtype = c.string(), c.read("I")
         if key == b"general.alignment":
             alignment = c.read("I")
+        elif key == b"general.architecture" and vtype == GGUFValueType.STRING:
+            architecture = c.string().decode("utf-8", errors="replace")
         else:
             c.skip_value(vtype)
     found = None
@@ -80,7 +93,16 @@ def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...]]
     if found is None:
         raise ModelFailed(f"no {name} tensor")
     data_start = -(-c.pos // alignment) * alignment
-    return data_start + found[0], found[1], found[2]
+    return data_start + found[0], found[1], found[2], architecture
+
+
+def architecture_of(gguf_path: Path) -> str:
+    """`general.architecture` of a GGUF file, from its header alone."""
+    table = EmbeddingTable(gguf_path)
+    try:
+        return table.architecture
+    finally:
+        table.close()
 
 
 class EmbeddingTable:
@@ -88,9 +110,12 @@ class EmbeddingTable:
         with open(gguf_path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            offset, self._qtype, (self.n_embd, self.n_vocab) = _locate(self._map, TOKEN_EMBEDDING)
+            offset, self._qtype, (self.n_embd, self.n_vocab), self.architecture = _locate(self._map, TOKEN_EMBEDDING)
         except (ModelFailed, struct.error, ValueError) as e:
+            self._map.close()
             raise ModelFailed(f"{gguf_path}: cannot find the token embeddings ({e})") from None
+        # float32 sqrt of float32(n_embd), as llama.cpp's sqrtf(n_embd)
+        self.scale = np.sqrt(np.float32(self.n_embd)) if self.architecture in SCALED_BY_SQRT_N_EMBD else None
         block, block_bytes = GGML_QUANT_SIZES[self._qtype]
         row_bytes = self.n_embd // block * block_bytes
         # (n_vocab, row_bytes) raw quantised rows, straight from the page cache
@@ -99,5 +124,11 @@ class EmbeddingTable:
         )
 
     def rows(self, tokens) -> np.ndarray:
-        """tokens (n,) -> embeddings (n, n_embd) float32"""
-        return dequantize(self._raw[np.asarray(tokens, dtype=np.int64)], self._qtype).astype(np.float32, copy=False)
+        """tokens (n,) -> embeddings (n, n_embd) float32, as the model's graph reads them"""
+        rows = dequantize(self._raw[np.asarray(tokens, dtype=np.int64)], self._qtype).astype(np.float32, copy=False)
+        return rows * self.scale if self.scale is not None else rows
+
+    def close(self) -> None:
+        """Unmap the file (the rows view goes first: a mapping with a live view cannot close)."""
+        del self._raw
+        self._map.close()

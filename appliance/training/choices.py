@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from ..overlay.params import DEFAULT_DELAYS
 
 AGGREGATES = ("mean", "rmse", "p95", "max")  # how the per-position KL of a sequence folds into one number
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast for the base on a GPU, float32 everywhere on the CPU
 
 
 @dataclass(frozen=True)
@@ -23,3 +24,5 @@ class TrainConfig:
     max_len: int = 384  # tokens per conversation, longer ones are cut
     device: str = "cpu"
     checkpoint_every: int = 50
+    batch: int = 1  # conversations per optimiser step (and as many preservation replies), over all processes
+    precision: str = "auto"

@@ -16,9 +16,12 @@ from .choices import AGGREGATES
 
 def per_position_kl(logits_overlay: torch.Tensor, logits_base: torch.Tensor) -> torch.Tensor:
     """(n, V), (n, V) -> (n,): KL(p_overlay || p_base) at each position, in nats."""
-    logp_o = F.log_softmax(logits_overlay.float(), dim=-1)
-    logp_b = F.log_softmax(logits_base.float(), dim=-1)
-    return (logp_o.exp() * (logp_o - logp_b)).sum(-1)
+    return kl_of_logprobs(F.log_softmax(logits_overlay.float(), dim=-1), F.log_softmax(logits_base.float(), dim=-1))
+
+
+def kl_of_logprobs(logp_overlay: torch.Tensor, logp_base: torch.Tensor) -> torch.Tensor:
+    """(n, V) log-probabilities, (n, V) the base's (any float dtype, e.g. a float16 cache) -> (n,) KL in nats."""
+    return (logp_overlay.exp() * (logp_overlay - logp_base.float())).sum(-1)
 
 
 def aggregate(kl: torch.Tensor, agg: str) -> torch.Tensor:
@@ -32,6 +35,24 @@ def aggregate(kl: torch.Tensor, agg: str) -> torch.Tensor:
     if agg == "max":
         return kl.max()
     raise ValueError(f"unknown aggregate {agg!r}; use one of {AGGREGATES}")
+
+
+def aggregate_each(kl: torch.Tensor, owner: torch.Tensor, n: int, agg: str) -> torch.Tensor:
+    """(m,) KL of the positions of n sequences, (m,) which sequence each belongs to -> (n,): `aggregate` per sequence."""
+    if agg == "p95":
+        return torch.stack([aggregate(kl[owner == i], agg) for i in range(n)])
+    if agg == "max":
+        return torch.full((n,), float("-inf"), device=kl.device).scatter_reduce(0, owner, kl, "amax")
+    if agg not in ("mean", "rmse"):
+        raise ValueError(f"unknown aggregate {agg!r}; use one of {AGGREGATES}")
+    mean = segment_mean(kl if agg == "mean" else kl.pow(2), owner, n)
+    return mean if agg == "mean" else mean.clamp_min(1e-12).sqrt()
+
+
+def segment_mean(values: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+    """(m,), (m,) sequence of each value -> (n,) the mean of each sequence's values."""
+    sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, owner, values)
+    return sums / torch.bincount(owner, minlength=n).clamp_min(1)
 
 
 def barrier(divergence: torch.Tensor, tau: float) -> torch.Tensor:

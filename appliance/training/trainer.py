@@ -1,9 +1,12 @@
 """The trainer: a Takens-LoRA overlay on a frozen base, loaded from the same GGUF in torch.
 
-One conversation per step. The base model runs twice per step on the same
-input embeddings: with the overlay (trained) and without it (the reference
-pass, under no_grad): one copy of the weights, and the reference really is
-the base. Deterministic on the CPU for a given seed.
+A batch of conversations per step, right-padded side by side (`Batch`). The
+base's log-probabilities at the target positions are computed once, before
+the first step, by the same model without the overlay (one copy of the
+weights, and the reference really is the base); every step runs the base once,
+with the overlay, and reads the reference from that cache. On a GPU the base
+runs under bf16 autocast; under torchrun the batch is split over processes
+(distributed.py). Deterministic on the CPU for a given seed.
 """
 
 import time
@@ -14,17 +17,21 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from .. import __version__
 from ..errors import UsageError
 from ..overlay.files import Overlay, save_overlay
 from ..overlay.takens_torch import TakensLoRA
+from ..runtime.embeddings import architecture_of
 from ..trust.builtin import VerifiedModel
-from .choices import TrainConfig
+from .choices import PRECISIONS, TrainConfig
 from .dataset import Dataset
-from .objective import aggregate, barrier, nll, per_position_kl
+from .distributed import Ranks, all_mean, current, init_from_env
+from .objective import aggregate_each, barrier, kl_of_logprobs, nll, per_position_kl, segment_mean
 
 if TYPE_CHECKING:
+    from ..runtime.chat_template import ChatTemplate
     from ..runtime.session import Runtime
 
 CHECKPOINT = "checkpoint.pt"
@@ -32,6 +39,10 @@ CHECKPOINT = "checkpoint.pt"
 
 class CheckpointMismatch(UsageError):
     """`--resume` from a checkpoint made with other settings: resuming would mix two trainings."""
+
+
+class BaseNotTrainable(UsageError):
+    """transformers cannot load this base's architecture from a GGUF, so no overlay can be trained for it."""
 
 
 @dataclass
@@ -60,22 +71,32 @@ class TrainResult:
 def load_base(model: VerifiedModel, device: str = "cpu"):
     """The base as a frozen float32 torch model, dequantised from the very GGUF the runtime verified."""
     from transformers import AutoModelForCausalLM  # heavy: only the build station pays for it
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar owns the terminal
-
-    base = AutoModelForCausalLM.from_pretrained(str(model.path.parent), gguf_file=model.path.name, dtype=torch.float32)
+    architecture = architecture_of(model.path)
+    if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
+        raise BaseNotTrainable(f"{model.name}: transformers cannot load a {architecture!r} GGUF, so it cannot be trained here")
+    try:
+        base = AutoModelForCausalLM.from_pretrained(str(model.path.parent), gguf_file=model.path.name, dtype=torch.float32)
+    except (ValueError, KeyError, NotImplementedError) as e:  # how transformers says an architecture is not mapped
+        raise BaseNotTrainable(f"{model.name}: transformers could not load this {architecture!r} GGUF ({e})") from None
     base.requires_grad_(False)
     return base.eval().to(device)
 
 
-def encode(runtime: "Runtime", conversation: list[dict], max_len: int) -> Example:
+def encode(runtime: "Runtime", conversation: list[dict], max_len: int, template: Optional["ChatTemplate"] = None) -> Example:
     """Token ids of the rendered conversation and which of them are assistant tokens (the targets).
 
     The rendering grows message by message; each assistant turn's generation
-    prompt is context, its content and end-of-turn are targets.
+    prompt is context, its content and end-of-turn are targets. `template`
+    replaces the base's own chat template (`runtime.template`). A template
+    with no system role folds a system message into the first user turn; the
+    growing rendering still holds, as long as each rendering begins with the
+    one before it.
     """
-    tokenize, render = runtime.engine.tokenize, runtime.template.render
+    tokenize, render = runtime.engine.tokenize, (template or runtime.template).render
     ids: list[int] = []
     target: list[bool] = []
 
@@ -96,20 +117,25 @@ def encode(runtime: "Runtime", conversation: list[dict], max_len: int) -> Exampl
 def config_of(overlay: Overlay) -> TrainConfig:
     """The settings an overlay was trained with, from its own provenance (defaults where absent).
 
-    The device is where it was trained, not a property of the overlay: evaluation runs here, on the CPU.
+    The device and precision are where and how it was trained, not properties of the overlay:
+    evaluation runs here, on the CPU, in float32.
     """
-    recorded = {k: v for k, v in overlay.training.get("config", {}).items() if k != "device"}
+    recorded = {k: v for k, v in overlay.training.get("config", {}).items() if k not in ("device", "precision")}
     if "delays" in recorded:
         recorded["delays"] = tuple(recorded["delays"])
     return TrainConfig(**{k: v for k, v in recorded.items() if k in TrainConfig.__dataclass_fields__})
 
 
-def preservation_examples(model: VerifiedModel, prompts: list[str], max_tokens: int = 48) -> list[Example]:
+def preservation_examples(
+    model: VerifiedModel, prompts: list[str], max_tokens: int = 48, template: Optional["ChatTemplate"] = None
+) -> list[Example]:
     """The base's own greedy replies to neutral prompts, as examples whose targets are the reply."""
     from ..runtime.sampler import GREEDY
     from ..runtime.session import Runtime, Session
 
     runtime = Runtime(model, n_ctx=1024)
+    if template is not None:
+        runtime.template = template
     try:
         out = []
         for prompt in prompts:
@@ -121,13 +147,15 @@ def preservation_examples(model: VerifiedModel, prompts: list[str], max_tokens: 
         runtime.close()
 
 
-def split_examples(model: VerifiedModel, dataset: Dataset, cfg: TrainConfig) -> tuple[list[Example], list[Example]]:
+def split_examples(
+    model: VerifiedModel, dataset: Dataset, cfg: TrainConfig, template: Optional["ChatTemplate"] = None
+) -> tuple[list[Example], list[Example]]:
     """(held out, training) examples: a seeded permutation, so a report can recover the same split."""
     from ..runtime.session import Runtime  # llama.cpp: the runtime's own tokenizer and template
 
     runtime = Runtime(model, n_ctx=max(512, cfg.max_len + 8))
     try:
-        examples = [encode(runtime, conv, cfg.max_len) for conv in dataset.conversations]
+        examples = [encode(runtime, conv, cfg.max_len, template) for conv in dataset.conversations]
     finally:
         runtime.close()
     examples = [ex for ex in examples if ex.target[1:].any()]
@@ -137,41 +165,217 @@ def split_examples(model: VerifiedModel, dataset: Dataset, cfg: TrainConfig) -> 
 
 
 class TakensAdapter:
-    """The base seen through a Takens-LoRA overlay. The reference pass is the same model without it."""
+    """The base seen through a Takens-LoRA overlay. The reference pass is the same model without it.
 
-    def __init__(self, base, overlay: TakensLoRA):
+    The base is a transformers `*ForCausalLM` (its decoder under `.model`, its head the output
+    embeddings). With `precision="bf16"` the base runs under bfloat16 autocast: its matrix products
+    in bf16, its residual stream and norms in float32; the overlay, the logits' softmax, the loss
+    and the KL stay in float32.
+    """
+
+    def __init__(self, base, overlay: TakensLoRA, precision: str = "fp32"):
         self.base, self.module = base, overlay
+        self.forward_module = overlay  # what the forward pass calls: the DDP wrapper under torchrun
+        self.precision = precision
+        self.bf16 = precision == "bf16"
 
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.base.get_input_embeddings()(ids[None])  # (1, T, d)
+    def _autocast(self, device: torch.device):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def logits_at(self, batch: "Batch", on: bool = True) -> torch.Tensor:
+        """(n, V) float32 logits at the batch's predicting positions, with the overlay on or off."""
+        E = self.base.get_input_embeddings()(batch.ids)  # (B, T, d)
+        if on:
+            E = self.forward_module(E)
+        with self._autocast(E.device):
+            hidden = self.base.model(inputs_embeds=E, use_cache=False).last_hidden_state  # (B, T, d)
+            logits = self.base.get_output_embeddings()(hidden[batch.rows, batch.cols])  # (n, V): only where it counts
+        cap = getattr(self.base.config, "final_logit_softcapping", None)
+        logits = logits.float()
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """(T,) -> (T, V) with the overlay on"""
-        return self.base(inputs_embeds=self.module(self._embed(ids))).logits[0]
+        return self.logits_at(Batch.every_position(ids))
 
     def reference(self, ids: torch.Tensor) -> torch.Tensor:
         """(T,) -> (T, V) of the base alone"""
         with torch.no_grad():
-            return self.base(inputs_embeds=self._embed(ids)).logits[0]
+            return self.logits_at(Batch.every_position(ids), on=False)
+
+
+@dataclass
+class Batch:
+    """Conversations side by side, right-padded, each in its own row from position 0.
+
+    Causal attention never lets a real position see the padding after it, and the overlay's delay
+    ring of a row reads only that row: no conversation reaches into another, and a batched
+    conversation computes what it computes alone (tests/training/test_batching.py).
+    """
+
+    ids: torch.Tensor  # (B, T) token ids, padded with token 0
+    rows: torch.Tensor  # (n,) the row of each predicting position (row-major order)
+    cols: torch.Tensor  # (n,) its column: position t predicts token t + 1
+    targets: torch.Tensor  # (n,) the token it predicts
+
+    @property
+    def size(self) -> int:
+        return self.ids.shape[0]
+
+    @classmethod
+    def of(cls, examples: list[Example], device, pad_to: int = 8) -> "Batch":
+        """Rows padded to a multiple of `pad_to` tokens: fewer distinct shapes for the GPU's kernels."""
+        T = -(-max(len(ex.ids) for ex in examples) // pad_to) * pad_to
+        ids = torch.zeros(len(examples), T, dtype=torch.long)
+        predicts = torch.zeros(len(examples), T, dtype=torch.bool)
+        for i, ex in enumerate(examples):
+            ids[i, : len(ex.ids)] = ex.ids
+            predicts[i, : len(ex.ids) - 1] = ex.target[1:]
+        rows, cols = predicts.nonzero(as_tuple=True)
+        ids, rows, cols = ids.to(device), rows.to(device), cols.to(device)
+        return cls(ids, rows, cols, ids[rows, cols + 1])
+
+    @classmethod
+    def every_position(cls, ids: torch.Tensor) -> "Batch":
+        """One sequence, logits at every position (the last one included)."""
+        cols = torch.arange(len(ids), device=ids.device)
+        return cls(ids[None], torch.zeros_like(cols), cols, ids)
+
+
+def _chunks(examples: list, tokens: int) -> list[list]:
+    """Consecutive groups of examples with about `tokens` tokens each (padding counted)."""
+    groups: list[list] = [[]]
+    for ex in examples:
+        if groups[-1] and (len(groups[-1]) + 1) * max(len(ex.ids), *(len(e.ids) for e in groups[-1])) > tokens:
+            groups.append([])
+        groups[-1].append(ex)
+    return [g for g in groups if g]
+
+
+def chunk_tokens(device: torch.device) -> int:
+    """Tokens per pass when scoring without gradients: large on a GPU, small on the CPU (memory of (n, V) logits)."""
+    return 16384 if device.type == "cuda" else 1024
+
+
+def base_logprobs(adapter: TakensAdapter, examples: list[Example], dtype: torch.dtype) -> list[torch.Tensor]:
+    """The frozen base's log-probabilities (n_i, V) at each example's predicting positions, computed once.
+
+    The base never changes, so the barrier's reference is a constant of the data: training reads it
+    from here every epoch instead of running the base again (docs/overlay-training.md says in which
+    dtype and what that costs the KL).
+    """
+    device = next(adapter.module.parameters()).device
+    out: list[torch.Tensor] = []
+    with torch.no_grad():
+        for group in _chunks(examples, chunk_tokens(device)):
+            batch = Batch.of(group, device)
+            logp = F.log_softmax(adapter.logits_at(batch, on=False), dim=-1).to(dtype)
+            out += list(torch.split(logp, torch.bincount(batch.rows, minlength=batch.size).tolist()))
+    return out
+
+
+def cache_dtype(precision: str) -> torch.dtype:
+    """float16 beside a bf16 base: log-probabilities lie in [-100, 0], where float16 keeps 3 more bits than bfloat16."""
+    return torch.float16 if precision == "bf16" else torch.float32
+
+
+def resolve_precision(cfg: TrainConfig) -> str:
+    if cfg.precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {cfg.precision!r}; use one of {', '.join(PRECISIONS)}")
+    if cfg.precision == "auto":
+        return "bf16" if cfg.device.startswith("cuda") else "fp32"
+    return cfg.precision
+
+
+@dataclass
+class Terms:
+    nll: torch.Tensor  # (B_domain,) mean NLL of each domain conversation's targets
+    divergence: torch.Tensor  # (B,) aggregated KL of every row (domain rows first, then preservation)
+    n_domain: int
+
+
+def batch_terms(adapter: TakensAdapter, batch: Batch, logp_base: torch.Tensor, agg: str, n_domain: int) -> Terms:
+    """Per-conversation NLL (the first `n_domain` rows) and aggregated KL to the cached base (every row)."""
+    logp = F.log_softmax(adapter.logits_at(batch), dim=-1)  # (n, V) float32
+    nll_pos = -logp.gather(1, batch.targets[:, None])[:, 0]
+    kl = kl_of_logprobs(logp, logp_base)
+    domain = batch.rows < n_domain
+    return Terms(
+        segment_mean(nll_pos[domain], batch.rows[domain], n_domain), aggregate_each(kl, batch.rows, batch.size, agg), n_domain
+    )
 
 
 def step_terms(adapter, ex: Example, cfg: TrainConfig, on: bool = True):
     """NLL (adapter on, or the base if not `on`) and per-position KL to the base, at positions predicting assistant tokens."""
-    ids = ex.ids.to(cfg.device)
-    predicts = ex.target[1:].to(cfg.device)  # position t predicts token t+1
-    targets = ids[1:][predicts]
-    logits_base = adapter.reference(ids)[:-1][predicts]  # (n, V)
+    batch = Batch.of([ex], next(adapter.module.parameters()).device)
+    logits_base = adapter.logits_at(batch, on=False).detach()  # (n, V)
     if not on:
-        return nll(logits_base, targets), torch.zeros(len(logits_base))
-    logits_on = adapter.logits(ids)[:-1][predicts]  # (n, V)
-    return nll(logits_on, targets), per_position_kl(logits_on, logits_base)
+        return nll(logits_base, batch.targets), torch.zeros(len(logits_base))
+    logits_on = adapter.logits_at(batch)  # (n, V)
+    return nll(logits_on, batch.targets), per_position_kl(logits_on, logits_base)
 
 
 def heldout_nll(adapter, examples: list[Example], cfg: TrainConfig, on: bool = True) -> Optional[float]:
+    """Mean over the examples of each one's mean target NLL, scored in batches."""
     if not examples:
         return None
+    device = next(adapter.module.parameters()).device
+    losses = []
     with torch.no_grad():
-        return float(np.mean([step_terms(adapter, ex, cfg, on)[0].item() for ex in examples]))
+        for group in _chunks(examples, chunk_tokens(device)):
+            batch = Batch.of(group, device)
+            per_position = F.cross_entropy(adapter.logits_at(batch, on), batch.targets, reduction="none")
+            losses.append(segment_mean(per_position, batch.rows, batch.size))
+    return float(torch.cat(losses).mean())
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which conversations and preservation replies each step reads: a fixed order, whatever the batch or the processes.
+
+    Step s reads training examples s*B .. s*B + B - 1 (cyclically) and as many preservation
+    replies; each process takes its round-robin share (distributed.Ranks.share).
+    """
+
+    n_train: int
+    n_preserve: int
+    batch: int
+    ranks: Ranks
+
+    def domain(self, step: int) -> list[int]:
+        return self.ranks.share([(step * self.batch + k) % self.n_train for k in range(self.batch)])
+
+    def preserve(self, step: int) -> list[int]:
+        if not self.n_preserve:
+            return []
+        return self.ranks.share([(step * self.batch + k) % self.n_preserve for k in range(self.batch)])
+
+
+class BaseCache:
+    """The base's log-probabilities of every conversation and preservation reply the steps will read, computed once."""
+
+    def __init__(self, adapter: TakensAdapter, sched: Schedule, steps: range, trainset, preserve, dtype: torch.dtype):
+        used_train = sorted({i for s in steps for i in sched.domain(s)})
+        used_preserve = sorted({j for s in steps for j in sched.preserve(s)})
+        self.train = dict(zip(used_train, base_logprobs(adapter, [trainset[i] for i in used_train], dtype)))
+        self.preserve = dict(zip(used_preserve, base_logprobs(adapter, [preserve[j] for j in used_preserve], dtype)))
+
+    def take(self, domain: list[int], preserve: list[int]) -> torch.Tensor:
+        """(n, V): the rows of a batch of these conversations then these replies, in `Batch` order."""
+        return torch.cat([self.train[i] for i in domain] + [self.preserve[j] for j in preserve])
+
+
+def step_loss(adapter, cfg: TrainConfig, sched: Schedule, step: int, trainset, preserve, cache: BaseCache):
+    """(this process's loss, its terms) for one step."""
+    dom, pres = sched.domain(step), sched.preserve(step)
+    examples = [trainset[i] for i in dom] + [preserve[j] for j in pres]
+    device = next(adapter.module.parameters()).device
+    terms = batch_terms(adapter, Batch.of(examples, device), cache.take(dom, pres), cfg.agg, len(dom))
+    # Each process weighs its share by world / B: DDP's average of the gradients is then the
+    # gradient of the global batch's mean of (nll + lambda * barrier) per conversation.
+    weight = sched.ranks.world / cfg.batch
+    loss = weight * (terms.nll.sum() + cfg.lam * barrier(terms.divergence, cfg.tau).sum())
+    return loss, terms
 
 
 def optimise(
@@ -183,19 +387,28 @@ def optimise(
     resume: bool = False,
     preserve: list[Example] = (),
 ) -> tuple[list[StepLog], float]:
-    """The training loop for any adapter (`.module`, `.logits`, `.reference`): NLL + lambda * barrier.
+    """The training loop for any adapter (`.module`, `.logits_at`): NLL + lambda * barrier.
 
-    One conversation per step, in a fixed order; with `preserve` (the base's own replies to
-    neutral prompts), each step also pays lambda * barrier on the divergence along one of them,
-    so the overlay is held near the base off its domain too (behaviour preservation, docs/overlay-training.md).
-    Checkpoints every `checkpoint_every` steps to `out` (if given), and `resume` continues from
-    there. Returns (log, trained tokens/s).
+    `cfg.batch` conversations per step, in a fixed order; with `preserve` (the base's own replies to
+    neutral prompts), each conversation's term also pays lambda * barrier on the divergence along
+    one of them, so the overlay is held near the base off its domain too (behaviour preservation,
+    docs/overlay-training.md). The base's log-probabilities are computed once, before the first
+    step. Under torchrun the batch is split over the processes (distributed.py). Checkpoints every
+    `checkpoint_every` steps to `out` (if given; the leading process writes), and `resume`
+    continues from there. Returns (log, trained tokens/s, counting this process's tokens times the processes).
     """
+    ranks = current()
+    if cfg.batch < 1 or cfg.batch % ranks.world:
+        raise UsageError(f"a batch of {cfg.batch} conversations cannot be split evenly over {ranks.world} processes")
+    if ranks.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        adapter.forward_module = DistributedDataParallel(adapter.module)
     opt = torch.optim.AdamW([p for p in adapter.module.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     log: list[StepLog] = []
     start = 0
     checkpoint = out / CHECKPOINT if out is not None else None
-    if checkpoint is not None:
+    if checkpoint is not None and ranks.leader:
         out.mkdir(parents=True, exist_ok=True)
     if resume and checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
@@ -206,26 +419,29 @@ def optimise(
         torch.set_rng_state(state["torch_rng"])
         log, start = [StepLog(**s) for s in state["log"]], state["step"]
 
-    trained_tokens, t0 = 0, time.perf_counter()
-    for step in range(start, cfg.steps):
-        ex = trainset[step % len(trainset)]
-        nll_term, kl = step_terms(adapter, ex, cfg)
-        divergence = aggregate(kl, cfg.agg)
-        bar = barrier(divergence, cfg.tau)
-        if preserve:
-            neutral = preserve[step % len(preserve)]
-            bar = bar + barrier(aggregate(step_terms(adapter, neutral, cfg)[1], cfg.agg), cfg.tau)
-            trained_tokens += len(neutral.ids)
-        loss = nll_term + cfg.lam * bar
+    sched = Schedule(len(trainset), len(preserve), cfg.batch, ranks)
+    steps = range(start, cfg.steps)
+    trained_tokens, t0 = 0, time.perf_counter()  # the base's one pass is part of the training time
+    cache = BaseCache(adapter, sched, steps, trainset, preserve, cache_dtype(adapter.precision))
+
+    for step in steps:
+        loss, terms = step_loss(adapter, cfg, sched, step, trainset, preserve, cache)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        trained_tokens += len(ex.ids)
-        entry = StepLog(step + 1, nll_term.item(), bar.item(), divergence.item())
+        trained_tokens += sum(len(trainset[i].ids) for i in sched.domain(step))
+        trained_tokens += sum(len(preserve[j].ids) for j in sched.preserve(step))
+        n = terms.n_domain
+        logged = all_mean(
+            torch.stack([terms.nll.mean(), barrier(terms.divergence, cfg.tau).sum() / n, terms.divergence[:n].mean()]).detach(),
+            ranks,
+        ).tolist()
+        entry = StepLog(step + 1, *logged)
         log.append(entry)
         if on_step is not None:
             on_step(entry)
-        if checkpoint is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+        last = step + 1 == cfg.steps
+        if checkpoint is not None and ranks.leader and ((step + 1) % cfg.checkpoint_every == 0 or last):
             torch.save(
                 {
                     "config": asdict(cfg),
@@ -237,8 +453,10 @@ def optimise(
                 },
                 checkpoint,
             )
+    if next(adapter.module.parameters()).is_cuda:
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
-    return log, trained_tokens / elapsed if elapsed > 0 else 0.0
+    return log, trained_tokens * ranks.world / elapsed if elapsed > 0 else 0.0
 
 
 def train(
@@ -250,13 +468,15 @@ def train(
     resume: bool = False,
     base=None,
     preserve_prompts: Optional[list[str]] = None,
+    template: Optional["ChatTemplate"] = None,
 ) -> TrainResult:
     """Train a Takens-LoRA overlay and write overlay.json + overlay.safetensors (with provenance) to `out`.
 
     `base` is the frozen torch base if the caller already loaded it (see `load_base`);
-    `preserve_prompts` are neutral prompts on which the overlay is held near the base.
+    `preserve_prompts` are neutral prompts on which the overlay is held near the base;
+    `template` renders the conversations instead of the base's own chat template.
     """
-    held, trainset = split_examples(model, dataset, cfg)
+    held, trainset = split_examples(model, dataset, cfg, template)
     preserve = preservation_examples(model, preserve_prompts) if preserve_prompts else []
     return train_examples(
         model, dataset.sha256, len(dataset.conversations), held, trainset, cfg, out, on_step, resume, base, preserve
@@ -276,13 +496,18 @@ def train_examples(
     base=None,
     preserve: list[Example] = (),
 ) -> TrainResult:
-    """`train` on examples already tokenised (a GPU machine need not have llama.cpp)."""
+    """`train` on examples already tokenised (a GPU machine need not have llama.cpp).
+
+    Under torchrun every process calls this; the leading one writes the files.
+    """
     if not trainset:
         raise UsageError("no conversation left to train on after the held-out split")
+    ranks = init_from_env(cfg.device)
+    device = ranks.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    base = base if base is not None else load_base(model, cfg.device)
-    overlay = TakensLoRA(base.config.hidden_size, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(cfg.device)
-    adapter = TakensAdapter(base, overlay)
+    base = base if base is not None else load_base(model, device)
+    overlay = TakensLoRA(base.config.hidden_size, cfg.rank, cfg.delays, cfg.alpha, cfg.activation).to(device)
+    adapter = TakensAdapter(base, overlay, resolve_precision(cfg))
     log, speed = optimise(adapter, trainset, cfg, out, on_step, resume, preserve)
 
     nll_off, nll_on = heldout_nll(adapter, held, cfg, on=False), heldout_nll(adapter, held, cfg)
@@ -295,6 +520,7 @@ def train_examples(
         "heldout_conversations": len(held),
         "preservation_replies": len(preserve),
         "config": {**asdict(cfg), "delays": list(cfg.delays)},
+        "processes": ranks.world,
         "steps": len(log),
         "final_nll": log[-1].nll if log else None,
         "final_barrier": log[-1].barrier if log else None,
@@ -304,5 +530,6 @@ def train_examples(
         "code_version": __version__,
     }
     result = TrainResult(Overlay(overlay.to_params(), model.sha256, training), log, nll_off, nll_on, speed)
-    save_overlay(result.overlay, out)
+    if ranks.leader:
+        save_overlay(result.overlay, out)
     return result

@@ -13,7 +13,7 @@ from appliance.overlay.takens_torch import TakensLoRA
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Session
 from appliance.training.dataset import load_dataset
-from appliance.training.trainer import TakensAdapter, TrainConfig, encode, load_base, optimise, step_terms, train
+from appliance.training.trainer import TakensAdapter, TrainConfig, encode, optimise, step_terms, train
 
 CONVERSATIONS = [
     [{"role": "user", "content": q}, {"role": "assistant", "content": "Unknown. I will not guess. Check the log."}]
@@ -25,8 +25,8 @@ CFG = TrainConfig(steps=8, lr=1e-2, holdout=0.25, max_len=64, checkpoint_every=4
 
 
 @pytest.fixture(scope="module")
-def base(model):
-    return load_base(model)
+def base(smollm2_base):
+    return smollm2_base
 
 
 @pytest.fixture(scope="module")
