@@ -180,7 +180,9 @@ def measure(base, cfg, held, trainset, preserve, target, evals: int = 12) -> dic
     }  # fmt: skip
 
 
-def run(work: Path, base_name: str, device: str, sweep: str, parts: Path, out_json: Path | None, compile: bool) -> None:
+def run(
+    work: Path, base_name: str, device: str, sweep: str, parts: Path, out_json: Path | None, compile: bool, evals: int
+) -> None:
     from appliance.training.distributed import init_from_env
     from appliance.training.trainer import TrainConfig, heldout_nll, load_base
 
@@ -203,7 +205,7 @@ def run(work: Path, base_name: str, device: str, sweep: str, parts: Path, out_js
     for spec in sweep.split(","):
         batch, steps, lr, *precision = spec.split(":")
         cfg = replace(recipe, batch=int(batch), steps=int(steps), lr=float(lr), precision=(precision or ["auto"])[0])
-        row = measure(base, cfg, held, trainset, preserve, target)
+        row = measure(base, cfg, held, trainset, preserve, target, evals)
         if target is None:
             target = row["heldout_nll"]
             row["heldout_nll_base"] = heldout_nll(TakensAdapter(base, _identity(base, cfg, device)), held, cfg, on=False)
@@ -240,11 +242,12 @@ def main() -> None:
     ap.add_argument("--parts", type=Path, default=Path("/tmp/parts"), help="where earlier calls left the model's parts")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--compile", action="store_true", help="torch.compile the base's decoder")
+    ap.add_argument("--evals", type=int, default=12, help="held-out evaluations along each run (1: only at the end)")
     args = ap.parse_args()
     if args.mode == "prepare":
         prepare(args.work, args.gemma)
     else:
-        run(args.work, args.base, args.device, args.sweep, args.parts, args.json, args.compile)
+        run(args.work, args.base, args.device, args.sweep, args.parts, args.json, args.compile, args.evals)
 
 
 if __name__ == "__main__":
