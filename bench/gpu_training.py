@@ -21,7 +21,7 @@ import argparse
 import hashlib
 import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -176,12 +176,20 @@ def measure(base, cfg, held, trainset, preserve, target, evals: int = 12) -> dic
         "tokens_per_s": sum(len(ex.ids) for ex in read) * ranks.world / seconds,
         "mfu": model_flops / seconds / (H200_BF16_DENSE * ranks.world) if device.type == "cuda" else None,
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "heldout_nll": curve[-1][2], "seconds_to_target": reached, "curve": curve,
+        "heldout_nll": curve[-1][2], "seconds_to_target": reached, "curve": curve, "overlay": adapter.module.to_params(),
     }  # fmt: skip
 
 
 def run(
-    work: Path, base_name: str, device: str, sweep: str, parts: Path, out_json: Path | None, compile: bool, evals: int
+    work: Path,
+    base_name: str,
+    device: str,
+    sweep: str,
+    parts: Path,
+    out_json: Path | None,
+    compile: bool,
+    evals: int,
+    save: Path | None = None,
 ) -> None:
     from appliance.training.distributed import init_from_env
     from appliance.training.trainer import TrainConfig, heldout_nll, load_base
@@ -209,6 +217,12 @@ def run(
         if target is None:
             target = row["heldout_nll"]
             row["heldout_nll_base"] = heldout_nll(TakensAdapter(base, _identity(base, cfg, device)), held, cfg, on=False)
+        params = row.pop("overlay")
+        if save is not None and ranks.leader:  # to check on llama.cpp where it is installed
+            from appliance.overlay.files import Overlay, save_overlay
+
+            config = {**asdict(cfg), "delays": list(cfg.delays)}
+            save_overlay(Overlay(params, model.sha256, {"config": config}), save / f"row{len(rows)}")
         rows.append(row)
         say(_line(base_name, row, target))
     if out_json is not None and ranks.leader:
@@ -242,12 +256,13 @@ def main() -> None:
     ap.add_argument("--parts", type=Path, default=Path("/tmp/parts"), help="where earlier calls left the model's parts")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--compile", action="store_true", help="torch.compile the base's decoder")
+    ap.add_argument("--save", type=Path, default=None, help="write each run's overlay to SAVE/rowN")
     ap.add_argument("--evals", type=int, default=12, help="held-out evaluations along each run (1: only at the end)")
     args = ap.parse_args()
     if args.mode == "prepare":
         prepare(args.work, args.gemma)
     else:
-        run(args.work, args.base, args.device, args.sweep, args.parts, args.json, args.compile, args.evals)
+        run(args.work, args.base, args.device, args.sweep, args.parts, args.json, args.compile, args.evals, args.save)
 
 
 if __name__ == "__main__":
