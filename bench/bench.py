@@ -464,7 +464,7 @@ def verdict(ratio: str, target: str) -> str:
     return "met" if (value >= bound if op == ">=" else value <= bound) else "NOT MET"
 
 
-SECTIONS = ("decode", "cold", "window", "switch", "threads", "hashing", "vault")
+SECTIONS = ("decode", "cold", "window", "switch", "threads", "hashing", "vault", "search")
 
 
 def journal_search(rounds: int, n_sessions: int) -> list[tuple]:
