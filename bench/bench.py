@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from native import native_rows
+
 from appliance import state
 from appliance.erase import erase_journal
 from appliance.journal import Journal, provenance
@@ -464,7 +466,7 @@ def verdict(ratio: str, target: str) -> str:
     return "met" if (value >= bound if op == ">=" else value <= bound) else "NOT MET"
 
 
-SECTIONS = ("decode", "cold", "window", "switch", "threads", "hashing", "vault", "search")
+SECTIONS = ("decode", "native", "cold", "window", "switch", "threads", "hashing", "vault", "search")
 
 
 def journal_search(rounds: int, n_sessions: int) -> list[tuple]:
@@ -524,6 +526,8 @@ def main() -> None:
         decode_rows, prompt_tokens = decode_speed(model, args.rounds, args.tokens)
         rows += decode_rows if "decode" in only else []
         rows += cold_start(pin, args.rounds, prompt_tokens) if "cold" in only else []
+    if "native" in only:
+        rows += native_rows(model, args.rounds, args.tokens, PROMPT, median_of)
     if "window" in only:
         rows += long_window(model, args.rounds, args.tokens)
     if "switch" in only:
