@@ -76,6 +76,7 @@ class Session:
     runtime: Runtime
     overlay: Optional[Overlay] = None
     system_prompt: Optional[str] = None  # None: the model template's own default
+    preset: Optional[str] = None  # the name of the prompt preset the system prompt came from, if any
     settings: SamplingSettings = field(default_factory=SamplingSettings)
     history: list[dict] = field(default_factory=list)  # {"role": "user"|"assistant", "content": str}
     overlay_on: bool = False
@@ -85,7 +86,7 @@ class Session:
 
     def conditioning(self) -> dict:
         """What besides the model and overlay shapes the next reply: the provenance of a journal record."""
-        return {"settings": self.settings.as_dict(), "system_prompt": self.system_prompt}
+        return {"settings": self.settings.as_dict(), "system_prompt": self.system_prompt, "preset": self.preset}
 
     def set_overlay(self, on: bool) -> None:
         if on and self.overlay is None:
