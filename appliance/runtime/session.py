@@ -76,11 +76,11 @@ class Session:
     runtime: Runtime
     overlay: Optional[Overlay] = None
     system_prompt: Optional[str] = None  # None: the model template's own default
-    preset: Optional[str] = None  # the name of the prompt preset the system prompt came from, if any
     settings: SamplingSettings = field(default_factory=SamplingSettings)
     history: list[dict] = field(default_factory=list)  # {"role": "user"|"assistant", "content": str}
     overlay_on: bool = False
     first_turn: int = 0  # turns before this index no longer fit the context window
+    preset: Optional[str] = None  # the name of the prompt preset the system prompt came from, if any
 
     # -- the overlay switch --------------------------------------------------
 
