@@ -45,6 +45,8 @@ def chat(
     """The terminal UI: unlock, chat with streaming replies, switch the overlay, audit, read and verify sessions, kill."""
     from ..ui import ApplianceApp, ChatCore  # Textual loads only for this command
 
+    if resume and system_prompt is not None:
+        raise click.UsageError("--system and --resume: a resumed session keeps the system prompt it recorded (F6 changes it)")
     home = paths.state_dir()
     state.require_initialised(home)
     model = verify_pinned(embedded_pin())

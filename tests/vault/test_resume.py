@@ -110,6 +110,10 @@ def test_refusals_change_nothing(vault_home):
         time.sleep(0.05)
     _refused(vault_home, 2, "usage", "--resume", "../../etc/passwd")
     _refused(vault_home, 2, "usage", "--resume", good, "--system", "another")
+    before = tree_digest(vault_home)
+    error_line(appliance("chat", "--resume", good, "--system", "another"), 2, "usage")
+    error_line(appliance("chat", "--resume", "not-an-id"), 2, "usage")
+    assert tree_digest(vault_home) == before
     _refused(vault_home, 5, "not-found", "--resume", "20250101T000000Z-00000000")
     _refused(vault_home, 3, "journal-broken", "--resume", broken)
     _refused(vault_home, 6, "erased", "--resume", gone)
