@@ -16,6 +16,7 @@ from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..trust.builtin import embedded_pin, verify_pinned
 from ..vault import zeroize
+from .options import resume_option
 from .unlocking import PASSPHRASE_ENV, passphrase_option, read_passphrase
 
 
@@ -30,6 +31,7 @@ from .unlocking import PASSPHRASE_ENV, passphrase_option, read_passphrase
     default=None,
     help="llama.cpp threads (default: every core, one fewer for each core other processes keep busy).",
 )
+@resume_option
 @passphrase_option
 def chat(
     max_tokens: int,
@@ -37,11 +39,14 @@ def chat(
     temperature: float,
     system_prompt: Optional[str],
     threads: Optional[int],
+    resume: Optional[str],
     passphrase_file: Optional[Path],
 ) -> None:
     """The terminal UI: unlock, chat with streaming replies, switch the overlay, audit, read and verify sessions, kill."""
     from ..ui import ApplianceApp, ChatCore  # Textual loads only for this command
 
+    if resume and system_prompt is not None:
+        raise click.UsageError("--system and --resume: a resumed session keeps the system prompt it recorded (F6 changes it)")
     home = paths.state_dir()
     state.require_initialised(home)
     model = verify_pinned(embedded_pin())
@@ -54,6 +59,7 @@ def chat(
         settings=SamplingSettings(temperature=temperature, seed=seed),
         max_tokens=max_tokens,
         system_prompt=system_prompt,
+        resume=resume,
     )
     try:
         ApplianceApp(core, passphrase=passphrase).run()

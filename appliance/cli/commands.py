@@ -9,6 +9,7 @@ from ..runtime.session import Runtime
 from ..store import ActiveBase
 from ..trust.builtin import embedded_pin, verify_pinned
 from ..vault import Vault
+from .options import resume_option
 from .output import say, stream, warn
 from .unlocking import create_vault, new_vault_passphrase, passphrase_option, unlock, unlocked, unlocked_appliance
 from .vault_commands import erase, kill, kill_policy, logs, passphrase
@@ -118,11 +119,23 @@ def _prompt_text(ctx, param, value: str) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
 @click.option("--system", "system_prompt", default=None, callback=_utf8_text, help="System prompt (default: the model's own).")
+@resume_option
 @passphrase_option
 def ask(
-    prompt: str, overlay: str, max_tokens: int, seed: int, temperature: float, system_prompt: str | None, passphrase_file
+    prompt: str,
+    overlay: str,
+    max_tokens: int,
+    seed: int,
+    temperature: float,
+    system_prompt: str | None,
+    resume: str | None,
+    passphrase_file,
 ) -> None:
-    """Answer one PROMPT on the active base (and overlay), streaming the reply; both are journaled."""
+    """Answer one PROMPT on the active base (and overlay), streaming the reply; both are journaled.
+
+    With --resume ID, PROMPT continues that session (its history and system prompt) in a new session."""
+    if resume and system_prompt is not None:
+        raise click.UsageError("--system and --resume: a resumed session keeps the system prompt it recorded")
     # PROMPT and --system were checked while parsing (exit 2), before anything is opened or journaled.
     state.require_initialised(paths.state_dir())
     model = verify_pinned(embedded_pin())
@@ -133,7 +146,13 @@ def ask(
             # anything is loaded; a refusal here (exit 3, or 6 if erased) leaves nothing behind.
             app.load_overlay()
         settings = SamplingSettings(temperature=temperature, seed=seed)
-        session = app.session(Runtime(model), settings=settings, system_prompt=system_prompt, overlay_on=overlay == "on")
+        if resume:
+            resumed = app.resume(Runtime(model), resume, settings=settings, overlay_on=overlay == "on")
+            for notice in resumed.notices:
+                warn(f"note: {notice}")
+            session = resumed.session
+        else:
+            session = app.session(Runtime(model), settings=settings, system_prompt=system_prompt, overlay_on=overlay == "on")
         reply = app.reply(session, prompt, max_tokens=max_tokens, on_text=stream).reply
         say()
     if reply.dropped_turns:
@@ -156,6 +175,12 @@ for _command in (trust, bundle, update, verify_cmd):
 from .overlay_commands import overlay  # noqa: E402
 
 cli.add_command(overlay)
+
+
+# Prompt presets (appliance/cli/preset_commands.py).
+from .preset_commands import preset  # noqa: E402
+
+cli.add_command(preset)
 
 
 # The terminal UI (appliance/cli/chat_command.py).

@@ -3,7 +3,8 @@
 A message record (see `message`) carries: UTC time and appliance version (added by
 `Journal.append`), role, text, the base model {name, sha256, version}, the overlay
 {name, version, sha256, signers, on} or null when none is loaded, the sampling settings,
-the system prompt that conditioned the reply (null: the model's own default),
+the system prompt that conditioned the reply (null: the model's own default) and the name of
+the prompt preset it came from (null: none, or typed by hand),
 and the overlay's divergence from the base for that reply where it was measured (else null).
 """
 
@@ -36,6 +37,7 @@ def message(
     overlay: Optional[dict],
     settings: dict,
     system_prompt: Optional[str],
+    preset: Optional[str] = None,
     divergence: Optional[dict] = None,
     **extra,
 ) -> dict:
@@ -47,6 +49,7 @@ def message(
         "overlay": overlay,
         "settings": settings,
         "system_prompt": system_prompt,
+        "preset": preset,
         "divergence": divergence,
         **extra,
     }

@@ -80,12 +80,13 @@ class Session:
     history: list[dict] = field(default_factory=list)  # {"role": "user"|"assistant", "content": str}
     overlay_on: bool = False
     first_turn: int = 0  # turns before this index no longer fit the context window
+    preset: Optional[str] = None  # the name of the prompt preset the system prompt came from, if any
 
     # -- the overlay switch --------------------------------------------------
 
     def conditioning(self) -> dict:
         """What besides the model and overlay shapes the next reply: the provenance of a journal record."""
-        return {"settings": self.settings.as_dict(), "system_prompt": self.system_prompt}
+        return {"settings": self.settings.as_dict(), "system_prompt": self.system_prompt, "preset": self.preset}
 
     def set_overlay(self, on: bool) -> None:
         if on and self.overlay is None:
