@@ -157,6 +157,12 @@ from .overlay_commands import overlay  # noqa: E402
 
 cli.add_command(overlay)
 
+# Control vectors: files in and out of llama.cpp's GGUF, and steering (appliance/cli/control_commands.py).
+from .control_commands import control_export, control_import  # noqa: E402
+
+for _command in (control_export, control_import):
+    overlay.add_command(_command)
+
 
 # The terminal UI (appliance/cli/chat_command.py).
 from .chat_command import chat  # noqa: E402

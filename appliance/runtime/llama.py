@@ -81,6 +81,7 @@ class LlamaEngine:
         self.n_ctx, self.n_seq, self.n_batch = C.llama_n_ctx_seq(self.ctx), n_seq, n_batch
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
         self.n_embd = C.llama_model_n_embd(self.model)
+        self.n_layer = C.llama_model_n_layer(self.model)
         self._token_batch = C.llama_batch_init(n_batch, 0, 1)
         self._embd_batch = C.llama_batch_init(n_batch, self.n_embd, 1)
         self._piece = ctypes.create_string_buffer(256)
