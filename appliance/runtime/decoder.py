@@ -7,7 +7,8 @@ result goes in through `batch.embd`.
 One llama.cpp sequence per overlay state (seq_id 0: off, seq_id 1: on), each
 remembering the tokens it holds and the overlay they were computed with:
   1. a prefill in a state uses that state's sequence and makes it current;
-  2. a sequence computed with another overlay object (or none) is emptied first;
+  2. a sequence computed with another overlay object (or none), or under another control vector
+     (or none), is emptied first;
   3. it keeps the longest common prefix of what it holds and the new context,
      but never past the positions a prefill computed (`exact`): a reply's tokens
      were decoded one at a time, which rounds differently from a prefill
@@ -20,6 +21,12 @@ a reply, after any switches and whatever the window dropped, is the reply of a
 fresh session in that state. A switch reads only what that state's sequence
 has not seen: its own last reply and the exchanges since. With an engine of
 one sequence both states share seq_id 0 and rule 2 empties it at every switch.
+
+The control vector is different: llama.cpp adds it in every sequence of the
+context, so it cannot have a sequence of its own. It is set on the engine
+before a prefill that needs another one (`LlamaEngine.set_control`), and rule 2
+makes a control-vector switch a full re-read of the sequence used next; a
+sequence computed under the vector now set again is kept.
 """
 
 from collections.abc import Callable
@@ -28,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..overlay.control import ControlVector
 from ..overlay.params import OverlayParams
 from ..overlay.takens_numpy import OverlayStream
 from .embeddings import EmbeddingTable
@@ -40,6 +48,7 @@ class KVSequence:
     tokens: list[int] = field(default_factory=list)  # what its cells hold, position by position
     exact: int = 0  # leading positions computed by prefills: what a fresh prefill computes
     overlay: Optional[OverlayParams] = None  # the state those tokens were computed in
+    control: Optional[ControlVector] = None  # ... and the control vector they were computed under
     stream: Optional[OverlayStream] = None  # the overlay's delay ring, positioned after `tokens`
 
 
@@ -50,19 +59,22 @@ class Decoder:
         self.sequences = [KVSequence(seq_id) for seq_id in range(min(engine.n_seq, 2))]
         self.current = self.sequences[0]
         self.last_prefill_tokens = 0  # how many positions the last prefill had to compute
+        self.control: Optional[ControlVector] = None  # the one set on the engine
 
     def reset(self) -> None:
-        """Empty every sequence: the next prefill computes everything, as in a new process."""
+        """Empty every sequence and clear the control vector: the next prefill computes everything, as in a new process."""
         self.engine.forget_all()
+        self._set_control(None)
         self.sequences = [KVSequence(seq.seq_id) for seq in self.sequences]
         self.current = self.sequences[0]
 
-    def prefill(self, tokens: list[int], overlay: Optional[OverlayParams]) -> np.ndarray:
-        """Make the current sequence hold exactly `tokens` under `overlay`; return the logits after the last token."""
+    def prefill(self, tokens: list[int], overlay: Optional[OverlayParams], control: Optional[ControlVector] = None) -> np.ndarray:
+        """Make the current sequence hold exactly `tokens` under `overlay` and `control`; return the logits after the last token."""
+        self._set_control(control)
         seq = self.sequences[1 if overlay is not None and len(self.sequences) > 1 else 0]
-        if seq.overlay is not overlay:
+        if seq.overlay is not overlay or seq.control is not control:
             self.engine.forget_from(0, seq.seq_id)
-            seq.tokens, seq.exact, seq.overlay = [], 0, overlay
+            seq.tokens, seq.exact, seq.overlay, seq.control = [], 0, overlay, control
             seq.stream = OverlayStream(overlay) if overlay is not None else None
         self.current = seq
         # At least two tokens are computed (fresh logits, and never a batch of one), unless the context is one token.
@@ -76,6 +88,11 @@ class Decoder:
         logits = self._feed(tokens[keep:])
         seq.exact = len(tokens) if len(tokens) - keep != 1 else keep
         return logits
+
+    def _set_control(self, control: Optional[ControlVector]) -> None:
+        if control is not self.control:
+            self.engine.set_control(control.applied(self.engine.n_layer) if control is not None else None)
+            self.control = control
 
     def step(self, token: int) -> np.ndarray:
         return self._feed([token])
