@@ -57,3 +57,57 @@ def control_import(gguf_path: Path, out: Path) -> None:
     vector = import_gguf(gguf_path, base_sha256=model.sha256, hidden_size=hidden, n_layer=n_layer)
     save_control(vector, out)
     say(f"wrote {out}/control.json and {out}/control.safetensors: blocks {', '.join(map(str, vector.layers))}")
+
+
+def _layers(ctx, param, value: str) -> list[int]:
+    """`15`, `8-20` or `8,10,12-14`: block indices, 0-based."""
+    try:
+        layers: set[int] = set()
+        for part in value.split(","):
+            a, _, b = part.partition("-")
+            layers |= set(range(int(a), int(b or a) + 1))
+    except ValueError:
+        raise click.BadParameter("block indices, e.g. 15, 8-20 or 8,10,12-14") from None
+    if not layers:
+        raise click.BadParameter("at least one block")
+    return sorted(layers)
+
+
+@click.command()
+@click.option("--pairs", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help='JSONL, one pair a line: {"positive": [messages], "negative": [messages]}, the same user turns.')  # fmt: skip
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for control.json + control.safetensors.",
+)
+@click.option("--layers", callback=_layers, default="15", show_default=True, help="Blocks to steer (0-based; 1 and up).")
+@click.option("--budget", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="p95 per-token KL(steered || base) on the neutral prompts, in nats, that sets the strength.")  # fmt: skip
+@click.option("--neutral", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Neutral prompts, one per line (default: the demo's).")  # fmt: skip
+@click.option("--max-tokens", type=click.IntRange(4, 512), default=48, show_default=True,
+              help="Length of the base's replies to the neutral prompts, along which the KL is measured.")  # fmt: skip
+@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda on a build station with a GPU.")
+def steer(pairs: Path, out: Path, layers: list[int], budget: float, neutral: Path | None, max_tokens: int, device: str) -> None:
+    """Make a control vector from contrastive PAIRS: mean differences per block, strength set by a KL budget."""
+    from importlib.resources import files
+
+    from ..errors import UsageError
+    from ..overlay.control import save_control
+    from ..training.steer import load_pairs
+    from ..training.steer import steer as make_vector
+    from ..trust.builtin import embedded_pin, verify_pinned
+
+    contrast = load_pairs(pairs)
+    text = neutral.read_text(encoding="utf-8") if neutral else (files("appliance.demo") / "neutral-prompts.txt").read_text()
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise UsageError(f"{neutral}: no prompts")
+    model = verify_pinned(embedded_pin())
+    vector = make_vector(model, contrast, prompts, layers, budget=budget, max_tokens=max_tokens, device=device)
+    save_control(vector, out)
+    achieved = vector.provenance["calibration"]["achieved"]
+    say(f"wrote {out}/control.json and {out}/control.safetensors: blocks {', '.join(map(str, vector.layers))}")
+    say(f"strength {vector.strength:.4g}: p95 per-token KL on {len(prompts)} neutral prompts {achieved:.3f} (budget {budget:g})")
