@@ -158,9 +158,9 @@ from .overlay_commands import overlay  # noqa: E402
 cli.add_command(overlay)
 
 # Control vectors: files in and out of llama.cpp's GGUF, and steering (appliance/cli/control_commands.py).
-from .control_commands import control_export, control_import, steer  # noqa: E402
+from .control_commands import control_export, control_import, control_report, steer  # noqa: E402
 
-for _command in (control_export, control_import, steer):
+for _command in (control_export, control_import, control_report, steer):
     overlay.add_command(_command)
 
 

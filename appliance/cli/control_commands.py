@@ -111,3 +111,50 @@ def steer(pairs: Path, out: Path, layers: list[int], budget: float, neutral: Pat
     achieved = vector.provenance["calibration"]["achieved"]
     say(f"wrote {out}/control.json and {out}/control.safetensors: blocks {', '.join(map(str, vector.layers))}")
     say(f"strength {vector.strength:.4g}: p95 per-token KL on {len(prompts)} neutral prompts {achieved:.3f} (budget {budget:g})")
+
+
+def _multiples(ctx, param, value: str) -> tuple[float, ...]:
+    try:
+        multiples = tuple(float(x) for x in value.split(","))
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of numbers, e.g. 0.5,1,2") from None
+    if not all(0 < k <= 100 for k in multiples):
+        raise click.BadParameter("each in (0, 100]")
+    return multiples
+
+
+@click.command("control-report")
+@click.option(
+    "--control",
+    "control_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="Directory with control.json + control.safetensors.",
+)
+@click.option("--prompts", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
+              help="Prompts, one per line.")  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--multiples", callback=_multiples, default="0.5,1,1.5,2,3", show_default=True,
+              help="Strengths to measure, as multiples of the vector's own.")  # fmt: skip
+@click.option("--max-tokens", type=click.IntRange(4, 1024), default=48, show_default=True)
+@click.option("--sample-seeds", type=click.IntRange(0, 16), default=1, show_default=True,
+              help="Also measure loops on the chat's default sampler, with this many seeds (0: greedy only).")  # fmt: skip
+def control_report(
+    control_dir: Path, prompts: Path, out: Path, multiples: tuple[float, ...], max_tokens: int, sample_seeds: int
+) -> None:
+    """A control vector's sweep of strengths: per-token KL mean/rmse/p95/max and loop rate at each; numbers, plot, page."""
+    from ..errors import UsageError
+    from ..overlay.control import load_control_dir
+    from ..training.control_report import sweep
+
+    model, hidden, n_layer, _ = _base()
+    vector = load_control_dir(control_dir, base_sha256=model.sha256, hidden_size=hidden, n_layer=n_layer)
+    lines = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise UsageError(f"{prompts}: no prompts")
+    metrics = sweep(model, vector, lines, out, multiples, max_tokens=max_tokens, sample_seeds=sample_seeds)
+    say(f"wrote {out}/report.md")
+    for r in metrics["sweep"]:
+        kl, greedy = r["kl"], r["loop_rate"]["greedy"]
+        say(f"x{r['multiple']:g}: KL mean {kl['mean']:.3f} rmse {kl['rmse']:.3f} p95 {kl['p95']:.3f} max {kl['max']:.3f}; "
+            f"loops greedy {greedy['on']:.3f} (base {greedy['off']:.3f})")  # fmt: skip

@@ -165,3 +165,19 @@ def test_cli_steer_writes_a_vector_and_refuses_bad_pairs(pairs_file, tmp_path, m
     assert not (tmp_path / "never").exists()
     r = appliance("overlay", "steer", "--pairs", str(pairs_file), "--out", str(tmp_path / "never"), "--layers", "x")
     assert r.returncode == 2
+
+
+def test_control_report_sweeps_strengths(base, model, tmp_path):
+    from appliance.training.control_report import sweep
+
+    rng = np.random.default_rng(1)
+    vector = ControlVector({12: rng.standard_normal(576).astype(np.float32)}, 2.0, model.sha256)
+    m = sweep(model, vector, NEUTRAL[:2], tmp_path / "r", multiples=(1.0, 8.0), max_tokens=12, sample_seeds=1, base=base)
+    low, high = m["sweep"]
+    assert (low["strength"], high["strength"]) == (2.0, 16.0)
+    assert high["kl"]["p95"] > low["kl"]["p95"] > 0 and high["kl"]["max"] >= high["kl"]["p95"] >= 0
+    for row in m["sweep"]:
+        for loops in row["loop_rate"].values():
+            assert 0 <= loops["on"] <= 1 and loops["more"] + loops["less"] + loops["same"] == 2
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"report.md", "report.json", "sweep.png"}
+    assert "| 8 | 16 |" in (tmp_path / "r" / "report.md").read_text()
