@@ -212,8 +212,9 @@ def switch_cost(model, rounds: int, reply_tokens: int = 48) -> list[tuple]:
 
 
 def control_switch_cost(model, rounds: int, reply_tokens: int = 48) -> list[tuple]:
-    """Time to first token after a control-vector switch, by history length: llama.cpp adds the vector in every
-    sequence, so the switch re-reads the whole context (runtime/decoder.py); and the call itself."""
+    """Time to first token after a control-vector switch, by history length: the first switch reads the whole
+    context (nothing was computed under the vector yet), a switch back catches its state's sequence up
+    (runtime/decoder.py); and the llama_set_adapter_cvec call itself."""
     runtime = Runtime(model, n_ctx=WINDOW)
     rng = np.random.default_rng(0)
     vector = ControlVector(
@@ -227,8 +228,11 @@ def control_switch_cost(model, rounds: int, reply_tokens: int = 48) -> list[tupl
         s.generate("Go on.", max_tokens=reply_tokens)
         same = s.generate("And then?", max_tokens=reply_tokens)
         s.toggle_control()
-        switched = s.generate("And steered?", max_tokens=reply_tokens)
-        return {"same": same.prefill_seconds, "switched": switched.prefill_seconds, "read": switched.prefill_tokens}
+        first = s.generate("And steered?", max_tokens=reply_tokens)
+        s.toggle_control()
+        back = s.generate("And plain again?", max_tokens=reply_tokens)
+        return {"same": same.prefill_seconds, "first": first.prefill_seconds, "back": back.prefill_seconds,
+                "first_read": first.prefill_tokens, "back_read": back.prefill_tokens}  # fmt: skip
 
     def set_call() -> float:
         t = time.perf_counter()
@@ -236,20 +240,15 @@ def control_switch_cost(model, rounds: int, reply_tokens: int = 48) -> list[tupl
         runtime.engine.set_control(None)
         return (time.perf_counter() - t) / 2
 
-    rows = [
-        (
-            "llama_set_adapter_cvec call (set or clear), ms",
-            f"{statistics.median(set_call() for _ in range(50)) * 1e3:.3f}",
-            "",
-            "reported",
-        )
-    ]
+    call = statistics.median(set_call() for _ in range(50))
+    rows = [("llama_set_adapter_cvec call (set or clear), ms", f"{call * 1e3:.3f}", "", "reported")]
     for size in (150, 1000, 3000):
         history = _history(runtime, size) if size > 150 else _history(runtime, size)[:2]
         runs = [conversation(history) for _ in range(rounds)]
         m = {f: statistics.median(r[f] for r in runs) for f in runs[0]}
-        name = f"first token after a control-vector switch, {int(m['read'])} tokens re-read (ratio: to no switch), ms"
-        rows.append((name, f"{m['switched'] * 1e3:.0f}", f"{m['switched'] / m['same']:.3f}", "reported"))
+        for when in ("first", "back"):
+            name = f"first token after a control-vector switch, {when}, {int(m[when + '_read'])} tokens read (ratio: to no switch), ms"
+            rows.append((name, f"{m[when] * 1e3:.0f}", f"{m[when] / m['same']:.3f}", "reported"))
     runtime.close()
     return rows
 

@@ -6,8 +6,8 @@ KV sequence, reading only what it has not read yet (decoder.py says exactly
 what), so the next reply is what a fresh session entirely in that state would
 say.
 
-The control vector switches the same way; its switch costs a re-read of the
-context (decoder.py says why).
+The control vector switches the same way: the decoder keeps one sequence per
+(overlay, control vector) state, as many as the engine has.
 """
 
 import codecs

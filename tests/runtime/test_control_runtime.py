@@ -83,11 +83,29 @@ def test_switches_mid_conversation_equal_fresh_sessions(runtime, model):
         assert reply.prompt == fresh.prompt and reply.tokens == fresh.tokens, (ov, ctl)
         assert (reply.overlay_on, reply.control_on) == (ov, ctl)
         replies.append(reply)
-    # A control-vector switch re-reads the whole context of the sequence it uses next; an overlay switch
-    # back to a sequence computed under the vector set now reads only what that sequence has not seen.
+    # Two sequences for four states: a return to a state a sequence still holds reads only what it has not
+    # seen; a state no sequence holds evicts the least recently used one and reads everything.
     assert [r.prefill_tokens == r.prompt_tokens for r in replies] == [True, True, False, True, True, False, True]
     unsteered = _fresh(model, s.history[:2], "Question 0: which is the riskiest, and why?", None, None, 16)
     assert replies[0].tokens != unsteered.tokens, "the vector must matter here"
+
+
+def test_toggling_the_vector_back_and_forth_reads_only_what_is_new(runtime, model):
+    runtime.decoder.reset()
+    cv = _control(model)
+    s = Session(runtime, control=cv, settings=GREEDY)
+    first = s.generate("Name three uses of a USB stick.", max_tokens=16)
+    prefilled = {False: first.prompt}  # vector on? -> the context its sequence's last prefill computed
+    for n in range(4):
+        history, q = list(s.history), f"Question {n}: and then?"
+        on = s.toggle_control()
+        reply = s.generate(q, max_tokens=16)
+        assert reply.tokens == _fresh(model, history, q, None, cv if on else None, 16).tokens, on
+        held = prefilled.get(on, [])
+        assert reply.prompt[: len(held)] == held
+        # the first time on reads everything; after that, the state's last reply and the exchanges since
+        assert reply.prefill_tokens == reply.prompt_tokens - len(held)
+        prefilled[on] = reply.prompt
 
 
 def test_switching_on_without_a_vector_is_not_found(runtime):
