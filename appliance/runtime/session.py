@@ -145,7 +145,10 @@ class Session:
         decoder, engine = self.runtime.decoder, self.runtime.engine
         overlay = self.overlay.params if self.overlay_on and self.overlay is not None else None
         control = self.control if self.control_on else None
-        decoder.prefill(prompt, overlay, control)
+        if control is None:  # the form every decoder takes, the UI's divergence audit included
+            decoder.prefill(prompt, overlay)
+        else:
+            decoder.prefill(prompt, overlay, control)
         prefill_tokens = decoder.last_prefill_tokens
         t1 = time.perf_counter()
 
