@@ -14,12 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from native import native_rows
 
 from appliance import state
 from appliance.erase import erase_journal
 from appliance.journal import Journal, provenance
 from appliance.journal.search import Match, search
+from appliance.overlay.control import ControlVector
 from appliance.overlay.files import Overlay, overlay_files
 from appliance.overlay.params import OverlayParams
 from appliance.runtime.llama import reference_llama
@@ -206,6 +208,48 @@ def switch_cost(model, rounds: int, reply_tokens: int = 48) -> list[tuple]:
         ]
     two.close()
     one.close()
+    return rows
+
+
+def control_switch_cost(model, rounds: int, reply_tokens: int = 48) -> list[tuple]:
+    """Time to first token after a control-vector switch, by history length: the first switch reads the whole
+    context (nothing was computed under the vector yet), a switch back catches its state's sequence up
+    (runtime/decoder.py); and the llama_set_adapter_cvec call itself."""
+    runtime = Runtime(model, n_ctx=WINDOW)
+    rng = np.random.default_rng(0)
+    vector = ControlVector(
+        {n: rng.standard_normal(runtime.engine.n_embd).astype(np.float32) for n in (12, 15)}, 1.0, model.sha256
+    )
+    applied = vector.applied(runtime.engine.n_layer)
+
+    def conversation(history: list[dict]) -> dict:
+        runtime.decoder.reset()
+        s = Session(runtime, control=vector, history=list(history), settings=GREEDY)
+        s.generate("Go on.", max_tokens=reply_tokens)
+        same = s.generate("And then?", max_tokens=reply_tokens)
+        s.toggle_control()
+        first = s.generate("And steered?", max_tokens=reply_tokens)
+        s.toggle_control()
+        back = s.generate("And plain again?", max_tokens=reply_tokens)
+        return {"same": same.prefill_seconds, "first": first.prefill_seconds, "back": back.prefill_seconds,
+                "first_read": first.prefill_tokens, "back_read": back.prefill_tokens}  # fmt: skip
+
+    def set_call() -> float:
+        t = time.perf_counter()
+        runtime.engine.set_control(applied)
+        runtime.engine.set_control(None)
+        return (time.perf_counter() - t) / 2
+
+    call = statistics.median(set_call() for _ in range(50))
+    rows = [("llama_set_adapter_cvec call (set or clear), ms", f"{call * 1e3:.3f}", "", "reported")]
+    for size in (150, 1000, 3000):
+        history = _history(runtime, size) if size > 150 else _history(runtime, size)[:2]
+        runs = [conversation(history) for _ in range(rounds)]
+        m = {f: statistics.median(r[f] for r in runs) for f in runs[0]}
+        for when in ("first", "back"):
+            name = f"first token after a control-vector switch, {when}, {int(m[when + '_read'])} tokens read (ratio: to no switch), ms"
+            rows.append((name, f"{m[when] * 1e3:.0f}", f"{m[when] / m['same']:.3f}", "reported"))
+    runtime.close()
     return rows
 
 
@@ -466,7 +510,7 @@ def verdict(ratio: str, target: str) -> str:
     return "met" if (value >= bound if op == ">=" else value <= bound) else "NOT MET"
 
 
-SECTIONS = ("decode", "native", "cold", "window", "switch", "threads", "hashing", "vault", "search")
+SECTIONS = ("decode", "native", "cold", "window", "switch", "control", "threads", "hashing", "vault", "search")
 
 
 def journal_search(rounds: int, n_sessions: int) -> list[tuple]:
@@ -532,6 +576,8 @@ def main() -> None:
         rows += long_window(model, args.rounds, args.tokens)
     if "switch" in only:
         rows += switch_cost(model, args.rounds)
+    if "control" in only:
+        rows += control_switch_cost(model, args.rounds)
     if "threads" in only:
         rows += threads_under_load(model, args.rounds, args.tokens)
     if "hashing" in only:

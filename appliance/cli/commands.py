@@ -176,6 +176,12 @@ from .overlay_commands import overlay  # noqa: E402
 
 cli.add_command(overlay)
 
+# Control vectors: files in and out of llama.cpp's GGUF, and steering (appliance/cli/control_commands.py).
+from .control_commands import control_export, control_import, control_report, steer  # noqa: E402
+
+for _command in (control_export, control_import, control_report, steer):
+    overlay.add_command(_command)
+
 
 # Prompt presets (appliance/cli/preset_commands.py).
 from .preset_commands import preset  # noqa: E402
