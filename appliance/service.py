@@ -74,7 +74,7 @@ class UnlockedAppliance:
         self.journal: Optional[Journal] = None
         self.killed = False
         self._lock = threading.Lock()
-        self._base_record = provenance.base(model.name, model.sha256, model.version)
+        self._base_record = provenance.base(model.name, model.sha256, model.version, model.signers)
         killswitch.on_kill(self.drop_overlay)
 
     @classmethod

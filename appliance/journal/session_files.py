@@ -30,7 +30,7 @@ from .frames import Break
 
 # `regenerate` and `edit` take the last exchange out of what the model sees; each keeps the text it
 # replaced, and the new exchange follows as ordinary `message` records.
-KINDS = ("message", "overlay-toggle", "kill", "trust-change", "regenerate", "edit")
+KINDS = ("message", "overlay-toggle", "kill", "trust-change", "regenerate", "edit", "base-switch")
 JOURNAL_DIR = "journal"  # under the state dir
 JOURNAL_ITEMS = "journal/"  # the vault item ids of the sessions' data keys
 
