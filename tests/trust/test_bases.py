@@ -356,3 +356,26 @@ def test_overlay_train_base_hands_the_trainer_the_verified_installed_base(ghome)
     assert _base_model("embedded", None).sha256 == embedded_pin().sha256
     with pytest.raises(NotFound):
         _base_model("no-such-base", None)
+
+
+def _gguf_header(version: int, n_tensors: int, n_kv: int) -> bytes:
+    return b"GGUF" + version.to_bytes(4, "little") + n_tensors.to_bytes(8, "little") + n_kv.to_bytes(8, "little")
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (_gguf_header(3, 1 << 40, 1) + bytes(64), "more than"),
+        (_gguf_header(3, 0, 1) + (1 << 62).to_bytes(8, "little") + bytes(64), "past the end"),  # a key 2**62 bytes long
+        (_gguf_header(7, 0, 0) + bytes(64), "version 7"),
+    ],
+)
+def test_the_metadata_walk_refuses_counts_and_lengths_the_file_cannot_hold(tmp_path, data, words):
+    """The child's own checks on crafted headers (pure Python, so safe to run here): each a refusal, never an allocation."""
+    from appliance.runtime import probe
+
+    path = tmp_path / "crafted.gguf"
+    path.write_bytes(data)
+    with pytest.raises(probe._Fault, match=words):
+        probe._header(str(path), len(data))
+        probe._metadata(str(path), len(data))
