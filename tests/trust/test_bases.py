@@ -379,3 +379,28 @@ def test_the_metadata_walk_refuses_counts_and_lengths_the_file_cannot_hold(tmp_p
     with pytest.raises(probe._Fault, match=words):
         probe._header(str(path), len(data))
         probe._metadata(str(path), len(data))
+
+
+def test_each_base_remembers_its_overlay(ghome, keys, tmp_path):
+    """An overlay made for Gemma (its SHA-256, hidden size 640) imports with Gemma active; switching bases
+    brings back the overlay each base had, and the other one is listed inactive."""
+    from appliance.overlay.files import Overlay, overlay_files
+    from appliance.overlay.params import OverlayParams
+
+    ok("base", "use", GEMMA)
+    files = []
+    for name, data in overlay_files(Overlay(OverlayParams.random(640, seed=5), GEMMA_SHA)).items():
+        files.append(tmp_path / name)
+        files[-1].write_bytes(data)
+    bundle = tmp_path / "gcare.bundle"
+    create_bundle(bundle, kind="overlay", name="gcare", version=1, artifacts=files, binds_base=GEMMA_SHA)
+    for s in ("alice", "bob"):
+        sign_bundle(bundle, keys.fpr[s], keys.home)
+    ok("update", "import", str(bundle))
+    assert "overlay: gcare v1 (active overlay)" in ok("status")
+    ok("base", "use", "embedded")
+    status = ok("status")
+    assert "overlay: care v1 (active overlay)" in status and "overlay: gcare v1, manifest sha256" in status
+    assert f"gcare  overlay  active v1  installed v1  inactive: bound to base {GEMMA_SHA[:16]}" in ok("update", "list")
+    ok("base", "use", GEMMA)
+    assert "overlay: gcare v1 (active overlay)" in ok("status")
