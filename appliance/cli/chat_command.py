@@ -1,8 +1,10 @@
 """`appliance chat`: the terminal UI on the verified base (and the active overlay, re-verified at unlock).
 
-With `--passphrase-file` or $APPLIANCE_PASSPHRASE_FILE the vault is unlocked at start (automation,
-a kiosk session); the unlock screen stays the way back in after a kill, which always asks for the
-passphrase typed again.
+The active base is named in the sealed store, and an imported one is encrypted: so the passphrase
+comes first, from `--passphrase-file`, $APPLIANCE_PASSPHRASE_FILE or a prompt on the terminal before
+the UI starts, and the base is verified (decrypted into memory) before llama.cpp opens it; the vault
+is then unlocked at start. The unlock screen stays the way back in after a kill, which always asks
+for the passphrase typed again, and is where a first run creates the vault.
 """
 
 import os
