@@ -7,7 +7,7 @@ import click
 
 from ..store import describe_installed, verify_installed
 from ..store.active import VerificationFailed, floor_text, versions_text
-from ..store.bases import active_base, active_model, close_model
+from ..store.bases import active_base, active_model, active_sha256, close_model
 from ..store.importer import import_bundle, rollback, verify_bundle
 from ..store.layout import Store
 from ..store.trust_changes import pin_signer, set_threshold, unpin_signer
@@ -190,7 +190,7 @@ def update_list(passphrase_file: Path | None) -> None:
     """Installed items, their versions and the active one."""
     with unlocked(passphrase_file) as vault:
         _, items = describe_installed(vault)
-        base_sha = active_base(vault).sha256
+        base_sha = active_sha256(vault)
     for item in items:
         erased = f"  crypto-erased {versions_text(item.erased_versions)}" if item.erased_versions else ""
         if item.provenance is None:
@@ -242,7 +242,7 @@ def _bound(item, base_sha: str) -> str:
 def status_lines(vault: Vault) -> list[str]:
     """The trust part of `appliance status`: each installed item, its signers, expiry, and the time floor."""
     store_state, items = describe_installed(vault)
-    base_sha = active_base(vault).sha256
+    base_sha = active_sha256(vault)
     policy = Store.unlocked(vault).trust().policy()
     lines = [
         f"trust:   {policy.threshold} of {len(policy.signers)} pinned signers must sign",

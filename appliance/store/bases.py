@@ -138,6 +138,14 @@ def active_base(vault: Vault) -> ActiveBase:
     return InstalledBase(vault, state.base, gguf_artifact(store.read_manifest(item.active)).sha256)
 
 
+def active_sha256(vault: Vault) -> str:
+    """The active base's SHA-256 as pinned or accepted, without hashing it: for listings (never for loading)."""
+    store = Store.unlocked(vault)
+    state = store.read_state()
+    active = state.items[state.base].active if state.base is not None else None
+    return embedded_pin().sha256 if active is None else gguf_artifact(store.read_manifest(active)).sha256
+
+
 @dataclass(frozen=True)
 class BaseRow:
     name: str
