@@ -91,7 +91,7 @@ class UnlockedAppliance:
         self._first_record: Optional[dict] = None  # written first when the journal session opens (a `resume` link)
         self.killed = False
         self._lock = threading.Lock()
-        self._base_record = provenance.base(model.name, model.sha256, model.version)
+        self._base_record = provenance.base(model.name, model.sha256, model.version, model.signers)
         killswitch.on_kill(self.drop_overlay)
 
     @classmethod

@@ -98,6 +98,10 @@ class LlamaEngine:
         n = C.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8") if n >= 0 else None
 
+    def bos_text(self) -> str:
+        """The BOS token's text when the model wants one at the start of a prompt, else ""."""
+        return self.token_text(C.llama_vocab_bos(self.vocab)) if C.llama_vocab_get_add_bos(self.vocab) else ""
+
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         data = text.encode("utf-8")
         cap = len(data) + 8

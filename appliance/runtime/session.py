@@ -22,7 +22,7 @@ from ..errors import ContextOverflow, NoOverlay, NotFound
 from ..overlay.control import ControlVector
 from ..overlay.files import Overlay
 from ..trust.builtin import VerifiedModel
-from .chat_template import ChatTemplate
+from .chat_template import BuiltinTemplate, ChatTemplate, builtin_template_for
 from .decoder import Decoder
 from .embeddings import EmbeddingTable
 from .llama import LlamaEngine
@@ -40,9 +40,12 @@ class Runtime:
         self.engine = LlamaEngine(model.path, n_ctx=n_ctx, n_threads=n_threads, n_seq=sequences)
         self.decoder = Decoder(self.engine, lambda: self.embeddings)
         eos = self.engine.metadata("tokenizer.ggml.eos_token_id")
-        self.template = ChatTemplate(
-            self.engine.metadata("tokenizer.chat_template") or "",
-            eos_token=self.engine.token_text(int(eos)) if eos else "",
+        source = self.engine.metadata("tokenizer.chat_template")
+        builtin = None if source else builtin_template_for(self.engine.metadata("general.architecture") or "")
+        self.template: ChatTemplate | BuiltinTemplate = (
+            BuiltinTemplate(builtin, self.engine.bos_text())
+            if builtin
+            else ChatTemplate(source or "", eos_token=self.engine.token_text(int(eos)) if eos else "")
         )
 
     @cached_property

@@ -212,8 +212,11 @@ class ChatScreen(Screen):
             self.stop_event.set()
 
     def action_toggle_overlay(self) -> None:
-        if self.core.status().overlay is None:
-            self.notify("no overlay is loaded", severity="warning")
+        snapshot = self.core.status()
+        if snapshot.overlay is None:  # refused at unlock (e.g. bound to another base): say why, switch nothing
+            self.notify(
+                snapshot.overlay_problem or "no overlay is loaded", severity="error" if snapshot.overlay_problem else "warning"
+            )
             return
         if self.busy:  # the reply under way keeps the state it started in; its provenance says which
             self.notify("a reply is being written: escape stops it, then switch", severity="warning")
