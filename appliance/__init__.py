@@ -9,7 +9,9 @@ says what each part holds):
     emergency             what a kill does
     erase                 crypto-erase by kind, calling each owner
     store, training       verified import and loading; overlay training and its report
-    journal, runtime      the encrypted journal; llama.cpp and the decode loop
+    journal, runtime, presets
+                          the encrypted journal (and resuming a session from it); llama.cpp and
+                          the decode loop; prompt presets encrypted in the vault
     vault, trust          keys and sealed state; manifests, bundles, signatures, the trust policy
     state, state_files, overlay
                           the state dir; the reader of sealed state files; the Takens-LoRA maths

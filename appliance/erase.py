@@ -6,6 +6,8 @@ the data's size), then the owner's records of what was erased:
 
 - an overlay: its keys, then the store marks its versions erased and drops their objects
   (`store.forget_overlays`), so a load, a rollback or a replayed bundle says "erased" (exit 6);
+- a base model: the same (`store.forget_bases`); the embedded default becomes the active base if
+  the erased one was; a kill's wipe erases every overlay and every imported base;
 - the journal: every session's key, then its file;
 - everything: the master key slot (needs no passphrase), then the journal's, the store's and the
   trust policy's folders: the journal is keyless without the vault, and the store's and the
@@ -19,7 +21,8 @@ from .errors import Erased, NotFound
 from .fsutil import discard
 from .journal.session_files import JOURNAL_DIR, JOURNAL_ITEMS
 from .store import forget_overlays
-from .store.at_rest import OVERLAY_ITEMS
+from .store.at_rest import BASE_ITEMS, OVERLAY_ITEMS
+from .store.forget import forget_bases
 from .store.layout import STORE_DIR
 from .trust.policy import TRUST_DIR
 from .vault import Vault
@@ -37,6 +40,29 @@ def erase_overlay(vault: Vault, name: str) -> list[str]:
         raise NotFound(f"no overlay named {name} in the vault")
     vault.erase(items)
     forget_overlays(vault, name)
+    return items
+
+
+def erase_base(vault: Vault, name: str) -> list[str]:
+    """Every installed version of base model NAME. Returns the item ids erased."""
+    prefix = f"{BASE_ITEMS}{name}/"
+    items = vault.items(prefix)
+    if not items:
+        if vault.erased_items(prefix):
+            raise Erased(f"base {name} was already crypto-erased")
+        raise NotFound(f"no base model named {name} in the vault")
+    vault.erase(items)
+    forget_bases(vault, name)
+    return items
+
+
+def erase_installed(vault: Vault) -> list[str]:
+    """The kill-switch wipe: every overlay and every imported base. Returns the item ids erased (possibly none)."""
+    items = vault.items(OVERLAY_ITEMS) + vault.items(BASE_ITEMS)
+    if items:
+        vault.erase(items)
+    forget_overlays(vault, None)  # also versions whose keys an earlier, interrupted erase destroyed
+    forget_bases(vault, None)
     return items
 
 

@@ -18,7 +18,12 @@ Rules:
    overlay and its switch, sampling settings, system prompt) once the prompt is known to fit, then
    the assistant's with finish, tokens, tokens/s and the divergence where it was measured;
 5. every overlay switch is journalled with its moment; records are serialised by a lock, since the
-   chat replies on a worker thread while its UI thread may switch or kill.
+   chat replies on a worker thread while its UI thread may switch or kill;
+6. resuming a past session (`resume`) reads and verifies it first (nothing is written if that
+   fails), rebuilds its history with the system prompt (and preset) that conditioned it, and
+   continues in a new journal session whose first record, `resume`, links the old session and its
+   sealed head; where the base or overlay that session recorded is not the active one, a notice
+   says so and the new replies are made, and recorded, with what is active.
 """
 
 import threading
@@ -27,10 +32,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
+from . import presets
 from .emergency import handle_kill
 from .erase import erase_journal, erase_overlay
-from .errors import NotFound
+from .errors import ApplianceError, NotFound
 from .journal import Journal, provenance
+from .journal.resume import PastConversation, past_conversation
 from .runtime.sampler import SamplingSettings
 from .runtime.session import Reply, Runtime, Session
 from .store import ActiveBase, ActiveOverlay, InstallRecord, load_active_overlay
@@ -65,6 +72,15 @@ class Snapshot:
     session_id: Optional[str]  # the journal session, once opened
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """A past session continued: the session to reply in, and what differs from when it was recorded."""
+
+    session: Session
+    past: PastConversation
+    notices: tuple[str, ...]
+
+
 class UnlockedAppliance:
     """Vault, kill-switch, the loaded overlay and the journal session of one unlocked appliance."""
 
@@ -72,9 +88,10 @@ class UnlockedAppliance:
         self.vault, self.killswitch, self.model = vault, killswitch, model
         self.active: Optional[ActiveOverlay] = None
         self.journal: Optional[Journal] = None
+        self._first_record: Optional[dict] = None  # written first when the journal session opens (a `resume` link)
         self.killed = False
         self._lock = threading.Lock()
-        self._base_record = provenance.base(model.name, model.sha256, model.version)
+        self._base_record = provenance.base(model.name, model.sha256, model.version, model.signers)
         killswitch.on_kill(self.drop_overlay)
 
     @classmethod
@@ -167,16 +184,62 @@ class UnlockedAppliance:
     def record(self, kind: str, **fields) -> None:
         """Append to this appliance's journal session, opening it at the first record."""
         with self._lock:
-            if self.journal is None:
-                self.journal = Journal.create(self.vault)
-            self.journal.append(kind, **fields)
+            self._open_journal().append(kind, **fields)
+
+    def open_journal(self) -> str:
+        """Open the journal session now rather than at its first record (the chat shows its id at once)."""
+        with self._lock:
+            return self._open_journal().session_id
+
+    def _open_journal(self) -> Journal:
+        if self.journal is None:
+            self.journal = journal = Journal.create(self.vault)
+            first, self._first_record = self._first_record, None
+            if first is not None:
+                journal.append(**first)
+        return self.journal
 
     def new_journal(self) -> str:
         """Close the current session and open a fresh one now (the chat's new conversation)."""
         with self._lock:
             self._close_journal()
+            self._first_record = None
             self.journal = Journal.create(self.vault)
             return self.journal.session_id
+
+    # -- resuming a past session ------------------------------------------------------------
+
+    def resume(
+        self, runtime: Runtime, session_id: str, *, settings: SamplingSettings, overlay_on: Optional[bool] = None
+    ) -> Resumed:
+        """Rule 6. `overlay_on` None: as the session last was, where the active overlay can do it.
+
+        The new journal session opens at its first record (rule 3), which is the `resume` link.
+        """
+        past = past_conversation(self.vault, session_id)
+        notices, preset = self._changed_since(past)
+        recorded_on = bool(past.overlay and past.overlay.get("on"))
+        on = (recorded_on and self.active is not None) if overlay_on is None else overlay_on
+        session = self.session(runtime, settings=settings, system_prompt=past.system_prompt, overlay_on=on)
+        session.preset, session.history = preset, [dict(m) for m in past.history]
+        with self._lock:
+            self._close_journal()
+            self._first_record = {"kind": "resume", **past.link.record(), "messages": len(past.history), "notices": notices}
+        return Resumed(session, past, tuple(notices))
+
+    def _changed_since(self, past: PastConversation) -> tuple[list[str], Optional[str]]:
+        """What the past session recorded that is not what is active now, and the preset that still holds."""
+        notices = past.differences(self._base_record, self._overlay_record(False))
+        preset = past.preset
+        if preset is not None:
+            try:
+                kept = presets.read(self.vault, preset).text == past.system_prompt
+            except ApplianceError:
+                kept = False
+            if not kept:
+                notices.append(f"preset {preset!r} was removed or changed since: continuing with the system prompt it recorded")
+                preset = None
+        return notices, preset
 
     def close_journal(self) -> None:
         with self._lock:

@@ -72,6 +72,9 @@ class StateDoc:
             raise self._fail(field, expected)
         return value
 
+    def has(self, field: str) -> bool:
+        return field in self._doc
+
     def string(self, field: str) -> str:
         return self._get(field, (str,), "a string", False)
 

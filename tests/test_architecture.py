@@ -13,7 +13,7 @@ LAYERS = [
     {"__init__", "errors", "fsutil", "hardening", "paths", "printable", "utc"},
     {"state", "state_files", "overlay"},
     {"vault", "trust"},
-    {"journal", "runtime"},
+    {"journal", "runtime", "presets"},
     {"store", "training"},
     {"erase"},
     {"emergency"},

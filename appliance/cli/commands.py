@@ -7,8 +7,10 @@ from ..hardening import protections
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..store import ActiveBase
+from ..store.bases import active_model, close_model
 from ..trust.builtin import embedded_pin, verify_pinned
 from ..vault import Vault
+from .options import resume_option
 from .output import say, stream, warn
 from .unlocking import create_vault, new_vault_passphrase, passphrase_option, unlock, unlocked, unlocked_appliance
 from .vault_commands import erase, kill, kill_policy, logs, passphrase
@@ -79,15 +81,15 @@ def status(passphrase_file) -> None:
     """Installed artifacts, active versions and their verification (the store is sealed: needs the passphrase)."""
     home = paths.state_dir()
     state.require_initialised(home)
-    pin = embedded_pin()
-    model = verify_pinned(pin)
-    say(f"state:   {home}")
-    say(f"base:    {model.name} v{model.version} (built-in manifest)")
-    say(f"         {model.path}")
-    say(f"         sha256 {model.sha256}  {pin.size} bytes  verified")
-    say(f"process: {protections().summary()}")
     with unlocked(passphrase_file) as vault:
+        model = active_model(vault)  # an imported base decrypted and hashed in memory
+        close_model(model)
         lines = status_lines(vault)
+    say(f"state:   {home}")
+    say(f"base:    {model.name} v{model.version} ({model.origin})")
+    say(f"         {'in the encrypted store' if model.fd is not None else model.path}")
+    say(f"         sha256 {model.sha256}  verified")
+    say(f"process: {protections().summary()}")
     for line in lines:
         say(line)
 
@@ -117,23 +119,50 @@ def _prompt_text(ctx, param, value: str) -> str:
 @click.option("--max-tokens", type=click.IntRange(1, 4096), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
+@click.option(
+    "--repeat-penalty",
+    type=click.FloatRange(1.0, 2.0),
+    default=SamplingSettings.repeat_penalty,
+    show_default=True,
+    help="1 is none.",
+)
 @click.option("--system", "system_prompt", default=None, callback=_utf8_text, help="System prompt (default: the model's own).")
+@resume_option
 @passphrase_option
 def ask(
-    prompt: str, overlay: str, max_tokens: int, seed: int, temperature: float, system_prompt: str | None, passphrase_file
+    prompt: str,
+    overlay: str,
+    max_tokens: int,
+    seed: int,
+    temperature: float,
+    repeat_penalty: float,
+    system_prompt: str | None,
+    resume: str | None,
+    passphrase_file,
 ) -> None:
-    """Answer one PROMPT on the active base (and overlay), streaming the reply; both are journaled."""
+    """Answer one PROMPT on the active base (and overlay), streaming the reply; both are journaled.
+
+    With --resume ID, PROMPT continues that session (its history and system prompt) in a new session."""
+    if resume and system_prompt is not None:
+        raise click.UsageError("--system and --resume: a resumed session keeps the system prompt it recorded")
     # PROMPT and --system were checked while parsing (exit 2), before anything is opened or journaled.
     state.require_initialised(paths.state_dir())
-    model = verify_pinned(embedded_pin())
-    # From here the vault is open and the kill-switch armed; the session is journaled from its first record.
-    with unlocked_appliance(passphrase_file, model) as app:
+    # From here the vault is open; the active base is verified (an imported one decrypted into memory)
+    # before llama.cpp sees it, then the kill-switch is armed; the session is journaled from its first record.
+    with unlocked_appliance(passphrase_file) as app:
+        model = app.model
         if overlay == "on":
             # Decrypted into memory, re-hashed against its accepted manifest and bound to this base before
             # anything is loaded; a refusal here (exit 3, or 6 if erased) leaves nothing behind.
             app.load_overlay()
-        settings = SamplingSettings(temperature=temperature, seed=seed)
-        session = app.session(Runtime(model), settings=settings, system_prompt=system_prompt, overlay_on=overlay == "on")
+        settings = SamplingSettings(temperature=temperature, seed=seed, repeat_penalty=repeat_penalty)
+        if resume:
+            resumed = app.resume(Runtime(model), resume, settings=settings, overlay_on=overlay == "on")
+            for notice in resumed.notices:
+                warn(f"note: {notice}")
+            session = resumed.session
+        else:
+            session = app.session(Runtime(model), settings=settings, system_prompt=system_prompt, overlay_on=overlay == "on")
         reply = app.reply(session, prompt, max_tokens=max_tokens, on_text=stream).reply
         say()
     if reply.dropped_turns:
@@ -157,8 +186,27 @@ from .overlay_commands import overlay  # noqa: E402
 
 cli.add_command(overlay)
 
+# Control vectors: files in and out of llama.cpp's GGUF, and steering (appliance/cli/control_commands.py).
+from .control_commands import control_export, control_import, control_report, steer  # noqa: E402
+
+for _command in (control_export, control_import, control_report, steer):
+    overlay.add_command(_command)
+
+
+# Prompt presets (appliance/cli/preset_commands.py).
+from .preset_commands import preset  # noqa: E402
+
+cli.add_command(preset)
+
 
 # The terminal UI (appliance/cli/chat_command.py).
 from .chat_command import chat  # noqa: E402
 
 cli.add_command(chat)
+
+
+# Base models (appliance/cli/base_commands.py).
+from .base_commands import base, erase_base_cmd  # noqa: E402
+
+cli.add_command(base)
+erase.add_command(erase_base_cmd)

@@ -7,6 +7,7 @@ import click
 from ..overlay.params import ACTIVATIONS
 from ..training.choices import AGGREGATES, PRECISIONS, TrainConfig
 from .output import say
+from .unlocking import passphrase_option, unlocked
 
 RECIPE = TrainConfig()  # the options' defaults: one place, torch-free
 
@@ -65,17 +66,25 @@ def _delays(ctx, param, value: str) -> tuple[int, ...]:
     help="Neutral prompts, one per line: the base's replies to them are held under the same KL barrier.",
 )
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
-def train(data: Path, out: Path, preserve: Path | None, resume: bool, **options) -> None:
+@click.option(
+    "--base",
+    "base_name",
+    default=None,
+    help="An installed base model to train for (decrypted into memory and verified; needs the passphrase). Default: embedded.",
+)
+@passphrase_option
+def train(
+    data: Path, out: Path, preserve: Path | None, resume: bool, base_name: str | None, passphrase_file: Path | None, **options
+) -> None:
     """Train an overlay on DATA; progress shows both loss terms."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..training.dataset import load_dataset
     from ..training.trainer import train as run_training
-    from ..trust.builtin import embedded_pin, verify_pinned
 
     dataset = load_dataset(data)
     cfg = TrainConfig(**options)
-    model = verify_pinned(embedded_pin())
+    model = _base_model(base_name, passphrase_file)
     columns = (
         TextColumn("training"),
         BarColumn(),
@@ -97,6 +106,18 @@ def train(data: Path, out: Path, preserve: Path | None, resume: bool, **options)
     if result.heldout_nll_on is not None:
         say(f"held-out NLL: base {result.heldout_nll_off:.4f}, overlay {result.heldout_nll_on:.4f}")
     say(f"training speed: {result.tokens_per_second:.0f} tokens/s on {cfg.device}")
+
+
+def _base_model(name: str | None, passphrase_file: Path | None):
+    """The base to train for: the embedded default, or installed base NAME decrypted into a memfd (the
+    trainer gets its /proc/self/fd path, as llama.cpp does) and verified against its accepted manifest."""
+    from ..store.bases import EMBEDDED, open_model
+    from ..trust.builtin import embedded_pin, verify_pinned
+
+    if name is None or name == EMBEDDED:
+        return verify_pinned(embedded_pin())
+    with unlocked(passphrase_file) as vault:  # the data key is needed only for the decryption
+        return open_model(vault, name)
 
 
 @overlay.command()

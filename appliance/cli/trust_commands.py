@@ -5,8 +5,9 @@ from pathlib import Path
 
 import click
 
-from ..store import describe_installed, embedded_base, verify_installed
+from ..store import describe_installed, verify_installed
 from ..store.active import VerificationFailed, floor_text, versions_text
+from ..store.bases import active_base, active_model, active_sha256, close_model
 from ..store.importer import import_bundle, rollback, verify_bundle
 from ..store.layout import Store
 from ..store.trust_changes import pin_signer, set_threshold, unpin_signer
@@ -150,7 +151,7 @@ def bundle_sign(file: Path, key: str, gnupghome: Path | None) -> None:
 def bundle_verify(file: Path, passphrase_file: Path | None) -> None:
     """Every check an import makes, against this appliance's sealed trust store; installs nothing."""
     with unlocked(passphrase_file) as vault:
-        accepted = verify_bundle(file, embedded_base(), vault, _Progress(_size(file), "verify"))
+        accepted = verify_bundle(file, active_base(vault), vault, _Progress(_size(file), "verify"))
     _report(accepted, "verified")
 
 
@@ -179,7 +180,7 @@ def update() -> None:
 def update_import(file: Path, passphrase_file: Path | None) -> None:
     """Verify a bundle in full and install it atomically (an overlay encrypted at rest: needs the passphrase)."""
     with unlocked(passphrase_file) as vault:  # locked: exit 4 before the bundle is even opened
-        accepted = import_bundle(file, embedded_base(), vault, _Progress(_size(file), "import"))
+        accepted = import_bundle(file, active_base(vault), vault, _Progress(_size(file), "import"))
     _report(accepted, "installed")
 
 
@@ -189,13 +190,16 @@ def update_list(passphrase_file: Path | None) -> None:
     """Installed items, their versions and the active one."""
     with unlocked(passphrase_file) as vault:
         _, items = describe_installed(vault)
+        base_sha = active_sha256(vault)
     for item in items:
         erased = f"  crypto-erased {versions_text(item.erased_versions)}" if item.erased_versions else ""
         if item.provenance is None:
             say(f"{item.name}  {item.kind}  erased{erased}")
         else:
             installed = versions_text(item.installed_versions)
-            say(f"{item.name}  {item.kind}  active v{item.provenance.version}  installed {installed}{erased}")
+            say(
+                f"{item.name}  {item.kind}  active v{item.provenance.version}  installed {installed}{erased}{_bound(item, base_sha)}"
+            )
 
 
 @update.command("rollback")
@@ -204,7 +208,7 @@ def update_list(passphrase_file: Path | None) -> None:
 def update_rollback(name: str, passphrase_file: Path | None) -> None:
     """Re-activate the previous version of NAME that is still in the store (re-verified: needs the passphrase)."""
     with unlocked(passphrase_file) as vault:
-        old, new = rollback(name, embedded_base(), vault)
+        old, new = rollback(name, active_base(vault), vault)
     say(f"{name}: v{old} -> v{new}")
 
 
@@ -216,9 +220,10 @@ def update_rollback(name: str, passphrase_file: Path | None) -> None:
 def verify_cmd(passphrase_file: Path | None) -> None:
     """Re-verify the base and every installed version (overlays decrypted in memory: needs the passphrase)."""
     with unlocked(passphrase_file) as vault:
-        base = embedded_base()
-        say(f"base sha256 {base.sha256}: ok")
-        results = verify_installed(base, vault)
+        model = active_model(vault)  # refused (exit 3) here if the active base fails
+        close_model(model)
+        say(f"base {model.name} v{model.version} ({model.origin}) sha256 {model.sha256}: ok")
+        results = verify_installed(active_base(vault), vault)
     for label, fault in results:
         say(f"{label}: {fault or 'ok'}")
     failed = [f"{label}: {fault}" for label, fault in results if fault]
@@ -226,9 +231,18 @@ def verify_cmd(passphrase_file: Path | None) -> None:
         raise VerificationFailed(f"{len(failed)} installed version(s) failed verification: {failed[0]}")
 
 
+def _bound(item, base_sha: str) -> str:
+    """For an overlay made for another base than the active one: why it is inactive."""
+    binds = item.provenance.binds_base if item.provenance else None
+    if item.kind != "overlay" or binds is None or binds == base_sha:
+        return ""
+    return f"  inactive: bound to base {binds[:16]}, active base is {base_sha[:16]}"
+
+
 def status_lines(vault: Vault) -> list[str]:
     """The trust part of `appliance status`: each installed item, its signers, expiry, and the time floor."""
     store_state, items = describe_installed(vault)
+    base_sha = active_sha256(vault)
     policy = Store.unlocked(vault).trust().policy()
     lines = [
         f"trust:   {policy.threshold} of {len(policy.signers)} pinned signers must sign",
@@ -242,7 +256,7 @@ def status_lines(vault: Vault) -> list[str]:
         if p is None:
             lines.append(f"{item.kind}: {item.name}{active} crypto-erased ({versions_text(item.erased_versions)})")
             continue
-        lines.append(f"{p.kind}: {p.name} v{p.version}{active}, manifest sha256 {p.manifest_sha256}")
+        lines.append(f"{p.kind}: {p.name} v{p.version}{active}, manifest sha256 {p.manifest_sha256}{_bound(item, base_sha)}")
         signers = ", ".join(f + demo_mark(f, p.demo_signers) for f in p.signers)
         lines.append(f"         signed by {signers}; expires {format_time(p.expires)}")
         if item.erased_versions:

@@ -18,6 +18,7 @@ from .. import paths, state
 from ..errors import NoPassphrase, UsageError
 from ..hardening import lock_secret
 from ..service import UnlockedAppliance
+from ..store.bases import active_model, close_model
 from ..trust.builtin import VerifiedModel
 from ..vault import Vault, zeroize
 from ..vault.killswitch import Killed
@@ -153,12 +154,26 @@ def create_vault(home: Path, passphrase: bytearray) -> Vault:
 
 
 @contextmanager
-def unlocked_appliance(passphrase_file: Optional[Path], model: VerifiedModel) -> Iterator[UnlockedAppliance]:
-    """Vault unlocked, kill-switch armed, keys zeroed on the way out; a kill says what its wipe erased."""
+def unlocked_appliance(passphrase_file: Optional[Path], model: Optional[VerifiedModel] = None) -> Iterator[UnlockedAppliance]:
+    """Vault unlocked, kill-switch armed, keys zeroed on the way out; a kill says what its wipe erased.
+
+    Without `model`, the store's active base is opened and verified first (`store.bases.active_model`:
+    an imported one decrypted into memory), before anything else happens.
+    """
     vault = unlock(passphrase_file)
     try:
-        with UnlockedAppliance.open(vault, model) as app:
-            yield app
+        opened = model is None
+        try:
+            model = active_model(vault) if model is None else model
+        except BaseException:
+            vault.zeroize()
+            raise
+        try:
+            with UnlockedAppliance.open(vault, model) as app:
+                yield app
+        finally:
+            if opened:
+                close_model(model)
     except Killed as killed:
         for item in killed.wiped:
             warn(f"wiped: {item}")

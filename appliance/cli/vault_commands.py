@@ -8,7 +8,7 @@ from typing import Optional
 import click
 
 from .. import paths, state
-from ..erase import ERASE_JOURNAL_PHRASE, erase_all_overlays, erase_everything, erase_journal, erase_overlay
+from ..erase import ERASE_JOURNAL_PHRASE, erase_everything, erase_installed, erase_journal, erase_overlay
 from ..errors import Erased, EraseNotProven, NotConfirmed, NotFound, Refused
 from ..fsutil import atomic_write
 from ..journal import JournalBroken, Report, check, read, sessions
@@ -225,7 +225,7 @@ def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Pa
 
 
 @click.command()
-@click.option("--wipe", is_flag=True, help="Also crypto-erase every overlay.")
+@click.option("--wipe", is_flag=True, help="Also crypto-erase every overlay and every imported base.")
 @passphrase_option
 def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
     """Stop the running appliance now: generation stops, keys are zeroed, a `kill` record is written.
@@ -237,8 +237,8 @@ def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
     state.require_initialised(home)
     if running_pid(home) is None and wipe:
         with unlock(passphrase_file) as vault:
-            items = erase_all_overlays(vault)
-        say(f"no running appliance; wiped overlays: {', '.join(items) or 'none installed'}")
+            items = erase_installed(vault)
+        say(f"no running appliance; wiped overlays and bases: {', '.join(items) or 'none installed'}")
         return
     pid = signal_running(home, wipe)
     deadline = time.monotonic() + KILL_WAIT_SECONDS

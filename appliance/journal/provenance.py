@@ -1,9 +1,10 @@
 """What every message record says about where its text came from.
 
 A message record (see `message`) carries: UTC time and appliance version (added by
-`Journal.append`), role, text, the base model {name, sha256, version}, the overlay
+`Journal.append`), role, text, the base model {name, sha256, version, signers, origin}, the overlay
 {name, version, sha256, signers, on} or null when none is loaded, the sampling settings,
-the system prompt that conditioned the reply (null: the model's own default),
+the system prompt that conditioned the reply (null: the model's own default) and the name of
+the prompt preset it came from (null: none, or typed by hand),
 and the overlay's divergence from the base for that reply where it was measured (else null).
 """
 
@@ -11,8 +12,10 @@ from collections.abc import Sequence
 from typing import Optional
 
 
-def base(name: str, sha256: str, version: int) -> dict:
-    return {"name": name, "sha256": sha256, "version": version}
+def base(name: str, sha256: str, version: int, signers: Sequence[str] = ()) -> dict:
+    """`signers`: those that counted when an imported base was accepted; none for the embedded default's built-in pin."""
+    origin = "imported, signed" if signers else "embedded, built-in pin"
+    return {"name": name, "sha256": sha256, "version": version, "signers": sorted(signers), "origin": origin}
 
 
 def overlay(name: str, version: int, sha256: str, signers: list[str], on: bool, demo_signers: Sequence[str] = ()) -> dict:
@@ -36,6 +39,7 @@ def message(
     overlay: Optional[dict],
     settings: dict,
     system_prompt: Optional[str],
+    preset: Optional[str] = None,
     divergence: Optional[dict] = None,
     **extra,
 ) -> dict:
@@ -47,6 +51,7 @@ def message(
         "overlay": overlay,
         "settings": settings,
         "system_prompt": system_prompt,
+        "preset": preset,
         "divergence": divergence,
         **extra,
     }

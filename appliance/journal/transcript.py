@@ -14,7 +14,8 @@ def provenance_line(r: dict) -> str:
     overlay = (
         "none" if not ov else f"{ov['name']} v{ov['version']} {'on' if ov['on'] else 'off'} signers {','.join(ov['signers'])}"
     )
-    system = f"; system prompt {json.dumps(r['system_prompt'])}" if r.get("system_prompt") else ""
+    system = f"; preset {r['preset']}" if r.get("preset") else ""
+    system += f"; system prompt {json.dumps(r['system_prompt'])}" if r.get("system_prompt") else ""
     return (f"base {base.get('name')} v{base.get('version')} {str(base.get('sha256'))[:12]}; overlay {overlay}; "
             f"settings {json.dumps(r.get('settings'))}{system}")  # fmt: skip
 

@@ -1,13 +1,13 @@
-"""The KV cache, kept consistent with the tokens it holds and the overlay state they were computed in.
+"""The KV cache, kept consistent with the tokens it holds and the state (overlay, control vector) they were computed in.
 
 Overlay off: token ids go to llama.cpp as they are. Overlay on: each token id
 becomes its dequantised embedding row, the overlay transforms it, and the
 result goes in through `batch.embd`.
 
-One llama.cpp sequence per overlay state (seq_id 0: off, seq_id 1: on), each
-remembering the tokens it holds and the overlay they were computed with:
-  1. a prefill in a state uses that state's sequence and makes it current;
-  2. a sequence computed with another overlay object (or none) is emptied first;
+One llama.cpp sequence per state, each remembering the tokens it holds and the
+overlay and control vector they were computed with (the objects, or none):
+  1. a prefill in a state uses the sequence that holds that state and makes it current;
+  2. if none does, the least recently used sequence is emptied and given the state;
   3. it keeps the longest common prefix of what it holds and the new context,
      but never past the positions a prefill computed (`exact`): a reply's tokens
      were decoded one at a time, which rounds differently from a prefill
@@ -18,8 +18,16 @@ remembering the tokens it holds and the overlay they were computed with:
 So every prefill leaves its sequence exactly as a fresh session's would be, and
 a reply, after any switches and whatever the window dropped, is the reply of a
 fresh session in that state. A switch reads only what that state's sequence
-has not seen: its own last reply and the exchanges since. With an engine of
-one sequence both states share seq_id 0 and rule 2 empties it at every switch.
+has not seen: its own last reply and the exchanges since. With two sequences,
+switching one thing back and forth (the overlay, or the control vector) always
+finds the state's sequence; a third state evicts one; with an engine of one
+sequence rule 2 empties it at every switch.
+
+The control vector is set on the whole llama.cpp context, but it only enters
+the positions being computed: what the cache holds stays as it was computed.
+Every batch goes to one sequence, so the decoder sets the vector of the state
+it is computing (`LlamaEngine.set_control`) before the prefill, and each
+sequence only ever grows under its own vector.
 """
 
 from collections.abc import Callable
@@ -28,6 +36,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..overlay.control import ControlVector
 from ..overlay.params import OverlayParams
 from ..overlay.takens_numpy import OverlayStream
 from .embeddings import EmbeddingTable
@@ -40,7 +49,9 @@ class KVSequence:
     tokens: list[int] = field(default_factory=list)  # what its cells hold, position by position
     exact: int = 0  # leading positions computed by prefills: what a fresh prefill computes
     overlay: Optional[OverlayParams] = None  # the state those tokens were computed in
+    control: Optional[ControlVector] = None  # ... and the control vector they were computed under
     stream: Optional[OverlayStream] = None  # the overlay's delay ring, positioned after `tokens`
+    used: int = 0  # when a prefill last used it, for rule 2
 
 
 class Decoder:
@@ -50,21 +61,20 @@ class Decoder:
         self.sequences = [KVSequence(seq_id) for seq_id in range(min(engine.n_seq, 2))]
         self.current = self.sequences[0]
         self.last_prefill_tokens = 0  # how many positions the last prefill had to compute
+        self.control: Optional[ControlVector] = None  # the one set on the engine
+        self._prefills = 0
 
     def reset(self) -> None:
-        """Empty every sequence: the next prefill computes everything, as in a new process."""
+        """Empty every sequence and clear the control vector: the next prefill computes everything, as in a new process."""
         self.engine.forget_all()
+        self._set_control(None)
         self.sequences = [KVSequence(seq.seq_id) for seq in self.sequences]
         self.current = self.sequences[0]
 
-    def prefill(self, tokens: list[int], overlay: Optional[OverlayParams]) -> np.ndarray:
-        """Make the current sequence hold exactly `tokens` under `overlay`; return the logits after the last token."""
-        seq = self.sequences[1 if overlay is not None and len(self.sequences) > 1 else 0]
-        if seq.overlay is not overlay:
-            self.engine.forget_from(0, seq.seq_id)
-            seq.tokens, seq.exact, seq.overlay = [], 0, overlay
-            seq.stream = OverlayStream(overlay) if overlay is not None else None
-        self.current = seq
+    def prefill(self, tokens: list[int], overlay: Optional[OverlayParams], control: Optional[ControlVector] = None) -> np.ndarray:
+        """Make the current sequence hold exactly `tokens` under `overlay` and `control`; return the logits after the last token."""
+        self._set_control(control)
+        seq = self.current = self._sequence_for(overlay, control)
         # At least two tokens are computed (fresh logits, and never a batch of one), unless the context is one token.
         keep = min(_common_prefix(seq.tokens, tokens), seq.exact, max(0, len(tokens) - 2))
         self.engine.forget_from(keep, seq.seq_id)
@@ -76,6 +86,23 @@ class Decoder:
         logits = self._feed(tokens[keep:])
         seq.exact = len(tokens) if len(tokens) - keep != 1 else keep
         return logits
+
+    def _sequence_for(self, overlay: Optional[OverlayParams], control: Optional[ControlVector]) -> KVSequence:
+        """Rules 1 and 2: the sequence that holds this state, or the least recently used one, emptied for it."""
+        self._prefills += 1
+        held = [s for s in self.sequences if s.overlay is overlay and s.control is control]
+        seq = max(held, key=lambda s: len(s.tokens)) if held else min(self.sequences, key=lambda s: s.used)
+        if not held:
+            self.engine.forget_from(0, seq.seq_id)
+            seq.tokens, seq.exact, seq.overlay, seq.control = [], 0, overlay, control
+            seq.stream = OverlayStream(overlay) if overlay is not None else None
+        seq.used = self._prefills
+        return seq
+
+    def _set_control(self, control: Optional[ControlVector]) -> None:
+        if control is not self.control:
+            self.engine.set_control(control.applied(self.engine.n_layer) if control is not None else None)
+            self.control = control
 
     def step(self, token: int) -> np.ndarray:
         return self._feed([token])

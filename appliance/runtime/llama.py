@@ -81,6 +81,7 @@ class LlamaEngine:
         self.n_ctx, self.n_seq, self.n_batch = C.llama_n_ctx_seq(self.ctx), n_seq, n_batch
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
         self.n_embd = C.llama_model_n_embd(self.model)
+        self.n_layer = C.llama_model_n_layer(self.model)
         self._token_batch = C.llama_batch_init(n_batch, 0, 1)
         self._embd_batch = C.llama_batch_init(n_batch, self.n_embd, 1)
         self._piece = ctypes.create_string_buffer(256)
@@ -96,6 +97,10 @@ class LlamaEngine:
         buf = ctypes.create_string_buffer(1 << 16)
         n = C.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8") if n >= 0 else None
+
+    def bos_text(self) -> str:
+        """The BOS token's text when the model wants one at the start of a prompt, else ""."""
+        return self.token_text(C.llama_vocab_bos(self.vocab)) if C.llama_vocab_get_add_bos(self.vocab) else ""
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         data = text.encode("utf-8")
@@ -160,6 +165,26 @@ class LlamaEngine:
             rc = C.llama_decode(self.ctx, batch)
             if rc != 0:
                 raise ModelFailed(f"llama_decode failed with code {rc}")
+
+    # -- the control vector: one for the whole context --------------------------
+
+    def set_control(self, applied: np.ndarray | None) -> None:
+        """Add applied[L - 1] to the output of block L, for every sequence, from the next decode on; None: none.
+
+        `applied` is (n_layer - 1, n_embd), every block from 1 on (`ControlVector.applied`): llama.cpp
+        overwrites only the blocks the buffer covers, so a shorter one would leave an earlier vector's
+        rows in place. What the KV cache already holds is not recomputed (decoder.py handles that).
+        """
+        if applied is None:
+            rc = C.llama_set_adapter_cvec(self.ctx, None, 0, self.n_embd, -1, -1)
+        else:
+            data = np.ascontiguousarray(applied, dtype=np.float32)
+            if data.shape != (self.n_layer - 1, self.n_embd):
+                raise ModelFailed(f"a control vector for this model is ({self.n_layer - 1}, {self.n_embd}), not {data.shape}")
+            ptr = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            rc = C.llama_set_adapter_cvec(self.ctx, ptr, data.size, self.n_embd, 1, self.n_layer - 1)
+        if rc != 0:
+            raise ModelFailed(f"llama_set_adapter_cvec failed with code {rc}")
 
     def logits_at(self, i: int) -> np.ndarray:
         """Logits (n_vocab,) of the i-th position of the last batch decoded with `all_logits`; a view."""

@@ -1,10 +1,13 @@
-"""A chat session: history, overlay state, streaming generation, toggle.
+"""A chat session: history, overlay and control-vector state, streaming generation, toggles.
 
 The CLI and the terminal UI both drive this object. The overlay switch is a
 flag flip (O(1)); at the next prefill the decoder continues that state's own
 KV sequence, reading only what it has not read yet (decoder.py says exactly
 what), so the next reply is what a fresh session entirely in that state would
 say.
+
+The control vector switches the same way: the decoder keeps one sequence per
+(overlay, control vector) state, as many as the engine has.
 """
 
 import codecs
@@ -15,10 +18,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Optional
 
-from ..errors import ContextOverflow, NoOverlay
+from ..errors import ContextOverflow, NoOverlay, NotFound
+from ..overlay.control import ControlVector
 from ..overlay.files import Overlay
 from ..trust.builtin import VerifiedModel
-from .chat_template import ChatTemplate
+from .chat_template import BuiltinTemplate, ChatTemplate, builtin_template_for
 from .decoder import Decoder
 from .embeddings import EmbeddingTable
 from .llama import LlamaEngine
@@ -36,9 +40,12 @@ class Runtime:
         self.engine = LlamaEngine(model.path, n_ctx=n_ctx, n_threads=n_threads, n_seq=sequences)
         self.decoder = Decoder(self.engine, lambda: self.embeddings)
         eos = self.engine.metadata("tokenizer.ggml.eos_token_id")
-        self.template = ChatTemplate(
-            self.engine.metadata("tokenizer.chat_template") or "",
-            eos_token=self.engine.token_text(int(eos)) if eos else "",
+        source = self.engine.metadata("tokenizer.chat_template")
+        builtin = None if source else builtin_template_for(self.engine.metadata("general.architecture") or "")
+        self.template: ChatTemplate | BuiltinTemplate = (
+            BuiltinTemplate(builtin, self.engine.bos_text())
+            if builtin
+            else ChatTemplate(source or "", eos_token=self.engine.token_text(int(eos)) if eos else "")
         )
 
     @cached_property
@@ -47,6 +54,10 @@ class Runtime:
 
     def close(self) -> None:
         self.engine.close()
+
+
+class NoControlVector(NotFound):
+    """No control vector is installed, so none can be switched on."""
 
 
 @dataclass
@@ -61,6 +72,7 @@ class Reply:
     dropped_turns: int  # oldest turns left out to fit the context window
     seconds: float  # from first to last generated token
     prefill_seconds: float
+    control_on: bool = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -80,12 +92,15 @@ class Session:
     history: list[dict] = field(default_factory=list)  # {"role": "user"|"assistant", "content": str}
     overlay_on: bool = False
     first_turn: int = 0  # turns before this index no longer fit the context window
+    control: Optional[ControlVector] = None
+    control_on: bool = False
+    preset: Optional[str] = None  # the name of the prompt preset the system prompt came from, if any
 
     # -- the overlay switch --------------------------------------------------
 
     def conditioning(self) -> dict:
         """What besides the model and overlay shapes the next reply: the provenance of a journal record."""
-        return {"settings": self.settings.as_dict(), "system_prompt": self.system_prompt}
+        return {"settings": self.settings.as_dict(), "system_prompt": self.system_prompt, "preset": self.preset}
 
     def set_overlay(self, on: bool) -> None:
         if on and self.overlay is None:
@@ -95,6 +110,15 @@ class Session:
     def toggle(self) -> bool:
         self.set_overlay(not self.overlay_on)
         return self.overlay_on
+
+    def set_control(self, on: bool) -> None:
+        if on and self.control is None:
+            raise NoControlVector("no control vector is installed")
+        self.control_on = on
+
+    def toggle_control(self) -> bool:
+        self.set_control(not self.control_on)
+        return self.control_on
 
     # -- generation ------------------------------------------------------------
 
@@ -124,7 +148,11 @@ class Session:
                 raise
         decoder, engine = self.runtime.decoder, self.runtime.engine
         overlay = self.overlay.params if self.overlay_on and self.overlay is not None else None
-        decoder.prefill(prompt, overlay)
+        control = self.control if self.control_on else None
+        if control is None:  # the form every decoder takes, the UI's divergence audit included
+            decoder.prefill(prompt, overlay)
+        else:
+            decoder.prefill(prompt, overlay, control)
         prefill_tokens = decoder.last_prefill_tokens
         t1 = time.perf_counter()
 
@@ -169,6 +197,7 @@ class Session:
             dropped_turns=dropped,
             seconds=time.perf_counter() - t1,
             prefill_seconds=t1 - t0,
+            control_on=control is not None,
         )
         self.history.append({"role": "assistant", "content": reply.text})
         return reply

@@ -5,21 +5,25 @@ Layout under the state directory:
     store/
       state.json                  the commit point, replaced atomically:
                                   {"format", "floor", "overlay": active overlay name,
+                                   "base": active imported base name (null: the embedded default),
+                                   "overlay_of_base": {base name or "embedded": {"overlay": its last overlay}},
                                    "items": {name: {"kind", "active", "installed", "max_version", "erased"}}}
       objects/<manifest sha256>/  content-addressed, one per accepted manifest:
         manifest.json             the exact signed bytes
         signatures/<FPR>.asc      as they came in the bundle
         accepted.json             the pinned signers that counted, and when
-        artifacts/<path>          the bytes that were hashed on the way in; an overlay's
-                                  encrypted under its version's vault data key (`at_rest`)
+        artifacts/<path>          the bytes that were hashed on the way in, encrypted
+                                  under the version's vault data key (`at_rest`), overlays
+                                  and base models alike
     .staging-<random>/            exists only while an import runs
 
 An import writes nothing but its staging directory until every check has
 passed; then it renames staging into `objects/` and replaces `state.json`.
 Killed at any point, the active versions are the old ones or the new ones;
 leftover staging directories and unreferenced objects are removed by the next
-successful import. Crypto-erase of an overlay (`appliance.erase`) destroys its keys in the
-vault, then marks its versions erased here (`forget`).
+successful import. Crypto-erase of an overlay or a base (`appliance.erase`) destroys its keys
+in the vault, then marks its versions erased here (`forget`). Which base is active, and how an
+imported one is opened for llama.cpp: `bases`.
 """
 
 from .active import (

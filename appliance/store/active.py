@@ -46,7 +46,7 @@ class ActiveBase:
 
 
 def embedded_base() -> ActiveBase:
-    """The embedded default base, verified against its built-in pin (the only base the runtime loads today)."""
+    """The embedded default base, verified against its built-in pin (`bases.active_base` gives the active one)."""
     return ActiveBase(verify_pinned(embedded_pin()))
 
 
@@ -62,6 +62,7 @@ class InstallRecord:
     created: datetime
     expires: datetime
     demo_signers: tuple[str, ...] = ()  # signers pinned by `init --demo`: never production trust
+    binds_base: Optional[str] = None  # an overlay's base SHA-256
 
     def journal_record(self, on: bool) -> dict:
         """The overlay part of a journal message's provenance."""
@@ -89,13 +90,19 @@ class InstalledItem:
     is_active_overlay: bool
 
 
-def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base_sha256: str, hidden_size: int) -> Optional[Overlay]:
-    """Rule 3: an overlay must be bound to the active base; returns the admitted overlay (None for other kinds)."""
+def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: ActiveBase) -> Optional[Overlay]:
+    """Rule 3: an overlay must be bound to the active base; returns the admitted overlay (None for other kinds).
+
+    The base's hidden size is read only for an overlay whose SHA-256 binding already matched.
+    """
     if manifest.kind != "overlay":
         return None
+    base_sha256 = base.sha256
     if manifest.binds_base_sha256 != base_sha256:
+        bound = manifest.binds_base_sha256 or "none"
         raise BindingMismatch(
-            f"{manifest.name} v{manifest.version} is bound to base {manifest.binds_base_sha256}, the active base is {base_sha256}"
+            f"{manifest.name} v{manifest.version} is bound to base {bound[:16]}, active base is {base_sha256[:16]}"
+            f" (full: {bound}, {base_sha256}; appliance base list)"
         )
     files: dict[str, bytearray] = {}
     try:
@@ -103,25 +110,38 @@ def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base_sh
             files[path] = read_artifact(directory, manifest.artifact(path), sealing, keep=True)
         # The safetensors parser takes only immutable bytes: that copy cannot be zeroed and lives
         # until the loader is done with it (a Python limit docs/procedures.md states); ours are zeroed.
-        return load_overlay(bytes(files[JSON_NAME]), bytes(files[TENSORS_NAME]), base_sha256=base_sha256, hidden_size=hidden_size)
+        return load_overlay(
+            bytes(files[JSON_NAME]), bytes(files[TENSORS_NAME]), base_sha256=base_sha256, hidden_size=base.hidden_size
+        )
     finally:
         for data in files.values():
             zeroize(data)
 
 
 def verify_version(
-    store: Store, manifest_sha256: str, vault: Vault, base_sha256: str, hidden_size: int
+    store: Store, manifest_sha256: str, vault: Vault, base: ActiveBase, bind: bool = True
 ) -> tuple[Manifest, Optional[Overlay]]:
-    """Rules 1-3 for one installed version; an overlay's own two files are decrypted and hashed once, as they are loaded."""
+    """Rules 1-3 for one installed version; an overlay's own two files are decrypted and hashed once, as they are loaded.
+
+    `bind=False`: rules 1-2 only (an overlay made for another installed base is intact, only inactive).
+    """
     manifest = store.read_manifest(manifest_sha256)
     directory = store.object_dir(manifest_sha256)
+    if not bind:
+        sealing = Sealing.installed(vault, manifest)
+        try:
+            for artifact in manifest.artifacts:
+                read_artifact(directory, artifact, sealing, keep=False)
+            return manifest, None
+        finally:
+            sealing.zeroize()
     loaded_by_binding = (JSON_NAME, TENSORS_NAME) if manifest.kind == "overlay" else ()
     sealing = Sealing.installed(vault, manifest)
     try:
         for artifact in manifest.artifacts:
             if artifact.path not in loaded_by_binding:
                 read_artifact(directory, artifact, sealing, keep=False)
-        return manifest, check_binding(manifest, directory, sealing, base_sha256, hidden_size)
+        return manifest, check_binding(manifest, directory, sealing, base)
     finally:
         sealing.zeroize()
 
@@ -138,6 +158,7 @@ def _provenance(store: Store, manifest: Manifest) -> InstallRecord:
         manifest.created,
         manifest.expires,
         demo,
+        manifest.binds_base_sha256,
     )
 
 
@@ -155,7 +176,7 @@ def load_active_overlay(base: ActiveBase, vault: Vault) -> ActiveOverlay:
     item = state.items[state.overlay]
     if item.active is None:
         raise Erased(f"overlay {state.overlay} was crypto-erased ({versions_text(item.erased)}): import a new signed bundle")
-    manifest, overlay = verify_version(store, item.active, vault, base.sha256, base.hidden_size)
+    manifest, overlay = verify_version(store, item.active, vault, base)
     if overlay is None:  # state.json names, as the active overlay, a version whose manifest is of another kind
         raise StoreDamaged(f"{manifest.name} v{manifest.version} is a {manifest.kind}, not an overlay")
     return ActiveOverlay(overlay, _provenance(store, manifest))
@@ -173,8 +194,13 @@ def verify_installed(base: ActiveBase, vault: Vault) -> list[tuple[str, str]]:
         for sha in item.installed:
             label = f"{name} {sha[:16]}{' (active)' if sha == item.active else ''}"
             try:
-                manifest, _ = verify_version(store, sha, vault, base.sha256, base.hidden_size)
-                label = f"{name} v{manifest.version}{' (active)' if sha == item.active else ''}"
+                binds = store.read_manifest(sha).binds_base_sha256
+                other = item.kind == "overlay" and binds is not None and binds != base.sha256
+                manifest, _ = verify_version(store, sha, vault, base, bind=not other)
+                inactive = (
+                    f" (inactive: bound to base {binds[:16]}, active base is {base.sha256[:16]})" if other and binds else ""
+                )
+                label = f"{name} v{manifest.version}{' (active)' if sha == item.active else ''}{inactive}"
                 results.append((label, ""))
             except (Refused, NotFound, Erased) as e:
                 results.append((label, str(e)))

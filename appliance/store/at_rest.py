@@ -1,16 +1,19 @@
-"""Installed artifacts at rest: an overlay's encrypted under its version's data key, a base model's in the clear.
+"""Installed artifacts at rest: every version's encrypted under its own data key (overlays and base models alike).
 
 Rules:
-- An overlay version's artifacts are encrypted (`vault.stream`, chunked AES-256-GCM) under one data
-  key, vault item `overlay_item(name, version)`, while they are hashed on the way in from the bundle:
-  the bytes hashed are the bytes encrypted, and no plaintext overlay byte is written anywhere.
+- A version's artifacts are encrypted (`vault.stream`, chunked AES-256-GCM) under one data
+  key, vault item `data_item(kind, name, version)`, while they are hashed on the way in from the bundle:
+  the bytes hashed are the bytes encrypted, and no plaintext byte of an installed item is written anywhere.
 - Each file's context binds it to its item, its accepted manifest and its path: a ciphertext moved to
   another path, version or manifest fails authentication even under the right key.
 - Reading decrypts into memory only and re-hashes the plaintext against the accepted manifest before
   anyone uses it; decrypted buffers are zeroed as soon as their user is done with them.
-- A base model is public (docs/design.md, "Keys, encryption at rest"): stored and read in the clear, hashed all the same.
+- A base model may be proprietary (docs/design.md, "Keys, encryption at rest"): its GGUF is decrypted,
+  and hashed in the same pass, into a sealed memfd (`decrypt_to_memfd`), anonymous memory that llama.cpp
+  opens by its /proc/self/fd path; the embedded default alone stays public, pinned and in the clear.
 """
 
+import fcntl
 import hashlib
 import os
 from dataclasses import dataclass
@@ -24,6 +27,9 @@ from ..vault import EncryptedWriter, Vault, decrypt_chunks, random_key, zeroize
 from .layout import STORE_DIR
 
 OVERLAY_ITEMS = "overlay/"  # the vault item ids of the overlays' data keys
+BASE_ITEMS = "base/"  # and of the imported base models'
+ITEM_PREFIXES = {"overlay": OVERLAY_ITEMS, "base-model": BASE_ITEMS}
+MEMFD_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 
 
 def overlay_item(name: str, version: int) -> str:
@@ -31,8 +37,13 @@ def overlay_item(name: str, version: int) -> str:
     return f"{OVERLAY_ITEMS}{name}/{version}"
 
 
+def data_item(kind: str, name: str, version: int) -> str:
+    """The vault item id of one installed version of any kind."""
+    return f"{ITEM_PREFIXES[kind]}{name}/{version}"
+
+
 def is_encrypted(manifest: Manifest) -> bool:
-    return manifest.kind == "overlay"
+    return manifest.kind in ITEM_PREFIXES
 
 
 def artifact_rel(manifest_sha256: str, path: str) -> str:
@@ -49,7 +60,7 @@ class Sealing:
 
     @property
     def item(self) -> str:
-        return overlay_item(self.manifest.name, self.manifest.version)
+        return data_item(self.manifest.kind, self.manifest.name, self.manifest.version)
 
     @classmethod
     def fresh(cls, manifest: Manifest) -> "Sealing":
@@ -59,7 +70,8 @@ class Sealing:
     @classmethod
     def installed(cls, vault: Vault, manifest: Manifest) -> "Sealing":
         """For a load: the version's data key from the vault (Erased, exit 6, once crypto-erased)."""
-        return cls(manifest, vault.data_key(overlay_item(manifest.name, manifest.version)) if is_encrypted(manifest) else None)
+        item = data_item(manifest.kind, manifest.name, manifest.version) if is_encrypted(manifest) else None
+        return cls(manifest, vault.data_key(item) if item else None)
 
     def record(self, vault: Vault) -> None:
         """Make the key durable in the vault, with the ciphertext paths crypto-erase must delete.
@@ -108,7 +120,7 @@ def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: b
         raise NotFound(f"{artifact.path}: missing from the store")
     if sealing.key is None:
         if keep:
-            raise ValueError("only encrypted artifacts (overlays) are read into memory")
+            raise ValueError("only encrypted artifacts are read into memory")
         with open(path, "rb", buffering=0) as f:
             digest, size = sha256_stream(f)
         _check(artifact, size, digest)
@@ -127,6 +139,36 @@ def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: b
             zeroize(data)
         raise
     return data
+
+
+def decrypt_to_memfd(directory: Path, artifact: Artifact, sealing: Sealing) -> int:
+    """One installed, encrypted artifact decrypted into a sealed memfd, hashed in the same pass; returns the fd.
+
+    The memfd is anonymous memory (never a file on disk), sealed against writes once checked, so the
+    bytes a loader reads through /proc/self/fd/N are the bytes hashed. It is close-on-exec: a child
+    gets it only when passed on purpose. The caller closes it.
+    """
+    path = directory / "artifacts" / artifact.path
+    if not path.is_file():
+        raise NotFound(f"{artifact.path}: missing from the store")
+    if sealing.key is None:
+        raise ValueError("only encrypted artifacts are decrypted into memory")
+    fd = os.memfd_create(f"appliance:{sealing.item}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        h, size = hashlib.sha256(), 0
+        for chunk in decrypt_chunks(sealing.key, path, sealing.context(artifact.path)):
+            h.update(chunk)
+            size += len(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        _check(artifact, size, h.hexdigest())
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, MEMFD_SEALS)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _check(artifact: Artifact, size: int, digest: str) -> None:

@@ -1,4 +1,4 @@
-"""What the store forgets when overlays are crypto-erased (`appliance.erase` calls it).
+"""What the store forgets when overlays (or base models, the same way) are crypto-erased (`appliance.erase` calls it).
 
 The vault destroys the keys first (and the ciphertext files it recorded with them); then this
 marks every installed version of the overlay as erased in `store/state.json` and removes what is
@@ -19,12 +19,21 @@ from .layout import Store, StoreDamaged
 
 def forget_overlays(vault: Vault, name: Optional[str]) -> None:
     """Mark overlay NAME (None: every overlay) erased in state.json, then remove its store objects."""
+    forget_items(vault, "overlay", name)
+
+
+def forget_bases(vault: Vault, name: Optional[str]) -> None:
+    """The same for base models; the embedded default becomes the active base if an erased one was."""
+    forget_items(vault, "base-model", name)
+
+
+def forget_items(vault: Vault, kind: str, name: Optional[str]) -> None:
     store = Store.unlocked(vault)
     state = store.read_state()
     items = dict(state.items)
     gone: list[str] = []
     for n, item in state.items.items():
-        if item.kind != "overlay" or not item.installed or (name is not None and n != name):
+        if item.kind != kind or not item.installed or (name is not None and n != name):
             continue
         versions = set(item.erased)
         for sha in item.installed:
@@ -36,5 +45,6 @@ def forget_overlays(vault: Vault, name: Optional[str]) -> None:
         gone += item.installed
     if not gone:
         return
-    store.write_state(replace(state, items=items))
+    base = None if state.base is not None and items[state.base].active is None else state.base
+    store.write_state(replace(state, items=items, base=base))
     discard(vault.home, store.forget_objects(gone))

@@ -13,6 +13,8 @@
    only in memory until step 7: no plaintext overlay byte reaches the disk;
 6. binding: an overlay is bound to the active base and admitted by its loader
    (decrypted into memory from staging, so the ciphertext kept is checked too);
+   a base model is one GGUF (plus text files) that a limited child process
+   loads in llama.cpp from a sealed memfd (`bases`, `runtime.probe`);
 7. install: the data key recorded in the vault, staging renamed into
    `store/objects/<manifest sha256>`, its accepted record sealed, then
    `store/state.json` replaced and sealed, the commit point (files and
@@ -47,7 +49,8 @@ from ..trust.manifest import Manifest
 from ..utc import format_time, now
 from ..vault import Vault
 from .active import ActiveBase, check_binding, verify_version, versions_text
-from .at_rest import OVERLAY_ITEMS, Sealing, overlay_item, write_artifact
+from .at_rest import ITEM_PREFIXES, Sealing, data_item, write_artifact
+from .bases import gguf_artifact, probe_staged
 from .layout import STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
 
 CRASH_POINTS = ("copying", "copied", "keyed", "stored", "committed")
@@ -149,11 +152,15 @@ def _accept(
         note = _check_expiry(manifest, now(), state.floor)
         _check_kind(manifest, state)
         _check_version(manifest, state)
+        if manifest.kind == "base-model":
+            gguf_artifact(manifest)  # its shape, before a byte is copied
         sealing = Sealing.fresh(manifest)
         try:
             _copy_artifacts(bundle, staging, sealing, progress)
             _crash_point("copied")
-            check_binding(manifest, staging, sealing, base.sha256, base.hidden_size)
+            if manifest.kind == "base-model":
+                probe_staged(manifest, staging, sealing)
+            check_binding(manifest, staging, sealing, base)
         except BaseException:
             sealing.zeroize()
             raise
@@ -172,14 +179,14 @@ def _remove_leftovers(store: Store, state: StoreState, vault: Vault) -> None:
         shutil.rmtree(obj, ignore_errors=True)
     try:
         installed = {
-            overlay_item(name, store.read_manifest(sha).version)
+            data_item(item.kind, name, store.read_manifest(sha).version)
             for name, item in state.items.items()
-            if item.kind == "overlay"
+            if item.kind in ITEM_PREFIXES
             for sha in item.installed
         }
     except StoreDamaged:
         return  # unsure what is installed: keep every key (an orphan is harmless, a lost key is not)
-    orphans = [i for i in vault.items(OVERLAY_ITEMS) if i not in installed]
+    orphans = [i for prefix in ITEM_PREFIXES.values() for i in vault.items(prefix) if i not in installed]
     if orphans:
         vault.erase(orphans)
 
@@ -276,6 +283,6 @@ def rollback(name: str, base: ActiveBase, vault: Vault) -> tuple[int, int]:
             raise Erased(f"{name} {versions_text(erased)} was crypto-erased: it cannot be rolled back to")
         raise NotFound(f"no version of {name} below v{active} is still in the store")
     version, sha = max(earlier)
-    verify_version(store, sha, vault, base.sha256, base.hidden_size)
+    verify_version(store, sha, vault, base)
     store.write_state(state.with_item(name, replace(item, active=sha)))
     return active, version

@@ -46,6 +46,8 @@ class StoreState:
     floor: Optional[datetime] = None  # the newest `created` ever accepted
     overlay: Optional[str] = None  # name of the overlay the runtime loads
     items: dict[str, Item] = field(default_factory=dict)
+    base: Optional[str] = None  # name of the installed base the runtime loads; None: the embedded default
+    overlay_of_base: dict[str, str] = field(default_factory=dict)  # base name (or "embedded") -> its last overlay
 
     def with_item(self, name: str, item: Item) -> "StoreState":
         overlay = name if item.kind == "overlay" else self.overlay
@@ -105,13 +107,20 @@ class Store:
         overlay = doc.optional_string("overlay")
         if overlay is not None and (overlay not in items or items[overlay].kind != "overlay"):
             raise StateFileDamaged(self.state_path, "field 'overlay' names no installed overlay")
-        return StoreState(floor, overlay, items)
+        base = doc.optional_string("base")
+        if base is not None and (base not in items or items[base].kind != "base-model"):
+            raise StateFileDamaged(self.state_path, "field 'base' names no installed base model")
+        remembered = doc.objects("overlay_of_base") if doc.has("overlay_of_base") else {}
+        overlay_of_base = {name: inner.string("overlay") for name, inner in remembered.items()}
+        return StoreState(floor, overlay, items, base, overlay_of_base)
 
     def write_state(self, state: StoreState) -> None:
         doc = {
             "format": STATE_FORMAT,
             "floor": format_time(state.floor) if state.floor else None,
             "overlay": state.overlay,
+            "base": state.base,
+            "overlay_of_base": {name: {"overlay": o} for name, o in sorted(state.overlay_of_base.items())},
             "items": {
                 name: {
                     "kind": i.kind,

@@ -31,7 +31,9 @@ from .distributed import Ranks, all_mean, current, init_from_env
 from .objective import aggregate_each, barrier, kl_of_logprobs, nll, per_position_kl, segment_mean
 
 if TYPE_CHECKING:
-    from ..runtime.chat_template import ChatTemplate
+    from ..runtime.chat_template import BuiltinTemplate, ChatTemplate
+
+    Template = ChatTemplate | BuiltinTemplate
     from ..runtime.session import Runtime
 
 CHECKPOINT = "checkpoint.pt"
@@ -86,7 +88,7 @@ def load_base(model: VerifiedModel, device: str = "cpu"):
     return base.eval().to(device)
 
 
-def encode(runtime: "Runtime", conversation: list[dict], max_len: int, template: Optional["ChatTemplate"] = None) -> Example:
+def encode(runtime: "Runtime", conversation: list[dict], max_len: int, template: Optional["Template"] = None) -> Example:
     """Token ids of the rendered conversation and which of them are assistant tokens (the targets).
 
     The rendering grows message by message; each assistant turn's generation
@@ -127,7 +129,7 @@ def config_of(overlay: Overlay) -> TrainConfig:
 
 
 def preservation_examples(
-    model: VerifiedModel, prompts: list[str], max_tokens: int = 48, template: Optional["ChatTemplate"] = None
+    model: VerifiedModel, prompts: list[str], max_tokens: int = 48, template: Optional["Template"] = None
 ) -> list[Example]:
     """The base's own greedy replies to neutral prompts, as examples whose targets are the reply."""
     from ..runtime.sampler import GREEDY
@@ -148,7 +150,7 @@ def preservation_examples(
 
 
 def split_examples(
-    model: VerifiedModel, dataset: Dataset, cfg: TrainConfig, template: Optional["ChatTemplate"] = None
+    model: VerifiedModel, dataset: Dataset, cfg: TrainConfig, template: Optional["Template"] = None
 ) -> tuple[list[Example], list[Example]]:
     """(held out, training) examples: a seeded permutation, so a report can recover the same split."""
     from ..runtime.session import Runtime  # llama.cpp: the runtime's own tokenizer and template
@@ -468,7 +470,7 @@ def train(
     resume: bool = False,
     base=None,
     preserve_prompts: Optional[list[str]] = None,
-    template: Optional["ChatTemplate"] = None,
+    template: Optional["Template"] = None,
 ) -> TrainResult:
     """Train a Takens-LoRA overlay and write overlay.json + overlay.safetensors (with provenance) to `out`.
 

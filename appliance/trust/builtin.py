@@ -35,12 +35,22 @@ class PinnedArtifact:
 
 @dataclass(frozen=True)
 class VerifiedModel:
-    """A model file whose bytes matched its pin at the moment it was checked."""
+    """A model file whose bytes matched its pin (or its accepted manifest) at the moment it was checked.
+
+    An imported base lives in a sealed memfd (`fd`), opened through its /proc/self/fd path; the
+    embedded default is the wheel's file, pinned in the software (no signers).
+    """
 
     name: str
     version: int
     path: Path
     sha256: str
+    signers: tuple[str, ...] = ()  # the pinned signers that counted at import; () for the built-in pin
+    fd: Optional[int] = None  # the memfd holding an imported base's decrypted GGUF
+
+    @property
+    def origin(self) -> str:
+        return f"signed by {', '.join(self.signers)}" if self.signers else "embedded, built-in pin"
 
 
 def embedded_pin(manifest_path: Traversable = EMBEDDED_MANIFEST) -> PinnedArtifact:

@@ -6,6 +6,8 @@ keys.py        the one table of keys: bindings, help, command palette
 app.py         ApplianceApp: screens, the kill key, the palette
 unlock.py, chat.py, sessions.py, help.py, modals.py   the screens
 widgets.py     status bar, prompt with history, message
+external_editor.py  ctrl+e: the prompt in $EDITOR on a 0600 scratch file, wiped after
+code_blocks.py the code blocks of a reply (ctrl+g copies one)
 appliance.tcss the theme
 """
 

@@ -3,6 +3,7 @@
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from typing import Optional
 
@@ -18,9 +19,11 @@ from textual.worker import Worker, WorkerCancelled, WorkerFailed
 from ..erase import ERASE_JOURNAL_PHRASE
 from ..errors import ApplianceError
 from ..printable import printable
+from .code_blocks import code_blocks
 from .core import ChatCore, Outcome
+from .external_editor import EditorFailed, editor_command, read_back, run_editor, scratch_file
 from .keys import CHAT_KEYS, bindings
-from .modals import EraseScreen, SystemPromptScreen
+from .modals import EraseScreen, PresetScreen, SystemPromptScreen
 from .sessions import SessionsScreen
 from .widgets import ChatMessage, PromptInput, StatusBar
 
@@ -36,6 +39,7 @@ class ChatScreen(Screen):
         self.worker: Optional[Worker] = None
         self.editing = False  # the next send replaces the last exchange (edit and resend)
         self._last: Optional[tuple[ChatMessage, ChatMessage]] = None  # the views of the last whole exchange
+        self._code_copied = 0  # code blocks of the last reply copied so far (ctrl+g walks back through them)
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -51,6 +55,11 @@ class ChatScreen(Screen):
         if snapshot.overlay_problem:
             self.notify(f"overlay not loaded: {snapshot.overlay_problem}", severity="error", timeout=15)
         self.query_one(PromptInput).focus()
+        if self.core.session is not None and self.core.session.history:  # resumed at unlock (`chat --resume`)
+            self.call_later(self._show_history)
+        notices, self.core.notices = self.core.notices, []
+        for notice in notices:
+            self.notify(notice, severity="warning", timeout=15)
 
     def refresh_status(self) -> None:
         status, snapshot = self.query_one(StatusBar), self.core.status()
@@ -92,6 +101,17 @@ class ChatScreen(Screen):
                     await old.remove()
         user = await self.add_message("user", event.text)
         await self._ask(ask, user)
+
+    async def _show_history(self) -> None:
+        """The views of a resumed session's history; its last exchange can be regenerated or edited."""
+        messages = self.query_one("#messages", VerticalScroll)
+        await messages.remove_children()
+        views = []
+        for turn in self.core.session.history:
+            role = turn["role"]
+            views.append(await self.add_message(role, turn["content"], header="" if role == "user" else "assistant  (resumed)"))
+        self._last = (views[-2], views[-1]) if len(views) >= 2 else None
+        self._code_copied = 0
 
     async def _ask(self, ask: Callable[[Callable[[str], None], threading.Event], Outcome], user: ChatMessage) -> None:
         """A new reply view under `user`, written by `ask(on_text, stop)` on the worker thread."""
@@ -150,7 +170,7 @@ class ChatScreen(Screen):
             view.header.update(f"assistant  error: {error}")
             self.notify(error, severity="error", timeout=10)
             return
-        self._last = (user, view)
+        self._last, self._code_copied = (user, view), 0
         reply, div = outcome.reply, outcome.divergence
         facts = [
             f"overlay {'ON' if reply.overlay_on else 'OFF'}" if self.core.status().overlay else "overlay none",
@@ -192,8 +212,11 @@ class ChatScreen(Screen):
             self.stop_event.set()
 
     def action_toggle_overlay(self) -> None:
-        if self.core.status().overlay is None:
-            self.notify("no overlay is loaded", severity="warning")
+        snapshot = self.core.status()
+        if snapshot.overlay is None:  # refused at unlock (e.g. bound to another base): say why, switch nothing
+            self.notify(
+                snapshot.overlay_problem or "no overlay is loaded", severity="error" if snapshot.overlay_problem else "warning"
+            )
             return
         if self.busy:  # the reply under way keeps the state it started in; its provenance says which
             self.notify("a reply is being written: escape stops it, then switch", severity="warning")
@@ -218,7 +241,7 @@ class ChatScreen(Screen):
             self.notify(str(e), severity="error")
             return
         await self.query_one("#messages", VerticalScroll).remove_children()
-        self._last, self.editing = None, False
+        self._last, self.editing, self._code_copied = None, False, 0
         self.query_one(StatusBar).divergence = None
         self.refresh_context(None)
         self.refresh_status()
@@ -266,16 +289,95 @@ class ChatScreen(Screen):
         self.app.copy_to_clipboard(printable(text))
         self.notify(f"copied the last reply ({len(text)} characters) by OSC 52, if the terminal allows it")
 
+    def action_copy_code(self) -> None:
+        """One code block by OSC 52, escaped as shown: the last block first, then each press the one before."""
+        blocks = code_blocks(self.core.last_reply()) if self._last is not None else []
+        if not blocks:
+            self.notify("the last reply has no code block", severity="warning")
+            return
+        n = len(blocks) - 1 - self._code_copied % len(blocks)
+        self._code_copied += 1
+        self.app.copy_to_clipboard(printable(blocks[n]))
+        self.notify(f"copied code block {n + 1} of {len(blocks)} by OSC 52, if the terminal allows it")
+
+    def action_external_editor(self) -> None:
+        """The prompt in $EDITOR (the scratch file's rules: external_editor.py). The screen is handed to the
+        editor until it exits (Textual draws nothing meanwhile); a kill from another terminal ends it."""
+        if self.busy:  # the reply would stream into a screen the editor has taken
+            self.notify("a reply is being written: escape stops it, then edit", severity="warning")
+            return
+        prompt = self.query_one(PromptInput)
+        try:
+            command = editor_command()
+            with scratch_file(self.core.home, prompt.text) as path:
+                # Headless (no terminal to hand over, as under test) the editor runs without suspending the screen.
+                with nullcontext() if self.app.is_headless else self.app.suspend():
+                    run_editor(command, path, killed=self.core.kill_requested)
+                text = read_back(path)
+        except EditorFailed as e:
+            self.notify(str(e), severity="error")
+            return
+        prompt.text = text
+        prompt.move_cursor(prompt.document.end)
+        prompt.focus()
+
     def action_sessions(self) -> None:
         self.app.push_screen(SessionsScreen(self.core, self.app.export_dir))
 
+    async def resume_session(self, session_id: str) -> None:
+        """F4's resume: the past session's history on screen, the chat continuing it in a new journal session."""
+        await self.halt()
+        try:
+            resumed = self.core.resume(session_id)
+        except ApplianceError as e:  # nothing changed: the chat goes on where it was
+            self.notify(f"cannot resume {session_id}: {e}", severity="error", timeout=10)
+            return
+        self.editing = False
+        await self._show_history()
+        self.query_one(StatusBar).divergence = None
+        self.refresh_context(None)
+        self.refresh_status()
+        self.notify(f"resumed {session_id}: {len(resumed.past.history)} messages")
+        for notice in resumed.notices:
+            self.notify(notice, severity="warning", timeout=15)
+
     def action_system_prompt(self) -> None:
-        def apply(text: Optional[str]) -> None:
+        session = self.core.session
+        if session.preset is not None:
+            current, selected = f"preset {session.preset}", f"preset:{session.preset}"
+        elif session.system_prompt is not None:
+            current, selected = "written for this session", "write"
+        else:
+            current, selected = "the model's default", "default"
+        try:
+            presets = self.core.presets()
+        except ApplianceError as e:
+            self.notify(f"presets unreadable: {e}", severity="error")
+            presets = []
+
+        def picked(choice: Optional[tuple[str, Optional[str]]]) -> None:
+            if choice is None:
+                return
+            kind, name = choice
+            if kind == "write":
+                self.app.push_screen(SystemPromptScreen(self.core.session.system_prompt or ""), written)
+            elif kind == "default":
+                self.core.set_system_prompt(None)
+                self.notify("system prompt: the model's default")
+            elif name is not None:
+                try:
+                    self.core.use_preset(name)
+                except ApplianceError as e:
+                    self.notify(str(e), severity="error")
+                    return
+                self.notify(f"system prompt: preset {name}, from the next reply")
+
+        def written(text: Optional[str]) -> None:
             if text is not None:
                 self.core.set_system_prompt(text.strip() or None)
                 self.notify("system prompt set for this session" if text.strip() else "system prompt: the model's default")
 
-        self.app.push_screen(SystemPromptScreen(self.core.session.system_prompt or ""), apply)
+        self.app.push_screen(PresetScreen(presets, current, selected), picked)
 
     def action_erase_overlay(self) -> None:
         overlay = self.core.status().overlay

@@ -5,7 +5,8 @@ llama.cpp, given from outside so tests can pass a fake one) and the divergence m
 opens the vault and keeps an `UnlockedAppliance` open (the same lifecycle as `appliance ask`:
 kill-switch armed, overlay re-verified, every reply and switch journalled with its provenance) until
 `lock` or `kill` closes it; the UI then shows the unlock screen. The screens read `status()`, a
-snapshot, rather than reaching into the appliance.
+snapshot, rather than reaching into the appliance. Resuming a past session is the appliance's
+(`UnlockedAppliance.resume`); the core only swaps the session it replies in.
 """
 
 import secrets
@@ -20,9 +21,11 @@ from ..fsutil import atomic_write
 from ..journal import Report, check, read, sessions
 from ..journal.search import Match, Skipped, search
 from ..journal.transcript import markdown_transcript
+from ..presets import Preset, every
+from ..presets import read as read_preset
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime, Session
-from ..service import Outcome, Snapshot, UnlockedAppliance
+from ..service import Outcome, Resumed, Snapshot, UnlockedAppliance
 from ..store import ActiveOverlay
 from ..trust.builtin import VerifiedModel
 from ..vault import Vault
@@ -42,6 +45,7 @@ class ChatCore:
         max_tokens: int = 256,
         system_prompt: Optional[str] = None,
         overlay_loader: Optional[Callable[[Vault], ActiveOverlay]] = None,
+        resume: Optional[str] = None,
     ):
         self.home, self.model, self.runtime = home, model, runtime
         self.settings, self.max_tokens, self.system_prompt = settings, max_tokens, system_prompt
@@ -54,6 +58,8 @@ class ChatCore:
         self.session: Optional[Session] = None
         # tokens/s of the last overlay-on reply, without (False) and with (True) the meter: the help shows its cost
         self.overlay_speed: dict[bool, float] = {}
+        self.resume_at_unlock = resume  # a past session to continue once unlocked (`chat --resume ID`)
+        self.notices: list[str] = []  # for the chat screen to show once: what a resume at unlock said
 
     # -- locked / unlocked ------------------------------------------------------------
 
@@ -77,7 +83,7 @@ class ChatCore:
         self.app = self._open.enter_context(UnlockedAppliance.open(vault, self.model))
         try:
             self._load_overlay()
-            self.new_session()
+            self._first_session()
         except BaseException:  # e.g. the journal cannot be written: stay locked rather than chat unjournalled
             self.lock()
             raise
@@ -91,6 +97,17 @@ class ChatCore:
         except ApplianceError as e:  # refused by verification, or erased: chat on the base alone, and say why
             self.overlay_problem = str(e)
 
+    def _first_session(self) -> None:
+        """The session asked to be resumed (once: after a kill, unlocking again starts fresh), else a new one."""
+        sid, self.resume_at_unlock = self.resume_at_unlock, None
+        if sid is not None:
+            try:
+                self.notices = [f"resumed {sid}", *self.resume(sid).notices]
+                return
+            except ApplianceError as e:  # not found, erased, broken: said on screen, and a new session instead
+                self.notices = [f"cannot resume {sid}: {e}"]
+        self.new_session()
+
     def new_session(self) -> None:
         """A fresh journal session and an empty history; the overlay keeps its switch position."""
         on = self.session.overlay_on if self.session else self.app.active is not None
@@ -99,9 +116,28 @@ class ChatCore:
         self.session = self.app.session(self.runtime, settings=self.settings, system_prompt=self.system_prompt,
                                         overlay_on=on and self.app.active is not None)  # fmt: skip
 
-    def set_system_prompt(self, text: Optional[str]) -> None:
-        """This session's only (a new session starts from `--system` again); the next reply is conditioned on it."""
-        self.session.system_prompt = text
+    def resume(self, session_id: str) -> Resumed:
+        """Continue a past session (read and verified first: a failure changes nothing here)."""
+        resumed = self.app.resume(self.runtime, session_id, settings=self.settings)
+        self.runtime.decoder.reset()
+        self.session = resumed.session
+        self.app.open_journal()
+        return resumed
+
+    def set_system_prompt(self, text: Optional[str], preset: Optional[str] = None) -> None:
+        """This session's only (a new session starts from `--system` again); the next reply is conditioned on it.
+
+        `preset`: the name of the preset `text` came from; journalled with each reply it conditions."""
+        self.session.system_prompt, self.session.preset = text, preset
+
+    def presets(self) -> list[Preset]:
+        """Every prompt preset, decrypted (the F6 picker)."""
+        return every(self.app.vault)
+
+    def use_preset(self, name: str) -> Preset:
+        preset = read_preset(self.app.vault, name)
+        self.set_system_prompt(preset.text, preset.name)
+        return preset
 
     @property
     def window(self) -> int:

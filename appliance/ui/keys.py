@@ -43,8 +43,16 @@ CHAT_KEYS = (
         "ctrl+j",
         "newline",
         "Newline",
-        "New line in the prompt (paste works too); up/down at the edges recall earlier prompts.",
+        "New line in the prompt; a multi-line paste stays one message; up/down at the edges recall earlier prompts.",
         builtin=True,
+    ),
+    Key(
+        "ctrl+e",
+        "external_editor",
+        "Editor",
+        "Write the prompt in $VISUAL/$EDITOR (else vi): a 0600 file under the state dir, wiped as the editor exits.",
+        True,
+        footer=False,
     ),
     Key("escape", "stop", "Stop", "Stop the reply now (within one token).", True),
     Key(
@@ -81,9 +89,25 @@ CHAT_KEYS = (
         True,
         footer=False,
     ),
+    Key(
+        "ctrl+g",
+        "copy_code",
+        "Copy code",
+        "Copy one code block of the last reply by OSC 52 (the terminal must allow it): the last block, and each press "
+        "the one before.",
+        True,
+        footer=False,
+    ),
     Key("f4", "sessions", "Sessions", "Past sessions: open (decrypted, with provenance), verify, export Markdown.", True),
     Key("f5", "new_session", "New", "New session: empty history, new journal session.", True, footer=False),
-    Key("f6", "system_prompt", "System", "Edit this session's system prompt.", True, footer=False),
+    Key(
+        "f6",
+        "system_prompt",
+        "Presets",
+        "System prompt: pick a preset (`appliance preset add`), the model's default, or write one for this session.",
+        True,
+        footer=False,
+    ),
     Key("f7", "erase_overlay", "Erase ovl", "Crypto-erase the overlay (type its name to confirm).", True, footer=False),
     Key(
         "f8",
@@ -97,6 +121,12 @@ CHAT_KEYS = (
 
 SESSIONS_KEYS = (
     Key("enter", "open", "Open", "Open the selected session (decrypted, each message with its provenance).", builtin=True),
+    Key(
+        "r",
+        "resume",
+        "Resume",
+        "Continue the selected session in the chat: its history and system prompt, in a new journal session linked to it.",
+    ),
     Key(
         "slash",
         "search",

@@ -1,4 +1,4 @@
-"""Past journal sessions: list, search, open one decrypted with its provenance, verify all, export Markdown.
+"""Past journal sessions: list, search, open one decrypted with its provenance, resume, verify all, export Markdown.
 
 The search (`journal.search`) decrypts session by session in memory; its matches replace the list
 as they are found (one row per matching record) and an empty search brings the list back.
@@ -45,7 +45,7 @@ class SessionsScreen(Screen):
         self._row_session: dict[str, str] = {}  # row key -> session id (a search shows one row per record)
 
     def compose(self) -> ComposeResult:
-        yield Label("Sessions: enter opens, / searches, v verifies all, e exports, esc returns", id="title")
+        yield Label("Sessions: enter opens, r resumes, / searches, v verifies, e exports, esc back", id="title")
         yield Input(id="search", placeholder="/ search every session (enter; empty lists them all)")
         yield DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
         yield PlainLabel("", id="result")
@@ -154,6 +154,16 @@ class SessionsScreen(Screen):
             "all intact" if not broken else "; ".join(f"{r.session_id} BROKEN at {r.broken_at}" for r in broken)
         )
         self._say(verdict)
+
+    async def action_resume(self) -> None:
+        """Back to the chat, which continues the selected session (a failure is said there, nothing changed)."""
+        sid = self._selected()
+        if sid is None:
+            self._say("no session to resume")
+            return
+        chat = self.app.chat
+        self.app.pop_screen()
+        await chat.resume_session(sid)
 
     def action_export(self) -> None:
         sid = self._selected()

@@ -71,8 +71,10 @@ def test_gemma_rows_match_the_torch_bases_embedding(gemma_runtime, gemma_base):
     assert np.array_equal(gemma_runtime.embeddings.rows(ids), theirs)
 
 
-def test_a_system_message_folds_into_the_first_user_turn_of_a_template_without_system_role(gemma_runtime):
-    ex = encode(gemma_runtime, CONVERSATIONS[0], 128, TEMPLATE)
+@pytest.mark.parametrize("template", [TEMPLATE, None], ids=["gemma-jinja", "llama.cpp-builtin"])
+def test_a_system_message_folds_into_the_first_user_turn_of_a_template_without_system_role(gemma_runtime, template):
+    """Gemma's own template and the runtime's default for a GGUF without one (llama.cpp's built-in) both fold it."""
+    ex = encode(gemma_runtime, CONVERSATIONS[0], 128, template)
     engine = gemma_runtime.engine
     text = "".join(engine.token_text(t) for t in ex.ids.tolist())
     targets = "".join(engine.token_text(t) for t, is_target in zip(ex.ids.tolist(), ex.target.tolist()) if is_target)

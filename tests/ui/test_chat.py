@@ -157,7 +157,8 @@ async def test_prompt_history_and_system_prompt(vault_home, make_app):
         assert prompt.text == "second\nline"
         await pilot.press("down")
         assert prompt.text == ""
-        await pilot.press("f6", *"Answer in French.", "ctrl+s")
+        await pilot.press("f6", "down", "enter")  # the picker: "write one for this session..."
+        await pilot.press(*"Answer in French.", "ctrl+s")
         assert app.core.session.system_prompt == "Answer in French."
         await send(pilot, "Hello")
         assert app.core.session.messages()[0] == {"role": "system", "content": "Answer in French."}

@@ -1,4 +1,4 @@
-"""Snapshots of the four screens at 80x24 and 120x40 (update with `pytest tests/ui --snapshot-update`).
+"""Snapshots of the screens at 80x24 (and the first four at 120x40); update with `pytest tests/ui --snapshot-update`.
 
 Deterministic by construction: journal session ids are fixed, the past sessions are written
 directly through the journal API, and the chat's messages and numbers are set, not generated.
@@ -7,12 +7,13 @@ directly through the journal API, and the chat's messages and numbers are set, n
 import itertools
 
 import pytest
-from ui_support import PASSPHRASE, unlock
+from ui_support import PASSPHRASE, unlock, wait_for
 
+from appliance import presets
 from appliance.journal import Journal
 from appliance.journal import session_files as journal_files
 from appliance.ui.divergence import Divergence
-from appliance.ui.widgets import StatusBar
+from appliance.ui.widgets import ChatMessage, StatusBar
 from appliance.vault import Vault
 
 SIZES = [(80, 24), (120, 40)]
@@ -77,3 +78,29 @@ def test_help(snap_compare, vault_home, fixed_ids, make_app, size):
         await pilot.press("f1")
 
     assert snap_compare(make_app(), terminal_size=size, run_before=run_before)
+
+
+@pytest.fixture
+def two_presets(vault_home):
+    with Vault.unlock(vault_home, PASSPHRASE.encode()) as vault:
+        presets.add(vault, "field-medic", "You are a careful field medic.\nAnswer in three short steps.")
+        presets.add(vault, "terse", "Answer in one word.")
+
+
+def test_preset_picker(snap_compare, two_presets, fixed_ids, make_app):
+    async def run_before(pilot):
+        await unlock(pilot, PASSPHRASE)
+        await pilot.press("f6")
+
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_resumed_chat(snap_compare, past_sessions, make_app):
+    app = make_app()
+    app.core.resume_at_unlock = "20260101T000001Z-00000001"  # `appliance chat --resume ID`
+
+    async def run_before(pilot):
+        await unlock(pilot, PASSPHRASE)
+        await wait_for(pilot, lambda: len(pilot.app.screen.query(ChatMessage)) == 2, what="the resumed history")
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)

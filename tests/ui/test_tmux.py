@@ -97,3 +97,43 @@ def test_chat_in_tmux_unlock_reply_toggle_kill(demo_home, tmp_path):
     assert [r.get("role", r["kind"]) for r in records] == ["user", "assistant", "overlay-toggle", "user", "assistant", "kill"]
     assert records[1]["overlay"]["name"] == "field-manual-demo" and records[1]["overlay"]["on"] is True
     assert records[4]["overlay"]["on"] is False and len(records[1]["overlay"]["signers"]) == 2
+
+
+def test_chat_resume_and_editor_in_tmux(demo_home, tmp_path):
+    """`appliance chat --resume ID` in a real terminal: the old exchange on screen, a prompt written in $EDITOR
+    (ctrl+e hands the terminal over and takes it back), a reply that continues the conversation, in a new
+    journal session whose first record links the old one."""
+    passphrase_file = tmp_path / "passphrase"  # written by demo_home
+    r = appliance("ask", "My name is Ada.", "--temperature", "0", "--max-tokens", "8", "--passphrase-file", str(passphrase_file))
+    assert r.returncode == 0, r.stderr
+    with Vault.unlock(demo_home, PASSPHRASE.encode()) as vault:
+        (old,) = [s for s in sessions(vault) if read(vault, s)[0]["kind"] == "message"]
+    editor = tmp_path / "editor.sh"
+    editor.write_text("#!/bin/sh\nprintf 'What is my name?\\n' > \"$1\"\n")
+    editor.chmod(0o700)
+    env = {"APPLIANCE_HOME": str(demo_home), "TERM": "xterm-256color", "PYTHONPATH": str(Path.cwd()), "EDITOR": str(editor)}
+    command = [sys.executable, "-m", "appliance", "chat", "--resume", old, "--temperature", "0", "--max-tokens", "12"]
+    tmux = Tmux(tmp_path, [*command, "--threads", "1"], env)
+    try:
+        tmux.wait_for("Passphrase:")
+        tmux.keys("-l", PASSPHRASE)
+        tmux.keys("Enter")
+        screen = tmux.wait_for(r"assistant  \(resumed\)")
+        assert "My name is Ada." in screen
+        tmux.keys("C-e")
+        tmux.wait_for(r"What is my name\?", timeout=10)  # back from the editor: in the prompt box (not in the history)
+        tmux.keys("Enter")
+        tmux.wait_for(r"assistant  overlay OFF  \d+ tok  [\d.]+ tok/s", timeout=120)  # recorded OFF, resumed OFF
+        tmux.keys("C-q")  # quit: locked and gone, no `kill` record
+        deadline = time.monotonic() + 30
+        while pid_path(demo_home).exists():
+            assert time.monotonic() < deadline, f"the chat did not quit; the screen:\n{tmux.screen()}"
+            time.sleep(0.1)
+    finally:
+        tmux.close()
+    with Vault.unlock(demo_home, PASSPHRASE.encode()) as vault:
+        (new,) = [s for s in sessions(vault) if read(vault, s)[0]["kind"] == "resume"]
+        records = read(vault, new)
+    assert [r.get("role", r["kind"]) for r in records] == ["resume", "user", "assistant"]
+    assert records[0]["from_session"] == old and records[0]["from_head_seq"] == 2
+    assert records[1]["text"] == "What is my name?" and records[2]["overlay"]["on"] is False

@@ -1,0 +1,214 @@
+"""Base models: the embedded default and imported ones, which one is active, and opening it for llama.cpp.
+
+Rules:
+1. A base-model bundle holds exactly one `.gguf` artifact, plus optional text files (a licence, a
+   model card: `.txt`, `.md`, or no suffix); it may not be named `embedded`.
+2. At import, after the signatures and hashes, the GGUF is decrypted from staging into a sealed memfd
+   and probed in a limited child process (`runtime.probe`): nothing is installed unless it would run.
+3. The active base is the store's `base` (None: the embedded default, pinned in the software). Every
+   start opens it the same way: each artifact decrypted and hashed against the accepted manifest, the
+   GGUF into a sealed memfd (`at_rest.decrypt_to_memfd`) that llama.cpp opens as /proc/self/fd/N, so
+   no plaintext copy lies on disk. A failure is `BaseRejected` (exit 3) naming the base, and nothing
+   is loaded; a crypto-erased base is `Erased` (exit 6).
+4. `use_base` verifies the whole base first, remembers the active overlay of the base it leaves and
+   brings back the one remembered for the base it enters (else the selection stays, shown as bound to
+   another base), commits state.json, and journals a `base-switch` record.
+"""
+
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Optional
+
+from ..errors import Erased, NotFound, Refused
+from ..journal import Journal, provenance
+from ..runtime.embeddings import EmbeddingTable
+from ..runtime.probe import GgufFacts, probe_gguf
+from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
+from ..trust.manifest import Artifact, Manifest
+from ..vault import Vault
+from .active import ActiveBase, versions_text
+from .at_rest import Sealing, decrypt_to_memfd, read_artifact
+from .layout import Store
+
+EMBEDDED = "embedded"  # what `base use` calls the built-in default
+TEXT_FILE = re.compile(r"(?:.*/)?[^/.]+|.*\.(?:txt|md)")
+
+
+class BaseBundleInvalid(Refused):
+    """A base-model bundle that is not one `.gguf` plus text files, or that takes a reserved name."""
+
+
+class BaseRejected(Refused):
+    """An installed base failed verification when it was opened: nothing was loaded."""
+
+
+def gguf_artifact(manifest: Manifest) -> Artifact:
+    """Rule 1: the one GGUF of a base-model manifest."""
+    ggufs = [a for a in manifest.artifacts if a.path.endswith(".gguf")]
+    others = [a.path for a in manifest.artifacts if not a.path.endswith(".gguf")]
+    if manifest.name == EMBEDDED:
+        raise BaseBundleInvalid(f"a base model may not be named {EMBEDDED!r}: that name is the built-in default")
+    if len(ggufs) != 1:
+        raise BaseBundleInvalid(
+            f"{manifest.name} v{manifest.version}: a base-model bundle holds exactly one .gguf, not {len(ggufs)}"
+        )
+    bad = [p for p in others if not TEXT_FILE.fullmatch(p)]
+    if bad:
+        raise BaseBundleInvalid(f"{manifest.name} v{manifest.version}: {bad[0]} is neither the .gguf nor a text file (.txt, .md)")
+    return ggufs[0]
+
+
+def probe_staged(manifest: Manifest, staging: Path, sealing: Sealing) -> GgufFacts:
+    """Rule 2, on the ciphertext just written to staging (so the bytes kept are the bytes probed)."""
+    artifact = gguf_artifact(manifest)
+    fd = decrypt_to_memfd(staging, artifact, sealing)
+    try:
+        return probe_gguf(fd, artifact.size, f"{manifest.name} v{manifest.version}: {artifact.path}")
+    finally:
+        os.close(fd)
+
+
+def open_model(vault: Vault, name: str) -> VerifiedModel:
+    """Rule 3 for installed base NAME (its active version): a VerifiedModel whose path is its memfd."""
+    store = Store.unlocked(vault)
+    item = store.read_state().items.get(name)
+    if item is None or item.kind != "base-model":
+        raise NotFound(f"no base model named {name} is installed (appliance base list)")
+    if item.active is None:
+        raise Erased(f"base {name} was crypto-erased ({versions_text(item.erased)}): import a new signed bundle")
+    manifest = store.read_manifest(item.active)
+    directory = store.object_dir(manifest.sha256)
+    gguf = gguf_artifact(manifest)
+    sealing = Sealing.installed(vault, manifest)
+    try:
+        for artifact in manifest.artifacts:
+            if artifact is not gguf:
+                read_artifact(directory, artifact, sealing, keep=False)
+        fd = decrypt_to_memfd(directory, gguf, sealing)
+    except Refused as e:
+        raise BaseRejected(f"base {name} v{manifest.version} failed verification, nothing was loaded: {e}") from None
+    finally:
+        sealing.zeroize()
+    signers = store.read_signers(manifest.sha256)
+    return VerifiedModel(manifest.name, manifest.version, Path(f"/proc/self/fd/{fd}"), gguf.sha256, signers, fd)
+
+
+def close_model(model: VerifiedModel) -> None:
+    """Free an imported base's memfd (the embedded default has none)."""
+    if model.fd is not None:
+        os.close(model.fd)
+
+
+def active_model(vault: Vault) -> VerifiedModel:
+    """The active base, verified (rule 3): the embedded default against its pin, an imported one decrypted."""
+    name = Store.unlocked(vault).read_state().base
+    return verify_pinned(embedded_pin()) if name is None else open_model(vault, name)
+
+
+class InstalledBase(ActiveBase):
+    """The active base for binding checks: its SHA-256 from the accepted manifest, its hidden size read
+    (from the decrypted GGUF) only when an overlay needs it."""
+
+    def __init__(self, vault: Vault, name: str, sha256: str):
+        self.sha256, self._vault, self._name = sha256, vault, name
+
+    @cached_property
+    def hidden_size(self) -> int:
+        model = open_model(self._vault, self._name)
+        try:
+            return EmbeddingTable(model.path).n_embd
+        finally:
+            close_model(model)
+
+
+def active_base(vault: Vault) -> ActiveBase:
+    """The base overlays are bound to now, without decrypting it unless a hidden size is asked for."""
+    store = Store.unlocked(vault)
+    state = store.read_state()
+    if state.base is None:
+        return ActiveBase(verify_pinned(embedded_pin()))
+    item = state.items[state.base]
+    if item.active is None:
+        raise Erased(f"the active base {state.base} was crypto-erased: appliance base use embedded")
+    return InstalledBase(vault, state.base, gguf_artifact(store.read_manifest(item.active)).sha256)
+
+
+def active_sha256(vault: Vault) -> str:
+    """The active base's SHA-256 as pinned or accepted, without hashing it: for listings (never for loading)."""
+    store = Store.unlocked(vault)
+    state = store.read_state()
+    active = state.items[state.base].active if state.base is not None else None
+    return embedded_pin().sha256 if active is None else gguf_artifact(store.read_manifest(active)).sha256
+
+
+@dataclass(frozen=True)
+class BaseRow:
+    name: str
+    version: Optional[int]  # None once crypto-erased
+    size: int
+    sha256: str
+    origin: str  # signers, or "embedded, built-in pin"
+    expires: Optional[datetime]
+    active: bool
+    erased: tuple[int, ...] = ()
+
+
+def list_bases(vault: Vault) -> list[BaseRow]:
+    """The embedded default and every installed base (no decryption: what the accepted manifests say)."""
+    store = Store.unlocked(vault)
+    state = store.read_state()
+    pin = embedded_pin()
+    rows = [
+        BaseRow(f"{EMBEDDED} ({pin.name})", pin.version, pin.size, pin.sha256, "embedded, built-in pin", None, state.base is None)
+    ]
+    for name, item in sorted(state.items.items()):
+        if item.kind != "base-model":
+            continue
+        if item.active is None:
+            rows.append(BaseRow(name, None, 0, "", "crypto-erased", None, state.base == name, item.erased))
+            continue
+        manifest = store.read_manifest(item.active)
+        gguf = gguf_artifact(manifest)
+        signers = f"signed by {', '.join(store.read_signers(manifest.sha256))}"
+        rows.append(
+            BaseRow(name, manifest.version, gguf.size, gguf.sha256, signers, manifest.expires, state.base == name, item.erased)
+        )
+    return rows
+
+
+def _key(base: Optional[str]) -> str:
+    return EMBEDDED if base is None else base
+
+
+def use_base(vault: Vault, name: str) -> tuple[VerifiedModel, float]:
+    """Rule 4: make NAME (or `embedded`) the active base; returns it (its memfd closed) and the seconds it took."""
+    t0 = time.perf_counter()
+    store = Store.unlocked(vault)
+    state = store.read_state()
+    target = None if name == EMBEDDED else name
+    model = verify_pinned(embedded_pin()) if target is None else open_model(vault, name)
+    close_model(model)
+    remembered = dict(state.overlay_of_base)
+    if state.overlay is not None:
+        remembered[_key(state.base)] = state.overlay
+    back = remembered.get(_key(target))
+    overlay = back if back is not None and back in state.items else state.overlay
+    store.write_state(replace(state, base=target, overlay=overlay, overlay_of_base=remembered))
+    journal = Journal.create(vault)
+    try:
+        journal.append(
+            "base-switch", **{"from": _key(state.base), "to": _key(target), "base": base_record(model), "overlay": overlay}
+        )
+    finally:
+        journal.close()
+    return replace(model, fd=None), time.perf_counter() - t0
+
+
+def base_record(model: VerifiedModel) -> dict:
+    """The base part of a journal message's provenance (and of a `base-switch` record)."""
+    return provenance.base(model.name, model.sha256, model.version, model.signers)

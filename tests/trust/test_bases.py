@@ -1,0 +1,406 @@
+"""Base models as signed updates: Gemma 3 270M imported, switched to, answered by, rolled back, erased.
+
+One Gemma import is prepared per module (real CLI, two signers, inside `unshare -n`); each test
+works on its own copy of that state dir. Refusals use small or embedded-model-sized GGUFs.
+"""
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundles import PASSPHRASE, make_bundle
+from helpers import appliance, error_line, ok, tree_digest
+
+from appliance.journal import read, sessions
+from appliance.printable import printable
+from appliance.trust.builtin import embedded_pin
+from appliance.trust.bundle import create_bundle, sign_bundle
+from appliance.vault import Vault
+
+GEMMA = "gemma3-270m"
+GEMMA_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+OFFLINE = ["unshare", "-n"]
+PROMPT = "What is an air gap?"
+
+
+def assert_refused(home: Path, bundle: Path, reason: str, *words: str) -> None:
+    """As test_refusals.assert_refused, for bundles large enough that the import shows its progress first."""
+    before = tree_digest(home)
+    r = appliance("update", "import", str(bundle))
+    r.stderr = "".join(line for line in r.stderr.splitlines(keepends=True) if not line.startswith("import: "))
+    line = error_line(r, 3, reason)
+    for w in words:
+        assert w.lower() in line.lower(), f"{w!r} not in {line!r}"
+    assert tree_digest(home) == before
+
+
+def base_bundle(keys, out: Path, artifacts: list[Path], *, name=GEMMA, version=1, signers=("alice", "bob")) -> Path:
+    create_bundle(out, kind="base-model", name=name, version=version, artifacts=artifacts)
+    for s in signers:
+        sign_bundle(out, keys.fpr[s], keys.home)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared(keys, pinned_home, gemma_gguf, tmp_path_factory):
+    """A state dir with overlay `care` (bound to the embedded SmolLM2) and Gemma v1 imported; embedded active."""
+    tmp = tmp_path_factory.mktemp("bases")
+    src, pp = pinned_home
+    home = tmp / "home"
+    shutil.copytree(src, home, symlinks=True)
+    env = {"APPLIANCE_HOME": str(home), "APPLIANCE_PASSPHRASE_FILE": str(pp)}
+    ok("update", "import", str(make_bundle(keys, tmp / "care.bundle")), env=env)
+    bundle = base_bundle(keys, tmp / "gemma.bundle", [gemma_gguf])
+    imported = ok("update", "import", str(bundle), env=env, prefix=OFFLINE)
+    return home, imported
+
+
+@pytest.fixture
+def ghome(prepared, tmp_path, monkeypatch, pinned_home):
+    """A private copy of the prepared state dir (APPLIANCE_HOME points at it)."""
+    dst = tmp_path / "home"
+    shutil.copytree(prepared[0], dst, symlinks=True)
+    monkeypatch.setenv("APPLIANCE_HOME", str(dst))
+    monkeypatch.setenv("APPLIANCE_PASSPHRASE_FILE", str(pinned_home[1]))
+    return dst
+
+
+def plaintext_found(home: Path, gguf: Path) -> list[str]:
+    """Files under `home` holding any of three 4 KiB runs of the GGUF's plaintext (metadata, tensors, tail)."""
+    size = gguf.stat().st_size
+    with open(gguf, "rb") as f:
+        needles = []
+        for offset in (64 << 10, size // 2, size - 8192):
+            f.seek(offset)
+            needles.append(f.read(4096))
+    found = []
+    for p in home.rglob("*"):
+        if p.is_file() and not p.is_symlink() and p.stat().st_size >= 4096:
+            data = p.read_bytes()
+            found += [f"{p} @ {n}" for n, needle in enumerate(needles) if needle in data]
+    return found
+
+
+def last_records(home: Path) -> list[dict]:
+    vault = Vault.unlock(home, PASSPHRASE.encode())
+    try:
+        return [r for s in sessions(vault) for r in read(vault, s)]
+    finally:
+        vault.zeroize()
+
+
+def reference_reply(gguf: Path, prompt: str, max_tokens: int) -> tuple[str, int]:
+    """llama-cpp-python's own create_completion on the plaintext file, greedy, on the prompt our template renders."""
+    from appliance.runtime.chat_template import BuiltinTemplate
+    from appliance.runtime.llama import reference_llama
+
+    llm = reference_llama(gguf, n_ctx=1024, n_threads=2)
+    try:
+        text = BuiltinTemplate("gemma", "<bos>").render([{"role": "user", "content": prompt}])
+        assert text == f"<bos><start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n"  # Gemma's own format
+        tokens = llm.tokenize(text.encode(), add_bos=False, special=True)
+        out = llm.create_completion(tokens, max_tokens=max_tokens, temperature=0.0, repeat_penalty=1.0)
+        return out["choices"][0]["text"], out["usage"]["completion_tokens"]
+    finally:
+        llm.close()
+
+
+def test_gemma_end_to_end_offline(prepared, ghome, keys, gemma_gguf, tmp_path):
+    alice, bob = keys.fpr["alice"], keys.fpr["bob"]
+    assert f"installed base-model {GEMMA} v1, signed by" in prepared[1]
+    listed = ok("base", "list", prefix=OFFLINE).splitlines()
+    assert listed[0].startswith("* embedded (") and "(active)" in listed[0]
+    (gemma,) = [line for line in listed if line.startswith(f"  {GEMMA}  v1")]
+    assert GEMMA_SHA[:16] in gemma and alice in gemma and bob in gemma and "253.1 MB" in gemma and "expires 20" in gemma
+
+    assert f"active base: {GEMMA} v1" in ok("base", "use", GEMMA, prefix=OFFLINE)
+    assert ok("base", "list").splitlines()[1].startswith(f"* {GEMMA}  v1")
+    r = appliance("ask", PROMPT, "--temperature", "0", "--repeat-penalty", "1", "--max-tokens", "24", prefix=OFFLINE)
+    assert r.returncode == 0, r.stderr
+    text, n_tokens = reference_reply(gemma_gguf, PROMPT, 24)
+    assert r.stdout.rstrip("\n") == printable(text).rstrip("\n")
+    records = last_records(ghome)
+    switch = [x for x in records if x["kind"] == "base-switch"][-1]
+    assert (switch["from"], switch["to"], switch["base"]["sha256"]) == ("embedded", GEMMA, GEMMA_SHA)
+    user, reply = [x for x in records if x["kind"] == "message"][-2:]
+    expected = {"name": GEMMA, "sha256": GEMMA_SHA, "version": 1, "signers": sorted([alice, bob]), "origin": "imported, signed"}
+    assert user["base"] == reply["base"] == expected
+    assert reply["text"] == text and reply["tokens"] == n_tokens  # token for token what create_completion says
+    assert plaintext_found(ghome, gemma_gguf) == []  # after the import and after a chat
+
+    status = ok("status")
+    assert f"base:    {GEMMA} v1 (signed by" in status and GEMMA_SHA in status
+    verified = ok("verify")
+    assert f"base {GEMMA} v1 (signed by" in verified and f"{GEMMA} v1 (active): ok" in verified
+    assert f"care v1 (active) (inactive: bound to base {embedded_pin().sha256[:16]}" in verified  # intact, not refused
+
+    # v2 (with a licence text), then back to v1, then back to the embedded default
+    licence = tmp_path / "LICENSE.txt"
+    licence.write_text("Gemma terms of use\n")
+    v2 = base_bundle(keys, tmp_path / "gemma-v2.bundle", [gemma_gguf, licence], version=2)
+    assert f"installed base-model {GEMMA} v2" in ok("update", "import", str(v2), prefix=OFFLINE)
+    assert ok("base", "list").splitlines()[1].startswith(f"* {GEMMA}  v2")
+    assert f"{GEMMA}: v2 -> v1" in ok("update", "rollback", GEMMA, prefix=OFFLINE)
+    assert ok("base", "list").splitlines()[1].startswith(f"* {GEMMA}  v1")
+    assert "active base: smollm2" in ok("base", "use", "embedded", prefix=OFFLINE)
+    assert ok("base", "list").splitlines()[0].startswith("* embedded")
+
+
+def test_flipped_byte_in_stored_gemma_refused_at_next_start(ghome):
+    ok("base", "use", GEMMA)
+    (stored,) = ghome.glob("store/objects/*/artifacts/*.gguf")
+    with open(stored, "r+b") as f:
+        f.seek(stored.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x01]))
+    before = tree_digest(ghome)
+    line = error_line(appliance("ask", "hello"), 3, "base-rejected")
+    assert f"base {GEMMA} v1" in line and "nothing was loaded" in line and "failed authentication" in line
+    assert tree_digest(ghome) == before
+    error_line(appliance("status"), 3, "base-rejected")
+
+
+def test_overlay_bound_to_smollm2_refused_with_gemma_active(ghome):
+    ok("base", "use", GEMMA)
+    embedded = embedded_pin().sha256
+    line = error_line(appliance("ask", "hello", "--overlay", "on"), 3, "binding-mismatch")
+    assert f"bound to base {embedded[:16]}, active base is {GEMMA_SHA[:16]}" in line
+    r = appliance("ask", "hello", "--max-tokens", "4")
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    assert f"inactive: bound to base {embedded[:16]}, active base is {GEMMA_SHA[:16]}" in ok("update", "list")
+    # back on the embedded default the overlay is the one it had
+    ok("base", "use", "embedded")
+    assert "inactive" not in ok("update", "list")
+
+
+def test_erase_base_then_use_is_exit_6_and_kill_wipe_covers_bases(ghome, keys, gemma_gguf, tmp_path):
+    ok("base", "use", GEMMA)
+    out = ok("erase", "base", GEMMA, "--yes")
+    assert f"destroyed: data keys of base/{GEMMA}/1" in out and "decryption of" in out
+    assert ok("base", "list").splitlines()[0].startswith("* embedded")  # the erased base was active
+    error_line(appliance("base", "use", GEMMA), 6, "erased")
+    assert not list(ghome.glob("store/objects/*/artifacts/*.gguf"))
+    # kill --wipe with nothing running: every overlay and every imported base
+    out = ok("kill", "--wipe")
+    assert "overlay/care/1" in out
+    error_line(appliance("ask", "hi", "--overlay", "on"), 6, "erased")
+
+
+def test_chat_on_gemma_names_it_and_its_overlay_key_refuses(ghome):
+    from appliance.runtime.sampler import GREEDY
+    from appliance.runtime.session import Runtime
+    from appliance.store.bases import active_model, close_model
+    from appliance.ui import ApplianceApp, ChatCore
+    from appliance.ui.chat import ChatScreen
+    from appliance.ui.widgets import StatusBar
+
+    ok("base", "use", GEMMA)
+    with Vault.unlock(ghome, PASSPHRASE.encode()) as vault:
+        model = active_model(vault)
+    runtime = Runtime(model, n_ctx=512, n_threads=1)
+    core = ChatCore(ghome, model, runtime, settings=GREEDY, max_tokens=8)
+
+    async def run() -> None:
+        app = ApplianceApp(core, passphrase=bytearray(PASSPHRASE.encode()))
+        async with app.run_test() as pilot:
+            for _ in range(200):
+                if isinstance(app.screen, ChatScreen) and app.screen.query("#prompt"):
+                    break
+                await pilot.pause(0.05)
+            status = app.screen.query_one(StatusBar)
+            assert status.base == f"{GEMMA} {GEMMA_SHA[:8]}"
+            app.clear_notifications()  # the one shown at unlock says the same: the key must say it again
+            await app.screen.run_action("toggle_overlay")
+            await pilot.pause()
+            assert any(f"active base is {GEMMA_SHA[:16]}" in n.message for n in app._notifications)
+            assert core.status().overlay_on is False
+
+    try:
+        asyncio.run(run())
+    finally:
+        core.close()
+        runtime.close()
+        close_model(model)
+
+
+# -- refusals: each exit 3, nothing changed, no core file -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    """GGUFs that must not install: cut short, random bytes, an architecture llama.cpp does not know, a template payload."""
+    d = tmp_path_factory.mktemp("broken")
+    src = embedded_pin().path
+    out = {}
+    (d / "truncated").mkdir()
+    out["truncated"] = d / "truncated" / "model.gguf"
+    with open(src, "rb") as f:
+        out["truncated"].write_bytes(f.read(8 << 20))
+    (d / "random").mkdir()
+    out["random"] = d / "random" / "model.gguf"
+    out["random"].write_bytes(np.random.default_rng(0).bytes(1 << 20))
+    (d / "arch").mkdir()
+    out["arch"] = d / "arch" / "model.gguf"
+    shutil.copyfile(src, out["arch"])
+    from gguf import GGUFReader
+
+    reader = GGUFReader(out["arch"], "r+")
+    field = reader.fields["general.architecture"]
+    part = field.parts[field.data[0]]
+    assert bytes(part) == b"llama"
+    part[:] = np.frombuffer(b"llamb", dtype=np.uint8)  # same length: the file stays well-formed
+    reader.data.flush()
+    del reader, field, part
+    (d / "template").mkdir()
+    out["template"] = d / "template" / "model.gguf"
+    marker = d / "escaped"
+    payload = (
+        "{{ cycler.__init__.__globals__.os.system('touch "
+        + str(marker)
+        + "') }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gguf.scripts.gguf_new_metadata",
+            str(src),
+            str(out["template"]),
+            "--chat-template",
+            payload,
+            "--force",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out, marker
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("truncated", ["truncated"]),
+        ("random", ["not a GGUF file"]),
+        ("arch", ["cannot load", "'llamb'"]),
+        ("template", ["chat template", "unsafe"]),
+    ],
+)
+def test_a_gguf_that_cannot_run_is_refused(home, keys, broken, tmp_path, case, words):
+    files, marker = broken
+    bundle = base_bundle(keys, tmp_path / f"{case}.bundle", [files[case]], name=f"bad-{case}")
+    assert_refused(home, bundle, "gguf-rejected", f"bad-{case} v1", *words)
+    assert not marker.exists()  # the template's payload never ran
+    assert not list(Path.cwd().glob("core*")) and not list(home.rglob("core*"))
+
+
+def test_base_bundle_with_one_signature_is_refused(home, keys, broken, tmp_path):
+    bundle = base_bundle(keys, tmp_path / "one.bundle", [broken[0]["random"]], name="lonely", signers=("alice",))
+    assert_refused(home, bundle, "threshold-not-met")
+
+
+def test_base_bundle_must_hold_exactly_one_gguf(home, keys, broken, tmp_path):
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    bundle = base_bundle(keys, tmp_path / "two.bundle", [broken[0]["random"], script], name="odd")
+    assert_refused(home, bundle, "base-bundle-invalid", "run.sh")
+
+
+def test_a_base_is_decrypted_into_a_sealed_memfd_never_a_file(tmp_path):
+    """The loader's view: anonymous memory with the verified bytes, which nothing can change afterwards."""
+    import hashlib
+    import io
+
+    from appliance.errors import HashMismatch
+    from appliance.store.at_rest import Sealing, decrypt_to_memfd, write_artifact
+    from appliance.trust.manifest import Artifact
+
+    data = np.random.default_rng(1).bytes(3 << 20)
+    artifact = Artifact("model.gguf", hashlib.sha256(data).hexdigest(), len(data))
+    manifest = type("M", (), {"kind": "base-model", "name": "m", "version": 1, "sha256": "ab" * 32, "artifacts": (artifact,)})()
+    sealing = Sealing.fresh(manifest)
+    (tmp_path / "artifacts").mkdir()
+    write_artifact(io.BytesIO(data), tmp_path / "artifacts" / "model.gguf", "model.gguf", sealing, None)
+    assert data[:4096] not in (tmp_path / "artifacts" / "model.gguf").read_bytes()
+    fd = decrypt_to_memfd(tmp_path, artifact, sealing)
+    try:
+        assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:appliance:base/m/1")
+        assert Path(f"/proc/self/fd/{fd}").read_bytes() == data
+        with pytest.raises(PermissionError):
+            os.pwrite(fd, b"x", 0)  # sealed: the bytes hashed are the bytes llama.cpp reads
+    finally:
+        os.close(fd)
+    wrong = Artifact("model.gguf", "00" * 32, len(data))
+    with pytest.raises(HashMismatch):
+        decrypt_to_memfd(tmp_path, wrong, sealing)
+    sealing.zeroize()
+
+
+def test_overlay_train_base_hands_the_trainer_the_verified_installed_base(ghome):
+    """`overlay train --base NAME`: the trainer gets a VerifiedModel whose path is the decrypted memfd."""
+    from appliance.cli.overlay_commands import _base_model
+    from appliance.errors import NotFound
+    from appliance.store.bases import close_model
+
+    model = _base_model(GEMMA, None)
+    try:
+        assert (model.name, model.sha256, model.signers != ()) == (GEMMA, GEMMA_SHA, True)
+        assert str(model.path).startswith("/proc/self/fd/") and model.path.stat().st_size == 253_113_024
+    finally:
+        close_model(model)
+    assert _base_model("embedded", None).sha256 == embedded_pin().sha256
+    with pytest.raises(NotFound):
+        _base_model("no-such-base", None)
+
+
+def _gguf_header(version: int, n_tensors: int, n_kv: int) -> bytes:
+    return b"GGUF" + version.to_bytes(4, "little") + n_tensors.to_bytes(8, "little") + n_kv.to_bytes(8, "little")
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (_gguf_header(3, 1 << 40, 1) + bytes(64), "more than"),
+        (_gguf_header(3, 0, 1) + (1 << 62).to_bytes(8, "little") + bytes(64), "past the end"),  # a key 2**62 bytes long
+        (_gguf_header(7, 0, 0) + bytes(64), "version 7"),
+    ],
+)
+def test_the_metadata_walk_refuses_counts_and_lengths_the_file_cannot_hold(tmp_path, data, words):
+    """The child's own checks on crafted headers (pure Python, so safe to run here): each a refusal, never an allocation."""
+    from appliance.runtime import probe
+
+    path = tmp_path / "crafted.gguf"
+    path.write_bytes(data)
+    with pytest.raises(probe._Fault, match=words):
+        probe._header(str(path), len(data))
+        probe._metadata(str(path), len(data))
+
+
+def test_each_base_remembers_its_overlay(ghome, keys, tmp_path):
+    """An overlay made for Gemma (its SHA-256, hidden size 640) imports with Gemma active; switching bases
+    brings back the overlay each base had, and the other one is listed inactive."""
+    from appliance.overlay.files import Overlay, overlay_files
+    from appliance.overlay.params import OverlayParams
+
+    ok("base", "use", GEMMA)
+    files = []
+    for name, data in overlay_files(Overlay(OverlayParams.random(640, seed=5), GEMMA_SHA)).items():
+        files.append(tmp_path / name)
+        files[-1].write_bytes(data)
+    bundle = tmp_path / "gcare.bundle"
+    create_bundle(bundle, kind="overlay", name="gcare", version=1, artifacts=files, binds_base=GEMMA_SHA)
+    for s in ("alice", "bob"):
+        sign_bundle(bundle, keys.fpr[s], keys.home)
+    ok("update", "import", str(bundle))
+    assert "overlay: gcare v1 (active overlay)" in ok("status")
+    ok("base", "use", "embedded")
+    status = ok("status")
+    assert "overlay: care v1 (active overlay)" in status and "overlay: gcare v1, manifest sha256" in status
+    assert f"gcare  overlay  active v1  installed v1  inactive: bound to base {GEMMA_SHA[:16]}" in ok("update", "list")
+    ok("base", "use", GEMMA)
+    assert "overlay: gcare v1 (active overlay)" in ok("status")
