@@ -7,7 +7,8 @@ Rules applied to an installed version before it is used, each raising `Refused`:
    the bytes handed to the loader, never re-read after the check); an overlay's
    are decrypted into memory first (`at_rest`), so the check is on the plaintext;
 3. an overlay is admitted by `overlay.files.load_overlay` for the active base
-   (same base SHA-256 as its manifest binds, same hidden size).
+   (same base SHA-256 as its manifest binds, same hidden size); an image's artifacts
+   are the `dir:` layout its signed record describes (`trust.image_rules`).
 """
 
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from ..journal import provenance
 from ..overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay
 from ..runtime.embeddings import EmbeddingTable
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
+from ..trust.image_rules import check_image
 from ..trust.manifest import Manifest
 from ..utc import format_time
 from ..vault import Vault, zeroize
@@ -91,6 +93,8 @@ class InstalledItem:
 
 def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base_sha256: str, hidden_size: int) -> Optional[Overlay]:
     """Rule 3: an overlay must be bound to the active base; returns the admitted overlay (None for other kinds)."""
+    if manifest.kind == "image":
+        check_image(manifest, directory / "artifacts")
     if manifest.kind != "overlay":
         return None
     if manifest.binds_base_sha256 != base_sha256:

@@ -13,6 +13,7 @@
    only in memory until step 7: no plaintext overlay byte reaches the disk;
 6. binding: an overlay is bound to the active base and admitted by its loader
    (decrypted into memory from staging, so the ciphertext kept is checked too);
+   an image's artifacts are the layout its signed record describes (`trust.image_rules`);
 7. install: the data key recorded in the vault, staging renamed into
    `store/objects/<manifest sha256>`, its accepted record sealed, then
    `store/state.json` replaced and sealed, the commit point (files and
