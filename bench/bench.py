@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from image_rows import image_rows
+
 from appliance import state
 from appliance.erase import erase_journal
 from appliance.journal import Journal, provenance
@@ -464,7 +466,7 @@ def verdict(ratio: str, target: str) -> str:
     return "met" if (value >= bound if op == ">=" else value <= bound) else "NOT MET"
 
 
-SECTIONS = ("decode", "cold", "window", "switch", "threads", "hashing", "vault")
+SECTIONS = ("decode", "cold", "window", "switch", "threads", "hashing", "vault", "image")
 
 
 def journal_search(rounds: int, n_sessions: int) -> list[tuple]:
@@ -542,6 +544,8 @@ def main() -> None:
             rows += hashing(files, args.rounds)
     if "vault" in only:
         rows += vault_and_store(model, args.rounds, args.import_mib)
+    if "image" in only:  # bench/image_rows.py: cached image/build results, portable vs native decode
+        rows += image_rows(PROMPT, args.rounds, args.tokens)
     if "search" in only and args.search_sessions:
         rows += journal_search(args.rounds, args.search_sessions)
 
