@@ -47,7 +47,9 @@ def load(layout: Path, name: str, version: int) -> bool:
     if not skopeo_available():
         return False
     for command in load_commands(layout, name, version):
-        r = subprocess.run(command, capture_output=True, text=True)
+        # The appliance's own umask (077, appliance/hardening.py) would make the image's layers
+        # unreadable to the image's user: container storage is not the appliance's state.
+        r = subprocess.run(command, capture_output=True, text=True, umask=0o022)
         if r.returncode != 0:
             last = (r.stderr.strip().splitlines() or ["no message"])[-1]
             raise ImageLoadFailed(f"skopeo could not load {name} v{version} into container storage: {last}")

@@ -22,7 +22,9 @@ QUESTION = "What colour is the sky on a clear day?"
 
 
 def run(*cmd, env=None, timeout=3000) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    """A build or container command, with the usual umask (the tests' own is 077: tests/conftest.py)."""
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+                       umask=0o022)  # fmt: skip
     assert r.returncode == 0, f"{cmd}: {r.stdout[-3000:]}{r.stderr[-3000:]}"
     return r
 
