@@ -24,7 +24,9 @@ def library_dir() -> Path:
 
 def load_cpu_backends() -> int:
     """Load the best CPU variant if no backend is registered yet; returns how many backends are registered."""
-    ggml = ctypes.CDLL(str(library_dir() / "libggml.so"))  # the same file llama-cpp-python loaded: the same registry
+    # By its soname, the file libllama loaded: a wheel stores libggml.so and libggml.so.0 as two copies,
+    # and opening the other copy would give a second, separate backend registry.
+    ggml = ctypes.CDLL(str(library_dir() / "libggml.so.0"))
     ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
     if ggml.ggml_backend_reg_count() == 0:
         ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
