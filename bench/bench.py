@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from image_rows import image_rows
 from native import native_rows
 
 from appliance import state
@@ -633,7 +634,7 @@ def verdict(ratio: str, target: str) -> str:
     return "met" if (value >= bound if op == ">=" else value <= bound) else "NOT MET"
 
 
-SECTIONS = ("decode", "native", "cold", "window", "switch", "control", "threads", "hashing", "vault", "search", "bases")
+SECTIONS = ("decode", "native", "cold", "window", "switch", "control", "threads", "hashing", "vault", "search", "bases", "image")
 
 
 def journal_search(rounds: int, n_sessions: int) -> list[tuple]:
@@ -717,6 +718,8 @@ def main() -> None:
         rows += vault_and_store(model, args.rounds, args.import_mib)
     if "bases" in only:
         rows += bases(args.rounds, args.tokens)
+    if "image" in only:  # bench/image_rows.py: cached image/build results, portable vs native decode
+        rows += image_rows(PROMPT, args.rounds, args.tokens)
     if "search" in only and args.search_sessions:
         rows += journal_search(args.rounds, args.search_sessions)
 

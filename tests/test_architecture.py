@@ -15,7 +15,7 @@ LAYERS = [
     {"vault", "trust"},
     {"journal", "runtime", "presets"},
     {"store", "training"},
-    {"erase"},
+    {"erase", "image"},
     {"emergency"},
     {"demo", "service"},
     {"ui"},

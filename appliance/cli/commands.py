@@ -181,6 +181,12 @@ for _command in (trust, bundle, update, verify_cmd):
     cli.add_command(_command)
 
 
+# The appliance image: pack, list, use, rollback (appliance/cli/image_commands.py).
+from .image_commands import image  # noqa: E402
+
+cli.add_command(image)
+
+
 # Build-station overlay work: training and reports (appliance/cli/overlay_commands.py).
 from .overlay_commands import overlay  # noqa: E402
 

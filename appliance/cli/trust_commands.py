@@ -15,6 +15,7 @@ from ..trust.bundle import create_bundle, sign_bundle
 from ..trust.policy import demo_mark
 from ..utc import format_time, parse_time
 from ..vault import Vault
+from .image_commands import load_imported
 from .output import say, warn
 from .unlocking import passphrase_option, unlocked
 
@@ -96,7 +97,7 @@ def bundle() -> None:
 
 
 @bundle.command("create")
-@click.option("--kind", type=click.Choice(["overlay", "base-model"]), required=True)
+@click.option("--kind", type=click.Choice(["overlay", "base-model"]), required=True)  # an image: `image pack`
 @click.option("--name", required=True)
 @click.option("--version", type=click.IntRange(1), required=True)
 @click.option(
@@ -181,7 +182,9 @@ def update_import(file: Path, passphrase_file: Path | None) -> None:
     """Verify a bundle in full and install it atomically (an overlay encrypted at rest: needs the passphrase)."""
     with unlocked(passphrase_file) as vault:  # locked: exit 4 before the bundle is even opened
         accepted = import_bundle(file, active_base(vault), vault, _Progress(_size(file), "import"))
-    _report(accepted, "installed")
+        _report(accepted, "installed")
+        if accepted.manifest.kind == "image":
+            load_imported(vault, accepted)  # into container storage where skopeo is (appliance/image/storage.py)
 
 
 @update.command("list")

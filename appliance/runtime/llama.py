@@ -16,6 +16,7 @@ import llama_cpp.llama_cpp as C_api  # the module the high-level Llama reads its
 import numpy as np
 
 from ..errors import ContextOverflow, ModelFailed
+from .backends import load_cpu_backends
 from .threads import ThreadGovernor
 
 
@@ -38,6 +39,7 @@ def _init_backend() -> None:
     global _backend_ready
     if not _backend_ready:
         C.llama_log_set(_quiet, ctypes.c_void_p(0))
+        load_cpu_backends()  # a portable build (the appliance image's) picks its CPU variant here
         C.llama_backend_init()
         _backend_ready = True
 

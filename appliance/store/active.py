@@ -7,7 +7,8 @@ Rules applied to an installed version before it is used, each raising `Refused`:
    the bytes handed to the loader, never re-read after the check); an overlay's
    are decrypted into memory first (`at_rest`), so the check is on the plaintext;
 3. an overlay is admitted by `overlay.files.load_overlay` for the active base
-   (same base SHA-256 as its manifest binds, same hidden size).
+   (same base SHA-256 as its manifest binds, same hidden size); an image's artifacts
+   are the `dir:` layout its signed record describes (`trust.image_rules`).
 """
 
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from ..journal import provenance
 from ..overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay
 from ..runtime.embeddings import EmbeddingTable
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
+from ..trust.image_rules import check_image
 from ..trust.manifest import Manifest
 from ..utc import format_time
 from ..vault import Vault, zeroize
@@ -95,6 +97,8 @@ def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: A
 
     The base's hidden size is read only for an overlay whose SHA-256 binding already matched.
     """
+    if manifest.kind == "image":
+        check_image(manifest, directory / "artifacts")
     if manifest.kind != "overlay":
         return None
     base_sha256 = base.sha256

@@ -15,6 +15,7 @@
    (decrypted into memory from staging, so the ciphertext kept is checked too);
    a base model is one GGUF (plus text files) that a limited child process
    loads in llama.cpp from a sealed memfd (`bases`, `runtime.probe`);
+   an image's artifacts are the layout its signed record describes (`trust.image_rules`);
 7. install: the data key recorded in the vault, staging renamed into
    `store/objects/<manifest sha256>`, its accepted record sealed, then
    `store/state.json` replaced and sealed, the commit point (files and

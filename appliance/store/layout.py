@@ -24,7 +24,7 @@ STATE_FORMAT = "appliance-store/1"
 ACCEPTED_FORMAT = "appliance-accepted/1"
 STAGING_PREFIX = ".staging-"
 ACCEPTED_NAME = "accepted.json"  # the signers that counted at import (a key expiring later must not unload it)
-KINDS = ("overlay", "base-model")
+KINDS = ("overlay", "base-model", "image")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 

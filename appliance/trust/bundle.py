@@ -87,6 +87,7 @@ def create_bundle(
     created: Optional[datetime] = None,
     expires: Optional[str] = None,
     provenance: Optional[dict] = None,
+    image: Optional[dict] = None,
     progress: Optional[Progress] = None,
 ) -> Manifest:
     """Hash each artifact file, write the manifest that names them all, pack the unsigned bundle."""
@@ -108,6 +109,8 @@ def create_bundle(
         doc["artifacts"].append({"path": path_name, "sha256": digest, "size": size})
     if binds_base:
         doc["binds"] = {"base_model_sha256": binds_base}
+    if image:
+        doc["image"] = image  # kind image: what its dir: layout holds (trust/image_rules.py)
     if provenance:
         doc["provenance"] = provenance
     manifest = parse_manifest((json.dumps(doc, indent=2) + "\n").encode())

@@ -1,0 +1,32 @@
+"""Run inside the image build (Containerfile): the build fails unless the image can do its job offline.
+
+1. the only network interface is `lo` (the build runs with --network=none: nothing was fetched);
+2. the runtime's libraries import (llama_cpp, textual, gnupg, cryptography, the appliance's CLI);
+3. llama.cpp registers a CPU backend: the portable build found a variant this CPU runs;
+4. `appliance --version` runs from the installed console script.
+"""
+
+import os
+import subprocess
+import sys
+
+interfaces = sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else []
+if not interfaces:  # /sys may be absent in a build container: /proc/net/dev lists the same
+    with open("/proc/net/dev") as f:
+        interfaces = sorted(line.split(":")[0].strip() for line in f.readlines()[2:])
+if interfaces != ["lo"]:
+    sys.exit(f"selftest: network interfaces {interfaces}: the build must run with --network=none")
+
+import cryptography  # noqa: E402, F401
+import gnupg  # noqa: E402, F401
+import llama_cpp  # noqa: E402, F401
+import textual  # noqa: E402, F401
+
+import appliance.cli.main  # noqa: E402, F401
+from appliance.runtime.backends import load_cpu_backends  # noqa: E402
+
+if load_cpu_backends() < 1:
+    sys.exit("selftest: llama.cpp registered no CPU backend")
+
+version = subprocess.run([os.path.join(sys.prefix, "bin", "appliance"), "--version"], capture_output=True, text=True, check=True)
+print(f"selftest: ok: interfaces {interfaces}; {version.stdout.strip()}")

@@ -1,0 +1,37 @@
+"""The image's lock follows the project's pins: the appliance in the image runs what the tests run.
+
+image/requirements.in names the runtime dependencies at pyproject.toml's pins (the training stack
+left out), image/requirements.lock pins each of them with a hash, and the llama-cpp-python source
+the image compiles is the version pyproject.toml pins.
+"""
+
+import re
+import tomllib
+from pathlib import Path
+
+from test_packaging import TRAINING_STACK
+
+ROOT = Path(__file__).resolve().parents[1]
+PIN = re.compile(r"([A-Za-z0-9_.-]+)==([^\s;]+)")
+
+
+def _pins(lines) -> dict[str, str]:
+    return {m.group(1).lower().replace("_", "-"): m.group(2) for line in lines if (m := PIN.match(line.strip()))}
+
+
+def test_the_image_pins_are_the_project_pins():
+    project = _pins(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    wanted = _pins((ROOT / "image" / "requirements.in").read_text().splitlines())
+    locked = _pins((ROOT / "image" / "requirements.lock").read_text().splitlines())
+    sdist = _pins((ROOT / "image" / "llama-cpp-python.lock").read_text().splitlines())
+    runtime = {name: v for name, v in project.items() if name not in TRAINING_STACK and name != "llama-cpp-python"}
+    assert {n: wanted.get(n) for n in runtime} == runtime  # every runtime dependency, at the project's pin
+    assert {n: locked.get(n) for n in wanted} == wanted  # and each one locked at that pin
+    assert sdist == {"llama-cpp-python": project["llama-cpp-python"]}
+
+
+def test_every_locked_wheel_has_a_hash():
+    lines = [
+        line for line in (ROOT / "image" / "requirements.lock").read_text().splitlines() if line and not line.startswith("#")
+    ]
+    assert lines and all(re.fullmatch(r"[a-z0-9-]+==\S+ --hash=sha256:[0-9a-f]{64}", line) for line in lines)
