@@ -35,8 +35,9 @@ def init(if_needed: bool, demo: bool, passphrase_file) -> None:
     state.require_directory(home)  # before asking for a passphrase
     new_passphrase = new_vault_passphrase(home, passphrase_file, if_needed)
     fresh = not state.is_initialised(home)
-    model = verify_pinned(embedded_pin()) if fresh else None  # hashed once, and only when something here needs it
-    if fresh:
+    model = None
+    if fresh:  # the model is hashed once, and only when something here needs it
+        model = verify_pinned(embedded_pin())
         say(f"base model: {model.name} sha256 {model.sha256} (verified against the built-in manifest)")
     vault = None
     try:
@@ -96,8 +97,10 @@ def status(passphrase_file) -> None:
 
 def _utf8_text(ctx, param, value: str | None) -> str | None:
     """Text for the model and the journal arrives as bytes on the command line: it must be UTF-8."""
-    if value is None:
-        return None
+    return None if value is None else _utf8(value)
+
+
+def _utf8(value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:  # a byte that is not UTF-8 arrives as a lone surrogate (PEP 383)
@@ -110,7 +113,7 @@ def _utf8_text(ctx, param, value: str | None) -> str | None:
 def _prompt_text(ctx, param, value: str) -> str:
     if not value.strip():
         raise click.BadParameter("the prompt is empty (or only whitespace)")
-    return _utf8_text(ctx, param, value)
+    return _utf8(value)
 
 
 @cli.command()

@@ -9,6 +9,7 @@ import errno
 import os
 import sys
 import traceback
+from typing import NoReturn
 
 import click
 
@@ -59,14 +60,18 @@ def _typed(e: Exception) -> ApplianceError | None:
     return None
 
 
+def _os_reason(e: OSError) -> str:
+    return os.strerror(e.errno) if e.errno is not None else type(e).__name__
+
+
 def _environment_refused(e: OSError) -> EnvironmentRefused:
     """One line: the file (the destination of a copy, link or rename), the OS's reason, the state dir."""
     path = e.filename2 if e.filename2 is not None else e.filename
     verb = "write" if e.errno in CANNOT_WRITE else "use"
     what = f"cannot {verb} {os.fsdecode(path)}" if path is not None else f"cannot {verb}"  # write(2) names no file
-    return EnvironmentRefused(f"{what}: {e.strerror or os.strerror(e.errno)}; nothing was changed in {paths.state_dir()}")
+    return EnvironmentRefused(f"{what}: {e.strerror or _os_reason(e)}; nothing was changed in {paths.state_dir()}")
 
 
-def _fail(message: str, code: int, reason: str) -> None:
+def _fail(message: str, code: int, reason: str) -> NoReturn:
     warn(f"error: {' '.join(message.split())} [{reason}]")
     sys.exit(code)

@@ -78,16 +78,16 @@ def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> N
                     raise
                 say(f"skip    {sid}: {e}")
                 continue
-            if report.ok:
+            if report.broken_at is None:
                 note = (
                     f" ({report.unsealed} written after the last sealed head: an interrupted append)" if report.unsealed else ""
                 )
                 say(f"ok      {sid}: {len(report.records)} records{note}")
             else:
                 say(f"BROKEN  {sid}: {report.broken_at}")
-                broken.append(report)
+                broken.append((report.session_id, report.broken_at))
     if broken:
-        raise JournalBroken(broken[0].session_id, broken[0].broken_at)
+        raise JournalBroken(*broken[0])
 
 
 @logs.command("search")

@@ -10,7 +10,7 @@ runs under bf16 autocast; under torchrun the batch is split over processes
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -387,7 +387,7 @@ def optimise(
     out: Optional[Path],
     on_step: Optional[Callable[[StepLog], None]] = None,
     resume: bool = False,
-    preserve: list[Example] = (),
+    preserve: Sequence[Example] = (),
 ) -> tuple[list[StepLog], float]:
     """The training loop for any adapter (`.module`, `.logits_at`): NLL + lambda * barrier.
 
@@ -410,7 +410,7 @@ def optimise(
     log: list[StepLog] = []
     start = 0
     checkpoint = out / CHECKPOINT if out is not None else None
-    if checkpoint is not None and ranks.leader:
+    if out is not None and ranks.leader:
         out.mkdir(parents=True, exist_ok=True)
     if resume and checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
@@ -496,7 +496,7 @@ def train_examples(
     on_step: Optional[Callable[[StepLog], None]] = None,
     resume: bool = False,
     base=None,
-    preserve: list[Example] = (),
+    preserve: Sequence[Example] = (),
 ) -> TrainResult:
     """`train` on examples already tokenised (a GPU machine need not have llama.cpp).
 
