@@ -15,6 +15,7 @@ the data's size), then the owner's records of what was erased:
   vault a later `init` makes.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import Erased, NotFound
@@ -32,27 +33,23 @@ ERASE_JOURNAL_PHRASE = "erase logs"  # typed to confirm, at `appliance erase log
 
 def erase_overlay(vault: Vault, name: str) -> list[str]:
     """Every installed version of overlay NAME. Returns the item ids erased."""
-    prefix = f"{OVERLAY_ITEMS}{name}/"
-    items = vault.items(prefix)
-    if not items:
-        if vault.erased_items(prefix):
-            raise Erased(f"overlay {name} was already crypto-erased")
-        raise NotFound(f"no overlay named {name} in the vault")
-    vault.erase(items)
-    forget_overlays(vault, name)
-    return items
+    return _erase_versions(vault, f"{OVERLAY_ITEMS}{name}/", f"overlay {name}", lambda: forget_overlays(vault, name))
 
 
 def erase_base(vault: Vault, name: str) -> list[str]:
     """Every installed version of base model NAME. Returns the item ids erased."""
-    prefix = f"{BASE_ITEMS}{name}/"
+    return _erase_versions(vault, f"{BASE_ITEMS}{name}/", f"base model {name}", lambda: forget_bases(vault, name))
+
+
+def _erase_versions(vault: Vault, prefix: str, what: str, forget: Callable[[], None]) -> list[str]:
+    """The data keys of every version under `prefix`, then the store's record of them."""
     items = vault.items(prefix)
     if not items:
         if vault.erased_items(prefix):
-            raise Erased(f"base {name} was already crypto-erased")
-        raise NotFound(f"no base model named {name} in the vault")
+            raise Erased(f"{what} was already crypto-erased")
+        raise NotFound(f"no {what} in the vault")
     vault.erase(items)
-    forget_bases(vault, name)
+    forget()
     return items
 
 

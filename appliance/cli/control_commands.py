@@ -20,14 +20,17 @@ def _base():
         engine.close()
 
 
-@click.command("control-export")
-@click.option(
+control_dir_option = click.option(
     "--control",
     "control_dir",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     required=True,
     help="Directory with control.json + control.safetensors.",
 )
+
+
+@click.command("control-export")
+@control_dir_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The GGUF file to write.")
 def control_export(control_dir: Path, out: Path) -> None:
     """Write a control vector as llama.cpp's control-vector GGUF (strength applied: load it unscaled)."""
@@ -124,13 +127,7 @@ def _multiples(ctx, param, value: str) -> tuple[float, ...]:
 
 
 @click.command("control-report")
-@click.option(
-    "--control",
-    "control_dir",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    required=True,
-    help="Directory with control.json + control.safetensors.",
-)
+@control_dir_option
 @click.option("--prompts", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
               help="Prompts, one per line.")  # fmt: skip
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)

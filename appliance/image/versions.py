@@ -19,7 +19,7 @@ from typing import Optional
 
 from ..errors import NotFound, UsageError
 from ..state import require_initialised
-from ..store.active import embedded_base, verify_version
+from ..store.active import verify_version
 from ..store.layout import Store
 from ..trust.image_rules import ImageRecord, image_record
 from ..vault import Vault
@@ -83,8 +83,7 @@ def _switch(vault: Vault, store: Store, name: str, sha: str) -> Switch:
     state = store.read_state()
     item = state.items[name]
     old = store.read_manifest(item.active).version if item.active else 0
-    # An image binds to no base: rule 3 checks its layout and never reads the base passed.
-    manifest, _ = verify_version(store, sha, vault, embedded_base())
+    manifest, _ = verify_version(store, sha, vault, base=None)  # an image binds to no base: rule 3 checks its layout
     layout = layout_dir(store, sha)
     loaded = storage.load(layout, name, manifest.version)
     store.write_state(state.with_item(name, replace(item, active=sha)))

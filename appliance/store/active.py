@@ -92,15 +92,18 @@ class InstalledItem:
     is_active_overlay: bool
 
 
-def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: ActiveBase) -> Optional[Overlay]:
+def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: Optional[ActiveBase]) -> Optional[Overlay]:
     """Rule 3: an overlay must be bound to the active base; returns the admitted overlay (None for other kinds).
 
-    The base's hidden size is read only for an overlay whose SHA-256 binding already matched.
+    The base's hidden size is read only for an overlay whose SHA-256 binding already matched. Kinds that
+    bind to no base (an image) are checked with `base=None`; an overlay never is.
     """
     if manifest.kind == "image":
         check_image(manifest, directory / "artifacts")
     if manifest.kind != "overlay":
         return None
+    if base is None:
+        raise BindingMismatch(f"{manifest.name} v{manifest.version} is an overlay: it is checked against the active base")
     base_sha256 = base.sha256
     if manifest.binds_base_sha256 != base_sha256:
         bound = manifest.binds_base_sha256 or "none"
@@ -123,7 +126,7 @@ def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: A
 
 
 def verify_version(
-    store: Store, manifest_sha256: str, vault: Vault, base: ActiveBase, bind: bool = True
+    store: Store, manifest_sha256: str, vault: Vault, base: Optional[ActiveBase], bind: bool = True
 ) -> tuple[Manifest, Optional[Overlay]]:
     """Rules 1-3 for one installed version; an overlay's own two files are decrypted and hashed once, as they are loaded.
 
