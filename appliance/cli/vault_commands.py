@@ -11,7 +11,7 @@ from .. import paths, state
 from ..erase import ERASE_JOURNAL_PHRASE, erase_everything, erase_installed, erase_journal, erase_overlay
 from ..errors import Erased, EraseNotProven, NotConfirmed, NotFound, Refused
 from ..fsutil import atomic_write
-from ..journal import JournalBroken, Report, check, read, sessions
+from ..journal import JournalBroken, Report, read_session, sessions, verify_session
 from ..journal.search import Match, search
 from ..journal.transcript import markdown_transcript, provenance_line
 from ..vault import Vault, zeroize
@@ -42,7 +42,7 @@ def logs_list(passphrase_file: Optional[Path]) -> None:
     with unlock(passphrase_file) as vault:
         for sid in sessions(vault):
             try:
-                say(_summary(check(vault, sid)))
+                say(_summary(verify_session(vault, sid)))
             except (Erased, NotFound) as e:
                 say(f"{sid}  unreadable: {e}")
 
@@ -53,7 +53,7 @@ def logs_list(passphrase_file: Optional[Path]) -> None:
 def logs_show(session_id: str, passphrase_file: Optional[Path]) -> None:
     """Print one verified session, record by record, with provenance."""
     with unlock(passphrase_file) as vault:
-        records = read(vault, session_id)
+        records = read_session(vault, session_id)
     for n, r in enumerate(records, 1):
         say(f"[{n}] {r['time']} {r['kind']}")
         if r["kind"] == "message":
@@ -72,7 +72,7 @@ def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> N
     with unlock(passphrase_file) as vault:
         for sid in [session_id] if session_id else sessions(vault):
             try:
-                report = check(vault, sid)
+                report = verify_session(vault, sid)
             except (Erased, NotFound) as e:
                 if session_id:
                     raise
@@ -116,7 +116,7 @@ def logs_search(text: str, passphrase_file: Optional[Path]) -> None:
 def logs_export(session_id: str, fmt: str, out: Path, passphrase_file: Optional[Path]) -> None:
     """Write one verified session decrypted, as Markdown or JSON lines (mode 0600)."""
     with unlock(passphrase_file) as vault:
-        records = read(vault, session_id)
+        records = read_session(vault, session_id)
     if fmt == "jsonl":
         text = "".join(json.dumps({"record": n, **r}) + "\n" for n, r in enumerate(records, 1))
     else:

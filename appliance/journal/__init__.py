@@ -12,6 +12,16 @@ Rules:
 
 from . import provenance
 from .frames import Break
-from .session_files import Journal, JournalBroken, JournalWriteFailed, Report, check, read, sessions
+from .session_files import Journal, JournalBroken, JournalWriteFailed, Report, read_session, sessions, verify_session
 
-__all__ = ["Break", "Journal", "JournalBroken", "JournalWriteFailed", "Report", "check", "provenance", "read", "sessions"]
+__all__ = [
+    "Break",
+    "Journal",
+    "JournalBroken",
+    "JournalWriteFailed",
+    "Report",
+    "provenance",
+    "read_session",
+    "sessions",
+    "verify_session",
+]

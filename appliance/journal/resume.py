@@ -1,7 +1,7 @@
 """A past session read back as a conversation the model can continue: `chat --resume`, `ask --resume`, F4.
 
 Rules, in order:
-1. the session is read whole and verified (`read`): a broken one is refused (`JournalBroken`, exit 3),
+1. the session is read whole and verified (`read_session`): a broken one is refused (`JournalBroken`, exit 3),
    an erased one is `Erased` (exit 6), an unknown id `NotFound` (exit 5); nothing is written;
 2. the history is what the model saw at the end: `message` records in order; a `regenerate` or
    `edit` record takes the last exchange back out (its texts stay in the journal); a prompt that
@@ -19,7 +19,7 @@ from typing import Optional
 
 from ..errors import Refused
 from ..vault import Vault
-from .session_files import read, session_key_id
+from .session_files import read_session, session_key_id
 
 MAX_CHAIN = 64  # resumes of resumes followed; a longer chain is refused rather than read without end
 
@@ -90,11 +90,11 @@ def _identity(overlay: dict) -> tuple:
 
 def past_conversation(vault: Vault, session_id: str) -> PastConversation:
     """Rules 1-5 for `session_id`."""
-    return _read(vault, session_id, expected_head=None, depth=0)
+    return _read_chain(vault, session_id, expected_head=None, depth=0)
 
 
-def _read(vault: Vault, session_id: str, expected_head: Optional[tuple[int, str]], depth: int) -> PastConversation:
-    records = read(vault, session_id)
+def _read_chain(vault: Vault, session_id: str, expected_head: Optional[tuple[int, str]], depth: int) -> PastConversation:
+    records = read_session(vault, session_id)
     head = vault.head(session_key_id(session_id)) or (0, "")
     if expected_head is not None and tuple(head) != expected_head:
         raise ResumeChainBroken(f"session {session_id}, which the resumed one continues, no longer ends where it did")
@@ -104,7 +104,7 @@ def _read(vault: Vault, session_id: str, expected_head: Optional[tuple[int, str]
             raise ResumeChainBroken(f"session {session_id} continues a chain of more than {MAX_CHAIN} resumed sessions")
         first = records[0]
         try:
-            before = _read(vault, first["from_session"], (first["from_head_seq"], first["from_head_hash"]), depth + 1)
+            before = _read_chain(vault, first["from_session"], (first["from_head_seq"], first["from_head_hash"]), depth + 1)
         except KeyError:
             raise ResumeChainBroken(f"session {session_id}: its resume record does not name the session it continues") from None
         past.history, past.last = before.history, before.last

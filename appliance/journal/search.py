@@ -1,6 +1,6 @@
 """Search every journal session for a word or phrase, in memory: `logs search` and the sessions screen.
 
-Sessions are decrypted and verified one at a time (`store.check`) and their matches yielded as
+Sessions are decrypted and verified one at a time (`verify_session`) and their matches yielded as
 they are found, so the first results show before the last session is read and only one session's
 plaintext is held at a time. Nothing is written: no index, no cache, no temporary file (an index
 would be the plaintext of the journal on disk).
@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 from ..errors import Erased, NotFound, UsageError
 from ..vault import Vault
-from .session_files import check, sessions
+from .session_files import sessions, verify_session
 
 TEXT_FIELDS = ("text", "replaced")  # the fields that hold words someone wrote or the model said
 SNIPPET_SIDE = 30  # characters of context either side of the match
@@ -47,7 +47,7 @@ def search(vault: Vault, text: str, session_ids: Optional[list[str]] = None) -> 
     pattern = re.compile(re.escape(text), re.IGNORECASE)
     for sid in sessions(vault) if session_ids is None else session_ids:
         try:
-            report = check(vault, sid)
+            report = verify_session(vault, sid)
         except (Erased, NotFound) as e:
             yield Skipped(sid, f"unreadable: {e}")
             continue

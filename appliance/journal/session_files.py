@@ -2,12 +2,12 @@
 
 Writing: each record is sealed with the session's data key (key id `journal/<session_id>`),
 appended, fsynced, and only then is the vault's sealed head (last seq, hash of that frame) moved.
-A crash between the two leaves a valid record past the head: `check` accepts it and reports it as
+A crash between the two leaves a valid record past the head: `verify_session` accepts it and reports it as
 unsealed (no one without the key can forge a record, so an authentic record past the head can
 only be ours). A failed append (disk full, RLIMIT_FSIZE, permissions) cuts the file back to its
 last whole record and raises `JournalWriteFailed`: every earlier record stays readable.
 
-Reading: `check` walks the frames and names the first break and its kind (see frames.Break);
+Reading: `verify_session` walks the frames and names the first break and its kind (see frames.Break);
 the sealed head catches a cut-off tail that the chain alone cannot see.
 """
 
@@ -120,7 +120,7 @@ class Journal:
             os.fsync(self._fd)
         except OSError:
             # Even if the partial frame cannot be cut off, records 1..seq stay intact in front
-            # of it; `check` then reports the partial tail as truncated at seq+1.
+            # of it; `verify_session` then reports the partial tail as truncated at seq+1.
             return
 
 
@@ -148,7 +148,7 @@ class Report:
         return first["text"][:width].replace("\n", " ")
 
 
-def check(vault: Vault, session_id: str) -> Report:
+def verify_session(vault: Vault, session_id: str) -> Report:
     """Decrypt and verify one session. Erased / NotFound from the vault propagate; breaks are reported."""
     if not frames.SESSION_ID.fullmatch(session_id):
         raise NotFound(f"not a journal session id: {session_id!r}")
@@ -170,9 +170,9 @@ def check(vault: Vault, session_id: str) -> Report:
         zeroize(key)
 
 
-def read(vault: Vault, session_id: str) -> list[dict]:
+def read_session(vault: Vault, session_id: str) -> list[dict]:
     """The records of an intact session; JournalBroken (exit 3) otherwise."""
-    report = check(vault, session_id)
+    report = verify_session(vault, session_id)
     if report.broken_at is not None:
         raise JournalBroken(session_id, report.broken_at)
     return report.records

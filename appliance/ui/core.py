@@ -18,7 +18,7 @@ from typing import Optional
 
 from ..errors import ApplianceError, NoOverlay, NotFound
 from ..fsutil import atomic_write
-from ..journal import Report, check, read, sessions
+from ..journal import Report, read_session, sessions, verify_session
 from ..journal.search import Match, Skipped, search
 from ..journal.transcript import markdown_transcript
 from ..presets import Preset, every
@@ -253,11 +253,11 @@ class ChatCore:
     def sessions(self) -> list[str]:
         return sessions(self.app.vault)
 
-    def check(self, session_id: str) -> Report:
-        return check(self.app.vault, session_id)
+    def verify_session(self, session_id: str) -> Report:
+        return verify_session(self.app.vault, session_id)
 
-    def read(self, session_id: str) -> list[dict]:
-        return read(self.app.vault, session_id)
+    def read_session(self, session_id: str) -> list[dict]:
+        return read_session(self.app.vault, session_id)
 
     def search(self, text: str, session_ids: Optional[list[str]] = None) -> Iterator[Match | Skipped]:
         """Matches of `text` in every session (or those named), streamed as each is decrypted (in memory only)."""
@@ -265,7 +265,7 @@ class ChatCore:
 
     def export(self, session_id: str, directory: Path) -> Path:
         out = directory / f"{session_id}.md"
-        atomic_write(out, markdown_transcript(session_id, self.read(session_id)).encode())
+        atomic_write(out, markdown_transcript(session_id, self.read_session(session_id)).encode())
         return out
 
     def close(self) -> None:

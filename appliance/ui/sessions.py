@@ -75,7 +75,7 @@ class SessionsScreen(Screen):
             return reports
         for sid in ids:
             try:
-                report = self.core.check(sid)
+                report = self.core.verify_session(sid)
             except ApplianceError as e:  # erased or missing key: listed, not opened
                 table.add_row(*_cells(sid, "-", f"unreadable: {e}", ""), key=sid)
                 self._row_session[sid] = sid
@@ -140,7 +140,7 @@ class SessionsScreen(Screen):
         if sid is None:
             return
         try:
-            text = markdown_transcript(sid, self.core.read(sid))
+            text = markdown_transcript(sid, self.core.read_session(sid))
         except ApplianceError as e:
             self._say(str(e))
             return

@@ -16,7 +16,7 @@ import pytest
 from bundles import PASSPHRASE, make_bundle
 from helpers import appliance, error_line, ok, tree_digest
 
-from appliance.journal import read, sessions
+from appliance.journal import read_session, sessions
 from appliance.printable import printable
 from appliance.trust.builtin import embedded_pin
 from appliance.trust.bundle import create_bundle, sign_bundle
@@ -89,7 +89,7 @@ def plaintext_found(home: Path, gguf: Path) -> list[str]:
 def last_records(home: Path) -> list[dict]:
     vault = Vault.unlock(home, PASSPHRASE.encode())
     try:
-        return [r for s in sessions(vault) for r in read(vault, s)]
+        return [r for s in sessions(vault) for r in read_session(vault, s)]
     finally:
         vault.zeroize()
 

@@ -5,7 +5,7 @@ from textual.widgets import Label
 from ui_support import PASSPHRASE, THREADS, overlay_for_tests, send, unlock, wait_for
 
 from appliance.errors import NoOverlay, NotFound
-from appliance.journal import read
+from appliance.journal import read_session
 from appliance.journal.transcript import markdown_transcript
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Runtime, Session
@@ -69,7 +69,7 @@ async def test_streamed_reply_is_journalled_with_provenance(vault_home, make_app
         assert screen.query_one(StatusBar).tokens_per_second > 0
         sid = app.core.status().session_id
     vault = Vault.unlock(vault_home, PASSPHRASE.encode())
-    user, assistant = read(vault, sid)
+    user, assistant = read_session(vault, sid)
     assert user["text"] == "Tell me about the sea." and assistant["text"] == final
     assert assistant["overlay"]["on"] is True and assistant["overlay"]["signers"] == sorted(
         overlay_for_tests(app.core.model).provenance.signers
@@ -98,7 +98,7 @@ async def test_toggle_changes_the_next_reply_to_a_fresh_sessions(vault_home, mak
 
     assert second == fresh(False)
     assert second != fresh(True)
-    records = read(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
+    records = read_session(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
     assert [r["kind"] for r in records] == ["message", "message", "overlay-toggle", "message", "message"]
     assert records[2]["on"] is False and records[2]["after_messages"] == 2 and records[2]["time"]
     assert records[3]["overlay"]["on"] is False
@@ -117,7 +117,7 @@ async def test_escape_stops_a_long_reply_early(vault_home, make_app):
         header = str(screen.query(ChatMessage)[1].header.render())
         sid = app.core.status().session_id
     assert "stopped" in header
-    _, reply = read(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
+    _, reply = read_session(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
     assert reply["finish"] == "cancelled" and reply["tokens"] < 300
 
 
@@ -162,7 +162,7 @@ async def test_prompt_history_and_system_prompt(vault_home, make_app):
         assert app.core.session.system_prompt == "Answer in French."
         await send(pilot, "Hello")
         assert app.core.session.messages()[0] == {"role": "system", "content": "Answer in French."}
-        records = read(Vault.unlock(vault_home, PASSPHRASE.encode()), app.core.status().session_id)
+        records = read_session(Vault.unlock(vault_home, PASSPHRASE.encode()), app.core.status().session_id)
         assert records[0]["system_prompt"] is None  # the model's own default, before F6
         assert records[-2]["system_prompt"] == records[-1]["system_prompt"] == "Answer in French."  # what conditioned it
         assert 'system prompt "Answer in French."' in markdown_transcript(app.core.status().session_id, records)

@@ -5,7 +5,7 @@ import base64
 from textual.widgets import DataTable, Input, Label, Markdown
 from ui_support import PASSPHRASE, open_sessions, send, unlock, wait_for
 
-from appliance.journal import Journal, read
+from appliance.journal import Journal, read_session
 from appliance.printable import printable
 from appliance.runtime.sampler import GREEDY, SamplingSettings
 from appliance.runtime.session import Session
@@ -100,7 +100,7 @@ def _text(widget) -> str:
 def _records(home, session_id):
     vault = Vault.unlock(home, PASSPHRASE.encode())
     try:
-        return read(vault, session_id)
+        return read_session(vault, session_id)
     finally:
         vault.zeroize()
 

@@ -3,7 +3,7 @@
 from textual.widgets import Markdown
 from ui_support import PASSPHRASE, send, unlock
 
-from appliance.journal import read
+from appliance.journal import read_session
 from appliance.ui.widgets import ChatMessage, StatusBar
 from appliance.vault import Vault
 
@@ -33,6 +33,6 @@ async def test_meter_measures_without_changing_the_reply(vault_home, make_app):
             "tok/s without the meter" in app.screen.query_one(Markdown).source and cost in app.screen.query_one(Markdown).source
         )
         print(f"\ndivergence meter cost: {cost}")
-    user, reply, *_ = read(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
+    user, reply, *_ = read_session(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
     assert user["divergence"] is None
     assert reply["divergence"] == {"measure": "kl(overlay||base)", "positions": div.positions, "rmse": div.rmse, "max": div.max}

@@ -9,7 +9,7 @@ from textual.widgets import DataTable, Label, Markdown
 from ui_support import PASSPHRASE, open_sessions, send, unlock, wait_for
 
 from appliance.errors import Erased
-from appliance.journal import check, read, sessions
+from appliance.journal import read_session, sessions, verify_session
 from appliance.journal.session_files import relative_path
 from appliance.ui.chat import ChatScreen
 from appliance.ui.help import HelpScreen
@@ -53,7 +53,7 @@ async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
         assert not params.B.any() and not params.A.any()  # the decrypted weights are zeroed
         await unlock(pilot, PASSPHRASE)  # the passphrase brings it back, in a new session
         assert isinstance(app.screen, ChatScreen) and app.core.status().session_id != sid
-    _user, reply, kill = read(_vault(vault_home), sid)
+    _user, reply, kill = read_session(_vault(vault_home), sid)
     assert reply["finish"] == "cancelled" and reply["tokens"] < 300
     assert kill["kind"] == "kill" and kill["wipe"] is False
     # The cut-off reply is journalled once generation has stopped: that moment bounds the stop latency
@@ -96,13 +96,13 @@ async def test_erase_journal_then_a_fresh_session(vault_home, make_app):
         await send(pilot, "Hello.")
         old = app.core.status().session_id
         await pilot.press("f8", *"erase log", "enter")
-        assert isinstance(app.screen, EraseScreen) and check(_vault(vault_home), old).ok
+        assert isinstance(app.screen, EraseScreen) and verify_session(_vault(vault_home), old).ok
         await pilot.press(*"erase logs", "enter")
         await pilot.pause()
         new = app.core.status().session_id
         assert new != old and app.screen.query_one(StatusBar).session == new
     with pytest.raises(Erased):
-        check(_vault(vault_home), old)
+        verify_session(_vault(vault_home), old)
 
 
 async def test_sessions_open_verify_export(vault_home, make_app, tmp_path):

@@ -9,7 +9,7 @@ from textual.widgets import DataTable, OptionList
 from ui_support import PASSPHRASE, open_sessions, send, unlock, wait_for
 
 from appliance import presets
-from appliance.journal import read
+from appliance.journal import read_session
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Session
 from appliance.ui.chat import ChatScreen
@@ -21,7 +21,7 @@ from appliance.vault import Vault
 
 def _records(home, session_id):
     with Vault.unlock(home, PASSPHRASE.encode()) as vault:
-        return read(vault, session_id)
+        return read_session(vault, session_id)
 
 
 async def test_resume_from_the_sessions_screen_continues_in_a_new_linked_session(vault_home, make_app, reference_runtime):

@@ -13,7 +13,7 @@ import pytest
 from helpers import appliance
 from ui_support import PASSPHRASE
 
-from appliance.journal import read, sessions
+from appliance.journal import read_session, sessions
 from appliance.vault import Vault
 from appliance.vault.killswitch import pid_path
 
@@ -92,8 +92,8 @@ def test_chat_in_tmux_unlock_reply_toggle_kill(demo_home, tmp_path):
         tmux.close()
     vault = Vault.unlock(demo_home, PASSPHRASE.encode())
     trust_pins, sid = sessions(vault)  # init --demo journalled its two pins in one session
-    assert [r["action"] for r in read(vault, trust_pins)] == ["pin", "pin"]
-    records = read(vault, sid)
+    assert [r["action"] for r in read_session(vault, trust_pins)] == ["pin", "pin"]
+    records = read_session(vault, sid)
     assert [r.get("role", r["kind"]) for r in records] == ["user", "assistant", "overlay-toggle", "user", "assistant", "kill"]
     assert records[1]["overlay"]["name"] == "field-manual-demo" and records[1]["overlay"]["on"] is True
     assert records[4]["overlay"]["on"] is False and len(records[1]["overlay"]["signers"]) == 2
@@ -107,7 +107,7 @@ def test_chat_resume_and_editor_in_tmux(demo_home, tmp_path):
     r = appliance("ask", "My name is Ada.", "--temperature", "0", "--max-tokens", "8", "--passphrase-file", str(passphrase_file))
     assert r.returncode == 0, r.stderr
     with Vault.unlock(demo_home, PASSPHRASE.encode()) as vault:
-        (old,) = [s for s in sessions(vault) if read(vault, s)[0]["kind"] == "message"]
+        (old,) = [s for s in sessions(vault) if read_session(vault, s)[0]["kind"] == "message"]
     editor = tmp_path / "editor.sh"
     editor.write_text("#!/bin/sh\nprintf 'What is my name?\\n' > \"$1\"\n")
     editor.chmod(0o700)
@@ -132,8 +132,8 @@ def test_chat_resume_and_editor_in_tmux(demo_home, tmp_path):
     finally:
         tmux.close()
     with Vault.unlock(demo_home, PASSPHRASE.encode()) as vault:
-        (new,) = [s for s in sessions(vault) if read(vault, s)[0]["kind"] == "resume"]
-        records = read(vault, new)
+        (new,) = [s for s in sessions(vault) if read_session(vault, s)[0]["kind"] == "resume"]
+        records = read_session(vault, new)
     assert [r.get("role", r["kind"]) for r in records] == ["resume", "user", "assistant"]
     assert records[0]["from_session"] == old and records[0]["from_head_seq"] == 2
     assert records[1]["text"] == "What is my name?" and records[2]["overlay"]["on"] is False

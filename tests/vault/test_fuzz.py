@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from vault_setup import PASSPHRASE
 
 from appliance.errors import ApplianceError
-from appliance.journal import Journal, check, frames
+from appliance.journal import Journal, frames, verify_session
 from appliance.journal.session_files import relative_path
 from appliance.vault import KeySlotsCorrupt, Vault
 
@@ -49,7 +49,7 @@ def test_journal_reader_only_reports_breaks(vault, data):
     else:
         path.write_bytes(original[: data.draw(st.integers(0, len(original)))])
     try:
-        report = check(vault, j.session_id)
+        report = verify_session(vault, j.session_id)
     except ApplianceError:
         return
     assert report.ok == (path.read_bytes() == original)

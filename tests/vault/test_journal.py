@@ -8,7 +8,7 @@ import textwrap
 import pytest
 from helpers import appliance, error_line
 
-from appliance.journal import Journal, check, frames
+from appliance.journal import Journal, frames, verify_session
 from appliance.journal.session_files import relative_path
 
 
@@ -38,7 +38,7 @@ def test_intact_session_verifies(vault_home, vault):
     r = appliance("logs", "verify", sid)
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stdout and "5 records" in r.stdout
-    assert [rec["text"] for rec in check(vault, sid).records] == [f"a message {i}" for i in range(1, 6)]
+    assert [rec["text"] for rec in verify_session(vault, sid).records] == [f"a message {i}" for i in range(1, 6)]
 
 
 def test_one_byte_modified(vault_home, vault):

@@ -44,9 +44,9 @@ def test_search_finds_a_word_and_writes_no_plaintext(vault_home, vault):
 
 
 def _time(vault, sid, n):
-    from appliance.journal import read
+    from appliance.journal import read_session
 
-    return read(vault, sid)[n - 1]["time"]
+    return read_session(vault, sid)[n - 1]["time"]
 
 
 def test_search_output_is_escaped(vault_home, vault):

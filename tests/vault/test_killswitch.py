@@ -11,7 +11,7 @@ from helpers import appliance, error_line, tree_digest
 from vault_setup import PASSPHRASE, install_fake_overlay
 
 from appliance.errors import Erased
-from appliance.journal import check, sessions
+from appliance.journal import sessions, verify_session
 from appliance.vault import Vault
 from appliance.vault.killswitch import pid_path
 
@@ -37,7 +37,7 @@ def _kill_and_collect(home, *kill_args):
     assert not pid_path(home).exists()
     vault = Vault.unlock(home, PASSPHRASE)
     (sid,) = sessions(vault)
-    report = check(vault, sid)
+    report = verify_session(vault, sid)
     assert report.ok, report.broken_at
     return report.records, vault
 

@@ -7,7 +7,7 @@ import pytest
 from helpers import appliance, error_line, ok, tree_digest
 from vault_setup import PASSPHRASE
 
-from appliance.journal import Journal, read, sessions
+from appliance.journal import Journal, read_session, sessions
 from appliance.journal.resume import ResumeChainBroken, past_conversation
 from appliance.journal.session_files import relative_path, session_key_id
 from appliance.runtime.sampler import SamplingSettings
@@ -25,14 +25,14 @@ def test_ask_resume_continues_the_history_in_a_new_linked_session(vault_home, ru
     ok("ask", "My name is Ada. Say hello.", "--system", "You are a pirate.", "--temperature", "0", "--max-tokens", "12")
     with _vault(vault_home) as vault:
         (old,) = sessions(vault)
-        old_records = read(vault, old)
+        old_records = read_session(vault, old)
         head = vault.head(session_key_id(old))
     old_bytes = (vault_home / relative_path(old)).read_bytes()
     r = appliance("ask", "What is my name?", "--resume", old, "--temperature", "0", "--max-tokens", "16")
     assert r.returncode == 0 and "note:" not in r.stderr, r.stderr  # same base, no overlay then or now: nothing to say
     with _vault(vault_home) as vault:
         (new,) = [s for s in sessions(vault) if s != old]
-        records = read(vault, new)
+        records = read_session(vault, new)
     assert (vault_home / relative_path(old)).read_bytes() == old_bytes  # the old session is never written to
     link, user, assistant = records
     assert link["kind"] == "resume" and link["notices"] == [] and link["messages"] == 2
@@ -137,7 +137,7 @@ def test_resume_says_what_is_no_longer_active_and_records_what_is(vault_home):
     assert "preset 'brief' was removed or changed" in notes[2]
     with _vault(vault_home) as vault:
         (new,) = [s for s in sessions(vault) if s != old]
-        link, _, assistant = read(vault, new)
+        link, _, assistant = read_session(vault, new)
     assert link["notices"] == [n.removeprefix("note: ") for n in notes]
     # What really produced the new reply: the active base, no overlay, the recorded system prompt, no preset.
     assert assistant["base"]["sha256"] != other_base["sha256"] and assistant["overlay"] is None

@@ -7,7 +7,7 @@ from helpers import appliance, ok, tree_digest
 from vault_setup import PASSPHRASE
 
 from appliance.errors import ContextOverflow, NotFound, Refused
-from appliance.journal import read, sessions
+from appliance.journal import read_session, sessions
 from appliance.runtime.sampler import GREEDY
 from appliance.service import UnlockedAppliance
 from appliance.vault import Vault
@@ -51,7 +51,7 @@ def test_a_kill_is_handled_once_and_journalled(vault_home, model, runtime):
             app.cancel.set()  # what the signal handler does
     assert killed.value.wiped == [] and not any(vault._master)
     (sid,) = sessions(Vault.unlock(vault_home, PASSPHRASE))
-    kinds = [r["kind"] for r in read(Vault.unlock(vault_home, PASSPHRASE), sid)]
+    kinds = [r["kind"] for r in read_session(Vault.unlock(vault_home, PASSPHRASE), sid)]
     assert kinds == ["message", "message", "kill"]
 
 
@@ -62,7 +62,7 @@ def test_a_kill_from_the_chat_key_is_not_raised_again(vault_home, model):
         app.kill()
         assert app.kill() == []  # a second kill (the signal after the key) does nothing more
     (sid,) = sessions(Vault.unlock(vault_home, PASSPHRASE))
-    assert [r["kind"] for r in read(Vault.unlock(vault_home, PASSPHRASE), sid)] == ["kill"]
+    assert [r["kind"] for r in read_session(Vault.unlock(vault_home, PASSPHRASE), sid)] == ["kill"]
 
 
 def test_context_overflow_leaves_the_history_as_it_was(vault_home, model, runtime):
