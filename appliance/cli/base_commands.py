@@ -1,6 +1,5 @@
 """`appliance base list | use NAME | use embedded` and `appliance erase base NAME`. Thin shells over store.bases."""
 
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -10,8 +9,8 @@ from ..erase import erase_base
 from ..store.bases import list_bases, use_base
 from ..utc import format_time
 from .output import say
-from .unlocking import passphrase_option, unlock, unlocked
-from .vault_commands import _confirm, _prove
+from .unlocking import passphrase_option, unlocked
+from .vault_commands import erase_every_version
 
 
 @click.group()
@@ -51,9 +50,4 @@ def base_use(name: str, passphrase_file: Optional[Path]) -> None:
 @passphrase_option
 def erase_base_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> None:
     """Every installed version of base model NAME (the embedded default becomes active if NAME was)."""
-    with unlock(passphrase_file) as vault:
-        _confirm(name, f"base model {name} (every installed version)", yes)
-        t0 = time.perf_counter()
-        key_ids = erase_base(vault, name)
-        say(f"destroyed: data keys of {', '.join(key_ids)} ({time.perf_counter() - t0:.3f} s)")
-        _prove(vault, key_ids)
+    erase_every_version("base model", name, erase_base, yes, passphrase_file)

@@ -1,10 +1,12 @@
 """`appliance overlay control-export | control-import | steer`: build-station work on control vectors."""
 
 from pathlib import Path
+from typing import Optional
 
 import click
 
 from .output import say
+from .unlocking import passphrase_option, unlocked
 
 
 def _base():
@@ -51,12 +53,29 @@ def control_export(control_dir: Path, out: Path) -> None:
     required=True,
     help="Directory for control.json + control.safetensors.",
 )
-def control_import(gguf_path: Path, out: Path) -> None:
-    """Admit a llama.cpp control-vector GGUF (cvector-generator, repeng) for the embedded base, as our two files."""
+@passphrase_option
+def control_import(gguf_path: Path, out: Path, passphrase_file: Optional[Path]) -> None:
+    """Admit a llama.cpp control-vector GGUF (cvector-generator, repeng) for the active base, as our two files.
+
+    The base's shape is read from its GGUF header (nothing is loaded). Which base is active is sealed in
+    the store, so with a vault the passphrase is asked; without one (a build station) it is the embedded default."""
+    from .. import paths
     from ..overlay.control import save_control
     from ..overlay.control_gguf import import_gguf
+    from ..runtime.embeddings import base_shape
+    from ..store.bases import active_model, close_model
+    from ..trust.builtin import embedded_pin, verify_pinned
+    from ..vault import Vault
 
-    model, hidden, n_layer, _ = _base()
+    if Vault.state(paths.state_dir()) == "present":
+        with unlocked(passphrase_file) as vault:
+            model = active_model(vault)  # verified; an imported base decrypted into a memfd
+    else:
+        model = verify_pinned(embedded_pin())
+    try:
+        hidden, n_layer = base_shape(model.path)
+    finally:
+        close_model(model)
     vector = import_gguf(gguf_path, base_sha256=model.sha256, hidden_size=hidden, n_layer=n_layer)
     save_control(vector, out)
     say(f"wrote {out}/control.json and {out}/control.safetensors: blocks {', '.join(map(str, vector.layers))}")

@@ -2,6 +2,7 @@
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -155,18 +156,25 @@ def _prove(vault: Vault, key_ids: list[str]) -> None:
         raise EraseNotProven(f"erase of {key_id} did not take: its key is still readable")
 
 
+def erase_every_version(
+    what: str, name: str, erase: Callable[[Vault, str], list[str]], yes: bool, passphrase_file: Optional[Path]
+) -> None:
+    """`erase overlay NAME` and `erase base NAME`: confirm, crypto-erase every installed version, say so, prove it."""
+    with unlock(passphrase_file) as vault:
+        _confirm(name, f"{what} {name} (every installed version)", yes)
+        t0 = time.perf_counter()
+        key_ids = erase(vault, name)
+        say(f"destroyed: data keys of {', '.join(key_ids)} ({time.perf_counter() - t0:.3f} s)")
+        _prove(vault, key_ids)
+
+
 @erase.command("overlay")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Skip the typed confirmation.")
 @passphrase_option
 def erase_overlay_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> None:
     """Every installed version of overlay NAME."""
-    with unlock(passphrase_file) as vault:
-        _confirm(name, f"overlay {name} (every installed version)", yes)
-        t0 = time.perf_counter()
-        key_ids = erase_overlay(vault, name)
-        say(f"destroyed: data keys of {', '.join(key_ids)} ({time.perf_counter() - t0:.3f} s)")
-        _prove(vault, key_ids)
+    erase_every_version("overlay", name, erase_overlay, yes, passphrase_file)
 
 
 @erase.command("logs")

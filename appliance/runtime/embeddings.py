@@ -21,6 +21,7 @@ type constants and skips what it does not need (tens of milliseconds).
 import mmap
 import struct
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
@@ -36,6 +37,7 @@ _SCALAR: dict[int, str] = {  # keyed by the value types, which are ints in the f
     GGUFValueType.UINT32: "I", GGUFValueType.INT32: "i", GGUFValueType.FLOAT32: "f", GGUFValueType.BOOL: "?",
     GGUFValueType.UINT64: "Q", GGUFValueType.INT64: "q", GGUFValueType.FLOAT64: "d",
 }  # fmt: skip
+_INTEGER = {t for t, fmt in _SCALAR.items() if fmt in "BbHhIiQq"}
 
 
 class _Cursor:
@@ -67,20 +69,24 @@ class _Cursor:
             self.pos += struct.calcsize(_SCALAR[vtype])
 
 
-def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...], str]:
-    """(absolute data offset, quantisation type, dims) of tensor `name` in a GGUF v2/v3 file, and its architecture."""
+def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...], str, Optional[int]]:
+    """(absolute data offset, quantisation type, dims) of tensor `name` in a GGUF v2/v3 file, its architecture
+    and its block count (`<arch>.block_count`, llama.cpp's n_layer; None if the key is absent)."""
     c = _Cursor(buf)
     if bytes(buf[:4]) != b"GGUF" or struct.unpack_from("<I", buf, 4)[0] not in (2, 3):
         raise ModelFailed("not a GGUF v2/v3 file")
     c.pos = 8
     n_tensors, n_kv = c.read("Q"), c.read("Q")
     alignment, architecture = 32, ""
+    block_counts: dict[bytes, int] = {}  # the architecture may come after its keys
     for _ in range(n_kv):
         key, vtype = c.string(), c.read("I")
         if key == b"general.alignment":
             alignment = c.read("I")
         elif key == b"general.architecture" and vtype == GGUFValueType.STRING:
             architecture = c.string().decode("utf-8", errors="replace")
+        elif key.endswith(b".block_count") and vtype in _INTEGER:
+            block_counts[key] = c.read(_SCALAR[vtype])
         else:
             c.skip_value(vtype)
     found = None
@@ -93,7 +99,7 @@ def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...],
     if found is None:
         raise ModelFailed(f"no {name} tensor")
     data_start = -(-c.pos // alignment) * alignment
-    return data_start + found[0], found[1], found[2], architecture
+    return data_start + found[0], found[1], found[2], architecture, block_counts.get(f"{architecture}.block_count".encode())
 
 
 def architecture_of(gguf_path: Path) -> str:
@@ -105,12 +111,26 @@ def architecture_of(gguf_path: Path) -> str:
         table.close()
 
 
+def base_shape(gguf_path: Path) -> tuple[int, int]:
+    """(n_embd, n_layer) of a base model as llama.cpp reads them, from its GGUF header alone (nothing is
+    loaded): the hidden size from the token-embedding table's shape, the blocks from `<arch>.block_count`."""
+    table = EmbeddingTable(gguf_path)
+    try:
+        if table.n_layer is None:
+            raise ModelFailed(f"{gguf_path}: no {table.architecture}.block_count in the GGUF metadata")
+        return table.n_embd, table.n_layer
+    finally:
+        table.close()
+
+
 class EmbeddingTable:
     def __init__(self, gguf_path: Path):
         with open(gguf_path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            offset, self._qtype, (self.n_embd, self.n_vocab), self.architecture = _locate(self._map, TOKEN_EMBEDDING)
+            offset, self._qtype, (self.n_embd, self.n_vocab), self.architecture, self.n_layer = _locate(
+                self._map, TOKEN_EMBEDDING
+            )
         except (ModelFailed, struct.error, ValueError) as e:
             self._map.close()
             raise ModelFailed(f"{gguf_path}: cannot find the token embeddings ({e})") from None

@@ -228,3 +228,18 @@ def test_cli_exports_imports_and_refuses_a_bad_gguf_with_exit_3(files, tmp_path,
     r = appliance("overlay", "control-export", "--control", str(tmp_path / "cv"), "--out", str(tmp_path / "x.gguf"))
     error_line(r, 3, "binding-mismatch")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_the_base_shape_read_from_the_header_is_what_llama_cpp_reads(model, gemma_gguf):
+    """control-import takes a base's (n_embd, n_layer) from its GGUF header without loading it: the same
+    numbers llama.cpp has once it has loaded the model, for both real bases."""
+    from appliance.runtime.embeddings import base_shape
+    from appliance.runtime.llama import LlamaEngine
+
+    for path in (model.path, gemma_gguf):
+        engine = LlamaEngine(path, n_ctx=64, n_threads=1)
+        try:
+            assert base_shape(path) == (engine.n_embd, engine.n_layer)
+        finally:
+            engine.close()
+    assert base_shape(model.path) == (D, N_LAYER)

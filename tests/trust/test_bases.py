@@ -5,6 +5,7 @@ works on its own copy of that state dir. Refusals use small or embedded-model-si
 """
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -404,3 +405,25 @@ def test_each_base_remembers_its_overlay(ghome, keys, tmp_path):
     assert f"gcare  overlay  active v1  installed v1  inactive: bound to base {GEMMA_SHA[:16]}" in ok("update", "list")
     ok("base", "use", GEMMA)
     assert "overlay: gcare v1 (active overlay)" in ok("status")
+
+
+def test_control_import_reads_the_active_bases_shape_from_its_header(ghome, tmp_path):
+    """`overlay control-import` binds to the active base (Gemma here, decrypted into a memfd, never loaded):
+    a vector of Gemma's shape (640 wide, blocks 1..17) is admitted for Gemma's SHA-256; one of SmolLM2's
+    shape (576 wide) is refused (exit 3) and writes nothing."""
+    from appliance.overlay.control import ControlVector
+    from appliance.overlay.control_gguf import export_gguf
+
+    ok("base", "use", GEMMA)
+    rng = np.random.default_rng(7)
+    gemma_cv = ControlVector({n: rng.standard_normal(640).astype(np.float32) for n in (3, 17)}, 1.0, GEMMA_SHA)
+    export_gguf(gemma_cv, tmp_path / "gemma.gguf", model_hint="gemma3")
+    ok("overlay", "control-import", "--gguf", str(tmp_path / "gemma.gguf"), "--out", str(tmp_path / "cv"))
+    meta = json.loads((tmp_path / "cv" / "control.json").read_text())
+    assert (meta["base_model_sha256"], meta["hidden_size"], meta["layers"]) == (GEMMA_SHA, 640, [3, 17])
+
+    smol_cv = ControlVector({3: np.ones(576, dtype=np.float32)}, 1.0, embedded_pin().sha256)
+    export_gguf(smol_cv, tmp_path / "smol.gguf", model_hint="llama")
+    r = appliance("overlay", "control-import", "--gguf", str(tmp_path / "smol.gguf"), "--out", str(tmp_path / "never"))
+    error_line(r, 3, "binding-mismatch")
+    assert not (tmp_path / "never").exists()
