@@ -18,7 +18,7 @@ from ..printable import printable
 from .chat import ChatScreen
 from .core import ChatCore
 from .help import HelpScreen
-from .keys import APP_KEYS, bindings
+from .keys import APP_KEYS, Key, bindings
 from .unlock import UnlockScreen
 
 KILL_POLL_SECONDS = 0.02
@@ -38,12 +38,12 @@ class ApplianceApp(App):
         self._killing = False
 
     def on_mount(self) -> None:
-        self.push_screen(UnlockScreen(self.core, passphrase=self._passphrase))
+        self.push_screen(UnlockScreen(self.core, self.unlocked, passphrase=self._passphrase))
         self._passphrase = None
         self.set_interval(KILL_POLL_SECONDS, self._poll_kill)
 
     def unlocked(self) -> None:
-        self.chat = ChatScreen(self.core)
+        self.chat = ChatScreen(self.core, self.export_dir)
         self.switch_screen(self.chat)
 
     async def _poll_kill(self) -> None:
@@ -59,7 +59,8 @@ class ApplianceApp(App):
             "Killed: reply stopped, overlay off and zeroed, keys zeroed, `kill` journalled. Type the passphrase to come back."
         )
         try:
-            await self.chat.halt()
+            if self.chat is not None:  # always, once unlocked; the reply it may be writing stops first
+                await self.chat.halt()
             self.core.kill()  # locks even when it raises
         except ApplianceError as e:
             message = f"Killed and locked, but: {e}"
@@ -71,7 +72,7 @@ class ApplianceApp(App):
         while len(self.screen_stack) > 2:  # modals, help, sessions above the chat
             await self.pop_screen()
         self.chat = None
-        await self.switch_screen(UnlockScreen(self.core, message=message))
+        await self.switch_screen(UnlockScreen(self.core, self.unlocked, message=message))
 
     def notify(self, message: str, *, markup: bool = False, **kwargs) -> None:
         """Every notification (screens and widgets call this one) is escaped plain text: error messages
@@ -91,7 +92,7 @@ class ApplianceApp(App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The palette lists exactly the key table's commands for this screen, each with its key."""
-        keyed = [(self, k) for k in APP_KEYS if not k.builtin]
+        keyed: list[tuple[App | Screen, Key]] = [(self, k) for k in APP_KEYS if not k.builtin]
         keyed += [(screen, k) for k in getattr(screen, "KEYS", ()) if not k.builtin]
         for target, k in keyed:
             yield SystemCommand(f"{k.title} [{k.key}]", k.help, partial(target.run_action, k.action))

@@ -5,6 +5,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import nullcontext
 from functools import partial
+from pathlib import Path
 from typing import Optional
 
 from textual import on, work
@@ -21,6 +22,7 @@ from ..errors import ApplianceError
 from ..printable import printable
 from .code_blocks import code_blocks
 from .core import ChatCore, Outcome
+from .divergence import Divergence
 from .external_editor import EditorFailed, editor_command, read_back, run_editor, scratch_file
 from .keys import CHAT_KEYS, bindings
 from .modals import EraseScreen, PresetScreen, SystemPromptScreen
@@ -32,9 +34,9 @@ class ChatScreen(Screen):
     KEYS = CHAT_KEYS
     BINDINGS = bindings(CHAT_KEYS)
 
-    def __init__(self, core: ChatCore):
+    def __init__(self, core: ChatCore, export_dir: Path):
         super().__init__()
-        self.core = core
+        self.core, self.export_dir = core, export_dir  # export_dir: where F4's exports go
         self.stop_event: Optional[threading.Event] = None
         self.worker: Optional[Worker] = None
         self.editing = False  # the next send replaces the last exchange (edit and resend)
@@ -71,7 +73,7 @@ class ChatScreen(Screen):
             demo = " [DEMO KEYS]" if p.demo_signers else ""  # never let a demo pass for production trust
             status.overlay = f"{p.name} v{p.version} signers {' '.join(s[:8] for s in p.signers)}{demo}"
             status.overlay_on = snapshot.overlay_on
-        status.session = snapshot.session_id
+        status.session = snapshot.session_id or ""
         status.audit = self.core.audit.enabled
 
     @property
@@ -107,7 +109,8 @@ class ChatScreen(Screen):
         messages = self.query_one("#messages", VerticalScroll)
         await messages.remove_children()
         views = []
-        for turn in self.core.session.history:
+        history = self.core.session.history if self.core.session is not None else []
+        for turn in history:
             role = turn["role"]
             views.append(await self.add_message(role, turn["content"], header="" if role == "user" else "assistant  (resumed)"))
         self._last = (views[-2], views[-1]) if len(views) >= 2 else None
@@ -139,12 +142,13 @@ class ChatScreen(Screen):
             if len(pending) == 1:  # else a draw is already due and takes this piece too
                 self.post_message(self.TextPending(stream, pending))
 
+        outcome: Optional[Outcome]
         try:
-            outcome = ask(on_text, stop)
+            outcome, error = ask(on_text, stop), ""
         except ApplianceError as e:  # context full, journal write refused, ...: shown, never a crash
-            self.app.call_from_thread(self._finished, user, view, stream, pending, None, str(e))
-            return
-        self.app.call_from_thread(self._finished, user, view, stream, pending, outcome, "")
+            outcome, error = None, str(e)
+        # Textual types the callback as `T | Awaitable[T]`, which mypy cannot solve for a coroutine function.
+        self.app.call_from_thread(self._finished, user, view, stream, pending, outcome, error)  # type: ignore[arg-type]
 
     @on(TextPending)
     async def _draw_pending(self, event: TextPending) -> None:
@@ -171,7 +175,8 @@ class ChatScreen(Screen):
             self.notify(error, severity="error", timeout=10)
             return
         self._last, self._code_copied = (user, view), 0
-        reply, div = outcome.reply, outcome.divergence
+        # The meter's measure (None: it was off); the service types it loosely, as the meter is the UI's.
+        reply, div = outcome.reply, outcome.divergence if isinstance(outcome.divergence, Divergence) else None
         facts = [
             f"overlay {'ON' if reply.overlay_on else 'OFF'}" if self.core.status().overlay else "overlay none",
             f"{len(reply.tokens)} tok",
@@ -199,7 +204,8 @@ class ChatScreen(Screen):
         if self.worker is None:
             return
         worker = self.worker
-        self.stop_event.set()
+        if self.stop_event is not None:  # set with the worker, cleared with it
+            self.stop_event.set()
         try:
             await worker.wait()
         except (WorkerCancelled, WorkerFailed):
@@ -247,9 +253,10 @@ class ChatScreen(Screen):
         self.refresh_status()
 
     async def action_regenerate(self) -> None:
-        if not self._ready_to_take_back("regenerate"):
+        last = self._exchange_to_take_back("regenerate")
+        if last is None:
             return
-        user, old = self._last
+        user, old = last
         self.editing = False  # an edit under way would take back the new exchange instead
         await old.remove()
         await self._ask(self.core.regenerate, user)
@@ -261,7 +268,7 @@ class ChatScreen(Screen):
             prompt.clear()
             self.notify("edit cancelled: the last exchange stays")
             return
-        if not self._ready_to_take_back("edit"):
+        if self._exchange_to_take_back("edit") is None:
             return
         self.editing = True
         prompt.text = self.core.last_prompt()
@@ -269,14 +276,15 @@ class ChatScreen(Screen):
         prompt.focus()
         self.notify("editing the last prompt: enter sends it in place of the last exchange (which stays in the journal)")
 
-    def _ready_to_take_back(self, what: str) -> bool:
+    def _exchange_to_take_back(self, what: str) -> Optional[tuple[ChatMessage, ChatMessage]]:
+        """The views of the last exchange, if it can be taken back now; else None, and the reason shown."""
         if self.busy:
             self.notify(f"a reply is being written: escape stops it, then {what}", severity="warning")
-            return False
+            return None
         if self._last is None or not self.core.can_take_back():
             self.notify(f"no reply to {what} yet", severity="warning")
-            return False
-        return True
+            return None
+        return self._last
 
     def action_copy_reply(self) -> None:
         """OSC 52: the terminal puts the text on the clipboard (no clipboard daemon on an isolated machine).
@@ -322,7 +330,7 @@ class ChatScreen(Screen):
         prompt.focus()
 
     def action_sessions(self) -> None:
-        self.app.push_screen(SessionsScreen(self.core, self.app.export_dir))
+        self.app.push_screen(SessionsScreen(self.core, self.export_dir, self.resume_session))
 
     async def resume_session(self, session_id: str) -> None:
         """F4's resume: the past session's history on screen, the chat continuing it in a new journal session."""
@@ -343,6 +351,8 @@ class ChatScreen(Screen):
 
     def action_system_prompt(self) -> None:
         session = self.core.session
+        if session is None:  # locked: the chat is not on screen then
+            return
         if session.preset is not None:
             current, selected = f"preset {session.preset}", f"preset:{session.preset}"
         elif session.system_prompt is not None:
@@ -360,7 +370,7 @@ class ChatScreen(Screen):
                 return
             kind, name = choice
             if kind == "write":
-                self.app.push_screen(SystemPromptScreen(self.core.session.system_prompt or ""), written)
+                self.app.push_screen(SystemPromptScreen(session.system_prompt or ""), written)
             elif kind == "default":
                 self.core.set_system_prompt(None)
                 self.notify("system prompt: the model's default")
@@ -386,7 +396,7 @@ class ChatScreen(Screen):
             return
         name = overlay.name
 
-        async def erase(confirmed: bool) -> None:
+        async def erase(confirmed: Optional[bool]) -> None:
             if confirmed:
                 await self.halt()
                 self._erased(self.core.erase_overlay)
@@ -394,7 +404,7 @@ class ChatScreen(Screen):
         self.app.push_screen(EraseScreen(name, f"overlay {name} (every installed version)"), erase)
 
     def action_erase_journal(self) -> None:
-        async def erase(confirmed: bool) -> None:
+        async def erase(confirmed: Optional[bool]) -> None:
             if confirmed:
                 await self.halt()
                 self._erased(self.core.erase_journal)

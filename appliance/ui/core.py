@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ApplianceError, NoOverlay, NotFound
+from ..errors import ApplianceError, Locked, NoOverlay, NotFound
 from ..fsutil import atomic_write
 from ..journal import Report, read_session, sessions, verify_session
 from ..journal.search import Match, Skipped, search
@@ -67,14 +67,26 @@ class ChatCore:
     def unlocked(self) -> bool:
         return self.app is not None
 
+    def _appliance(self) -> UnlockedAppliance:
+        """The open appliance; `Locked` (exit 4) if a screen asks a locked core (the screens lock first)."""
+        if self.app is None:
+            raise Locked("the appliance is locked: unlock it first")
+        return self.app
+
+    def _session(self) -> Session:
+        """The session replies go to; `Locked` while there is none (it exists from unlock to lock)."""
+        if self.session is None:
+            raise Locked("the appliance is locked: no chat session")
+        return self.session
+
     def vault_state(self) -> str:
         return Vault.state(self.home)
 
-    def create_vault(self, passphrase: bytes) -> None:
+    def create_vault(self, passphrase: bytes | bytearray) -> None:
         """First run (or after `erase all`): a new vault, opened as it is made (one key derivation)."""
         self._start(Vault.create(self.home, passphrase))
 
-    def unlock(self, passphrase: bytes) -> None:
+    def unlock(self, passphrase: bytes | bytearray) -> None:
         """Open the vault (exit-4 errors propagate unchanged), arm the kill-switch, start a session."""
         self._start(Vault.unlock(self.home, passphrase))
 
@@ -90,7 +102,7 @@ class ChatCore:
 
     def _load_overlay(self) -> None:
         try:
-            self.app.load_overlay(self._overlay_loader)
+            self._appliance().load_overlay(self._overlay_loader)
             self.overlay_problem = ""
         except NoOverlay:
             self.overlay_problem = ""
@@ -110,32 +122,35 @@ class ChatCore:
 
     def new_session(self) -> None:
         """A fresh journal session and an empty history; the overlay keeps its switch position."""
-        on = self.session.overlay_on if self.session else self.app.active is not None
-        self.app.new_journal()
+        app = self._appliance()
+        on = self.session.overlay_on if self.session else app.active is not None
+        app.new_journal()
         self.runtime.decoder.reset()
-        self.session = self.app.session(self.runtime, settings=self.settings, system_prompt=self.system_prompt,
-                                        overlay_on=on and self.app.active is not None)  # fmt: skip
+        self.session = app.session(self.runtime, settings=self.settings, system_prompt=self.system_prompt,
+                                   overlay_on=on and app.active is not None)  # fmt: skip
 
     def resume(self, session_id: str) -> Resumed:
         """Continue a past session (read and verified first: a failure changes nothing here)."""
-        resumed = self.app.resume(self.runtime, session_id, settings=self.settings)
+        app = self._appliance()
+        resumed = app.resume(self.runtime, session_id, settings=self.settings)
         self.runtime.decoder.reset()
         self.session = resumed.session
-        self.app.open_journal()
+        app.open_journal()
         return resumed
 
     def set_system_prompt(self, text: Optional[str], preset: Optional[str] = None) -> None:
         """This session's only (a new session starts from `--system` again); the next reply is conditioned on it.
 
         `preset`: the name of the preset `text` came from; journalled with each reply it conditions."""
-        self.session.system_prompt, self.session.preset = text, preset
+        session = self._session()
+        session.system_prompt, session.preset = text, preset
 
     def presets(self) -> list[Preset]:
         """Every prompt preset, decrypted (the F6 picker)."""
-        return every(self.app.vault)
+        return every(self._appliance().vault)
 
     def use_preset(self, name: str) -> Preset:
-        preset = read_preset(self.app.vault, name)
+        preset = read_preset(self._appliance().vault, name)
         self.set_system_prompt(preset.text, preset.name)
         return preset
 
@@ -149,7 +164,7 @@ class ChatCore:
         return self.session.first_turn // 2 if self.session else 0
 
     def status(self) -> Snapshot:
-        return self.app.snapshot(self.session, self.overlay_problem)
+        return self._appliance().snapshot(self.session, self.overlay_problem)
 
     def lock(self) -> None:
         """Back to the locked state: overlay dropped and zeroed, journal and vault keys zeroed, KV cache cleared."""
@@ -163,7 +178,7 @@ class ChatCore:
     def kill(self) -> None:
         """The kill key, or `appliance kill` from elsewhere. The caller has stopped the reply first."""
         try:
-            self.app.kill()
+            self._appliance().kill()
         finally:
             self.lock()
 
@@ -179,7 +194,7 @@ class ChatCore:
 
     def toggle(self) -> bool:
         """O(1) flip (the next reply re-prefills in the new state); journalled with its moment."""
-        return self.app.toggle(self.session)
+        return self._appliance().toggle(self._session())
 
     def set_audit(self, on: bool) -> None:
         self.audit.enabled = on
@@ -194,7 +209,10 @@ class ChatCore:
     # -- a reply (on a worker thread) ----------------------------------------------------------
 
     def reply(self, text: str, on_text: Callable[[str], None], stop) -> Outcome:
-        outcome = self.app.reply(self.session, text, max_tokens=self.max_tokens, on_text=on_text, cancel=stop, meter=self.audit)
+        session = self._session()
+        outcome = self._appliance().reply(
+            session, text, max_tokens=self.max_tokens, on_text=on_text, cancel=stop, meter=self.audit
+        )
         reply = outcome.reply
         if reply.overlay_on and reply.tokens:
             self.overlay_speed[outcome.divergence is not None] = reply.tokens_per_second
@@ -202,66 +220,71 @@ class ChatCore:
 
     def can_take_back(self) -> bool:
         """Whether there is a last exchange to regenerate or edit: the history ends with a reply the model still sees."""
-        history = self.session.history if self.session else []
+        if self.session is None:
+            return False
+        history = self.session.history
         return len(history) - self.session.first_turn >= 2 and history[-1]["role"] == "assistant"
 
     def last_prompt(self) -> str:
-        return self.session.history[-2]["content"] if self.can_take_back() else ""
+        return self._session().history[-2]["content"] if self.can_take_back() else ""
 
     def last_reply(self) -> str:
-        return self.session.history[-1]["content"] if self.can_take_back() else ""
+        return self._session().history[-1]["content"] if self.can_take_back() else ""
 
     def regenerate(self, on_text: Callable[[str], None], stop) -> Outcome:
         """The last prompt answered again with a new seed. The replaced reply leaves the model's history
         and is kept in a `regenerate` record; the prompt and the new reply follow as message records."""
         prompt, replaced = self._take_back()
-        self.app.record("regenerate", replaced=replaced, prompt=prompt, after_messages=len(self.session.history))
-        settings = self.session.settings
-        self.session.settings = replace(settings, seed=secrets.randbelow(2**31))
+        session = self._session()
+        self._appliance().record("regenerate", replaced=replaced, prompt=prompt, after_messages=len(session.history))
+        settings = session.settings
+        session.settings = replace(settings, seed=secrets.randbelow(2**31))
         try:
             return self.reply(prompt, on_text, stop)
         finally:
-            self.session.settings = settings
+            session.settings = settings
 
     def edit(self, text: str, on_text: Callable[[str], None], stop) -> Outcome:
         """`text` sent in place of the last prompt: that exchange leaves the model's history (an `edit`
         record keeps both its texts; its message records stay in the journal), then `text` is answered."""
         prompt, replaced_reply = self._take_back()
-        self.app.record("edit", replaced=prompt, replaced_reply=replaced_reply, after_messages=len(self.session.history))
+        self._appliance().record(
+            "edit", replaced=prompt, replaced_reply=replaced_reply, after_messages=len(self._session().history)
+        )
         return self.reply(text, on_text, stop)
 
     def _take_back(self) -> tuple[str, str]:
         if not self.can_take_back():
             raise NotFound("no reply yet in this session to take back")
-        return self.session.drop_last_exchange()
+        return self._session().drop_last_exchange()
 
     # -- erase -----------------------------------------------------------------------------------
 
     def erase_overlay(self) -> list[str]:
         """Crypto-erase every installed version of the loaded overlay; it is switched off and zeroed first."""
         self._switch_off()
-        return self.app.erase_overlay()
+        return self._appliance().erase_overlay()
 
     def erase_journal(self) -> list[str]:
         """Every journal session, this one included; a fresh session then takes its place."""
-        erased = self.app.erase_journal()
+        erased = self._appliance().erase_journal()
         self.new_session()
         return erased
 
     # -- past sessions ---------------------------------------------------------------------------
 
     def sessions(self) -> list[str]:
-        return sessions(self.app.vault)
+        return sessions(self._appliance().vault)
 
     def verify_session(self, session_id: str) -> Report:
-        return verify_session(self.app.vault, session_id)
+        return verify_session(self._appliance().vault, session_id)
 
     def read_session(self, session_id: str) -> list[dict]:
-        return read_session(self.app.vault, session_id)
+        return read_session(self._appliance().vault, session_id)
 
     def search(self, text: str, session_ids: Optional[list[str]] = None) -> Iterator[Match | Skipped]:
         """Matches of `text` in every session (or those named), streamed as each is decrypted (in memory only)."""
-        return search(self.app.vault, text, session_ids)
+        return search(self._appliance().vault, text, session_ids)
 
     def export(self, session_id: str, directory: Path) -> Path:
         out = directory / f"{session_id}.md"

@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..overlay.control import ControlVector
 from ..overlay.params import OverlayParams
 from ..runtime.decoder import Decoder
 from ..runtime.llama import LlamaEngine
@@ -64,8 +65,8 @@ class AuditDecoder(Decoder):
         runtime.decoder = cls(runtime)
         return runtime.decoder
 
-    def prefill(self, tokens: list[int], overlay: Optional[OverlayParams]) -> np.ndarray:
-        logits = super().prefill(tokens, overlay)
+    def prefill(self, tokens: list[int], overlay: Optional[OverlayParams], control: Optional[ControlVector] = None) -> np.ndarray:
+        logits = super().prefill(tokens, overlay, control)
         if not (self.enabled and overlay is not None):
             self.kl = None  # overlay off: the reply *is* the base's, there is nothing to measure
             return logits
@@ -77,7 +78,7 @@ class AuditDecoder(Decoder):
 
     def step(self, token: int) -> np.ndarray:
         logits = super().step(token)
-        if self.kl is not None:
+        if self.kl is not None and self.base is not None:  # prefill starts `kl` only after it has made `base`
             self.kl.append(kl_divergence(logits, self.base.step(token)))
         return logits
 

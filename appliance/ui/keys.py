@@ -7,7 +7,7 @@ is tab, ctrl+h is backspace) and that tmux does not take (its prefix is ctrl+b).
 
 from dataclasses import dataclass
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 
 @dataclass(frozen=True)
@@ -141,5 +141,5 @@ SESSIONS_KEYS = (
 SECTIONS = (("Everywhere", APP_KEYS), ("Chat", CHAT_KEYS), ("Sessions", SESSIONS_KEYS))
 
 
-def bindings(keys: tuple[Key, ...]) -> list[Binding]:
+def bindings(keys: tuple[Key, ...]) -> list[BindingType]:
     return [k.binding() for k in keys if not k.builtin]

@@ -5,6 +5,7 @@ as they are found (one row per matching record) and an empty search brings the l
 """
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from rich.text import Text
@@ -39,9 +40,10 @@ class SessionsScreen(Screen):
     KEYS = SESSIONS_KEYS
     BINDINGS = bindings(SESSIONS_KEYS)
 
-    def __init__(self, core: ChatCore, export_dir: Path):
+    def __init__(self, core: ChatCore, export_dir: Path, resume: Callable[[str], Awaitable[None]]):
         super().__init__()
         self.core, self.export_dir = core, export_dir
+        self._resume = resume  # the chat's: it continues the session, or says on its screen why not
         self._row_session: dict[str, str] = {}  # row key -> session id (a search shows one row per record)
 
     def compose(self) -> ComposeResult:
@@ -67,7 +69,7 @@ class SessionsScreen(Screen):
     def _fill(self) -> list[Report]:
         """(Re)read every session; returns the reports of the readable ones."""
         table = self._columns("session", "records", "state", "first message")
-        reports = []
+        reports: list[Report] = []
         try:
             ids = self.core.sessions()
         except ApplianceError as e:  # the key-slot table itself is unreadable
@@ -161,9 +163,8 @@ class SessionsScreen(Screen):
         if sid is None:
             self._say("no session to resume")
             return
-        chat = self.app.chat
         self.app.pop_screen()
-        await chat.resume_session(sid)
+        await self._resume(sid)
 
     def action_export(self) -> None:
         sid = self._selected()

@@ -4,6 +4,7 @@ Every refusal of the vault (wrong passphrase, damaged file, erased vault, a seco
 running) is shown as a message and the screen stays; nothing here can crash the UI.
 """
 
+from collections.abc import Callable
 from typing import Optional
 
 from textual.app import ComposeResult
@@ -18,9 +19,12 @@ from .widgets import PlainLabel
 
 
 class UnlockScreen(Screen):
-    def __init__(self, core: ChatCore, message: str = "", passphrase: Optional[bytearray] = None):
+    def __init__(
+        self, core: ChatCore, on_unlocked: Callable[[], None], message: str = "", passphrase: Optional[bytearray] = None
+    ):
         super().__init__()
         self.core, self.message = core, message
+        self._on_unlocked = on_unlocked  # the app's next screen, once the vault is open
         self._passphrase = passphrase  # from --passphrase-file: tried once on mount, then forgotten
         self.creating = core.vault_state() != "present"
 
@@ -65,7 +69,7 @@ class UnlockScreen(Screen):
         except ApplianceError as e:
             self._fail(str(e))
             return
-        self.app.unlocked()
+        self._on_unlocked()
 
     def _fail(self, text: str) -> None:
         self.query_one("#message", PlainLabel).update(text)

@@ -14,6 +14,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
 from textual.reactive import reactive
+from textual.visual import VisualType
 from textual.widget import Widget
 from textual.widgets import Label, Markdown, Static, TextArea
 
@@ -127,8 +128,9 @@ class PlainLabel(Label):
     def __init__(self, text: str = "", **kwargs):
         super().__init__(printable(text), markup=False, **kwargs)
 
-    def update(self, text: str = "", *, layout: bool = True) -> None:
-        super().update(printable(text), layout=layout)
+    def update(self, content: VisualType = "", *, layout: bool = True) -> None:
+        """Text is escaped; a visual made in code (never parsed as markup) is shown as it is."""
+        super().update(printable(content) if isinstance(content, str) else content, layout=layout)
 
 
 class ChatMessage(Vertical):
