@@ -1,9 +1,10 @@
-"""The chat screen: messages, the prompt, the status bar; replies are generated on a worker thread."""
+"""The chat screen: messages, the prompt, the status bar and the overlay's switch; replies are generated
+on a worker thread and streamed in. The modal flows (system prompt, erase) are chat_modals.py's, the
+hand-offs to the terminal (editor, clipboard) handoff.py's."""
 
 import threading
 from collections import deque
 from collections.abc import Callable
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -17,15 +18,13 @@ from textual.widgets import Footer, Markdown
 from textual.widgets.markdown import MarkdownStream
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
-from ..erase import ERASE_JOURNAL_PHRASE
 from ..errors import ApplianceError
 from ..printable import printable
-from .code_blocks import code_blocks
+from .chat_modals import confirm_erase_journal, confirm_erase_overlay, pick_system_prompt
 from .core import ChatCore, Outcome
 from .divergence import Divergence
-from .external_editor import EditorFailed, editor_command, read_back, run_editor, scratch_file
+from .handoff import copy_code, copy_reply, edit_prompt_in_editor
 from .keys import CHAT_KEYS, bindings
-from .modals import EraseScreen, PresetScreen, SystemPromptScreen
 from .sessions import SessionsScreen
 from .widgets import ChatMessage, PromptInput, StatusBar
 
@@ -40,8 +39,8 @@ class ChatScreen(Screen):
         self.stop_event: Optional[threading.Event] = None
         self.worker: Optional[Worker] = None
         self.editing = False  # the next send replaces the last exchange (edit and resend)
-        self._last: Optional[tuple[ChatMessage, ChatMessage]] = None  # the views of the last whole exchange
-        self._code_copied = 0  # code blocks of the last reply copied so far (ctrl+g walks back through them)
+        self.last_exchange: Optional[tuple[ChatMessage, ChatMessage]] = None  # the views of the last whole exchange
+        self.code_blocks_copied = 0  # code blocks of the last reply copied so far (ctrl+g walks back through them)
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -98,8 +97,8 @@ class ChatScreen(Screen):
         if self.editing:
             self.editing = False
             ask = partial(self.core.edit, event.text)
-            if self._last is not None:
-                for old in self._last:
+            if self.last_exchange is not None:
+                for old in self.last_exchange:
                     await old.remove()
         user = await self.add_message("user", event.text)
         await self._ask(ask, user)
@@ -113,12 +112,12 @@ class ChatScreen(Screen):
         for turn in history:
             role = turn["role"]
             views.append(await self.add_message(role, turn["content"], header="" if role == "user" else "assistant  (resumed)"))
-        self._last = (views[-2], views[-1]) if len(views) >= 2 else None
-        self._code_copied = 0
+        self.last_exchange = (views[-2], views[-1]) if len(views) >= 2 else None
+        self.code_blocks_copied = 0
 
     async def _ask(self, ask: Callable[[Callable[[str], None], threading.Event], Outcome], user: ChatMessage) -> None:
         """A new reply view under `user`, written by `ask(on_text, stop)` on the worker thread."""
-        self._last = None
+        self.last_exchange = None
         snapshot = self.core.status()
         state = "ON" if snapshot.overlay_on else "OFF" if snapshot.overlay else "none"
         view = await self.add_message("assistant", header=f"assistant  overlay {state}")
@@ -174,7 +173,7 @@ class ChatScreen(Screen):
             view.header.update(f"assistant  error: {error}")
             self.notify(error, severity="error", timeout=10)
             return
-        self._last, self._code_copied = (user, view), 0
+        self.last_exchange, self.code_blocks_copied = (user, view), 0
         # The meter's measure (None: it was off); the service types it loosely, as the meter is the UI's.
         reply, div = outcome.reply, outcome.divergence if isinstance(outcome.divergence, Divergence) else None
         facts = [
@@ -247,7 +246,7 @@ class ChatScreen(Screen):
             self.notify(str(e), severity="error")
             return
         await self.query_one("#messages", VerticalScroll).remove_children()
-        self._last, self.editing, self._code_copied = None, False, 0
+        self.last_exchange, self.editing, self.code_blocks_copied = None, False, 0
         self.query_one(StatusBar).divergence = None
         self.refresh_context(None)
         self.refresh_status()
@@ -281,53 +280,19 @@ class ChatScreen(Screen):
         if self.busy:
             self.notify(f"a reply is being written: escape stops it, then {what}", severity="warning")
             return None
-        if self._last is None or not self.core.can_take_back():
+        if self.last_exchange is None or not self.core.can_take_back():
             self.notify(f"no reply to {what} yet", severity="warning")
             return None
-        return self._last
+        return self.last_exchange
 
     def action_copy_reply(self) -> None:
-        """OSC 52: the terminal puts the text on the clipboard (no clipboard daemon on an isolated machine).
-        The text is the reply as shown, escaped: raw control characters pasted into a shell could run
-        commands (a bracketed-paste end sequence in a reply would end the paste early)."""
-        text = self.core.last_reply() if self._last is not None else ""
-        if not text:
-            self.notify("no reply to copy yet", severity="warning")
-            return
-        self.app.copy_to_clipboard(printable(text))
-        self.notify(f"copied the last reply ({len(text)} characters) by OSC 52, if the terminal allows it")
+        copy_reply(self)
 
     def action_copy_code(self) -> None:
-        """One code block by OSC 52, escaped as shown: the last block first, then each press the one before."""
-        blocks = code_blocks(self.core.last_reply()) if self._last is not None else []
-        if not blocks:
-            self.notify("the last reply has no code block", severity="warning")
-            return
-        n = len(blocks) - 1 - self._code_copied % len(blocks)
-        self._code_copied += 1
-        self.app.copy_to_clipboard(printable(blocks[n]))
-        self.notify(f"copied code block {n + 1} of {len(blocks)} by OSC 52, if the terminal allows it")
+        copy_code(self)
 
     def action_external_editor(self) -> None:
-        """The prompt in $EDITOR (the scratch file's rules: external_editor.py). The screen is handed to the
-        editor until it exits (Textual draws nothing meanwhile); a kill from another terminal ends it."""
-        if self.busy:  # the reply would stream into a screen the editor has taken
-            self.notify("a reply is being written: escape stops it, then edit", severity="warning")
-            return
-        prompt = self.query_one(PromptInput)
-        try:
-            command = editor_command()
-            with scratch_file(self.core.home, prompt.text) as path:
-                # Headless (no terminal to hand over, as under test) the editor runs without suspending the screen.
-                with nullcontext() if self.app.is_headless else self.app.suspend():
-                    run_editor(command, path, killed=self.core.kill_requested)
-                text = read_back(path)
-        except EditorFailed as e:
-            self.notify(str(e), severity="error")
-            return
-        prompt.text = text
-        prompt.move_cursor(prompt.document.end)
-        prompt.focus()
+        edit_prompt_in_editor(self)
 
     def action_sessions(self) -> None:
         self.app.push_screen(SessionsScreen(self.core, self.export_dir, self.resume_session))
@@ -350,72 +315,10 @@ class ChatScreen(Screen):
             self.notify(notice, severity="warning", timeout=15)
 
     def action_system_prompt(self) -> None:
-        session = self.core.session
-        if session is None:  # locked: the chat is not on screen then
-            return
-        if session.preset is not None:
-            current, selected = f"preset {session.preset}", f"preset:{session.preset}"
-        elif session.system_prompt is not None:
-            current, selected = "written for this session", "write"
-        else:
-            current, selected = "the model's default", "default"
-        try:
-            presets = self.core.presets()
-        except ApplianceError as e:
-            self.notify(f"presets unreadable: {e}", severity="error")
-            presets = []
-
-        def picked(choice: Optional[tuple[str, Optional[str]]]) -> None:
-            if choice is None:
-                return
-            kind, name = choice
-            if kind == "write":
-                self.app.push_screen(SystemPromptScreen(session.system_prompt or ""), written)
-            elif kind == "default":
-                self.core.set_system_prompt(None)
-                self.notify("system prompt: the model's default")
-            elif name is not None:
-                try:
-                    self.core.use_preset(name)
-                except ApplianceError as e:
-                    self.notify(str(e), severity="error")
-                    return
-                self.notify(f"system prompt: preset {name}, from the next reply")
-
-        def written(text: Optional[str]) -> None:
-            if text is not None:
-                self.core.set_system_prompt(text.strip() or None)
-                self.notify("system prompt set for this session" if text.strip() else "system prompt: the model's default")
-
-        self.app.push_screen(PresetScreen(presets, current, selected), picked)
+        pick_system_prompt(self)
 
     def action_erase_overlay(self) -> None:
-        overlay = self.core.status().overlay
-        if overlay is None:
-            self.notify("no overlay is loaded", severity="warning")
-            return
-        name = overlay.name
-
-        async def erase(confirmed: Optional[bool]) -> None:
-            if confirmed:
-                await self.halt()
-                self._erased(self.core.erase_overlay)
-
-        self.app.push_screen(EraseScreen(name, f"overlay {name} (every installed version)"), erase)
+        confirm_erase_overlay(self)
 
     def action_erase_journal(self) -> None:
-        async def erase(confirmed: Optional[bool]) -> None:
-            if confirmed:
-                await self.halt()
-                self._erased(self.core.erase_journal)
-
-        self.app.push_screen(EraseScreen(ERASE_JOURNAL_PHRASE, "every journal session, this one included"), erase)
-
-    def _erased(self, erase) -> None:
-        try:
-            key_ids = erase()
-        except ApplianceError as e:
-            self.notify(str(e), severity="error", timeout=10)
-        else:
-            self.notify(f"crypto-erased: {', '.join(key_ids)}", timeout=10)
-        self.refresh_status()
+        confirm_erase_journal(self)
