@@ -8,7 +8,7 @@ from typing import Optional
 import click
 
 from .. import paths, state
-from ..erase import ERASE_JOURNAL_PHRASE, erase_everything, erase_installed, erase_journal, erase_overlay
+from ..erase import ERASE_JOURNAL_PHRASE, erase_control, erase_everything, erase_installed, erase_journal, erase_overlay
 from ..errors import Erased, EraseNotProven, NotConfirmed, NotFound, Refused
 from ..fsutil import atomic_write
 from ..journal import JournalBroken, Report, check, read, sessions
@@ -130,7 +130,7 @@ def logs_export(session_id: str, fmt: str, out: Path, passphrase_file: Optional[
 
 @click.group()
 def erase() -> None:
-    """Crypto-erase an overlay, the journal, or everything (typed confirmation or --yes)."""
+    """Crypto-erase an overlay, a control vector, a base, the journal, or everything (typed confirmation or --yes)."""
 
 
 def _confirm(phrase: str, what: str, yes: bool) -> None:
@@ -165,6 +165,20 @@ def erase_overlay_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> 
         _confirm(name, f"overlay {name} (every installed version)", yes)
         t0 = time.perf_counter()
         items = erase_overlay(vault, name)
+        say(f"destroyed: data keys of {', '.join(items)} ({time.perf_counter() - t0:.3f} s)")
+        _prove(vault, items)
+
+
+@erase.command("control")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Skip the typed confirmation.")
+@passphrase_option
+def erase_control_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> None:
+    """Every installed version of control vector NAME."""
+    with unlock(passphrase_file) as vault:
+        _confirm(name, f"control vector {name} (every installed version)", yes)
+        t0 = time.perf_counter()
+        items = erase_control(vault, name)
         say(f"destroyed: data keys of {', '.join(items)} ({time.perf_counter() - t0:.3f} s)")
         _prove(vault, items)
 
@@ -225,7 +239,7 @@ def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Pa
 
 
 @click.command()
-@click.option("--wipe", is_flag=True, help="Also crypto-erase every overlay and every imported base.")
+@click.option("--wipe", is_flag=True, help="Also crypto-erase every overlay, control vector and imported base.")
 @passphrase_option
 def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
     """Stop the running appliance now: generation stops, keys are zeroed, a `kill` record is written.
@@ -238,7 +252,7 @@ def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
     if running_pid(home) is None and wipe:
         with unlock(passphrase_file) as vault:
             items = erase_installed(vault)
-        say(f"no running appliance; wiped overlays and bases: {', '.join(items) or 'none installed'}")
+        say(f"no running appliance; wiped overlays, control vectors and bases: {', '.join(items) or 'none installed'}")
         return
     pid = signal_running(home, wipe)
     deadline = time.monotonic() + KILL_WAIT_SECONDS

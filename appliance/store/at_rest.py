@@ -1,4 +1,4 @@
-"""Installed artifacts at rest: every version's encrypted under its own data key (overlays and base models alike).
+"""Installed artifacts at rest: every version's encrypted under its own data key (overlays, control vectors, base models).
 
 Rules:
 - A version's artifacts are encrypted (`vault.stream`, chunked AES-256-GCM) under one data
@@ -28,7 +28,8 @@ from .layout import STORE_DIR
 
 OVERLAY_ITEMS = "overlay/"  # the vault item ids of the overlays' data keys
 BASE_ITEMS = "base/"  # and of the imported base models'
-ITEM_PREFIXES = {"overlay": OVERLAY_ITEMS, "base-model": BASE_ITEMS}
+CONTROL_ITEMS = "control/"  # and of the control vectors'
+ITEM_PREFIXES = {"overlay": OVERLAY_ITEMS, "base-model": BASE_ITEMS, "control-vector": CONTROL_ITEMS}
 MEMFD_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 
 

@@ -1,0 +1,149 @@
+"""Bundles of kind `control-vector` through the whole trust chain, with the real CLI, real gpg keys and real AES-GCM:
+import, encryption at rest, list/status/verify, rollback, crypto-erase, the kill's wipe, and every refusal
+(exit code, one-line reason, state tree byte-identical), with the installed overlay and vector still working after it."""
+
+import numpy as np
+import pytest
+from bundles import BASE_SHA, control_dir, iso, make_bundle, make_control_bundle, utc
+from helpers import appliance, error_line, ok, tree_digest
+from test_refusals import assert_refused
+
+from appliance.store import ActiveBase, load_active_control, load_active_overlay
+from appliance.store.importer import import_bundle
+from appliance.store.layout import Store
+from appliance.trust.builtin import embedded_pin, verify_pinned
+from appliance.trust.bundle import create_bundle
+from appliance.trust.manifest import ManifestOverlayIncomplete
+
+
+@pytest.fixture(scope="module")
+def base():
+    return ActiveBase(verify_pinned(embedded_pin()), hidden_size=576, n_layer=30)
+
+
+@pytest.fixture
+def installed(home, keys, base, vault, tmp_path):
+    """An overlay `care` v1 and a control vector `terse` v1, both installed and active."""
+    import_bundle(make_bundle(keys, tmp_path / "care.bundle"), base, vault)
+    import_bundle(make_control_bundle(keys, tmp_path / "terse.bundle"), base, vault)
+    return home
+
+
+def assert_both_work(base, vault):
+    """Nothing lost: the overlay and the control vector still load, re-verified and bound to this base."""
+    assert load_active_overlay(base, vault).provenance.name == "care"
+    control = load_active_control(base, vault)
+    assert (control.provenance.name, control.provenance.kind) == ("terse", "control-vector")
+    assert control.vector.layers == [15] and control.vector.strength == 2.0
+    out = ok("verify")
+    assert "care v1 (active): ok" in out and "terse v1 (active): ok" in out
+
+
+def test_import_list_status_verify(home, keys, base, vault, tmp_path):
+    bundle = make_control_bundle(keys, tmp_path / "terse.bundle")
+    out = ok("update", "import", str(bundle))
+    assert "installed control-vector terse v1, signed by" in out
+    assert "terse  control-vector (active control vector)  active v1  installed v1" in ok("update", "list")
+    status = ok("status")
+    assert "control-vector: terse v1 (active control vector), manifest sha256" in status
+    assert "terse v1 (active): ok" in ok("verify")
+    # Encrypted at rest: the stored artifacts are not the plaintext, and its key is under the kind's prefix.
+    state = Store.unlocked(vault).read_state()
+    assert state.control == "terse" and state.overlay is None
+    sha = state.items["terse"].active
+    stored = (home / "store" / "objects" / sha / "artifacts" / "control.safetensors").read_bytes()
+    plain = (tmp_path / f"control-1-{BASE_SHA[:8]}-576-15" / "control.safetensors").read_bytes()
+    assert plain[200:264] not in stored and len(stored) > len(plain)
+    assert vault.items("control/") == ["control/terse/1"]
+    vector = load_active_control(base, vault).vector
+    assert np.isclose(np.linalg.norm(vector.directions[15]), 1.0)
+
+
+def test_a_new_overlay_keeps_the_active_control_vector_and_back(home, keys, base, vault, tmp_path):
+    import_bundle(make_control_bundle(keys, tmp_path / "terse.bundle"), base, vault)
+    import_bundle(make_bundle(keys, tmp_path / "care.bundle"), base, vault)
+    state = Store.unlocked(vault).read_state()
+    assert (state.overlay, state.control) == ("care", "terse")
+
+
+def test_rollback_erase_and_replay_after_erase(home, keys, base, vault, tmp_path):
+    ok("update", "import", str(make_control_bundle(keys, tmp_path / "v1.bundle")))
+    ok("update", "import", str(make_control_bundle(keys, tmp_path / "v2.bundle", version=2, seed=2)))
+    assert "terse: v2 -> v1" in ok("update", "rollback", "terse")
+    assert load_active_control(base, vault).provenance.version == 1
+    out = ok("erase", "control", "terse", "--yes")
+    assert "destroyed: data keys of control/terse/1, control/terse/2" in out
+    assert out.count("proof:     decryption of control/terse/") == 2
+    error_line(appliance("update", "rollback", "terse"), 6, "erased")
+    error_line(appliance("erase", "control", "terse", "--yes"), 6, "erased")
+    assert "terse  control-vector  erased  crypto-erased v1, v2" in ok("update", "list")
+    assert_refused(home, tmp_path / "v2.bundle", "version-not-newer", "replay")
+    ok("update", "import", str(make_control_bundle(keys, tmp_path / "v3.bundle", version=3)))
+    assert load_active_control(base, vault).provenance.version == 3
+
+
+def test_the_kill_wipe_erases_control_vectors(installed, vault):
+    out = ok("kill", "--wipe")
+    assert "control/terse/1" in out and "overlay/care/1" in out
+    assert vault.items("control/") == [] and vault.items("overlay/") == []
+    assert "terse  control-vector  erased  crypto-erased v1" in ok("update", "list")
+
+
+# -- refusals: exit 3, one line, the state tree byte-identical, and nothing lost -----------------
+
+
+@pytest.mark.parametrize(
+    "change, reason, words",
+    [
+        (dict(base="0" * 64, binds="0" * 64), "binding-mismatch", ("terse v2 is bound to base 0000000000000000", BASE_SHA[:16])),
+        (dict(base="0" * 64), "binding-mismatch", ("control vector is bound to base 0000", BASE_SHA)),
+        (dict(hidden=512), "binding-mismatch", ("hidden_size 512 != base hidden size 576",)),
+        (dict(layers=(15, 30)), "binding-mismatch", ("steers block 30", "blocks 1..29")),
+        (dict(bad="nan"), "control-vector-rejected", ("direction.15 holds NaN",)),
+        (dict(bad="short"), "control-vector-rejected", ("direction.15 has shape (575,), must be (576,)",)),
+        (dict(signers=("alice",)), "threshold-not-met", ("1 of 2",)),
+        (dict(created=utc(-10), expires=iso(-1)), "manifest-expired", ("terse v2",)),
+        (dict(version=1, seed=1), "version-not-newer", ("same version again (replay)",)),
+        (dict(version=1, seed=5), "version-not-newer", ("same version again (replay)",)),
+        (dict(name="care"), "kind-changed", ("care is installed as a overlay", "control-vector")),
+    ],
+    ids=["other-base", "file-other-base", "hidden-size", "block-count", "nan", "short", "one-signer", "expired",
+         "replay", "same-version-other-bytes", "kind"],
+)  # fmt: skip
+def test_refused_control_vector_leaves_everything_working(installed, keys, base, vault, tmp_path, change, reason, words):
+    args = {"version": 2, "seed": 3, **change}
+    bad = make_control_bundle(keys, tmp_path / "bad.bundle", **args)
+    assert_refused(installed, bad, reason, *words)
+    assert_both_work(base, vault)
+
+
+def test_rollback_below_an_installed_version_is_refused(installed, keys, base, vault, tmp_path):
+    import_bundle(make_control_bundle(keys, tmp_path / "v3.bundle", version=3, seed=3), base, vault)
+    ok("update", "rollback", "terse")  # back to v1: v3 stays the highest ever accepted
+    assert_refused(
+        installed, make_control_bundle(keys, tmp_path / "v2.bundle", version=2, seed=2), "version-not-newer", "rollback"
+    )
+    assert_both_work(base, vault)
+
+
+def test_a_manifest_without_the_two_files_is_refused(tmp_path):
+    with pytest.raises(ManifestOverlayIncomplete, match="a control-vector must list"):
+        create_bundle(tmp_path / "b.bundle", kind="control-vector", name="terse", version=2,
+                      artifacts=control_dir(tmp_path, 2)[:1], binds_base=BASE_SHA)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, code, reason",
+    [
+        (("erase", "control", "nothing", "--yes"), 5, "not-found"),
+        (("erase", "control", "terse"), 3, "not-confirmed"),  # "care" typed where "terse" was asked
+        (("erase", "control", "care", "--yes"), 5, "not-found"),  # an overlay's name: erase control touches no overlay
+    ],
+    ids=["unknown", "not-confirmed", "overlay-name"],
+)
+def test_refused_erase_leaves_everything_working(installed, base, vault, args, code, reason):
+    before = tree_digest(installed)
+    r = appliance(*args, input="care\n")
+    assert r.returncode == code and r.stderr.strip().splitlines()[-1].endswith(f" [{reason}]"), r.stderr
+    assert tree_digest(installed) == before
+    assert_both_work(base, vault)
