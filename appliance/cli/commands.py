@@ -119,6 +119,7 @@ def _prompt_text(ctx, param, value: str) -> str:
 @cli.command()
 @click.argument("prompt", callback=_prompt_text)
 @click.option("--overlay", type=click.Choice(["on", "off"]), default="off", show_default=True)
+@click.option("--control", type=click.Choice(["on", "off"]), default="off", show_default=True, help="The active control vector.")
 @click.option("--max-tokens", type=click.IntRange(1, 4096), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
@@ -135,6 +136,7 @@ def _prompt_text(ctx, param, value: str) -> str:
 def ask(
     prompt: str,
     overlay: str,
+    control: str,
     max_tokens: int,
     seed: int,
     temperature: float,
@@ -143,7 +145,7 @@ def ask(
     resume: str | None,
     passphrase_file,
 ) -> None:
-    """Answer one PROMPT on the active base (and overlay), streaming the reply; both are journaled.
+    """Answer one PROMPT on the active base (and overlay, and control vector), streaming the reply; both are journaled.
 
     With --resume ID, PROMPT continues that session (its history and system prompt) in a new session."""
     if resume and system_prompt is not None:
@@ -158,14 +160,24 @@ def ask(
             # Decrypted into memory, re-hashed against its accepted manifest and bound to this base before
             # anything is loaded; a refusal here (exit 3, or 6 if erased) leaves nothing behind.
             app.load_overlay()
+        if control == "on":  # the same for the control vector (exit 5 when none is installed)
+            app.load_control()
         settings = SamplingSettings(temperature=temperature, seed=seed, repeat_penalty=repeat_penalty)
         if resume:
-            resumed = app.resume(Runtime(model), resume, settings=settings, overlay_on=overlay == "on")
+            resumed = app.resume(
+                Runtime(model), resume, settings=settings, overlay_on=overlay == "on", control_on=control == "on"
+            )
             for notice in resumed.notices:
                 warn(f"note: {notice}")
             session = resumed.session
         else:
-            session = app.session(Runtime(model), settings=settings, system_prompt=system_prompt, overlay_on=overlay == "on")
+            session = app.session(
+                Runtime(model),
+                settings=settings,
+                system_prompt=system_prompt,
+                overlay_on=overlay == "on",
+                control_on=control == "on",
+            )
         reply = app.reply(session, prompt, max_tokens=max_tokens, on_text=stream).reply
         say()
     if reply.dropped_turns:

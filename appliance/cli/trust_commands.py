@@ -259,8 +259,10 @@ def status_lines(vault: Vault) -> list[str]:
         f"trust:   {policy.threshold} of {len(policy.signers)} pinned signers must sign",
         f"time floor: {floor_text(store_state)}",
     ]
-    if not items:
+    if not any(item.kind == "overlay" for item in items):
         lines.append("overlay: none installed")
+    if not any(item.kind == "control-vector" for item in items):
+        lines.append("control-vector: none installed")
     for item in items:
         p = item.provenance
         active = _active(item)

@@ -103,18 +103,20 @@ def make_bundle(
     return out
 
 
-def control_dir(tmp: Path, seed: int, base: str = BASE_SHA, hidden: int = 576, layers=(15,), bad: str = "") -> list[Path]:
-    """control.json + control.safetensors of a random direction per block (unit norm, strength 2).
+def control_dir(
+    tmp: Path, seed: int, base: str = BASE_SHA, hidden: int = 576, layers=(15,), bad: str = "", strength: float = 2.0
+) -> list[Path]:
+    """control.json + control.safetensors of a random direction per block (unit norm, at `strength`).
 
     `bad`: "nan" (a non-finite component), "short" (a direction shorter than the hidden size the JSON says)."""
-    d = tmp / f"control-{seed}-{base[:8]}-{hidden}-{'-'.join(map(str, layers))}{bad}"
+    d = tmp / f"control-{seed}-{base[:8]}-{hidden}-{'-'.join(map(str, layers))}{bad}{'' if strength == 2.0 else strength}"
     d.mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     directions = {}
     for layer in layers:
         v = rng.standard_normal(hidden).astype(np.float32)
         directions[layer] = v / np.linalg.norm(v)
-    files = control_files(ControlVector(directions, 2.0, base, {"method": "test", "seed": seed}))
+    files = control_files(ControlVector(directions, strength, base, {"method": "test", "seed": seed}))
     if bad:
         from safetensors.numpy import save
 
@@ -140,6 +142,7 @@ def make_control_bundle(
     hidden=576,
     layers=(15,),
     bad="",
+    strength=2.0,
     created=None,
     expires=None,
 ) -> Path:
@@ -149,7 +152,7 @@ def make_control_bundle(
         kind="control-vector",
         name=name,
         version=version,
-        artifacts=control_dir(out.parent, seed, base, hidden, layers, bad),
+        artifacts=control_dir(out.parent, seed, base, hidden, layers, bad, strength),
         binds_base=binds,
         created=created,
         expires=expires,

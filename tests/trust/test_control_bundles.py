@@ -4,16 +4,21 @@ import, encryption at rest, list/status/verify, rollback, crypto-erase, the kill
 
 import numpy as np
 import pytest
-from bundles import BASE_SHA, control_dir, iso, make_bundle, make_control_bundle, utc
+from bundles import BASE_SHA, PASSPHRASE, control_dir, iso, make_bundle, make_control_bundle, utc
 from helpers import appliance, error_line, ok, tree_digest
 from test_refusals import assert_refused
 
+from appliance.journal import read, sessions
+from appliance.runtime.sampler import SamplingSettings
+from appliance.runtime.session import Runtime
+from appliance.service import UnlockedAppliance
 from appliance.store import ActiveBase, load_active_control, load_active_overlay
 from appliance.store.importer import import_bundle
 from appliance.store.layout import Store
 from appliance.trust.builtin import embedded_pin, verify_pinned
 from appliance.trust.bundle import create_bundle
 from appliance.trust.manifest import ManifestOverlayIncomplete
+from appliance.vault import Vault
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +152,58 @@ def test_refused_erase_leaves_everything_working(installed, base, vault, args, c
     assert r.returncode == code and r.stderr.strip().splitlines()[-1].endswith(f" [{reason}]"), r.stderr
     assert tree_digest(installed) == before
     assert_both_work(base, vault)
+
+
+# -- the runtime: ask, the journal's provenance, the switch, the kill ---------------------------------------------
+
+
+def _messages(home) -> list[dict]:
+    fresh = Vault.unlock(home, PASSPHRASE.encode())  # what the CLI wrote, read with a vault opened after it
+    try:
+        return [r for sid in sessions(fresh) for r in read(fresh, sid) if r["kind"] == "message"]
+    finally:
+        fresh.zeroize()
+
+
+def test_ask_names_both_in_every_message(home, keys, base, vault, tmp_path):
+    import_bundle(make_bundle(keys, tmp_path / "care.bundle"), base, vault)
+    import_bundle(make_control_bundle(keys, tmp_path / "terse.bundle", strength=60.0), base, vault)
+    ask = ("ask", "Name a colour.", "--temperature", "0", "--max-tokens", "12")
+    plain, steered = ok(*ask), ok(*ask, "--control", "on", "--overlay", "on")
+    assert plain != steered  # 60 x a unit direction at block 15 changes the greedy reply
+    records = _messages(home)
+    assert [(r["role"], r["control"] is not None, r["overlay"] is not None) for r in records] == [
+        ("user", False, False), ("assistant", False, False), ("user", True, True), ("assistant", True, True)]  # fmt: skip
+    control = records[-1]["control"]
+    assert control["name"] == "terse" and control["version"] == 1 and control["on"] is True and control["strength"] == 60.0
+    assert control["signers"] == sorted([keys.fpr["alice"], keys.fpr["bob"]]) and control["demo_signers"] == []
+    assert control["sha256"] == Store.unlocked(vault).read_state().items["terse"].active
+    assert records[-1]["overlay"]["name"] == "care" and records[-1]["overlay"]["on"] is True
+
+
+def test_ask_control_on_without_one_installed(home):
+    before = tree_digest(home)
+    error_line(appliance("ask", "Hello", "--control", "on", "--max-tokens", "2"), 5, "no-control-vector")
+    assert tree_digest(home) == before
+
+
+def test_the_service_switches_journals_snapshots_and_zeroes(installed, model, vault):
+    with UnlockedAppliance.open(vault, model) as app:
+        app.load_overlay()
+        control = app.load_control()
+        session = app.session(Runtime(model), settings=SamplingSettings(temperature=0), system_prompt=None, overlay_on=False)
+        assert app.snapshot(session).control == control.provenance and not app.snapshot(session).control_on
+        assert app.toggle_control(session) is True
+        snap = app.snapshot(session)
+        assert snap.control_on and snap.control_strength == 2.0 and not snap.overlay_on
+        outcome = app.reply(session, "Hi", max_tokens=4)
+        assert outcome.reply.control_on
+        assert app.toggle_control(session) is False
+        sid = app.journal.session_id
+        records = read(vault, sid)
+        direction = control.vector.directions[15]
+        app.drop_control()
+        assert not direction.any() and app.control is None
+    toggles = [r for r in records if r["kind"] == "control-toggle"]
+    assert [(t["on"], t["control"]["on"], t["after_messages"]) for t in toggles] == [(True, True, 0), (False, False, 2)]
+    assert [r["control"]["on"] for r in records if r["kind"] == "message"] == [True, True]
