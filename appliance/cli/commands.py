@@ -26,7 +26,9 @@ def cli(debug: bool) -> None:
 @cli.command()
 @click.option("--if-needed", is_flag=True, help="Do nothing if already initialised; never prompt without a terminal.")
 @click.option(
-    "--demo", is_flag=True, help="Also install the demo overlay, signed by two throwaway demo keys, through the trust chain."
+    "--demo",
+    is_flag=True,
+    help="Also install the demo overlay and control vector, signed by two throwaway demo keys, through the trust chain.",
 )
 @passphrase_option
 def init(if_needed: bool, demo: bool, passphrase_file) -> None:
@@ -59,21 +61,26 @@ def init(if_needed: bool, demo: bool, passphrase_file) -> None:
 
 def _install_demo(model, vault, passphrase_file) -> None:
     """`model` and `vault`: what `init` already verified and opened, else None."""
-    from ..demo.install import DEMO_NAME, install_demo
+    from ..demo.install import DEMO_ITEMS, install_demo
     from ..store.layout import Store
 
     opened = vault is None
     vault = unlock(passphrase_file) if opened else vault
     try:
-        if DEMO_NAME in Store.unlocked(vault).read_state().items:
-            say(f"demo:    {DEMO_NAME} already installed")
+        installed = Store.unlocked(vault).read_state().items
+        missing = tuple(item for item in DEMO_ITEMS if item.name not in installed)
+        for item in DEMO_ITEMS:
+            if item.name in installed:
+                say(f"demo:    {item.name} already installed")
+        if not missing:
             return
-        model = model or verify_pinned(embedded_pin())  # the base the demo overlay is bound to, checked as for any load
-        name, version, signers = install_demo(ActiveBase(model), vault)
+        model = model or verify_pinned(embedded_pin())  # the base the demo items are bound to, checked as for any load
+        signers = install_demo(ActiveBase(model), vault, missing)
     finally:
         if opened:
             vault.zeroize()
-    say(f"demo:    installed overlay {name} v{version}, signed by demo keys {', '.join(signers)} (private halves destroyed)")
+    names = ", ".join(f"{item.kind} {item.name} v{item.version}" for item in missing)
+    say(f"demo:    installed {names}, signed by demo keys {', '.join(signers)} (private halves destroyed)")
 
 
 @cli.command()
