@@ -2,6 +2,8 @@
 import, encryption at rest, list/status/verify, rollback, crypto-erase, the kill's wipe, and every refusal
 (exit code, one-line reason, state tree byte-identical), with the installed overlay and vector still working after it."""
 
+import os
+
 import numpy as np
 import pytest
 from bundles import BASE_SHA, PASSPHRASE, control_dir, iso, make_bundle, make_control_bundle, utc
@@ -19,6 +21,7 @@ from appliance.trust.builtin import embedded_pin, verify_pinned
 from appliance.trust.bundle import create_bundle
 from appliance.trust.manifest import ManifestOverlayIncomplete
 from appliance.vault import Vault
+from appliance.vault.killswitch import WIPE_SIGNAL, Killed
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +210,22 @@ def test_the_service_switches_journals_snapshots_and_zeroes(installed, model, va
     toggles = [r for r in records if r["kind"] == "control-toggle"]
     assert [(t["on"], t["control"]["on"], t["after_messages"]) for t in toggles] == [(True, True, 0), (False, False, 2)]
     assert [r["control"]["on"] for r in records if r["kind"] == "message"] == [True, True]
+
+
+def test_a_kill_with_wipe_zeroes_and_erases_the_control_vector(installed, model, vault):
+    with pytest.raises(Killed):
+        with UnlockedAppliance.open(vault, model) as app:
+            app.load_overlay()
+            direction = app.load_control().vector.directions[15]
+            app.open_journal()
+            sid = app.journal.session_id
+            os.kill(os.getpid(), WIPE_SIGNAL)  # what `appliance kill --wipe` sends the running appliance
+            app.killswitch.check()
+    assert not direction.any() and app.control is None
+    fresh = Vault.unlock(installed, PASSPHRASE.encode())
+    try:
+        (kill,) = [r for r in read(fresh, sid) if r["kind"] == "kill"]
+        assert kill["controls_erased"] == ["control/terse/1"] and kill["overlays_erased"] == ["overlay/care/1"]
+        assert fresh.items("control/") == []
+    finally:
+        fresh.zeroize()
