@@ -21,6 +21,7 @@ type constants and skips what it does not need (tens of milliseconds).
 import mmap
 import struct
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
@@ -67,20 +68,24 @@ class _Cursor:
             self.pos += struct.calcsize(_SCALAR[vtype])
 
 
-def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...], str]:
-    """(absolute data offset, quantisation type, dims) of tensor `name` in a GGUF v2/v3 file, and its architecture."""
+def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...], str, Optional[int]]:
+    """(absolute data offset, quantisation type, dims) of tensor `name` in a GGUF v2/v3 file, its architecture
+    and its block count (`<architecture>.block_count`, None if absent)."""
     c = _Cursor(buf)
     if bytes(buf[:4]) != b"GGUF" or struct.unpack_from("<I", buf, 4)[0] not in (2, 3):
         raise ModelFailed("not a GGUF v2/v3 file")
     c.pos = 8
     n_tensors, n_kv = c.read("Q"), c.read("Q")
     alignment, architecture = 32, ""
+    block_counts: dict[bytes, int] = {}  # keys are read before the architecture may be known
     for _ in range(n_kv):
         key, vtype = c.string(), c.read("I")
         if key == b"general.alignment":
             alignment = c.read("I")
         elif key == b"general.architecture" and vtype == GGUFValueType.STRING:
             architecture = c.string().decode("utf-8", errors="replace")
+        elif key.endswith(b".block_count") and vtype in (GGUFValueType.UINT32, GGUFValueType.INT32):
+            block_counts[key] = c.read(_SCALAR[vtype])
         else:
             c.skip_value(vtype)
     found = None
@@ -93,7 +98,7 @@ def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...],
     if found is None:
         raise ModelFailed(f"no {name} tensor")
     data_start = -(-c.pos // alignment) * alignment
-    return data_start + found[0], found[1], found[2], architecture
+    return data_start + found[0], found[1], found[2], architecture, block_counts.get(f"{architecture}.block_count".encode())
 
 
 def architecture_of(gguf_path: Path) -> str:
@@ -110,7 +115,9 @@ class EmbeddingTable:
         with open(gguf_path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            offset, self._qtype, (self.n_embd, self.n_vocab), self.architecture = _locate(self._map, TOKEN_EMBEDDING)
+            offset, self._qtype, (self.n_embd, self.n_vocab), self.architecture, self.n_layer = _locate(
+                self._map, TOKEN_EMBEDDING
+            )
         except (ModelFailed, struct.error, ValueError) as e:
             self._map.close()
             raise ModelFailed(f"{gguf_path}: cannot find the token embeddings ({e})") from None

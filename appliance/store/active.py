@@ -18,8 +18,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Optional, Union
 
-from gguf import GGUFReader
-
 from ..errors import BindingMismatch, Erased, NoOverlay, NotFound, Refused
 from ..journal import provenance
 from ..overlay import control
@@ -42,16 +40,16 @@ class VerificationFailed(Refused):
 BOUND_KINDS = ("overlay", "control-vector")  # the kinds made for one base, checked against the active one
 
 
-def block_count(gguf_path: Path) -> int:
-    """The number of transformer blocks a GGUF declares (`<architecture>.block_count`), read without loading it."""
-    reader = GGUFReader(gguf_path)
+def base_shape(gguf_path: Path) -> tuple[int, int]:
+    """(hidden size, block count) a GGUF declares, from its header alone (`runtime.embeddings`)."""
+    table = EmbeddingTable(gguf_path)
     try:
-        arch = reader.fields["general.architecture"]
-        name = bytes(arch.parts[arch.data[0]]).decode()
-        count = reader.fields[f"{name}.block_count"]
-        return int(count.parts[count.data[0]][0])
-    except (KeyError, IndexError, UnicodeDecodeError) as e:
-        raise BindingMismatch(f"the active base declares no block count ({e}): no control vector can be bound to it") from None
+        shape = table.n_embd, table.n_layer
+    finally:
+        table.close()
+    if shape[1] is None:
+        raise BindingMismatch("the active base declares no block count: no control vector can be bound to it")
+    return shape[0], shape[1]
 
 
 class ActiveBase:
@@ -65,12 +63,16 @@ class ActiveBase:
             self.n_layer = n_layer
 
     @cached_property
+    def _shape(self) -> tuple[int, int]:
+        return base_shape(self._path)
+
+    @cached_property
     def hidden_size(self) -> int:
-        return EmbeddingTable(self._path).n_embd
+        return self._shape[0]
 
     @cached_property
     def n_layer(self) -> int:
-        return block_count(self._path)
+        return self._shape[1]
 
 
 def embedded_base() -> ActiveBase:

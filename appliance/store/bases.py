@@ -26,12 +26,11 @@ from typing import Optional
 
 from ..errors import Erased, NotFound, Refused
 from ..journal import Journal, provenance
-from ..runtime.embeddings import EmbeddingTable
 from ..runtime.probe import GgufFacts, probe_gguf
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..trust.manifest import Artifact, Manifest
 from ..vault import Vault
-from .active import ActiveBase, block_count, versions_text
+from .active import ActiveBase, base_shape, versions_text
 from .at_rest import Sealing, decrypt_to_memfd, read_artifact
 from .layout import Store
 
@@ -121,17 +120,9 @@ class InstalledBase(ActiveBase):
     def _shape(self) -> tuple[int, int]:
         model = open_model(self._vault, self._name)
         try:
-            return EmbeddingTable(model.path).n_embd, block_count(model.path)
+            return base_shape(model.path)
         finally:
             close_model(model)
-
-    @cached_property
-    def hidden_size(self) -> int:
-        return self._shape[0]
-
-    @cached_property
-    def n_layer(self) -> int:
-        return self._shape[1]
 
 
 def active_base(vault: Vault) -> ActiveBase:
