@@ -229,3 +229,16 @@ def test_a_kill_with_wipe_zeroes_and_erases_the_control_vector(installed, model,
         assert fresh.items("control/") == []
     finally:
         fresh.zeroize()
+
+
+def test_the_build_station_commands_make_a_control_vector_bundle(home, keys, tmp_path):
+    """`bundle create --kind control-vector`, two `bundle sign`s, `bundle verify`: what an operator types."""
+    out = tmp_path / "terse.bundle"
+    files = [str(p) for p in control_dir(tmp_path, 4)]
+    ok("bundle", "create", "--kind", "control-vector", "--name", "terse", "--version", "1",
+       *(a for f in files for a in ("--artifact", f)), "--binds-base", BASE_SHA, "--out", str(out))  # fmt: skip
+    for signer in ("alice", "bob"):
+        ok("bundle", "sign", str(out), "--key", keys.fpr[signer], "--gnupghome", str(keys.home))
+    before = tree_digest(home)
+    assert "verified control-vector terse v1, signed by" in ok("bundle", "verify", str(out))
+    assert tree_digest(home) == before
