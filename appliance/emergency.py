@@ -10,18 +10,18 @@ from typing import Optional
 
 from .erase import erase_installed
 from .journal import Journal
-from .store.at_rest import BASE_ITEMS, CONTROL_ITEMS, OVERLAY_ITEMS
+from .store.at_rest import BASE_KEYS, CONTROL_KEYS, OVERLAY_KEYS
 from .vault import Vault
 from .vault.killswitch import WIPE_POLICY, Killed, KillSwitch
 
 
 def handle_kill(killed: Killed, ks: KillSwitch, vault: Vault, journal: Optional[Journal]) -> list[str]:
-    """Returns the vault items a wipe erased (none for a plain kill)."""
+    """Returns the vault key ids a wipe erased (none for a plain kill)."""
     ks.run_callbacks()
     killed.wipe = killed.wipe or bool(vault.setting(WIPE_POLICY, False))
-    wiping = vault.items(OVERLAY_ITEMS) if killed.wipe else []
-    bases = vault.items(BASE_ITEMS) if killed.wipe else []
-    controls = vault.items(CONTROL_ITEMS) if killed.wipe else []
+    wiping = vault.key_ids(OVERLAY_KEYS) if killed.wipe else []
+    bases = vault.key_ids(BASE_KEYS) if killed.wipe else []
+    controls = vault.key_ids(CONTROL_KEYS) if killed.wipe else []
     if journal is not None:
         journal.append("kill", wipe=killed.wipe, overlays_erased=wiping, bases_erased=bases, controls_erased=controls)
     if killed.wipe:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from .errors import Erased, NotFound
 from .fsutil import discard
-from .journal.session_files import JOURNAL_DIR, JOURNAL_ITEMS
+from .journal.session_files import JOURNAL_DIR, JOURNAL_KEYS
 from .store import forget_overlays
-from .store.at_rest import BASE_ITEMS, CONTROL_ITEMS, OVERLAY_ITEMS
+from .store.at_rest import BASE_KEYS, CONTROL_KEYS, OVERLAY_KEYS
 from .store.forget import forget_bases, forget_controls
 from .store.layout import STORE_DIR
 from .trust.policy import TRUST_DIR
@@ -33,59 +33,59 @@ ERASE_JOURNAL_PHRASE = "erase logs"  # typed to confirm, at `appliance erase log
 
 
 def erase_overlay(vault: Vault, name: str) -> list[str]:
-    """Every installed version of overlay NAME. Returns the item ids erased."""
-    return _erase_versions(vault, f"{OVERLAY_ITEMS}{name}/", f"overlay {name}", lambda: forget_overlays(vault, name))
+    """Every installed version of overlay NAME. Returns the key ids erased."""
+    return _erase_versions(vault, f"{OVERLAY_KEYS}{name}/", f"overlay {name}", lambda: forget_overlays(vault, name))
 
 
 def erase_base(vault: Vault, name: str) -> list[str]:
-    """Every installed version of base model NAME. Returns the item ids erased."""
-    return _erase_versions(vault, f"{BASE_ITEMS}{name}/", f"base model {name}", lambda: forget_bases(vault, name))
+    """Every installed version of base model NAME. Returns the key ids erased."""
+    return _erase_versions(vault, f"{BASE_KEYS}{name}/", f"base model {name}", lambda: forget_bases(vault, name))
 
 
 def erase_control(vault: Vault, name: str) -> list[str]:
-    """Every installed version of control vector NAME. Returns the item ids erased."""
-    return _erase_versions(vault, f"{CONTROL_ITEMS}{name}/", f"control vector {name}", lambda: forget_controls(vault, name))
+    """Every installed version of control vector NAME. Returns the key ids erased."""
+    return _erase_versions(vault, f"{CONTROL_KEYS}{name}/", f"control vector {name}", lambda: forget_controls(vault, name))
 
 
 def _erase_versions(vault: Vault, prefix: str, what: str, forget: Callable[[], None]) -> list[str]:
     """The data keys of every version under `prefix`, then the store's record of them."""
-    items = vault.items(prefix)
-    if not items:
-        if vault.erased_items(prefix):
+    key_ids = vault.key_ids(prefix)
+    if not key_ids:
+        if vault.erased_key_ids(prefix):
             raise Erased(f"{what} was already crypto-erased")
         raise NotFound(f"no {what} in the vault")
-    vault.erase(items)
+    vault.erase(key_ids)
     forget()
-    return items
+    return key_ids
 
 
 def erase_installed(vault: Vault) -> list[str]:
-    """The kill-switch wipe: every overlay, control vector and imported base. Returns the item ids erased (possibly none)."""
-    items = vault.items(OVERLAY_ITEMS) + vault.items(CONTROL_ITEMS) + vault.items(BASE_ITEMS)
-    if items:
-        vault.erase(items)
+    """The kill-switch wipe: every overlay, control vector and imported base. Returns the key ids erased (possibly none)."""
+    key_ids = vault.key_ids(OVERLAY_KEYS) + vault.key_ids(CONTROL_KEYS) + vault.key_ids(BASE_KEYS)
+    if key_ids:
+        vault.erase(key_ids)
     forget_overlays(vault, None)  # also versions whose keys an earlier, interrupted erase destroyed
     forget_controls(vault, None)
     forget_bases(vault, None)
-    return items
+    return key_ids
 
 
 def erase_all_overlays(vault: Vault) -> list[str]:
-    """The kill-switch wipe. Returns the item ids erased (possibly none)."""
-    items = vault.items(OVERLAY_ITEMS)
-    if items:
-        vault.erase(items)
+    """The kill-switch wipe. Returns the key ids erased (possibly none)."""
+    key_ids = vault.key_ids(OVERLAY_KEYS)
+    if key_ids:
+        vault.erase(key_ids)
     forget_overlays(vault, None)  # also versions whose keys an earlier, interrupted erase destroyed
-    return items
+    return key_ids
 
 
 def erase_journal(vault: Vault) -> list[str]:
-    """Every journal session. Returns the item ids erased."""
-    items = vault.items(JOURNAL_ITEMS)
-    if not items:
+    """Every journal session. Returns the key ids erased."""
+    key_ids = vault.key_ids(JOURNAL_KEYS)
+    if not key_ids:
         raise NotFound("no journal sessions to erase")
-    vault.erase(items)
-    return items
+    vault.erase(key_ids)
+    return key_ids
 
 
 def erase_everything(home: Path) -> str:

@@ -1,11 +1,11 @@
 """Prompt presets: named system prompts, each encrypted under its own vault data key.
 
-    <state>/presets/<NAME>.preset   AES-256-GCM(data key of vault item `preset/<NAME>`, the text as UTF-8,
+    <state>/presets/<NAME>.preset   AES-256-GCM(data key `preset/<NAME>`, the text as UTF-8,
                                     associated data "appliance-preset/1" || NAME)
 
 Rules:
 1. a name is 1-64 characters of letters, digits, `.`, `_`, `-`, starting with a letter or digit
-   (it is a file name and a vault item id); a text is non-empty UTF-8 of at most `MAX_TEXT` bytes;
+   (it is a file name and a vault key id); a text is non-empty UTF-8 of at most `MAX_TEXT` bytes;
 2. `add` checks everything first, writes the ciphertext (atomic, mode 0600), then records its key:
    a refused or failed add leaves nothing behind; a name already taken is refused (remove it first);
 3. `remove` is a crypto-erase: the key leaves the vault's table, then the ciphertext is deleted;
@@ -24,7 +24,7 @@ from .vault import Vault, random_key, zeroize
 from .vault.aead import seal, unb64, unseal
 
 PRESET_DIR = "presets"  # under the state dir
-PRESET_ITEMS = "preset/"  # the vault item ids of the presets' data keys
+PRESET_KEYS = "preset/"  # the prefix of the presets' data key ids
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_TEXT = 16 << 10  # bytes: far above a system prompt that leaves the window room for a conversation
 FORMAT = b"appliance-preset/1"
@@ -70,8 +70,8 @@ def check_text(data: bytes, source: str) -> str:
     return text
 
 
-def _item(name: str) -> str:
-    return f"{PRESET_ITEMS}{name}"
+def _key_id(name: str) -> str:
+    return f"{PRESET_KEYS}{name}"
 
 
 def _rel(name: str) -> str:
@@ -83,7 +83,7 @@ def _ad(name: str) -> bytes:
 
 
 def names(vault: Vault) -> list[str]:
-    return [item.removeprefix(PRESET_ITEMS) for item in vault.items(PRESET_ITEMS)]
+    return [key_id.removeprefix(PRESET_KEYS) for key_id in vault.key_ids(PRESET_KEYS)]
 
 
 def add(vault: Vault, name: str, text: str) -> Preset:
@@ -103,7 +103,7 @@ def add(vault: Vault, name: str, text: str) -> Preset:
         path.parent.mkdir(mode=0o700, exist_ok=True)
         atomic_write(path, seal(key, data, _ad(name)).encode())
         try:
-            vault.record_data_key(_item(name), key, files=[_rel(name)])
+            vault.record_data_key(_key_id(name), key, files=[_rel(name)])
         except BaseException:
             path.unlink(missing_ok=True)
             if created:
@@ -118,7 +118,7 @@ def read(vault: Vault, name: str) -> Preset:
     check_name(name)
     if name not in names(vault):
         raise PresetNotFound(f"no preset named {name!r}")
-    key = vault.data_key(_item(name))
+    key = vault.data_key(_key_id(name))
     try:
         sealed = (vault.home / _rel(name)).read_bytes()
         text = unseal(key, unb64(sealed.decode("ascii", "replace").strip(), PresetUnreadable, _rel(name)), _ad(name))
@@ -140,4 +140,4 @@ def remove(vault: Vault, name: str) -> list[str]:
     check_name(name)
     if name not in names(vault):
         raise PresetNotFound(f"no preset named {name!r}")
-    return vault.erase([_item(name)])
+    return vault.erase([_key_id(name)])

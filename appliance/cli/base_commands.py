@@ -54,6 +54,6 @@ def erase_base_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> Non
     with unlock(passphrase_file) as vault:
         _confirm(name, f"base model {name} (every installed version)", yes)
         t0 = time.perf_counter()
-        items = erase_base(vault, name)
-        say(f"destroyed: data keys of {', '.join(items)} ({time.perf_counter() - t0:.3f} s)")
-        _prove(vault, items)
+        key_ids = erase_base(vault, name)
+        say(f"destroyed: data keys of {', '.join(key_ids)} ({time.perf_counter() - t0:.3f} s)")
+        _prove(vault, key_ids)

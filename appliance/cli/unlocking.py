@@ -175,6 +175,6 @@ def unlocked_appliance(passphrase_file: Optional[Path], model: Optional[Verified
             if opened:
                 close_model(model)
     except Killed as killed:
-        for item in killed.wiped:
-            warn(f"wiped: {item}")
+        for key_id in killed.wiped:
+            warn(f"wiped: {key_id}")
         raise

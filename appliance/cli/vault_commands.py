@@ -145,14 +145,14 @@ def _confirm(phrase: str, what: str, yes: bool) -> None:
         raise NotConfirmed("confirmation did not match: nothing was erased")
 
 
-def _prove(vault: Vault, items: list[str]) -> None:
-    for item in items:
+def _prove(vault: Vault, key_ids: list[str]) -> None:
+    for key_id in key_ids:
         try:
-            zeroize(vault.data_key(item))
+            zeroize(vault.data_key(key_id))
         except Erased as e:
-            say(f"proof:     decryption of {item} fails: {e}")
+            say(f"proof:     decryption of {key_id} fails: {e}")
             continue
-        raise EraseNotProven(f"erase of {item} did not take: its key is still readable")
+        raise EraseNotProven(f"erase of {key_id} did not take: its key is still readable")
 
 
 @erase.command("overlay")
@@ -164,9 +164,9 @@ def erase_overlay_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> 
     with unlock(passphrase_file) as vault:
         _confirm(name, f"overlay {name} (every installed version)", yes)
         t0 = time.perf_counter()
-        items = erase_overlay(vault, name)
-        say(f"destroyed: data keys of {', '.join(items)} ({time.perf_counter() - t0:.3f} s)")
-        _prove(vault, items)
+        key_ids = erase_overlay(vault, name)
+        say(f"destroyed: data keys of {', '.join(key_ids)} ({time.perf_counter() - t0:.3f} s)")
+        _prove(vault, key_ids)
 
 
 @erase.command("control")
@@ -178,9 +178,9 @@ def erase_control_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> 
     with unlock(passphrase_file) as vault:
         _confirm(name, f"control vector {name} (every installed version)", yes)
         t0 = time.perf_counter()
-        items = erase_control(vault, name)
-        say(f"destroyed: data keys of {', '.join(items)} ({time.perf_counter() - t0:.3f} s)")
-        _prove(vault, items)
+        key_ids = erase_control(vault, name)
+        say(f"destroyed: data keys of {', '.join(key_ids)} ({time.perf_counter() - t0:.3f} s)")
+        _prove(vault, key_ids)
 
 
 @erase.command("logs")
@@ -191,9 +191,9 @@ def erase_logs_cmd(yes: bool, passphrase_file: Optional[Path]) -> None:
     with unlock(passphrase_file) as vault:
         _confirm(ERASE_JOURNAL_PHRASE, "every journal session", yes)
         t0 = time.perf_counter()
-        items = erase_journal(vault)
-        say(f"destroyed: data keys of {len(items)} journal sessions, then their files ({time.perf_counter() - t0:.3f} s)")
-        _prove(vault, items)
+        key_ids = erase_journal(vault)
+        say(f"destroyed: data keys of {len(key_ids)} journal sessions, then their files ({time.perf_counter() - t0:.3f} s)")
+        _prove(vault, key_ids)
 
 
 @erase.command("all")
@@ -251,8 +251,8 @@ def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
     state.require_initialised(home)
     if running_pid(home) is None and wipe:
         with unlock(passphrase_file) as vault:
-            items = erase_installed(vault)
-        say(f"no running appliance; wiped overlays, control vectors and bases: {', '.join(items) or 'none installed'}")
+            key_ids = erase_installed(vault)
+        say(f"no running appliance; wiped overlays, control vectors and bases: {', '.join(key_ids) or 'none installed'}")
         return
     pid = signal_running(home, wipe)
     deadline = time.monotonic() + KILL_WAIT_SECONDS

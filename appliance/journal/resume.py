@@ -19,7 +19,7 @@ from typing import Optional
 
 from ..errors import Refused
 from ..vault import Vault
-from .session_files import item_id, read
+from .session_files import read, session_key_id
 
 MAX_CHAIN = 64  # resumes of resumes followed; a longer chain is refused rather than read without end
 
@@ -95,7 +95,7 @@ def past_conversation(vault: Vault, session_id: str) -> PastConversation:
 
 def _read(vault: Vault, session_id: str, expected_head: Optional[tuple[int, str]], depth: int) -> PastConversation:
     records = read(vault, session_id)
-    head = vault.head(item_id(session_id)) or (0, "")
+    head = vault.head(session_key_id(session_id)) or (0, "")
     if expected_head is not None and tuple(head) != expected_head:
         raise ResumeChainBroken(f"session {session_id}, which the resumed one continues, no longer ends where it did")
     past = PastConversation(Link(session_id, head[0], head[1]))

@@ -1,6 +1,6 @@
 """One encrypted, hash-chained journal file per chat session: `<state>/journal/<session_id>.journal`.
 
-Writing: each record is sealed with the session's data key (vault item `journal/<session_id>`),
+Writing: each record is sealed with the session's data key (key id `journal/<session_id>`),
 appended, fsynced, and only then is the vault's sealed head (last seq, hash of that frame) moved.
 A crash between the two leaves a valid record past the head: `check` accepts it and reports it as
 unsealed (no one without the key can forge a record, so an authentic record past the head can
@@ -33,7 +33,7 @@ from .frames import Break
 # session's first record: it links the session continued and its sealed head (journal/resume.py).
 KINDS = ("message", "overlay-toggle", "control-toggle", "kill", "trust-change", "regenerate", "edit", "resume", "base-switch")
 JOURNAL_DIR = "journal"  # under the state dir
-JOURNAL_ITEMS = "journal/"  # the vault item ids of the sessions' data keys
+JOURNAL_KEYS = "journal/"  # the prefix of the sessions' data key ids
 
 
 class JournalWriteFailed(Refused):
@@ -46,8 +46,8 @@ class JournalBroken(Refused):
         self.session_id, self.broken_at = session_id, broken_at
 
 
-def item_id(session_id: str) -> str:
-    return f"{JOURNAL_ITEMS}{session_id}"
+def session_key_id(session_id: str) -> str:
+    return f"{JOURNAL_KEYS}{session_id}"
 
 
 def relative_path(session_id: str) -> str:
@@ -71,7 +71,7 @@ class Journal:
         session_id = new_session_id()
         path = vault.home / relative_path(session_id)
         path.parent.mkdir(mode=0o700, exist_ok=True)
-        key = vault.new_data_key(item_id(session_id), files=[relative_path(session_id)])
+        key = vault.new_data_key(session_key_id(session_id), files=[relative_path(session_id)])
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
             os.fsync(fd)
@@ -101,7 +101,7 @@ class Journal:
             raise JournalWriteFailed(f"journal write failed ({e.strerror}): {path}; records 1..{self._seq} are intact") from None
         self._seq, self._prev, self._size = seq, hashlib.sha256(raw).digest(), self._size + len(raw)
         try:
-            self.vault.seal_head(item_id(self.session_id), seq, self._prev.hex())
+            self.vault.seal_head(session_key_id(self.session_id), seq, self._prev.hex())
         except EnvironmentRefused as e:
             raise JournalWriteFailed(
                 f"record {seq} is written but its sealed head is not ({e}); verify reports it as unsealed"
@@ -152,9 +152,9 @@ def check(vault: Vault, session_id: str) -> Report:
     """Decrypt and verify one session. Erased / NotFound from the vault propagate; breaks are reported."""
     if not frames.SESSION_ID.fullmatch(session_id):
         raise NotFound(f"not a journal session id: {session_id!r}")
-    key = vault.data_key(item_id(session_id))
+    key = vault.data_key(session_key_id(session_id))
     try:
-        head_seq, head_hash = vault.head(item_id(session_id)) or (0, frames.ZERO_HASH.hex())
+        head_seq, head_hash = vault.head(session_key_id(session_id)) or (0, frames.ZERO_HASH.hex())
         report = Report(session_id, sealed=head_seq)
         try:
             data = (vault.home / relative_path(session_id)).read_bytes()
@@ -180,7 +180,7 @@ def read(vault: Vault, session_id: str) -> list[dict]:
 
 def sessions(vault: Vault) -> list[str]:
     """Session ids the vault holds keys for, plus stray files (whose check then says what they are)."""
-    ids = {i.split("/", 1)[1] for i in vault.items(JOURNAL_ITEMS)}
+    ids = {i.split("/", 1)[1] for i in vault.key_ids(JOURNAL_KEYS)}
     jdir = vault.home / JOURNAL_DIR
     if jdir.is_dir():
         ids |= {p.stem for p in jdir.glob("*.journal") if frames.SESSION_ID.fullmatch(p.stem)}

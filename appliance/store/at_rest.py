@@ -2,9 +2,9 @@
 
 Rules:
 - A version's artifacts are encrypted (`vault.stream`, chunked AES-256-GCM) under one data
-  key, vault item `data_item(kind, name, version)`, while they are hashed on the way in from the bundle:
+  key, key id `data_key_id(kind, name, version)`, while they are hashed on the way in from the bundle:
   the bytes hashed are the bytes encrypted, and no plaintext byte of an installed item is written anywhere.
-- Each file's context binds it to its item, its accepted manifest and its path: a ciphertext moved to
+- Each file's context binds it to its key id, its accepted manifest and its path: a ciphertext moved to
   another path, version or manifest fails authentication even under the right key.
 - Reading decrypts into memory only and re-hashes the plaintext against the accepted manifest before
   anyone uses it; decrypted buffers are zeroed as soon as their user is done with them.
@@ -26,25 +26,25 @@ from ..trust.manifest import Artifact, Manifest
 from ..vault import EncryptedWriter, Vault, decrypt_chunks, random_key, zeroize
 from .layout import STORE_DIR
 
-OVERLAY_ITEMS = "overlay/"  # the vault item ids of the overlays' data keys
-BASE_ITEMS = "base/"  # and of the imported base models'
-CONTROL_ITEMS = "control/"  # and of the control vectors'
-ITEM_PREFIXES = {"overlay": OVERLAY_ITEMS, "base-model": BASE_ITEMS, "control-vector": CONTROL_ITEMS}
+OVERLAY_KEYS = "overlay/"  # the prefix of the overlays' data key ids
+BASE_KEYS = "base/"  # and of the imported base models'
+CONTROL_KEYS = "control/"  # and of the control vectors'
+KEY_ID_PREFIXES = {"overlay": OVERLAY_KEYS, "base-model": BASE_KEYS, "control-vector": CONTROL_KEYS}
 MEMFD_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 
 
-def overlay_item(name: str, version: int) -> str:
-    """The vault item id of one installed overlay version."""
-    return f"{OVERLAY_ITEMS}{name}/{version}"
+def overlay_key_id(name: str, version: int) -> str:
+    """The vault key id of one installed overlay version."""
+    return f"{OVERLAY_KEYS}{name}/{version}"
 
 
-def data_item(kind: str, name: str, version: int) -> str:
-    """The vault item id of one installed version of any kind."""
-    return f"{ITEM_PREFIXES[kind]}{name}/{version}"
+def data_key_id(kind: str, name: str, version: int) -> str:
+    """The vault key id of one installed version of any kind."""
+    return f"{KEY_ID_PREFIXES[kind]}{name}/{version}"
 
 
 def is_encrypted(manifest: Manifest) -> bool:
-    return manifest.kind in ITEM_PREFIXES
+    return manifest.kind in KEY_ID_PREFIXES
 
 
 def artifact_rel(manifest_sha256: str, path: str) -> str:
@@ -54,14 +54,14 @@ def artifact_rel(manifest_sha256: str, path: str) -> str:
 
 @dataclass
 class Sealing:
-    """How one version's artifacts are kept: under `key` (None: in the clear) for vault item `item`."""
+    """How one version's artifacts are kept: under `key` (None: in the clear) for key id `key_id`."""
 
     manifest: Manifest
     key: Optional[bytearray]
 
     @property
-    def item(self) -> str:
-        return data_item(self.manifest.kind, self.manifest.name, self.manifest.version)
+    def key_id(self) -> str:
+        return data_key_id(self.manifest.kind, self.manifest.name, self.manifest.version)
 
     @classmethod
     def fresh(cls, manifest: Manifest) -> "Sealing":
@@ -71,8 +71,8 @@ class Sealing:
     @classmethod
     def installed(cls, vault: Vault, manifest: Manifest) -> "Sealing":
         """For a load: the version's data key from the vault (Erased, exit 6, once crypto-erased)."""
-        item = data_item(manifest.kind, manifest.name, manifest.version) if is_encrypted(manifest) else None
-        return cls(manifest, vault.data_key(item) if item else None)
+        key_id = data_key_id(manifest.kind, manifest.name, manifest.version) if is_encrypted(manifest) else None
+        return cls(manifest, vault.data_key(key_id) if key_id else None)
 
     def record(self, vault: Vault) -> None:
         """Make the key durable in the vault, with the ciphertext paths crypto-erase must delete.
@@ -82,10 +82,10 @@ class Sealing:
         """
         if self.key is not None:
             files = [artifact_rel(self.manifest.sha256, a.path) for a in self.manifest.artifacts]
-            vault.record_data_key(self.item, self.key, files, replace=True)
+            vault.record_data_key(self.key_id, self.key, files, replace=True)
 
     def context(self, path: str) -> bytes:
-        return f"{self.item}\0{self.manifest.sha256}\0{path}".encode()
+        return f"{self.key_id}\0{self.manifest.sha256}\0{path}".encode()
 
     def zeroize(self) -> None:
         if self.key is not None:
@@ -154,7 +154,7 @@ def decrypt_to_memfd(directory: Path, artifact: Artifact, sealing: Sealing) -> i
         raise NotFound(f"{artifact.path}: missing from the store")
     if sealing.key is None:
         raise ValueError("only encrypted artifacts are decrypted into memory")
-    fd = os.memfd_create(f"appliance:{sealing.item}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    fd = os.memfd_create(f"appliance:{sealing.key_id}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         h, size = hashlib.sha256(), 0
         for chunk in decrypt_chunks(sealing.key, path, sealing.context(artifact.path)):

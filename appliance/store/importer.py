@@ -51,7 +51,7 @@ from ..trust.manifest import Manifest
 from ..utc import format_time, now
 from ..vault import Vault
 from .active import ActiveBase, check_binding, verify_version, versions_text
-from .at_rest import ITEM_PREFIXES, Sealing, data_item, write_artifact
+from .at_rest import KEY_ID_PREFIXES, Sealing, data_key_id, write_artifact
 from .bases import gguf_artifact, probe_staged
 from .layout import STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
 
@@ -181,14 +181,14 @@ def _remove_leftovers(store: Store, state: StoreState, vault: Vault) -> None:
         shutil.rmtree(obj, ignore_errors=True)
     try:
         installed = {
-            data_item(item.kind, name, store.read_manifest(sha).version)
+            data_key_id(item.kind, name, store.read_manifest(sha).version)
             for name, item in state.items.items()
-            if item.kind in ITEM_PREFIXES
+            if item.kind in KEY_ID_PREFIXES
             for sha in item.installed
         }
     except StoreDamaged:
         return  # unsure what is installed: keep every key (an orphan is harmless, a lost key is not)
-    orphans = [i for prefix in ITEM_PREFIXES.values() for i in vault.items(prefix) if i not in installed]
+    orphans = [i for prefix in KEY_ID_PREFIXES.values() for i in vault.key_ids(prefix) if i not in installed]
     if orphans:
         vault.erase(orphans)
 

@@ -429,9 +429,9 @@ class ChatScreen(Screen):
 
     def _erased(self, erase) -> None:
         try:
-            items = erase()
+            key_ids = erase()
         except ApplianceError as e:
             self.notify(str(e), severity="error", timeout=10)
         else:
-            self.notify(f"crypto-erased: {', '.join(items)}", timeout=10)
+            self.notify(f"crypto-erased: {', '.join(key_ids)}", timeout=10)
         self.refresh_status()

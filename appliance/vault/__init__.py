@@ -1,4 +1,4 @@
-"""The vault: passphrase -> key-encryption key -> master key -> one data key per item.
+"""The vault: passphrase -> key-encryption key -> master key -> one data key per key id.
 
     kdf.py           passphrase -> KEK: the KDF, its parameters and their bounds
     aead.py          key buffers (zeroed, memory-locked) and AES-256-GCM sealing of the vault's secrets
@@ -20,7 +20,7 @@ Rules:
   interpreter's own buffers); that limit is stated in docs/procedures.md.
 - Parsing a vault file raises only typed errors (`VaultCorrupt`, `WrongPassphrase`, ...):
   a malformed or tampered file is a refusal, never a crash.
-- Crypto-erase removes an item's data key from the key-slot table (one atomic rewrite) and
+- Crypto-erase removes a data key from the key-slot table (one atomic rewrite) and
   remembers its id as erased; reading it afterwards raises `Erased` (exit 6). Erasing an overlay,
   the journal or everything, with what the store forgets, is `appliance.erase`'s.
 """

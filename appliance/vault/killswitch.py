@@ -41,7 +41,7 @@ class Killed(Locked):
     def __init__(self, wipe: bool):
         super().__init__("stopped by the kill-switch: keys zeroed, appliance locked" + (" (wipe requested)" if wipe else ""))
         self.wipe = wipe
-        self.wiped: list[str] = []  # vault items the kill's wipe erased, once it was handled
+        self.wiped: list[str] = []  # vault key ids the kill's wipe erased, once it was handled
 
 
 class AlreadyRunning(Refused):

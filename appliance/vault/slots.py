@@ -1,20 +1,20 @@
 """`<state>/vault/slots.json`: the key-slot table, sealed as a whole under the master key.
 
     {"format": "appliance-keyslots/1", "sealed": base64(nonce || AES-256-GCM(master, table))}
-    table = {"items":    {item_id: {"key": base64, "files": [path, ...], "created": TIME}},
-             "erased":   {item_id: TIME},
-             "heads":    {item_id: {"seq": int, "hash": hex}},     the journal's last sealed record
+    table = {"items":    {key_id: {"key": base64, "files": [path, ...], "created": TIME}},
+             "erased":   {key_id: TIME},
+             "heads":    {key_id: {"seq": int, "hash": hex}},     the journal's last sealed record
              "settings": {name: JSON value},                        sealed, so only the passphrase changes them
              "files":    {path: [sha256, ...]}}                     digests of sealed state files (`sealed_state`)
 
 Rules:
-- The table is sealed as a whole, so the journal heads kept in it and the list of erased items
+- The table is sealed as a whole, so the journal heads kept in it and the list of erased key ids
   are as tamper-evident as the data keys themselves.
 - It is parsed and checked once per read, into `SlotTable`: authentic (we sealed it) but still
   checked, so that a bug cannot pass silently; a wrong-shaped part is `KeySlotsCorrupt` naming it.
-- One lookup, `SlotTable.entry`, says for every caller whether an item is there, was erased
+- One lookup, `SlotTable.entry`, says for every caller whether a key id is there, was erased
   (`Erased`, exit 6, with the time) or was never there (`NotFound`, exit 5).
-- Paths (an item's ciphertext files, a sealed file's digests) are relative to the state dir.
+- Paths (a data key's ciphertext files, a sealed file's digests) are relative to the state dir.
 """
 
 import json
@@ -31,14 +31,15 @@ from .errors import KeySlotsCorrupt
 
 SLOTS_FORMAT = "appliance-keyslots/1"
 SLOTS_AD = b"appliance-keyslots/1 table"
-ITEM_ID = re.compile(r"[a-z]+(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){1,3}")
+KEY_ID = re.compile(r"[a-z]+(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){1,3}")
 KEY_B64 = re.compile(r"[A-Za-z0-9+/]{43}=")  # base64 of exactly KEY_BYTES bytes
+# The section "items" holds the slots by key id (its name is the v1 format's).
 SECTIONS = ("items", "erased", "heads", "settings")  # "files" came later: a table without it has none
 
 
 @dataclass(frozen=True)
 class Slot:
-    """One item's data key (base64 until asked for: see `Vault.data_key`) and its ciphertext files."""
+    """One data key (base64 until asked for: see `Vault.data_key`) and its ciphertext files."""
 
     key: str
     files: tuple[str, ...]
@@ -57,24 +58,24 @@ class Head:
 class SlotTable:
     """The decrypted table; changed in place inside `Vault._table` and sealed again as a whole."""
 
-    items: dict[str, Slot] = field(default_factory=dict)
-    erased: dict[str, str] = field(default_factory=dict)  # item id -> UTC time of its erase
+    slots: dict[str, Slot] = field(default_factory=dict)
+    erased: dict[str, str] = field(default_factory=dict)  # key id -> UTC time of its erase
     heads: dict[str, Head] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)
     files: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def entry(self, item_id: str) -> Slot:
-        """The slot of `item_id`; Erased if it was crypto-erased, NotFound if it never was here."""
-        slot = self.items.get(item_id)
+    def entry(self, key_id: str) -> Slot:
+        """The slot of `key_id`; Erased if it was crypto-erased, NotFound if it never was here."""
+        slot = self.slots.get(key_id)
         if slot is not None:
             return slot
-        if item_id in self.erased:
-            raise Erased(f"{item_id} was crypto-erased at {self.erased[item_id]}: its data key is gone")
-        raise NotFound(f"no such item in the vault: {item_id}")
+        if key_id in self.erased:
+            raise Erased(f"{key_id} was crypto-erased at {self.erased[key_id]}: its data key is gone")
+        raise NotFound(f"no such key id in the vault: {key_id}")
 
     def to_json(self) -> dict:
         return {
-            "items": {i: {"key": s.key, "files": list(s.files), "created": s.created} for i, s in self.items.items()},
+            "items": {i: {"key": s.key, "files": list(s.files), "created": s.created} for i, s in self.slots.items()},
             "erased": dict(self.erased),
             "heads": {i: {"seq": h.seq, "hash": h.hash} for i, h in self.heads.items()},
             "settings": dict(self.settings),
@@ -90,7 +91,7 @@ class SlotTable:
         if not isinstance(files, dict):
             raise KeySlotsCorrupt("slots.json: the sealed file digests have the wrong shape")
         return cls(
-            items={i: _slot(i, s) for i, s in doc["items"].items()},
+            slots={i: _slot(i, s) for i, s in doc["items"].items()},
             erased={i: _string(t, f"the erase time of {i!r}") for i, t in doc["erased"].items()},
             heads={i: _head(i, h) for i, h in doc["heads"].items()},
             settings=dict(doc["settings"]),
@@ -98,10 +99,10 @@ class SlotTable:
         )
 
 
-def _slot(item_id: str, value: object) -> Slot:
-    what = f"key slot {item_id!r}"
-    if not ITEM_ID.fullmatch(item_id):
-        raise KeySlotsCorrupt(f"slots.json: {what} is not a valid item id")
+def _slot(key_id: str, value: object) -> Slot:
+    what = f"key slot {key_id!r}"
+    if not KEY_ID.fullmatch(key_id):
+        raise KeySlotsCorrupt(f"slots.json: {what} is not a valid key id")
     if not isinstance(value, dict):
         raise KeySlotsCorrupt(f"slots.json: {what} has the wrong shape")
     key = value.get("key")
@@ -110,9 +111,9 @@ def _slot(item_id: str, value: object) -> Slot:
     return Slot(key, _strings(value.get("files"), f"the files of {what}"), _string(value.get("created"), f"the time of {what}"))
 
 
-def _head(item_id: str, value: object) -> Head:
+def _head(key_id: str, value: object) -> Head:
     if not isinstance(value, dict) or type(value.get("seq")) is not int or not isinstance(value.get("hash"), str):
-        raise KeySlotsCorrupt(f"slots.json: head of {item_id!r} has the wrong shape")
+        raise KeySlotsCorrupt(f"slots.json: head of {key_id!r} has the wrong shape")
     return Head(value["seq"], value["hash"])
 
 

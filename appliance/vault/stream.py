@@ -7,11 +7,11 @@ Every chunk but the last holds exactly `chunk_size` plaintext bytes; the last ho
 and is the only one sealed with last=1. Hence:
 - swapped or moved chunks fail (the index is in the nonce);
 - a file cut at a chunk boundary ends in a chunk sealed with last=0 and fails; bytes appended fail;
-- a changed header fails (it is associated data); `context` (say, the item id) binds the ciphertext
+- a changed header fails (it is associated data); `context` (say, the key id) binds the ciphertext
   to what it is, so a file copied in under another id fails too.
 
-Rules: one fresh data key per item (from `Vault.new_data_key` or `random_key`); the few files of one
-item (an overlay version's artifacts) share it and are kept apart by their random nonce prefix and
+Rules: one fresh data key per key id (from `Vault.new_data_key` or `random_key`); the few files under one
+key id (an overlay version's artifacts) share it and are kept apart by their random nonce prefix and
 their `context`. Plaintext is never written to disk by this module; decryption yields chunks the
 caller zeroes when done (see `vault.zeroize`).
 """
@@ -116,5 +116,5 @@ def decrypt_chunks(key: bytes | bytearray, path: Path, context: bytes = b"") -> 
                 yield aead.decrypt(nonce, sealed, ad)
             except InvalidTag:
                 raise CiphertextRejected(
-                    f"{path}: chunk {index} failed authentication (modified, reordered, truncated, or another item's key)"
+                    f"{path}: chunk {index} failed authentication (modified, reordered, truncated, or under another data key)"
                 ) from None

@@ -3,7 +3,7 @@
     passphrase --KDF (`kdf`)--> KEK
     KEK    --AES-256-GCM--> master key (32 random bytes)          master.json     (`master`)
     master --AES-256-GCM--> key-slot table (`SlotTable`)          slots.json      (`slots`)
-    table  --> one data key per item, journal heads, sealed settings, sealed file digests
+    table  --> one data key per key id, journal heads, sealed settings, sealed file digests
 
 Rules:
 - Every table change is read-modify-write under the exclusive vault lock (`disk.vault_lock`), so
@@ -27,7 +27,7 @@ from .aead import KEY_BYTES, b64, random_key, secret, unb64, zeroize
 from .disk import vault_dir, vault_lock
 from .errors import KeySlotsCorrupt
 from .master import read_master, rewrap_master, unwrap_master, vault_state, write_master, write_tombstone
-from .slots import ITEM_ID, Head, Slot, SlotTable, read_table, slots_path, write_table
+from .slots import KEY_ID, Head, Slot, SlotTable, read_table, slots_path, write_table
 
 
 class Vault:
@@ -113,81 +113,81 @@ class Vault:
         """`with Vault.unlock(...) as vault:` zeroes the master key however the body ends."""
         self.zeroize()
 
-    # -- items -------------------------------------------------------------------------
+    # -- data keys, by key id ------------------------------------------------------------
 
-    def new_data_key(self, item_id: str, files: Sequence[str] = ()) -> bytearray:
-        """A fresh random data key for `item_id`, recorded in the table before it is returned."""
+    def new_data_key(self, key_id: str, files: Sequence[str] = ()) -> bytearray:
+        """A fresh random data key for `key_id`, recorded in the table before it is returned."""
         key = random_key()
         try:
-            self.record_data_key(item_id, key, files)
+            self.record_data_key(key_id, key, files)
         except BaseException:
             zeroize(key)
             raise
         return key
 
-    def record_data_key(self, item_id: str, key: bytearray, files: Sequence[str] = (), *, replace: bool = False) -> None:
-        """Record `key` (from `random_key`) as the data key of `item_id`, in one atomic table rewrite.
+    def record_data_key(self, key_id: str, key: bytearray, files: Sequence[str] = (), *, replace: bool = False) -> None:
+        """Record `key` (from `random_key`) as the data key of `key_id`, in one atomic table rewrite.
 
         For callers that must encrypt before they may write to the vault (an import that can still
-        be refused keeps its key in memory until it commits). `files` are the item's ciphertext
+        be refused keeps its key in memory until it commits). `files` are the key's ciphertext
         paths relative to the state dir: crypto-erase deletes them after the key is gone.
         Re-creating an erased id is allowed (a fresh key). An existing key is refused unless
         `replace`, which only a caller that knows that key to be an orphan may ask for.
         """
-        if not ITEM_ID.fullmatch(item_id):
-            raise Refused(f"not a valid item id: {item_id!r}")
+        if not KEY_ID.fullmatch(key_id):
+            raise Refused(f"not a valid key id: {key_id!r}")
         if len(key) != KEY_BYTES:
             raise Refused(f"a data key is {KEY_BYTES} bytes, not {len(key)}")
         for f in files:
             self._inside_home(f)
         with self._table() as table:
-            if item_id in table.items and not replace:
-                raise Refused(f"{item_id} already has a data key")
-            table.erased.pop(item_id, None)
-            table.items[item_id] = Slot(b64(key), tuple(files), now_text())
+            if key_id in table.slots and not replace:
+                raise Refused(f"{key_id} already has a data key")
+            table.erased.pop(key_id, None)
+            table.slots[key_id] = Slot(b64(key), tuple(files), now_text())
 
-    def data_key(self, item_id: str) -> bytearray:
-        """The data key of `item_id`, in a buffer the caller zeroes; Erased (exit 6) or NotFound (exit 5)."""
-        key = secret(unb64(self._read_table().entry(item_id).key, KeySlotsCorrupt, f"slots.json: key of {item_id}"))
+    def data_key(self, key_id: str) -> bytearray:
+        """The data key of `key_id`, in a buffer the caller zeroes; Erased (exit 6) or NotFound (exit 5)."""
+        key = secret(unb64(self._read_table().entry(key_id).key, KeySlotsCorrupt, f"slots.json: key of {key_id}"))
         if len(key) != KEY_BYTES:
-            raise KeySlotsCorrupt(f"slots.json: key of {item_id} has the wrong length")
+            raise KeySlotsCorrupt(f"slots.json: key of {key_id} has the wrong length")
         return key
 
-    def items(self, prefix: str = "") -> list[str]:
-        return sorted(i for i in self._read_table().items if i.startswith(prefix))
+    def key_ids(self, prefix: str = "") -> list[str]:
+        return sorted(i for i in self._read_table().slots if i.startswith(prefix))
 
-    def erased_items(self, prefix: str = "") -> dict[str, str]:
-        """Tombstones: erased item id -> UTC time of the erase."""
+    def erased_key_ids(self, prefix: str = "") -> dict[str, str]:
+        """Tombstones: erased key id -> UTC time of the erase."""
         return {i: t for i, t in sorted(self._read_table().erased.items()) if i.startswith(prefix)}
 
-    def erase(self, item_ids: list[str]) -> list[str]:
-        """Crypto-erase items in one atomic table rewrite, then delete their ciphertext files.
+    def erase(self, key_ids: list[str]) -> list[str]:
+        """Crypto-erase data keys in one atomic table rewrite, then delete their ciphertext files.
 
         Unknown ids raise NotFound, already erased ones Erased; in both cases nothing changes.
         Returns the ciphertext paths deleted (relative to the state dir).
         """
         with self._table() as table:
-            slots = {item_id: table.entry(item_id) for item_id in item_ids}
+            slots = {key_id: table.entry(key_id) for key_id in key_ids}
             when = now_text()
-            for item_id in slots:
-                del table.items[item_id]
-                table.heads.pop(item_id, None)
-                table.erased[item_id] = when
+            for key_id in slots:
+                del table.slots[key_id]
+                table.heads.pop(key_id, None)
+                table.erased[key_id] = when
         # The keys are gone (durably) before any ciphertext is touched: a crash in between
-        # leaves undecryptable files, never a readable item that was meant to be erased.
+        # leaves undecryptable files, never readable data that was meant to be erased.
         paths = {self._inside_home(rel): rel for slot in slots.values() for rel in slot.files}
         return [paths[path] for path in discard(self.home, list(paths))]
 
     # -- sealed heads (the journal's last record per session) ---------------------------
 
-    def head(self, item_id: str) -> tuple[int, str] | None:
-        head = self._read_table().heads.get(item_id)
+    def head(self, key_id: str) -> tuple[int, str] | None:
+        head = self._read_table().heads.get(key_id)
         return None if head is None else (head.seq, head.hash)
 
-    def seal_head(self, item_id: str, seq: int, digest: str) -> None:
+    def seal_head(self, key_id: str, seq: int, digest: str) -> None:
         with self._table() as table:
-            table.entry(item_id)
-            table.heads[item_id] = Head(seq, digest)
+            table.entry(key_id)
+            table.heads[key_id] = Head(seq, digest)
 
     # -- settings sealed with the keys (so changing them needs the passphrase) -----------
 

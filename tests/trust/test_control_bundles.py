@@ -62,7 +62,7 @@ def test_import_list_status_verify(home, keys, base, vault, tmp_path):
     stored = (home / "store" / "objects" / sha / "artifacts" / "control.safetensors").read_bytes()
     plain = (tmp_path / f"control-1-{BASE_SHA[:8]}-576-15" / "control.safetensors").read_bytes()
     assert plain[200:264] not in stored and len(stored) > len(plain)
-    assert vault.items("control/") == ["control/terse/1"]
+    assert vault.key_ids("control/") == ["control/terse/1"]
     vector = load_active_control(base, vault).vector
     assert np.isclose(np.linalg.norm(vector.directions[15]), 1.0)
 
@@ -93,7 +93,7 @@ def test_rollback_erase_and_replay_after_erase(home, keys, base, vault, tmp_path
 def test_the_kill_wipe_erases_control_vectors(installed, vault):
     out = ok("kill", "--wipe")
     assert "control/terse/1" in out and "overlay/care/1" in out
-    assert vault.items("control/") == [] and vault.items("overlay/") == []
+    assert vault.key_ids("control/") == [] and vault.key_ids("overlay/") == []
     assert "terse  control-vector  erased  crypto-erased v1" in ok("update", "list")
 
 

@@ -114,7 +114,7 @@ def test_erase_overlay_then_ask_is_erased_and_the_rest_still_works(home, keys, t
     assert "aux v1 (active): ok" in verify and "care" not in verify
     assert ok("logs", "verify", sid).startswith("ok")
     vault = Vault.unlock(home, PASSPHRASE.encode())
-    assert vault.items("overlay/") == ["overlay/aux/1"]
+    assert vault.key_ids("overlay/") == ["overlay/aux/1"]
 
     # A newer version installs and loads; rolling back to the erased one is refused with exit 6.
     v2 = bundle(keys, tmp_path, "v2", version=2, seed=7)
@@ -172,10 +172,10 @@ def test_killed_import_orphan_key_is_harmless_and_erased(home, keys, tmp_path):
     r = appliance("update", "import", str(v2), env={"APPLIANCE_TEST_CRASH_AT": "keyed"})
     assert r.returncode == -9
     vault = Vault.unlock(home, PASSPHRASE.encode())
-    assert vault.items("overlay/") == ["overlay/care/1", "overlay/care/2"]  # the orphan
+    assert vault.key_ids("overlay/") == ["overlay/care/1", "overlay/care/2"]  # the orphan
     ok("verify")
     assert ok(*ASK, "--overlay", "on").strip()  # v1 still loads
     v3 = bundle(keys, tmp_path, "v3", version=3, seed=3)
     ok("update", "import", str(v3))
-    assert vault.items("overlay/") == ["overlay/care/1", "overlay/care/3"]
-    assert "overlay/care/2" in vault.erased_items("overlay/")
+    assert vault.key_ids("overlay/") == ["overlay/care/1", "overlay/care/3"]
+    assert "overlay/care/2" in vault.erased_key_ids("overlay/")

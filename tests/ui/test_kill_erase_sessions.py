@@ -62,15 +62,15 @@ async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
     print(f"\nkill ({how}) -> generation stopped and journalled in {stopped.total_seconds() * 1000:.0f} ms")
 
 
-def _fake_overlay_item(home):
-    """The vault item an installed overlay `care` v1 has (the store's own import is tested in tests/trust)."""
+def _fake_overlay_key_id(home):
+    """The vault key an installed overlay `care` v1 has (the store's own import is tested in tests/trust)."""
     vault = _vault(home)
     vault.new_data_key("overlay/care/1")
     vault.zeroize()
 
 
 async def test_erase_overlay_needs_its_name(vault_home, make_app):
-    _fake_overlay_item(vault_home)
+    _fake_overlay_key_id(vault_home)
     app = make_app()
     async with app.run_test() as pilot:
         await unlock(pilot, PASSPHRASE)

@@ -20,7 +20,7 @@ from vault_setup import PASSPHRASE
 
 from appliance.errors import Erased, Locked, NotFound
 from appliance.journal import Journal
-from appliance.journal.session_files import item_id
+from appliance.journal.session_files import session_key_id
 from appliance.vault import Vault
 
 # The real CLI with os.fsync counted, and the process SIGKILLed on entry to the Nth call (0: never).
@@ -68,8 +68,8 @@ def _format(path) -> str | None:
         return None
 
 
-def _copies_that_open(home, item: str, scratch) -> list[tuple[str, str]]:
-    """Every (master slot, table) pair of files under `home` that, put in place, yields `item`'s key."""
+def _copies_that_open(home, key_id: str, scratch) -> list[tuple[str, str]]:
+    """Every (master slot, table) pair of files under `home` that, put in place, yields `key_id`'s key."""
     files = [p for p in home.rglob("*") if p.is_file()]
     masters = [p for p in files if _format(p) == "appliance-vault/1"]
     tables = [p for p in files if _format(p) == "appliance-keyslots/1"]
@@ -85,7 +85,7 @@ def _copies_that_open(home, item: str, scratch) -> list[tuple[str, str]]:
             except (Locked, Erased):
                 continue
             try:
-                vault.data_key(item)
+                vault.data_key(key_id)
                 found.append((str(master.relative_to(home)), str(table.relative_to(home))))
             except (Erased, NotFound):
                 pass
@@ -96,18 +96,18 @@ def _copies_that_open(home, item: str, scratch) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def journalled(vault_home, vault):
-    """The state dir with one journal session: the item every erase below must leave unrecoverable."""
+    """The state dir with one journal session: the key id every erase below must leave unrecoverable."""
     j = Journal.create(vault)
     j.append("message", role="user", text="what the erase must take away")
     j.close()
-    return vault_home, item_id(j.session_id)
+    return vault_home, session_key_id(j.session_id)
 
 
-def _check_every_kill_point(home, item, interrupted: list[tuple[str, ...]], erase: str, via: str, tmp_path) -> None:
+def _check_every_kill_point(home, key_id, interrupted: list[tuple[str, ...]], erase: str, via: str, tmp_path) -> None:
     """For each combination of kill points, the interrupted commands in order, then the erase, then the proof."""
     pristine = tmp_path / "pristine"
     shutil.copytree(home, pristine)
-    assert _copies_that_open(home, item, tmp_path / "scratch")  # the proof can see a key when there is one
+    assert _copies_that_open(home, key_id, tmp_path / "scratch")  # the proof can see a key when there is one
     kill_points = []
     for args in interrupted:
         _restore(home, pristine)
@@ -119,8 +119,8 @@ def _check_every_kill_point(home, item, interrupted: list[tuple[str, ...]], eras
             assert killed.returncode == -9, (args, n, killed.stderr)
         r = appliance("erase", erase, "--yes")
         assert r.returncode in ((0, 5) if erase == "logs" else (0,)), r.stderr  # 5: the killed erase had done it
-        leftovers = _copies_that_open(home, item, tmp_path / "scratch")
-        assert not leftovers, f"{interrupted} killed at fsyncs {points}, then erase {erase}: {leftovers} open {item}"
+        leftovers = _copies_that_open(home, key_id, tmp_path / "scratch")
+        assert not leftovers, f"{interrupted} killed at fsyncs {points}, then erase {erase}: {leftovers} open {key_id}"
 
 
 @pytest.mark.parametrize("interrupted", [TABLE_WRITE, ("erase", "logs", "--yes")], ids=lambda args: args[0])

@@ -78,7 +78,7 @@ def test_key_slot_parser_only_typed_errors(vault, blob):
     original = slots.read_bytes()
     slots.write_bytes(blob)
     try:
-        vault.items()
+        vault.key_ids()
     except KeySlotsCorrupt:
         pass
     finally:

@@ -63,7 +63,7 @@ def test_erase_all_then_afresh(vault_home, vault):
     with pytest.raises(Erased):
         Vault.unlock(vault_home, PASSPHRASE)
     fresh = Vault.create(vault_home, b"another")
-    assert fresh.items() == []
+    assert fresh.key_ids() == []
 
 
 def test_zeroize_overwrites_in_place():
@@ -83,10 +83,10 @@ def format_1(tmp_path):
 def test_a_vault_of_the_earlier_release_opens_and_reads_the_same(format_1):
     vault = Vault.unlock(format_1, PASSPHRASE)
     try:
-        assert vault.items() == ["journal/20260101T000000Z-00000000", "overlay/care/1"]
+        assert vault.key_ids() == ["journal/20260101T000000Z-00000000", "overlay/care/1"]
         assert vault.data_key("overlay/care/1").hex() == "95afd08b730899f52cbbfcd71dba8a868a91dee83e91cc2850d100c19f9ab6af"
         assert vault.head("journal/20260101T000000Z-00000000") == (3, "ab" * 32)
-        assert list(vault.erased_items()) == ["overlay/care/0"]
+        assert list(vault.erased_key_ids()) == ["overlay/care/0"]
         with pytest.raises(Erased):
             vault.data_key("overlay/care/0")
         assert vault.setting(WIPE_POLICY) is True

@@ -1,4 +1,4 @@
-"""The key-slot table: data keys, per-item erase and its tombstones, and the typed table (`vault.slots`)
+"""The key-slot table: data keys, per-key erase and its tombstones, and the typed table (`vault.slots`)
 that is checked once when read and answers "erased or not found" in one place."""
 
 import json
@@ -38,14 +38,14 @@ def test_data_keys_erase_and_tombstones(vault):
         vault.erase(["overlay/care/1"])
 
 
-def test_an_erase_naming_one_unknown_item_erases_nothing(vault):
+def test_an_erase_naming_one_unknown_key_id_erases_nothing(vault):
     vault.new_data_key("overlay/care/1")
     with pytest.raises(NotFound):
         vault.erase(["overlay/care/1", "overlay/none/1"])
-    assert vault.items() == ["overlay/care/1"] and vault.erased_items() == {}
+    assert vault.key_ids() == ["overlay/care/1"] and vault.erased_key_ids() == {}
 
 
-def test_heads_are_sealed_only_for_items_with_a_key(vault):
+def test_heads_are_sealed_only_for_key_ids_with_a_key(vault):
     vault.new_data_key("journal/s1")
     vault.seal_head("journal/s1", 2, "ab" * 32)
     assert vault.head("journal/s1") == (2, "ab" * 32)
@@ -61,7 +61,7 @@ def test_ciphertext_paths_must_stay_inside_the_state_dir(vault):
     for bad in ("/etc/passwd", "../outside"):
         with pytest.raises(ApplianceError):
             vault.new_data_key("overlay/evil/1", files=[bad])
-    with pytest.raises(Refused):  # not an item id
+    with pytest.raises(Refused):  # not a key id
         vault.new_data_key("../../x")
 
 
@@ -70,7 +70,7 @@ def test_ciphertext_paths_must_stay_inside_the_state_dir(vault):
 
 def test_the_table_parses_into_types():
     table = SlotTable.parse(GOOD)
-    assert table.items["overlay/care/1"] == Slot(KEY, ("store/objects/x/artifacts/a",), "2026-01-01T00:00:00Z")
+    assert table.slots["overlay/care/1"] == Slot(KEY, ("store/objects/x/artifacts/a",), "2026-01-01T00:00:00Z")
     assert table.files == {"trust/policy.json": ("cd" * 32,)}
     assert SlotTable.parse({**GOOD, "heads": {"journal/s": {"seq": 1, "hash": "h"}}}).heads == {"journal/s": Head(1, "h")}
     assert SlotTable.parse({k: v for k, v in GOOD.items() if k != "files"}).files == {}  # tables made before file digests
@@ -89,7 +89,7 @@ def _slot(**change):
     return {"items": {**GOOD["items"], "overlay/care/1": {**GOOD["items"]["overlay/care/1"], **change}}}
 
 
-WRONG_SHAPES = {  # id: (the change, the item its refusal must name)
+WRONG_SHAPES = {  # id: (the change, the key id its refusal must name)
     "slot": ({"items": {"overlay/care/1": "a key"}}, "overlay/care/1"),
     "key-type": (_slot(key=12), "overlay/care/1"),
     "key-base64": (_slot(key="not base64 at all"), "overlay/care/1"),
@@ -97,7 +97,7 @@ WRONG_SHAPES = {  # id: (the change, the item its refusal must name)
     "files-type": (_slot(files="store/objects/x/artifacts/a"), "overlay/care/1"),
     "file-type": (_slot(files=[1]), "overlay/care/1"),
     "created": (_slot(created=None), "overlay/care/1"),
-    "item-id": ({"items": {"overlay/../care/1": GOOD["items"]["overlay/care/1"]}}, "overlay/../care/1"),
+    "key-id": ({"items": {"overlay/../care/1": GOOD["items"]["overlay/care/1"]}}, "overlay/../care/1"),
     "head": ({"heads": {"journal/s": {"seq": "1", "hash": "h"}}}, "journal/s"),
     "erased": ({"erased": {"overlay/care/0": 0}}, "overlay/care/0"),
     "digests": ({"files": {"trust/policy.json": "cd"}}, "trust/policy.json"),
@@ -130,6 +130,6 @@ def test_unlock_refuses_a_sealed_table_with_a_wrong_shaped_entry(vault_home, vau
     with pytest.raises(KeySlotsCorrupt, match="overlay/care/1"):
         Vault.unlock(vault_home, PASSPHRASE)
     with pytest.raises(KeySlotsCorrupt):
-        vault.items()
+        vault.key_ids()
     _seal_table(vault_home, vault._master, GOOD)
-    assert Vault.unlock(vault_home, PASSPHRASE).items() == ["overlay/care/1"]
+    assert Vault.unlock(vault_home, PASSPHRASE).key_ids() == ["overlay/care/1"]

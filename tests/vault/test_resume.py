@@ -9,7 +9,7 @@ from vault_setup import PASSPHRASE
 
 from appliance.journal import Journal, read, sessions
 from appliance.journal.resume import ResumeChainBroken, past_conversation
-from appliance.journal.session_files import item_id, relative_path
+from appliance.journal.session_files import relative_path, session_key_id
 from appliance.runtime.sampler import SamplingSettings
 from appliance.runtime.session import Session
 from appliance.vault import Vault
@@ -26,7 +26,7 @@ def test_ask_resume_continues_the_history_in_a_new_linked_session(vault_home, ru
     with _vault(vault_home) as vault:
         (old,) = sessions(vault)
         old_records = read(vault, old)
-        head = vault.head(item_id(old))
+        head = vault.head(session_key_id(old))
     old_bytes = (vault_home / relative_path(old)).read_bytes()
     r = appliance("ask", "What is my name?", "--resume", old, "--temperature", "0", "--max-tokens", "16")
     assert r.returncode == 0 and "note:" not in r.stderr, r.stderr  # same base, no overlay then or now: nothing to say
@@ -79,7 +79,7 @@ def test_the_history_follows_regenerate_edit_failed_replies_and_chained_resumes(
     past = past_conversation(vault, first)
     assert [m["content"] for m in past.history] == ["a", "A", "b", "B2", "d", "D"]
     assert past.system_prompt == "S2" and past.preset is None  # the last message's conditioning
-    assert past.link.session_id == first and (past.link.head_seq, past.link.head_hash) == vault.head(item_id(first))
+    assert past.link.session_id == first and (past.link.head_seq, past.link.head_hash) == vault.head(session_key_id(first))
     second = _session(vault, {"kind": "resume", **past.link.record()}, _msg("user", "f"), _msg("assistant", "F"))
     assert [m["content"] for m in past_conversation(vault, second).history] == ["a", "A", "b", "B2", "d", "D", "f", "F"]
     # A link whose head no longer matches (the old session was changed or replaced) is refused.
@@ -105,7 +105,7 @@ def test_refusals_change_nothing(vault_home):
     data[-5] ^= 1
     path.write_bytes(bytes(data))
     with _vault(vault_home) as vault:
-        vault.erase([item_id(gone)])
+        vault.erase([session_key_id(gone)])
     while any((vault_home / ".erased").iterdir()):  # the erase unlinks its ciphertext in a detached process
         time.sleep(0.05)
     _refused(vault_home, 2, "usage", "--resume", "../../etc/passwd")

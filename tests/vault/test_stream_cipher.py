@@ -49,6 +49,6 @@ def test_stream_detects_truncation_reordering_and_wrong_context(tmp_path):
             _decrypt(key, path)
     path.write_bytes(blob)
     with pytest.raises(CiphertextRejected):
-        _decrypt(key, path, context=b"another item")
+        _decrypt(key, path, context=b"another key id")
     with pytest.raises(CiphertextRejected):
         _decrypt(bytearray(32), path)

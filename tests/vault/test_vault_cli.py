@@ -135,4 +135,4 @@ def test_erase_all_then_init_afresh(vault_home, vault, tmp_path):
     (tmp_path / "pw2").write_text("after the wipe\n")
     r = appliance("init", "--passphrase-file", str(tmp_path / "pw2"))
     assert r.returncode == 0 and "replacing the erased one" in r.stdout
-    assert Vault.unlock(vault_home, b"after the wipe").items() == []
+    assert Vault.unlock(vault_home, b"after the wipe").key_ids() == []
