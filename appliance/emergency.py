@@ -1,16 +1,16 @@
 """What a kill does, for every front end (`ask` under its guard, the chat UI).
 
 In this order, because the first steps must not wait on the disk: the kill-switch callbacks
-switch the overlay off and zero its decrypted weights; the wipe policy can turn any kill into a
-wipe; the journal (if a session was opened) gets its final `kill` record naming what is erased;
-then a wipe crypto-erases every overlay and every imported base.
+switch the overlay and the control vector off and zero their decrypted weights; the wipe policy can
+turn any kill into a wipe; the journal (if a session was opened) gets its final `kill` record naming
+what is erased; then a wipe crypto-erases every overlay, every control vector and every imported base.
 """
 
 from typing import Optional
 
 from .erase import erase_installed
 from .journal import Journal
-from .store.at_rest import BASE_KEYS, OVERLAY_KEYS
+from .store.at_rest import BASE_KEYS, CONTROL_KEYS, OVERLAY_KEYS
 from .vault import Vault
 from .vault.killswitch import WIPE_POLICY, Killed, KillSwitch
 
@@ -21,8 +21,9 @@ def handle_kill(killed: Killed, ks: KillSwitch, vault: Vault, journal: Optional[
     killed.wipe = killed.wipe or bool(vault.setting(WIPE_POLICY, False))
     wiping = vault.key_ids(OVERLAY_KEYS) if killed.wipe else []
     bases = vault.key_ids(BASE_KEYS) if killed.wipe else []
+    controls = vault.key_ids(CONTROL_KEYS) if killed.wipe else []
     if journal is not None:
-        journal.append("kill", wipe=killed.wipe, overlays_erased=wiping, bases_erased=bases)
+        journal.append("kill", wipe=killed.wipe, overlays_erased=wiping, bases_erased=bases, controls_erased=controls)
     if killed.wipe:
         erase_installed(vault)
-    return wiping + bases
+    return wiping + controls + bases

@@ -6,8 +6,9 @@ the data's size), then the owner's records of what was erased:
 
 - an overlay: its keys, then the store marks its versions erased and drops their objects
   (`store.forget_overlays`), so a load, a rollback or a replayed bundle says "erased" (exit 6);
+- a control vector: the same (`store.forget_controls`);
 - a base model: the same (`store.forget_bases`); the embedded default becomes the active base if
-  the erased one was; a kill's wipe erases every overlay and every imported base;
+  the erased one was; a kill's wipe erases every overlay, every control vector and every imported base;
 - the journal: every session's key, then its file;
 - everything: the master key slot (needs no passphrase), then the journal's, the store's and the
   trust policy's folders: the journal is keyless without the vault, and the store's and the
@@ -22,8 +23,8 @@ from .errors import Erased, NotFound
 from .fsutil import discard
 from .journal.session_files import JOURNAL_DIR, JOURNAL_KEYS
 from .store import forget_overlays
-from .store.at_rest import BASE_KEYS, OVERLAY_KEYS
-from .store.forget import forget_bases
+from .store.at_rest import BASE_KEYS, CONTROL_KEYS, OVERLAY_KEYS
+from .store.forget import forget_bases, forget_controls
 from .store.layout import STORE_DIR
 from .trust.policy import TRUST_DIR
 from .vault import Vault
@@ -41,6 +42,11 @@ def erase_base(vault: Vault, name: str) -> list[str]:
     return _erase_versions(vault, f"{BASE_KEYS}{name}/", f"base model {name}", lambda: forget_bases(vault, name))
 
 
+def erase_control(vault: Vault, name: str) -> list[str]:
+    """Every installed version of control vector NAME. Returns the key ids erased."""
+    return _erase_versions(vault, f"{CONTROL_KEYS}{name}/", f"control vector {name}", lambda: forget_controls(vault, name))
+
+
 def _erase_versions(vault: Vault, prefix: str, what: str, forget: Callable[[], None]) -> list[str]:
     """The data keys of every version under `prefix`, then the store's record of them."""
     key_ids = vault.key_ids(prefix)
@@ -54,11 +60,12 @@ def _erase_versions(vault: Vault, prefix: str, what: str, forget: Callable[[], N
 
 
 def erase_installed(vault: Vault) -> list[str]:
-    """The kill-switch wipe: every overlay and every imported base. Returns the key ids erased (possibly none)."""
-    key_ids = vault.key_ids(OVERLAY_KEYS) + vault.key_ids(BASE_KEYS)
+    """The kill-switch wipe: every overlay, control vector and imported base. Returns the key ids erased (possibly none)."""
+    key_ids = vault.key_ids(OVERLAY_KEYS) + vault.key_ids(CONTROL_KEYS) + vault.key_ids(BASE_KEYS)
     if key_ids:
         vault.erase(key_ids)
     forget_overlays(vault, None)  # also versions whose keys an earlier, interrupted erase destroyed
+    forget_controls(vault, None)
     forget_bases(vault, None)
     return key_ids
 

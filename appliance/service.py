@@ -2,6 +2,7 @@
 
     with UnlockedAppliance.open(vault, model) as app:   # the kill-switch armed, the vault zeroed on the way out
         app.load_overlay()                              # decrypted, re-verified, bound to this base
+        app.load_control()                              # the control vector beside it, the same way
         session = app.session(runtime, settings=...)
         outcome = app.reply(session, "Hello", max_tokens=64)
 
@@ -10,14 +11,17 @@ Rules:
    refusal, a bug), after the decrypted overlay is zeroed and the journal closed;
 2. the kill-switch is armed for the whole life (pid file, signals): a kill, whether it arrives
    as `Killed` at a safe point (`ask`) or from the chat's kill key (`kill`), runs the same
-   `emergency.handle_kill` once: overlay off and zeroed, a final `kill` record, a wipe if asked;
+   `emergency.handle_kill` once: overlay and control vector off and zeroed, a final `kill` record,
+   a wipe if asked;
 3. a journal session opens at the first record (or when the chat starts one), so work refused
    before it (an overlay that fails verification, a prompt that cannot fit the window) leaves no
    empty session behind;
 4. a reply is journalled the same way whoever asks: the user's message with its provenance (base,
-   overlay and its switch, sampling settings, system prompt) once the prompt is known to fit, then
+   overlay and control vector with their switches, sampling settings, system prompt) once the prompt
+   is known to fit, then
    the assistant's with finish, tokens, tokens/s and the divergence where it was measured;
-5. every overlay switch is journalled with its moment; records are serialised by a lock, since the
+5. every switch of the overlay or the control vector is journalled with its moment (`overlay-toggle`,
+   `control-toggle`); records are serialised by a lock, since the
    chat replies on a worker thread while its UI thread may switch or kill;
 6. resuming a past session (`resume`) reads and verifies it first (nothing is written if that
    fails), rebuilds its history with the system prompt (and preset) that conditioned it, and
@@ -40,7 +44,7 @@ from .journal import Journal, provenance
 from .journal.resume import PastConversation, past_conversation
 from .runtime.sampler import SamplingSettings
 from .runtime.session import Reply, Runtime, Session
-from .store import ActiveBase, ActiveOverlay, InstallRecord, load_active_overlay
+from .store import ActiveBase, ActiveControl, ActiveOverlay, InstallRecord, load_active_control, load_active_overlay
 from .trust.builtin import VerifiedModel
 from .vault import Vault
 from .vault.killswitch import Killed, KillSwitch
@@ -70,6 +74,9 @@ class Snapshot:
     overlay_on: bool
     overlay_problem: str  # why no overlay is loaded when one is installed ("" otherwise)
     session_id: Optional[str]  # the journal session, once opened
+    control: Optional[InstallRecord] = None  # the loaded control vector, whether switched on or off
+    control_on: bool = False
+    control_strength: Optional[float] = None  # what its directions are applied at, when one is loaded
 
 
 @dataclass(frozen=True)
@@ -87,12 +94,14 @@ class UnlockedAppliance:
     def __init__(self, vault: Vault, killswitch: KillSwitch, model: VerifiedModel):
         self.vault, self.killswitch, self.model = vault, killswitch, model
         self.active: Optional[ActiveOverlay] = None
+        self.control: Optional[ActiveControl] = None
         self.journal: Optional[Journal] = None
         self._first_record: Optional[dict] = None  # written first when the journal session opens (a `resume` link)
         self.killed = False
         self._lock = threading.Lock()
         self._base_record = provenance.base(model.name, model.sha256, model.version, model.signers)
         killswitch.on_kill(self.drop_overlay)
+        killswitch.on_kill(self.drop_control)
 
     @classmethod
     @contextmanager
@@ -111,6 +120,7 @@ class UnlockedAppliance:
                     raise
                 finally:
                     app.drop_overlay()
+                    app.drop_control()
                     app.close_journal()
         finally:
             vault.zeroize()
@@ -137,12 +147,25 @@ class UnlockedAppliance:
             self.active.zeroize()
             self.active = None
 
-    def session(self, runtime: Runtime, *, settings: SamplingSettings, system_prompt: Optional[str], overlay_on: bool) -> Session:
-        """A conversation on `runtime` with the loaded overlay, switched as asked (on needs one loaded)."""
+    def session(
+        self,
+        runtime: Runtime,
+        *,
+        settings: SamplingSettings,
+        system_prompt: Optional[str],
+        overlay_on: bool,
+        control_on: bool = False,
+    ) -> Session:
+        """A conversation on `runtime` with the loaded overlay and control vector, each switched as asked (on needs one loaded)."""
         session = Session(
-            runtime, overlay=self.active.overlay if self.active else None, system_prompt=system_prompt, settings=settings
+            runtime,
+            overlay=self.active.overlay if self.active else None,
+            system_prompt=system_prompt,
+            settings=settings,
+            control=self.control.vector if self.control else None,
         )
         session.set_overlay(overlay_on)
+        session.set_control(control_on)
         return session
 
     def toggle(self, session: Session) -> bool:
@@ -153,6 +176,33 @@ class UnlockedAppliance:
 
     def _overlay_record(self, on: bool) -> Optional[dict]:
         return self.active.provenance.journal_record(on) if self.active else None
+
+    # -- the control vector -------------------------------------------------------------
+
+    def load_control(self, loader: Optional[Callable[[Vault], ActiveControl]] = None) -> ActiveControl:
+        """The store's active control vector (or `loader`'s, in tests), decrypted, re-verified and bound to this base
+        (its hash, hidden size and block count).
+
+        Raises NoControlVector (none installed), Erased, or Refused (it failed a check); nothing is loaded then.
+        """
+        self.drop_control()
+        self.control = (loader or (lambda vault: load_active_control(ActiveBase(self.model), vault)))(self.vault)
+        return self.control
+
+    def drop_control(self) -> None:
+        """Zero the decrypted directions (the kill-switch runs this, as for the overlay)."""
+        if self.control is not None:
+            self.control.zeroize()
+            self.control = None
+
+    def toggle_control(self, session: Session) -> bool:
+        """Rule 5 for the control vector: O(1) flip (the next reply re-reads the context in the new state), journalled."""
+        on = session.toggle_control()
+        self.record("control-toggle", on=on, control=self._control_record(on), after_messages=len(session.history))
+        return on
+
+    def _control_record(self, on: bool) -> Optional[dict]:
+        return self.control.journal_record(on) if self.control else None
 
     # -- replies and the journal ------------------------------------------------------------
 
@@ -167,7 +217,12 @@ class UnlockedAppliance:
         meter: Optional[DivergenceMeter] = None,
     ) -> Outcome:
         """Rule 4: answer `text` in `session`, both messages journalled with their provenance."""
-        prov = {"base": self._base_record, "overlay": self._overlay_record(session.overlay_on), **session.conditioning()}
+        prov = {
+            "base": self._base_record,
+            "overlay": self._overlay_record(session.overlay_on),
+            "control": self._control_record(session.control_on),
+            **session.conditioning(),
+        }
         reply = session.generate(
             text,
             max_tokens=max_tokens,
@@ -210,9 +265,16 @@ class UnlockedAppliance:
     # -- resuming a past session ------------------------------------------------------------
 
     def resume(
-        self, runtime: Runtime, session_id: str, *, settings: SamplingSettings, overlay_on: Optional[bool] = None
+        self,
+        runtime: Runtime,
+        session_id: str,
+        *,
+        settings: SamplingSettings,
+        overlay_on: Optional[bool] = None,
+        control_on: bool = False,
     ) -> Resumed:
-        """Rule 6. `overlay_on` None: as the session last was, where the active overlay can do it.
+        """Rule 6. `overlay_on` None: as the session last was, where the active overlay can do it; the control
+        vector is as asked (off unless `control_on`), like a new session's.
 
         The new journal session opens at its first record (rule 3), which is the `resume` link.
         """
@@ -220,7 +282,7 @@ class UnlockedAppliance:
         notices, preset = self._changed_since(past)
         recorded_on = bool(past.overlay and past.overlay.get("on"))
         on = (recorded_on and self.active is not None) if overlay_on is None else overlay_on
-        session = self.session(runtime, settings=settings, system_prompt=past.system_prompt, overlay_on=on)
+        session = self.session(runtime, settings=settings, system_prompt=past.system_prompt, overlay_on=on, control_on=control_on)
         session.preset, session.history = preset, [dict(m) for m in past.history]
         with self._lock:
             self._close_journal()
@@ -254,6 +316,8 @@ class UnlockedAppliance:
         return Snapshot(
             self.model.name, self.model.sha256, self.active.provenance if self.active else None,
             bool(session and session.overlay_on), overlay_problem, self.journal.session_id if self.journal else None,
+            self.control.provenance if self.control else None, bool(session and session.control_on),
+            self.control.vector.strength if self.control else None,
         )  # fmt: skip
 
     # -- kill and erase -----------------------------------------------------------------------

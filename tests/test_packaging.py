@@ -71,6 +71,8 @@ def test_the_wheel_holds_every_file_of_the_package(built):
         "appliance/demo/field-manual.jsonl",
         "appliance/demo/overlay/overlay.json",
         "appliance/demo/overlay/overlay.safetensors",
+        "appliance/demo/control/control.json",
+        "appliance/demo/control/control.safetensors",
     ):
         assert name in shipped
 
@@ -109,6 +111,7 @@ def test_the_installed_wheel_inits_the_demo_and_answers_outside_the_checkout(bui
     appliance = venv / "bin" / "appliance"  # the console script the wheel declares
     init = run(appliance, "init", "--demo", "--passphrase-file", passphrase)
     assert "verified against the built-in manifest" in init.stdout and "installed overlay field-manual-demo" in init.stdout
+    assert "control-vector radio-operator v1" in init.stdout
     question = ["Will the supply convoy arrive tomorrow?", "--max-tokens", "4", "--temperature", "0"]
     reply = run(appliance, "ask", *question, "--passphrase-file", passphrase)
     assert reply.stdout.strip()

@@ -26,7 +26,9 @@ def cli(debug: bool) -> None:
 @cli.command()
 @click.option("--if-needed", is_flag=True, help="Do nothing if already initialised; never prompt without a terminal.")
 @click.option(
-    "--demo", is_flag=True, help="Also install the demo overlay, signed by two throwaway demo keys, through the trust chain."
+    "--demo",
+    is_flag=True,
+    help="Also install the demo overlay and control vector, signed by two throwaway demo keys, through the trust chain.",
 )
 @passphrase_option
 def init(if_needed: bool, demo: bool, passphrase_file) -> None:
@@ -59,21 +61,26 @@ def init(if_needed: bool, demo: bool, passphrase_file) -> None:
 
 def _install_demo(model, vault, passphrase_file) -> None:
     """`model` and `vault`: what `init` already verified and opened, else None."""
-    from ..demo.install import DEMO_NAME, install_demo
+    from ..demo.install import DEMO_KEYS, install_demo
     from ..store.layout import Store
 
     opened = vault is None
     vault = unlock(passphrase_file) if opened else vault
     try:
-        if DEMO_NAME in Store.unlocked(vault).read_state().items:
-            say(f"demo:    {DEMO_NAME} already installed")
+        installed = Store.unlocked(vault).read_state().items
+        missing = tuple(item for item in DEMO_KEYS if item.name not in installed)
+        for item in DEMO_KEYS:
+            if item.name in installed:
+                say(f"demo:    {item.name} already installed")
+        if not missing:
             return
-        model = model or verify_pinned(embedded_pin())  # the base the demo overlay is bound to, checked as for any load
-        name, version, signers = install_demo(ActiveBase(model), vault)
+        model = model or verify_pinned(embedded_pin())  # the base the demo items are bound to, checked as for any load
+        signers = install_demo(ActiveBase(model), vault, missing)
     finally:
         if opened:
             vault.zeroize()
-    say(f"demo:    installed overlay {name} v{version}, signed by demo keys {', '.join(signers)} (private halves destroyed)")
+    names = ", ".join(f"{item.kind} {item.name} v{item.version}" for item in missing)
+    say(f"demo:    installed {names}, signed by demo keys {', '.join(signers)} (private halves destroyed)")
 
 
 @cli.command()
@@ -119,6 +126,7 @@ def _prompt_text(ctx, param, value: str) -> str:
 @cli.command()
 @click.argument("prompt", callback=_prompt_text)
 @click.option("--overlay", type=click.Choice(["on", "off"]), default="off", show_default=True)
+@click.option("--control", type=click.Choice(["on", "off"]), default="off", show_default=True, help="The active control vector.")
 @click.option("--max-tokens", type=click.IntRange(1, 4096), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
@@ -135,6 +143,7 @@ def _prompt_text(ctx, param, value: str) -> str:
 def ask(
     prompt: str,
     overlay: str,
+    control: str,
     max_tokens: int,
     seed: int,
     temperature: float,
@@ -143,7 +152,7 @@ def ask(
     resume: str | None,
     passphrase_file,
 ) -> None:
-    """Answer one PROMPT on the active base (and overlay), streaming the reply; both are journaled.
+    """Answer one PROMPT on the active base (and overlay, and control vector), streaming the reply; both are journaled.
 
     With --resume ID, PROMPT continues that session (its history and system prompt) in a new session."""
     if resume and system_prompt is not None:
@@ -158,14 +167,24 @@ def ask(
             # Decrypted into memory, re-hashed against its accepted manifest and bound to this base before
             # anything is loaded; a refusal here (exit 3, or 6 if erased) leaves nothing behind.
             app.load_overlay()
+        if control == "on":  # the same for the control vector (exit 5 when none is installed)
+            app.load_control()
         settings = SamplingSettings(temperature=temperature, seed=seed, repeat_penalty=repeat_penalty)
         if resume:
-            resumed = app.resume(Runtime(model), resume, settings=settings, overlay_on=overlay == "on")
+            resumed = app.resume(
+                Runtime(model), resume, settings=settings, overlay_on=overlay == "on", control_on=control == "on"
+            )
             for notice in resumed.notices:
                 warn(f"note: {notice}")
             session = resumed.session
         else:
-            session = app.session(Runtime(model), settings=settings, system_prompt=system_prompt, overlay_on=overlay == "on")
+            session = app.session(
+                Runtime(model),
+                settings=settings,
+                system_prompt=system_prompt,
+                overlay_on=overlay == "on",
+                control_on=control == "on",
+            )
         reply = app.reply(session, prompt, max_tokens=max_tokens, on_text=stream).reply
         say()
     if reply.dropped_turns:

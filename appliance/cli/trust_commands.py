@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ..store import describe_installed, verify_installed
-from ..store.active import VerificationFailed, floor_text, versions_text
+from ..store.active import BOUND_KINDS, VerificationFailed, floor_text, versions_text
 from ..store.bases import active_base, active_model, active_sha256, close_model
 from ..store.importer import import_bundle, rollback, verify_bundle
 from ..store.layout import Store
@@ -97,13 +97,13 @@ def bundle() -> None:
 
 
 @bundle.command("create")
-@click.option("--kind", type=click.Choice(["overlay", "base-model"]), required=True)  # an image: `image pack`
+@click.option("--kind", type=click.Choice(["overlay", "control-vector", "base-model"]), required=True)  # an image: `image pack`
 @click.option("--name", required=True)
 @click.option("--version", type=click.IntRange(1), required=True)
 @click.option(
     "--artifact", "artifacts", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
-@click.option("--binds-base", default=None, help="SHA-256 of the base an overlay is bound to.")
+@click.option("--binds-base", default=None, help="SHA-256 of the base an overlay or control vector is bound to.")
 @click.option("--created", default=None, help="YYYY-MM-DDTHH:MM:SSZ (default: now).")
 @click.option("--expires", default=None, help="YYYY-MM-DDTHH:MM:SSZ or +Nd (default: +180d).")
 @click.option("--builder", default=None)
@@ -201,7 +201,8 @@ def update_list(passphrase_file: Path | None) -> None:
         else:
             installed = versions_text(item.installed_versions)
             say(
-                f"{item.name}  {item.kind}  active v{item.provenance.version}  installed {installed}{erased}{_bound(item, base_sha)}"
+                f"{item.name}  {item.kind}{_active(item)}  active v{item.provenance.version}  installed {installed}{erased}"
+                f"{_bound(item, base_sha)}"
             )
 
 
@@ -235,11 +236,18 @@ def verify_cmd(passphrase_file: Path | None) -> None:
 
 
 def _bound(item, base_sha: str) -> str:
-    """For an overlay made for another base than the active one: why it is inactive."""
+    """For an overlay or control vector made for another base than the active one: why it is inactive."""
     binds = item.provenance.binds_base if item.provenance else None
-    if item.kind != "overlay" or binds is None or binds == base_sha:
+    if item.kind not in BOUND_KINDS or binds is None or binds == base_sha:
         return ""
     return f"  inactive: bound to base {binds[:16]}, active base is {base_sha[:16]}"
+
+
+def _active(item) -> str:
+    """Which of the two the runtime loads: the active overlay, and the active control vector beside it."""
+    if item.is_active_overlay:
+        return " (active overlay)"
+    return " (active control vector)" if item.is_active_control else ""
 
 
 def status_lines(vault: Vault) -> list[str]:
@@ -251,11 +259,13 @@ def status_lines(vault: Vault) -> list[str]:
         f"trust:   {policy.threshold} of {len(policy.signers)} pinned signers must sign",
         f"time floor: {floor_text(store_state)}",
     ]
-    if not items:
+    if not any(item.kind == "overlay" for item in items):
         lines.append("overlay: none installed")
+    if not any(item.kind == "control-vector" for item in items):
+        lines.append("control-vector: none installed")
     for item in items:
         p = item.provenance
-        active = " (active overlay)" if item.is_active_overlay else ""
+        active = _active(item)
         if p is None:
             lines.append(f"{item.kind}: {item.name}{active} crypto-erased ({versions_text(item.erased_versions)})")
             continue

@@ -9,7 +9,7 @@ from typing import Optional
 import click
 
 from .. import paths, state
-from ..erase import ERASE_JOURNAL_PHRASE, erase_everything, erase_installed, erase_journal, erase_overlay
+from ..erase import ERASE_JOURNAL_PHRASE, erase_control, erase_everything, erase_installed, erase_journal, erase_overlay
 from ..errors import Erased, EraseNotProven, NotConfirmed, NotFound, Refused
 from ..fsutil import atomic_write
 from ..journal import JournalBroken, Report, read_session, sessions, verify_session
@@ -131,7 +131,7 @@ def logs_export(session_id: str, fmt: str, out: Path, passphrase_file: Optional[
 
 @click.group()
 def erase() -> None:
-    """Crypto-erase an overlay, the journal, or everything (typed confirmation or --yes)."""
+    """Crypto-erase an overlay, a control vector, a base, the journal, or everything (typed confirmation or --yes)."""
 
 
 def _confirm(phrase: str, what: str, yes: bool) -> None:
@@ -159,7 +159,7 @@ def _prove(vault: Vault, key_ids: list[str]) -> None:
 def erase_every_version(
     what: str, name: str, erase: Callable[[Vault, str], list[str]], yes: bool, passphrase_file: Optional[Path]
 ) -> None:
-    """`erase overlay NAME` and `erase base NAME`: confirm, crypto-erase every installed version, say so, prove it."""
+    """`erase overlay|control|base NAME`: confirm, crypto-erase every installed version, say so, prove it."""
     with unlock(passphrase_file) as vault:
         _confirm(name, f"{what} {name} (every installed version)", yes)
         t0 = time.perf_counter()
@@ -175,6 +175,15 @@ def erase_every_version(
 def erase_overlay_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> None:
     """Every installed version of overlay NAME."""
     erase_every_version("overlay", name, erase_overlay, yes, passphrase_file)
+
+
+@erase.command("control")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Skip the typed confirmation.")
+@passphrase_option
+def erase_control_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> None:
+    """Every installed version of control vector NAME."""
+    erase_every_version("control vector", name, erase_control, yes, passphrase_file)
 
 
 @erase.command("logs")
@@ -233,7 +242,7 @@ def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Pa
 
 
 @click.command()
-@click.option("--wipe", is_flag=True, help="Also crypto-erase every overlay and every imported base.")
+@click.option("--wipe", is_flag=True, help="Also crypto-erase every overlay, control vector and imported base.")
 @passphrase_option
 def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
     """Stop the running appliance now: generation stops, keys are zeroed, a `kill` record is written.
@@ -246,7 +255,7 @@ def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
     if running_pid(home) is None and wipe:
         with unlock(passphrase_file) as vault:
             key_ids = erase_installed(vault)
-        say(f"no running appliance; wiped overlays and bases: {', '.join(key_ids) or 'none installed'}")
+        say(f"no running appliance; wiped overlays, control vectors and bases: {', '.join(key_ids) or 'none installed'}")
         return
     pid = signal_running(home, wipe)
     deadline = time.monotonic() + KILL_WAIT_SECONDS

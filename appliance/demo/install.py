@@ -1,12 +1,15 @@
-"""`appliance init --demo`: the demo overlay, signed and imported through the same trust chain as any other.
+"""`appliance init --demo`: the demo items, signed and imported through the same trust chain as any other.
 
-Two demo signer keys are made in a throwaway GnuPG home, each signs the
-bundle of the committed demo overlay, their public keys are pinned (marked
-as demo keys) and the bundle is imported like one off a USB stick. The
-private demo keys are destroyed with the temporary directory: nobody can sign
-anything else with them.
+Two demo signer keys are made in a throwaway GnuPG home, each signs one
+bundle per demo item (`DEMO_KEYS`: the committed demo overlay, and a control
+vector of its own concept), their public keys are pinned (marked as demo keys)
+and the bundles are imported like ones off a USB stick, in the table's order.
+The private demo keys are destroyed with the temporary directory: nobody can
+sign anything else with them. The demo overlay stays the active overlay; the
+demo control vector is installed beside it, off until switched on.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import gnupg
@@ -16,12 +19,29 @@ from ..journal import Journal
 from ..store import ActiveBase, import_bundle
 from ..store.trust_changes import pin_signer
 from ..trust.bundle import create_bundle, sign_bundle
+from ..trust.manifest import FILES_OF_KIND
 from ..trust.signatures import scratch_gpg
 from ..vault import Vault
-from . import OVERLAY_DIR
+from . import CONTROL_DIR, OVERLAY_DIR
 
-DEMO_NAME = "field-manual-demo"
-DEMO_VERSION = 1
+
+@dataclass(frozen=True)
+class DemoItem:
+    kind: str  # a manifest kind whose files `trust.manifest.FILES_OF_KIND` names
+    name: str
+    directory: Path  # holds exactly those files
+    version: int = 1
+
+    @property
+    def artifacts(self) -> list[Path]:
+        return [self.directory / name for name in sorted(FILES_OF_KIND[self.kind])]
+
+
+DEMO_KEYS = (
+    DemoItem("overlay", "field-manual-demo", OVERLAY_DIR),
+    DemoItem("control-vector", "radio-operator", CONTROL_DIR),
+)
+DEMO_NAME = DEMO_KEYS[0].name  # the demo overlay, the active one after `init --demo`
 DEMO_SIGNERS = ("Appliance demo signer 1 (DEMO KEY) <demo-1@appliance.invalid>",
                 "Appliance demo signer 2 (DEMO KEY) <demo-2@appliance.invalid>")  # fmt: skip
 
@@ -38,28 +58,34 @@ def _make_signers(gpg: gnupg.GPG) -> list[str]:
     return fingerprints
 
 
-def install_demo(base: ActiveBase, vault: Vault) -> tuple[str, int, list[str]]:
-    """Sign, pin and import the demo overlay; returns (name, version, demo signer fingerprints)."""
+def _bundle(item: DemoItem, tmp: Path, base: ActiveBase, gpg: gnupg.GPG, fingerprints: list[str]) -> Path:
+    bundle = tmp / f"{item.name}-v{item.version}.bundle"
+    create_bundle(
+        bundle,
+        kind=item.kind,
+        name=item.name,
+        version=item.version,
+        artifacts=item.artifacts,
+        binds_base=base.sha256,
+        expires="+365d",
+        provenance={"builder": "appliance init --demo", "recipe": "appliance/demo/README.md", "source": "demo"},
+    )
+    for fpr in fingerprints:
+        sign_bundle(bundle, fpr, Path(gpg.gnupghome))
+    return bundle
+
+
+def install_demo(base: ActiveBase, vault: Vault, items: tuple[DemoItem, ...] = DEMO_KEYS) -> list[str]:
+    """Sign, pin and import `items` (one signing run, one pair of demo keys); returns the demo signer fingerprints."""
     with scratch_gpg() as (gpg, tmp):
         fingerprints = _make_signers(gpg)
-        bundle = tmp / f"{DEMO_NAME}-v{DEMO_VERSION}.bundle"
-        create_bundle(
-            bundle,
-            kind="overlay",
-            name=DEMO_NAME,
-            version=DEMO_VERSION,
-            artifacts=[OVERLAY_DIR / "overlay.json", OVERLAY_DIR / "overlay.safetensors"],
-            binds_base=base.sha256,
-            expires="+365d",
-            provenance={"builder": "appliance init --demo", "recipe": "appliance/demo/README.md", "source": "demo"},
-        )
-        for fpr in fingerprints:
-            sign_bundle(bundle, fpr, Path(gpg.gnupghome))
+        bundles = [_bundle(item, tmp, base, gpg, fingerprints) for item in items]
         journal = Journal.create(vault)  # both demo pins in one session of the journal
         try:
             for fpr in fingerprints:
                 pin_signer(vault, gpg.export_keys(fpr).encode(), fpr, demo=True, journal=journal)
         finally:
             journal.close()
-        import_bundle(bundle, base, vault)
-    return DEMO_NAME, DEMO_VERSION, fingerprints
+        for bundle in bundles:
+            import_bundle(bundle, base, vault)
+    return fingerprints

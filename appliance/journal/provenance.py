@@ -2,7 +2,8 @@
 
 A message record (see `message`) carries: UTC time and appliance version (added by
 `Journal.append`), role, text, the base model {name, sha256, version, signers, origin}, the overlay
-{name, version, sha256, signers, on} or null when none is loaded, the sampling settings,
+{name, version, sha256, signers, demo_signers, on} or null when none is loaded, the control vector
+{name, version, sha256, signers, demo_signers, on, strength} or null when none is loaded, the sampling settings,
 the system prompt that conditioned the reply (null: the model's own default) and the name of
 the prompt preset it came from (null: none, or typed by hand),
 and the overlay's divergence from the base for that reply where it was measured (else null).
@@ -31,6 +32,13 @@ def overlay(name: str, version: int, sha256: str, signers: list[str], on: bool, 
     }
 
 
+def control(
+    name: str, version: int, sha256: str, signers: list[str], on: bool, strength: float, demo_signers: Sequence[str] = ()
+) -> dict:
+    """The control vector's record, as the overlay's (`overlay`) plus the `strength` its directions are applied at."""
+    return {**overlay(name, version, sha256, signers, on, demo_signers), "strength": strength}
+
+
 def message(
     role: str,
     text: str,
@@ -41,6 +49,7 @@ def message(
     system_prompt: Optional[str],
     preset: Optional[str] = None,
     divergence: Optional[dict] = None,
+    control: Optional[dict] = None,
     **extra,
 ) -> dict:
     """The fields of a `message` record; `extra` holds reply facts (finish, tokens)."""
@@ -49,6 +58,7 @@ def message(
         "text": text,
         "base": base,
         "overlay": overlay,
+        "control": control,
         "settings": settings,
         "system_prompt": system_prompt,
         "preset": preset,

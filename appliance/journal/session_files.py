@@ -31,7 +31,7 @@ from .frames import Break
 # `regenerate` and `edit` take the last exchange out of what the model sees; each keeps the text it
 # replaced, and the new exchange follows as ordinary `message` records. `resume` is only ever a
 # session's first record: it links the session continued and its sealed head (journal/resume.py).
-KINDS = ("message", "overlay-toggle", "kill", "trust-change", "regenerate", "edit", "resume", "base-switch")
+KINDS = ("message", "overlay-toggle", "control-toggle", "kill", "trust-change", "regenerate", "edit", "resume", "base-switch")
 JOURNAL_DIR = "journal"  # under the state dir
 JOURNAL_KEYS = "journal/"  # the prefix of the sessions' data key ids
 

@@ -1,4 +1,4 @@
-"""What is installed, re-verified: the runtime's only way to load an overlay.
+"""What is installed, re-verified: the runtime's only way to load an overlay or a control vector.
 
 Rules applied to an installed version before it is used, each raising `Refused`:
 
@@ -7,18 +7,21 @@ Rules applied to an installed version before it is used, each raising `Refused`:
    the bytes handed to the loader, never re-read after the check); an overlay's
    are decrypted into memory first (`at_rest`), so the check is on the plaintext;
 3. an overlay is admitted by `overlay.files.load_overlay` for the active base
-   (same base SHA-256 as its manifest binds, same hidden size); an image's artifacts
-   are the `dir:` layout its signed record describes (`trust.image_rules`).
+   (same base SHA-256 as its manifest binds, same hidden size); a control vector by
+   `overlay.control.load_control` (the same, and every steered block one the base has);
+   an image's artifacts are the `dir:` layout its signed record describes (`trust.image_rules`).
 """
 
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from ..errors import BindingMismatch, Erased, NoOverlay, NotFound, Refused
 from ..journal import provenance
+from ..overlay import control
+from ..overlay.control import ControlVector, load_control
 from ..overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay
 from ..runtime.embeddings import EmbeddingTable
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
@@ -34,17 +37,42 @@ class VerificationFailed(Refused):
     """`verify`: an installed version no longer passes the rules above (the first failure is named)."""
 
 
-class ActiveBase:
-    """The active base that overlays are bound to; its hidden size is read from the GGUF only when needed."""
+BOUND_KINDS = ("overlay", "control-vector")  # the kinds made for one base, checked against the active one
 
-    def __init__(self, model: VerifiedModel, hidden_size: Optional[int] = None):
+
+def base_shape(gguf_path: Path) -> tuple[int, int]:
+    """(hidden size, block count) a GGUF declares, from its header alone (`runtime.embeddings`)."""
+    table = EmbeddingTable(gguf_path)
+    try:
+        shape = table.n_embd, table.n_layer
+    finally:
+        table.close()
+    if shape[1] is None:
+        raise BindingMismatch("the active base declares no block count: no control vector can be bound to it")
+    return shape[0], shape[1]
+
+
+class ActiveBase:
+    """The active base that overlays are bound to; its hidden size and block count are read from the GGUF only when needed."""
+
+    def __init__(self, model: VerifiedModel, hidden_size: Optional[int] = None, n_layer: Optional[int] = None):
         self.sha256, self._path = model.sha256, model.path
         if hidden_size is not None:
             self.hidden_size = hidden_size
+        if n_layer is not None:
+            self.n_layer = n_layer
+
+    @cached_property
+    def _shape(self) -> tuple[int, int]:
+        return base_shape(self._path)
 
     @cached_property
     def hidden_size(self) -> int:
-        return EmbeddingTable(self._path).n_embd
+        return self._shape[0]
+
+    @cached_property
+    def n_layer(self) -> int:
+        return self._shape[1]
 
 
 def embedded_base() -> ActiveBase:
@@ -70,6 +98,12 @@ class InstallRecord:
         """The overlay part of a journal message's provenance."""
         return provenance.overlay(self.name, self.version, self.manifest_sha256, list(self.signers), on, list(self.demo_signers))
 
+    def control_record(self, on: bool, strength: float) -> dict:
+        """The control-vector part of a journal message's provenance."""
+        return provenance.control(
+            self.name, self.version, self.manifest_sha256, list(self.signers), on, strength, list(self.demo_signers)
+        )
+
 
 @dataclass(frozen=True)
 class ActiveOverlay:
@@ -83,6 +117,20 @@ class ActiveOverlay:
 
 
 @dataclass(frozen=True)
+class ActiveControl:
+    vector: ControlVector
+    provenance: InstallRecord
+
+    def journal_record(self, on: bool) -> dict:
+        return self.provenance.control_record(on, self.vector.strength)
+
+    def zeroize(self) -> None:
+        """Zero the decrypted directions in place, for the kill-switch (other copies: docs/procedures.md)."""
+        for direction in self.vector.directions.values():
+            direction.fill(0)
+
+
+@dataclass(frozen=True)
 class InstalledItem:
     name: str
     kind: str
@@ -90,20 +138,25 @@ class InstalledItem:
     installed_versions: tuple[int, ...]
     erased_versions: tuple[int, ...]
     is_active_overlay: bool
+    is_active_control: bool = False
 
 
-def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: Optional[ActiveBase]) -> Optional[Overlay]:
-    """Rule 3: an overlay must be bound to the active base; returns the admitted overlay (None for other kinds).
+Admitted = Union[Overlay, ControlVector, None]
+FILES_LOADED_BY_BINDING = {"overlay": (JSON_NAME, TENSORS_NAME), "control-vector": (control.JSON_NAME, control.TENSORS_NAME)}
 
-    The base's hidden size is read only for an overlay whose SHA-256 binding already matched. Kinds that
-    bind to no base (an image) are checked with `base=None`; an overlay never is.
+
+def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: Optional[ActiveBase]) -> Admitted:
+    """Rule 3: an overlay or a control vector must be bound to the active base; returns it admitted (None for other kinds).
+
+    The base's hidden size (and block count) is read only for an item whose SHA-256 binding already matched.
+    Kinds that bind to no base (an image) are checked with `base=None`; an overlay or control vector never is.
     """
     if manifest.kind == "image":
         check_image(manifest, directory / "artifacts")
-    if manifest.kind != "overlay":
+    if manifest.kind not in BOUND_KINDS:
         return None
     if base is None:
-        raise BindingMismatch(f"{manifest.name} v{manifest.version} is an overlay: it is checked against the active base")
+        raise BindingMismatch(f"{manifest.name} v{manifest.version} is a {manifest.kind}: it is checked against the active base")
     base_sha256 = base.sha256
     if manifest.binds_base_sha256 != base_sha256:
         bound = manifest.binds_base_sha256 or "none"
@@ -111,15 +164,17 @@ def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: O
             f"{manifest.name} v{manifest.version} is bound to base {bound[:16]}, active base is {base_sha256[:16]}"
             f" (full: {bound}, {base_sha256}; appliance base list)"
         )
+    json_name, tensors_name = FILES_LOADED_BY_BINDING[manifest.kind]
     files: dict[str, bytearray] = {}
     try:
-        for path in (JSON_NAME, TENSORS_NAME):
+        for path in (json_name, tensors_name):
             files[path] = read_artifact(directory, manifest.artifact(path), sealing, keep=True)
         # The safetensors parser takes only immutable bytes: that copy cannot be zeroed and lives
         # until the loader is done with it (a Python limit docs/procedures.md states); ours are zeroed.
-        return load_overlay(
-            bytes(files[JSON_NAME]), bytes(files[TENSORS_NAME]), base_sha256=base_sha256, hidden_size=base.hidden_size
-        )
+        meta, tensors = bytes(files[json_name]), bytes(files[tensors_name])
+        if manifest.kind == "control-vector":
+            return load_control(meta, tensors, base_sha256=base_sha256, hidden_size=base.hidden_size, n_layer=base.n_layer)
+        return load_overlay(meta, tensors, base_sha256=base_sha256, hidden_size=base.hidden_size)
     finally:
         for data in files.values():
             zeroize(data)
@@ -127,8 +182,9 @@ def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: O
 
 def verify_version(
     store: Store, manifest_sha256: str, vault: Vault, base: Optional[ActiveBase], bind: bool = True
-) -> tuple[Manifest, Optional[Overlay]]:
-    """Rules 1-3 for one installed version; an overlay's own two files are decrypted and hashed once, as they are loaded.
+) -> tuple[Manifest, Admitted]:
+    """Rules 1-3 for one installed version; an overlay's (or control vector's) own two files are decrypted and
+    hashed once, as they are loaded.
 
     `bind=False`: rules 1-2 only (an overlay made for another installed base is intact, only inactive).
     """
@@ -142,7 +198,7 @@ def verify_version(
             return manifest, None
         finally:
             sealing.zeroize()
-    loaded_by_binding = (JSON_NAME, TENSORS_NAME) if manifest.kind == "overlay" else ()
+    loaded_by_binding = FILES_LOADED_BY_BINDING.get(manifest.kind, ())
     sealing = Sealing.installed(vault, manifest)
     try:
         for artifact in manifest.artifacts:
@@ -184,9 +240,33 @@ def load_active_overlay(base: ActiveBase, vault: Vault) -> ActiveOverlay:
     if item.active is None:
         raise Erased(f"overlay {state.overlay} was crypto-erased ({versions_text(item.erased)}): import a new signed bundle")
     manifest, overlay = verify_version(store, item.active, vault, base)
-    if overlay is None:  # state.json names, as the active overlay, a version whose manifest is of another kind
+    if not isinstance(overlay, Overlay):  # state.json names, as the active overlay, a version of another kind
         raise StoreDamaged(f"{manifest.name} v{manifest.version} is a {manifest.kind}, not an overlay")
     return ActiveOverlay(overlay, _provenance(store, manifest))
+
+
+def load_active_control(base: ActiveBase, vault: Vault) -> ActiveControl:
+    """The active control vector, decrypted into memory, re-hashed against its accepted manifest and
+    admitted for this base (hidden size, block count), with its provenance.
+
+    Raises `NoControlVector` (exit 5) when none is installed, `Erased` (exit 6) when it was
+    crypto-erased, `Refused` (exit 3) when it fails a check.
+    """
+    from ..runtime.session import NoControlVector  # the session's own error: imported only where it is raised
+
+    store = Store.unlocked(vault)
+    state = store.read_state()
+    if state.control is None:
+        raise NoControlVector("no control vector is installed: import a signed bundle first (appliance update import FILE)")
+    item = state.items[state.control]
+    if item.active is None:
+        raise Erased(
+            f"control vector {state.control} was crypto-erased ({versions_text(item.erased)}): import a new signed bundle"
+        )
+    manifest, vector = verify_version(store, item.active, vault, base)
+    if not isinstance(vector, ControlVector):
+        raise StoreDamaged(f"{manifest.name} v{manifest.version} is a {manifest.kind}, not a control vector")
+    return ActiveControl(vector, _provenance(store, manifest))
 
 
 def versions_text(versions: tuple[int, ...]) -> str:
@@ -202,7 +282,7 @@ def verify_installed(base: ActiveBase, vault: Vault) -> list[tuple[str, str]]:
             label = f"{name} {sha[:16]}{' (active)' if sha == item.active else ''}"
             try:
                 binds = store.read_manifest(sha).binds_base_sha256
-                other = item.kind == "overlay" and binds is not None and binds != base.sha256
+                other = item.kind in BOUND_KINDS and binds is not None and binds != base.sha256
                 manifest, _ = verify_version(store, sha, vault, base, bind=not other)
                 inactive = (
                     f" (inactive: bound to base {binds[:16]}, active base is {base.sha256[:16]})" if other and binds else ""
@@ -215,14 +295,16 @@ def verify_installed(base: ActiveBase, vault: Vault) -> list[tuple[str, str]]:
 
 
 def describe_installed(vault: Vault) -> tuple[StoreState, list[InstalledItem]]:
-    """The store's state (time floor, active overlay) and each item's active version with its provenance."""
+    """The store's state (time floor, active overlay and control vector) and each item's active version with its provenance."""
     store = Store.unlocked(vault)
     state = store.read_state()
     items = []
     for name, item in sorted(state.items.items()):
         versions = tuple(sorted(store.read_manifest(sha).version for sha in item.installed))
         provenance = _provenance(store, store.read_manifest(item.active)) if item.active else None
-        items.append(InstalledItem(name, item.kind, provenance, versions, item.erased, name == state.overlay))
+        items.append(
+            InstalledItem(name, item.kind, provenance, versions, item.erased, name == state.overlay, name == state.control)
+        )
     return state, items
 
 

@@ -1,4 +1,4 @@
-"""Installed artifacts at rest: every version's encrypted under its own data key (overlays and base models alike).
+"""Installed artifacts at rest: every version's encrypted under its own data key (overlays, control vectors, base models).
 
 Rules:
 - A version's artifacts are encrypted (`vault.stream`, chunked AES-256-GCM) under one data
@@ -28,7 +28,8 @@ from .layout import STORE_DIR
 
 OVERLAY_KEYS = "overlay/"  # the prefix of the overlays' data key ids
 BASE_KEYS = "base/"  # and of the imported base models'
-KEY_ID_PREFIXES = {"overlay": OVERLAY_KEYS, "base-model": BASE_KEYS}
+CONTROL_KEYS = "control/"  # and of the control vectors'
+KEY_ID_PREFIXES = {"overlay": OVERLAY_KEYS, "base-model": BASE_KEYS, "control-vector": CONTROL_KEYS}
 MEMFD_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 
 

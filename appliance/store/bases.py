@@ -26,12 +26,11 @@ from typing import Optional
 
 from ..errors import Erased, NotFound, Refused
 from ..journal import Journal, provenance
-from ..runtime.embeddings import EmbeddingTable
 from ..runtime.probe import GgufFacts, probe_gguf
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..trust.manifest import Artifact, Manifest
 from ..vault import Vault
-from .active import ActiveBase, versions_text
+from .active import ActiveBase, base_shape, versions_text
 from .at_rest import Sealing, decrypt_to_memfd, read_artifact
 from .layout import Store
 
@@ -111,17 +110,17 @@ def active_model(vault: Vault) -> VerifiedModel:
 
 
 class InstalledBase(ActiveBase):
-    """The active base for binding checks: its SHA-256 from the accepted manifest, its hidden size read
-    (from the decrypted GGUF) only when an overlay needs it."""
+    """The active base for binding checks: its SHA-256 from the accepted manifest, its hidden size and
+    block count read (from the GGUF, decrypted once) only when an overlay or control vector needs them."""
 
     def __init__(self, vault: Vault, name: str, sha256: str):
         self.sha256, self._vault, self._name = sha256, vault, name
 
     @cached_property
-    def hidden_size(self) -> int:
+    def _shape(self) -> tuple[int, int]:
         model = open_model(self._vault, self._name)
         try:
-            return EmbeddingTable(model.path).n_embd
+            return base_shape(model.path)
         finally:
             close_model(model)
 

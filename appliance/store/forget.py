@@ -1,4 +1,5 @@
-"""What the store forgets when overlays (or base models, the same way) are crypto-erased (`appliance.erase` calls it).
+"""What the store forgets when overlays (or base models and control vectors, the same way) are crypto-erased
+(`appliance.erase` calls it).
 
 The vault destroys the keys first (and the ciphertext files it recorded with them); then this
 marks every installed version of the overlay as erased in `store/state.json` and removes what is
@@ -25,6 +26,11 @@ def forget_overlays(vault: Vault, name: Optional[str]) -> None:
 def forget_bases(vault: Vault, name: Optional[str]) -> None:
     """The same for base models; the embedded default becomes the active base if an erased one was."""
     forget_items(vault, "base-model", name)
+
+
+def forget_controls(vault: Vault, name: Optional[str]) -> None:
+    """The same for control vectors."""
+    forget_items(vault, "control-vector", name)
 
 
 def forget_items(vault: Vault, kind: str, name: Optional[str]) -> None:

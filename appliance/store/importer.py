@@ -9,10 +9,11 @@
    ever accepted for that name (rollback, replay);
 5. each artifact's size and SHA-256, hashed while it is copied from the
    bundle into staging: the bytes verified are the bytes kept. An overlay's
-   are encrypted on the way (`at_rest`) under a fresh data key that exists
-   only in memory until step 7: no plaintext overlay byte reaches the disk;
-6. binding: an overlay is bound to the active base and admitted by its loader
-   (decrypted into memory from staging, so the ciphertext kept is checked too);
+   (a control vector's, a base model's) are encrypted on the way (`at_rest`) under a fresh
+   data key that exists only in memory until step 7: no plaintext overlay byte reaches the disk;
+6. binding: an overlay or a control vector is bound to the active base and admitted by its
+   loader (decrypted into memory from staging, so the ciphertext kept is checked too; a control
+   vector's blocks must be blocks the base has);
    a base model is one GGUF (plus text files) that a limited child process
    loads in llama.cpp from a sealed memfd (`bases`, `runtime.probe`);
    an image's artifacts are the layout its signed record describes (`trust.image_rules`);

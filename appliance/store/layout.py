@@ -24,7 +24,7 @@ STATE_FORMAT = "appliance-store/1"
 ACCEPTED_FORMAT = "appliance-accepted/1"
 STAGING_PREFIX = ".staging-"
 ACCEPTED_NAME = "accepted.json"  # the signers that counted at import (a key expiring later must not unload it)
-KINDS = ("overlay", "base-model", "image")
+KINDS = ("overlay", "base-model", "control-vector", "image")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -48,10 +48,13 @@ class StoreState:
     items: dict[str, Item] = field(default_factory=dict)
     base: Optional[str] = None  # name of the installed base the runtime loads; None: the embedded default
     overlay_of_base: dict[str, str] = field(default_factory=dict)  # base name (or "embedded") -> its last overlay
+    control: Optional[str] = None  # name of the control vector the runtime loads beside the overlay
 
     def with_item(self, name: str, item: Item) -> "StoreState":
+        """The state with `item` installed under `name`: the newest overlay or control vector becomes the active one."""
         overlay = name if item.kind == "overlay" else self.overlay
-        return replace(self, overlay=overlay, items={**self.items, name: item})
+        control = name if item.kind == "control-vector" else self.control
+        return replace(self, overlay=overlay, control=control, items={**self.items, name: item})
 
 
 def _sha256s(doc: StateDoc, name: str, field: str, optional: bool = False) -> tuple[str, ...]:
@@ -110,15 +113,19 @@ class Store:
         base = doc.optional_string("base")
         if base is not None and (base not in items or items[base].kind != "base-model"):
             raise StateFileDamaged(self.state_path, "field 'base' names no installed base model")
+        control = doc.optional_string("control")  # absent in a state written before control vectors: none
+        if control is not None and (control not in items or items[control].kind != "control-vector"):
+            raise StateFileDamaged(self.state_path, "field 'control' names no installed control vector")
         remembered = doc.objects("overlay_of_base") if doc.has("overlay_of_base") else {}
         overlay_of_base = {name: inner.string("overlay") for name, inner in remembered.items()}
-        return StoreState(floor, overlay, items, base, overlay_of_base)
+        return StoreState(floor, overlay, items, base, overlay_of_base, control)
 
     def write_state(self, state: StoreState) -> None:
         doc = {
             "format": STATE_FORMAT,
             "floor": format_time(state.floor) if state.floor else None,
             "overlay": state.overlay,
+            "control": state.control,
             "base": state.base,
             "overlay_of_base": {name: {"overlay": o} for name, o in sorted(state.overlay_of_base.items())},
             "items": {

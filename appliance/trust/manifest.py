@@ -11,7 +11,8 @@ function raising its own `Refused` subclass that names the fault:
 5. `created` and `expires` are real UTC times and `expires` is after `created`;
 6. each artifact path is relative, has no `.` or `..` segment, and is listed once;
 7. an overlay lists `overlay.json` and `overlay.safetensors` (the two files of
-   the overlay format) and is bound to a base.
+   the overlay format), a control vector `control.json` and `control.safetensors`
+   (`overlay.control`); both are bound to a base.
 
 The bytes are kept as they came: signatures are checked over `raw`, never over
 a re-serialisation.
@@ -28,6 +29,7 @@ from typing import Optional, cast
 import jsonschema
 
 from ..errors import Refused
+from ..overlay import control
 from ..overlay.files import JSON_NAME, TENSORS_NAME
 from ..utc import parse_time
 from .builtin import MANIFESTS_DIR
@@ -40,6 +42,8 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 PATH_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
 OVERLAY_FILES = frozenset({JSON_NAME, TENSORS_NAME})
+CONTROL_FILES = frozenset({control.JSON_NAME, control.TENSORS_NAME})
+FILES_OF_KIND = {"overlay": OVERLAY_FILES, "control-vector": CONTROL_FILES}
 
 
 class ManifestTooLarge(Refused):
@@ -167,8 +171,11 @@ def _check_paths(doc: dict) -> None:
 
 
 def _check_overlay_files(doc: dict) -> None:
-    if doc["kind"] == "overlay" and not OVERLAY_FILES <= {a["path"] for a in doc["artifacts"]}:
-        raise ManifestOverlayIncomplete(f"manifest.json: an overlay must list {sorted(OVERLAY_FILES)}")
+    needed = FILES_OF_KIND.get(doc["kind"], frozenset())
+    if not needed <= {a["path"] for a in doc["artifacts"]}:
+        raise ManifestOverlayIncomplete(
+            f"manifest.json: a{'n' if doc['kind'] == 'overlay' else ''} {doc['kind']} must list {sorted(needed)}"
+        )
 
 
 def parse_manifest(data: bytes) -> Manifest:

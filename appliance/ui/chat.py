@@ -55,6 +55,8 @@ class ChatScreen(Screen):
         self.refresh_status()
         if snapshot.overlay_problem:
             self.notify(f"overlay not loaded: {snapshot.overlay_problem}", severity="error", timeout=15)
+        if self.core.control_problem:
+            self.notify(f"control vector not loaded: {self.core.control_problem}", severity="error", timeout=15)
         self.query_one(PromptInput).focus()
         if self.core.session is not None and self.core.session.history:  # resumed at unlock (`chat --resume`)
             self.call_later(self._show_history)
@@ -72,6 +74,13 @@ class ChatScreen(Screen):
             demo = " [DEMO KEYS]" if p.demo_signers else ""  # never let a demo pass for production trust
             status.overlay = f"{p.name} v{p.version} signers {' '.join(s[:8] for s in p.signers)}{demo}"
             status.overlay_on = snapshot.overlay_on
+        c = snapshot.control
+        if c is None:
+            status.control, status.control_on = ("refused (see message)" if self.core.control_problem else ""), None
+        else:
+            demo = " [DEMO KEYS]" if c.demo_signers else ""
+            status.control = f"{c.name} v{c.version} strength {snapshot.control_strength:.3g}{demo}"
+            status.control_on = snapshot.control_on
         status.session = snapshot.session_id or ""
         status.audit = self.core.audit.enabled
 
@@ -178,6 +187,7 @@ class ChatScreen(Screen):
         reply, div = outcome.reply, outcome.divergence if isinstance(outcome.divergence, Divergence) else None
         facts = [
             f"overlay {'ON' if reply.overlay_on else 'OFF'}" if self.core.status().overlay else "overlay none",
+            *([f"control {'ON' if reply.control_on else 'OFF'}"] if self.core.status().control else []),
             f"{len(reply.tokens)} tok",
             f"{reply.tokens_per_second:.1f} tok/s",
         ]
@@ -233,6 +243,22 @@ class ChatScreen(Screen):
             return
         self.refresh_status()
         self.notify(f"overlay {'ON' if on else 'OFF'} from the next reply")
+
+    def action_toggle_control(self) -> None:
+        if self.core.status().control is None:
+            problem = self.core.control_problem
+            self.notify(problem or "no control vector is installed", severity="error" if problem else "warning")
+            return
+        if self.busy:
+            self.notify("a reply is being written: escape stops it, then switch", severity="warning")
+            return
+        try:
+            on = self.core.toggle_control()
+        except ApplianceError as e:
+            self.notify(str(e), severity="error")
+            return
+        self.refresh_status()
+        self.notify(f"control vector {'ON' if on else 'OFF'} from the next reply")
 
     def action_toggle_audit(self) -> None:
         self.core.set_audit(not self.core.audit.enabled)

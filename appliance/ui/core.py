@@ -24,9 +24,9 @@ from ..journal.transcript import markdown_transcript
 from ..presets import Preset, every
 from ..presets import read as read_preset
 from ..runtime.sampler import SamplingSettings
-from ..runtime.session import Runtime, Session
+from ..runtime.session import NoControlVector, Runtime, Session
 from ..service import Outcome, Resumed, Snapshot, UnlockedAppliance
-from ..store import ActiveOverlay
+from ..store import ActiveControl, ActiveOverlay
 from ..trust.builtin import VerifiedModel
 from ..vault import Vault
 from .divergence import AuditDecoder
@@ -46,15 +46,17 @@ class ChatCore:
         system_prompt: Optional[str] = None,
         overlay_loader: Optional[Callable[[Vault], ActiveOverlay]] = None,
         resume: Optional[str] = None,
+        control_loader: Optional[Callable[[Vault], ActiveControl]] = None,
     ):
         self.home, self.model, self.runtime = home, model, runtime
         self.settings, self.max_tokens, self.system_prompt = settings, max_tokens, system_prompt
         # Tests inject an overlay here; the product always decrypts the store's active one, re-verified.
-        self._overlay_loader = overlay_loader
+        self._overlay_loader, self._control_loader = overlay_loader, control_loader
         self.audit = AuditDecoder.install(runtime)
         self.app: Optional[UnlockedAppliance] = None
         self._open = ExitStack()
         self.overlay_problem = ""  # why no overlay is loaded, when one should be
+        self.control_problem = ""  # why no control vector is loaded, when one should be
         self.session: Optional[Session] = None
         # tokens/s of the last overlay-on reply, without (False) and with (True) the meter: the help shows its cost
         self.overlay_speed: dict[bool, float] = {}
@@ -95,6 +97,7 @@ class ChatCore:
         self.app = self._open.enter_context(UnlockedAppliance.open(vault, self.model))
         try:
             self._load_overlay()
+            self._load_control()
             self._first_session()
         except BaseException:  # e.g. the journal cannot be written: stay locked rather than chat unjournalled
             self.lock()
@@ -109,6 +112,16 @@ class ChatCore:
         except ApplianceError as e:  # refused by verification, or erased: chat on the base alone, and say why
             self.overlay_problem = str(e)
 
+    def _load_control(self) -> None:
+        """As the overlay: none installed is quiet, a refusal is said; the chat goes on without it."""
+        try:
+            self._appliance().load_control(self._control_loader)
+            self.control_problem = ""
+        except NoControlVector:
+            self.control_problem = ""
+        except ApplianceError as e:
+            self.control_problem = str(e)
+
     def _first_session(self) -> None:
         """The session asked to be resumed (once: after a kill, unlocking again starts fresh), else a new one."""
         sid, self.resume_at_unlock = self.resume_at_unlock, None
@@ -121,13 +134,16 @@ class ChatCore:
         self.new_session()
 
     def new_session(self) -> None:
-        """A fresh journal session and an empty history; the overlay keeps its switch position."""
+        """A fresh journal session and an empty history; the overlay and control vector keep their switch positions
+        (the control vector starts off, like `ask`'s)."""
         app = self._appliance()
         on = self.session.overlay_on if self.session else app.active is not None
+        control_on = bool(self.session and self.session.control_on)
         app.new_journal()
         self.runtime.decoder.reset()
         self.session = app.session(self.runtime, settings=self.settings, system_prompt=self.system_prompt,
-                                   overlay_on=on and app.active is not None)  # fmt: skip
+                                   overlay_on=on and app.active is not None,
+                                   control_on=control_on and app.control is not None)  # fmt: skip
 
     def resume(self, session_id: str) -> Resumed:
         """Continue a past session (read and verified first: a failure changes nothing here)."""
@@ -189,12 +205,18 @@ class ChatCore:
         if self.session is not None:
             self.session.set_overlay(False)
             self.session.overlay = None
+            self.session.set_control(False)
+            self.session.control = None
 
     # -- the overlay switch and the meter ------------------------------------------------------
 
     def toggle(self) -> bool:
         """O(1) flip (the next reply re-prefills in the new state); journalled with its moment."""
         return self._appliance().toggle(self._session())
+
+    def toggle_control(self) -> bool:
+        """The control vector's switch, the same way (journalled `control-toggle`)."""
+        return self._appliance().toggle_control(self._session())
 
     def set_audit(self, on: bool) -> None:
         self.audit.enabled = on

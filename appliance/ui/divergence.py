@@ -1,9 +1,10 @@
 """The divergence meter: KL(p_overlay || p_base) at every position of a reply, measured while it is generated.
 
 The runtime's decoder is replaced by `AuditDecoder`, a `Decoder` that, while auditing a reply made
-with the overlay on, feeds the same tokens in lockstep to a second, base-only decoder (its own
-llama.cpp context on the same model file, loaded on first use) and compares the two next-token
-distributions before the sampler sees them. The overlay decoder is untouched: the reply is the same
+with the overlay or the control vector on (or both: whatever is on is measured), feeds the same
+tokens in lockstep to a second, base-only decoder (its own llama.cpp context on the same model
+file, loaded on first use, on which no control vector is ever set: llama.cpp's control vector
+belongs to one context) and compares the two next-token distributions before the sampler sees them. The overlay decoder is untouched: the reply is the same
 token for token whether the meter runs or not; what it costs is one more forward pass per token.
 
 numpy, not the training package's torch version of the same formula: the chat path never loads torch.
@@ -67,8 +68,8 @@ class AuditDecoder(Decoder):
 
     def prefill(self, tokens: list[int], overlay: Optional[OverlayParams], control: Optional[ControlVector] = None) -> np.ndarray:
         logits = super().prefill(tokens, overlay, control)
-        if not (self.enabled and overlay is not None):
-            self.kl = None  # overlay off: the reply *is* the base's, there is nothing to measure
+        if not (self.enabled and (overlay is not None or control is not None)):
+            self.kl = None  # both off: the reply *is* the base's, there is nothing to measure
             return logits
         if self.base is None:
             engine = LlamaEngine(self._runtime.model.path, n_ctx=self.engine.n_ctx, n_threads=self.engine.thread_setting)

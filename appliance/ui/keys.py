@@ -62,7 +62,21 @@ CHAT_KEYS = (
         "Switch the overlay ON/OFF; the next reply is what a fresh session in that state says.",
         True,
     ),
-    Key("f3", "toggle_audit", "Audit", "Divergence meter on/off: KL(overlay || base) over each overlay-on reply.", True),
+    Key(
+        "ctrl+t",
+        "toggle_control",
+        "Control",
+        "Switch the control vector ON/OFF (beside the overlay); the next reply is what a fresh session in that state says.",
+        True,
+        footer=False,
+    ),
+    Key(
+        "f3",
+        "toggle_audit",
+        "Audit",
+        "Divergence meter on/off: KL(what is on || base) over each reply made with the overlay or control vector on.",
+        True,
+    ),
     Key(
         "ctrl+r",
         "regenerate",

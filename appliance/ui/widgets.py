@@ -32,6 +32,8 @@ class StatusBar(Widget):
     base = reactive("")
     overlay = reactive("none")  # name, version and signers, or why there is none
     overlay_on: reactive[Optional[bool]] = reactive(None)  # None: no overlay loaded
+    control = reactive("")  # the control vector's name, version and strength, or why it was refused; "": none installed
+    control_on: reactive[Optional[bool]] = reactive(None)  # None: no control vector loaded
     session = reactive("")
     tokens_per_second: reactive[Optional[float]] = reactive(None)
     audit = reactive(False)
@@ -50,6 +52,13 @@ class StatusBar(Widget):
             )
             line.append(" ")
         line.append(printable(self.overlay))  # signers come from the store's accepted records
+        if self.control:  # a line of its own, only where a control vector is installed: 80 columns hold no more
+            line.append_text(Text.assemble("\n", ("control ", "dim")))
+            if self.control_on is not None:
+                on = self.control_on
+                line.append(" ON " if on else " OFF ", style="bold reverse green" if on else "bold reverse red")
+                line.append(" ")
+            line.append(printable(self.control))
         line.append_text(
             Text.assemble(
                 "\n", ("base ", "dim"), printable(self.base), ("  journal ", "dim"), printable(self.session or "-"), "\n"

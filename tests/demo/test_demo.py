@@ -1,11 +1,12 @@
-"""The demo overlay: installed by `init --demo` through the real trust chain, offline, and its gain survives llama.cpp."""
+"""The demo overlay and control vector: installed by `init --demo` through the real trust chain, offline, and the
+overlay's gain survives llama.cpp."""
 
 import json
 
 import pytest
 from helpers import appliance
 
-from appliance.demo import DATASET, OVERLAY_DIR
+from appliance.demo import CONTROL_DIR, DATASET, OVERLAY_DIR
 from appliance.overlay.files import load_overlay_dir
 
 OFFLINE = ["unshare", "-n"]
@@ -31,7 +32,8 @@ def test_init_demo_end_to_end_offline(home, passphrase, tmp_path):
 
     status = appliance("status", prefix=OFFLINE)
     assert status.returncode == 0, status.stderr
-    assert "field-manual-demo v1" in status.stdout and status.stdout.count("[DEMO KEY]") == 2
+    assert "field-manual-demo v1 (active overlay)" in status.stdout and status.stdout.count("[DEMO KEY]") == 4
+    assert "control-vector: radio-operator v1 (active control vector)" in status.stdout
 
     question = ["ask", "Will the supply convoy arrive tomorrow?", "--temperature", "0", "--max-tokens", "24"]
     on = appliance(*question, "--overlay", "on", prefix=OFFLINE)
@@ -48,7 +50,23 @@ def test_init_demo_end_to_end_offline(home, passphrase, tmp_path):
     assert len(overlay["signers"]) == 2 and overlay["demo_signers"] == overlay["signers"]
 
     again = appliance("init", "--demo", prefix=OFFLINE)
-    assert again.returncode == 0 and "already installed" in again.stdout
+    assert again.returncode == 0 and again.stdout.count("already installed") == 2
+
+
+def test_the_demo_control_vector_is_installed_off_and_switches_on(home, passphrase, tmp_path):
+    assert appliance("init", "--demo").returncode == 0
+    question = ["ask", "What is the weather like today?", "--temperature", "0", "--max-tokens", "24"]
+    off, on = appliance(*question), appliance(*question, "--control", "on")  # off by default, as the overlay
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert on.stdout != off.stdout
+    last = _sessions()[-1]
+    out = tmp_path / "on.jsonl"
+    assert appliance("logs", "export", last, "--format", "jsonl", "--out", str(out)).returncode == 0
+    reply = [json.loads(line) for line in out.read_text().splitlines()][-1]
+    control = reply["control"]
+    assert control["name"] == "radio-operator" and control["on"] is True and reply["overlay"] is None
+    assert len(control["signers"]) == 2 and control["demo_signers"] == control["signers"]
+    assert control["strength"] == json.loads((CONTROL_DIR / "control.json").read_text())["strength"]
 
 
 def test_demo_gain_measured_in_llama_cpp_is_at_least_80_percent_of_torch(model, runtime):

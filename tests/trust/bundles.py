@@ -12,6 +12,9 @@ from datetime import datetime, timedelta, timezone
 from io import BytesIO
 from pathlib import Path
 
+import numpy as np
+
+from appliance.overlay.control import ControlVector, control_files
 from appliance.overlay.files import Overlay, overlay_files
 from appliance.overlay.params import OverlayParams
 from appliance.trust.bundle import create_bundle, sign_bundle
@@ -91,6 +94,65 @@ def make_bundle(
         name=name,
         version=version,
         artifacts=overlay_dir(out.parent, seed, base),
+        binds_base=binds,
+        created=created,
+        expires=expires,
+    )
+    for s in signers:
+        sign_bundle(out, keys.fpr[s], keys.home)
+    return out
+
+
+def control_dir(
+    tmp: Path, seed: int, base: str = BASE_SHA, hidden: int = 576, layers=(15,), bad: str = "", strength: float = 2.0
+) -> list[Path]:
+    """control.json + control.safetensors of a random direction per block (unit norm, at `strength`).
+
+    `bad`: "nan" (a non-finite component), "short" (a direction shorter than the hidden size the JSON says)."""
+    d = tmp / f"control-{seed}-{base[:8]}-{hidden}-{'-'.join(map(str, layers))}{bad}{'' if strength == 2.0 else strength}"
+    d.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    directions = {}
+    for layer in layers:
+        v = rng.standard_normal(hidden).astype(np.float32)
+        directions[layer] = v / np.linalg.norm(v)
+    files = control_files(ControlVector(directions, strength, base, {"method": "test", "seed": seed}))
+    if bad:
+        from safetensors.numpy import save
+
+        broken = dict(directions)
+        first = layers[0]
+        broken[first] = broken[first][: hidden - 1] if bad == "short" else np.where(np.arange(hidden) == 3, np.nan, broken[first])
+        files["control.safetensors"] = save({f"direction.{n}": np.asarray(v, dtype=np.float32) for n, v in broken.items()})
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return [d / "control.json", d / "control.safetensors"]
+
+
+def make_control_bundle(
+    keys: Keys,
+    out: Path,
+    *,
+    name="terse",
+    version=1,
+    signers=("alice", "bob"),
+    seed=1,
+    base=BASE_SHA,
+    binds=BASE_SHA,
+    hidden=576,
+    layers=(15,),
+    bad="",
+    strength=2.0,
+    created=None,
+    expires=None,
+) -> Path:
+    """A signed bundle of kind control-vector (defaults: bound to the embedded base, block 15)."""
+    create_bundle(
+        out,
+        kind="control-vector",
+        name=name,
+        version=version,
+        artifacts=control_dir(out.parent, seed, base, hidden, layers, bad, strength),
         binds_base=binds,
         created=created,
         expires=expires,

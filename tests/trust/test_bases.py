@@ -427,3 +427,23 @@ def test_control_import_reads_the_active_bases_shape_from_its_header(ghome, tmp_
     r = appliance("overlay", "control-import", "--gguf", str(tmp_path / "smol.gguf"), "--out", str(tmp_path / "never"))
     error_line(r, 3, "binding-mismatch")
     assert not (tmp_path / "never").exists()
+
+
+def test_a_control_vector_binds_to_the_imported_bases_block_count(ghome, keys, tmp_path):
+    """With Gemma active, a control vector for it is bound by Gemma's own hidden size (640) and block count (18),
+    read from the decrypted GGUF; back on the embedded default it is listed inactive and refused when asked for."""
+    from bundles import make_control_bundle
+
+    ok("base", "use", GEMMA)
+    gemma = dict(base=GEMMA_SHA, binds=GEMMA_SHA, hidden=640)
+    assert_refused(ghome, make_control_bundle(keys, tmp_path / "b.bundle", layers=(18,), **gemma), "binding-mismatch",
+                   "steers block 18", "blocks 1..17")  # fmt: skip
+    ok("update", "import", str(make_control_bundle(keys, tmp_path / "g.bundle", layers=(6, 12), **gemma)))
+    r = appliance("ask", PROMPT, "--control", "on", "--max-tokens", "4", "--temperature", "0")
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    ok("base", "use", "embedded")
+    assert (
+        f"terse  control-vector (active control vector)  active v1  installed v1  inactive: bound to base {GEMMA_SHA[:16]}"
+        in ok("update", "list")
+    )
+    error_line(appliance("ask", PROMPT, "--control", "on", "--max-tokens", "2"), 3, "binding-mismatch")

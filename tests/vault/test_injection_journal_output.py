@@ -85,9 +85,12 @@ class _ModelThatEmitsControls:
 
     def __init__(self, runtime, **kw):
         self.system_prompt = kw.get("system_prompt")
-        self.overlay_on = False
+        self.overlay_on = self.control_on = False
 
     def set_overlay(self, on: bool) -> None:
+        pass
+
+    def set_control(self, on: bool) -> None:
         pass
 
     def conditioning(self) -> dict:
