@@ -61,15 +61,15 @@ def init(if_needed: bool, demo: bool, passphrase_file) -> None:
 
 def _install_demo(model, vault, passphrase_file) -> None:
     """`model` and `vault`: what `init` already verified and opened, else None."""
-    from ..demo.install import DEMO_KEYS, install_demo
+    from ..demo.install import DEMO_ITEMS, install_demo
     from ..store.layout import Store
 
     opened = vault is None
     vault = unlock(passphrase_file) if opened else vault
     try:
         installed = Store.unlocked(vault).read_state().items
-        missing = tuple(item for item in DEMO_KEYS if item.name not in installed)
-        for item in DEMO_KEYS:
+        missing = tuple(item for item in DEMO_ITEMS if item.name not in installed)
+        for item in DEMO_ITEMS:
             if item.name in installed:
                 say(f"demo:    {item.name} already installed")
         if not missing:

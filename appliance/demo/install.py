@@ -1,7 +1,7 @@
 """`appliance init --demo`: the demo items, signed and imported through the same trust chain as any other.
 
 Two demo signer keys are made in a throwaway GnuPG home, each signs one
-bundle per demo item (`DEMO_KEYS`: the committed demo overlay, and a control
+bundle per demo item (`DEMO_ITEMS`: the committed demo overlay, and a control
 vector of its own concept), their public keys are pinned (marked as demo keys)
 and the bundles are imported like ones off a USB stick, in the table's order.
 The private demo keys are destroyed with the temporary directory: nobody can
@@ -37,11 +37,11 @@ class DemoItem:
         return [self.directory / name for name in sorted(FILES_OF_KIND[self.kind])]
 
 
-DEMO_KEYS = (
+DEMO_ITEMS = (
     DemoItem("overlay", "field-manual-demo", OVERLAY_DIR),
     DemoItem("control-vector", "radio-operator", CONTROL_DIR),
 )
-DEMO_NAME = DEMO_KEYS[0].name  # the demo overlay, the active one after `init --demo`
+DEMO_NAME = DEMO_ITEMS[0].name  # the demo overlay, the active one after `init --demo`
 DEMO_SIGNERS = ("Appliance demo signer 1 (DEMO KEY) <demo-1@appliance.invalid>",
                 "Appliance demo signer 2 (DEMO KEY) <demo-2@appliance.invalid>")  # fmt: skip
 
@@ -75,7 +75,7 @@ def _bundle(item: DemoItem, tmp: Path, base: ActiveBase, gpg: gnupg.GPG, fingerp
     return bundle
 
 
-def install_demo(base: ActiveBase, vault: Vault, items: tuple[DemoItem, ...] = DEMO_KEYS) -> list[str]:
+def install_demo(base: ActiveBase, vault: Vault, items: tuple[DemoItem, ...] = DEMO_ITEMS) -> list[str]:
     """Sign, pin and import `items` (one signing run, one pair of demo keys); returns the demo signer fingerprints."""
     with scratch_gpg() as (gpg, tmp):
         fingerprints = _make_signers(gpg)
