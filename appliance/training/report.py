@@ -11,8 +11,9 @@ from ..overlay.takens_torch import TakensLoRA
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..trust.builtin import VerifiedModel
+from .batching import Example
 from .evaluate import compare_loops, kl_stats, nll_llama, participation_ratio, replies, trajectory_measures
-from .trainer import Example, TakensAdapter, TrainConfig, heldout_nll, load_base
+from .trainer import TakensAdapter, TrainConfig, heldout_nll, load_base
 
 
 def _bars(path: Path, title: str, ylabel: str, values: dict[str, float]) -> None:
