@@ -32,7 +32,7 @@ from .steer import Steering
 from .trainer import Fit, StepLog, TakensAdapter, optimise, resolve_precision
 
 DEFAULT_MAX_TOKENS = 48  # length of the teacher's continuations
-Pick = Callable[[torch.Tensor, list[int]], int]  # (logits (V,), the sequence so far) -> the next token
+Pick = Callable[[torch.Tensor, list[int], int], int]  # (logits (V,), the sequence so far, its prompt index) -> next token
 
 
 @dataclass
@@ -86,7 +86,7 @@ def generate(
             logits = adapter.logits_at(batch, on=on)  # (len(alive), V)
             still = []
             for k, i in enumerate(alive):
-                token = int(logits[k].argmax()) if pick is None else pick(logits[k], seqs[i])
+                token = int(logits[k].argmax()) if pick is None else pick(logits[k], seqs[i], i)
                 if is_end(token):
                     if keep_end:
                         out[i].append(token)

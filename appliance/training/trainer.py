@@ -268,9 +268,12 @@ def step_terms(adapter, ex: Example, cfg: TrainConfig, on: bool = True):
 
 
 def heldout_nll(adapter, examples: list[Example], cfg: TrainConfig, on: bool = True) -> Optional[float]:
-    """Mean over the examples of each one's mean target NLL, scored in batches."""
-    if not examples:
-        return None
+    """Mean over the examples of each one's mean target NLL, scored in batches; None without examples."""
+    return mean_nll(adapter, examples, on) if examples else None
+
+
+def mean_nll(adapter, examples: list[Example], on: bool = True) -> float:
+    """Mean over the (non-empty) examples of each one's mean target NLL, scored in batches."""
     device = next(adapter.module.parameters()).device
     losses = []
     with torch.no_grad():
