@@ -213,7 +213,6 @@ class Bench:
             "seconds": time.perf_counter() - t0,
             "sample": trajs["greedy"][0].reply,
         }
-        print(_line(row), flush=True)
         return row
 
 
@@ -270,6 +269,7 @@ def run(args) -> None:
 
     def add(row: dict, **extra) -> None:
         out["rows"].append({**row, **extra})
+        print(_line(out["rows"][-1]), flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "heal_rounds.json").write_text(json.dumps(out, indent=1))
 

@@ -11,6 +11,7 @@ KL from the torch base with the same vector added at the same blocks (`steer.Ste
 """
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -73,7 +74,7 @@ def sweep(
     rows, samples = [], []
     try:
         probes = make_probes(runtime, heldout, max_tokens) if heldout is not None else []
-        unit = scale(lambda ids: logits(base, ids), probes) if probes else None
+        unit = scale(partial(logits, base), probes) if probes else None
         off = steered_replies(runtime, prompts, None, max_tokens)
         off_sampled = [t for s in sampled for t in steered_replies(runtime, prompts, None, max_tokens, s)]
         for k in multiples:
@@ -85,8 +86,8 @@ def sweep(
                 loops["sampled"] = compare_loops(off_sampled, on_sampled)
             row = {"multiple": k, "strength": v.strength, "kl": kl_stats(kl_along(base, v, on)), "loop_rate": loops}
             if unit is not None:
-                steering = Steering(base, v.directions, v.strength)
-                row["behaviour"] = score(lambda ids: logits(base, ids, steering), probes, unit)  # noqa: B023 (used at once)
+                steered = partial(logits, base, steering=Steering(base, v.directions, v.strength))
+                row["behaviour"] = score(steered, probes, unit)
             rows.append(row)
             samples.append((k, on[0].text if on else ""))
     finally:
