@@ -6,7 +6,8 @@ the first step, by the same model without the overlay (one copy of the
 weights, and the reference really is the base); every step runs the base once,
 with the overlay, and reads the reference from that cache. On a GPU the base
 runs under bf16 autocast; under torchrun the batch is split over processes
-(distributed.py). Deterministic on the CPU for a given seed.
+(distributed.py). Deterministic on the CPU for a given seed. Batches, the step
+schedule and the base's cache are in batching.py.
 """
 
 import time
@@ -307,7 +308,8 @@ def optimise(
     preserve: Sequence[Example] = (),
     fit: Fit = Fit(),
 ) -> tuple[list[StepLog], float]:
-    """The training loop for any adapter (`.module`, `.logits_at`): NLL + lambda * barrier.
+    """The training loop for any adapter (`.module`, `.logits_at`): NLL + lambda * barrier, or with a
+    teacher `fit`, KL(teacher || overlay) + lambda * barrier on the preservation rows (training/heal.py).
 
     `cfg.batch` conversations per step, in a fixed order; with `preserve` (the base's own replies to
     neutral prompts), each conversation's term also pays lambda * barrier on the divergence along
