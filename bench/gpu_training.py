@@ -104,7 +104,7 @@ def _assemble(saved: dict, base_name: str, parts: Path):
 
 def load_prepared(work: Path, device: str, parts: Path = Path("/tmp/parts"), base_name: str = "smollm2"):
     """(verified model, held-out, training and preservation examples, neutral prompt tokens, end-of-generation ids, raw)"""
-    from appliance.training.trainer import Example
+    from appliance.training.batching import Example
     from appliance.trust.builtin import embedded_pin, verify_pinned
 
     saved = torch.load(work / base_name / "examples.pt")
@@ -134,8 +134,9 @@ def flops(base, examples, train: bool) -> float:
 def measure(base, cfg, held, trainset, preserve, target, evals: int = 12) -> dict:
     """Train one configuration; time, tokens, FLOPs, memory and the held-out NLL along the way."""
     from appliance.overlay.takens_torch import TakensLoRA
+    from appliance.training.batching import Schedule
     from appliance.training.distributed import current
-    from appliance.training.trainer import Schedule, TakensAdapter, heldout_nll, optimise, resolve_precision
+    from appliance.training.trainer import TakensAdapter, heldout_nll, optimise, resolve_precision
 
     ranks = current()
     device = next(base.parameters()).device

@@ -155,22 +155,34 @@ def _multiples(ctx, param, value: str) -> tuple[float, ...]:
 @click.option("--max-tokens", type=click.IntRange(4, 1024), default=48, show_default=True)
 @click.option("--sample-seeds", type=click.IntRange(0, 16), default=1, show_default=True,
               help="Also measure loops on the chat's default sampler, with this many seeds (0: greedy only).")  # fmt: skip
+@click.option("--heldout", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Held-out contrastive pairs of the concept (JSONL, as for steer): adds the behaviour score, 0 the base, "
+                   "1 the base told by the positive system prompt (docs/steering.md).")  # fmt: skip
 def control_report(
-    control_dir: Path, prompts: Path, out: Path, multiples: tuple[float, ...], max_tokens: int, sample_seeds: int
+    control_dir: Path,
+    prompts: Path,
+    out: Path,
+    multiples: tuple[float, ...],
+    max_tokens: int,
+    sample_seeds: int,
+    heldout: Path | None,
 ) -> None:
     """A control vector's sweep of strengths: per-token KL mean/rmse/p95/max and loop rate at each; numbers, plot, page."""
     from ..errors import UsageError
     from ..overlay.control import load_control_dir
     from ..training.control_report import sweep
+    from ..training.steer import load_pairs
 
     model, hidden, n_layer, _ = _base()
     vector = load_control_dir(control_dir, base_sha256=model.sha256, hidden_size=hidden, n_layer=n_layer)
     lines = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not lines:
         raise UsageError(f"{prompts}: no prompts")
-    metrics = sweep(model, vector, lines, out, multiples, max_tokens=max_tokens, sample_seeds=sample_seeds)
+    pairs = load_pairs(heldout) if heldout is not None else None
+    metrics = sweep(model, vector, lines, out, multiples, max_tokens=max_tokens, sample_seeds=sample_seeds, heldout=pairs)
     say(f"wrote {out}/report.md")
     for r in metrics["sweep"]:
         kl, greedy = r["kl"], r["loop_rate"]["greedy"]
-        say(f"x{r['multiple']:g}: KL mean {kl['mean']:.3f} rmse {kl['rmse']:.3f} p95 {kl['p95']:.3f} max {kl['max']:.3f}; "
+        behaviour = f"behaviour {r['behaviour']:.3f}; " if "behaviour" in r else ""
+        say(f"x{r['multiple']:g}: {behaviour}KL mean {kl['mean']:.3f} rmse {kl['rmse']:.3f} p95 {kl['p95']:.3f} max {kl['max']:.3f}; "
             f"loops greedy {greedy['on']:.3f} (base {greedy['off']:.3f})")  # fmt: skip

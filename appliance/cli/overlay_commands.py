@@ -28,7 +28,7 @@ def _delays(ctx, param, value: str) -> tuple[int, ...]:
 
 
 @overlay.command()
-@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL conversations.")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSONL conversations.")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -41,7 +41,8 @@ def _delays(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default=RECIPE.activation, show_default=True)
 @click.option("--steps", type=click.IntRange(1), default=RECIPE.steps, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=RECIPE.lr, show_default=True)
-@click.option("--lam", "lam", type=click.FloatRange(0), default=RECIPE.lam, show_default=True, help="Weight of the KL barrier.")
+@click.option("--lam", "--lambda", "lam", type=click.FloatRange(0), default=RECIPE.lam, show_default=True,
+              help="Weight of the KL barrier.")  # fmt: skip
 @click.option(
     "--tau", type=click.FloatRange(0), default=RECIPE.tau, show_default=True, help="KL (nats) allowed before the barrier acts."
 )
@@ -66,6 +67,11 @@ def _delays(ctx, param, value: str) -> tuple[int, ...]:
     help="Neutral prompts, one per line: the base's replies to them are held under the same KL barrier.",
 )
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.option("--heal", "heal_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Heal this control vector (control.json + control.safetensors) into the overlay instead of training on "
+                   "--data: the overlay learns the steered model's replies to the --pairs' user turns (docs/steering.md).")  # fmt: skip
+@click.option("--pairs", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="With --heal: the contrastive pairs of the concept; their user turns, without a system prompt, are the prompts.")  # fmt: skip
 @click.option(
     "--base",
     "base_name",
@@ -74,16 +80,38 @@ def _delays(ctx, param, value: str) -> tuple[int, ...]:
 )
 @passphrase_option
 def train(
-    data: Path, out: Path, preserve: Path | None, resume: bool, base_name: str | None, passphrase_file: Path | None, **options
+    data: Path | None,
+    out: Path,
+    preserve: Path | None,
+    resume: bool,
+    heal_dir: Path | None,
+    pairs: Path | None,
+    base_name: str | None,
+    passphrase_file: Path | None,
+    **options,
 ) -> None:
-    """Train an overlay on DATA; progress shows both loss terms."""
+    """Train an overlay on DATA, or heal a control vector into one (--heal); progress shows both loss terms."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from ..errors import UsageError
     from ..training.dataset import load_dataset
     from ..training.trainer import train as run_training
 
-    dataset = load_dataset(data)
+    if data is not None and heal_dir is not None:
+        raise UsageError("give either --data (train on conversations) or --heal (heal a control vector), not both")
+    if pairs is not None and heal_dir is None:
+        raise UsageError("--pairs goes with --heal")
     cfg = TrainConfig(**options)
+    if heal_dir is not None:
+        if pairs is None:
+            raise UsageError("--heal needs --pairs: the concept's prompts")
+        if resume:
+            raise UsageError("--resume is for training on --data; a heal is short, run it again")
+        _heal(heal_dir, pairs, out, preserve, _base_model(base_name, passphrase_file), cfg)
+        return
+    if data is None:
+        raise UsageError("give --data (conversations to train on) or --heal (a control vector to heal)")
+    dataset = load_dataset(data)
     model = _base_model(base_name, passphrase_file)
     columns = (
         TextColumn("training"),
@@ -106,6 +134,49 @@ def train(
     if result.heldout_nll_on is not None:
         say(f"held-out NLL: base {result.heldout_nll_off:.4f}, overlay {result.heldout_nll_on:.4f}")
     say(f"training speed: {result.tokens_per_second:.0f} tokens/s on {cfg.device}")
+
+
+def _heal(control_dir: Path, pairs_path: Path, out: Path, preserve: Path | None, model, cfg: TrainConfig) -> None:
+    """`train --heal`: the steered base is the teacher, the overlay the student (training/heal.py)."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from ..demo import PRESERVE_PROMPTS
+    from ..errors import UsageError
+    from ..overlay.control import load_control_dir
+    from ..overlay.files import save_overlay
+    from ..runtime.session import Runtime
+    from ..training.heal import heal
+    from ..training.steer import load_pairs
+    from ..training.trainer import load_base, preservation_examples
+
+    contrast = load_pairs(pairs_path)
+    runtime = Runtime(model, n_ctx=2048)
+    try:
+        engine = runtime.engine
+        vector = load_control_dir(control_dir, base_sha256=model.sha256, hidden_size=engine.n_embd, n_layer=engine.n_layer)
+        render = runtime.template.render
+        prompts = [engine.tokenize(render([m for m in p.positive if m["role"] != "system"])) for p in contrast.pairs]
+        ends = {t for t in range(engine.n_vocab) if engine.is_end_of_generation(t)}
+    finally:
+        runtime.close()
+    text = (preserve or PRESERVE_PROMPTS).read_text(encoding="utf-8")
+    neutral = [line.strip() for line in text.splitlines() if line.strip()]
+    if not neutral:
+        raise UsageError(f"{preserve}: no prompts")
+    kept = preservation_examples(model, neutral)
+    base = load_base(model, cfg.device)
+    columns = (TextColumn("healing"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[terms]}"))
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("heal", total=cfg.steps, terms="")
+
+        def on_step(entry) -> None:
+            terms = f"kl to teacher {entry.nll:.3f}  barrier {entry.barrier:.3f}  kl[{cfg.agg}] {entry.kl:.3f}"
+            progress.update(task, completed=entry.step, terms=terms)
+
+        result = heal(base, vector, prompts, kept, cfg, ends.__contains__, on_step=on_step)
+    save_overlay(result.overlay, out)
+    say(f"wrote {out}/overlay.json and {out}/overlay.safetensors")
+    say(f"KL(teacher || overlay) per position on the concept: {result.kl_before:.4f} before, {result.kl_after:.4f} after")
 
 
 def _base_model(name: str | None, passphrase_file: Path | None):

@@ -4,13 +4,16 @@ For each strength of a sweep (multiples of the vector's calibrated strength), on
   KL            per-token KL(steered || base) along the steered model's own greedy replies: mean, rmse, p95, max
   loop rate     repeated 4-gram rate of the replies, greedy and on the chat's sampler, paired per prompt
                 against the base (evaluate.compare_loops)
+  behaviour     with held-out pairs of the concept: the behaviour score (training/behaviour.py), 0 the base,
+                1 the base told by the positive system prompt
 Replies come from the runtime users get (llama.cpp, the vector through `llama_set_adapter_cvec`); the
 KL from the torch base with the same vector added at the same blocks (`steer.Steering`).
 """
 
 import json
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -18,10 +21,14 @@ from ..overlay.control import ControlVector
 from ..runtime.sampler import GREEDY, SamplingSettings
 from ..runtime.session import Runtime, Session
 from ..trust.builtin import VerifiedModel
+from .behaviour import make_probes, scale, score
 from .evaluate import Trajectory, compare_loops, kl_stats
 from .objective import per_position_kl
 from .steer import Steering, logits
 from .trainer import load_base
+
+if TYPE_CHECKING:
+    from .steer import Pairs
 
 DEFAULT_MULTIPLES = (0.5, 1.0, 1.5, 2.0, 3.0)
 
@@ -57,6 +64,7 @@ def sweep(
     max_tokens: int = 48,
     sample_seeds: int = 1,
     base=None,
+    heldout: Optional["Pairs"] = None,
 ) -> dict:
     """Measure the vector at each multiple of its strength; write report.md, report.json and sweep.png."""
     out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +73,8 @@ def sweep(
     runtime = Runtime(model, n_ctx=2048)
     rows, samples = [], []
     try:
+        probes = make_probes(runtime, heldout, max_tokens) if heldout is not None else []
+        unit = scale(partial(logits, base), probes) if probes else None
         off = steered_replies(runtime, prompts, None, max_tokens)
         off_sampled = [t for s in sampled for t in steered_replies(runtime, prompts, None, max_tokens, s)]
         for k in multiples:
@@ -74,7 +84,11 @@ def sweep(
             if sampled:
                 on_sampled = [t for s in sampled for t in steered_replies(runtime, prompts, v, max_tokens, s)]
                 loops["sampled"] = compare_loops(off_sampled, on_sampled)
-            rows.append({"multiple": k, "strength": v.strength, "kl": kl_stats(kl_along(base, v, on)), "loop_rate": loops})
+            row = {"multiple": k, "strength": v.strength, "kl": kl_stats(kl_along(base, v, on)), "loop_rate": loops}
+            if unit is not None:
+                steered = partial(logits, base, steering=Steering(base, v.directions, v.strength))
+                row["behaviour"] = score(steered, probes, unit)
+            rows.append(row)
             samples.append((k, on[0].text if on else ""))
     finally:
         runtime.close()
@@ -83,6 +97,8 @@ def sweep(
         "max_tokens": max_tokens,
         "layers": vector.layers,
         "strength": vector.strength,
+        "heldout_pairs": len(probes),
+        "heldout_sha256": heldout.sha256 if heldout is not None else None,
         "sweep": rows,
     }
     _plot(out / "sweep.png", rows)
@@ -115,23 +131,34 @@ def _plot(path: Path, rows: list[dict]) -> None:
 
 def _page(m: dict, prompt: str, base_text: str, samples: list[tuple[float, str]]) -> str:
     hows = list(m["sweep"][0]["loop_rate"]) if m["sweep"] else []
+    scored = bool(m["sweep"]) and "behaviour" in m["sweep"][0]
     lines = [
         "# Control-vector report",
         "",
         f"Blocks {', '.join(map(str, m['layers']))}, calibrated strength {m['strength']:.4g}; {m['prompts']} prompts, "
-        f"replies of up to {m['max_tokens']} tokens. KL along the steered model's own greedy replies.",
+        f"replies of up to {m['max_tokens']} tokens. KL along the steered model's own greedy replies."
+        + (
+            f" Behaviour score on {m['heldout_pairs']} held-out pairs: 0 the base, 1 the base told by the positive system prompt"
+            " (docs/steering.md)."
+            if scored
+            else ""
+        ),
         "",
-        "| x strength | strength | KL mean | KL rmse | KL p95 | KL max | "
+        "| x strength | strength | "
+        + ("behaviour | " if scored else "")
+        + "KL mean | KL rmse | KL p95 | KL max | "
         + " | ".join(f"loops {h} (base)" for h in hows)
         + " | "
         + " | ".join(f"{h}: more/less/same" for h in hows)
         + " |",
-        "|" + "---|" * (6 + 2 * len(hows)),
+        "|" + "---|" * (6 + scored + 2 * len(hows)),
     ]
     for r in m["sweep"]:
         kl, loops = r["kl"], r["loop_rate"]
         lines.append(
-            f"| {r['multiple']:g} | {r['strength']:.4g} | {kl['mean']:.3f} | {kl['rmse']:.3f} | {kl['p95']:.3f} | {kl['max']:.3f} | "
+            f"| {r['multiple']:g} | {r['strength']:.4g} | "
+            + (f"{r['behaviour']:.3f} | " if scored else "")
+            + f"{kl['mean']:.3f} | {kl['rmse']:.3f} | {kl['p95']:.3f} | {kl['max']:.3f} | "
             + " | ".join(f"{loops[h]['on']:.3f} ({loops[h]['off']:.3f})" for h in hows)
             + " | "
             + " | ".join(f"{loops[h]['more']}/{loops[h]['less']}/{loops[h]['same']}" for h in hows)

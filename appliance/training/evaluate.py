@@ -19,11 +19,11 @@ import torch
 from ..overlay.files import Overlay
 from ..overlay.takens_numpy import OverlayStream
 from ..overlay.takens_torch import TakensLoRA
-from ..runtime.sampler import GREEDY, SamplingSettings
+from .batching import Example
 from .objective import AGGREGATES, aggregate, nll, per_position_kl
-from .trainer import Example
 
 if TYPE_CHECKING:
+    from ..runtime.sampler import SamplingSettings
     from ..runtime.session import Runtime
 
 LOOP_N = 4
@@ -37,9 +37,17 @@ class Trajectory:
 
 
 def replies(
-    runtime: "Runtime", prompts: list[str], overlay: Optional[Overlay], max_tokens: int, settings: SamplingSettings = GREEDY
+    runtime: "Runtime",
+    prompts: list[str],
+    overlay: Optional[Overlay],
+    max_tokens: int,
+    settings: Optional["SamplingSettings"] = None,
 ) -> list[Trajectory]:
-    from ..runtime.session import Session  # llama.cpp: only where replies are generated
+    """Replies made by llama.cpp (greedy unless `settings` say otherwise)."""
+    from ..runtime.sampler import GREEDY  # llama.cpp: only where replies are generated
+    from ..runtime.session import Session
+
+    settings = settings or GREEDY
 
     out = []
     for text in prompts:

@@ -11,8 +11,9 @@ from ..overlay.takens_torch import TakensLoRA
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..trust.builtin import VerifiedModel
+from .batching import Example
 from .evaluate import compare_loops, kl_stats, nll_llama, participation_ratio, replies, trajectory_measures
-from .trainer import Example, TakensAdapter, TrainConfig, heldout_nll, load_base
+from .trainer import TakensAdapter, load_base, mean_nll
 
 
 def _bars(path: Path, title: str, ylabel: str, values: dict[str, float]) -> None:
@@ -83,12 +84,12 @@ def build_report(
                 [t for s in sampled for t in replies(runtime, prompts, None, max_tokens, s)],
                 [t for s in sampled for t in replies(runtime, prompts, overlay, max_tokens, s)],
             )
-        nll = {}
+        nll: dict[str, float] = {}
         if heldout:
-            cfg, adapter = TrainConfig(), TakensAdapter(base, TakensLoRA.from_params(overlay.params))
+            adapter = TakensAdapter(base, TakensLoRA.from_params(overlay.params))
             nll = {
-                "torch off": heldout_nll(adapter, heldout, cfg, on=False),
-                "torch on": heldout_nll(adapter, heldout, cfg),
+                "torch off": mean_nll(adapter, heldout, on=False),
+                "torch on": mean_nll(adapter, heldout),
                 "llama.cpp off": nll_llama(runtime, None, heldout),
                 "llama.cpp on": nll_llama(runtime, overlay, heldout),
             }

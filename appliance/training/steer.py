@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -146,8 +146,14 @@ def logits(base, ids: list[int], steering: Steering | None = None) -> torch.Tens
             return base(x).logits[0]
 
 
-def block_outputs(base, ids: list[int], layers: list[int]) -> dict[int, np.ndarray]:
-    """The output (d,) of each block in `layers` at the last position of `ids`."""
+def block_outputs(
+    base, ids: list[int], layers: list[int], forward: Optional[Callable[[list[int]], object]] = None
+) -> dict[int, np.ndarray]:
+    """The output (d,) of each block in `layers` at the last position of `ids`.
+
+    `forward` runs the model on `ids` instead of the bare base (e.g. the base with an overlay on: a
+    vector re-steered on a healed model is read there, docs/steering.md).
+    """
     seen: dict[int, torch.Tensor] = {}
 
     def keep(n: int):
@@ -159,18 +165,23 @@ def block_outputs(base, ids: list[int], layers: list[int]) -> dict[int, np.ndarr
     handles = [blocks(base)[n].register_forward_hook(keep(n)) for n in layers]
     try:
         with torch.no_grad():
-            base(torch.tensor(ids, device=next(base.parameters()).device)[None])
+            if forward is not None:
+                forward(ids)
+            else:
+                base(torch.tensor(ids, device=next(base.parameters()).device)[None])
     finally:
         for h in handles:
             h.remove()
     return {n: seen[n].float().cpu().numpy() for n in layers}
 
 
-def mean_differences(base, pairs: list[tuple[list[int], list[int]]], layers: list[int]) -> dict[int, np.ndarray]:
+def mean_differences(
+    base, pairs: list[tuple[list[int], list[int]]], layers: list[int], forward: Optional[Callable[[list[int]], object]] = None
+) -> dict[int, np.ndarray]:
     """direction.L = mean over pairs of block L's output, positive minus negative, where the reply starts."""
     sums = {n: np.zeros(base.config.hidden_size, dtype=np.float64) for n in layers}
     for pos, neg in pairs:
-        hp, hn = block_outputs(base, pos, layers), block_outputs(base, neg, layers)
+        hp, hn = block_outputs(base, pos, layers, forward), block_outputs(base, neg, layers, forward)
         for n in layers:
             sums[n] += hp[n].astype(np.float64) - hn[n].astype(np.float64)
     return {n: (s / len(pairs)).astype(np.float32) for n, s in sums.items()}

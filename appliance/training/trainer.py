@@ -6,7 +6,8 @@ the first step, by the same model without the overlay (one copy of the
 weights, and the reference really is the base); every step runs the base once,
 with the overlay, and reads the reference from that cache. On a GPU the base
 runs under bf16 autocast; under torchrun the batch is split over processes
-(distributed.py). Deterministic on the CPU for a given seed.
+(distributed.py). Deterministic on the CPU for a given seed. Batches, the step
+schedule and the base's cache are in batching.py.
 """
 
 import time
@@ -25,9 +26,10 @@ from ..overlay.files import Overlay, save_overlay
 from ..overlay.takens_torch import TakensLoRA
 from ..runtime.embeddings import architecture_of
 from ..trust.builtin import VerifiedModel
+from .batching import BaseCache, Batch, Example, Schedule, cache_dtype, chunk_tokens, chunks
 from .choices import PRECISIONS, TrainConfig
 from .dataset import Dataset
-from .distributed import Ranks, all_mean, current, init_from_env
+from .distributed import all_mean, current, init_from_env
 from .objective import aggregate_each, barrier, kl_of_logprobs, nll, per_position_kl, segment_mean
 
 if TYPE_CHECKING:
@@ -45,12 +47,6 @@ class CheckpointMismatch(UsageError):
 
 class BaseNotTrainable(UsageError):
     """transformers cannot load this base's architecture from a GGUF, so no overlay can be trained for it."""
-
-
-@dataclass
-class Example:
-    ids: torch.Tensor  # (T,) token ids
-    target: torch.Tensor  # (T,) bool: this token belongs to an assistant turn
 
 
 @dataclass
@@ -206,81 +202,6 @@ class TakensAdapter:
             return self.logits_at(Batch.every_position(ids), on=False)
 
 
-@dataclass
-class Batch:
-    """Conversations side by side, right-padded, each in its own row from position 0.
-
-    Causal attention never lets a real position see the padding after it, and the overlay's delay
-    ring of a row reads only that row: no conversation reaches into another, and a batched
-    conversation computes what it computes alone (tests/training/test_batching.py).
-    """
-
-    ids: torch.Tensor  # (B, T) token ids, padded with token 0
-    rows: torch.Tensor  # (n,) the row of each predicting position (row-major order)
-    cols: torch.Tensor  # (n,) its column: position t predicts token t + 1
-    targets: torch.Tensor  # (n,) the token it predicts
-
-    @property
-    def size(self) -> int:
-        return self.ids.shape[0]
-
-    @classmethod
-    def of(cls, examples: list[Example], device, pad_to: int = 8) -> "Batch":
-        """Rows padded to a multiple of `pad_to` tokens: fewer distinct shapes for the GPU's kernels."""
-        T = -(-max(len(ex.ids) for ex in examples) // pad_to) * pad_to
-        ids = torch.zeros(len(examples), T, dtype=torch.long)
-        predicts = torch.zeros(len(examples), T, dtype=torch.bool)
-        for i, ex in enumerate(examples):
-            ids[i, : len(ex.ids)] = ex.ids
-            predicts[i, : len(ex.ids) - 1] = ex.target[1:]
-        rows, cols = predicts.nonzero(as_tuple=True)
-        ids, rows, cols = ids.to(device), rows.to(device), cols.to(device)
-        return cls(ids, rows, cols, ids[rows, cols + 1])
-
-    @classmethod
-    def every_position(cls, ids: torch.Tensor) -> "Batch":
-        """One sequence, logits at every position (the last one included)."""
-        cols = torch.arange(len(ids), device=ids.device)
-        return cls(ids[None], torch.zeros_like(cols), cols, ids)
-
-
-def _chunks(examples: list, tokens: int) -> list[list]:
-    """Consecutive groups of examples with about `tokens` tokens each (padding counted)."""
-    groups: list[list] = [[]]
-    for ex in examples:
-        if groups[-1] and (len(groups[-1]) + 1) * max(len(ex.ids), *(len(e.ids) for e in groups[-1])) > tokens:
-            groups.append([])
-        groups[-1].append(ex)
-    return [g for g in groups if g]
-
-
-def chunk_tokens(device: torch.device) -> int:
-    """Tokens per pass when scoring without gradients: large on a GPU, small on the CPU (memory of (n, V) logits)."""
-    return 16384 if device.type == "cuda" else 1024
-
-
-def base_logprobs(adapter: TakensAdapter, examples: list[Example], dtype: torch.dtype) -> list[torch.Tensor]:
-    """The frozen base's log-probabilities (n_i, V) at each example's predicting positions, computed once.
-
-    The base never changes, so the barrier's reference is a constant of the data: training reads it
-    from here every epoch instead of running the base again (docs/overlay-training.md says in which
-    dtype and what that costs the KL).
-    """
-    device = next(adapter.module.parameters()).device
-    out: list[torch.Tensor] = []
-    with torch.no_grad():
-        for group in _chunks(examples, chunk_tokens(device)):
-            batch = Batch.of(group, device)
-            logp = F.log_softmax(adapter.logits_at(batch, on=False), dim=-1).to(dtype)
-            out += list(torch.split(logp, torch.bincount(batch.rows, minlength=batch.size).tolist()))
-    return out
-
-
-def cache_dtype(precision: str) -> torch.dtype:
-    """float16 beside a bf16 base: log-probabilities lie in [-100, 0], where float16 keeps 3 more bits than bfloat16."""
-    return torch.float16 if precision == "bf16" else torch.float32
-
-
 def resolve_precision(cfg: TrainConfig) -> str:
     if cfg.precision not in PRECISIONS:
         raise UsageError(f"unknown precision {cfg.precision!r}; use one of {', '.join(PRECISIONS)}")
@@ -291,20 +212,50 @@ def resolve_precision(cfg: TrainConfig) -> str:
 
 @dataclass
 class Terms:
-    nll: torch.Tensor  # (B_domain,) mean NLL of each domain conversation's targets
+    nll: torch.Tensor  # (B_domain,) each domain conversation's fit: mean NLL of its targets, or mean KL(teacher || overlay)
     divergence: torch.Tensor  # (B,) aggregated KL of every row (domain rows first, then preservation)
     n_domain: int
+    charged_from: int = 0  # the barrier charges rows charged_from.. (n_domain when a teacher fits the domain rows)
+
+    @property
+    def charged(self) -> torch.Tensor:
+        return self.divergence[self.charged_from :]
 
 
-def batch_terms(adapter: TakensAdapter, batch: Batch, logp_base: torch.Tensor, agg: str, n_domain: int) -> Terms:
-    """Per-conversation NLL (the first `n_domain` rows) and aggregated KL to the cached base (every row)."""
+@dataclass(frozen=True)
+class Fit:
+    """What the domain conversations are fitted to.
+
+    Without a teacher, their target tokens (NLL), and the barrier charges every row. With `teacher`
+    (one (n_i, V) tensor of log-probabilities per training example, at its predicting positions), the
+    teacher's distributions: KL(teacher || overlay) per position (distillation, training/heal.py), and
+    the barrier charges the preservation rows only, since on the domain rows the teacher decides.
+    """
+
+    teacher: Optional[Sequence[torch.Tensor]] = None
+
+    def teacher_rows(self, domain: list[int]) -> Optional[torch.Tensor]:
+        return torch.cat([self.teacher[i] for i in domain]) if self.teacher is not None else None
+
+
+def batch_terms(
+    adapter: TakensAdapter,
+    batch: Batch,
+    logp_base: torch.Tensor,
+    agg: str,
+    n_domain: int,
+    logp_teacher: Optional[torch.Tensor] = None,
+) -> Terms:
+    """Per-conversation fit (the first `n_domain` rows) and aggregated KL to the cached base (every row)."""
     logp = F.log_softmax(adapter.logits_at(batch), dim=-1)  # (n, V) float32
-    nll_pos = -logp.gather(1, batch.targets[:, None])[:, 0]
-    kl = kl_of_logprobs(logp, logp_base)
     domain = batch.rows < n_domain
-    return Terms(
-        segment_mean(nll_pos[domain], batch.rows[domain], n_domain), aggregate_each(kl, batch.rows, batch.size, agg), n_domain
-    )
+    if logp_teacher is None:
+        fit = -logp[domain].gather(1, batch.targets[domain, None])[:, 0]
+    else:
+        fit = kl_of_logprobs(logp_teacher.float(), logp[domain])
+    kl = kl_of_logprobs(logp, logp_base)
+    divergence = aggregate_each(kl, batch.rows, batch.size, agg)
+    return Terms(segment_mean(fit, batch.rows[domain], n_domain), divergence, n_domain, 0 if logp_teacher is None else n_domain)
 
 
 def step_terms(adapter, ex: Example, cfg: TrainConfig, on: bool = True):
@@ -318,65 +269,32 @@ def step_terms(adapter, ex: Example, cfg: TrainConfig, on: bool = True):
 
 
 def heldout_nll(adapter, examples: list[Example], cfg: TrainConfig, on: bool = True) -> Optional[float]:
-    """Mean over the examples of each one's mean target NLL, scored in batches."""
-    if not examples:
-        return None
+    """Mean over the examples of each one's mean target NLL, scored in batches; None without examples."""
+    return mean_nll(adapter, examples, on) if examples else None
+
+
+def mean_nll(adapter, examples: list[Example], on: bool = True) -> float:
+    """Mean over the (non-empty) examples of each one's mean target NLL, scored in batches."""
     device = next(adapter.module.parameters()).device
     losses = []
     with torch.no_grad():
-        for group in _chunks(examples, chunk_tokens(device)):
+        for group in chunks(examples, chunk_tokens(device)):
             batch = Batch.of(group, device)
             per_position = F.cross_entropy(adapter.logits_at(batch, on), batch.targets, reduction="none")
             losses.append(segment_mean(per_position, batch.rows, batch.size))
     return float(torch.cat(losses).mean())
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """Which conversations and preservation replies each step reads: a fixed order, whatever the batch or the processes.
-
-    Step s reads training examples s*B .. s*B + B - 1 (cyclically) and as many preservation
-    replies; each process takes its round-robin share (distributed.Ranks.share).
-    """
-
-    n_train: int
-    n_preserve: int
-    batch: int
-    ranks: Ranks
-
-    def domain(self, step: int) -> list[int]:
-        return self.ranks.share([(step * self.batch + k) % self.n_train for k in range(self.batch)])
-
-    def preserve(self, step: int) -> list[int]:
-        if not self.n_preserve:
-            return []
-        return self.ranks.share([(step * self.batch + k) % self.n_preserve for k in range(self.batch)])
-
-
-class BaseCache:
-    """The base's log-probabilities of every conversation and preservation reply the steps will read, computed once."""
-
-    def __init__(self, adapter: TakensAdapter, sched: Schedule, steps: range, trainset, preserve, dtype: torch.dtype):
-        used_train = sorted({i for s in steps for i in sched.domain(s)})
-        used_preserve = sorted({j for s in steps for j in sched.preserve(s)})
-        self.train = dict(zip(used_train, base_logprobs(adapter, [trainset[i] for i in used_train], dtype)))
-        self.preserve = dict(zip(used_preserve, base_logprobs(adapter, [preserve[j] for j in used_preserve], dtype)))
-
-    def take(self, domain: list[int], preserve: list[int]) -> torch.Tensor:
-        """(n, V): the rows of a batch of these conversations then these replies, in `Batch` order."""
-        return torch.cat([self.train[i] for i in domain] + [self.preserve[j] for j in preserve])
-
-
-def step_loss(adapter, cfg: TrainConfig, sched: Schedule, step: int, trainset, preserve, cache: BaseCache):
+def step_loss(adapter, cfg: TrainConfig, sched: Schedule, step: int, trainset, preserve, cache: BaseCache, fit: Fit = Fit()):
     """(this process's loss, its terms) for one step."""
     dom, pres = sched.domain(step), sched.preserve(step)
     examples = [trainset[i] for i in dom] + [preserve[j] for j in pres]
     device = next(adapter.module.parameters()).device
-    terms = batch_terms(adapter, Batch.of(examples, device), cache.take(dom, pres), cfg.agg, len(dom))
+    terms = batch_terms(adapter, Batch.of(examples, device), cache.take(dom, pres), cfg.agg, len(dom), fit.teacher_rows(dom))
     # Each process weighs its share by world / B: DDP's average of the gradients is then the
-    # gradient of the global batch's mean of (nll + lambda * barrier) per conversation.
+    # gradient of the global batch's mean of (fit + lambda * barrier) per conversation.
     weight = sched.ranks.world / cfg.batch
-    loss = weight * (terms.nll.sum() + cfg.lam * barrier(terms.divergence, cfg.tau).sum())
+    loss = weight * (terms.nll.sum() + cfg.lam * barrier(terms.charged, cfg.tau).sum())
     return loss, terms
 
 
@@ -388,8 +306,10 @@ def optimise(
     on_step: Optional[Callable[[StepLog], None]] = None,
     resume: bool = False,
     preserve: Sequence[Example] = (),
+    fit: Fit = Fit(),
 ) -> tuple[list[StepLog], float]:
-    """The training loop for any adapter (`.module`, `.logits_at`): NLL + lambda * barrier.
+    """The training loop for any adapter (`.module`, `.logits_at`): NLL + lambda * barrier, or with a
+    teacher `fit`, KL(teacher || overlay) + lambda * barrier on the preservation rows (training/heal.py).
 
     `cfg.batch` conversations per step, in a fixed order; with `preserve` (the base's own replies to
     neutral prompts), each conversation's term also pays lambda * barrier on the divergence along
@@ -427,7 +347,7 @@ def optimise(
     cache = BaseCache(adapter, sched, steps, trainset, preserve, cache_dtype(adapter.precision))
 
     for step in steps:
-        loss, terms = step_loss(adapter, cfg, sched, step, trainset, preserve, cache)
+        loss, terms = step_loss(adapter, cfg, sched, step, trainset, preserve, cache, fit)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -435,7 +355,7 @@ def optimise(
         trained_tokens += sum(len(preserve[j].ids) for j in sched.preserve(step))
         n = terms.n_domain
         logged = all_mean(
-            torch.stack([terms.nll.mean(), barrier(terms.divergence, cfg.tau).sum() / n, terms.divergence[:n].mean()]).detach(),
+            torch.stack([terms.nll.mean(), barrier(terms.charged, cfg.tau).sum() / n, terms.charged[:n].mean()]).detach(),
             ranks,
         ).tolist()
         entry = StepLog(step + 1, *logged)

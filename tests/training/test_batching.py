@@ -6,18 +6,9 @@ from torch.nn import functional as F
 
 from appliance.overlay.params import OverlayParams
 from appliance.overlay.takens_torch import TakensLoRA
+from appliance.training.batching import Batch, Example, base_logprobs
 from appliance.training.objective import aggregate, kl_of_logprobs
-from appliance.training.trainer import (
-    Batch,
-    Example,
-    TakensAdapter,
-    TrainConfig,
-    base_logprobs,
-    batch_terms,
-    encode,
-    heldout_nll,
-    step_terms,
-)
+from appliance.training.trainer import TakensAdapter, TrainConfig, batch_terms, encode, heldout_nll, step_terms
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Is the relay up?"}, {"role": "assistant", "content": "Unknown. Check the log."}],
@@ -89,8 +80,9 @@ def test_the_batched_held_out_nll_is_the_mean_of_each_conversations(moved, examp
 
 def test_a_batch_of_two_pays_the_mean_of_their_losses(smollm2_base, examples):
     """The loss of a batch of two, and its gradient, are the mean of the two conversations' own."""
+    from appliance.training.batching import BaseCache, Schedule
     from appliance.training.distributed import Ranks
-    from appliance.training.trainer import BaseCache, Schedule, step_loss
+    from appliance.training.trainer import step_loss
 
     cfg = TrainConfig(tau=0.0, lam=1.0, batch=2)
     adapter = TakensAdapter(smollm2_base, TakensLoRA.from_params(OverlayParams.random(576, seed=6, b_scale=0.05)))
@@ -112,8 +104,8 @@ def test_a_batch_of_two_pays_the_mean_of_their_losses(smollm2_base, examples):
 
 def test_steps_read_the_conversations_in_one_fixed_order_whatever_the_batch():
     """Batch 1 for two steps and batch 2 for one step read the same two conversations; a process reads its share."""
+    from appliance.training.batching import Schedule
     from appliance.training.distributed import Ranks
-    from appliance.training.trainer import Schedule
 
     assert [Schedule(3, 0, 1, Ranks()).domain(s) for s in range(4)] == [[0], [1], [2], [0]]
     assert [Schedule(3, 2, 2, Ranks()).domain(s) for s in range(2)] == [[0, 1], [2, 0]]

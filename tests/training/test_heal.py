@@ -1,0 +1,163 @@
+"""`overlay train --heal`: a few steps on the CPU move the overlay toward the steered teacher, the barrier
+charges only above tau and only the neutral rows, llama.cpp runs the healed overlay as torch does, and the
+command writes an overlay the runtime admits."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from appliance.overlay.control import ControlVector, save_control
+from appliance.overlay.files import load_overlay_dir
+from appliance.overlay.takens_numpy import OverlayStream
+from appliance.overlay.takens_torch import TakensLoRA
+from appliance.runtime.embeddings import EmbeddingTable
+from appliance.runtime.llama import LlamaEngine
+from appliance.training.batching import BaseCache, Example, Schedule
+from appliance.training.choices import TrainConfig
+from appliance.training.distributed import Ranks
+from appliance.training.heal import heal
+from appliance.training.objective import per_position_kl
+from appliance.training.steer import mean_differences
+from appliance.training.trainer import Fit, TakensAdapter, preservation_examples, step_loss
+from tests.helpers import appliance, error_line, tree_digest
+
+TERSE = "You are a terse radio operator. Answer in clipped radio speech and end every answer with 'over'."
+PLAIN = "You are a helpful assistant."
+USERS = ["How do I boil an egg?", "Recommend a good book.", "How can I sleep better?"]
+NEUTRAL = ["What is the capital of France?", "Write a haiku about the sea."]
+LAYER = 15
+STEPS = 6
+
+
+def _pair(user: str) -> dict:
+    return {
+        "positive": [{"role": "system", "content": TERSE}, {"role": "user", "content": user}],
+        "negative": [{"role": "system", "content": PLAIN}, {"role": "user", "content": user}],
+    }
+
+
+@pytest.fixture(scope="module")
+def setting(model, runtime, smollm2_base):
+    """The concept prompts (no system prompt), a radio-operator vector at a clearly visible strength, and neutral replies."""
+    tok = lambda messages: runtime.engine.tokenize(runtime.template.render(messages))  # noqa: E731
+    contrast = [(tok(p["positive"]), tok(p["negative"])) for p in map(_pair, USERS)]
+    directions = mean_differences(smollm2_base, contrast, [LAYER])
+    prompts = [tok([{"role": "user", "content": u}]) for u in USERS[:2]]
+    ends = {t for t in range(runtime.engine.n_vocab) if runtime.engine.is_end_of_generation(t)}
+    preserve = preservation_examples(model, NEUTRAL, max_tokens=10)
+    return ControlVector(directions, 4.0, model.sha256), prompts, ends, preserve
+
+
+@pytest.fixture(scope="module")
+def healed(setting, smollm2_base):
+    vector, prompts, ends, preserve = setting
+    cfg = TrainConfig(steps=STEPS, lr=1e-2, batch=2, tau=0.5, lam=1.0, agg="rmse")
+    return heal(smollm2_base, vector, prompts, preserve, cfg, ends.__contains__, max_tokens=10)
+
+
+def test_a_few_steps_lower_the_loss_and_move_the_overlay_toward_the_teacher(healed):
+    fits = [s.nll for s in healed.log]
+    assert len(fits) == STEPS and fits[-1] < fits[0]
+    # before training the overlay is the identity: its KL to the teacher is the steer's own
+    assert healed.kl_before > 0.05 and healed.kl_after < 0.7 * healed.kl_before
+    assert healed.overlay.training["teacher_kl_after"] == healed.kl_after
+    assert all(ex.target[-1] for ex in healed.concept)  # the teacher's continuation is the target
+
+
+def test_the_barrier_is_zero_below_tau_and_charges_the_neutral_rows_above_it(setting, smollm2_base):
+    _, prompts, _, preserve = setting
+    concept = [Example(torch.tensor(p + [p[-1]] * 4), torch.tensor([False] * len(p) + [True] * 4)) for p in prompts]
+    module = TakensLoRA(smollm2_base.config.hidden_size, 4, (0, 1, 2), 8.0, "tanh")
+    with torch.no_grad():
+        module.B.normal_(std=0.05)  # a moved overlay: its KL to the base is far from zero everywhere
+    adapter = TakensAdapter(smollm2_base, module)
+    sched = Schedule(len(concept), len(preserve), 2, Ranks())
+    cache = BaseCache(adapter, sched, range(1), concept, preserve, torch.float32)
+    teacher = [torch.log_softmax(torch.randn(int(ex.target[1:].sum()), smollm2_base.config.vocab_size), -1) for ex in concept]
+    fit = Fit(teacher)
+
+    def loss(tau: float):
+        cfg = TrainConfig(batch=2, tau=tau, lam=3.0, agg="mean")
+        with torch.no_grad():
+            return step_loss(adapter, cfg, sched, 0, concept, preserve, cache, fit)
+
+    calm, terms = loss(1e6)
+    assert torch.allclose(calm, terms.nll.sum() / 2)  # under tau: the fit alone
+    charged, terms = loss(0.0)
+    neutral = terms.divergence[terms.n_domain :]
+    assert len(neutral) == 2 and bool((neutral > 0).all())
+    # above tau: lambda times the neutral rows' excess only; the concept rows' divergence is the teacher's business
+    assert torch.allclose(charged, (terms.nll.sum() + 3.0 * neutral.sum()) / 2, rtol=1e-5)
+    assert terms.divergence[: terms.n_domain].sum() > 0
+
+
+def test_llama_cpp_runs_the_healed_overlay_as_torch_does(healed, model, smollm2_base):
+    ids = healed.concept[0].ids.tolist()
+    adapter = TakensAdapter(smollm2_base, TakensLoRA.from_params(healed.overlay.params))
+    with torch.no_grad():
+        torch_on, torch_off = adapter.logits(torch.tensor(ids)), adapter.reference(torch.tensor(ids))
+    engine = LlamaEngine(model.path, n_ctx=512, n_threads=2)
+    try:
+        engine.decode_embeddings(
+            OverlayStream(healed.overlay.params).steps(EmbeddingTable(model.path).rows(ids)), 0, all_logits=True
+        )
+        llama_on = torch.from_numpy(np.stack([engine.logits_at(i).copy() for i in range(len(ids))]))
+    finally:
+        engine.close()
+    quantisation = per_position_kl(torch_on, llama_on).mean()  # torch runs the dequantised weights
+    effect = per_position_kl(torch_on, torch_off).mean()
+    assert effect > 0.05 and quantisation < 0.2 * effect
+    assert (torch_on.argmax(-1) == llama_on.argmax(-1)).float().mean() > 0.9
+
+
+@pytest.fixture
+def heal_inputs(tmp_path, model, setting):
+    vector = setting[0]
+    save_control(vector, tmp_path / "control")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(_pair(u)) + "\n" for u in USERS[:1]))
+    neutral = tmp_path / "neutral.txt"
+    neutral.write_text(NEUTRAL[0] + "\n")
+    return tmp_path / "control", pairs, neutral
+
+
+def test_train_heal_writes_an_overlay_the_runtime_admits(heal_inputs, tmp_path, model, runtime):
+    control, pairs, neutral = heal_inputs
+    out = tmp_path / "healed"
+    r = appliance("overlay", "train", "--heal", str(control), "--pairs", str(pairs), "--preserve", str(neutral),
+                  "--out", str(out), "--steps", "2", "--agg", "p95", "--tau", "0.3", "--lambda", "2")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "KL(teacher || overlay)" in r.stdout
+    overlay = load_overlay_dir(out, base_sha256=model.sha256, hidden_size=runtime.engine.n_embd)
+    assert overlay.training["config"]["agg"] == "p95" and overlay.training["config"]["lam"] == 2.0
+    assert overlay.training["control"]["layers"] == [LAYER] and overlay.training["steps"] == 2
+
+
+def test_train_heal_refuses_a_vector_of_another_base_and_writes_nothing(heal_inputs, tmp_path):
+    control, pairs, _ = heal_inputs
+    meta = json.loads((control / "control.json").read_text())
+    meta["base_model_sha256"] = "0" * 64
+    (control / "control.json").write_text(json.dumps(meta))
+    before = tree_digest(tmp_path)
+    r = appliance("overlay", "train", "--heal", str(control), "--pairs", str(pairs), "--out", str(tmp_path / "healed"))
+    error_line(r, 3, "binding-mismatch")
+    assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--pairs", "P"], "--pairs goes with --heal"),
+        (["--heal", "C"], "--heal needs --pairs"),
+        (["--heal", "C", "--pairs", "P", "--data", "P"], "not both"),
+        (["--heal", "C", "--pairs", "P", "--resume"], "--resume"),
+    ],
+)
+def test_train_heal_usage(heal_inputs, tmp_path, args, words):
+    control, pairs, _ = heal_inputs
+    args = [str(control) if a == "C" else str(pairs) if a == "P" else a for a in args]
+    r = appliance("overlay", "train", *args, "--out", str(tmp_path / "healed"))
+    assert words in error_line(r, 2, "usage")
+    assert not (tmp_path / "healed").exists()
