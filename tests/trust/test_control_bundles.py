@@ -249,7 +249,11 @@ def test_logs_show_and_resume_name_the_control_vector(home, keys, base, vault, t
     vector is erased says so (a notice) and continues without it."""
     import_bundle(make_control_bundle(keys, tmp_path / "terse.bundle", strength=60.0), base, vault)
     ok("ask", "Name a colour.", "--control", "on", "--temperature", "0", "--max-tokens", "4")
-    sid = ok("logs", "list").split()[0]  # the one session
+    fresh = Vault.unlock(home, PASSPHRASE.encode())
+    try:  # the session of the reply (pinning the signers journalled sessions of their own)
+        (sid,) = [sid for sid in sessions(fresh) if any(r["kind"] == "message" for r in read_session(fresh, sid))]
+    finally:
+        fresh.zeroize()
     assert "control vector terse v1 on strength 60 signers" in ok("logs", "show", sid)
     ok("erase", "control", "terse", "--yes")
     r = appliance("ask", "And another?", "--resume", sid, "--temperature", "0", "--max-tokens", "4")
