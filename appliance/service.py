@@ -291,7 +291,7 @@ class UnlockedAppliance:
 
     def _changed_since(self, past: PastConversation) -> tuple[list[str], Optional[str]]:
         """What the past session recorded that is not what is active now, and the preset that still holds."""
-        notices = past.differences(self._base_record, self._overlay_record(False))
+        notices = past.differences(self._base_record, self._overlay_record(False), self._control_record(False))
         preset = past.preset
         if preset is not None:
             try:

@@ -9,8 +9,8 @@ Rules, in order:
 3. a session that was itself resumed starts with a `resume` record: the session it links is read
    the same way first (its sealed head then must still be the one linked), so a chain of resumes
    gives the whole conversation;
-4. what conditioned the last reply (system prompt, preset, base, overlay, settings) is what its
-   record says; the caller compares base and overlay with what is active now;
+4. what conditioned the last reply (system prompt, preset, base, overlay, control vector, settings) is what
+   its record says; the caller compares base, overlay and control vector with what is active now;
 5. the link to write in the new session is this session's id and its sealed head (seq, hash).
 """
 
@@ -59,11 +59,15 @@ class PastConversation:
         return self.last.get("overlay") if self.last else None
 
     @property
+    def control(self) -> Optional[dict]:
+        return self.last.get("control") if self.last else None
+
+    @property
     def base(self) -> Optional[dict]:
         return self.last.get("base") if self.last else None
 
-    def differences(self, base: dict, overlay: Optional[dict]) -> list[str]:
-        """Notices where the base or overlay recorded last is not `base` / `overlay`, the active ones' records."""
+    def differences(self, base: dict, overlay: Optional[dict], control: Optional[dict] = None) -> list[str]:
+        """Notices where the base, overlay or control vector recorded last is not the active one's record."""
         notices = []
         was = self.base
         if was is not None and (was.get("sha256"), was.get("version")) != (base["sha256"], base["version"]):
@@ -71,17 +75,23 @@ class PastConversation:
                 f"recorded on base {was.get('name')} v{was.get('version')} {str(was.get('sha256'))[:12]}, not active now: "
                 f"continuing on {base['name']} v{base['version']} {base['sha256'][:12]}"
             )
-        was = self.overlay
-        if was is not None and overlay is None:
-            notices.append(
-                f"recorded with overlay {was.get('name')} v{was.get('version')}, not loaded now: continuing without it"
-            )
-        elif was is not None and overlay is not None and _identity(was) != _identity(overlay):
-            notices.append(
-                f"recorded with overlay {was.get('name')} v{was.get('version')}; the active overlay is "
-                f"{overlay['name']} v{overlay['version']}: continuing with it"
-            )
+        notices += _changed("overlay", self.overlay, overlay)
+        notices += _changed("control vector", self.control, control)
         return notices
+
+
+def _changed(what: str, was: Optional[dict], now: Optional[dict]) -> list[str]:
+    """A notice when the overlay (or control vector) a reply was recorded with is not the one loaded now."""
+    if was is None:
+        return []
+    if now is None:
+        return [f"recorded with {what} {was.get('name')} v{was.get('version')}, not loaded now: continuing without it"]
+    if _identity(was) != _identity(now):
+        return [
+            f"recorded with {what} {was.get('name')} v{was.get('version')}; the active {what} is "
+            f"{now['name']} v{now['version']}: continuing with it"
+        ]
+    return []
 
 
 def _identity(overlay: dict) -> tuple:

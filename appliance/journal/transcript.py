@@ -5,19 +5,26 @@ UI shows the same text.
 """
 
 import json
+from typing import Optional
 
 from ..printable import printable
 
 
 def provenance_line(r: dict) -> str:
-    base, ov = r.get("base") or {}, r.get("overlay")
-    overlay = (
-        "none" if not ov else f"{ov['name']} v{ov['version']} {'on' if ov['on'] else 'off'} signers {','.join(ov['signers'])}"
-    )
+    base = r.get("base") or {}
     system = f"; preset {r['preset']}" if r.get("preset") else ""
     system += f"; system prompt {json.dumps(r['system_prompt'])}" if r.get("system_prompt") else ""
-    return (f"base {base.get('name')} v{base.get('version')} {str(base.get('sha256'))[:12]}; overlay {overlay}; "
-            f"settings {json.dumps(r.get('settings'))}{system}")  # fmt: skip
+    control = f"; control vector {_switched(r['control'])}" if r.get("control") else ""
+    return (f"base {base.get('name')} v{base.get('version')} {str(base.get('sha256'))[:12]}; overlay {_switched(r.get('overlay'))}"
+            f"{control}; settings {json.dumps(r.get('settings'))}{system}")  # fmt: skip
+
+
+def _switched(item: Optional[dict]) -> str:
+    """An overlay's or control vector's record: name, version, on or off, its signers."""
+    if not item:
+        return "none"
+    strength = f" strength {item['strength']:.3g}" if isinstance(item.get("strength"), (int, float)) else ""
+    return f"{item['name']} v{item['version']} {'on' if item['on'] else 'off'}{strength} signers {','.join(item['signers'])}"
 
 
 def markdown_transcript(session_id: str, records: list[dict]) -> str:

@@ -10,7 +10,7 @@ from bundles import BASE_SHA, PASSPHRASE, control_dir, iso, make_bundle, make_co
 from helpers import appliance, error_line, ok, tree_digest
 from test_refusals import assert_refused
 
-from appliance.journal import read, sessions
+from appliance.journal import read_session, sessions
 from appliance.runtime.sampler import SamplingSettings
 from appliance.runtime.session import Runtime
 from appliance.service import UnlockedAppliance
@@ -163,7 +163,7 @@ def test_refused_erase_leaves_everything_working(installed, base, vault, args, c
 def _messages(home) -> list[dict]:
     fresh = Vault.unlock(home, PASSPHRASE.encode())  # what the CLI wrote, read with a vault opened after it
     try:
-        return [r for sid in sessions(fresh) for r in read(fresh, sid) if r["kind"] == "message"]
+        return [r for sid in sessions(fresh) for r in read_session(fresh, sid) if r["kind"] == "message"]
     finally:
         fresh.zeroize()
 
@@ -203,7 +203,7 @@ def test_the_service_switches_journals_snapshots_and_zeroes(installed, model, va
         assert outcome.reply.control_on
         assert app.toggle_control(session) is False
         sid = app.journal.session_id
-        records = read(vault, sid)
+        records = read_session(vault, sid)
         direction = control.vector.directions[15]
         app.drop_control()
         assert not direction.any() and app.control is None
@@ -224,9 +224,9 @@ def test_a_kill_with_wipe_zeroes_and_erases_the_control_vector(installed, model,
     assert not direction.any() and app.control is None
     fresh = Vault.unlock(installed, PASSPHRASE.encode())
     try:
-        (kill,) = [r for r in read(fresh, sid) if r["kind"] == "kill"]
+        (kill,) = [r for r in read_session(fresh, sid) if r["kind"] == "kill"]
         assert kill["controls_erased"] == ["control/terse/1"] and kill["overlays_erased"] == ["overlay/care/1"]
-        assert fresh.items("control/") == []
+        assert fresh.key_ids("control/") == []
     finally:
         fresh.zeroize()
 
@@ -242,3 +242,20 @@ def test_the_build_station_commands_make_a_control_vector_bundle(home, keys, tmp
     before = tree_digest(home)
     assert "verified control-vector terse v1, signed by" in ok("bundle", "verify", str(out))
     assert tree_digest(home) == before
+
+
+def test_logs_show_and_resume_name_the_control_vector(home, keys, base, vault, tmp_path):
+    """`logs show` names the control vector each message was made with; resuming that session once the
+    vector is erased says so (a notice) and continues without it."""
+    import_bundle(make_control_bundle(keys, tmp_path / "terse.bundle", strength=60.0), base, vault)
+    ok("ask", "Name a colour.", "--control", "on", "--temperature", "0", "--max-tokens", "4")
+    fresh = Vault.unlock(home, PASSPHRASE.encode())
+    try:  # the session of the reply (pinning the signers journalled sessions of their own)
+        (sid,) = [sid for sid in sessions(fresh) if any(r["kind"] == "message" for r in read_session(fresh, sid))]
+    finally:
+        fresh.zeroize()
+    assert "control vector terse v1 on strength 60 signers" in ok("logs", "show", sid)
+    ok("erase", "control", "terse", "--yes")
+    r = appliance("ask", "And another?", "--resume", sid, "--temperature", "0", "--max-tokens", "4")
+    assert r.returncode == 0, r.stderr
+    assert "recorded with control vector terse v1, not loaded now: continuing without it" in r.stderr + r.stdout

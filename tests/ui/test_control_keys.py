@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ui_support import FIXED_TIME, PASSPHRASE, SIGNERS, THREADS, overlay_for_tests, send, unlock
 
-from appliance.journal import read
+from appliance.journal import read_session
 from appliance.overlay.control import ControlVector
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Runtime, Session
@@ -73,7 +73,7 @@ async def test_ctrl_t_switches_the_control_vector_and_the_bar_names_both(vault_h
         return session.generate("Name three colours.", max_tokens=16).text
 
     assert reply == fresh(True) and reply != fresh(False)
-    records = read(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
+    records = read_session(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
     assert [r["kind"] for r in records] == ["control-toggle", "message", "message", "control-toggle"]
     assert [r["on"] for r in (records[0], records[3])] == [True, False] and records[3]["after_messages"] == 2
     assert records[2]["control"]["on"] is True and records[2]["control"]["strength"] == STRENGTH

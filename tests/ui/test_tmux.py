@@ -74,7 +74,7 @@ def test_chat_in_tmux_unlock_reply_toggle_kill(demo_home, tmp_path):
         tmux.wait_for(r"overlay  ON  field-manual-demo v1 signers")  # decrypted and re-verified at unlock
         tmux.keys("-l", "Name three colours.")
         tmux.keys("Enter")
-        tmux.wait_for(r"assistant  overlay ON  \d+ tok  [\d.]+ tok/s", timeout=120)  # the reply has finished
+        tmux.wait_for(r"assistant  overlay ON  (control OFF  )?\d+ tok  [\d.]+ tok/s", timeout=120)  # the reply has finished
         assert pid_path(demo_home).exists()
         tmux.keys("F1")  # F-keys and escape reach the app through tmux
         tmux.wait_for("Everywhere", timeout=10)
@@ -84,7 +84,7 @@ def test_chat_in_tmux_unlock_reply_toggle_kill(demo_home, tmp_path):
         tmux.wait_for(r"overlay  OFF  field-manual-demo", timeout=10)
         tmux.keys("-l", "And three animals?")
         tmux.keys("Enter")
-        tmux.wait_for(r"assistant  overlay OFF  \d+ tok", timeout=120)
+        tmux.wait_for(r"assistant  overlay OFF  (control OFF  )?\d+ tok", timeout=120)
         tmux.keys("F9")
         assert "Killed" in tmux.wait_for("Passphrase:", timeout=10)
         assert not pid_path(demo_home).exists()  # `appliance kill` now finds nothing to stop
@@ -123,7 +123,7 @@ def test_chat_resume_and_editor_in_tmux(demo_home, tmp_path):
         tmux.keys("C-e")
         tmux.wait_for(r"What is my name\?", timeout=10)  # back from the editor: in the prompt box (not in the history)
         tmux.keys("Enter")
-        tmux.wait_for(r"assistant  overlay OFF  \d+ tok  [\d.]+ tok/s", timeout=120)  # recorded OFF, resumed OFF
+        tmux.wait_for(r"assistant  overlay OFF  (control OFF  )?\d+ tok  [\d.]+ tok/s", timeout=120)  # recorded OFF, resumed OFF
         tmux.keys("C-q")  # quit: locked and gone, no `kill` record
         deadline = time.monotonic() + 30
         while pid_path(demo_home).exists():
