@@ -103,5 +103,9 @@ class NoOverlay(NotFound):
     """No overlay is installed (or loaded), so there is none to switch on."""
 
 
+class NoControlVector(NotFound):
+    """No control vector is installed (or loaded), so none can be switched on."""
+
+
 class Erased(ApplianceError):
     exit_code = 6

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Optional
 
-from ..errors import ContextOverflow, NoOverlay, NotFound
+from ..errors import ContextOverflow, NoControlVector, NoOverlay
 from ..overlay.control import ControlVector
 from ..overlay.files import Overlay
 from ..trust.builtin import VerifiedModel
@@ -54,10 +54,6 @@ class Runtime:
 
     def close(self) -> None:
         self.engine.close()
-
-
-class NoControlVector(NotFound):
-    """No control vector is installed, so none can be switched on."""
 
 
 @dataclass

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Optional, Union
 
-from ..errors import BindingMismatch, Erased, NoOverlay, NotFound, Refused
+from ..errors import ApplianceError, BindingMismatch, Erased, NoControlVector, NoOverlay, NotFound, Refused
 from ..journal import provenance
 from ..overlay import control
 from ..overlay.control import ControlVector, load_control
@@ -233,13 +233,7 @@ def load_active_overlay(base: ActiveBase, vault: Vault) -> ActiveOverlay:
     crypto-erased, `Refused` (exit 3) when it fails a check.
     """
     store = Store.unlocked(vault)
-    state = store.read_state()
-    if state.overlay is None:
-        raise NoOverlay("no overlay is installed: import a signed bundle first (appliance update import FILE)")
-    item = state.items[state.overlay]
-    if item.active is None:
-        raise Erased(f"overlay {state.overlay} was crypto-erased ({versions_text(item.erased)}): import a new signed bundle")
-    manifest, overlay = verify_version(store, item.active, vault, base)
+    manifest, overlay = _load_active(store, store.read_state().overlay, "overlay", NoOverlay, base, vault)
     if not isinstance(overlay, Overlay):  # state.json names, as the active overlay, a version of another kind
         raise StoreDamaged(f"{manifest.name} v{manifest.version} is a {manifest.kind}, not an overlay")
     return ActiveOverlay(overlay, _provenance(store, manifest))
@@ -252,21 +246,23 @@ def load_active_control(base: ActiveBase, vault: Vault) -> ActiveControl:
     Raises `NoControlVector` (exit 5) when none is installed, `Erased` (exit 6) when it was
     crypto-erased, `Refused` (exit 3) when it fails a check.
     """
-    from ..runtime.session import NoControlVector  # the session's own error: imported only where it is raised
-
     store = Store.unlocked(vault)
-    state = store.read_state()
-    if state.control is None:
-        raise NoControlVector("no control vector is installed: import a signed bundle first (appliance update import FILE)")
-    item = state.items[state.control]
-    if item.active is None:
-        raise Erased(
-            f"control vector {state.control} was crypto-erased ({versions_text(item.erased)}): import a new signed bundle"
-        )
-    manifest, vector = verify_version(store, item.active, vault, base)
+    manifest, vector = _load_active(store, store.read_state().control, "control vector", NoControlVector, base, vault)
     if not isinstance(vector, ControlVector):
         raise StoreDamaged(f"{manifest.name} v{manifest.version} is a {manifest.kind}, not a control vector")
     return ActiveControl(vector, _provenance(store, manifest))
+
+
+def _load_active(
+    store: Store, name: Optional[str], what: str, missing: type[ApplianceError], base: ActiveBase, vault: Vault
+) -> tuple[Manifest, Admitted]:
+    """Rules 1-3 for the active version of item `name` (None: none is active, `missing` is raised)."""
+    if name is None:
+        raise missing(f"no {what} is installed: import a signed bundle first (appliance update import FILE)")
+    item = store.read_state().items[name]
+    if item.active is None:
+        raise Erased(f"{what} {name} was crypto-erased ({versions_text(item.erased)}): import a new signed bundle")
+    return verify_version(store, item.active, vault, base)
 
 
 def versions_text(versions: tuple[int, ...]) -> str:

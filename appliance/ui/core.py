@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ApplianceError, Locked, NoOverlay, NotFound
+from ..errors import ApplianceError, Locked, NoControlVector, NoOverlay, NotFound
 from ..fsutil import atomic_write
 from ..journal import Report, read_session, sessions, verify_session
 from ..journal.search import Match, Skipped, search
@@ -24,7 +24,7 @@ from ..journal.transcript import markdown_transcript
 from ..presets import Preset, every
 from ..presets import read as read_preset
 from ..runtime.sampler import SamplingSettings
-from ..runtime.session import NoControlVector, Runtime, Session
+from ..runtime.session import Runtime, Session
 from ..service import Outcome, Resumed, Snapshot, UnlockedAppliance
 from ..store import ActiveControl, ActiveOverlay
 from ..trust.builtin import VerifiedModel

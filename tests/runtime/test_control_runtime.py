@@ -5,11 +5,12 @@ session's in the new state."""
 import numpy as np
 import pytest
 
+from appliance.errors import NoControlVector
 from appliance.overlay.control import ControlVector
 from appliance.overlay.files import Overlay
 from appliance.overlay.params import OverlayParams
 from appliance.runtime.sampler import GREEDY
-from appliance.runtime.session import NoControlVector, Runtime, Session
+from appliance.runtime.session import Runtime, Session
 
 D = 576
 
