@@ -114,7 +114,7 @@ class ChatScreen(Screen):
 
     @on(TextPending)
     async def _draw_pending(self, event: TextPending) -> None:
-        await self.replies.draw(event)
+        await self.replies.draw(event.drawing)
 
     async def _answered(self, user: ChatMessage, view: ChatMessage, outcome: Optional[Outcome], error: str) -> None:
         """The reply is written (or refused): its header, the status bar's numbers, and the exchange made the last."""

@@ -13,6 +13,7 @@ The order of a reply:
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Optional
 
@@ -35,12 +36,21 @@ Ask = Callable[[Callable[[str], None], threading.Event], Outcome]
 Done = Callable[[Optional[Outcome], str], Awaitable[None]]
 
 
-class TextPending(Message):
-    """The worker wrote pieces of the reply into `pending`: the screen hands this to `ReplyWorker.draw`."""
+@dataclass(frozen=True)
+class Drawing:
+    """A reply's view being written: its Markdown stream, the pieces the UI has not drawn yet, the list it scrolls in."""
 
-    def __init__(self, stream: MarkdownStream, pending: deque[str], messages: VerticalScroll):
+    stream: MarkdownStream
+    pending: deque[str]
+    messages: VerticalScroll
+
+
+class TextPending(Message):
+    """The worker wrote pieces of the reply into `drawing.pending`: the screen hands this to `ReplyWorker.draw`."""
+
+    def __init__(self, drawing: Drawing):
         super().__init__()
-        self.stream, self.pending, self.messages = stream, pending, messages
+        self.drawing = drawing
 
 
 class ReplyWorker:
@@ -58,17 +68,17 @@ class ReplyWorker:
     def start(self, ask: Ask, view: ChatMessage, messages: VerticalScroll, done: Done) -> None:
         """`ask` writes into `view` (a reply's message, in `messages`); `done` runs on the UI thread once it returned."""
         self.stop_event = threading.Event()
-        stream = Markdown.get_stream(view.body)
-        work = partial(self._generate, ask, TextPending(stream, deque(), messages), self.stop_event, done)
+        drawing = Drawing(Markdown.get_stream(view.body), deque(), messages)
+        work = partial(self._generate, ask, drawing, self.stop_event, done)
         self.worker = self.screen.run_worker(work, name="reply", group="reply", thread=True, exit_on_error=False)
 
-    def _generate(self, ask: Ask, pending: TextPending, stop: threading.Event, done: Done) -> None:
-        """On the worker thread. `pending.pending`: pieces the model wrote that the UI has not drawn yet."""
+    def _generate(self, ask: Ask, drawing: Drawing, stop: threading.Event, done: Done) -> None:
+        """On the worker thread."""
 
         def on_text(piece: str) -> None:  # never waits for the UI: tok/s stays the model's
-            pending.pending.append(piece)
-            if len(pending.pending) == 1:  # else a draw is already due and takes this piece too
-                self.screen.post_message(TextPending(pending.stream, pending.pending, pending.messages))
+            drawing.pending.append(piece)
+            if len(drawing.pending) == 1:  # else a draw is already due and takes this piece too
+                self.screen.post_message(TextPending(drawing))
 
         outcome: Optional[Outcome]
         try:
@@ -76,20 +86,20 @@ class ReplyWorker:
         except ApplianceError as e:  # context full, journal write refused, ...: shown, never a crash
             outcome, error = None, str(e)
         # Textual types the callback as `T | Awaitable[T]`, which mypy cannot solve for a coroutine function.
-        self.screen.app.call_from_thread(self._finished, pending, outcome, error, done)  # type: ignore[arg-type]
+        self.screen.app.call_from_thread(self._finished, drawing, outcome, error, done)  # type: ignore[arg-type]
 
-    async def draw(self, event: TextPending) -> None:
+    async def draw(self, drawing: Drawing) -> None:
         """On the UI thread: every piece queued so far, escaped, appended to the reply's view."""
         parts = []
-        while event.pending:
-            parts.append(event.pending.popleft())
+        while drawing.pending:
+            parts.append(drawing.pending.popleft())
         if parts:  # the model's words may hold ESC and C1 controls, which Textual would pass to the terminal
-            await event.stream.write(printable("".join(parts)))
-            event.messages.scroll_end(animate=False)
+            await drawing.stream.write(printable("".join(parts)))
+            drawing.messages.scroll_end(animate=False)
 
-    async def _finished(self, pending: TextPending, outcome: Optional[Outcome], error: str, done: Done) -> None:
-        await self.draw(pending)  # whatever the queued draws have not taken yet
-        await pending.stream.stop()
+    async def _finished(self, drawing: Drawing, outcome: Optional[Outcome], error: str, done: Done) -> None:
+        await self.draw(drawing)  # whatever the queued draws have not taken yet
+        await drawing.stream.stop()
         self.worker = self.stop_event = None
         await done(outcome, error)
 
