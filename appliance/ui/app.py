@@ -60,7 +60,7 @@ class ApplianceApp(App):
         )
         try:
             if self.chat is not None:  # always, once unlocked; the reply it may be writing stops first
-                await self.chat.halt()
+                await self.chat.replies.halt()
             self.core.kill()  # locks even when it raises
         except ApplianceError as e:
             message = f"Killed and locked, but: {e}"
@@ -86,7 +86,7 @@ class ApplianceApp(App):
 
     async def action_quit(self) -> None:
         if self.chat is not None:
-            await self.chat.halt()
+            await self.chat.replies.halt()
         self.core.lock()
         self.exit()
 

@@ -1,30 +1,25 @@
-"""The chat screen: messages, the prompt, the status bar and the overlay's switch; replies are generated
-on a worker thread and streamed in. The modal flows (system prompt, erase) are chat_modals.py's, the
-hand-offs to the terminal (editor, clipboard) handoff.py's."""
+"""The chat screen: messages, the prompt, the status bar and the overlay's switch, and the small actions of
+its keys. A reply is written on a worker thread and streamed in by reply_worker.py; the status bar shows
+itself (widgets.py); the modal flows (system prompt, erase) are chat_modals.py's, the hand-offs to the
+terminal (editor, clipboard) handoff.py's."""
 
-import threading
-from collections import deque
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Optional
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
-from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Markdown
-from textual.widgets.markdown import MarkdownStream
-from textual.worker import Worker, WorkerCancelled, WorkerFailed
+from textual.widgets import Footer
 
 from ..errors import ApplianceError
-from ..printable import printable
 from .chat_modals import confirm_erase_journal, confirm_erase_overlay, pick_system_prompt
 from .core import ChatCore, Outcome
 from .divergence import Divergence
 from .handoff import copy_code, copy_reply, edit_prompt_in_editor
 from .keys import CHAT_KEYS, bindings
+from .reply_worker import Ask, ReplyWorker, TextPending, reply_header
 from .sessions import SessionsScreen
 from .widgets import ChatMessage, PromptInput, StatusBar
 
@@ -36,8 +31,7 @@ class ChatScreen(Screen):
     def __init__(self, core: ChatCore, export_dir: Path):
         super().__init__()
         self.core, self.export_dir = core, export_dir  # export_dir: where F4's exports go
-        self.stop_event: Optional[threading.Event] = None
-        self.worker: Optional[Worker] = None
+        self.replies = ReplyWorker(self)  # the reply being written, if any
         self.editing = False  # the next send replaces the last exchange (edit and resend)
         self.last_exchange: Optional[tuple[ChatMessage, ChatMessage]] = None  # the views of the last whole exchange
         self.code_blocks_copied = 0  # code blocks of the last reply copied so far (ctrl+g walks back through them)
@@ -65,28 +59,13 @@ class ChatScreen(Screen):
             self.notify(notice, severity="warning", timeout=15)
 
     def refresh_status(self) -> None:
-        status, snapshot = self.query_one(StatusBar), self.core.status()
-        p = snapshot.overlay
-        if p is None:
-            status.overlay = "refused (see message)" if snapshot.overlay_problem else "none installed"
-            status.overlay_on = None
-        else:
-            demo = " [DEMO KEYS]" if p.demo_signers else ""  # never let a demo pass for production trust
-            status.overlay = f"{p.name} v{p.version} signers {' '.join(s[:8] for s in p.signers)}{demo}"
-            status.overlay_on = snapshot.overlay_on
-        c = snapshot.control
-        if c is None:
-            status.control, status.control_on = ("refused (see message)" if self.core.control_problem else ""), None
-        else:
-            demo = " [DEMO KEYS]" if c.demo_signers else ""
-            status.control = f"{c.name} v{c.version} strength {snapshot.control_strength:.3g}{demo}"
-            status.control_on = snapshot.control_on
-        status.session = snapshot.session_id or ""
-        status.audit = self.core.audit.enabled
+        self.query_one(StatusBar).show(
+            self.core.status(), control_problem=self.core.control_problem, audit=self.core.audit.enabled
+        )
 
-    @property
-    def busy(self) -> bool:
-        return self.worker is not None
+    def refresh_context(self, used: Optional[int]) -> None:
+        """The context meter after a reply (`used`: its prompt and reply tokens; None: no reply yet)."""
+        self.query_one(StatusBar).show_context(used, self.core.dropped_exchanges())
 
     # -- messages -------------------------------------------------------------------
 
@@ -98,11 +77,11 @@ class ChatScreen(Screen):
         return view
 
     async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
-        if self.busy:
+        if self.replies.busy:
             self.query_one(PromptInput).text = event.text  # kept for when the reply is done
             self.notify("a reply is still being written: escape stops it", severity="warning")
             return
-        ask: Callable[[Callable[[str], None], threading.Event], Outcome] = partial(self.core.reply, event.text)
+        ask: Ask = partial(self.core.reply, event.text)
         if self.editing:
             self.editing = False
             ask = partial(self.core.edit, event.text)
@@ -124,58 +103,21 @@ class ChatScreen(Screen):
         self.last_exchange = (views[-2], views[-1]) if len(views) >= 2 else None
         self.code_blocks_copied = 0
 
-    async def _ask(self, ask: Callable[[Callable[[str], None], threading.Event], Outcome], user: ChatMessage) -> None:
+    async def _ask(self, ask: Ask, user: ChatMessage) -> None:
         """A new reply view under `user`, written by `ask(on_text, stop)` on the worker thread."""
         self.last_exchange = None
         snapshot = self.core.status()
         state = "ON" if snapshot.overlay_on else "OFF" if snapshot.overlay else "none"
         view = await self.add_message("assistant", header=f"assistant  overlay {state}")
-        self.stop_event = threading.Event()
         self.query_one(StatusBar).busy = True
-        self.worker = self._generate(ask, user, view, Markdown.get_stream(view.body), self.stop_event)
-
-    class TextPending(Message):
-        """The worker wrote pieces of the reply into `pending`: draw them."""
-
-        def __init__(self, stream: MarkdownStream, pending: deque):
-            super().__init__()
-            self.stream, self.pending = stream, pending
-
-    @work(thread=True, exit_on_error=False, group="reply")
-    def _generate(self, ask, user: ChatMessage, view: ChatMessage, stream: MarkdownStream, stop: threading.Event) -> None:
-        pending: deque[str] = deque()  # pieces the model wrote that the UI has not drawn yet
-
-        def on_text(piece: str) -> None:  # never waits for the UI: tok/s stays the model's
-            pending.append(piece)
-            if len(pending) == 1:  # else a draw is already due and takes this piece too
-                self.post_message(self.TextPending(stream, pending))
-
-        outcome: Optional[Outcome]
-        try:
-            outcome, error = ask(on_text, stop), ""
-        except ApplianceError as e:  # context full, journal write refused, ...: shown, never a crash
-            outcome, error = None, str(e)
-        # Textual types the callback as `T | Awaitable[T]`, which mypy cannot solve for a coroutine function.
-        self.app.call_from_thread(self._finished, user, view, stream, pending, outcome, error)  # type: ignore[arg-type]
+        self.replies.start(ask, view, self.query_one("#messages", VerticalScroll), partial(self._answered, user, view))
 
     @on(TextPending)
     async def _draw_pending(self, event: TextPending) -> None:
-        await self._draw(event.stream, event.pending)
+        await self.replies.draw(event.drawing)
 
-    async def _draw(self, stream: MarkdownStream, pending: deque) -> None:
-        parts = []
-        while pending:
-            parts.append(pending.popleft())
-        if parts:  # the model's words may hold ESC and C1 controls, which Textual would pass to the terminal
-            await stream.write(printable("".join(parts)))
-            self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
-
-    async def _finished(
-        self, user: ChatMessage, view: ChatMessage, stream: MarkdownStream, pending: deque, outcome: Optional[Outcome], error: str
-    ) -> None:
-        await self._draw(stream, pending)  # whatever the queued draws have not taken yet
-        await stream.stop()
-        self.worker = self.stop_event = None
+    async def _answered(self, user: ChatMessage, view: ChatMessage, outcome: Optional[Outcome], error: str) -> None:
+        """The reply is written (or refused): its header, the status bar's numbers, and the exchange made the last."""
         status = self.query_one(StatusBar)
         status.busy = False
         if outcome is None:
@@ -185,17 +127,8 @@ class ChatScreen(Screen):
         self.last_exchange, self.code_blocks_copied = (user, view), 0
         # The meter's measure (None: it was off); the service types it loosely, as the meter is the UI's.
         reply, div = outcome.reply, outcome.divergence if isinstance(outcome.divergence, Divergence) else None
-        facts = [
-            f"overlay {'ON' if reply.overlay_on else 'OFF'}" if self.core.status().overlay else "overlay none",
-            *([f"control {'ON' if reply.control_on else 'OFF'}"] if self.core.status().control else []),
-            f"{len(reply.tokens)} tok",
-            f"{reply.tokens_per_second:.1f} tok/s",
-        ]
-        if reply.finish != "stop":
-            facts.append("stopped" if reply.finish == "cancelled" else "cut at max tokens")
-        if div is not None:
-            facts.append(f"KL rmse {div.rmse:.3f} max {div.max:.3f}")
-        view.header.update("assistant  " + "  ".join(facts))
+        snapshot = self.core.status()
+        view.header.update(reply_header(reply, div, snapshot.overlay is not None, snapshot.control is not None))
         status.tokens_per_second = reply.tokens_per_second
         self.refresh_context(reply.prompt_tokens + len(reply.tokens))
         if div is not None:
@@ -203,28 +136,10 @@ class ChatScreen(Screen):
         if reply.dropped_turns:
             self.notify(f"{reply.dropped_turns} oldest exchanges left out to fit the context window", severity="warning")
 
-    def refresh_context(self, used: Optional[int]) -> None:
-        """The context meter: tokens in the window after a reply (None: no reply yet), and how many exchanges no longer fit."""
-        status = self.query_one(StatusBar)
-        status.context_used, status.dropped = used, self.core.dropped_exchanges()
-
-    async def halt(self) -> None:
-        """Stop the reply being written (if any) and wait until its worker has returned."""
-        if self.worker is None:
-            return
-        worker = self.worker
-        if self.stop_event is not None:  # set with the worker, cleared with it
-            self.stop_event.set()
-        try:
-            await worker.wait()
-        except (WorkerCancelled, WorkerFailed):
-            pass  # its own error path has already reported it
-
     # -- actions -----------------------------------------------------------------------
 
     def action_stop(self) -> None:
-        if self.stop_event is not None:
-            self.stop_event.set()
+        self.replies.stop()
 
     def action_toggle_overlay(self) -> None:
         snapshot = self.core.status()
@@ -233,7 +148,7 @@ class ChatScreen(Screen):
                 snapshot.overlay_problem or "no overlay is loaded", severity="error" if snapshot.overlay_problem else "warning"
             )
             return
-        if self.busy:  # the reply under way keeps the state it started in; its provenance says which
+        if self.replies.busy:  # the reply under way keeps the state it started in; its provenance says which
             self.notify("a reply is being written: escape stops it, then switch", severity="warning")
             return
         try:
@@ -249,7 +164,7 @@ class ChatScreen(Screen):
             problem = self.core.control_problem
             self.notify(problem or "no control vector is installed", severity="error" if problem else "warning")
             return
-        if self.busy:
+        if self.replies.busy:
             self.notify("a reply is being written: escape stops it, then switch", severity="warning")
             return
         try:
@@ -265,7 +180,7 @@ class ChatScreen(Screen):
         self.refresh_status()
 
     async def action_new_session(self) -> None:
-        await self.halt()
+        await self.replies.halt()
         try:
             self.core.new_session()
         except ApplianceError as e:
@@ -303,7 +218,7 @@ class ChatScreen(Screen):
 
     def _exchange_to_take_back(self, what: str) -> Optional[tuple[ChatMessage, ChatMessage]]:
         """The views of the last exchange, if it can be taken back now; else None, and the reason shown."""
-        if self.busy:
+        if self.replies.busy:
             self.notify(f"a reply is being written: escape stops it, then {what}", severity="warning")
             return None
         if self.last_exchange is None or not self.core.can_take_back():
@@ -325,7 +240,7 @@ class ChatScreen(Screen):
 
     async def resume_session(self, session_id: str) -> None:
         """F4's resume: the past session's history on screen, the chat continuing it in a new journal session."""
-        await self.halt()
+        await self.replies.halt()
         try:
             resumed = self.core.resume(session_id)
         except ApplianceError as e:  # nothing changed: the chat goes on where it was

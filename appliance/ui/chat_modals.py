@@ -71,7 +71,7 @@ def confirm_erase_journal(chat: "ChatScreen") -> None:
 def _confirm_erase(chat: "ChatScreen", phrase: str, what: str, erase: Callable[[], list[str]]) -> None:
     async def confirmed(yes: Optional[bool]) -> None:
         if yes:
-            await chat.halt()
+            await chat.replies.halt()
             _erased(chat, erase)
 
     chat.app.push_screen(EraseScreen(phrase, what), confirmed)

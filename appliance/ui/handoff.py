@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def edit_prompt_in_editor(chat: "ChatScreen") -> None:
     """The prompt in $EDITOR. The screen is handed to the editor until it exits (Textual draws nothing
     meanwhile); a kill from another terminal ends it."""
-    if chat.busy:  # the reply would stream into a screen the editor has taken
+    if chat.replies.busy:  # the reply would stream into a screen the editor has taken
         chat.notify("a reply is being written: escape stops it, then edit", severity="warning")
         return
     prompt = chat.query_one(PromptInput)

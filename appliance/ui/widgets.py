@@ -19,6 +19,7 @@ from textual.widget import Widget
 from textual.widgets import Label, Markdown, Static, TextArea
 
 from ..printable import printable
+from ..service import Snapshot
 from .divergence import Divergence
 
 
@@ -42,6 +43,30 @@ class StatusBar(Widget):
     window = reactive(0)  # the context window (tokens) of the engine
     context_used: reactive[Optional[int]] = reactive(None)  # prompt + reply tokens of the last reply
     dropped = reactive(0)  # oldest exchanges left out of what the model sees
+
+    def show(self, snapshot: Snapshot, *, control_problem: str, audit: bool) -> None:
+        """The appliance's state as `snapshot` has it (`control_problem`: why a control vector was refused, or "")."""
+        p = snapshot.overlay
+        if p is None:
+            self.overlay = "refused (see message)" if snapshot.overlay_problem else "none installed"
+            self.overlay_on = None
+        else:
+            demo = " [DEMO KEYS]" if p.demo_signers else ""  # never let a demo pass for production trust
+            self.overlay = f"{p.name} v{p.version} signers {' '.join(s[:8] for s in p.signers)}{demo}"
+            self.overlay_on = snapshot.overlay_on
+        c = snapshot.control
+        if c is None:
+            self.control, self.control_on = ("refused (see message)" if control_problem else ""), None
+        else:
+            demo = " [DEMO KEYS]" if c.demo_signers else ""
+            self.control = f"{c.name} v{c.version} strength {snapshot.control_strength:.3g}{demo}"
+            self.control_on = snapshot.control_on
+        self.session = snapshot.session_id or ""
+        self.audit = audit
+
+    def show_context(self, used: Optional[int], dropped: int) -> None:
+        """The context meter: tokens in the window after a reply (None: no reply yet), and how many exchanges no longer fit."""
+        self.context_used, self.dropped = used, dropped
 
     def render(self) -> Text:
         # Three short lines, the overlay's state first: at 80 columns nothing wraps.

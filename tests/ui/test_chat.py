@@ -113,7 +113,7 @@ async def test_escape_stops_a_long_reply_early(vault_home, make_app):
         await pilot.press("enter")
         await wait_for(pilot, lambda: len(screen.query(ChatMessage)) == 2 and len(screen.query(ChatMessage)[1].body.source) > 20)
         await pilot.press("escape")
-        await wait_for(pilot, lambda: screen.worker is None, timeout=5)
+        await wait_for(pilot, lambda: not screen.replies.busy, timeout=5)
         header = str(screen.query(ChatMessage)[1].header.render())
         sid = app.core.status().session_id
     assert "stopped" in header

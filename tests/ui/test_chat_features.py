@@ -106,7 +106,7 @@ def _records(home, session_id):
 
 
 async def _wait_reply(pilot, screen, replaced=None):
-    await wait_for(pilot, lambda: screen.worker is None and screen.last_exchange is not None and screen.last_exchange[1] is not replaced,
+    await wait_for(pilot, lambda: not screen.replies.busy and screen.last_exchange is not None and screen.last_exchange[1] is not replaced,
                    what="the reply")  # fmt: skip
 
 

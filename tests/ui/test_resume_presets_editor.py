@@ -160,7 +160,7 @@ async def test_a_multi_line_paste_is_one_message(vault_home, make_app):
         await pilot.pause()
         assert prompt.text == "first line\nsecond line\n\nfourth line"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: app.screen.worker is None and len(app.core.session.history) == 2, what="the reply")
+        await wait_for(pilot, lambda: not app.screen.replies.busy and len(app.core.session.history) == 2, what="the reply")
         assert app.core.session.history[0]["content"] == "first line\nsecond line\n\nfourth line"
 
 

@@ -67,4 +67,4 @@ async def send(pilot, text: str) -> None:
     before = len(screen.query(ChatMessage))
     screen.query_one(PromptInput).text = text
     await pilot.press("enter")
-    await wait_for(pilot, lambda: len(screen.query(ChatMessage)) == before + 2 and screen.worker is None, what="the reply")
+    await wait_for(pilot, lambda: len(screen.query(ChatMessage)) == before + 2 and not screen.replies.busy, what="the reply")
