@@ -22,10 +22,14 @@ import torch
 
 from appliance.demo import DATASET, NEUTRAL_PROMPTS
 from appliance.overlay.takens_torch import TakensLoRA
+from appliance.training.adapter import TakensAdapter, load_base
 from appliance.training.batching import Batch
+from appliance.training.choices import TrainConfig
 from appliance.training.dataset import load_dataset
 from appliance.training.evaluate import kl_along, kl_stats, loop_rate, torch_greedy
-from appliance.training.trainer import TakensAdapter, TrainConfig, heldout_nll, load_base, optimise, split_examples
+from appliance.training.examples import split_examples
+from appliance.training.terms import heldout_nll
+from appliance.training.trainer import optimise
 from appliance.trust.builtin import embedded_pin, verify_pinned
 
 

@@ -59,8 +59,9 @@ def prepare(work: Path, gemma: bool) -> None:
 def _prepare_base(out: Path, model, template, parts: list[bytes], neutral: list[str]) -> None:
     from appliance.demo import DATASET, PRESERVE_PROMPTS
     from appliance.runtime.session import Runtime
+    from appliance.training.choices import TrainConfig
     from appliance.training.dataset import load_dataset
-    from appliance.training.trainer import TrainConfig, preservation_examples, split_examples
+    from appliance.training.examples import preservation_examples, split_examples
 
     dataset = load_dataset(DATASET)
     held, trainset = split_examples(model, dataset, TrainConfig(**DEMO_RECIPE), template)
@@ -134,9 +135,11 @@ def flops(base, examples, train: bool) -> float:
 def measure(base, cfg, held, trainset, preserve, target, evals: int = 12) -> dict:
     """Train one configuration; time, tokens, FLOPs, memory and the held-out NLL along the way."""
     from appliance.overlay.takens_torch import TakensLoRA
+    from appliance.training.adapter import TakensAdapter, resolve_precision
     from appliance.training.batching import Schedule
     from appliance.training.distributed import current
-    from appliance.training.trainer import TakensAdapter, heldout_nll, optimise, resolve_precision
+    from appliance.training.terms import heldout_nll
+    from appliance.training.trainer import optimise
 
     ranks = current()
     device = next(base.parameters()).device
@@ -192,8 +195,10 @@ def run(
     evals: int,
     save: Path | None = None,
 ) -> None:
+    from appliance.training.adapter import load_base
+    from appliance.training.choices import TrainConfig
     from appliance.training.distributed import init_from_env
-    from appliance.training.trainer import TrainConfig, heldout_nll, load_base
+    from appliance.training.terms import heldout_nll
 
     ranks = init_from_env(device)
     device = ranks.device(device)
@@ -208,7 +213,7 @@ def run(
     say("| base | processes x batch | precision | steps | lr | tokens/s | MFU | peak memory | held-out NLL (vs reference) "
         "| time | time to reference NLL |\n|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     recipe = TrainConfig(**DEMO_RECIPE, device=device.split(":")[0])
-    from appliance.training.trainer import TakensAdapter
+    from appliance.training.adapter import TakensAdapter
 
     rows, target = [], None
     for spec in sweep.split(","):

@@ -50,8 +50,8 @@ def prepare(work: Path, max_tokens: int) -> None:
     from appliance.training.choices import TrainConfig
     from appliance.training.dataset import load_dataset
     from appliance.training.evaluate import replies
+    from appliance.training.examples import preservation_examples, split_examples
     from appliance.training.steer import load_pairs
-    from appliance.training.trainer import preservation_examples, split_examples
     from appliance.trust.builtin import embedded_pin, verify_pinned
 
     model = verify_pinned(embedded_pin())
@@ -198,7 +198,7 @@ class Bench:
     def measure(self, name: str, adapter, on: bool, steering) -> dict:
         from appliance.training.behaviour import score
         from appliance.training.evaluate import compare_loops
-        from appliance.training.trainer import heldout_nll
+        from appliance.training.terms import heldout_nll
 
         t0 = time.perf_counter()
         trajs = self.replies(adapter, on, steering)
@@ -245,10 +245,10 @@ def random_like(directions: dict, seed: int) -> dict:
 
 def run(args) -> None:
     from appliance.overlay.control import ControlVector
+    from appliance.training.adapter import load_base
     from appliance.training.choices import TrainConfig
     from appliance.training.heal import adapter_for, heal
     from appliance.training.steer import Steering, mean_differences
-    from appliance.training.trainer import load_base
 
     saved = torch.load(args.work / "heal.pt")
     device = args.device

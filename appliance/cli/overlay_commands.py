@@ -145,9 +145,10 @@ def _heal(control_dir: Path, pairs_path: Path, out: Path, preserve: Path | None,
     from ..overlay.control import load_control_dir
     from ..overlay.files import save_overlay
     from ..runtime.session import Runtime
+    from ..training.adapter import load_base
+    from ..training.examples import preservation_examples
     from ..training.heal import heal
     from ..training.steer import load_pairs
-    from ..training.trainer import load_base, preservation_examples
 
     contrast = load_pairs(pairs_path)
     runtime = Runtime(model, n_ctx=2048)
@@ -221,8 +222,8 @@ def report(overlay_dir: Path, prompts: Path, out: Path, data: Path | None, max_t
     from ..overlay.files import load_overlay_dir
     from ..runtime.embeddings import EmbeddingTable
     from ..training.dataset import load_dataset
+    from ..training.examples import config_of, split_examples
     from ..training.report import build_report
-    from ..training.trainer import config_of, split_examples
     from ..trust.builtin import embedded_pin, verify_pinned
 
     model = verify_pinned(embedded_pin())

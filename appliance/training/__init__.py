@@ -1,1 +1,1 @@
-"""Training Takens-LoRA overlays (build-station side): dataset, objective, trainer."""
+"""Training Takens-LoRA overlays (build-station side): dataset, examples, adapter, objective, terms, trainer."""

@@ -21,11 +21,11 @@ from ..overlay.control import ControlVector
 from ..runtime.sampler import GREEDY, SamplingSettings
 from ..runtime.session import Runtime, Session
 from ..trust.builtin import VerifiedModel
+from .adapter import load_base
 from .behaviour import make_probes, scale, score
 from .evaluate import Trajectory, compare_loops, kl_stats
 from .objective import per_position_kl
 from .steer import Steering, logits
-from .trainer import load_base
 
 if TYPE_CHECKING:
     from .steer import Pairs

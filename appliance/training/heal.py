@@ -8,7 +8,7 @@
            own replies to neutral prompts (agg: mean, rmse, p95 or max)
 
 The batching, the cached base, the optimiser and the barrier are the trainer's (`trainer.optimise` with a
-teacher `Fit`); the result is an ordinary `takens-lora/1` overlay.
+teacher `Fit`, terms.py); the result is an ordinary `takens-lora/1` overlay.
 """
 
 from collections.abc import Callable, Sequence
@@ -25,11 +25,13 @@ from ..overlay.control import ControlVector
 from ..overlay.files import Overlay
 from ..overlay.params import OverlayParams
 from ..overlay.takens_torch import TakensLoRA
+from .adapter import TakensAdapter, resolve_precision
 from .batching import Batch, Example, base_logprobs, cache_dtype
 from .choices import TrainConfig
 from .objective import kl_of_logprobs
 from .steer import Steering
-from .trainer import Fit, StepLog, TakensAdapter, optimise, resolve_precision
+from .terms import Fit
+from .trainer import StepLog, optimise
 
 DEFAULT_MAX_TOKENS = 48  # length of the teacher's continuations
 Pick = Callable[[torch.Tensor, list[int], int], int]  # (logits (V,), the sequence so far, its prompt index) -> next token

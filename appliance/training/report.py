@@ -11,9 +11,10 @@ from ..overlay.takens_torch import TakensLoRA
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..trust.builtin import VerifiedModel
+from .adapter import TakensAdapter, load_base
 from .batching import Example
 from .evaluate import compare_loops, kl_stats, nll_llama, participation_ratio, replies, trajectory_measures
-from .trainer import TakensAdapter, load_base, mean_nll
+from .terms import mean_nll
 
 
 def _bars(path: Path, title: str, ylabel: str, values: dict[str, float]) -> None:

@@ -260,8 +260,8 @@ def steer(
 ) -> ControlVector:
     """A control vector for `model` from contrastive pairs, its strength set so that p95 KL on neutral prompts = budget."""
     from ..runtime.session import Runtime  # llama.cpp: the tokenizer and the base's own replies
+    from .adapter import load_base
     from .evaluate import replies
-    from .trainer import load_base
 
     runtime = Runtime(model, n_ctx=2048)
     try:

@@ -71,9 +71,11 @@ def test_the_demo_control_vector_is_installed_off_and_switches_on(home, passphra
 
 def test_demo_gain_measured_in_llama_cpp_is_at_least_80_percent_of_torch(model, runtime):
     from appliance.overlay.takens_torch import TakensLoRA
+    from appliance.training.adapter import TakensAdapter, load_base
     from appliance.training.dataset import load_dataset
     from appliance.training.evaluate import nll_llama
-    from appliance.training.trainer import TakensAdapter, config_of, heldout_nll, load_base, split_examples
+    from appliance.training.examples import config_of, split_examples
+    from appliance.training.terms import heldout_nll
 
     overlay = load_overlay_dir(OVERLAY_DIR, base_sha256=model.sha256, hidden_size=runtime.engine.n_embd)
     cfg = config_of(overlay)

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def smollm2_base(model):
-    from appliance.training.trainer import load_base
+    from appliance.training.adapter import load_base
 
     return load_base(model)
 
@@ -22,6 +22,6 @@ def gemma_model(gemma_gguf):
 
 @pytest.fixture(scope="session")
 def gemma_base(gemma_model):
-    from appliance.training.trainer import load_base
+    from appliance.training.adapter import load_base
 
     return load_base(gemma_model)

@@ -9,9 +9,11 @@ import sys
 import torch
 
 from appliance.overlay.takens_torch import TakensLoRA
+from appliance.training.adapter import TakensAdapter
 from appliance.training.batching import Example, Schedule
+from appliance.training.choices import TrainConfig
 from appliance.training.distributed import init_from_env
-from appliance.training.trainer import TakensAdapter, TrainConfig, optimise
+from appliance.training.trainer import optimise
 
 CFG = TrainConfig(steps=3, batch=4, lr=1e-2, tau=0.0, lam=1.0, agg="rmse", checkpoint_every=100)
 HIDDEN, VOCAB = 32, 61

@@ -6,9 +6,12 @@ from torch.nn import functional as F
 
 from appliance.overlay.params import OverlayParams
 from appliance.overlay.takens_torch import TakensLoRA
+from appliance.training.adapter import TakensAdapter
 from appliance.training.batching import Batch, Example, base_logprobs
+from appliance.training.choices import TrainConfig
+from appliance.training.examples import encode
 from appliance.training.objective import aggregate, kl_of_logprobs
-from appliance.training.trainer import TakensAdapter, TrainConfig, batch_terms, encode, heldout_nll, step_terms
+from appliance.training.terms import batch_terms, heldout_nll, step_terms
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Is the relay up?"}, {"role": "assistant", "content": "Unknown. Check the log."}],
@@ -82,7 +85,7 @@ def test_a_batch_of_two_pays_the_mean_of_their_losses(smollm2_base, examples):
     """The loss of a batch of two, and its gradient, are the mean of the two conversations' own."""
     from appliance.training.batching import BaseCache, Schedule
     from appliance.training.distributed import Ranks
-    from appliance.training.trainer import step_loss
+    from appliance.training.terms import step_loss
 
     cfg = TrainConfig(tau=0.0, lam=1.0, batch=2)
     adapter = TakensAdapter(smollm2_base, TakensLoRA.from_params(OverlayParams.random(576, seed=6, b_scale=0.05)))

@@ -16,8 +16,12 @@ from appliance.overlay.params import OverlayParams
 from appliance.overlay.takens_numpy import OverlayStream
 from appliance.overlay.takens_torch import TakensLoRA
 from appliance.runtime.chat_template import ChatTemplate
+from appliance.training.adapter import TakensAdapter
+from appliance.training.choices import TrainConfig
 from appliance.training.dataset import load_dataset
-from appliance.training.trainer import TakensAdapter, TrainConfig, encode, heldout_nll, train
+from appliance.training.examples import encode
+from appliance.training.terms import heldout_nll
+from appliance.training.trainer import train
 
 TEMPLATE = ChatTemplate((Path(__file__).parent / "gemma3_chat_template.jinja").read_text(), bos_token="<bos>")
 CONVERSATIONS = [
@@ -105,7 +109,7 @@ def test_a_few_steps_on_gemma_and_llama_cpp_reproduces_the_overlays_gain(tmp_pat
 def test_an_architecture_transformers_cannot_load_is_a_usage_error(tmp_path):
     from gguf import GGUFWriter
 
-    from appliance.training.trainer import BaseNotTrainable, load_base
+    from appliance.training.adapter import BaseNotTrainable, load_base
     from appliance.trust.builtin import VerifiedModel
 
     path = tmp_path / "rwkv.gguf"

@@ -14,13 +14,15 @@ from appliance.overlay.takens_numpy import OverlayStream
 from appliance.overlay.takens_torch import TakensLoRA
 from appliance.runtime.embeddings import EmbeddingTable
 from appliance.runtime.llama import LlamaEngine
+from appliance.training.adapter import TakensAdapter
 from appliance.training.batching import BaseCache, Example, Schedule
 from appliance.training.choices import TrainConfig
 from appliance.training.distributed import Ranks
+from appliance.training.examples import preservation_examples
 from appliance.training.heal import heal
 from appliance.training.objective import per_position_kl
 from appliance.training.steer import mean_differences
-from appliance.training.trainer import Fit, TakensAdapter, preservation_examples, step_loss
+from appliance.training.terms import Fit, step_loss
 from tests.helpers import appliance, error_line, tree_digest
 
 TERSE = "You are a terse radio operator. Answer in clipped radio speech and end every answer with 'over'."

@@ -12,8 +12,12 @@ from appliance.overlay.params import OverlayParams
 from appliance.overlay.takens_torch import TakensLoRA
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Session
+from appliance.training.adapter import TakensAdapter
+from appliance.training.choices import TrainConfig
 from appliance.training.dataset import load_dataset
-from appliance.training.trainer import TakensAdapter, TrainConfig, encode, optimise, step_terms, train
+from appliance.training.examples import encode
+from appliance.training.terms import step_terms
+from appliance.training.trainer import optimise, train
 
 CONVERSATIONS = [
     [{"role": "user", "content": q}, {"role": "assistant", "content": "Unknown. I will not guess. Check the log."}]
@@ -104,7 +108,7 @@ def test_reference_pass_is_the_base(model, runtime, base):
 
 
 def test_preservation_replies_are_the_bases_own_and_join_the_barrier(model, base, trained, tmp_path):
-    from appliance.training.trainer import preservation_examples
+    from appliance.training.examples import preservation_examples
 
     _, _, dataset = trained
     (neutral,) = preservation_examples(model, ["Write a haiku about rain."], max_tokens=12)
