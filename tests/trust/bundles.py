@@ -88,15 +88,13 @@ def make_bundle(
     created=None,
     expires=None,
 ) -> Path:
+    artifacts = overlay_dir(out.parent, seed, base)
+    return _signed(keys, out, "overlay", name, version, artifacts, binds, created, expires, signers)
+
+
+def _signed(keys: Keys, out: Path, kind, name, version, artifacts, binds, created, expires, signers) -> Path:
     create_bundle(
-        out,
-        kind="overlay",
-        name=name,
-        version=version,
-        artifacts=overlay_dir(out.parent, seed, base),
-        binds_base=binds,
-        created=created,
-        expires=expires,
+        out, kind=kind, name=name, version=version, artifacts=artifacts, binds_base=binds, created=created, expires=expires
     )
     for s in signers:
         sign_bundle(out, keys.fpr[s], keys.home)
@@ -147,19 +145,8 @@ def make_control_bundle(
     expires=None,
 ) -> Path:
     """A signed bundle of kind control-vector (defaults: bound to the embedded base, block 15)."""
-    create_bundle(
-        out,
-        kind="control-vector",
-        name=name,
-        version=version,
-        artifacts=control_dir(out.parent, seed, base, hidden, layers, bad, strength),
-        binds_base=binds,
-        created=created,
-        expires=expires,
-    )
-    for s in signers:
-        sign_bundle(out, keys.fpr[s], keys.home)
-    return out
+    artifacts = control_dir(out.parent, seed, base, hidden, layers, bad, strength)
+    return _signed(keys, out, "control-vector", name, version, artifacts, binds, created, expires, signers)
 
 
 def raw_signature(keys: Keys, signer: str, data: bytes, *extra: str) -> bytes:
