@@ -72,6 +72,9 @@ def _delays(ctx, param, value: str) -> tuple[int, ...]:
                    "--data: the overlay learns the steered model's replies to the --pairs' user turns (docs/steering.md).")  # fmt: skip
 @click.option("--pairs", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="With --heal: the contrastive pairs of the concept; their user turns, without a system prompt, are the prompts.")  # fmt: skip
+@click.option("--init", "init_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="With --heal: start from this overlay (the last round's healed one); the teacher is the base with it on, "
+                   "steered by the vector (docs/steering.md).")  # fmt: skip
 @click.option(
     "--base",
     "base_name",
@@ -86,6 +89,7 @@ def train(
     resume: bool,
     heal_dir: Path | None,
     pairs: Path | None,
+    init_dir: Path | None,
     base_name: str | None,
     passphrase_file: Path | None,
     **options,
@@ -101,13 +105,15 @@ def train(
         raise UsageError("give either --data (train on conversations) or --heal (heal a control vector), not both")
     if pairs is not None and heal_dir is None:
         raise UsageError("--pairs goes with --heal")
+    if init_dir is not None and heal_dir is None:
+        raise UsageError("--init goes with --heal")
     cfg = TrainConfig(**options)
     if heal_dir is not None:
         if pairs is None:
             raise UsageError("--heal needs --pairs: the concept's prompts")
         if resume:
             raise UsageError("--resume is for training on --data; a heal is short, run it again")
-        _heal(heal_dir, pairs, out, preserve, _base_model(base_name, passphrase_file), cfg)
+        _heal(heal_dir, pairs, out, preserve, _base_model(base_name, passphrase_file), cfg, init_dir)
         return
     if data is None:
         raise UsageError("give --data (conversations to train on) or --heal (a control vector to heal)")
@@ -136,14 +142,20 @@ def train(
     say(f"training speed: {result.tokens_per_second:.0f} tokens/s on {cfg.device}")
 
 
-def _heal(control_dir: Path, pairs_path: Path, out: Path, preserve: Path | None, model, cfg: TrainConfig) -> None:
-    """`train --heal`: the steered base is the teacher, the overlay the student (training/heal.py)."""
+def _heal(
+    control_dir: Path, pairs_path: Path, out: Path, preserve: Path | None, model, cfg: TrainConfig, init_dir: Path | None
+) -> None:
+    """`train --heal`: the steered base (with `init_dir`'s overlay on, if given) is the teacher, the overlay the
+    student, starting from `init_dir`'s (training/heal.py)."""
+    import hashlib
+    from dataclasses import replace
+
     from rich.progress import BarColumn, Progress, TextColumn
 
     from ..demo import PRESERVE_PROMPTS
     from ..errors import UsageError
     from ..overlay.control import load_control_dir
-    from ..overlay.files import save_overlay
+    from ..overlay.files import TENSORS_NAME, load_overlay_dir, save_overlay
     from ..runtime.session import Runtime
     from ..training.adapter import load_base
     from ..training.examples import preservation_examples
@@ -155,6 +167,11 @@ def _heal(control_dir: Path, pairs_path: Path, out: Path, preserve: Path | None,
     try:
         engine = runtime.engine
         vector = load_control_dir(control_dir, base_sha256=model.sha256, hidden_size=engine.n_embd, n_layer=engine.n_layer)
+        # bound to the same base as the vector, or refused before anything is computed or written
+        init, init_sha256 = None, None
+        if init_dir is not None:
+            init = load_overlay_dir(init_dir, base_sha256=model.sha256, hidden_size=engine.n_embd)
+            init_sha256 = hashlib.sha256((init_dir / TENSORS_NAME).read_bytes()).hexdigest()
         render = runtime.template.render
         prompts = [engine.tokenize(render([m for m in p.positive if m["role"] != "system"])) for p in contrast.pairs]
         ends = {t for t in range(engine.n_vocab) if engine.is_end_of_generation(t)}
@@ -165,6 +182,9 @@ def _heal(control_dir: Path, pairs_path: Path, out: Path, preserve: Path | None,
     if not neutral:
         raise UsageError(f"{preserve}: no prompts")
     kept = preservation_examples(model, neutral)
+    if init is not None:  # the student has the init's shape: the recorded recipe says so
+        p = init.params
+        cfg = replace(cfg, rank=p.rank, delays=tuple(p.delays), alpha=p.alpha, activation=p.activation)
     base = load_base(model, cfg.device)
     columns = (TextColumn("healing"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[terms]}"))
     with Progress(*columns, transient=False) as progress:
@@ -174,7 +194,8 @@ def _heal(control_dir: Path, pairs_path: Path, out: Path, preserve: Path | None,
             terms = f"kl to teacher {entry.nll:.3f}  barrier {entry.barrier:.3f}  kl[{cfg.agg}] {entry.kl:.3f}"
             progress.update(task, completed=entry.step, terms=terms)
 
-        result = heal(base, vector, prompts, kept, cfg, ends.__contains__, on_step=on_step)
+        result = heal(base, vector, prompts, kept, cfg, ends.__contains__, init=init.params if init else None,
+                      init_sha256=init_sha256, on_step=on_step)  # fmt: skip
     save_overlay(result.overlay, out)
     say(f"wrote {out}/overlay.json and {out}/overlay.safetensors")
     say(f"KL(teacher || overlay) per position on the concept: {result.kl_before:.4f} before, {result.kl_after:.4f} after")

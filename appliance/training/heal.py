@@ -119,11 +119,13 @@ def heal(
     cfg: TrainConfig,
     is_end: Callable[[int], bool],
     init: Optional[OverlayParams] = None,
+    init_sha256: Optional[str] = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     on_step: Optional[Callable[[StepLog], None]] = None,
 ) -> HealResult:
     """A Takens-LoRA that reproduces the steered model (`init` + `vector`) on the concept prompts, held
-    near the base on the neutral replies `preserve`; `prompts` are the rendered concept prompts."""
+    near the base on the neutral replies `preserve`; `prompts` are the rendered concept prompts; `init_sha256`
+    (the digest of `init`'s overlay.safetensors) goes into the record."""
     if not prompts:
         raise UsageError("no concept prompts to heal on")
     if not preserve:
@@ -151,6 +153,7 @@ def heal(
         " + lambda * relu(agg(kl to the base on neutral replies) - tau)",
         "control": {"strength": vector.strength, "layers": vector.layers, "provenance": vector.provenance},
         "from_overlay": init is not None,
+        "from_overlay_sha256": init_sha256,
         "concept_prompts": len(concept),
         "preservation_replies": len(preserve),
         "max_tokens": max_tokens,

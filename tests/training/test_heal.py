@@ -2,6 +2,7 @@
 charges only above tau and only the neutral rows, llama.cpp runs the healed overlay as torch does, and the
 command writes an overlay the runtime admits."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -9,19 +10,19 @@ import pytest
 import torch
 
 from appliance.overlay.control import ControlVector, save_control
-from appliance.overlay.files import load_overlay_dir
+from appliance.overlay.files import load_overlay_dir, save_overlay
 from appliance.overlay.takens_numpy import OverlayStream
 from appliance.overlay.takens_torch import TakensLoRA
 from appliance.runtime.embeddings import EmbeddingTable
 from appliance.runtime.llama import LlamaEngine
 from appliance.training.adapter import TakensAdapter
-from appliance.training.batching import BaseCache, Example, Schedule
+from appliance.training.batching import BaseCache, Example, Schedule, base_logprobs
 from appliance.training.choices import TrainConfig
 from appliance.training.distributed import Ranks
 from appliance.training.examples import preservation_examples
-from appliance.training.heal import heal
+from appliance.training.heal import adapter_for, heal, teacher_kl
 from appliance.training.objective import per_position_kl
-from appliance.training.steer import mean_differences
+from appliance.training.steer import Steering, mean_differences
 from appliance.training.terms import Fit, step_loss
 from tests.helpers import appliance, error_line, tree_digest
 
@@ -66,6 +67,23 @@ def test_a_few_steps_lower_the_loss_and_move_the_overlay_toward_the_teacher(heal
     assert healed.kl_before > 0.05 and healed.kl_after < 0.7 * healed.kl_before
     assert healed.overlay.training["teacher_kl_after"] == healed.kl_after
     assert all(ex.target[-1] for ex in healed.concept)  # the teacher's continuation is the target
+
+
+def test_a_second_round_starts_from_the_first_rounds_overlay(setting, healed, smollm2_base):
+    """With `init`, the teacher is init + vector and the student starts at init: its KL to the teacher at
+    the start is the init overlay's, measured here from scratch, and far below the identity's."""
+    vector, prompts, ends, preserve = setting
+    init = healed.overlay.params
+    cfg = TrainConfig(steps=1, lr=1e-2, batch=2, tau=0.5, lam=1.0, agg="rmse")
+    again = heal(smollm2_base, vector, prompts, preserve, cfg, ends.__contains__, init=init, init_sha256="ab" * 32, max_tokens=10)
+    teacher = adapter_for(smollm2_base, init, cfg, "cpu")
+    with Steering(smollm2_base, vector.directions, vector.strength).active():
+        target = base_logprobs(teacher, again.concept, torch.float32, on=True)
+    from_init = teacher_kl(adapter_for(smollm2_base, init, cfg, "cpu"), again.concept, target)
+    from_identity = teacher_kl(adapter_for(smollm2_base, None, cfg, "cpu"), again.concept, target)
+    assert abs(again.kl_before - from_init) <= 1e-4 * max(from_init, 1e-3)
+    assert from_identity > 1.5 * from_init
+    assert again.overlay.training["from_overlay"] and again.overlay.training["from_overlay_sha256"] == "ab" * 32
 
 
 def test_the_barrier_is_zero_below_tau_and_charges_the_neutral_rows_above_it(setting, smollm2_base):
@@ -148,6 +166,36 @@ def test_train_heal_refuses_a_vector_of_another_base_and_writes_nothing(heal_inp
     assert tree_digest(tmp_path) == before
 
 
+def test_train_heal_init_starts_from_the_given_overlay(heal_inputs, healed, tmp_path, model, runtime):
+    """At a vanishing learning rate the healed overlay is the --init one: the student started there."""
+    control, pairs, neutral = heal_inputs
+    save_overlay(healed.overlay, tmp_path / "round1")
+    out = tmp_path / "round2"
+    r = appliance("overlay", "train", "--heal", str(control), "--pairs", str(pairs), "--preserve", str(neutral),
+                  "--init", str(tmp_path / "round1"), "--out", str(out), "--steps", "1", "--lr", "1e-12", "--rank", "2")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    got = load_overlay_dir(out, base_sha256=model.sha256, hidden_size=runtime.engine.n_embd)
+    init = healed.overlay.params
+    for name in ("A", "W", "B"):
+        np.testing.assert_allclose(getattr(got.params, name), getattr(init, name), atol=1e-8)
+    assert got.params.delays == init.delays and got.training["config"]["rank"] == init.rank  # the init's shape, not --rank
+    digest = hashlib.sha256((tmp_path / "round1" / "overlay.safetensors").read_bytes()).hexdigest()
+    assert got.training["from_overlay"] and got.training["from_overlay_sha256"] == digest
+
+
+def test_train_heal_refuses_an_init_overlay_of_another_base_and_writes_nothing(heal_inputs, healed, tmp_path):
+    control, pairs, _ = heal_inputs
+    save_overlay(healed.overlay, tmp_path / "round1")
+    meta = json.loads((tmp_path / "round1" / "overlay.json").read_text())
+    meta["base_model_sha256"] = "0" * 64
+    (tmp_path / "round1" / "overlay.json").write_text(json.dumps(meta))
+    before = tree_digest(tmp_path)
+    r = appliance("overlay", "train", "--heal", str(control), "--pairs", str(pairs), "--init", str(tmp_path / "round1"),
+                  "--out", str(tmp_path / "healed"))  # fmt: skip
+    error_line(r, 3, "binding-mismatch")
+    assert tree_digest(tmp_path) == before
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -155,6 +203,7 @@ def test_train_heal_refuses_a_vector_of_another_base_and_writes_nothing(heal_inp
         (["--heal", "C"], "--heal needs --pairs"),
         (["--heal", "C", "--pairs", "P", "--data", "P"], "not both"),
         (["--heal", "C", "--pairs", "P", "--resume"], "--resume"),
+        (["--data", "P", "--init", "C"], "--init goes with --heal"),
     ],
 )
 def test_train_heal_usage(heal_inputs, tmp_path, args, words):
