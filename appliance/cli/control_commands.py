@@ -112,8 +112,21 @@ def _layers(ctx, param, value: str) -> list[int]:
 @click.option("--max-tokens", type=click.IntRange(4, 512), default=48, show_default=True,
               help="Length of the base's replies to the neutral prompts, along which the KL is measured.")  # fmt: skip
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda on a build station with a GPU.")
-def steer(pairs: Path, out: Path, layers: list[int], budget: float, neutral: Path | None, max_tokens: int, device: str) -> None:
+@click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Steer the base with this overlay on (a healed one: the next round): the vector is read there and "
+                   "its strength calibrated against it (docs/steering.md).")  # fmt: skip
+def steer(
+    pairs: Path,
+    out: Path,
+    layers: list[int],
+    budget: float,
+    neutral: Path | None,
+    max_tokens: int,
+    device: str,
+    overlay_dir: Path | None,
+) -> None:
     """Make a control vector from contrastive PAIRS: mean differences per block, strength set by a KL budget."""
+    import hashlib
     from importlib.resources import files
 
     from ..errors import UsageError
@@ -128,7 +141,17 @@ def steer(pairs: Path, out: Path, layers: list[int], budget: float, neutral: Pat
     if not prompts:
         raise UsageError(f"{neutral}: no prompts")
     model = verify_pinned(embedded_pin())
-    vector = make_vector(model, contrast, prompts, layers, budget=budget, max_tokens=max_tokens, device=device)
+    params, digests = None, None
+    if overlay_dir is not None:
+        from ..overlay.files import JSON_NAME, TENSORS_NAME, load_overlay_dir
+        from ..runtime.embeddings import EmbeddingTable
+
+        params = load_overlay_dir(overlay_dir, base_sha256=model.sha256, hidden_size=EmbeddingTable(model.path).n_embd).params
+        digests = {
+            f"{name}_sha256": hashlib.sha256((overlay_dir / name).read_bytes()).hexdigest() for name in (JSON_NAME, TENSORS_NAME)
+        }
+    vector = make_vector(model, contrast, prompts, layers, budget=budget, max_tokens=max_tokens, device=device,
+                         overlay=params, overlay_sha256=digests)  # fmt: skip
     save_control(vector, out)
     achieved = vector.provenance["calibration"]["achieved"]
     say(f"wrote {out}/control.json and {out}/control.safetensors: blocks {', '.join(map(str, vector.layers))}")

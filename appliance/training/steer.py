@@ -20,7 +20,7 @@ bisection converges; what the steered model says of its own accord is the report
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -34,6 +34,7 @@ from .dataset import ROLES, DatasetError
 from .objective import per_position_kl
 
 if TYPE_CHECKING:
+    from ..overlay.params import OverlayParams
     from ..runtime.session import Runtime
     from ..trust.builtin import VerifiedModel
 
@@ -193,17 +194,26 @@ def mean_differences(
 class KLMeter:
     """Per-token KL(steered || base) at the reply positions of fixed sequences; the base pass is made once."""
 
-    def __init__(self, base, sequences: list[tuple[list[int], list[int]]]):
+    def __init__(
+        self, base, sequences: list[tuple[list[int], list[int]]], forward: Optional[Callable[[list[int]], torch.Tensor]] = None
+    ):
+        """`forward` gives the (T, V) logits of the model being steered (default the base; e.g. the base with
+        an overlay on): the KL is measured against that model, steered or not."""
         self.base = base
+        self.forward = forward if forward is not None else lambda ids: logits(base, ids)
         self.sequences = [(p + r, len(p)) for p, r in sequences if r]
         if not self.sequences:
             raise UsageError("the neutral prompts gave no reply tokens to measure the KL on")
-        self._base_logits = [logits(base, ids)[start - 1 : -1] for ids, start in self.sequences]
+        self._base_logits = [self._logits(ids, None)[start - 1 : -1] for ids, start in self.sequences]
+
+    def _logits(self, ids: list[int], steering: Optional[Steering]) -> torch.Tensor:
+        with torch.no_grad(), steering.active() if steering is not None else nullcontext():
+            return self.forward(ids)
 
     def per_token(self, directions: dict[int, np.ndarray], strength: float) -> np.ndarray:
         steering = Steering(self.base, directions, strength)
         kls = [
-            per_position_kl(logits(self.base, ids, steering)[start - 1 : -1], b).cpu().numpy()
+            per_position_kl(self._logits(ids, steering)[start - 1 : -1], b).cpu().numpy()
             for (ids, start), b in zip(self.sequences, self._base_logits)
         ]
         return np.concatenate(kls)
@@ -257,8 +267,15 @@ def steer(
     max_tokens: int = 48,
     device: str = "cpu",
     base=None,
+    overlay: Optional["OverlayParams"] = None,
+    overlay_sha256: Optional[dict[str, str]] = None,
 ) -> ControlVector:
-    """A control vector for `model` from contrastive pairs, its strength set so that p95 KL on neutral prompts = budget."""
+    """A control vector for `model` from contrastive pairs, its strength set so that p95 KL on neutral prompts = budget.
+
+    With `overlay` (a later round, docs/steering.md) the vector steers the base with that overlay on: the
+    mean differences are read there and the KL is measured against it; `overlay_sha256` (its files'
+    digests) goes into the provenance.
+    """
     from ..runtime.session import Runtime  # llama.cpp: the tokenizer and the base's own replies
     from .adapter import load_base
     from .evaluate import replies
@@ -273,8 +290,9 @@ def steer(
     finally:
         runtime.close()
     base = base if base is not None else load_base(model, device)
-    directions = mean_differences(base, tokenized, layers)
-    meter = KLMeter(base, neutral)
+    forward = _with_overlay(base, overlay, device) if overlay is not None else None
+    directions = mean_differences(base, tokenized, layers, forward)
+    meter = KLMeter(base, neutral, forward)
     strength, log = calibrate(lambda c: meter.p95(directions, c), budget)
     provenance = {
         "method": "mean-difference",
@@ -286,6 +304,7 @@ def steer(
             "statistic": STATISTIC,
             "budget": budget,
             "along": "the base's greedy replies to the neutral prompts",
+            "against": "the base with the overlay on" if overlay is not None else "the base",
             "neutral_sha256": hashlib.sha256("\n".join(neutral_prompts).encode()).hexdigest(),
             "neutral_prompts": len(neutral_prompts),
             "max_tokens": max_tokens,
@@ -293,4 +312,15 @@ def steer(
             "steps": [[c, s] for c, s in log],
         },
     }
+    if overlay is not None:
+        provenance["read_on_overlay"] = overlay_sha256 or {}
     return ControlVector(directions, strength, model.sha256, provenance)
+
+
+def _with_overlay(base, params: "OverlayParams", device: str) -> Callable[[list[int]], torch.Tensor]:
+    """(T,) token ids -> (T, V) logits of the base with the overlay on."""
+    from ..overlay.takens_torch import TakensLoRA
+    from .adapter import TakensAdapter
+
+    adapter = TakensAdapter(base, TakensLoRA.from_params(params).to(device))
+    return lambda ids: adapter.logits(torch.tensor(ids, device=device))

@@ -167,6 +167,49 @@ def test_cli_steer_writes_a_vector_and_refuses_bad_pairs(pairs_file, tmp_path, m
     assert r.returncode == 2
 
 
+def test_cli_steer_on_an_overlay_reads_and_calibrates_on_it(pairs_file, tmp_path, model, runtime, base):
+    """--overlay: the directions are the mean differences of the base with the overlay on (not the bare
+    base's), the strength meets the budget against that model, and control.json names the overlay's files."""
+    import hashlib
+
+    from helpers import ok
+
+    from appliance.overlay.files import Overlay, save_overlay
+    from appliance.overlay.takens_torch import TakensLoRA
+    from appliance.runtime.session import Runtime
+    from appliance.training.adapter import TakensAdapter
+    from appliance.training.evaluate import replies
+
+    torch.manual_seed(0)
+    module = TakensLoRA(576, 4, (0, 1, 2), 8.0, "tanh")
+    with torch.no_grad():
+        module.B.normal_(std=0.05)  # an overlay that moves the model everywhere
+    save_overlay(Overlay(module.to_params(), model.sha256, {}), tmp_path / "ov")
+    neutral = tmp_path / "neutral.txt"
+    neutral.write_text("\n".join(NEUTRAL[:2]) + "\n")
+    ok("overlay", "steer", "--pairs", str(pairs_file), "--out", str(tmp_path / "cv"), "--layers", "12", "--overlay",
+       str(tmp_path / "ov"), "--neutral", str(neutral), "--max-tokens", "8", "--budget", "0.5")  # fmt: skip
+    vector = load_control_dir(tmp_path / "cv", base_sha256=model.sha256, hidden_size=576, n_layer=30)
+    on = vector.provenance["read_on_overlay"]
+    for name in ("overlay.json", "overlay.safetensors"):
+        assert on[f"{name}_sha256"] == hashlib.sha256((tmp_path / "ov" / name).read_bytes()).hexdigest()
+
+    adapter = TakensAdapter(base, module)
+    forward = lambda ids: adapter.logits(torch.tensor(ids))  # noqa: E731
+    tok = lambda messages: runtime.engine.tokenize(runtime.template.render(messages))  # noqa: E731
+    contrast = [(tok(p.positive), tok(p.negative)) for p in load_pairs(pairs_file).pairs]
+    with_overlay, bare = mean_differences(base, contrast, [12], forward), mean_differences(base, contrast, [12])
+    np.testing.assert_allclose(vector.directions[12], with_overlay[12], rtol=1e-3, atol=1e-3)
+    assert np.linalg.norm(vector.directions[12] - bare[12]) > 0.05 * np.linalg.norm(bare[12])
+
+    rt = Runtime(model, n_ctx=1024, sequences=1)
+    try:
+        neutral_replies = [(t.prompt, t.reply) for t in replies(rt, NEUTRAL[:2], None, 8)]
+    finally:
+        rt.close()
+    assert abs(KLMeter(base, neutral_replies, forward).p95(vector.directions, vector.strength) - 0.5) <= 0.01
+
+
 def test_control_report_sweeps_strengths(base, model, tmp_path):
     from appliance.training.control_report import sweep
 
