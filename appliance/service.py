@@ -77,6 +77,7 @@ class Snapshot:
     control: Optional[InstallRecord] = None  # the loaded control vector, whether switched on or off
     control_on: bool = False
     control_strength: Optional[float] = None  # what its directions are applied at, when one is loaded
+    control_problem: str = ""  # why no control vector is loaded when one is installed ("" otherwise)
 
 
 @dataclass(frozen=True)
@@ -312,12 +313,12 @@ class UnlockedAppliance:
             self.journal.close()
             self.journal = None
 
-    def snapshot(self, session: Optional[Session], overlay_problem: str = "") -> Snapshot:
+    def snapshot(self, session: Optional[Session], overlay_problem: str = "", control_problem: str = "") -> Snapshot:
         return Snapshot(
             self.model.name, self.model.sha256, self.active.provenance if self.active else None,
             bool(session and session.overlay_on), overlay_problem, self.journal.session_id if self.journal else None,
             self.control.provenance if self.control else None, bool(session and session.control_on),
-            self.control.vector.strength if self.control else None,
+            self.control.vector.strength if self.control else None, control_problem,
         )  # fmt: skip
 
     # -- kill and erase -----------------------------------------------------------------------

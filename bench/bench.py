@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,13 @@ FILLER = (
     "A field radio needs charged batteries, a clean antenna connection and a log of every "
     "frequency used; check each before the shift starts and write down what you changed."
 )
+
+
+def openssl_sha256_rate(path: Path, size: int) -> float:
+    """Bytes per second of `openssl dgst -sha256` on `path`: the native reference for our hashing rows."""
+    t = time.perf_counter()
+    subprocess.run(["openssl", "dgst", "-sha256", str(path)], check=True, capture_output=True)
+    return size / (time.perf_counter() - t)
 
 
 def median_of(rounds: int, contenders: dict) -> dict:
@@ -341,12 +349,7 @@ def hashing(paths: list[Path], rounds: int) -> list[tuple]:
             sha256_file(path)
             return size / (time.perf_counter() - t)
 
-        def openssl(path=path, size=size):
-            t = time.perf_counter()
-            subprocess.run(["openssl", "dgst", "-sha256", str(path)], check=True, capture_output=True)
-            return size / (time.perf_counter() - t)
-
-        m = median_of(rounds, {"ours": ours, "openssl": openssl})
+        m = median_of(rounds, {"ours": ours, "openssl": partial(openssl_sha256_rate, path, size)})
         label = f"{path.name} ({size / 2**20:.0f} MiB)"
         rows += [
             (f"sha256 MB/s, openssl dgst, {label}", f"{m['openssl'] / 1e6:.0f}", "", ""),
@@ -462,12 +465,7 @@ def vault_and_store(model, rounds: int, import_mib: int) -> list[tuple]:
             vault.zeroize()
             return rate
 
-        def openssl():
-            t = time.perf_counter()
-            subprocess.run(["openssl", "dgst", "-sha256", str(bundle)], check=True, capture_output=True)
-            return size / (time.perf_counter() - t)
-
-        m = median_of(rounds, {"ours": ours, "openssl": openssl})
+        m = median_of(rounds, {"ours": ours, "openssl": partial(openssl_sha256_rate, bundle, size)})
         subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "all"], capture_output=True)
         shutil.rmtree(gnupg, ignore_errors=True)
     label = f"overlay bundle {size / 2**20:.0f} MiB"
@@ -546,12 +544,7 @@ def bases(rounds: int, n_tokens: int) -> list[tuple]:
                 uses.append(use_base(vault, "gemma3-270m")[1])
             return rate
 
-        def openssl():
-            t = time.perf_counter()
-            subprocess.run(["openssl", "dgst", "-sha256", str(bundle)], check=True, capture_output=True)
-            return size / (time.perf_counter() - t)
-
-        imports = median_of(rounds, {"ours": ours_import, "openssl": openssl})
+        imports = median_of(rounds, {"ours": ours_import, "openssl": partial(openssl_sha256_rate, bundle, size)})
         vault = Vault.unlock(home, PASSPHRASE)
 
         def cold_ours():

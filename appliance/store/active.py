@@ -233,7 +233,8 @@ def load_active_overlay(base: ActiveBase, vault: Vault) -> ActiveOverlay:
     crypto-erased, `Refused` (exit 3) when it fails a check.
     """
     store = Store.unlocked(vault)
-    manifest, overlay = _load_active(store, store.read_state().overlay, "overlay", NoOverlay, base, vault)
+    state = store.read_state()
+    manifest, overlay = _load_active(store, state, state.overlay, "overlay", NoOverlay, base, vault)
     if not isinstance(overlay, Overlay):  # state.json names, as the active overlay, a version of another kind
         raise StoreDamaged(f"{manifest.name} v{manifest.version} is a {manifest.kind}, not an overlay")
     return ActiveOverlay(overlay, _provenance(store, manifest))
@@ -247,19 +248,26 @@ def load_active_control(base: ActiveBase, vault: Vault) -> ActiveControl:
     crypto-erased, `Refused` (exit 3) when it fails a check.
     """
     store = Store.unlocked(vault)
-    manifest, vector = _load_active(store, store.read_state().control, "control vector", NoControlVector, base, vault)
+    state = store.read_state()
+    manifest, vector = _load_active(store, state, state.control, "control vector", NoControlVector, base, vault)
     if not isinstance(vector, ControlVector):
         raise StoreDamaged(f"{manifest.name} v{manifest.version} is a {manifest.kind}, not a control vector")
     return ActiveControl(vector, _provenance(store, manifest))
 
 
 def _load_active(
-    store: Store, name: Optional[str], what: str, missing: type[ApplianceError], base: ActiveBase, vault: Vault
+    store: Store,
+    state: StoreState,
+    name: Optional[str],
+    what: str,
+    missing: type[ApplianceError],
+    base: ActiveBase,
+    vault: Vault,
 ) -> tuple[Manifest, Admitted]:
     """Rules 1-3 for the active version of item `name` (None: none is active, `missing` is raised)."""
     if name is None:
         raise missing(f"no {what} is installed: import a signed bundle first (appliance update import FILE)")
-    item = store.read_state().items[name]
+    item = state.items[name]
     if item.active is None:
         raise Erased(f"{what} {name} was crypto-erased ({versions_text(item.erased)}): import a new signed bundle")
     return verify_version(store, item.active, vault, base)

@@ -3,6 +3,7 @@ its keys. A reply is written on a worker thread and streamed in by reply_worker.
 itself (widgets.py); the modal flows (system prompt, erase) are chat_modals.py's, the hand-offs to the
 terminal (editor, clipboard) handoff.py's."""
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -49,8 +50,8 @@ class ChatScreen(Screen):
         self.refresh_status()
         if snapshot.overlay_problem:
             self.notify(f"overlay not loaded: {snapshot.overlay_problem}", severity="error", timeout=15)
-        if self.core.control_problem:
-            self.notify(f"control vector not loaded: {self.core.control_problem}", severity="error", timeout=15)
+        if snapshot.control_problem:
+            self.notify(f"control vector not loaded: {snapshot.control_problem}", severity="error", timeout=15)
         self.query_one(PromptInput).focus()
         if self.core.session is not None and self.core.session.history:  # resumed at unlock (`chat --resume`)
             self.call_later(self._show_history)
@@ -59,9 +60,7 @@ class ChatScreen(Screen):
             self.notify(notice, severity="warning", timeout=15)
 
     def refresh_status(self) -> None:
-        self.query_one(StatusBar).show(
-            self.core.status(), control_problem=self.core.control_problem, audit=self.core.audit.enabled
-        )
+        self.query_one(StatusBar).show(self.core.status(), audit=self.core.audit.enabled)
 
     def refresh_context(self, used: Optional[int]) -> None:
         """The context meter after a reply (`used`: its prompt and reply tokens; None: no reply yet)."""
@@ -143,37 +142,31 @@ class ChatScreen(Screen):
 
     def action_toggle_overlay(self) -> None:
         snapshot = self.core.status()
-        if snapshot.overlay is None:  # refused at unlock (e.g. bound to another base): say why, switch nothing
-            self.notify(
-                snapshot.overlay_problem or "no overlay is loaded", severity="error" if snapshot.overlay_problem else "warning"
-            )
+        loaded, problem = snapshot.overlay is not None, snapshot.overlay_problem
+        self._switch("overlay", loaded, problem or "no overlay is loaded", bool(problem), self.core.toggle)
+
+    def action_toggle_control(self) -> None:
+        snapshot = self.core.status()
+        loaded, problem = snapshot.control is not None, snapshot.control_problem
+        self._switch(
+            "control vector", loaded, problem or "no control vector is installed", bool(problem), self.core.toggle_control
+        )
+
+    def _switch(self, what: str, loaded: bool, why_not: str, refused: bool, toggle: Callable[[], bool]) -> None:
+        """F2 and ctrl+t: flip the overlay or the control vector from the next reply (journalled by the core)."""
+        if not loaded:  # none installed, or refused at unlock (e.g. bound to another base): say why, switch nothing
+            self.notify(why_not, severity="error" if refused else "warning")
             return
         if self.replies.busy:  # the reply under way keeps the state it started in; its provenance says which
             self.notify("a reply is being written: escape stops it, then switch", severity="warning")
             return
         try:
-            on = self.core.toggle()
+            on = toggle()
         except ApplianceError as e:
             self.notify(str(e), severity="error")
             return
         self.refresh_status()
-        self.notify(f"overlay {'ON' if on else 'OFF'} from the next reply")
-
-    def action_toggle_control(self) -> None:
-        if self.core.status().control is None:
-            problem = self.core.control_problem
-            self.notify(problem or "no control vector is installed", severity="error" if problem else "warning")
-            return
-        if self.replies.busy:
-            self.notify("a reply is being written: escape stops it, then switch", severity="warning")
-            return
-        try:
-            on = self.core.toggle_control()
-        except ApplianceError as e:
-            self.notify(str(e), severity="error")
-            return
-        self.refresh_status()
-        self.notify(f"control vector {'ON' if on else 'OFF'} from the next reply")
+        self.notify(f"{what} {'ON' if on else 'OFF'} from the next reply")
 
     def action_toggle_audit(self) -> None:
         self.core.set_audit(not self.core.audit.enabled)

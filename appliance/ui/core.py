@@ -104,23 +104,22 @@ class ChatCore:
             raise
 
     def _load_overlay(self) -> None:
-        try:
-            self._appliance().load_overlay(self._overlay_loader)
-            self.overlay_problem = ""
-        except NoOverlay:
-            self.overlay_problem = ""
-        except ApplianceError as e:  # refused by verification, or erased: chat on the base alone, and say why
-            self.overlay_problem = str(e)
+        self.overlay_problem = self._why_not_loaded(lambda: self._appliance().load_overlay(self._overlay_loader), NoOverlay)
 
     def _load_control(self) -> None:
-        """As the overlay: none installed is quiet, a refusal is said; the chat goes on without it."""
+        self.control_problem = self._why_not_loaded(lambda: self._appliance().load_control(self._control_loader), NoControlVector)
+
+    @staticmethod
+    def _why_not_loaded(load: Callable[[], object], none_installed: type[ApplianceError]) -> str:
+        """ "" when loaded or when none is installed; else why (refused by verification, or erased): the chat
+        goes on without it and says so."""
         try:
-            self._appliance().load_control(self._control_loader)
-            self.control_problem = ""
-        except NoControlVector:
-            self.control_problem = ""
+            load()
+        except none_installed:
+            return ""
         except ApplianceError as e:
-            self.control_problem = str(e)
+            return str(e)
+        return ""
 
     def _first_session(self) -> None:
         """The session asked to be resumed (once: after a kill, unlocking again starts fresh), else a new one."""
@@ -180,7 +179,7 @@ class ChatCore:
         return self.session.first_turn // 2 if self.session else 0
 
     def status(self) -> Snapshot:
-        return self._appliance().snapshot(self.session, self.overlay_problem)
+        return self._appliance().snapshot(self.session, self.overlay_problem, self.control_problem)
 
     def lock(self) -> None:
         """Back to the locked state: overlay dropped and zeroed, journal and vault keys zeroed, KV cache cleared."""

@@ -44,8 +44,8 @@ class StatusBar(Widget):
     context_used: reactive[Optional[int]] = reactive(None)  # prompt + reply tokens of the last reply
     dropped = reactive(0)  # oldest exchanges left out of what the model sees
 
-    def show(self, snapshot: Snapshot, *, control_problem: str, audit: bool) -> None:
-        """The appliance's state as `snapshot` has it (`control_problem`: why a control vector was refused, or "")."""
+    def show(self, snapshot: Snapshot, *, audit: bool) -> None:
+        """The appliance's state as `snapshot` has it."""
         p = snapshot.overlay
         if p is None:
             self.overlay = "refused (see message)" if snapshot.overlay_problem else "none installed"
@@ -56,7 +56,7 @@ class StatusBar(Widget):
             self.overlay_on = snapshot.overlay_on
         c = snapshot.control
         if c is None:
-            self.control, self.control_on = ("refused (see message)" if control_problem else ""), None
+            self.control, self.control_on = ("refused (see message)" if snapshot.control_problem else ""), None
         else:
             demo = " [DEMO KEYS]" if c.demo_signers else ""
             self.control = f"{c.name} v{c.version} strength {snapshot.control_strength:.3g}{demo}"
