@@ -7,7 +7,8 @@ policy, the store's state, each version's accepted record) is read here, by thes
    keeps their SHA-256 under the master key, `vault.sealed_state`), so a file edited, replaced by
    an older copy, planted or deleted outside the appliance is `StateForged`, naming it;
 2. it is at most `MAX_STATE_FILE` bytes;
-3. it is one JSON object whose `format` is the one expected (the schema version);
+3. it is one JSON object (`untrusted_json`: nesting capped, no duplicate key) whose `format` is the
+   one expected (the schema version);
 4. each field has the type the caller asks for (`StateDoc`'s typed getters).
 
 A broken rule 2-4 is `StateFileDamaged`, naming the file and the field. Both are refusals (exit 3)
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Optional, Protocol
 
 from .errors import Refused
+from .untrusted_json import JsonRejected, load_untrusted
 
 MAX_STATE_FILE = 4 << 20  # far above any real policy or store state; a larger file is refused unread
 
@@ -119,9 +121,9 @@ def parse_state(path: Path, data: bytes, fmt: str) -> StateDoc:
     if len(data) > MAX_STATE_FILE:
         raise StateFileDamaged(path, f"larger than {MAX_STATE_FILE} bytes")
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise StateFileDamaged(path, "not valid JSON") from None
+        doc = load_untrusted(data)
+    except JsonRejected as e:
+        raise StateFileDamaged(path, f"not valid JSON: {e}") from None
     if type(doc) is not dict:
         raise StateFileDamaged(path, "not a JSON object")
     if doc.get("format") != fmt:

@@ -7,7 +7,7 @@ rule holds; each rule is one small function that raises `ControlVectorRejected` 
 (rule 5: `BindingMismatch`):
 
 1. each file is under its size cap;
-2. `control.json` is UTF-8 JSON, an object with exactly the known keys;
+2. `control.json` is UTF-8 JSON (`untrusted_json`: nesting capped), an object with exactly the known keys;
 3. `format` is `control-vector/1`; hidden size, layers, strength and `base_model_sha256` are
    well-formed and within bounds;
 4. `control.safetensors` parses, holds exactly one float32 tensor `direction.L` of length hidden size
@@ -29,6 +29,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from ..errors import BindingMismatch, Refused
+from ..untrusted_json import JsonRejected, load_untrusted
 
 FORMAT = "control-vector/1"
 JSON_NAME, TENSORS_NAME = "control.json", "control.safetensors"
@@ -83,8 +84,8 @@ def _check_size(name: str, data: bytes, cap: int) -> None:
 
 def _parse_json(data: bytes) -> dict:
     try:
-        meta = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        meta = load_untrusted(data)
+    except JsonRejected as e:
         raise ControlVectorRejected(f"{JSON_NAME}: not valid UTF-8 JSON ({e})") from None
     if not isinstance(meta, dict):
         raise ControlVectorRejected(f"{JSON_NAME}: must be a JSON object")

@@ -4,7 +4,7 @@ An overlay is admitted only if every rule holds; each rule is one small
 function that raises `OverlayRejected` naming the fault (rule 5: `BindingMismatch`):
 
 1. each file is under its size cap;
-2. `overlay.json` is UTF-8 JSON, an object with exactly the known keys;
+2. `overlay.json` is UTF-8 JSON (`untrusted_json`: nesting capped), an object with exactly the known keys;
 3. `format` is `takens-lora/1`; hidden size, rank, delays, alpha, activation
    and `base_model_sha256` are well-formed and within bounds;
 4. `overlay.safetensors` parses, holds exactly A, W, B, all float32, with the
@@ -25,6 +25,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from ..errors import BindingMismatch, OverlayRejected
+from ..untrusted_json import JsonRejected, load_untrusted
 from .params import ACTIVATIONS, OverlayParams
 
 FORMAT = "takens-lora/1"
@@ -51,8 +52,8 @@ def _check_size(name: str, data: bytes, cap: int) -> None:
 
 def _parse_json(data: bytes) -> dict:
     try:
-        meta = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        meta = load_untrusted(data)
+    except JsonRejected as e:
         raise OverlayRejected(f"{JSON_NAME}: not valid UTF-8 JSON ({e})") from None
     if not isinstance(meta, dict):
         raise OverlayRejected(f"{JSON_NAME}: must be a JSON object")

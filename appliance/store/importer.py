@@ -4,7 +4,8 @@
 2. signatures and threshold (`trust.policy.TrustRoot.verified_signers`), against the
    sealed policy and keyring (`state_files`: changed outside the appliance, they refuse);
 3. expiry against the time floor: refused if `expires` is not after
-   max(now, floor); a clock earlier than the floor is reported;
+   max(now, floor); a clock earlier than the floor is reported; and `created`
+   at most a day after now (`trust.manifest.check_created`), since it becomes the floor;
 4. an item keeps its kind, and the version is strictly above every version
    ever accepted for that name (rollback, replay);
 5. each artifact's size and SHA-256, hashed while it is copied from the
@@ -47,7 +48,7 @@ from ..fsutil import fsync_dir
 from ..state import require_initialised
 from ..trust.bundle_reader import Bundle, open_bundle
 from ..trust.hashing import Progress
-from ..trust.manifest import Manifest
+from ..trust.manifest import Manifest, check_created
 from ..utc import format_time, now
 from ..vault import Vault
 from .active import ActiveBase, check_binding, verify_version, versions_text
@@ -151,7 +152,9 @@ def _accept(
     with open_bundle(bundle_path) as bundle:
         manifest = bundle.manifest
         signers = store.trust().verified_signers(manifest.raw, bundle.signatures)
-        note = _check_expiry(manifest, now(), state.floor)
+        clock = now()
+        note = _check_expiry(manifest, clock, state.floor)
+        check_created(manifest, clock)
         _check_kind(manifest, state)
         _check_version(manifest, state)
         if manifest.kind == "base-model":

@@ -17,8 +17,10 @@ On the signed manifest:
 
 On the verified bytes (staged by the import, or installed in the store):
 5. `version` is the `dir:` transport's version line;
-6. `manifest.json` (re-hashed as it is read) is an image manifest (OCI, or Docker schema 2)
-   whose config digest is the recorded one;
+6. `manifest.json` (re-hashed as it is read, parsed by `untrusted_json`) is an image manifest (OCI,
+   or Docker schema 2) with only the known keys, spelt exactly: skopeo's Go decoder matches keys
+   case-insensitively, so a `"Layers"` beside `"layers"` could be what it loads while this
+   verifier reads the other; its config digest is the recorded one;
 7. the blobs are exactly the config and the layers it references, each of the size it states
    (an extra blob is refused like an extra file).
 
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import Refused
+from ..untrusted_json import JsonRejected, load_untrusted
 
 if TYPE_CHECKING:  # manifest.py is the general parser; these rules only read what it admitted
     from .manifest import Manifest
@@ -50,6 +53,8 @@ DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})")
 BLOB_RE = re.compile(r"[0-9a-f]{64}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 COMMIT_RE = re.compile(r"[0-9a-f]{40}(-dirty)?")
+MANIFEST_KEYS = frozenset({"schemaVersion", "mediaType", "config", "layers", "annotations"})
+DESCRIPTOR_KEYS = frozenset({"mediaType", "digest", "size", "annotations"})  # no `urls`: nothing is fetched
 
 
 class ImageRecordInvalid(Refused):
@@ -158,17 +163,36 @@ def _read_image_manifest(manifest: "Manifest", layout: Path) -> dict:
     if hashlib.sha256(data).hexdigest() != listed.sha256:
         raise ImageDigestMismatch(f"{OCI_MANIFEST} changed after it was verified")
     try:
-        doc = json.loads(data)
-        refs = [doc["config"], *doc["layers"]]
-        well_formed = (
-            doc["schemaVersion"] == 2
-            and doc.get("mediaType", MANIFEST_TYPES[0]) in MANIFEST_TYPES
-            and all(DIGEST_RE.fullmatch(r["digest"]) and type(r["size"]) is int for r in refs)
+        doc = load_untrusted(data)
+    except JsonRejected as e:
+        raise ImageLayoutInvalid(f"{OCI_MANIFEST}: {e}") from None
+    doc = _known_keys(doc, MANIFEST_KEYS, "the document")
+    layers = doc.get("layers")
+    if type(layers) is not list:
+        raise ImageLayoutInvalid(f"{OCI_MANIFEST}: not an OCI (or Docker schema 2) image manifest (no list of layers)")
+    descriptors = [("config", doc.get("config")), *((f"layers[{n}]", layer) for n, layer in enumerate(layers))]
+    refs = [_known_keys(ref, DESCRIPTOR_KEYS, where) for where, ref in descriptors]
+    well_formed = (
+        type(doc.get("schemaVersion")) is int  # 2.0 equals 2 in Python; JSON's type is the rule
+        and doc["schemaVersion"] == 2
+        and doc.get("mediaType", MANIFEST_TYPES[0]) in MANIFEST_TYPES
+        and all(
+            isinstance(r.get("digest"), str) and DIGEST_RE.fullmatch(r["digest"]) and type(r.get("size")) is int for r in refs
         )
-    except (ValueError, TypeError, KeyError):
-        well_formed = False
+    )
     if not well_formed:
         raise ImageLayoutInvalid(f"{OCI_MANIFEST}: not an OCI (or Docker schema 2) image manifest")
+    return doc
+
+
+def _known_keys(doc: object, known: frozenset[str], where: str) -> dict:
+    """Rule 6's keys: `doc`, an object with only `known` keys; one that differs from a known key only in case is named so."""
+    if type(doc) is not dict:
+        raise ImageLayoutInvalid(f"{OCI_MANIFEST}: {where} is not a JSON object")
+    for key in sorted(doc.keys() - known):
+        spelt = next((k for k in sorted(known) if k.lower() == key.lower()), None)
+        why = f"differs from {spelt!r} only in case" if spelt else "is not a key of an image manifest"
+        raise ImageLayoutInvalid(f"{OCI_MANIFEST}: {where} has the key {key!r}, which {why}")
     return doc
 
 

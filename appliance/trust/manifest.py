@@ -4,8 +4,11 @@ A manifest is admitted only if every rule holds; each rule is one small
 function raising its own `Refused` subclass that names the fault:
 
 1. it is at most `MAX_MANIFEST_BYTES` long (endless data);
-2. it is UTF-8, and JSON with no duplicate keys and no NaN/Infinity;
-3. it matches `manifests/appliance-manifest.schema.json`;
+2. it is UTF-8, and JSON nested at most 32 deep, with no duplicate keys and no NaN/Infinity
+   (`untrusted_json`);
+3. it matches `manifests/appliance-manifest.schema.json`, where an integer is a JSON integer by
+   type: `1.0` and `true` are not (JSON Schema's `integer` admits `1.0`, which would install
+   "v1.0" and write a float into the store's state);
 4. name, hashes and times match their patterns in full (JSON Schema's `$`
    also accepts a trailing newline, so they are re-checked here);
 5. `created` and `expires` are real UTC times and `expires` is after `created`;
@@ -14,6 +17,10 @@ function raising its own `Refused` subclass that names the fault:
    the overlay format), a control vector `control.json` and `control.safetensors`
    (`overlay.control`); both are bound to a base.
 
+Rule 8, `check_created`, needs the clock and is applied by the import (`store.importer`, step 3):
+`created` is at most `CREATED_TOLERANCE` after now, so a bundle dated in the future cannot move the
+time floor past every correctly dated bundle.
+
 The bytes are kept as they came: signatures are checked over `raw`, never over
 a re-serialisation.
 """
@@ -21,7 +28,7 @@ a re-serialisation.
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from io import BytesIO
 from typing import Optional, cast
@@ -31,7 +38,8 @@ import jsonschema
 from ..errors import Refused
 from ..overlay import control
 from ..overlay.files import JSON_NAME, TENSORS_NAME
-from ..utc import parse_time
+from ..untrusted_json import JsonRejected, load_untrusted
+from ..utc import format_time, parse_time
 from .builtin import MANIFESTS_DIR
 from .hashing import sha256_stream
 
@@ -44,6 +52,7 @@ PATH_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]
 OVERLAY_FILES = frozenset({JSON_NAME, TENSORS_NAME})
 CONTROL_FILES = frozenset({control.JSON_NAME, control.TENSORS_NAME})
 FILES_OF_KIND = {"overlay": OVERLAY_FILES, "control-vector": CONTROL_FILES}
+CREATED_TOLERANCE = timedelta(days=1)  # a build station's clock (or time zone) a little ahead of the appliance's
 
 
 class ManifestTooLarge(Refused):
@@ -70,6 +79,10 @@ class ManifestOverlayIncomplete(Refused):
     pass
 
 
+class ManifestFromFuture(Refused):
+    """Rule 8: `created` is later than now plus `CREATED_TOLERANCE` (the bundle's clock, or this one, is wrong)."""
+
+
 @dataclass(frozen=True)
 class Artifact:
     path: str
@@ -94,9 +107,19 @@ class Manifest:
         return next(a for a in self.artifacts if a.path == path)
 
 
+def _is_json_integer(checker, instance: object) -> bool:
+    return type(instance) is int  # not bool (a subclass of int), not a float with no fraction
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_json_integer),
+)
+
+
 @lru_cache(maxsize=1)
-def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+def _validator() -> jsonschema.protocols.Validator:
+    return _Validator(json.loads(SCHEMA_PATH.read_text()))
 
 
 def check_manifest_size(size: int) -> None:
@@ -105,32 +128,11 @@ def check_manifest_size(size: int) -> None:
         raise ManifestTooLarge(f"manifest.json: {size} bytes exceeds the {MAX_MANIFEST_BYTES}-byte cap")
 
 
-def _decode_utf8(data: bytes) -> str:
+def _parse_json(data: bytes) -> object:
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ManifestNotJson(f"manifest.json: not valid UTF-8 (byte {e.start})") from None
-
-
-def _no_duplicate_keys(pairs: list) -> dict:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        # Two parsers could pick different values for one key: ambiguity is refused.
-        raise ManifestNotJson(f"manifest.json: duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
-    return dict(pairs)
-
-
-def _reject_constant(name: str):
-    raise ManifestNotJson(f"manifest.json: {name} is not JSON")
-
-
-def _parse_json(text: str) -> object:
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
-    except json.JSONDecodeError as e:
-        raise ManifestNotJson(f"manifest.json: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except RecursionError:
-        raise ManifestNotJson("manifest.json: invalid JSON (nested too deeply)") from None
+        return load_untrusted(data)
+    except JsonRejected as e:
+        raise ManifestNotJson(f"manifest.json: {e}") from None
 
 
 def _check_schema(doc: object) -> None:
@@ -178,10 +180,19 @@ def _check_overlay_files(doc: dict) -> None:
         )
 
 
+def check_created(manifest: Manifest, now: datetime) -> None:
+    """Rule 8: refused if `created` is more than `CREATED_TOLERANCE` after `now`."""
+    if manifest.created > now + CREATED_TOLERANCE:
+        raise ManifestFromFuture(
+            f"{manifest.name} v{manifest.version}: created {format_time(manifest.created)}, later than now "
+            f"({format_time(now)}) plus the {CREATED_TOLERANCE.days}-day tolerance: is its clock, or this appliance's, wrong?"
+        )
+
+
 def parse_manifest(data: bytes) -> Manifest:
     """Admit a manifest from its exact bytes, or raise a `Refused` subclass naming the fault."""
     check_manifest_size(len(data))
-    doc = _parse_json(_decode_utf8(data))
+    doc = _parse_json(data)
     _check_schema(doc)
     doc = cast(dict, doc)  # the schema admits only an object
     _check_patterns(doc)

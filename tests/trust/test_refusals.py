@@ -177,9 +177,9 @@ def test_expired_manifest(home, keys, tmp_path):
 
 
 def test_expiry_before_time_floor_when_clock_set_back(home, keys, base, vault, tmp_path):
-    # A bundle created 30 days ahead moves the floor there: the clock now reads as set back.
-    import_bundle(make_bundle(keys, tmp_path / "ahead.bundle", name="ahead", created=utc(30), expires="+60d"), base, vault)
-    bad = make_bundle(keys, tmp_path / "b.bundle", expires=iso(10))
+    # A bundle created most of a day ahead (within the tolerance) moves the floor there: the clock now reads as set back.
+    import_bundle(make_bundle(keys, tmp_path / "ahead.bundle", name="ahead", created=utc(0.9), expires="+60d"), base, vault)
+    bad = make_bundle(keys, tmp_path / "b.bundle", expires=iso(0.5))
     assert_refused(home, bad, "manifest-expired", "before the time floor", "set back")
 
 
