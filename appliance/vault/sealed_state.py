@@ -8,12 +8,14 @@ copy: the next read refuses (exit 3, naming the file).
 
 Rules:
 1. a file is keyed by its path relative to the state directory;
-2. read: absent and never sealed -> None; absent but sealed -> forged (deleted); present but
-   never sealed -> forged (planted); present with a digest the table does not hold -> forged
-   (modified, or an older copy put back);
-3. write: the new digest joins the current one in the table, the file is replaced atomically,
-   then the table keeps only the new digest. A crash in between leaves the old or the new file,
-   and both are accepted until the next write of that file settles it;
+2. read: absent and never sealed (or sealed as `ABSENT`) -> None; absent but sealed -> forged
+   (deleted); present but never sealed -> forged (planted); present with a digest the table does
+   not hold -> forged (modified, or an older copy put back);
+3. write: the new digest joins the current ones in the table (`ABSENT` for a file never written:
+   "no file yet" is an old state too), the file is replaced atomically, then the table keeps only
+   the new digest. A crash in between leaves the old state or the new file, and both are accepted
+   until the next write of that file settles it. A write that fails puts the old digests back,
+   unless the new bytes landed (the rename done, its directory's fsync failed): then both stay;
 4. `forget` drops the digests of files the appliance deleted itself.
 """
 
@@ -27,6 +29,7 @@ from ..state_files import MAX_STATE_FILE, StateForged
 from .vault import Vault
 
 MAX_SEALED_FILE = max(MAX_STATE_FILE, 16 << 20)  # the signers' keyring can outgrow a JSON state file
+ABSENT = "absent"  # in a file's digests: "no file" is an accepted state (never a SHA-256, which is hex)
 
 
 class SealedState:
@@ -45,7 +48,7 @@ class SealedState:
             with open(path, "rb") as f:
                 data = f.read(MAX_SEALED_FILE + 1)
         except FileNotFoundError:
-            if sealed:
+            if sealed and ABSENT not in sealed:
                 raise StateForged(path, "deleted") from None
             return None
         if not sealed:
@@ -56,7 +59,8 @@ class SealedState:
 
     def write(self, path: Path, data: bytes) -> None:
         rel, digest = self._rel(path), hashlib.sha256(data).hexdigest()
-        self.vault.set_file_digests(rel, self.vault.file_digests(rel) + (digest,))
+        old = self.vault.file_digests(rel)
+        self.vault.set_file_digests(rel, (old or (ABSENT,)) + (digest,))
         created = []  # folders made for this file: removed again if it cannot be written
         try:
             for folder in reversed(path.parents[: len(path.relative_to(self.home).parents) - 1]):
@@ -65,6 +69,8 @@ class SealedState:
                     created.append(folder)
             atomic_write(path, data)
         except OSError as e:
+            if _digest_of(path) != digest:
+                self.vault.set_file_digests(rel, old)
             for folder in reversed(created):
                 folder.rmdir()
             raise EnvironmentRefused(f"cannot write {path} ({e.strerror}): it is unchanged") from None
@@ -72,3 +78,11 @@ class SealedState:
 
     def forget(self, paths: list[Path]) -> None:
         self.vault.forget_file_digests([self._rel(p) for p in paths])
+
+
+def _digest_of(path: Path) -> Optional[str]:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read(MAX_SEALED_FILE + 1)).hexdigest()
+    except OSError:
+        return None
