@@ -14,11 +14,17 @@ the data's size), then the owner's records of what was erased:
   trust policy's folders: the journal is keyless without the vault, and the store's and the
   policy's records were sealed by it (`state_files`), so nothing there can be trusted by the
   vault a later `init` makes.
+
+The erases that promise nothing readable is left (everything, the journal, a kill's wipe) also wipe
+what a crashed `$EDITOR` left in the clear (`editor_scratch.wipe`: the only plaintext prompt files).
+An erase by name is resumable: killed after its keys went, the same command again finishes the
+store's part (the versions are still listed) instead of answering "already crypto-erased".
 """
 
 from collections.abc import Callable
 from pathlib import Path
 
+from . import editor_scratch
 from .errors import Erased, NotFound
 from .fsutil import discard
 from .journal.session_files import JOURNAL_DIR, JOURNAL_KEYS
@@ -47,16 +53,17 @@ def erase_control(vault: Vault, name: str) -> list[str]:
     return _erase_versions(vault, f"{CONTROL_KEYS}{name}/", f"control vector {name}", lambda: forget_controls(vault, name))
 
 
-def _erase_versions(vault: Vault, prefix: str, what: str, forget: Callable[[], None]) -> list[str]:
-    """The data keys of every version under `prefix`, then the store's record of them."""
+def _erase_versions(vault: Vault, prefix: str, what: str, forget: Callable[[], list[str]]) -> list[str]:
+    """The data keys of every version under `prefix`, then the store's record of them (which a re-run finishes)."""
     key_ids = vault.key_ids(prefix)
-    if not key_ids:
-        if vault.erased_key_ids(prefix):
-            raise Erased(f"{what} was already crypto-erased")
+    if not key_ids and not vault.erased_key_ids(prefix):
         raise NotFound(f"no {what} in the vault")
-    vault.erase(key_ids)
-    forget()
-    return key_ids
+    if key_ids:
+        vault.erase(key_ids)
+    forgotten = forget()  # the key ids of the versions the store listed until now
+    if not key_ids and not forgotten:
+        raise Erased(f"{what} was already crypto-erased")
+    return key_ids or forgotten
 
 
 def erase_installed(vault: Vault) -> list[str]:
@@ -67,15 +74,7 @@ def erase_installed(vault: Vault) -> list[str]:
     forget_overlays(vault, None)  # also versions whose keys an earlier, interrupted erase destroyed
     forget_controls(vault, None)
     forget_bases(vault, None)
-    return key_ids
-
-
-def erase_all_overlays(vault: Vault) -> list[str]:
-    """The kill-switch wipe. Returns the key ids erased (possibly none)."""
-    key_ids = vault.key_ids(OVERLAY_KEYS)
-    if key_ids:
-        vault.erase(key_ids)
-    forget_overlays(vault, None)  # also versions whose keys an earlier, interrupted erase destroyed
+    editor_scratch.wipe(vault.home)
     return key_ids
 
 
@@ -85,12 +84,14 @@ def erase_journal(vault: Vault) -> list[str]:
     if not key_ids:
         raise NotFound("no journal sessions to erase")
     vault.erase(key_ids)
+    editor_scratch.wipe(vault.home)
     return key_ids
 
 
 def erase_everything(home: Path) -> str:
     """Destroy the master key slot, then delete the ciphertext it protected. Returns the erase time."""
     when = Vault.erase_all(home)
+    editor_scratch.wipe(home)
     # The keys are already unrecoverable; removing the ciphertext only frees the space.
     discard(home, [home / JOURNAL_DIR, home / STORE_DIR, home / TRUST_DIR])
     return when

@@ -7,7 +7,9 @@ left of their objects (manifest, signatures, the ciphertext when `erase all` had
 read). The item itself stays, with its `max_version`: an erased overlay cannot be replayed by
 importing one of its old bundles again, and `ask --overlay on` or a rollback to it says "erased"
 (exit 6) rather than "not found". The vault stays the authority: killed between the two steps, the
-store still lists versions whose keys are gone, and loading them fails with exit 6 all the same.
+store still lists versions whose keys are gone, and loading them fails with exit 6 all the same;
+the same erase again finishes this step (each function returns what it forgot, so the erase can
+tell "finished now" from "already erased").
 """
 
 from dataclasses import replace
@@ -15,42 +17,49 @@ from typing import Optional
 
 from ..fsutil import discard
 from ..vault import Vault
+from .at_rest import data_key_id
 from .layout import Store, StoreDamaged
 
 
-def forget_overlays(vault: Vault, name: Optional[str]) -> None:
-    """Mark overlay NAME (None: every overlay) erased in state.json, then remove its store objects."""
-    forget_items(vault, "overlay", name)
+def forget_overlays(vault: Vault, name: Optional[str]) -> list[str]:
+    """Mark overlay NAME (None: every overlay) erased in state.json, then remove its store objects.
+
+    Returns the data key ids of the versions it marked (those whose manifest could still be read)."""
+    return forget_items(vault, "overlay", name)
 
 
-def forget_bases(vault: Vault, name: Optional[str]) -> None:
+def forget_bases(vault: Vault, name: Optional[str]) -> list[str]:
     """The same for base models; the embedded default becomes the active base if an erased one was."""
-    forget_items(vault, "base-model", name)
+    return forget_items(vault, "base-model", name)
 
 
-def forget_controls(vault: Vault, name: Optional[str]) -> None:
+def forget_controls(vault: Vault, name: Optional[str]) -> list[str]:
     """The same for control vectors."""
-    forget_items(vault, "control-vector", name)
+    return forget_items(vault, "control-vector", name)
 
 
-def forget_items(vault: Vault, kind: str, name: Optional[str]) -> None:
+def forget_items(vault: Vault, kind: str, name: Optional[str]) -> list[str]:
     store = Store.unlocked(vault)
     state = store.read_state()
     items = dict(state.items)
     gone: list[str] = []
+    key_ids: list[str] = []
     for n, item in state.items.items():
         if item.kind != kind or not item.installed or (name is not None and n != name):
             continue
         versions = set(item.erased)
         for sha in item.installed:
             try:
-                versions.add(store.read_manifest(sha).version)
+                version = store.read_manifest(sha).version
             except StoreDamaged:
-                pass  # its key is gone all the same; the number only serves the messages
+                continue  # its key is gone all the same; the number only serves the messages
+            versions.add(version)
+            key_ids.append(data_key_id(kind, n, version))
         items[n] = replace(item, active=None, installed=(), erased=tuple(sorted(versions)))
         gone += item.installed
     if not gone:
-        return
+        return []
     base = None if state.base is not None and items[state.base].active is None else state.base
     store.write_state(replace(state, items=items, base=base))
     discard(vault.home, store.forget_objects(gone))
+    return sorted(key_ids)

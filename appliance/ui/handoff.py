@@ -1,5 +1,5 @@
 """The chat's hand-offs to the terminal: the prompt out to `$EDITOR` and back (ctrl+e; the scratch file's
-rules: external_editor.py), the last reply or one of its code blocks to the clipboard by OSC 52.
+rules: external_editor.py, editor_scratch.py), the last reply or one of its code blocks to the clipboard by OSC 52.
 
 OSC 52 because an isolated machine has no clipboard daemon: the terminal itself takes the text. What
 is copied is the text as shown, escaped (`printable`): raw control characters pasted into a shell
@@ -8,9 +8,10 @@ could run commands (a bracketed-paste end sequence in a reply would end the past
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
+from ..editor_scratch import scratch_file
 from ..printable import printable
 from .code_blocks import code_blocks
-from .external_editor import EditorFailed, editor_command, read_back, run_editor, scratch_file
+from .external_editor import EditorFailed, editor_command, read_back, run_editor
 from .widgets import PromptInput
 
 if TYPE_CHECKING:

@@ -9,11 +9,11 @@ from textual.widgets import DataTable, OptionList
 from ui_support import PASSPHRASE, open_sessions, send, unlock, wait_for
 
 from appliance import presets
+from appliance.editor_scratch import EDITOR_DIR
 from appliance.journal import read_session
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Session
 from appliance.ui.chat import ChatScreen
-from appliance.ui.external_editor import EDITOR_DIR
 from appliance.ui.modals import PresetScreen
 from appliance.ui.widgets import ChatMessage, PromptInput, StatusBar
 from appliance.vault import Vault
