@@ -20,14 +20,14 @@ from ..runtime.session import Runtime
 from ..store.bases import active_model, close_model
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..vault import Vault, zeroize
-from .options import resume_option
+from .options import FiniteFloatRange, resume_option
 from .unlocking import PASSPHRASE_ENV, passphrase_option, read_passphrase
 
 
 @click.command()
 @click.option("--max-tokens", type=click.IntRange(1, 4096), default=512, show_default=True, help="Per reply.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
+@click.option("--temperature", type=FiniteFloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
 @click.option("--system", "system_prompt", default=None, help="System prompt of the first session (editable in the UI).")
 @click.option(
     "--threads",

@@ -10,7 +10,7 @@ from ..store import ActiveBase
 from ..store.bases import active_model, close_model
 from ..trust.builtin import embedded_pin, verify_pinned
 from ..vault import Vault
-from .options import resume_option
+from .options import FiniteFloatRange, resume_option
 from .output import say, stream, warn
 from .unlocking import create_vault, new_vault_passphrase, passphrase_option, unlock, unlocked, unlocked_appliance
 from .vault_commands import erase, kill, kill_policy, logs, passphrase
@@ -129,10 +129,10 @@ def _prompt_text(ctx, param, value: str) -> str:
 @click.option("--control", type=click.Choice(["on", "off"]), default="off", show_default=True, help="The active control vector.")
 @click.option("--max-tokens", type=click.IntRange(1, 4096), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
+@click.option("--temperature", type=FiniteFloatRange(0.0, 5.0), default=0.7, show_default=True, help="0 is greedy.")
 @click.option(
     "--repeat-penalty",
-    type=click.FloatRange(1.0, 2.0),
+    type=FiniteFloatRange(1.0, 2.0),
     default=SamplingSettings.repeat_penalty,
     show_default=True,
     help="1 is none.",

@@ -1,6 +1,7 @@
 """Options that more than one command takes."""
 
-from typing import Optional
+import math
+from typing import Any, Optional
 
 import click
 
@@ -22,3 +23,14 @@ def resume_option(f):
         callback=_session_id,
         help="Continue this journal session: its history and system prompt, in a new session that links it.",
     )(f)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """`click.FloatRange` that also refuses NaN: NaN compares false with both bounds, so the range lets it
+    through (and a sampling setting of NaN would be journalled as JSON that is not JSON)."""
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number

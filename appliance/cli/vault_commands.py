@@ -1,6 +1,7 @@
 """Journal, erase, passphrase and kill commands (the passphrase and unlocking: `unlocking.py`)."""
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ import click
 
 from .. import paths, state
 from ..erase import ERASE_JOURNAL_PHRASE, erase_control, erase_everything, erase_installed, erase_journal, erase_overlay
-from ..errors import Erased, EraseNotProven, NotConfirmed, NotFound, Refused
+from ..errors import EnvironmentRefused, Erased, EraseNotProven, NotConfirmed, NotFound, Refused
 from ..fsutil import atomic_write
 from ..journal import JournalBroken, Report, read_session, sessions, verify_session
 from ..journal.search import Match, search
@@ -122,8 +123,21 @@ def logs_export(session_id: str, fmt: str, out: Path, passphrase_file: Optional[
         text = "".join(json.dumps({"record": n, **r}) + "\n" for n, r in enumerate(records, 1))
     else:
         text = markdown_transcript(session_id, records)
-    atomic_write(out, text.encode())
+    _write_export(out, text.encode())
     say(f"exported {len(records)} records of {session_id} to {out}")
+
+
+def _write_export(out: Path, data: bytes) -> None:
+    """A regular file (new, or through a link to one) is replaced atomically, mode 0600; anything else that
+    exists there (a terminal, a pipe, `/dev/stdout`) is written through, never replaced by a file."""
+    try:
+        if out.exists() and not out.is_file():  # both through links
+            with open(out, "wb") as f:
+                f.write(data)
+        else:
+            atomic_write(Path(os.path.realpath(out)), data)  # a link stays a link
+    except OSError as e:
+        raise EnvironmentRefused(f"cannot write {out} ({e.strerror}): nothing was exported") from None
 
 
 # -- erase ------------------------------------------------------------------------------

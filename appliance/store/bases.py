@@ -12,7 +12,7 @@ Rules:
    is loaded; a crypto-erased base is `Erased` (exit 6).
 4. `use_base` verifies the whole base first, remembers the active overlay of the base it leaves and
    brings back the one remembered for the base it enters (else the selection stays, shown as bound to
-   another base), commits state.json, and journals a `base-switch` record.
+   another base), journals a `base-switch` record, then commits state.json.
 """
 
 import os
@@ -197,7 +197,8 @@ def use_base(vault: Vault, name: str) -> tuple[VerifiedModel, float]:
         remembered[_key(state.base)] = state.overlay
     back = remembered.get(_key(target))
     overlay = back if back is not None and back in state.items else state.overlay
-    store.write_state(replace(state, base=target, overlay=overlay, overlay_of_base=remembered))
+    # Journalled before the commit: a crash between leaves a journalled switch that did not happen
+    # (`status` shows the base still active), never a switch that no journal records.
     journal = Journal.create(vault)
     try:
         journal.append(
@@ -205,6 +206,7 @@ def use_base(vault: Vault, name: str) -> tuple[VerifiedModel, float]:
         )
     finally:
         journal.close()
+    store.write_state(replace(state, base=target, overlay=overlay, overlay_of_base=remembered))
     return replace(model, fd=None), time.perf_counter() - t0
 
 
