@@ -262,10 +262,11 @@ def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
         warn(f"appliance pid {stopped.pid} ended without handling the kill")
     if not stopped.confirmed and not wipe:
         warn("note: so it wrote no `kill` record and applied no kill policy; `appliance kill --wipe` wipes")
+    said = f"stopped appliance pid {stopped.pid} in {stopped.seconds:.2f} s"
     if wipe and stopped.confirmed != "wiped":
-        say(f"stopped appliance pid {stopped.pid}; wiped here: {_wipe_here(passphrase_file)}")
+        say(f"{said}; wiped here: {_wipe_here(passphrase_file)}")
         return
-    say(f"stopped appliance pid {stopped.pid}" + (" and it wiped every overlay" if stopped.confirmed == "wiped" else ""))
+    say(said + (", and it wiped every overlay, control vector and base" if stopped.confirmed == "wiped" else ""))
 
 
 def _wipe_here(passphrase_file: Optional[Path]) -> str:

@@ -198,6 +198,7 @@ class Stopped:
     pid: int
     confirmed: str  # how it said it handled the kill: "killed", "wiped", or "" (it did not: SIGKILLed, or ended without)
     sigkilled: bool
+    seconds: float  # from the signal to the lock's release (or, SIGKILLed, to its end)
 
 
 def stop_running(home: Path, wipe: bool, grace: float = KILL_GRACE_SECONDS) -> Stopped:
@@ -225,6 +226,7 @@ def stop_running(home: Path, wipe: bool, grace: float = KILL_GRACE_SECONDS) -> S
                 signal.pidfd_send_signal(pidfd, WIPE_SIGNAL if wipe else KILL_SIGNAL)
             except ProcessLookupError:
                 raise gone from None
+            t0 = time.monotonic()
             sigkilled = not _released(home, pid, pidfd, grace)
             if sigkilled:
                 try:
@@ -233,7 +235,7 @@ def stop_running(home: Path, wipe: bool, grace: float = KILL_GRACE_SECONDS) -> S
                     pass  # it ended just now
                 if not _ended(pidfd, GONE_SECONDS):
                     raise Refused(f"appliance pid {pid} did not end within {GONE_SECONDS:.0f} s of SIGKILL")
-            return Stopped(pid, _pid_file(fd)[1], sigkilled)
+            return Stopped(pid, _pid_file(fd)[1], sigkilled, time.monotonic() - t0)
         finally:
             os.close(pidfd)
     finally:
