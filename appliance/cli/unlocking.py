@@ -5,15 +5,15 @@ terminal. With none of them the vault stays locked (exit 4): a script never hang
 prompt. A passphrase lives in a locked buffer that is zeroed once the vault has it.
 
 Every command that unlocks the vault does it here (`killable_vault`), so every one is killable the
-same way: the kill-switch is armed (pid lock, signals) before the passphrase is read and disarmed
-after the keys are zeroed; a kill the command did not handle itself (`ask` does, mid-reply) is
+same way: the kill-switch is armed (pid lock, signals) before the vault is unlocked and disarmed
+after its keys are zeroed; a kill the command did not handle itself (`ask` does, mid-reply) is
 handled as it ends, wipe included, and it exits 4.
 """
 
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -114,27 +114,27 @@ def killable_vault(passphrase_file: Optional[Path]) -> Iterator[tuple[Vault, Kil
     home = paths.state_dir()
     state.require_initialised(home)
     Vault.require(home)  # no vault, or an erased one: say so before asking for a passphrase
-    with KillSwitch(home) as killswitch:
+    with ExitStack() as held:  # left in reverse: the keys are zeroed before the pid lock goes
         passphrase = read_passphrase(passphrase_file)
         try:
-            vault = Vault.unlock(home, passphrase)
+            killswitch = held.enter_context(KillSwitch(home))  # before the keys exist: `kill` finds whoever holds them
+            vault = held.enter_context(Vault.unlock(home, passphrase))
         finally:
             zeroize(passphrase)
-        with vault:
-            try:
-                yield vault, killswitch
-                killswitch.check()
-            except BaseException as e:
-                if not killswitch.cancel.is_set():
-                    raise
-                killed = e if isinstance(e, Killed) else Killed(killswitch.wipe)
-                if not killswitch.handled:  # e.g. an import, which has no safe points of its own
-                    killed.wiped = handle_kill_in_new_session(killed, killswitch, vault)
-                for key_id in killed.wiped:
-                    warn(f"wiped: {key_id}")
-                if killed is e:
-                    raise
-                raise killed from e
+        try:
+            yield vault, killswitch
+            killswitch.check()
+        except BaseException as e:
+            if not killswitch.cancel.is_set():
+                raise
+            killed = e if isinstance(e, Killed) else Killed(killswitch.wipe)
+            if not killswitch.handled:  # e.g. an import, which has no safe points of its own
+                killed.wiped = handle_kill_in_new_session(killed, killswitch, vault)
+            for key_id in killed.wiped:
+                warn(f"wiped: {key_id}")
+            if killed is e:
+                raise
+            raise killed from e
 
 
 @contextmanager

@@ -247,8 +247,8 @@ def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
     """Stop the running appliance now: generation stops, keys are zeroed, a `kill` record is written.
 
     The killed command exits with code 4 (locked). One that has not confirmed within the grace
-    time (docs/procedures.md, section 7) is ended with SIGKILL. With --wipe, where nothing runs or it did not do the
-    wipe, the wipe is done here (the passphrase is needed for that).
+    time (docs/procedures.md, section 7) is ended with SIGKILL. With --wipe, where nothing runs or
+    it did not wipe, the wipe is done here (the passphrase is needed for that).
     """
     home = paths.state_dir()
     state.require_initialised(home)
