@@ -19,10 +19,11 @@ Rules:
   that nobody holds the lock on is stale, whatever process has that pid now. `kill` signals the
   pid only while the lock is held, through a pidfd taken before that check, so a pid reused in
   between is never signalled.
-- The floor: a process confirms a kill by releasing the lock, after its keys are zeroed and its
-  wipe is done. One that has not within `KILL_GRACE_SECONDS` (stopped, stuck in C code, ignoring
-  the signal) is sent SIGKILL through the same pidfd (`stop_running`), and `kill --wipe` then
-  does the wipe itself.
+- The floor: a process confirms a kill by writing how it handled it in the pid file (`confirm`)
+  and releasing the lock, after its keys are zeroed and its wipe is done. One that has not within
+  `KILL_GRACE_SECONDS` (stopped, stuck in C code) is sent SIGKILL through the same pidfd
+  (`stop_running`); one that did not confirm, however it ended, did not wipe, and `kill --wipe`
+  then does the wipe itself.
 """
 
 import fcntl
@@ -127,7 +128,10 @@ class KillSwitch:
         """The kill is handled (zeroed, recorded, wiped if `wiped`): said in the pid file, which `kill` reads once the lock goes."""
         self.handled = True
         if self._pid_fd is not None:
-            os.pwrite(self._pid_fd, f"{os.getpid()}\n{'wiped' if wiped else 'killed'}\n".encode(), 0)
+            try:
+                os.pwrite(self._pid_fd, f"{os.getpid()}\n{'wiped' if wiped else 'killed'}\n".encode(), 0)
+            except OSError:
+                pass  # unconfirmed, `kill --wipe` wipes again itself: never less than asked
 
     def run_callbacks(self) -> None:
         for callback in self._callbacks:
