@@ -17,7 +17,7 @@ from vault_setup import PASSPHRASE, install_fake_overlay
 from appliance.errors import Erased
 from appliance.journal import sessions, verify_session
 from appliance.vault import Vault
-from appliance.vault.killswitch import KILL_GRACE_SECONDS, pid_path, running_pid
+from appliance.vault.killswitch import KILL_GRACE_SECONDS, pid_path, running_pid, stop_running
 
 LONG = ("ask", "Write a very long, detailed story about a lighthouse keeper, chapter by chapter.", "--max-tokens", "2000")
 
@@ -210,3 +210,29 @@ def test_a_process_that_does_not_confirm_is_sigkilled_and_kill_wipes_itself(vaul
     journalled = [verify_session(vault, sid).records for sid in sessions(vault)]
     (own,) = [records for records in journalled if [r["kind"] for r in records] == ["kill"]]  # `kill`'s own session
     assert own[0]["wipe"] is True and own[0]["overlays_erased"] == ["overlay/care/1"]
+
+
+_CONFIRMING = (
+    "import sys; from pathlib import Path; from appliance.vault.killswitch import KillSwitch\n"
+    "with KillSwitch(Path(sys.argv[1])) as ks:\n    print('holding', flush=True); ks.cancel.wait(); ks.confirm(ks.wipe)"
+)
+
+
+@pytest.mark.parametrize(
+    "holder, wipe, confirmed, sigkilled",
+    [(_CONFIRMING, False, "killed", False), (_CONFIRMING, True, "wiped", False), (_HOLDER, True, "", True)],
+    ids=["confirms-kill", "confirms-wipe", "never-confirms"],
+)
+def test_stop_running_reads_the_confirmation_or_ends_the_process(vault_home, holder, wipe, confirmed, sigkilled):
+    """The kill's verdict as a function: what the holder wrote in the pid file, or SIGKILL once the grace is over."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(vault_home)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline() == "holding\n"
+        stopped = stop_running(vault_home, wipe, grace=1.0)
+    finally:
+        proc.communicate("", timeout=60)
+    assert (stopped.pid, stopped.confirmed, stopped.sigkilled) == (proc.pid, confirmed, sigkilled)
+    assert proc.returncode == (-signal.SIGKILL if sigkilled else 0)
+    assert running_pid(vault_home) is None
