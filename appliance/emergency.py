@@ -3,7 +3,12 @@
 In this order, because the first steps must not wait on the disk: the kill-switch callbacks
 switch the overlay and the control vector off and zero their decrypted weights; the wipe policy can
 turn any kill into a wipe; the journal (if a session was opened) gets its final `kill` record naming
-what is erased; then a wipe crypto-erases every overlay, every control vector and every imported base.
+what is erased; then a wipe crypto-erases every overlay, every control vector and every imported base;
+last, the kill-switch is told it is handled (`KillSwitch.confirm`), which `appliance kill` reads.
+
+When the appliance cannot do its own wipe (none runs, or it did not confirm and was SIGKILLed),
+`kill --wipe` does it; a command with no journal session open (an import) records its kill the same
+way: a `kill` record in a journal session of its own (`handle_kill_in_new_session`).
 """
 
 from typing import Optional
@@ -26,4 +31,14 @@ def handle_kill(killed: Killed, ks: KillSwitch, vault: Vault, journal: Optional[
         journal.append("kill", wipe=killed.wipe, overlays_erased=wiping, bases_erased=bases, controls_erased=controls)
     if killed.wipe:
         erase_installed(vault)
+    ks.confirm(killed.wipe)
     return wiping + controls + bases
+
+
+def handle_kill_in_new_session(killed: Killed, ks: KillSwitch, vault: Vault) -> list[str]:
+    """`handle_kill` with its `kill` record in a journal session of its own."""
+    journal = Journal.create(vault)
+    try:
+        return handle_kill(killed, ks, vault, journal)
+    finally:
+        journal.close()

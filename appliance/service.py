@@ -32,7 +32,7 @@ Rules:
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
@@ -106,10 +106,13 @@ class UnlockedAppliance:
 
     @classmethod
     @contextmanager
-    def open(cls, vault: Vault, model: VerifiedModel) -> Iterator["UnlockedAppliance"]:
-        """Rules 1-2. A `Killed` raised in the body is handled (`kill`) and raised on, with `.wiped` set."""
+    def open(cls, vault: Vault, model: VerifiedModel, killswitch: Optional[KillSwitch] = None) -> Iterator["UnlockedAppliance"]:
+        """Rules 1-2. A `Killed` raised in the body is handled (`kill`) and raised on, with `.wiped` set.
+
+        `killswitch`: the one the caller armed with the vault (`cli/unlocking.py`); else one is armed here.
+        """
         try:
-            with KillSwitch(vault.home) as killswitch:
+            with nullcontext(killswitch) if killswitch is not None else KillSwitch(vault.home) as killswitch:
                 app = cls(vault, killswitch, model)
                 try:
                     killswitch.check()

@@ -20,6 +20,7 @@ from ..runtime.session import Runtime
 from ..store.bases import active_model, close_model
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..vault import Vault, zeroize
+from ..vault.killswitch import KillSwitch
 from .options import FiniteFloatRange, resume_option
 from .unlocking import PASSPHRASE_ENV, passphrase_option, read_passphrase
 
@@ -87,5 +88,5 @@ def chat(
 def _active_model(home: Path, passphrase: bytearray) -> VerifiedModel:
     if Vault.state(home) != "present":  # a first run: the unlock screen creates the vault; nothing is imported yet
         return verify_pinned(embedded_pin())
-    with Vault.unlock(home, passphrase) as vault:
+    with KillSwitch(home), Vault.unlock(home, passphrase) as vault:  # found by `kill`, as every command that unlocks is
         return active_model(vault)

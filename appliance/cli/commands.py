@@ -1,5 +1,7 @@
 """The commands. Each is a thin shell over the library: parse, call, print."""
 
+from contextlib import nullcontext
+
 import click
 
 from .. import __version__, paths, state
@@ -12,7 +14,7 @@ from ..trust.builtin import embedded_pin, verify_pinned
 from ..vault import Vault
 from .options import FiniteFloatRange, resume_option
 from .output import say, stream, warn
-from .unlocking import create_vault, new_vault_passphrase, passphrase_option, unlock, unlocked, unlocked_appliance
+from .unlocking import create_vault, new_vault_passphrase, passphrase_option, unlocked, unlocked_appliance
 from .vault_commands import erase, kill, kill_policy, logs, passphrase
 
 
@@ -64,9 +66,7 @@ def _install_demo(model, vault, passphrase_file) -> None:
     from ..demo.install import DEMO_ITEMS, install_demo
     from ..store.layout import Store
 
-    opened = vault is None
-    vault = unlock(passphrase_file) if opened else vault
-    try:
+    with unlocked(passphrase_file) if vault is None else nullcontext(vault) as vault:
         installed = Store.unlocked(vault).read_state().items
         missing = tuple(item for item in DEMO_ITEMS if item.name not in installed)
         for item in DEMO_ITEMS:
@@ -76,9 +76,6 @@ def _install_demo(model, vault, passphrase_file) -> None:
             return
         model = model or verify_pinned(embedded_pin())  # the base the demo items are bound to, checked as for any load
         signers = install_demo(ActiveBase(model), vault, missing)
-    finally:
-        if opened:
-            vault.zeroize()
     names = ", ".join(f"{item.kind} {item.name} v{item.version}" for item in missing)
     say(f"demo:    installed {names}, signed by demo keys {', '.join(signers)} (private halves destroyed)")
 

@@ -11,7 +11,7 @@ import click
 
 from .. import presets
 from .output import say
-from .unlocking import passphrase_option, unlock
+from .unlocking import passphrase_option, unlocked
 
 READ_LIMIT = presets.MAX_TEXT + 1  # one byte more than allowed is enough to refuse
 
@@ -33,7 +33,7 @@ def preset_add(name: str, source: Path, passphrase_file: Optional[Path]) -> None
     """Store the text of FILE (UTF-8) as the system prompt NAME."""
     with open(source, "rb") as f:
         text = presets.check_text(f.read(READ_LIMIT), str(source))
-    with unlock(passphrase_file) as vault:
+    with unlocked(passphrase_file) as vault:
         presets.add(vault, name, text)
     say(f"preset {name}: {len(text)} characters, encrypted in the vault")
 
@@ -42,7 +42,7 @@ def preset_add(name: str, source: Path, passphrase_file: Optional[Path]) -> None
 @passphrase_option
 def preset_list(passphrase_file: Optional[Path]) -> None:
     """Every preset: its name, its size and its first line."""
-    with unlock(passphrase_file) as vault:
+    with unlocked(passphrase_file) as vault:
         every = presets.every(vault)
     for p in every:
         first = p.text.strip().splitlines()[0]
@@ -55,6 +55,6 @@ def preset_list(passphrase_file: Optional[Path]) -> None:
 @passphrase_option
 def preset_remove(name: str, passphrase_file: Optional[Path]) -> None:
     """Crypto-erase the preset NAME (its key leaves the vault, then its ciphertext is deleted)."""
-    with unlock(passphrase_file) as vault:
+    with unlocked(passphrase_file) as vault:
         presets.remove(vault, name)
     say(f"preset {name}: crypto-erased")

@@ -3,25 +3,31 @@
 Sources, in order: `--passphrase-file`, `$APPLIANCE_PASSPHRASE_FILE`, a prompt when stdin is a
 terminal. With none of them the vault stays locked (exit 4): a script never hangs on a hidden
 prompt. A passphrase lives in a locked buffer that is zeroed once the vault has it.
+
+Every command that unlocks the vault does it here (`killable_vault`), so every one is killable the
+same way: the kill-switch is armed (pid lock, signals) before the vault is unlocked and disarmed
+after its keys are zeroed; a kill the command did not handle itself (`ask` does, mid-reply) is
+handled as it ends, wipe included, and it exits 4.
 """
 
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Optional
 
 import click
 
 from .. import paths, state
+from ..emergency import handle_kill_in_new_session
 from ..errors import NoPassphrase, UsageError
 from ..hardening import lock_secret
 from ..service import UnlockedAppliance
 from ..store.bases import active_model, close_model
 from ..trust.builtin import VerifiedModel
 from ..vault import Vault, zeroize
-from ..vault.killswitch import Killed
+from ..vault.killswitch import Killed, KillSwitch
 from .output import say, warn
 
 PASSPHRASE_ENV = "APPLIANCE_PASSPHRASE_FILE"
@@ -102,21 +108,39 @@ def _read_private_file(source: Path, buf: bytearray) -> int:
         raise NoPassphrase(f"cannot read the passphrase file {source}: {e.strerror}") from None
 
 
-def unlock(passphrase_file: Optional[Path]) -> Vault:
+@contextmanager
+def killable_vault(passphrase_file: Optional[Path]) -> Iterator[tuple[Vault, KillSwitch]]:
+    """The unlocked vault for the body of a command, with its armed kill-switch; keys zeroed however the body ends."""
     home = paths.state_dir()
     state.require_initialised(home)
     Vault.require(home)  # no vault, or an erased one: say so before asking for a passphrase
-    passphrase = read_passphrase(passphrase_file)
-    try:
-        return Vault.unlock(home, passphrase)
-    finally:
-        zeroize(passphrase)
+    with ExitStack() as held:  # left in reverse: the keys are zeroed before the pid lock goes
+        passphrase = read_passphrase(passphrase_file)
+        try:
+            killswitch = held.enter_context(KillSwitch(home))  # before the keys exist: `kill` finds whoever holds them
+            vault = held.enter_context(Vault.unlock(home, passphrase))
+        finally:
+            zeroize(passphrase)
+        try:
+            yield vault, killswitch
+            killswitch.check()
+        except BaseException as e:
+            if not killswitch.cancel.is_set():
+                raise
+            killed = e if isinstance(e, Killed) else Killed(killswitch.wipe)
+            if not killswitch.handled:  # e.g. an import, which has no safe points of its own
+                killed.wiped = handle_kill_in_new_session(killed, killswitch, vault)
+            for key_id in killed.wiped:
+                warn(f"wiped: {key_id}")
+            if killed is e:
+                raise
+            raise killed from e
 
 
 @contextmanager
 def unlocked(passphrase_file: Optional[Path]) -> Iterator[Vault]:
-    """The unlocked vault for the body of a command; its keys are zeroed however the body ends."""
-    with unlock(passphrase_file) as vault:
+    """`killable_vault` for a command that needs only the vault."""
+    with killable_vault(passphrase_file) as (vault, _):
         yield vault
 
 
@@ -155,26 +179,17 @@ def create_vault(home: Path, passphrase: bytearray) -> Vault:
 
 @contextmanager
 def unlocked_appliance(passphrase_file: Optional[Path], model: Optional[VerifiedModel] = None) -> Iterator[UnlockedAppliance]:
-    """Vault unlocked, kill-switch armed, keys zeroed on the way out; a kill says what its wipe erased.
+    """The appliance on the unlocked vault, under the vault's kill-switch; a kill says what its wipe erased.
 
     Without `model`, the store's active base is opened and verified first (`store.bases.active_model`:
     an imported one decrypted into memory), before anything else happens.
     """
-    vault = unlock(passphrase_file)
-    try:
+    with killable_vault(passphrase_file) as (vault, killswitch):
         opened = model is None
+        model = active_model(vault) if model is None else model
         try:
-            model = active_model(vault) if model is None else model
-        except BaseException:
-            vault.zeroize()
-            raise
-        try:
-            with UnlockedAppliance.open(vault, model) as app:
+            with UnlockedAppliance.open(vault, model, killswitch) as app:
                 yield app
         finally:
             if opened:
                 close_model(model)
-    except Killed as killed:
-        for key_id in killed.wiped:
-            warn(f"wiped: {key_id}")
-        raise

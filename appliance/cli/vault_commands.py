@@ -10,19 +10,17 @@ from typing import Optional
 import click
 
 from .. import paths, state
-from ..erase import ERASE_JOURNAL_PHRASE, erase_control, erase_everything, erase_installed, erase_journal, erase_overlay
-from ..errors import EnvironmentRefused, Erased, EraseNotProven, NotConfirmed, NotFound, Refused
+from ..emergency import handle_kill_in_new_session
+from ..erase import ERASE_JOURNAL_PHRASE, erase_control, erase_everything, erase_journal, erase_overlay
+from ..errors import EnvironmentRefused, Erased, EraseNotProven, NotConfirmed, NotFound
 from ..fsutil import atomic_write
 from ..journal import JournalBroken, Report, read_session, sessions, verify_session
 from ..journal.search import Match, search
 from ..journal.transcript import markdown_transcript, provenance_line
 from ..vault import Vault, zeroize
-from ..vault.killswitch import WIPE_POLICY, running_pid, signal_running
+from ..vault.killswitch import KILL_GRACE_SECONDS, WIPE_POLICY, Killed, KillSwitch, running_pid, stop_running
 from .output import say, warn
-from .unlocking import passphrase_option, read_passphrase, unlock
-
-KILL_WAIT_SECONDS = 10.0
-
+from .unlocking import killable_vault, passphrase_option, read_passphrase, unlocked
 
 # -- logs ------------------------------------------------------------------------------
 
@@ -41,7 +39,7 @@ def _summary(report: Report) -> str:
 @passphrase_option
 def logs_list(passphrase_file: Optional[Path]) -> None:
     """Every journal session with its record count and state."""
-    with unlock(passphrase_file) as vault:
+    with unlocked(passphrase_file) as vault:
         for sid in sessions(vault):
             try:
                 say(_summary(verify_session(vault, sid)))
@@ -54,7 +52,7 @@ def logs_list(passphrase_file: Optional[Path]) -> None:
 @passphrase_option
 def logs_show(session_id: str, passphrase_file: Optional[Path]) -> None:
     """Print one verified session, record by record, with provenance."""
-    with unlock(passphrase_file) as vault:
+    with unlocked(passphrase_file) as vault:
         records = read_session(vault, session_id)
     for n, r in enumerate(records, 1):
         say(f"[{n}] {r['time']} {r['kind']}")
@@ -71,7 +69,7 @@ def logs_show(session_id: str, passphrase_file: Optional[Path]) -> None:
 def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> None:
     """Check the hash chain, every record's authenticity and the sealed heads. Exit 3 names the first break."""
     broken = []
-    with unlock(passphrase_file) as vault:
+    with unlocked(passphrase_file) as vault:
         for sid in [session_id] if session_id else sessions(vault):
             try:
                 report = verify_session(vault, sid)
@@ -98,7 +96,7 @@ def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> N
 def logs_search(text: str, passphrase_file: Optional[Path]) -> None:
     """Every record holding TEXT (any case), session by session, decrypted in memory only: no index is written."""
     found, searched, in_sessions = 0, 0, set()
-    with unlock(passphrase_file) as vault:
+    with unlocked(passphrase_file) as vault:
         for hit in search(vault, text):
             if isinstance(hit, Match):
                 found += 1
@@ -117,7 +115,7 @@ def logs_search(text: str, passphrase_file: Optional[Path]) -> None:
 @passphrase_option
 def logs_export(session_id: str, fmt: str, out: Path, passphrase_file: Optional[Path]) -> None:
     """Write one verified session decrypted, as Markdown or JSON lines (mode 0600)."""
-    with unlock(passphrase_file) as vault:
+    with unlocked(passphrase_file) as vault:
         records = read_session(vault, session_id)
     if fmt == "jsonl":
         text = "".join(json.dumps({"record": n, **r}) + "\n" for n, r in enumerate(records, 1))
@@ -174,7 +172,7 @@ def erase_every_version(
     what: str, name: str, erase: Callable[[Vault, str], list[str]], yes: bool, passphrase_file: Optional[Path]
 ) -> None:
     """`erase overlay|control|base NAME`: confirm, crypto-erase every installed version, say so, prove it."""
-    with unlock(passphrase_file) as vault:
+    with unlocked(passphrase_file) as vault:
         _confirm(name, f"{what} {name} (every installed version)", yes)
         t0 = time.perf_counter()
         key_ids = erase(vault, name)
@@ -205,7 +203,7 @@ def erase_control_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> 
 @passphrase_option
 def erase_logs_cmd(yes: bool, passphrase_file: Optional[Path]) -> None:
     """Every journal session."""
-    with unlock(passphrase_file) as vault:
+    with unlocked(passphrase_file) as vault:
         _confirm(ERASE_JOURNAL_PHRASE, "every journal session", yes)
         t0 = time.perf_counter()
         key_ids = erase_journal(vault)
@@ -248,7 +246,8 @@ def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Pa
     old, new = read_passphrase(passphrase_file, prompt="Current passphrase"), bytearray()
     try:
         new = read_passphrase(new_passphrase_file, confirm=True, prompt="New passphrase", use_env=False)
-        Vault.change_passphrase(home, old, new)
+        with KillSwitch(home):  # found by `kill` while it holds the master key, as every command that unlocks is
+            Vault.change_passphrase(home, old, new)
     finally:
         zeroize(old)
         zeroize(new)
@@ -261,23 +260,34 @@ def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Pa
 def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
     """Stop the running appliance now: generation stops, keys are zeroed, a `kill` record is written.
 
-    The killed command exits with code 4 (locked). With --wipe and nothing running, the overlays
-    are erased here (the passphrase is needed for that).
+    The killed command exits with code 4 (locked). One that has not confirmed within the grace
+    time (docs/procedures.md, section 7) is ended with SIGKILL. With --wipe, where nothing runs or
+    it did not wipe, the wipe is done here (the passphrase is needed for that).
     """
     home = paths.state_dir()
     state.require_initialised(home)
     if running_pid(home) is None and wipe:
-        with unlock(passphrase_file) as vault:
-            key_ids = erase_installed(vault)
-        say(f"no running appliance; wiped overlays, control vectors and bases: {', '.join(key_ids) or 'none installed'}")
+        say(f"no running appliance; wiped overlays, control vectors and bases: {_wipe_here(passphrase_file)}")
         return
-    pid = signal_running(home, wipe)
-    deadline = time.monotonic() + KILL_WAIT_SECONDS
-    while running_pid(home) == pid:
-        if time.monotonic() > deadline:
-            raise Refused(f"appliance pid {pid} did not stop within {KILL_WAIT_SECONDS:.0f} s")
-        time.sleep(0.01)
-    say(f"stopped appliance pid {pid}" + (" and wiped its overlays" if wipe else ""))
+    stopped = stop_running(home, wipe)
+    if stopped.sigkilled:
+        warn(f"appliance pid {stopped.pid} did not confirm the kill within {KILL_GRACE_SECONDS:.0f} s: ended with SIGKILL")
+    elif not stopped.confirmed:
+        warn(f"appliance pid {stopped.pid} ended without handling the kill")
+    if not stopped.confirmed and not wipe:
+        warn("note: so it wrote no `kill` record and applied no kill policy; `appliance kill --wipe` wipes")
+    said = f"stopped appliance pid {stopped.pid} in {stopped.seconds:.2f} s"
+    if wipe and stopped.confirmed != "wiped":
+        say(f"{said}; wiped here: {_wipe_here(passphrase_file)}")
+        return
+    say(said + (", and it wiped every overlay, control vector and base" if stopped.confirmed == "wiped" else ""))
+
+
+def _wipe_here(passphrase_file: Optional[Path]) -> str:
+    """The kill's wipe done by `kill` itself; the key ids it erased, for the output."""
+    with killable_vault(passphrase_file) as (vault, killswitch):
+        key_ids = handle_kill_in_new_session(Killed(wipe=True), killswitch, vault)
+    return ", ".join(key_ids) or "none installed"
 
 
 @click.command("kill-policy")
@@ -285,7 +295,7 @@ def kill(wipe: bool, passphrase_file: Optional[Path]) -> None:
 @passphrase_option
 def kill_policy(policy: Optional[str], passphrase_file: Optional[Path]) -> None:
     """Show or set what every kill does: `lock` (default) or `wipe` (also crypto-erase the overlays)."""
-    with unlock(passphrase_file) as vault:
+    with unlocked(passphrase_file) as vault:
         if policy is not None:
             vault.set_setting(WIPE_POLICY, policy == "wipe")
         say(f"kill policy: {'wipe' if vault.setting(WIPE_POLICY, False) else 'lock'}")

@@ -14,7 +14,10 @@ overlay and control vector they were computed with (the objects, or none):
      (`llama.FLASH_ATTENTION`), so the next prefill reads them again;
   4. the rest is computed in batches of two or more tokens, which give bit for
      bit what one whole prefill gives;
-  5. the overlay's delay ring is rebuilt from the tokens before the kept prefix's end.
+  5. the overlay's delay ring is rebuilt from the tokens before the kept prefix's end;
+  6. a feed stopped part-way (`LlamaEngine.stop_on`: a kill, the chat's stop) adds nothing
+     to its sequence's tokens; what llama.cpp kept of it lies past them, and the next
+     prefill drops it (rule 3) and rebuilds the ring (rule 5).
 So every prefill leaves its sequence exactly as a fresh session's would be, and
 a reply, after any switches and whatever the window dropped, is the reply of a
 fresh session in that state. A switch reads only what that state's sequence

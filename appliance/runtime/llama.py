@@ -5,10 +5,15 @@ in its own stream of `n_ctx` cells (llama.cpp's non-unified KV cache: a
 sequence attends only to its own stream, so it computes exactly what a
 one-sequence context would). Input is either token ids or input embeddings
 (`batch.embd`), which is how the overlay enters llama.cpp without touching its
-weights.
+weights. A decode can be stopped part-way (`stop_on`): llama.cpp asks an
+abort callback after every node of the compute graph, so a kill ends even a
+long prefill within one matrix product.
 """
 
 import ctypes
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import llama_cpp as C
@@ -30,6 +35,11 @@ def _quiet(level, text, user_data):  # llama.cpp logs to stderr by default; the 
 # tokens computes bit for bit what one whole prefill computes, with any thread count; only a batch
 # of a single token (a decode step) rounds differently. The decoder builds on exactly that.
 FLASH_ATTENTION = False
+
+
+class DecodeStopped(Exception):
+    """A decode was stopped by the event it was given (`LlamaEngine.stop_on`); what it was computing is not in the cache."""
+
 
 _backend_ready = False
 _default_model_params = C.llama_model_default_params
@@ -87,6 +97,21 @@ class LlamaEngine:
         self._token_batch = C.llama_batch_init(n_batch, 0, 1)
         self._embd_batch = C.llama_batch_init(n_batch, self.n_embd, 1)
         self._piece = ctypes.create_string_buffer(256)
+
+    @contextmanager
+    def stop_on(self, event: threading.Event | None) -> Iterator[None]:
+        """Inside, a decode stops within one graph node of `event` being set, raising DecodeStopped."""
+        if event is None:
+            yield
+            return
+        # llama.cpp calls it after every graph node, on the thread that called llama_decode (ctypes takes
+        # the GIL for it: about a microsecond a node), so it is set only while a caller can be stopped.
+        abort = C.ggml_abort_callback(lambda _data: event.is_set())
+        C.llama_set_abort_callback(self.ctx, abort, None)
+        try:
+            yield
+        finally:
+            C.llama_set_abort_callback(self.ctx, C.ggml_abort_callback(), None)  # NULL: none
 
     def set_threads(self, n: int) -> None:
         """Threads for the next decodes (prompt batches and single tokens alike); the numerics do not depend on it."""
@@ -165,6 +190,8 @@ class LlamaEngine:
             batch.logits[j - i - 1] = j == n
             batch.n_tokens = j - i
             rc = C.llama_decode(self.ctx, batch)
+            if rc == 2:  # llama.cpp dropped the stopped batch's positions; earlier batches stay (the caller drops them)
+                raise DecodeStopped(f"the decode at positions {pos0 + i}..{pos0 + j - 1} was stopped")
             if rc != 0:
                 raise ModelFailed(f"llama_decode failed with code {rc}")
 

@@ -25,7 +25,7 @@ from ..trust.builtin import VerifiedModel
 from .chat_template import BuiltinTemplate, ChatTemplate, builtin_template_for
 from .decoder import Decoder
 from .embeddings import EmbeddingTable
-from .llama import LlamaEngine
+from .llama import DecodeStopped, LlamaEngine
 from .sampler import NativeSampler, SamplingSettings
 
 
@@ -145,37 +145,43 @@ class Session:
         decoder, engine = self.runtime.decoder, self.runtime.engine
         overlay = self.overlay.params if self.overlay_on and self.overlay is not None else None
         control = self.control if self.control_on else None
-        if control is None:  # the form every decoder takes, the UI's divergence audit included
-            decoder.prefill(prompt, overlay)
-        else:
-            decoder.prefill(prompt, overlay, control)
-        prefill_tokens = decoder.last_prefill_tokens
-        t1 = time.perf_counter()
-
         sampler, utf8 = NativeSampler(engine, settings, prompt), codecs.getincrementaldecoder("utf-8")(errors="replace")
         generated: list[int] = []
         text: list[str] = []
         finish = "length"
         room = min(max_tokens, engine.n_ctx - len(prompt))
+        t1 = None
+        # `cancel` is read between tokens, and by llama.cpp after every graph node of a forward pass:
+        # a long prefill stops part-way (the decoder drops what it had computed).
         try:
-            while len(generated) < room:
-                if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
-                    break
-                token = sampler()  # from the logits the decoder's last prefill or step left in the engine
-                if engine.is_end_of_generation(token):
-                    finish = "stop"
-                    break
-                generated.append(token)
-                piece = utf8.decode(engine.piece(token))
-                if piece:
-                    text.append(piece)
-                    if on_text is not None:
-                        on_text(piece)
-                if len(generated) < room:  # the last token needs no forward pass
-                    decoder.step(token)
+            with engine.stop_on(cancel):
+                if control is None:  # the form every decoder takes, the UI's divergence audit included
+                    decoder.prefill(prompt, overlay)
+                else:
+                    decoder.prefill(prompt, overlay, control)
+                t1 = time.perf_counter()
+                while len(generated) < room:
+                    if cancel is not None and cancel.is_set():
+                        finish = "cancelled"
+                        break
+                    token = sampler()  # from the logits the decoder's last prefill or step left in the engine
+                    if engine.is_end_of_generation(token):
+                        finish = "stop"
+                        break
+                    generated.append(token)
+                    piece = utf8.decode(engine.piece(token))
+                    if piece:
+                        text.append(piece)
+                        if on_text is not None:
+                            on_text(piece)
+                    if len(generated) < room:  # the last token needs no forward pass
+                        decoder.step(token)
+        except DecodeStopped:
+            finish = "cancelled"
         finally:
             sampler.close()
+        prefill_tokens = decoder.last_prefill_tokens
+        t1 = t1 or time.perf_counter()  # stopped in the prefill: no reply tokens, no reply time
         tail = utf8.decode(b"", final=True)
         if tail:
             text.append(tail)

@@ -1,13 +1,16 @@
-"""The kill-switch: a pid file for the running appliance, and the signals that stop it.
+"""The kill-switch: a pid file for the running appliance, the signals that stop it, and the floor under them.
 
     appliance kill          -> SIGTERM  : stop, switch the overlay off, zero keys, journal `kill`, exit 4
     appliance kill --wipe   -> SIGUSR1  : the same, and crypto-erase every overlay before exiting
 
 Rules:
-- The signal handler only sets `cancel` (a threading.Event the decode loop checks between tokens)
-  and remembers whether a wipe was asked for. It never raises: an exception thrown into the middle
-  of a journal append could leave half a record. The command polls `check()` at safe points and
-  the decode loop stops within one token (a few ms), well inside the 100 ms budget.
+- Every command that holds an unlocked vault holds the pid file's lock for as long as it does
+  (`cli/unlocking.py` arms one switch per command; the chat arms one per unlock), so `kill` finds it.
+- The signal handler only sets `cancel` (a threading.Event) and remembers whether a wipe was asked
+  for. It never raises: an exception thrown into the middle of a journal append could leave half a
+  record. The decode loop reads `cancel` between tokens and llama.cpp after every graph node of a
+  forward pass (`LlamaEngine.stop_on`), so a prefill stops too; `check()` raises `Killed` at safe
+  points; whatever holds the vault handles a kill it was not stopped by when it ends.
 - Whoever holds keys or decrypted weights registers a zeroing callback with `on_kill`; `Killed`
   handling runs them all, so nothing decrypted outlives the kill.
 - Exit code of a killed command: 4 (locked: the passphrase is needed to come back).
@@ -16,14 +19,21 @@ Rules:
   that nobody holds the lock on is stale, whatever process has that pid now. `kill` signals the
   pid only while the lock is held, through a pidfd taken before that check, so a pid reused in
   between is never signalled.
+- The floor: a process confirms a kill by writing how it handled it in the pid file (`confirm`)
+  and releasing the lock, after its keys are zeroed and its wipe is done. One that has not within
+  `KILL_GRACE_SECONDS` (stopped, stuck in C code) is sent SIGKILL through the same pidfd
+  (`stop_running`); one that did not confirm, however it ended, did not wipe, and `kill --wipe`
+  then does the wipe itself.
 """
 
 import fcntl
 import os
+import select
 import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import Locked, NotFound, Refused
@@ -33,6 +43,8 @@ CLAIM_ATTEMPTS = 50  # a reader's shared lock lasts microseconds: retried, never
 KILL_SIGNAL = signal.SIGTERM
 WIPE_SIGNAL = signal.SIGUSR1
 WIPE_POLICY = "kill_wipes_overlays"  # vault setting: every kill is a wipe
+KILL_GRACE_SECONDS = 2.0  # for the process to confirm (it stops within one graph node) before SIGKILL
+GONE_SECONDS = 10.0  # for a SIGKILLed process to end (one in uninterruptible sleep waits for its I/O)
 
 
 class Killed(Locked):
@@ -62,35 +74,45 @@ def running_pid(home: Path) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:  # held: the holder wrote its pid there
-            try:
-                return int(os.pread(fd, 32, 0))
-            except ValueError:
-                return None  # the holder is between its lock and its write: not running yet
+            return _pid_file(fd)[0]
         return None  # nobody holds it: stale (the shared lock just taken goes with the close)
     finally:
         os.close(fd)
 
 
+def _pid_file(fd: int) -> tuple[int | None, str]:
+    """The pid file's two lines: the holder's pid (None while it is between its lock and its write), and
+    how it handled a kill ("" until it has: `KillSwitch.confirm`)."""
+    first, _, rest = os.pread(fd, 64, 0).decode("ascii", "replace").partition("\n")
+    return (int(first) if first.isdigit() else None), rest.strip()
+
+
 class KillSwitch:
-    """Context manager for long-running commands: pid file, signal handlers, the cancel event."""
+    """Context manager for every command that holds the vault: pid file, signal handlers, the cancel event."""
 
     def __init__(self, home: Path):
         self.home = home
         self.cancel = threading.Event()
         self.wipe = False
+        self.handled = False  # its zeroing, record and wipe are done (`emergency.handle_kill`)
         self._callbacks: list[Callable[[], None]] = []
         self._previous: dict = {}
         self._pid_fd: int | None = None  # open, and locked, for as long as this appliance runs
 
     def __enter__(self) -> "KillSwitch":
-        self._claim_pid_file()
+        # The handlers first: a kill that finds the lock always finds them (the default action of
+        # either signal would end the process without its wipe).
         for sig in (KILL_SIGNAL, WIPE_SIGNAL):
             self._previous[sig] = signal.signal(sig, self._handle)
+        try:
+            self._claim_pid_file()
+        except BaseException:
+            self._restore_handlers()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        self._restore_handlers()
         self._release_pid_file()
 
     def on_kill(self, callback: Callable[[], None]) -> None:
@@ -102,9 +124,23 @@ class KillSwitch:
         if self.cancel.is_set():
             raise Killed(self.wipe)
 
+    def confirm(self, wiped: bool) -> None:
+        """The kill is handled (zeroed, recorded, wiped if `wiped`): said in the pid file, which `kill` reads once the lock goes."""
+        self.handled = True
+        if self._pid_fd is not None:
+            try:
+                os.pwrite(self._pid_fd, f"{os.getpid()}\n{'wiped' if wiped else 'killed'}\n".encode(), 0)
+            except OSError:
+                pass  # unconfirmed, `kill --wipe` wipes again itself: never less than asked
+
     def run_callbacks(self) -> None:
         for callback in self._callbacks:
             callback()
+
+    def _restore_handlers(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
     def _handle(self, signum, _frame) -> None:
         self.wipe = self.wipe or signum == WIPE_SIGNAL
@@ -159,22 +195,68 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def signal_running(home: Path, wipe: bool) -> int:
-    """Send the kill (or wipe) signal to the running appliance; returns its pid."""
+@dataclass(frozen=True)
+class Stopped:
+    """What `stop_running` did to the running appliance."""
+
+    pid: int
+    confirmed: str  # how it said it handled the kill: "killed", "wiped", or "" (it did not: SIGKILLed, or ended without)
+    sigkilled: bool
+    seconds: float  # from the signal to the lock's release (or, SIGKILLed, to its end)
+
+
+def stop_running(home: Path, wipe: bool, grace: float = KILL_GRACE_SECONDS) -> Stopped:
+    """Signal the running appliance to stop (or wipe), wait for it to release the pid lock, SIGKILL it after `grace`.
+
+    NotFound if none runs; Refused if even SIGKILL has not ended it within GONE_SECONDS.
+    """
     gone = NotFound("no running appliance (no process holds the lock on its pid file)")
-    pid = running_pid(home)
-    if pid is None:
-        raise gone
     try:
-        pidfd = os.pidfd_open(pid)  # this process, even if it exits and its pid is reused
-    except ProcessLookupError:
+        fd = os.open(pid_path(home), os.O_RDONLY)  # kept open: the holder's confirmation is read here once it let go
+    except FileNotFoundError:
         raise gone from None
     try:
-        if running_pid(home) != pid:  # checked after the pidfd: the process it names holds the lock
+        pid = running_pid(home)
+        if pid is None or not _same_file(fd, pid_path(home)):
             raise gone
-        signal.pidfd_send_signal(pidfd, WIPE_SIGNAL if wipe else KILL_SIGNAL)
-    except ProcessLookupError:
-        raise gone from None
+        try:
+            pidfd = os.pidfd_open(pid)  # this process, even if it exits and its pid is reused
+        except ProcessLookupError:
+            raise gone from None
+        try:
+            if running_pid(home) != pid:  # checked after the pidfd: the process it names holds the lock
+                raise gone
+            try:
+                signal.pidfd_send_signal(pidfd, WIPE_SIGNAL if wipe else KILL_SIGNAL)
+            except ProcessLookupError:
+                raise gone from None
+            t0 = time.monotonic()
+            sigkilled = not _released(home, pid, pidfd, grace)
+            if sigkilled:
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # it ended just now
+                if not _ended(pidfd, GONE_SECONDS):
+                    raise Refused(f"appliance pid {pid} did not end within {GONE_SECONDS:.0f} s of SIGKILL")
+            return Stopped(pid, _pid_file(fd)[1], sigkilled, time.monotonic() - t0)
+        finally:
+            os.close(pidfd)
     finally:
-        os.close(pidfd)
-    return pid
+        os.close(fd)
+
+
+def _released(home: Path, pid: int, pidfd: int, seconds: float) -> bool:
+    """Whether the process let go of the pid lock (or ended) within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while running_pid(home) == pid:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        _ended(pidfd, min(0.01, left))  # back at once when it ends; else the lock is looked at every 10 ms
+    return True
+
+
+def _ended(pidfd: int, seconds: float) -> bool:
+    """A pidfd polls readable once its process has ended."""
+    return bool(select.select([pidfd], [], [], seconds)[0])

@@ -1,10 +1,14 @@
-"""The kill-switch on a real generation: `appliance kill` from another process stops it early, and
-finds the running appliance by the lock it holds on the pid file, never by a process name."""
+"""The kill-switch on a real generation: `appliance kill` from another process stops it early, even in
+the middle of a long prefill; finds the running appliance by the lock it holds on the pid file, never
+by a process name; and ends with SIGKILL (then wipes itself) one that does not confirm."""
 
 import os
+import re
 import resource
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import appliance, error_line, tree_digest
@@ -13,7 +17,7 @@ from vault_setup import PASSPHRASE, install_fake_overlay
 from appliance.errors import Erased
 from appliance.journal import sessions, verify_session
 from appliance.vault import Vault
-from appliance.vault.killswitch import pid_path
+from appliance.vault.killswitch import KILL_GRACE_SECONDS, pid_path, running_pid, stop_running
 
 LONG = ("ask", "Write a very long, detailed story about a lighthouse keeper, chapter by chapter.", "--max-tokens", "2000")
 
@@ -124,3 +128,111 @@ def test_a_second_appliance_on_one_state_dir_is_refused(vault_home):
     finally:
         holder.communicate("", timeout=60)
     assert not pid_path(vault_home).exists()
+
+
+# About 3,600 words, 3,630 tokens with the template: the window (4096) holds it and the reply's room.
+PREFILL = ("ask", " ".join(["the keeper lit the lamp and wound the clock"] * 400), "--max-tokens", "8")
+# From the signal to the killed `ask`'s confirmation (stopped within one graph node, `kill` record and
+# wipe written, keys zeroed), as `kill` reports it: 1 s, generous on a loaded 2-core machine (a few
+# fsyncs). Today's prefill of this prompt takes far longer. The `kill` command as a whole gets more:
+# its own start alone can take 2 s there.
+KILL_CONFIRMED_WITHIN = 1.0
+KILL_RETURNS_WITHIN = 15.0
+
+
+def _stopped_in(r) -> float:
+    """The seconds `kill` reports from its signal to the appliance's confirmation."""
+    (seconds,) = re.findall(r"stopped appliance pid \d+ in ([0-9.]+) s", r.stdout)
+    return float(seconds)
+
+
+def _start(args, home):
+    """`appliance ARGS` in the background, returned once its journal session is open (an `ask` opens it with
+    the user's message, just before the prefill starts)."""
+    proc = subprocess.Popen([sys.executable, "-m", "appliance", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    journal = home / "journal"
+    deadline = time.monotonic() + 600
+    while not (journal.is_dir() and any(journal.iterdir())):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "ask never reached its prefill"
+        time.sleep(0.01)
+    return proc
+
+
+@pytest.mark.parametrize("wipe", [False, True], ids=["kill", "kill-wipe"])
+def test_a_kill_lands_during_a_long_prefill(vault_home, wipe):
+    ciphertext = _fake_overlay(vault_home)
+    proc = _start(PREFILL, vault_home)
+    time.sleep(0.5)  # well into the prefill
+    t0 = time.monotonic()
+    r = appliance("kill", *(["--wipe"] if wipe else []))
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert took < KILL_RETURNS_WITHIN and _stopped_in(r) < KILL_CONFIRMED_WITHIN, (took, r.stdout)
+    assert "SIGKILL" not in r.stderr  # the appliance confirmed: no escalation was needed
+    _out, err = proc.communicate(timeout=10)  # gone: it had released everything before `kill` returned
+    assert proc.returncode == 4 and err.decode().splitlines()[-1].endswith(" [killed]"), err.decode()
+    vault = Vault.unlock(vault_home, PASSPHRASE)
+    (sid,) = sessions(vault)
+    user, reply, kill = verify_session(vault, sid).records
+    assert (
+        user["role"] == "user" and reply["finish"] == "cancelled" and reply["tokens"] == 0
+    )  # stopped before a token was sampled
+    assert kill["kind"] == "kill" and kill["wipe"] is wipe
+    if wipe:
+        assert kill["overlays_erased"] == ["overlay/care/1"] and not ciphertext.exists()
+        with pytest.raises(Erased):
+            vault.data_key("overlay/care/1")
+    else:
+        assert vault.key_ids("overlay/") == ["overlay/care/1"]
+
+
+def test_a_process_that_does_not_confirm_is_sigkilled_and_kill_wipes_itself(vault_home):
+    """The floor: an appliance that cannot act on the signal (here SIGSTOPped mid-prefill, as one stuck would be)
+    is ended with SIGKILL once the grace time is over, and `kill --wipe` does the wipe itself, journalled."""
+    ciphertext = _fake_overlay(vault_home)
+    proc = _start(PREFILL, vault_home)
+    os.kill(proc.pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    r = appliance("kill", "--wipe")
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert f"appliance pid {proc.pid} did not confirm the kill" in r.stderr and "SIGKILL" in r.stderr
+    assert "overlay/care/1" in r.stdout
+    assert KILL_GRACE_SECONDS <= _stopped_in(r) < KILL_GRACE_SECONDS + KILL_CONFIRMED_WITHIN and took < KILL_RETURNS_WITHIN
+    proc.communicate(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    assert running_pid(vault_home) is None
+    vault = Vault.unlock(vault_home, PASSPHRASE)
+    with pytest.raises(Erased):
+        vault.data_key("overlay/care/1")
+    assert not ciphertext.exists()
+    journalled = [verify_session(vault, sid).records for sid in sessions(vault)]
+    (own,) = [records for records in journalled if [r["kind"] for r in records] == ["kill"]]  # `kill`'s own session
+    assert own[0]["wipe"] is True and own[0]["overlays_erased"] == ["overlay/care/1"]
+
+
+_CONFIRMING = (
+    "import sys; from pathlib import Path; from appliance.vault.killswitch import KillSwitch\n"
+    "with KillSwitch(Path(sys.argv[1])) as ks:\n    print('holding', flush=True); ks.cancel.wait(); ks.confirm(ks.wipe)"
+)
+
+
+@pytest.mark.parametrize(
+    "holder, wipe, confirmed, sigkilled",
+    [(_CONFIRMING, False, "killed", False), (_CONFIRMING, True, "wiped", False), (_HOLDER, True, "", True)],
+    ids=["confirms-kill", "confirms-wipe", "never-confirms"],
+)
+def test_stop_running_reads_the_confirmation_or_ends_the_process(vault_home, holder, wipe, confirmed, sigkilled):
+    """The kill's verdict as a function: what the holder wrote in the pid file, or SIGKILL once the grace is over."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(vault_home)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline() == "holding\n"
+        stopped = stop_running(vault_home, wipe, grace=1.0)
+    finally:
+        proc.communicate("", timeout=60)
+    assert (stopped.pid, stopped.confirmed, stopped.sigkilled) == (proc.pid, confirmed, sigkilled)
+    assert proc.returncode == (-signal.SIGKILL if sigkilled else 0)
+    assert running_pid(vault_home) is None
