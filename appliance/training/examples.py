@@ -23,9 +23,7 @@ from .choices import TrainConfig
 from .dataset import Dataset
 
 if TYPE_CHECKING:
-    from ..runtime.chat_template import BuiltinTemplate, ChatTemplate
-
-    Template = ChatTemplate | BuiltinTemplate
+    from ..runtime.chat_template import BuiltinTemplate as Template
     from ..runtime.session import Runtime
 
 
