@@ -256,8 +256,6 @@ def _run(path: str, arch: str, n_vocab: int, n_embd: Optional[int]) -> dict:
     from .sampler import GREEDY
     from .session import Runtime, Session
 
-    if n_embd is None:
-        raise _Fault(f"no hidden size ({arch}.embedding_length) in the GGUF metadata")
     try:
         runtime = Runtime(VerifiedModel("probe", 0, Path(path), ""), n_ctx=128, n_threads=1, sequences=1)
     except ChatTemplateUnsupported as e:
@@ -266,6 +264,8 @@ def _run(path: str, arch: str, n_vocab: int, n_embd: Optional[int]) -> dict:
         raise _Fault(f"the bundled llama.cpp cannot load this model (architecture {arch!r})") from None
     engine = runtime.engine
     try:
+        if n_embd is None:
+            raise _Fault(f"no hidden size ({arch}.embedding_length) in the GGUF metadata")
         if (engine.n_vocab, engine.n_embd) != (n_vocab, n_embd):
             raise _Fault(
                 f"llama.cpp reads vocabulary {engine.n_vocab} and hidden size {engine.n_embd}, the metadata says {n_vocab} and {n_embd}"
