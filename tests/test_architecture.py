@@ -10,7 +10,7 @@ import appliance
 PACKAGE = Path(appliance.__file__).parent
 # Bottom to top: a part may import only parts of strictly lower layers (and itself).
 LAYERS = [
-    {"__init__", "editor_scratch", "errors", "fsutil", "hardening", "paths", "printable", "untrusted_json", "utc"},
+    {"__init__", "children", "editor_scratch", "errors", "fsutil", "hardening", "paths", "printable", "untrusted_json", "utc"},
     {"state", "state_files", "overlay"},
     {"vault", "trust"},
     {"journal", "runtime", "presets"},

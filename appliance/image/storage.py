@@ -13,12 +13,15 @@ operator to run on the host.
 
 import shlex
 import shutil
-import subprocess
 from pathlib import Path
 
+from .. import children
 from ..errors import Refused
 
 ACTIVE_TAG = "active"
+# What skopeo reads to find container storage (as root, or rootless under the user's home).
+SKOPEO_ENV = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_DATA_HOME", "XDG_CONFIG_HOME",
+              "CONTAINERS_STORAGE_CONF", "CONTAINERS_CONF", "CONTAINERS_REGISTRIES_CONF")  # fmt: skip
 
 
 class ImageLoadFailed(Refused):
@@ -31,7 +34,7 @@ def reference(name: str, tag: str) -> str:
 
 def load_commands(layout: Path, name: str, version: int) -> list[list[str]]:
     """The skopeo commands that load `layout` as NAME:VERSION and NAME:active."""
-    return [["skopeo", "copy", "--quiet", f"dir:{layout}", reference(name, tag)] for tag in (str(version), ACTIVE_TAG)]
+    return [["skopeo", "copy", "--quiet", f"dir:{layout.absolute()}", reference(name, tag)] for tag in (str(version), ACTIVE_TAG)]
 
 
 def commands_text(layout: Path, name: str, version: int) -> str:
@@ -49,7 +52,7 @@ def load(layout: Path, name: str, version: int) -> bool:
     for command in load_commands(layout, name, version):
         # The appliance's own umask (077, appliance/hardening.py) would make the image's layers
         # unreadable to the image's user: container storage is not the appliance's state.
-        r = subprocess.run(command, capture_output=True, text=True, umask=0o022)
+        r = children.run(command, keep=SKOPEO_ENV, capture_output=True, text=True, umask=0o022)
         if r.returncode != 0:
             last = (r.stderr.strip().splitlines() or ["no message"])[-1]
             raise ImageLoadFailed(f"skopeo could not load {name} v{version} into container storage: {last}")

@@ -4,8 +4,9 @@ A message record (see `message`) carries: UTC time and appliance version (added 
 `Journal.append`), role, text, the base model {name, sha256, version, signers, origin}, the overlay
 {name, version, sha256, signers, demo_signers, on} or null when none is loaded, the control vector
 {name, version, sha256, signers, demo_signers, on, strength} or null when none is loaded, the sampling settings,
-the system prompt that conditioned the reply (null: the model's own default) and the name of
-the prompt preset it came from (null: none, or typed by hand),
+the system prompt that conditioned the reply (null: none, the model saw only the turns), the name
+of the prompt preset it came from (null: none, or typed by hand), the llama.cpp built-in chat
+template the turns were rendered with (`chat_template`, from `Session.conditioning`),
 and the overlay's divergence from the base for that reply where it was measured (else null).
 """
 

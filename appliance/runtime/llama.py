@@ -121,9 +121,13 @@ class LlamaEngine:
     # -- vocabulary and metadata ------------------------------------------
 
     def metadata(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(1 << 16)
-        n = C.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8") if n >= 0 else None
+        """A metadata value as text, read whole: llama.cpp says its length first."""
+        n = C.llama_model_meta_val_str(self.model, key.encode(), None, 0)
+        if n < 0:
+            return None
+        buf = ctypes.create_string_buffer(n + 1)
+        C.llama_model_meta_val_str(self.model, key.encode(), buf, n + 1)
+        return buf.raw[:n].decode("utf-8", errors="replace")
 
     def bos_text(self) -> str:
         """The BOS token's text when the model wants one at the start of a prompt, else ""."""
@@ -140,15 +144,21 @@ class LlamaEngine:
 
     def piece(self, token: int) -> bytes:
         """The bytes a token prints as (control tokens print nothing)."""
-        n = C.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
+        n = C.llama_token_to_piece(self.vocab, self._in_vocab(token), self._piece, len(self._piece), 0, False)
         return self._piece.raw[:n]
 
     def token_text(self, token: int) -> str:
-        n = C.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, True)
+        n = C.llama_token_to_piece(self.vocab, self._in_vocab(token), self._piece, len(self._piece), 0, True)
         return self._piece.raw[:n].decode("utf-8", errors="replace")
 
     def is_end_of_generation(self, token: int) -> bool:
-        return C.llama_vocab_is_eog(self.vocab, token)
+        return C.llama_vocab_is_eog(self.vocab, self._in_vocab(token))
+
+    def _in_vocab(self, token: int) -> int:
+        """`token`, checked here: llama.cpp's vocabulary lookups throw on an id outside it, which aborts the process."""
+        if not 0 <= token < self.n_vocab:
+            raise ModelFailed(f"token id {token} is outside the vocabulary of {self.n_vocab}")
+        return token
 
     # -- the KV cache: one sequence per seq_id ---------------------------------
 
@@ -163,12 +173,15 @@ class LlamaEngine:
 
     def decode_tokens(self, tokens: list[int], pos0: int, all_logits: bool = False, seq: int = 0) -> None:
         """Feed token ids at positions pos0.. of sequence `seq`; logits are kept for the last one (or all, within one batch)."""
+        for t in tokens:
+            self._in_vocab(t)
         self._decode(len(tokens), pos0, seq, self._token_batch, lambda b, i, j: _set_tokens(b, tokens[i:j]), all_logits)
 
     def decode_embeddings(self, embeddings: np.ndarray, pos0: int, all_logits: bool = False, seq: int = 0) -> None:
         """Feed input embeddings (n, n_embd) float32 at positions pos0.. of sequence `seq`; logits as for `decode_tokens`."""
         E = np.ascontiguousarray(embeddings, dtype=np.float32)
-        assert E.ndim == 2 and E.shape[1] == self.n_embd
+        if E.ndim != 2 or E.shape[1] != self.n_embd:  # llama.cpp would read n_embd floats a row, past a narrower array
+            raise ModelFailed(f"input embeddings for this model are (n, {self.n_embd}), not {E.shape}")
         row = self.n_embd * 4
         fill = lambda b, i, j: ctypes.memmove(b.embd, E[i:j].ctypes.data, (j - i) * row)  # noqa: E731
         self._decode(len(E), pos0, seq, self._embd_batch, fill, all_logits)

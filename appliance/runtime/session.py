@@ -22,7 +22,7 @@ from ..errors import ContextOverflow, NoControlVector, NoOverlay
 from ..overlay.control import ControlVector
 from ..overlay.files import Overlay
 from ..trust.builtin import VerifiedModel
-from .chat_template import BuiltinTemplate, ChatTemplate, builtin_template_for
+from .chat_template import BuiltinTemplate, template_for
 from .decoder import Decoder
 from .embeddings import EmbeddingTable
 from .llama import DecodeStopped, LlamaEngine
@@ -39,14 +39,11 @@ class Runtime:
         self.model = model
         self.engine = LlamaEngine(model.path, n_ctx=n_ctx, n_threads=n_threads, n_seq=sequences)
         self.decoder = Decoder(self.engine, lambda: self.embeddings)
-        eos = self.engine.metadata("tokenizer.ggml.eos_token_id")
-        source = self.engine.metadata("tokenizer.chat_template")
-        builtin = None if source else builtin_template_for(self.engine.metadata("general.architecture") or "")
-        self.template: ChatTemplate | BuiltinTemplate = (
-            BuiltinTemplate(builtin, self.engine.bos_text())
-            if builtin
-            else ChatTemplate(source or "", eos_token=self.engine.token_text(int(eos)) if eos else "")
-        )
+        try:
+            self.template: BuiltinTemplate = template_for(self.engine)  # never the GGUF's own Jinja (chat_template.py)
+        except BaseException:
+            self.engine.close()
+            raise
 
     @cached_property
     def embeddings(self) -> EmbeddingTable:
@@ -83,7 +80,7 @@ class Reply:
 class Session:
     runtime: Runtime
     overlay: Optional[Overlay] = None
-    system_prompt: Optional[str] = None  # None: the model template's own default
+    system_prompt: Optional[str] = None  # None: none (the model sees only the turns)
     settings: SamplingSettings = field(default_factory=SamplingSettings)
     history: list[dict] = field(default_factory=list)  # {"role": "user"|"assistant", "content": str}
     overlay_on: bool = False
@@ -96,7 +93,12 @@ class Session:
 
     def conditioning(self) -> dict:
         """What besides the model and overlay shapes the next reply: the provenance of a journal record."""
-        return {"settings": self.settings.as_dict(), "system_prompt": self.system_prompt, "preset": self.preset}
+        return {
+            "settings": self.settings.as_dict(),
+            "system_prompt": self.system_prompt,
+            "preset": self.preset,
+            "chat_template": self.runtime.template.name,
+        }
 
     def set_overlay(self, on: bool) -> None:
         if on and self.overlay is None:

@@ -5,12 +5,12 @@
     split_examples               a seeded permutation of the encoded dataset -> (held out, training)
     config_of(overlay)           the settings an overlay was trained with, so a report recovers its split
 
-The runtime (llama.cpp) tokenises, and renders with the base's own chat template unless a template is
-given, so a conversation is trained on the tokens the appliance reads. `split_examples` and
+The runtime (llama.cpp) tokenises and renders (the base's built-in chat template, `runtime.template`),
+so a conversation is trained on the tokens the appliance reads. `split_examples` and
 `preservation_examples` drop an example with no target after its first token (nothing to predict).
 """
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,23 +23,19 @@ from .choices import TrainConfig
 from .dataset import Dataset
 
 if TYPE_CHECKING:
-    from ..runtime.chat_template import BuiltinTemplate, ChatTemplate
-
-    Template = ChatTemplate | BuiltinTemplate
     from ..runtime.session import Runtime
 
 
-def encode(runtime: "Runtime", conversation: list[dict], max_len: int, template: Optional["Template"] = None) -> Example:
+def encode(runtime: "Runtime", conversation: list[dict], max_len: int) -> Example:
     """Token ids of the rendered conversation and which of them are assistant tokens (the targets).
 
     The rendering grows message by message; each assistant turn's generation
-    prompt is context, its content and end-of-turn are targets. `template`
-    replaces the base's own chat template (`runtime.template`). A template
+    prompt is context, its content and end-of-turn are targets. A template
     with no system role folds a system message into the first user turn; the
     growing rendering still holds, as long as each rendering begins with the
     one before it.
     """
-    tokenize, render = runtime.engine.tokenize, (template or runtime.template).render
+    tokenize, render = runtime.engine.tokenize, runtime.template.render
     ids: list[int] = []
     target: list[bool] = []
 
@@ -69,16 +65,12 @@ def config_of(overlay: Overlay) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in recorded.items() if k in TrainConfig.__dataclass_fields__})
 
 
-def preservation_examples(
-    model: VerifiedModel, prompts: list[str], max_tokens: int = 48, template: Optional["Template"] = None
-) -> list[Example]:
+def preservation_examples(model: VerifiedModel, prompts: list[str], max_tokens: int = 48) -> list[Example]:
     """The base's own greedy replies to neutral prompts, as examples whose targets are the reply."""
     from ..runtime.sampler import GREEDY
     from ..runtime.session import Runtime, Session
 
     runtime = Runtime(model, n_ctx=1024)
-    if template is not None:
-        runtime.template = template
     try:
         out = []
         for prompt in prompts:
@@ -90,15 +82,13 @@ def preservation_examples(
         runtime.close()
 
 
-def split_examples(
-    model: VerifiedModel, dataset: Dataset, cfg: TrainConfig, template: Optional["Template"] = None
-) -> tuple[list[Example], list[Example]]:
+def split_examples(model: VerifiedModel, dataset: Dataset, cfg: TrainConfig) -> tuple[list[Example], list[Example]]:
     """(held out, training) examples: a seeded permutation, so a report can recover the same split."""
     from ..runtime.session import Runtime  # llama.cpp: the runtime's own tokenizer and template
 
     runtime = Runtime(model, n_ctx=max(512, cfg.max_len + 8))
     try:
-        examples = [encode(runtime, conv, cfg.max_len, template) for conv in dataset.conversations]
+        examples = [encode(runtime, conv, cfg.max_len) for conv in dataset.conversations]
     finally:
         runtime.close()
     examples = [ex for ex in examples if ex.target[1:].any()]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 
@@ -35,9 +35,6 @@ from .distributed import all_mean, current, init_from_env
 from .examples import preservation_examples, split_examples
 from .objective import barrier
 from .terms import TARGETS, Fit, heldout_nll, step_loss
-
-if TYPE_CHECKING:
-    from .examples import Template
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -155,15 +152,13 @@ def train(
     resume: bool = False,
     base=None,
     preserve_prompts: Optional[list[str]] = None,
-    template: Optional["Template"] = None,
 ) -> TrainResult:
     """Train a Takens-LoRA overlay and write overlay.json + overlay.safetensors (with provenance) to `out`.
 
     `base` is the frozen torch base if the caller already loaded it (see `load_base`);
-    `preserve_prompts` are neutral prompts on which the overlay is held near the base;
-    `template` renders the conversations instead of the base's own chat template.
+    `preserve_prompts` are neutral prompts on which the overlay is held near the base.
     """
-    held, trainset = split_examples(model, dataset, cfg, template)
+    held, trainset = split_examples(model, dataset, cfg)
     preserve = preservation_examples(model, preserve_prompts) if preserve_prompts else []
     return train_examples(
         model, dataset.sha256, len(dataset.conversations), held, trainset, cfg, out, on_step, resume, base, preserve

@@ -3,7 +3,8 @@
 Rules (docs/procedures.md, "Long prompts from an editor", says the same to the operator):
 1. the file and its directory under `<state>/editor/` are `editor_scratch`'s (never through a planted
    link; mode 0700 and 0600);
-2. the editor is `$VISUAL`, else `$EDITOR`, else `vi`, split as a shell would and run without a shell;
+2. the editor is `$VISUAL`, else `$EDITOR`, else `vi`, split as a shell would and run without a shell,
+   started as every child is (`children`): in the scratch directory, with the terminal's variables only;
 3. however the editor ends (saved, failed, killed), every regular file in that directory (the prompt,
    and an editor's swap or backup files beside it) is overwritten with zeros and the directory is
    removed before the text is used (`editor_scratch.wipe`);
@@ -19,6 +20,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import children
 from ..errors import Refused
 
 POLL_SECONDS = 0.02  # how often a running editor checks for a kill (the chat's own kill poll is as often)
@@ -43,7 +45,9 @@ def editor_command() -> list[str]:
 def run_editor(command: list[str], path: Path, killed: Callable[[], bool]) -> None:
     """Rule 6: the editor on `path`; EditorFailed unless it exits with status 0."""
     try:
-        editor = subprocess.Popen([*command, str(path)])
+        # The terminal stays the editor's (stdin, stdout, stderr inherited); a relative save lands beside the prompt.
+        path = path.absolute()
+        editor = children.popen([*command, str(path)], keep=children.TERMINAL, cwd=str(path.parent))
     except OSError as e:
         raise EditorFailed(f"cannot start the editor {command[0]!r}: {e.strerror}") from None
     while True:

@@ -346,3 +346,37 @@ def test_cancel_stops_generation_early(runtime):
     )
     assert reply.finish == "cancelled"
     assert len(reply.tokens) <= 6
+
+
+def test_input_embeddings_of_the_wrong_width_are_refused_before_llama_cpp_reads_them(runtime):
+    """A real check, not an `assert` (gone under `python -O`): llama.cpp would read n_embd floats a row."""
+    from appliance.errors import ModelFailed
+
+    with pytest.raises(ModelFailed, match=r"\(n, 576\), not \(2, 575\)"):
+        runtime.engine.decode_embeddings(np.zeros((2, 575), np.float32), 0)
+
+
+def test_a_token_id_outside_the_vocabulary_is_refused_in_python(tmp_path):
+    """llama.cpp's vocabulary lookups throw std::out_of_range on such an id, which aborts the whole process:
+    each is checked before it reaches C (in a child, so that today's abort would not take pytest down)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from appliance.errors import ModelFailed\n"
+        "from appliance.runtime.llama import LlamaEngine\n"
+        "from appliance.trust.builtin import embedded_pin\n"
+        "engine = LlamaEngine(embedded_pin().path, n_ctx=64, n_threads=1)\n"
+        "for call in (engine.token_text, engine.piece, engine.is_end_of_generation, lambda t: engine.decode_tokens([t], 0)):\n"
+        "    for token in (engine.n_vocab, -1):\n"
+        "        try:\n"
+        "            call(token)\n"
+        "        except ModelFailed as e:\n"
+        "            print(e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (
+        r.stdout.splitlines()
+        == ["token id 49152 is outside the vocabulary of 49152", "token id -1 is outside the vocabulary of 49152"] * 4
+    )

@@ -1,11 +1,11 @@
 """The trainer on Gemma 3 270M (its GGUF read by transformers, dequantised), and our embedding path exact on Gemma.
 
-The Gemma GGUF carries no chat template: these tests render with Gemma's own
-(gemma3_chat_template.jinja beside this file), which has no system role.
+The Gemma GGUF carries no chat template: the runtime renders with llama.cpp's built-in `gemma`, which
+has no system role (the same text as Gemma's own template, gemma3_chat_template.jinja beside this
+file: tests/runtime/test_chat_template.py).
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +15,6 @@ from appliance.overlay.files import load_overlay_dir
 from appliance.overlay.params import OverlayParams
 from appliance.overlay.takens_numpy import OverlayStream
 from appliance.overlay.takens_torch import TakensLoRA
-from appliance.runtime.chat_template import ChatTemplate
 from appliance.training.adapter import TakensAdapter
 from appliance.training.choices import TrainConfig
 from appliance.training.dataset import load_dataset
@@ -23,7 +22,6 @@ from appliance.training.examples import encode
 from appliance.training.terms import heldout_nll
 from appliance.training.trainer import train
 
-TEMPLATE = ChatTemplate((Path(__file__).parent / "gemma3_chat_template.jinja").read_text(), bos_token="<bos>")
 CONVERSATIONS = [
     [
         {"role": "system", "content": "You are the assistant on an isolated field appliance."},
@@ -52,7 +50,7 @@ def _all_logits(engine, feed) -> np.ndarray:
 def test_gemma_rows_through_the_embedding_path_give_the_token_paths_logits_bit_for_bit(gemma_runtime):
     """llama.cpp scales Gemma's token embeddings by sqrt(n_embd) for token input only: our rows come scaled."""
     engine, table = gemma_runtime.engine, gemma_runtime.embeddings
-    ids = encode(gemma_runtime, CONVERSATIONS[0], 128, TEMPLATE).ids.tolist()
+    ids = encode(gemma_runtime, CONVERSATIONS[0], 128).ids.tolist()
     assert table.architecture == "gemma3" and table.scale == np.float32(np.sqrt(np.float32(640)))
     by_tokens = _all_logits(engine, lambda: (engine.decode_tokens(ids, 0, all_logits=True), len(ids))[1])
     rows = table.rows(ids)
@@ -75,10 +73,9 @@ def test_gemma_rows_match_the_torch_bases_embedding(gemma_runtime, gemma_base):
     assert np.array_equal(gemma_runtime.embeddings.rows(ids), theirs)
 
 
-@pytest.mark.parametrize("template", [TEMPLATE, None], ids=["gemma-jinja", "llama.cpp-builtin"])
-def test_a_system_message_folds_into_the_first_user_turn_of_a_template_without_system_role(gemma_runtime, template):
-    """Gemma's own template and the runtime's default for a GGUF without one (llama.cpp's built-in) both fold it."""
-    ex = encode(gemma_runtime, CONVERSATIONS[0], 128, template)
+def test_a_system_message_folds_into_the_first_user_turn_of_a_template_without_system_role(gemma_runtime):
+    """llama.cpp's built-in `gemma`, the runtime's for a GGUF without a template, folds it as Gemma's own does."""
+    ex = encode(gemma_runtime, CONVERSATIONS[0], 128)
     engine = gemma_runtime.engine
     text = "".join(engine.token_text(t) for t in ex.ids.tolist())
     targets = "".join(engine.token_text(t) for t, is_target in zip(ex.ids.tolist(), ex.target.tolist()) if is_target)
@@ -93,11 +90,11 @@ def test_a_few_steps_on_gemma_and_llama_cpp_reproduces_the_overlays_gain(tmp_pat
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(c) + "\n" for c in CONVERSATIONS))
     cfg = TrainConfig(steps=6, batch=2, lr=2e-2, holdout=0.0, max_len=96, checkpoint_every=100, seed=1)
-    result = train(gemma_model, load_dataset(data), cfg, tmp_path / "out", base=gemma_base, template=TEMPLATE)
+    result = train(gemma_model, load_dataset(data), cfg, tmp_path / "out", base=gemma_base)
     overlay = load_overlay_dir(tmp_path / "out", base_sha256=gemma_model.sha256, hidden_size=640)
     assert overlay.training["config"]["batch"] == 2
 
-    examples = [encode(gemma_runtime, c, 96, TEMPLATE) for c in CONVERSATIONS]
+    examples = [encode(gemma_runtime, c, 96) for c in CONVERSATIONS]
     adapter = TakensAdapter(gemma_base, TakensLoRA.from_params(overlay.params))
     torch_gain = heldout_nll(adapter, examples, cfg, on=False) - heldout_nll(adapter, examples, cfg)
     llama_gain = nll_llama(gemma_runtime, None, examples) - nll_llama(gemma_runtime, overlay, examples)

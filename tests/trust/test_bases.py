@@ -233,9 +233,21 @@ def test_chat_on_gemma_names_it_and_its_overlay_key_refuses(ghome):
 # -- refusals: each exit 3, nothing changed, no core file -------------------------------------
 
 
+def with_template(src: Path, out: Path, template: str) -> Path:
+    """A copy of the GGUF `src` whose chat template is `template`."""
+    out.parent.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(src), str(out), "--chat-template", template,
+                    "--force"], check=True, capture_output=True)  # fmt: skip
+    return out
+
+
+CHATML = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+
+
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory):
-    """GGUFs that must not install: cut short, random bytes, an architecture llama.cpp does not know, a template payload."""
+    """GGUFs that must not install: cut short, random bytes, an architecture llama.cpp does not know, template
+    payloads in no format llama.cpp knows, a special token id outside the vocabulary."""
     d = tmp_path_factory.mktemp("broken")
     src = embedded_pin().path
     out = {}
@@ -258,46 +270,96 @@ def broken(tmp_path_factory):
     part[:] = np.frombuffer(b"llamb", dtype=np.uint8)  # same length: the file stays well-formed
     reader.data.flush()
     del reader, field, part
-    (d / "template").mkdir()
-    out["template"] = d / "template" / "model.gguf"
     marker = d / "escaped"
     payload = (
         "{{ cycler.__init__.__globals__.os.system('touch "
         + str(marker)
         + "') }}{% for m in messages %}{{ m.content }}{% endfor %}"
     )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gguf.scripts.gguf_new_metadata",
-            str(src),
-            str(out["template"]),
-            "--chat-template",
-            payload,
-            "--force",
-        ],
-        check=True,
-        capture_output=True,
+    out["template"] = with_template(src, d / "template" / "model.gguf", payload)
+    out["dunder"] = with_template(
+        src, d / "dunder" / "model.gguf", "{{ ''.__class__ }}{% for m in messages %}{{ m.content }}{% endfor %}"
     )
+    (d / "eos").mkdir()
+    out["eos"] = d / "eos" / "model.gguf"
+    shutil.copyfile(src, out["eos"])
+    reader = GGUFReader(out["eos"], "r+")
+    field = reader.fields["tokenizer.ggml.eos_token_id"]
+    field.parts[field.data[0]][0] = 1_000_000  # the vocabulary has 49152
+    reader.data.flush()
+    del reader, field
     return out, marker
 
 
 @pytest.mark.parametrize(
-    "case, words",
+    "case, reason, words",
     [
-        ("truncated", ["truncated"]),
-        ("random", ["not a GGUF file"]),
-        ("arch", ["cannot load", "'llamb'"]),
-        ("template", ["chat template", "unsafe"]),
+        ("truncated", "gguf-rejected", ["truncated"]),
+        ("random", "gguf-rejected", ["not a GGUF file"]),
+        ("arch", "gguf-rejected", ["cannot load", "'llamb'"]),
+        ("template", "chat-template-unsupported", ["none of llama.cpp's built-in templates", "never runs"]),
+        ("dunder", "chat-template-unsupported", ["none of llama.cpp's built-in templates"]),
+        ("eos", "gguf-rejected", ["tokenizer.ggml.eos_token_id is 1000000, outside the vocabulary of 49152"]),
     ],
 )
-def test_a_gguf_that_cannot_run_is_refused(home, keys, broken, tmp_path, case, words):
+def test_a_gguf_that_cannot_run_is_refused(home, keys, broken, tmp_path, case, reason, words):
     files, marker = broken
     bundle = base_bundle(keys, tmp_path / f"{case}.bundle", [files[case]], name=f"bad-{case}")
-    assert_refused(home, bundle, "gguf-rejected", f"bad-{case} v1", *words)
+    assert_refused(home, bundle, reason, f"bad-{case} v1", *words)
     assert not marker.exists()  # the template's payload never ran
     assert not list(Path.cwd().glob("core*")) and not list(home.rglob("core*"))
+
+
+def test_a_template_is_read_for_its_format_never_run(home, keys, tmp_path):
+    """A template that would hang on any last message but the probe's old sample: its format (ChatML) is
+    what counts; it never runs, so `ask` answers, and the journal names the built-in it was chatted with."""
+    hang = "{% if messages[-1]['content'] != 'Why?' %}{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}{% endif %}"
+    gguf = with_template(embedded_pin().path, tmp_path / "guarded" / "model.gguf", hang + CHATML)
+    assert "installed base-model guarded v1" in ok(
+        "update", "import", str(base_bundle(keys, tmp_path / "g.bundle", [gguf], name="guarded"))
+    )
+    ok("base", "use", "guarded")
+    r = appliance("ask", "Hello", "--max-tokens", "4", "--temperature", "0", timeout=120)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    reply = [x for x in last_records(home) if x["kind"] == "message"][-1]
+    assert reply["chat_template"] == "chatml" and reply["base"]["name"] == "guarded"
+
+
+def test_an_import_started_from_a_hostile_directory_runs_none_of_its_files(home, keys, broken, tmp_path):
+    """`cd /media/usb && appliance update import x.bundle` with a `struct.py` and an `appliance/runtime/probe.py`
+    beside the bundle, each of which would note that it ran and answer "accepted": the probe child starts
+    isolated (`python -I`, in /), so neither runs and the verdict is the real probe's."""
+    usb = tmp_path / "usb"
+    (usb / "appliance" / "runtime").mkdir(parents=True)
+    ran = tmp_path / "ran"
+    accepted = '{"architecture": "llama", "n_vocab": 49152, "n_embd": 576, "chat_template": "chatml", "dumpable": false}'
+    plant = f"open({str(ran)!r} + '-' + __name__, 'w').close()\nprint({accepted!r})\nraise SystemExit(0)\n"
+    for path in ("struct.py", "appliance/runtime/probe.py"):
+        (usb / path).write_text(plant)
+    for path in ("appliance/__init__.py", "appliance/runtime/__init__.py"):
+        (usb / path).write_text("")
+    base_bundle(keys, usb / "stick.bundle", [broken[0]["random"]], name="stick")
+    before = tree_digest(home)
+    # The installed command, as an operator runs it (`python -m` would put the folder on the parent's own path).
+    r = subprocess.run([Path(sys.executable).with_name("appliance"), "update", "import", "stick.bundle"], cwd=usb,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    r.stderr = "".join(line for line in r.stderr.splitlines(keepends=True) if not line.startswith("import: "))
+    assert "not a GGUF file" in error_line(r, 3, "gguf-rejected")
+    assert list(tmp_path.glob("ran*")) == []
+    assert tree_digest(home) == before
+
+
+def test_the_probe_child_hardens_itself_first():
+    """execve made it dumpable again: the child sets PR_SET_DUMPABLE 0 itself and reads it back in its answer."""
+    from appliance.runtime.probe import probe_gguf
+
+    path = embedded_pin().path
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        facts = probe_gguf(fd, path.stat().st_size, "embedded")
+    finally:
+        os.close(fd)
+    assert (facts.architecture, facts.chat_template, facts.dumpable) == ("llama", "chatml", False)
 
 
 def test_base_bundle_with_one_signature_is_refused(home, keys, broken, tmp_path):

@@ -1,10 +1,7 @@
-"""The sampler's filters and the sandboxed chat template, in isolation."""
+"""The sampler's filters, in isolation."""
 
 import numpy as np
-import pytest
 
-from appliance.errors import Refused
-from appliance.runtime.chat_template import ChatTemplate
 from appliance.runtime.sampler import GREEDY, Sampler, SamplingSettings
 
 
@@ -41,23 +38,3 @@ def test_seeded_sampler_repeats():
     s = SamplingSettings(temperature=1.0, seed=9)
     a, b = Sampler(s), Sampler(s)
     assert [a(logits, []) for _ in range(20)] == [b(logits, []) for _ in range(20)]
-
-
-def test_template_renders_messages():
-    t = ChatTemplate(
-        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
-    )
-    assert t.render([{"role": "user", "content": "hi"}]) == "<user>hi<assistant>"
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-        "{{ messages.append(1) }}",
-        "{{ raise_exception('no') }}",
-    ],
-)
-def test_template_sandbox_refuses_escapes(source):
-    with pytest.raises(Refused):
-        ChatTemplate(source).render([{"role": "user", "content": "x"}])
