@@ -8,16 +8,14 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from bundles import PASSPHRASE, fingerprint, gpg, make_bundle, raw_signature, utc
+from bundles import fingerprint, gpg, make_bundle, raw_signature, set_floor, utc
 from helpers import appliance, error_line
 from test_refusals import assert_refused, signatures_of, with_signatures
 
-from appliance.store.layout import Store
 from appliance.trust.signatures import (
     CLOCK_TOLERANCE,
     ClockBehindFloor,
@@ -26,7 +24,6 @@ from appliance.trust.signatures import (
     judgement_time,
     scratch_gpg,
 )
-from appliance.vault import Vault
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +36,6 @@ def alice_and_bob(keys, good, out, *bob_args):
     sigs, raw = signatures_of(good)
     return with_signatures(good, out, {keys.fpr["alice"]: sigs[keys.fpr["alice"]],
                                        keys.fpr["bob"]: raw_signature(keys, "bob", raw, *bob_args)})  # fmt: skip
-
-
-def set_floor(home: Path, floor) -> None:
-    """Move the store's time floor (as an accepted bundle created then would), through the vault's seal."""
-    vault = Vault.unlock(home, PASSPHRASE.encode())
-    try:
-        store = Store.unlocked(vault)
-        store.write_state(replace(store.read_state(), floor=floor))
-    finally:
-        vault.zeroize()
 
 
 # -- signatures over other bytes ------------------------------------------------------
