@@ -100,8 +100,12 @@ class Policy:
             return "signer is not pinned in the policy"
         scope = self.scope(signer)
         if scope is not None and item_id(kind, name) not in scope:
-            return f"a demo signer, it counts only for {', '.join(sorted(scope)) or 'nothing'}"
+            return f"a demo signer: {self.scope_text(signer)}"
         return ""
+
+    def scope_text(self, signer: str) -> str:
+        scope = self.scope(signer)
+        return "" if scope is None else f"counts only for {', '.join(sorted(scope)) or 'nothing'}"
 
     def without(self, fingerprints: Collection[str]) -> "Policy":
         return replace(
@@ -143,6 +147,11 @@ def _parse_policy(path: Path, seal: StateSeal) -> Policy:
 def demo_mark(fingerprint: str, demo) -> str:
     """The mark a demo key carries wherever a signer is shown: never let a demo pass for real trust."""
     return " [DEMO KEY]" if fingerprint in demo else ""
+
+
+def _demo_text(policy: Policy, signer: str) -> str:
+    """A demo key's mark and scope (rules 5 and 6), for a line that names the signer."""
+    return f"{demo_mark(signer, policy.demo)}; {policy.scope_text(signer)}" if signer in policy.demo else ""
 
 
 def _no_demo_signers(policy: Policy) -> None:
@@ -192,7 +201,10 @@ class TrustRoot:
         """Pin a signer (rules 1 and 7); with a `scope` (items named by `item_id`), a demo signer that counts only for those."""
         fpr = normalise_fingerprint(fingerprint)
         policy = self.policy()
-        _no_production_signers(policy) if scope is not None else _no_demo_signers(policy)
+        if scope is None:
+            _no_demo_signers(policy)
+        else:
+            _no_production_signers(policy)
         scan_key_file(key_data, fpr)
 
         def import_key(gpg: gnupg.GPG) -> None:
@@ -228,10 +240,7 @@ class TrustRoot:
     def describe(self) -> dict[str, str]:
         """Pinned fingerprint -> the key's user id and expiry (or why it is missing), and a demo key's mark and scope."""
         keys, policy = key_summaries(self.keyring()), self.policy()
-        return {
-            f: keys.get(f, "key missing from the keyring") + demo_mark(f, policy.demo) + _scope_text(policy, f)
-            for f in policy.signers
-        }
+        return {f: keys.get(f, "key missing from the keyring") + _demo_text(policy, f) for f in policy.signers}
 
     def verified_signers(self, manifest: Manifest, signatures: dict[str, bytes], floor: Optional[datetime]) -> tuple[str, ...]:
         """The pinned signers whose good signatures over the manifest's bytes, judged at max(now, `floor`), count for
@@ -242,8 +251,3 @@ class TrustRoot:
             manifest.raw, signatures, self.keyring(), at, lambda signer: policy.refuses(signer, manifest.kind, manifest.name)
         )
         return require_threshold(checks, policy.threshold)
-
-
-def _scope_text(policy: Policy, signer: str) -> str:
-    scope = policy.scope(signer)
-    return "" if scope is None else f"; counts only for {', '.join(sorted(scope)) or 'nothing'}"
