@@ -45,6 +45,7 @@ from .journal.resume import PastConversation, past_conversation
 from .runtime.sampler import SamplingSettings
 from .runtime.session import Reply, Runtime, Session
 from .store import ActiveBase, ActiveControl, ActiveOverlay, InstallRecord, load_active_control, load_active_overlay
+from .store.layout import Store
 from .trust.builtin import VerifiedModel
 from .vault import Vault
 from .vault.killswitch import Killed, KillSwitch
@@ -78,6 +79,7 @@ class Snapshot:
     control_on: bool = False
     control_strength: Optional[float] = None  # what its directions are applied at, when one is loaded
     control_problem: str = ""  # why no control vector is loaded when one is installed ("" otherwise)
+    demo_signers_pinned: bool = False  # `init --demo`'s signers still pinned: no production trust yet
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class UnlockedAppliance:
         self.killed = False
         self._lock = threading.Lock()
         self._base_record = provenance.base(model.name, model.sha256, model.version, model.signers)
+        self.demo_signers_pinned = bool(Store.unlocked(vault).trust().policy().demo)  # the policy changes only under the lock
         killswitch.on_kill(self.drop_overlay)
         killswitch.on_kill(self.drop_control)
 
@@ -321,7 +324,7 @@ class UnlockedAppliance:
             self.model.name, self.model.sha256, self.active.provenance if self.active else None,
             bool(session and session.overlay_on), overlay_problem, self.journal.session_id if self.journal else None,
             self.control.provenance if self.control else None, bool(session and session.control_on),
-            self.control.vector.strength if self.control else None, control_problem,
+            self.control.vector.strength if self.control else None, control_problem, self.demo_signers_pinned,
         )  # fmt: skip
 
     # -- kill and erase -----------------------------------------------------------------------

@@ -63,7 +63,7 @@ def init(if_needed: bool, demo: bool, passphrase_file) -> None:
 
 def _install_demo(model, vault, passphrase_file) -> None:
     """`model` and `vault`: what `init` already verified and opened, else None."""
-    from ..demo.install import DEMO_ITEMS, install_demo
+    from ..demo.install import DEMO_ITEMS, install_demo, production_pinned
     from ..store.layout import Store
 
     with unlocked(passphrase_file) if vault is None else nullcontext(vault) as vault:
@@ -74,10 +74,17 @@ def _install_demo(model, vault, passphrase_file) -> None:
                 say(f"demo:    {item.name} already installed")
         if not missing:
             return
+        production = production_pinned(vault)
+        if production:  # `./run chat` asks for the demo on every start: a production appliance just goes on
+            say(f"demo:    not installed: production signers are pinned ({', '.join(production)}), no demo signer joins them")
+            return
         model = model or verify_pinned(embedded_pin())  # the base the demo items are bound to, checked as for any load
-        signers = install_demo(ActiveBase(model), vault, missing)
+        demo = install_demo(ActiveBase(model), vault, missing)
     names = ", ".join(f"{item.kind} {item.name} v{item.version}" for item in missing)
-    say(f"demo:    installed {names}, signed by demo keys {', '.join(signers)} (private halves destroyed)")
+    say(f"demo:    installed {names}, signed by demo keys {', '.join(demo.signers)} (private halves destroyed)")
+    say("demo:    the demo signers admit only these items; `appliance trust remove-demo` before production trust")
+    if demo.storage_note:
+        warn(f"warning: {demo.storage_note}")
 
 
 @cli.command()

@@ -10,7 +10,7 @@ from ..store.active import BOUND_KINDS, VerificationFailed, floor_text, versions
 from ..store.bases import active_base, active_model, active_sha256, close_model
 from ..store.importer import import_bundle, rollback, verify_bundle
 from ..store.layout import Store
-from ..store.trust_changes import pin_signer, set_threshold, unpin_signer
+from ..store.trust_changes import pin_signer, set_threshold, unpin_demo_signers, unpin_signers
 from ..trust.bundle import create_bundle, sign_bundle
 from ..trust.policy import demo_mark
 from ..utc import format_time, parse_time
@@ -20,6 +20,7 @@ from .output import say, warn
 from .unlocking import passphrase_option, unlocked
 
 LARGE = 64 << 20  # show progress for bundles above this size
+DEMO_PINNED = "demo signers pinned: they admit only the demo items (remove them: appliance trust remove-demo)"
 
 
 class _Progress:
@@ -64,6 +65,8 @@ def trust_list(passphrase_file: Path | None) -> None:
         store = Store.unlocked(vault).trust()
         policy, described = store.policy(), store.describe()
     say(f"threshold: {policy.threshold} of {len(policy.signers)} pinned signers")
+    if policy.demo:
+        say(DEMO_PINNED)
     for fpr, summary in described.items():
         say(f"{fpr}  {summary}")
 
@@ -74,8 +77,18 @@ def trust_list(passphrase_file: Path | None) -> None:
 def trust_remove(fingerprint: str, passphrase_file: Path | None) -> None:
     """Unpin a signer and drop its key (journalled)."""
     with unlocked(passphrase_file) as vault:
-        fpr = unpin_signer(vault, fingerprint)
+        (fpr,) = unpin_signers(vault, [fingerprint])
     say(f"removed {fpr}")
+
+
+@trust.command("remove-demo")
+@passphrase_option
+def trust_remove_demo(passphrase_file: Path | None) -> None:
+    """Unpin every demo signer (`init --demo`'s), the key ceremony's first step; the demo items stay installed (journalled)."""
+    with unlocked(passphrase_file) as vault:
+        removed = unpin_demo_signers(vault)
+    for fpr in removed:
+        say(f"removed demo signer {fpr}")
 
 
 @trust.command("threshold")
@@ -257,6 +270,7 @@ def status_lines(vault: Vault) -> list[str]:
     policy = Store.unlocked(vault).trust().policy()
     lines = [
         f"trust:   {policy.threshold} of {len(policy.signers)} pinned signers must sign",
+        *([f"         {DEMO_PINNED}"] if policy.demo else []),
         f"time floor: {floor_text(store_state)}",
     ]
     if not any(item.kind == "overlay" for item in items):

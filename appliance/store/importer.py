@@ -2,7 +2,8 @@
 
 1. shape and size limits of the tar, then the manifest (`trust.bundle_reader`);
 2. signatures and threshold (`trust.policy.TrustRoot.verified_signers`), against the
-   sealed policy and keyring (`state_files`: changed outside the appliance, they refuse);
+   sealed policy and keyring (`state_files`: changed outside the appliance, they refuse),
+   judged at max(now, floor) and refused while the clock is behind the floor (`trust.signatures`);
 3. expiry against the time floor: refused if `expires` is not after
    max(now, floor); a clock earlier than the floor is reported; and `created`
    at most a day after now (`trust.manifest.check_created`), since it becomes the floor;
@@ -151,7 +152,7 @@ def _accept(
     state = store.read_state()
     with open_bundle(bundle_path) as bundle:
         manifest = bundle.manifest
-        signers = store.trust().verified_signers(manifest.raw, bundle.signatures)
+        signers = store.trust().verified_signers(manifest, bundle.signatures, state.floor)
         clock = now()
         note = _check_expiry(manifest, clock, state.floor)
         check_created(manifest, clock)

@@ -43,6 +43,7 @@ class StatusBar(Widget):
     window = reactive(0)  # the context window (tokens) of the engine
     context_used: reactive[Optional[int]] = reactive(None)  # prompt + reply tokens of the last reply
     dropped = reactive(0)  # oldest exchanges left out of what the model sees
+    demo_signers = reactive(False)  # demo signers pinned: said on a line of its own, never passed for production trust
 
     def show(self, snapshot: Snapshot, *, audit: bool) -> None:
         """The appliance's state as `snapshot` has it."""
@@ -63,6 +64,7 @@ class StatusBar(Widget):
             self.control_on = snapshot.control_on
         self.session = snapshot.session_id or ""
         self.audit = audit
+        self.demo_signers = snapshot.demo_signers_pinned
 
     def show_context(self, used: Optional[int], dropped: int) -> None:
         """The context meter: tokens in the window after a reply (None: no reply yet), and how many exchanges no longer fit."""
@@ -84,6 +86,9 @@ class StatusBar(Widget):
                 line.append(" ON " if on else " OFF ", style="bold reverse green" if on else "bold reverse red")
                 line.append(" ")
             line.append(printable(self.control))
+        if self.demo_signers:
+            line.append_text(Text.assemble("\n", ("trust ", "dim"), (" demo signers pinned ", "bold reverse yellow"),
+                                           " only the demo items (trust remove-demo)"))  # fmt: skip
         line.append_text(
             Text.assemble(
                 "\n", ("base ", "dim"), printable(self.base), ("  journal ", "dim"), printable(self.session or "-"), "\n"

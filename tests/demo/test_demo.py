@@ -2,12 +2,25 @@
 overlay's gain survives llama.cpp."""
 
 import json
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from helpers import appliance
 
+from appliance import state
 from appliance.demo import CONTROL_DIR, DATASET, OVERLAY_DIR
+from appliance.demo import install as demo_install
+from appliance.demo.install import DEMO_ITEMS, MEMORY_DIR, install_demo, key_storage
 from appliance.overlay.files import load_overlay_dir
+from appliance.service import Snapshot
+from appliance.store import ActiveBase
+from appliance.store.layout import Store
+from appliance.trust.builtin import embedded_pin, verify_pinned
+from appliance.trust.policy import item_id
+from appliance.trust.signatures import scratch_gpg
+from appliance.ui.widgets import StatusBar
+from appliance.vault import Vault
 
 OFFLINE = ["unshare", "-n"]
 
@@ -33,6 +46,7 @@ def test_init_demo_end_to_end_offline(home, passphrase, tmp_path):
     status = appliance("status", prefix=OFFLINE)
     assert status.returncode == 0, status.stderr
     assert "field-manual-demo v1 (active overlay)" in status.stdout and status.stdout.count("[DEMO KEY]") == 4
+    assert "demo signers pinned: they admit only the demo items" in status.stdout
     assert "control-vector: radio-operator v1 (active control vector)" in status.stdout
 
     question = ["ask", "Will the supply convoy arrive tomorrow?", "--temperature", "0", "--max-tokens", "24"]
@@ -86,3 +100,52 @@ def test_demo_gain_measured_in_llama_cpp_is_at_least_80_percent_of_torch(model, 
     llama_gain = nll_llama(runtime, None, held) - nll_llama(runtime, overlay, held)
     assert torch_gain > 0.3, "the demo overlay must measurably change the model on its domain"
     assert llama_gain >= 0.8 * torch_gain, (llama_gain, torch_gain)
+
+
+# -- the demo signers: memory-only keys, scoped to the demo items, said on screen ----------------
+
+
+@pytest.mark.parametrize(
+    "mounts, where, why",
+    [
+        ("tmpfs /dev/shm tmpfs rw,nosuid,nodev 0 0\n", MEMORY_DIR, ""),
+        ("/dev/sda1 / ext4 rw 0 0\n", Path("/tmp"), "/dev/shm is not a mount point, not memory-only"),
+        ("tmpfs /dev/shm tmpfs rw 0 0\n/dev/sdb1 /dev/shm ext4 rw 0 0\n", Path("/tmp"), "/dev/shm is a ext4 filesystem"),
+    ],
+    ids=["tmpfs", "absent", "mounted-over"],
+)
+def test_demo_keys_are_made_in_memory_only_storage_or_say_why_not(tmp_path, mounts, where, why):
+    (tmp_path / "mounts").write_text(mounts)
+    got, note = key_storage(tmp_path / "mounts")
+    assert got == where and why in note and bool(note) == bool(why)
+
+
+def test_install_demo_keys_live_in_memory_and_the_signers_are_scoped(home, monkeypatch):
+    if key_storage()[1]:
+        pytest.skip(f"no memory-only storage here: {key_storage()[1]}")
+    state.initialise(home)
+    Vault.create(home, b"demo passphrase").zeroize()
+    homes = []
+
+    @contextmanager
+    def recorded(keyring=None, *, under):
+        with scratch_gpg(keyring, under=under) as (gpg, tmp):
+            homes.append(tmp)
+            yield gpg, tmp
+
+    monkeypatch.setattr(demo_install, "scratch_gpg", recorded)
+    with Vault.unlock(home, b"demo passphrase") as vault:
+        demo = install_demo(ActiveBase(verify_pinned(embedded_pin()), hidden_size=576), vault)
+        policy = Store.unlocked(vault).trust().policy()
+    assert [h.parent for h in homes] == [MEMORY_DIR] and not homes[0].exists() and demo.storage_note == ""
+    scope = {item_id(item.kind, item.name) for item in DEMO_ITEMS}
+    assert set(policy.demo) == set(demo.signers) == set(policy.signers)
+    assert all(policy.scope(f) == scope for f in demo.signers)
+
+
+def test_the_status_bar_says_demo_signers_pinned():
+    bar = StatusBar()
+    bar.show(Snapshot("base", "ab" * 32, None, False, "", None, demo_signers_pinned=True), audit=False)
+    assert "demo signers pinned" in bar.render().plain
+    bar.show(Snapshot("base", "ab" * 32, None, False, "", None), audit=False)
+    assert "demo signers" not in bar.render().plain

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from io import BytesIO
 from pathlib import Path
@@ -17,8 +17,10 @@ import numpy as np
 from appliance.overlay.control import ControlVector, control_files
 from appliance.overlay.files import Overlay, overlay_files
 from appliance.overlay.params import OverlayParams
+from appliance.store.layout import Store
 from appliance.trust.bundle import create_bundle, sign_bundle
 from appliance.utc import format_time
+from appliance.vault import Vault
 
 BASE_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 PASSPHRASE = "correct horse battery staple"
@@ -177,3 +179,10 @@ def utc(days: float) -> datetime:
 
 def iso(days: float) -> str:
     return format_time(utc(days))
+
+
+def set_floor(home: Path, floor: datetime) -> None:
+    """Move the store's time floor (as an accepted bundle created then would), through the vault's seal."""
+    with Vault.unlock(home, PASSPHRASE.encode()) as vault:
+        store = Store.unlocked(vault)
+        store.write_state(replace(store.read_state(), floor=floor))
