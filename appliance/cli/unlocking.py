@@ -37,7 +37,8 @@ def passphrase_option(f):
     )(f)
 
 
-def _has_passphrase_source(path: Optional[Path]) -> bool:
+def has_passphrase_source(path: Optional[Path]) -> bool:
+    """A passphrase can be had without hanging: a file, $APPLIANCE_PASSPHRASE_FILE, or a terminal to type it on."""
     return bool(path or os.environ.get(PASSPHRASE_ENV) or sys.stdin.isatty())
 
 
@@ -128,7 +129,7 @@ def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed:
     """
     if Vault.state(home) == "present":
         return None
-    if not _has_passphrase_source(passphrase_file):
+    if not has_passphrase_source(passphrase_file):
         if if_needed:
             warn("note: no vault yet; `appliance init` in a terminal (or with --passphrase-file) sets the passphrase")
             return None

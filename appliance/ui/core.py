@@ -86,14 +86,15 @@ class ChatCore:
 
     def create_vault(self, passphrase: bytes | bytearray) -> None:
         """First run (or after `erase all`): a new vault, opened as it is made (one key derivation)."""
-        self._start(Vault.create(self.home, passphrase))
+        self.start(Vault.create(self.home, passphrase))
 
     def unlock(self, passphrase: bytes | bytearray) -> None:
         """Open the vault (exit-4 errors propagate unchanged), arm the kill-switch, start a session."""
-        self._start(Vault.unlock(self.home, passphrase))
+        self.start(Vault.unlock(self.home, passphrase))
 
-    def _start(self, vault: Vault) -> None:
-        """Must run on the main thread: the kill-switch installs signal handlers."""
+    def start(self, vault: Vault) -> None:
+        """Unlocked on `vault`, which is the core's from here (zeroed when it locks; `appliance chat` opened
+        it at the shell). Must run on the main thread: the kill-switch installs signal handlers."""
         self.app = self._open.enter_context(UnlockedAppliance.open(vault, self.model))
         try:
             self._load_overlay()
