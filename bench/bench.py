@@ -3,6 +3,13 @@
 Each comparison interleaves its contenders round by round and reports medians,
 so a noisy shared machine slows both sides alike. Prints a table of ratios and
 whether each target is met. Run: ./run bench [--rounds N] [--tokens N] [--only SECTION,...]
+
+With no --only, the quick sections run: every target of docs/design.md at chat scale (README.md
+says how long that takes on two cores). The long ones run only when --only names them: the native
+anchor (builds llama-bench once), the long window, switch costs, threads under load, `scale` (the
+same vault, hashing and search rows at gigabyte and thousand-session sizes), bases, image. Every
+measurement runs in a child process of its own (contained.py): one that fails, even by a signal,
+prints its reason in the table and the run goes on.
 """
 
 import argparse
@@ -10,14 +17,17 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+from contained import FAILED, measure_all
 from image_rows import image_rows
-from native import native_rows
+from native import native_rows, peak_rss_rows
 
 from appliance import state
 from appliance.erase import erase_journal
@@ -32,7 +42,7 @@ from appliance.runtime.session import Runtime, Session
 from appliance.runtime.threads import our_cores
 from appliance.store import ActiveBase, import_bundle, load_active_overlay
 from appliance.store.trust_changes import pin_signer
-from appliance.trust.builtin import embedded_pin, verify_pinned
+from appliance.trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from appliance.trust.bundle import create_bundle, sign_bundle
 from appliance.trust.hashing import sha256_file
 from appliance.vault import Vault
@@ -62,12 +72,17 @@ def median_of(rounds: int, contenders: dict) -> dict:
     return {name: statistics.median(v) for name, v in results.items()}
 
 
-def decode_speed(model, rounds: int, n_tokens: int) -> tuple[list[tuple], list[int]]:
+def _chat_prompt(runtime: Runtime) -> list[int]:
+    return runtime.engine.tokenize(runtime.template.render([{"role": "user", "content": PROMPT}]))
+
+
+def decode_speed(model, rounds: int, n_tokens: int) -> list[tuple]:
+    """Decode speed, ours (overlay off and on) against llama-cpp-python's create_completion; the overlay toggle."""
     threads = os.cpu_count()
     runtime = Runtime(model, n_ctx=N_CTX, n_threads=threads)
     reference = reference_llama(model.path, n_ctx=N_CTX, n_threads=threads)
     overlay = Overlay(OverlayParams.random(runtime.engine.n_embd, seed=1), model.sha256)
-    prompt = runtime.engine.tokenize(runtime.template.render([{"role": "user", "content": PROMPT}]))
+    prompt = _chat_prompt(runtime)
     _ = runtime.embeddings  # load the table outside the timed region, as a running chat would have
 
     def theirs():
@@ -108,7 +123,8 @@ def decode_speed(model, rounds: int, n_tokens: int) -> tuple[list[tuple], list[i
         (f"re-prefill after toggle, ms ({reply.prefill_tokens} tokens)", f"{reply.prefill_seconds * 1e3:.1f}", "", "reported"),
     ]
     runtime.close()
-    return rows, prompt
+    reference.close()
+    return rows
 
 
 def _history(runtime: Runtime, n_tokens: int) -> list[dict]:
@@ -308,8 +324,11 @@ def threads_under_load(model, rounds: int, n_tokens: int) -> list[tuple]:
     ]
 
 
-def cold_start(model_pin, rounds: int, prompt_tokens: list[int]) -> list[tuple]:
-    """Load + first token of the same chat prompt. Ours includes hashing the whole model against its pin."""
+def cold_start(model_pin, rounds: int) -> list[tuple]:
+    """Load + first token of the same chat prompt against llama-cpp-python; ours hashes the whole model against its pin."""
+    runtime = Runtime(verify_pinned(model_pin), n_ctx=N_CTX)
+    prompt_tokens = _chat_prompt(runtime)
+    runtime.close()
 
     def ours():
         t = time.perf_counter()
@@ -340,6 +359,7 @@ def cold_start(model_pin, rounds: int, prompt_tokens: list[int]) -> list[tuple]:
 
 
 def hashing(paths: list[Path], rounds: int) -> list[tuple]:
+    """SHA-256 throughput, ours against `openssl dgst -sha256` on the same files."""
     rows = []
     for path in paths:
         size = path.stat().st_size
@@ -356,6 +376,16 @@ def hashing(paths: list[Path], rounds: int) -> list[tuple]:
             (f"sha256 MB/s, ours, {label}", f"{m['ours'] / 1e6:.0f}", f"{m['ours'] / m['openssl']:.3f}", ">= 0.9"),
         ]
     return rows
+
+
+def hashing_at_scale(mib: int, rounds: int) -> list[tuple]:
+    """SHA-256 throughput, ours against openssl, on a file of `mib` MiB of random bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        big = Path(tmp) / "random.bin"
+        with open(big, "wb") as f:
+            for _ in range(mib):
+                f.write(os.urandom(1 << 20))
+        return hashing([big], rounds)
 
 
 PASSPHRASE = b"bench passphrase"
@@ -419,15 +449,16 @@ def _fill_journal(vault: Vault, mib: int) -> None:
     journal.close()
 
 
-def vault_and_store(model, rounds: int, import_mib: int) -> list[tuple]:
-    """Import throughput vs openssl over the same bundle, start-up verification, unlock, journal append, erase."""
+def vault_and_store(model, rounds: int, import_mib: int, erase_mib: tuple[int, ...]) -> list[tuple]:
+    """Import throughput vs openssl over the same bundle, start-up verification, unlock, journal append, erase by size."""
     base = ActiveBase(model)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         template, gnupg, fprs = _appliance_home(tmp)
         bundle = _overlay_bundle(tmp, model, gnupg, fprs, import_mib)
         size = bundle.stat().st_size
-        unlocks, startups, appends, erases = [], [], [], {1: [], 100: [], 1024: []}
+        unlocks, startups, appends = [], [], []
+        erases: dict[int, list[float]] = {mib: [] for mib in erase_mib}
 
         def ours():
             home = tmp / "home"
@@ -488,11 +519,12 @@ def vault_and_store(model, rounds: int, import_mib: int) -> list[tuple]:
         (f"journal append, median ms ({len(appends)} messages)", f"{statistics.median(appends) * 1e3:.2f}", "", "<= 2 ms"),
         (f"journal append, p99 ms ({len(appends)} messages)", f"{_percentile(appends, 0.99) * 1e3:.2f}", "", "reported"),
     ]
+    smallest = min(flat)
     for mib, seconds in flat.items():
-        ratio = f"{seconds / flat[1]:.2f}" if mib != 1 else ""
+        ratio = f"{seconds / flat[smallest]:.2f}" if mib != smallest else ""
         rows.append(
             (
-                f"crypto-erase of {mib} MiB of journal, ms (ratio to 1 MiB)",
+                f"crypto-erase of {mib} MiB of journal, ms (ratio to {smallest} MiB)",
                 f"{seconds * 1e3:.1f}",
                 ratio,
                 "<= 2.0" if ratio else "",
@@ -627,9 +659,6 @@ def verdict(ratio: str, target: str) -> str:
     return "met" if (value >= bound if op == ">=" else value <= bound) else "NOT MET"
 
 
-SECTIONS = ("decode", "native", "cold", "window", "switch", "control", "threads", "hashing", "vault", "search", "bases", "image")
-
-
 def journal_search(rounds: int, n_sessions: int) -> list[tuple]:
     """`logs search` over a journal of `n_sessions` small sessions (4 messages each, one word in 1 of 10)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -667,54 +696,77 @@ def journal_search(rounds: int, n_sessions: int) -> list[tuple]:
     ]
 
 
+QUICK_IMPORT_MIB = 16  # the extra artifact of the overlay bundle the quick `vault` section imports
+QUICK_ERASE_MIB = (1, 64)  # journal sizes the quick `vault` section crypto-erases: flat from the first to the last
+QUICK_SEARCH_SESSIONS = 100
+SCALE_ERASE_MIB = (1, 100, 1024)
+
+# Every section: whether it is long (run only when --only names it), and its measurements in order, made
+# from the arguments and the verified embedded model. Each is a partial of a module-level function: it is
+# pickled into the child process that runs it (contained.py).
+SECTIONS: dict[str, tuple[bool, Callable[[argparse.Namespace, VerifiedModel], list[partial]]]] = {
+    "decode": (False, lambda a, m: [partial(decode_speed, m, a.rounds, a.tokens)]),
+    "cold": (False, lambda a, m: [partial(cold_start, embedded_pin(), a.rounds)]),
+    "hashing": (False, lambda a, m: [partial(hashing, [m.path], a.rounds)]),
+    "vault": (False, lambda a, m: [partial(vault_and_store, m, a.rounds, QUICK_IMPORT_MIB, QUICK_ERASE_MIB)]),
+    "search": (False, lambda a, m: [partial(journal_search, a.rounds, QUICK_SEARCH_SESSIONS)]),
+    "native": (
+        True,
+        lambda a, m: [
+            partial(native_rows, m, a.rounds, a.tokens, PROMPT, median_of),
+            partial(peak_rss_rows, m.path, PROMPT, a.tokens),
+        ],
+    ),
+    "window": (True, lambda a, m: [partial(long_window, m, a.rounds, a.tokens)]),
+    "switch": (True, lambda a, m: [partial(switch_cost, m, a.rounds)]),
+    "control": (True, lambda a, m: [partial(control_switch_cost, m, a.rounds)]),
+    "threads": (True, lambda a, m: [partial(threads_under_load, m, a.rounds, a.tokens)]),
+    "scale": (
+        True,
+        lambda a, m: [
+            partial(hashing_at_scale, a.hash_mib, a.rounds),
+            partial(vault_and_store, m, a.rounds, a.import_mib, SCALE_ERASE_MIB),
+            partial(journal_search, a.rounds, a.search_sessions),
+        ],
+    ),
+    "bases": (True, lambda a, m: [partial(bases, a.rounds, a.tokens)]),
+    "image": (True, lambda a, m: [partial(image_rows, PROMPT, a.rounds, a.tokens)]),
+}
+
+
+def _what(measure: partial) -> str:
+    """The first sentence of the measurement's docstring: what it measures, said as it starts."""
+    return " ".join((measure.func.__doc__ or measure.func.__name__).split()).split(". ")[0].rstrip(".")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    quick = [name for name, (long, _) in SECTIONS.items() if not long]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--hash-mib", type=int, default=1024, help="size of the extra file hashed (0 to skip)")
-    ap.add_argument("--import-mib", type=int, default=256, help="size of the extra artifact in the imported overlay bundle")
-    ap.add_argument("--search-sessions", type=int, default=1000, help="sessions in the journal `logs search` reads (0 to skip)")
-    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections to run, of: {','.join(SECTIONS)}")
+    ap.add_argument("--hash-mib", type=int, default=1024, help="scale: size of the random file hashed")
+    ap.add_argument(
+        "--import-mib", type=int, default=256, help="scale: size of the extra artifact in the imported overlay bundle"
+    )
+    ap.add_argument("--search-sessions", type=int, default=1000, help="scale: sessions in the journal `logs search` reads")
+    ap.add_argument(
+        "--only",
+        default=",".join(quick),
+        help=f"comma-separated sections to run, of: {','.join(SECTIONS)} (default: the quick ones, {','.join(quick)})",
+    )
     args = ap.parse_args()
     only = set(args.only.split(","))
     if only - set(SECTIONS):
         ap.error(f"unknown sections: {','.join(sorted(only - set(SECTIONS)))}")
 
-    pin = embedded_pin()
-    model = verify_pinned(pin)
-    rows = []
-    if only & {"decode", "cold"}:
-        decode_rows, prompt_tokens = decode_speed(model, args.rounds, args.tokens)
-        rows += decode_rows if "decode" in only else []
-        rows += cold_start(pin, args.rounds, prompt_tokens) if "cold" in only else []
-    if "native" in only:
-        rows += native_rows(model, args.rounds, args.tokens, PROMPT, median_of)
-    if "window" in only:
-        rows += long_window(model, args.rounds, args.tokens)
-    if "switch" in only:
-        rows += switch_cost(model, args.rounds)
-    if "control" in only:
-        rows += control_switch_cost(model, args.rounds)
-    if "threads" in only:
-        rows += threads_under_load(model, args.rounds, args.tokens)
-    if "hashing" in only:
-        with tempfile.TemporaryDirectory() as tmp:
-            files = [model.path]
-            if args.hash_mib:
-                big = Path(tmp) / "random.bin"
-                with open(big, "wb") as f:
-                    for _ in range(args.hash_mib):
-                        f.write(os.urandom(1 << 20))
-                files.append(big)
-            rows += hashing(files, args.rounds)
-    if "vault" in only:
-        rows += vault_and_store(model, args.rounds, args.import_mib)
-    if "bases" in only:
-        rows += bases(args.rounds, args.tokens)
-    if "image" in only:  # bench/image_rows.py: cached image/build results, portable vs native decode
-        rows += image_rows(PROMPT, args.rounds, args.tokens)
-    if "search" in only and args.search_sessions:
-        rows += journal_search(args.rounds, args.search_sessions)
+    model = verify_pinned(embedded_pin())
+    planned = [
+        (f"{name}: {_what(measure)}", measure)
+        for name, (_, measures) in SECTIONS.items()
+        if name in only
+        for measure in measures(args, model)
+    ]
+    rows = measure_all(planned)
 
     # Rows with a target in ms (flip time, journal append, unlock) judge their value, not a ratio.
     width = max(len(r[0]) for r in rows)
@@ -722,6 +774,8 @@ def main() -> None:
     for name, value, ratio, target in rows:
         judged = verdict(value if target.endswith(" ms") else ratio, target)
         print(f"{name:<{width}}  {value:>10}  {ratio:>7}  {target:>8}  {judged}")
+    if any(value == FAILED for _, value, _, _ in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

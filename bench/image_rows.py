@@ -99,4 +99,5 @@ def decode_rows(prompt: str, rounds: int, n_tokens: int) -> list[tuple]:
 
 
 def image_rows(prompt: str, rounds: int, n_tokens: int) -> list[tuple]:
+    """What image/build measured, from its cache, and decode of the portable llama.cpp build against the native one."""
     return build_rows() + decode_rows(prompt, rounds, n_tokens)

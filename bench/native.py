@@ -7,10 +7,14 @@ compared, so a noisy machine slows every side alike. Runs as `./run bench --only
 
 Both sides run with flash attention off and without the CPU's repacked weight layouts, as our context
 does (`appliance/runtime/llama.py`, FLASH_ATTENTION and `use_extra_bufts`); one extra row shows native decode with flash attention on.
+Every llama-cpp-python reference, the peak-RSS child's too, loads through `reference_llama`: our model
+parameters, so no reference takes the AMX repacking path that ends a process where the kernel does not
+grant the tile state. The peak-RSS rows are a measurement of their own (`peak_rss_rows`).
 """
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -76,12 +80,14 @@ def _peak_rss_mib(argv: list[str], env: dict) -> float:
     """The peak resident memory of one child process, in MiB."""
     child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(child.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"{argv[:3]} failed: {child.stderr.read().decode()[-500:] if child.stderr else ''}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        raise RuntimeError(f"{argv[:3]} {how}: {child.stderr.read().decode()[-500:] if child.stderr else ''}")
     return usage.ru_maxrss / 1024  # KiB on Linux
 
 
-def _rss_rows(model_path: Path, prompt: str, n_tokens: int) -> list[tuple]:
+def peak_rss_rows(model_path: Path, prompt: str, n_tokens: int) -> list[tuple]:
     """Peak RSS of one `appliance ask` against one llama-cpp-python process answering the same prompt."""
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -94,8 +100,8 @@ def _rss_rows(model_path: Path, prompt: str, n_tokens: int) -> list[tuple]:
         ask = [sys.executable, "-m", "appliance", "ask", "--max-tokens", str(n_tokens), prompt]
         theirs = [sys.executable, "-c"]
         theirs += [
-            "import sys; from llama_cpp import Llama; "
-            f"llm = Llama({str(model_path)!r}, n_ctx={N_CTX}, verbose=False); "
+            "from pathlib import Path; from appliance.runtime.llama import reference_llama; "
+            f"llm = reference_llama(Path({str(model_path)!r}), n_ctx={N_CTX}); "
             f"llm.create_chat_completion([{{'role': 'user', 'content': {prompt!r}}}], max_tokens={n_tokens}, temperature=0.0)"
         ]
         ours_mib, theirs_mib = _peak_rss_mib(ask, env), _peak_rss_mib(theirs, env)
@@ -190,4 +196,4 @@ def native_rows(model, rounds: int, n_tokens: int, prompt: str, median_of) -> li
             "reported",
         ),
     ]
-    return rows + _rss_rows(model.path, prompt, n_tokens)
+    return rows

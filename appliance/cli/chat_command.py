@@ -1,14 +1,16 @@
 """`appliance chat`: the terminal UI on the verified base (and the active overlay, re-verified at unlock).
 
-The active base is named in the sealed store, and an imported one is encrypted: so the passphrase
-comes first, from `--passphrase-file`, $APPLIANCE_PASSPHRASE_FILE or a prompt on the terminal before
-the UI starts, and the base is verified (decrypted into memory) before llama.cpp opens it; the vault
-is then unlocked at start. The unlock screen stays the way back in after a kill, which always asks
-for the passphrase typed again, and is where a first run creates the vault.
+The passphrase is asked at the shell, before the UI starts and before llama.cpp loads anything:
+which base is active is sealed in the store, and an imported one is encrypted, so the vault must be
+open to know what to load. First run (no vault yet, or an erased one): `init`'s steps
+(`first_run.py`), the new passphrase typed twice, and `--demo` installs the demo items; later runs:
+the passphrase once. Either way the one vault this opens is handed to the chat, which starts
+unlocked: one prompt path, one key derivation, no passphrase carried into the UI. The UI's unlock
+screen is the way back in after a kill (the passphrase typed again) and, without any passphrase
+source (no terminal, no file), where the vault is unlocked or created.
 """
 
-import os
-import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
@@ -18,11 +20,12 @@ from .. import paths, state
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..store.bases import active_model, close_model
-from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
-from ..vault import Vault, zeroize
+from ..trust.builtin import embedded_pin, verify_pinned
+from ..vault import Vault
 from ..vault.killswitch import KillSwitch
+from .first_run import initialise
 from .options import FiniteFloatRange, resume_option
-from .unlocking import PASSPHRASE_ENV, passphrase_option, read_passphrase
+from .unlocking import has_passphrase_source, passphrase_option, unlock
 
 
 @click.command()
@@ -36,6 +39,11 @@ from .unlocking import PASSPHRASE_ENV, passphrase_option, read_passphrase
     default=None,
     help="llama.cpp threads (default: every core, one fewer for each core other processes keep busy).",
 )
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="On a first run (no vault yet): also install the demo overlay and control vector, as `init --demo`.",
+)
 @resume_option
 @passphrase_option
 def chat(
@@ -44,6 +52,7 @@ def chat(
     temperature: float,
     system_prompt: Optional[str],
     threads: Optional[int],
+    demo: bool,
     resume: Optional[str],
     passphrase_file: Optional[Path],
 ) -> None:
@@ -53,40 +62,41 @@ def chat(
     if resume and system_prompt is not None:
         raise click.UsageError("--system and --resume: a resumed session keeps the system prompt it recorded (F6 changes it)")
     home = paths.state_dir()
-    state.require_initialised(home)
-    # Which base is active is sealed in the store: with a passphrase (a file, or typed on the terminal
-    # before the UI starts) the vault is opened once to verify it, an imported one decrypted into memory.
-    # Without any source the chat runs on the embedded default and its unlock screen asks.
-    given = passphrase_file or os.environ.get(PASSPHRASE_ENV)
-    passphrase = read_passphrase(passphrase_file) if given or (sys.stdin.isatty() and Vault.state(home) == "present") else None
-    try:
-        model = verify_pinned(embedded_pin()) if passphrase is None else _active_model(home, passphrase)
+    with ExitStack() as cleanup:  # undone in reverse order, however the chat ends
+        opened = _open_vault(home, passphrase_file, demo, cleanup)
+        model = verify_pinned(embedded_pin()) if opened is None else active_model(opened[0])
+        cleanup.callback(close_model, model)
         runtime = Runtime(model, n_threads=threads)
-    except BaseException:
-        if passphrase is not None:
-            zeroize(passphrase)
-        raise
-    core = ChatCore(
-        home,
-        model,
-        runtime,
-        settings=SamplingSettings(temperature=temperature, seed=seed),
-        max_tokens=max_tokens,
-        system_prompt=system_prompt,
-        resume=resume,
-    )
-    try:
-        ApplianceApp(core, passphrase=passphrase).run()
-    finally:
-        core.close()
-        runtime.close()
-        if passphrase is not None:
-            zeroize(passphrase)  # normally already zeroed by the unlock screen; not if it never tried
-        close_model(model)
+        cleanup.callback(runtime.close)
+        core = ChatCore(
+            home,
+            model,
+            runtime,
+            settings=SamplingSettings(temperature=temperature, seed=seed),
+            max_tokens=max_tokens,
+            system_prompt=system_prompt,
+            resume=resume,
+        )
+        cleanup.callback(core.close)
+        if opened is not None:
+            core.start(*opened)  # the chat opens unlocked, on the vault and kill-switch the shell opened
+        ApplianceApp(core).run()
 
 
-def _active_model(home: Path, passphrase: bytearray) -> VerifiedModel:
-    if Vault.state(home) != "present":  # a first run: the unlock screen creates the vault; nothing is imported yet
-        return verify_pinned(embedded_pin())
-    with KillSwitch(home), Vault.unlock(home, passphrase) as vault:  # found by `kill`, as every command that unlocks is
-        return active_model(vault)
+def _open_vault(home: Path, passphrase_file: Optional[Path], demo: bool, held: ExitStack) -> Optional[tuple[Vault, KillSwitch]]:
+    """The vault, open, for the chat to start in, with the kill-switch armed before the base is opened (`kill`
+    finds the chat from here); None without any passphrase source (the unlock screen asks). Both are `held`'s
+    to undo until the core takes them (twice is harmless)."""
+    if not has_passphrase_source(passphrase_file):
+        state.require_initialised(home)
+        return None
+    vault = None
+    if not state.is_initialised(home) or Vault.state(home) != "present":
+        vault = initialise(home, passphrase_file, if_needed=True, demo=demo)  # set once, typed twice: it stays open
+        if vault is not None:
+            held.callback(vault.zeroize)
+    killswitch = held.enter_context(KillSwitch(home))
+    if vault is None:
+        vault = unlock(passphrase_file)
+        held.callback(vault.zeroize)
+    return vault, killswitch

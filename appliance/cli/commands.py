@@ -1,20 +1,16 @@
 """The commands. Each is a thin shell over the library: parse, call, print."""
 
-from contextlib import nullcontext
-
 import click
 
 from .. import __version__, paths, state
 from ..hardening import protections
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
-from ..store import ActiveBase
 from ..store.bases import active_model, close_model
-from ..trust.builtin import embedded_pin, verify_pinned
-from ..vault import Vault
+from .first_run import initialise
 from .options import FiniteFloatRange, resume_option
 from .output import say, stream, warn
-from .unlocking import create_vault, new_vault_passphrase, passphrase_option, unlocked, unlocked_appliance
+from .unlocking import passphrase_option, unlocked, unlocked_appliance
 from .vault_commands import erase, kill, kill_policy, logs, passphrase
 
 
@@ -35,56 +31,9 @@ def cli(debug: bool) -> None:
 @passphrase_option
 def init(if_needed: bool, demo: bool, passphrase_file) -> None:
     """Create the state directory and the vault (passphrase), verify the embedded default model."""
-    home = paths.state_dir()
-    state.require_directory(home)  # before asking for a passphrase
-    new_passphrase = new_vault_passphrase(home, passphrase_file, if_needed)
-    fresh = not state.is_initialised(home)
-    model = None
-    if fresh:  # the model is hashed once, and only when something here needs it
-        model = verify_pinned(embedded_pin())
-        say(f"base model: {model.name} sha256 {model.sha256} (verified against the built-in manifest)")
-    vault = None
-    try:
-        with state.initialising(home):  # all or nothing: "initialised" is written last
-            if new_passphrase is not None:
-                vault = create_vault(home, new_passphrase)
-            elif fresh and Vault.state(home) == "present":
-                say(f"vault:   kept the one already there ({home / 'vault'})")
-        if fresh:
-            say(f"initialised {home}")
-        elif not if_needed:
-            say(f"already initialised: {home}")
-        if demo:
-            _install_demo(model, vault, passphrase_file)
-    finally:
-        if vault is not None:
-            vault.zeroize()
-
-
-def _install_demo(model, vault, passphrase_file) -> None:
-    """`model` and `vault`: what `init` already verified and opened, else None."""
-    from ..demo.install import DEMO_ITEMS, install_demo, production_pinned
-    from ..store.layout import Store
-
-    with unlocked(passphrase_file) if vault is None else nullcontext(vault) as vault:
-        installed = Store.unlocked(vault).read_state().items
-        missing = tuple(item for item in DEMO_ITEMS if item.name not in installed)
-        for item in DEMO_ITEMS:
-            if item.name in installed:
-                say(f"demo:    {item.name} already installed")
-        if not missing:
-            return
-        production = production_pinned(vault)
-        if production:  # `./run chat` asks for the demo on every start: a production appliance just goes on
-            say(f"demo:    not installed: production signers are pinned ({', '.join(production)}), no demo signer joins them")
-            return
-        model = model or verify_pinned(embedded_pin())  # the base the demo items are bound to, checked as for any load
-        demo = install_demo(ActiveBase(model), vault, missing)
-    names = ", ".join(f"{item.kind} {item.name} v{item.version}" for item in missing)
-    say(f"demo:    installed {names}, signed by demo keys {', '.join(demo.signers)} (private halves destroyed)")
-    say("demo:    the demo signers admit only these items; `appliance trust remove-demo` before production trust")
-    if demo.storage_note:
-        warn(f"warning: {demo.storage_note}")
+    vault = initialise(paths.state_dir(), passphrase_file, if_needed=if_needed, demo=demo)
+    if vault is not None:
+        vault.zeroize()
 
 
 @cli.command()

@@ -43,7 +43,8 @@ def passphrase_option(f):
     )(f)
 
 
-def _has_passphrase_source(path: Optional[Path]) -> bool:
+def has_passphrase_source(path: Optional[Path]) -> bool:
+    """A passphrase can be had without hanging: a file, $APPLIANCE_PASSPHRASE_FILE, or a terminal to type it on."""
     return bool(path or os.environ.get(PASSPHRASE_ENV) or sys.stdin.isatty())
 
 
@@ -108,6 +109,19 @@ def _read_private_file(source: Path, buf: bytearray) -> int:
         raise NoPassphrase(f"cannot read the passphrase file {source}: {e.strerror}") from None
 
 
+def unlock(passphrase_file: Optional[Path]) -> Vault:
+    """The vault, unlocked, for a caller that holds it past one command body (the chat hands it to its
+    core): that caller has armed the kill-switch and zeroizes the keys."""
+    home = paths.state_dir()
+    state.require_initialised(home)
+    Vault.require(home)
+    passphrase = read_passphrase(passphrase_file)
+    try:
+        return Vault.unlock(home, passphrase)
+    finally:
+        zeroize(passphrase)
+
+
 @contextmanager
 def killable_vault(passphrase_file: Optional[Path]) -> Iterator[tuple[Vault, KillSwitch]]:
     """The unlocked vault for the body of a command, with its armed kill-switch; keys zeroed however the body ends."""
@@ -152,7 +166,7 @@ def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed:
     """
     if Vault.state(home) == "present":
         return None
-    if not _has_passphrase_source(passphrase_file):
+    if not has_passphrase_source(passphrase_file):
         if if_needed:
             warn("note: no vault yet; `appliance init` in a terminal (or with --passphrase-file) sets the passphrase")
             return None

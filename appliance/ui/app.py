@@ -1,4 +1,4 @@
-"""The application: unlock -> chat (-> sessions, help, modals); the kill key reaches every screen.
+"""The application: (unlock ->) chat (-> sessions, help, modals); the kill key reaches every screen.
 
 The kill-switch's signal handler (`appliance kill` from another terminal) only sets an Event; a
 20 ms timer here notices it and runs the same kill as the key, so an external kill also stops the
@@ -29,22 +29,24 @@ class ApplianceApp(App):
     TITLE = "appliance"
     BINDINGS = bindings(APP_KEYS)
 
-    def __init__(self, core: ChatCore, *, passphrase: Optional[bytearray] = None, export_dir: Optional[Path] = None):
+    def __init__(self, core: ChatCore, *, export_dir: Optional[Path] = None):
         super().__init__()
         self.core = core
         self.export_dir = export_dir or Path.cwd()
-        self._passphrase = passphrase
         self.chat: Optional[ChatScreen] = None
         self._killing = False
 
     def on_mount(self) -> None:
-        self.push_screen(UnlockScreen(self.core, self.unlocked, passphrase=self._passphrase))
-        self._passphrase = None
+        # `appliance chat` unlocks at the shell and hands over an unlocked core; a locked one asks here
+        self.push_screen(self._chat() if self.core.unlocked else UnlockScreen(self.core, self.unlocked))
         self.set_interval(KILL_POLL_SECONDS, self._poll_kill)
 
     def unlocked(self) -> None:
+        self.switch_screen(self._chat())
+
+    def _chat(self) -> ChatScreen:
         self.chat = ChatScreen(self.core, self.export_dir)
-        self.switch_screen(self.chat)
+        return self.chat
 
     async def _poll_kill(self) -> None:
         if self.core.kill_requested() and not self._killing:

@@ -29,6 +29,7 @@ from ..service import Outcome, Resumed, Snapshot, UnlockedAppliance
 from ..store import ActiveControl, ActiveOverlay
 from ..trust.builtin import VerifiedModel
 from ..vault import Vault
+from ..vault.killswitch import KillSwitch
 from .divergence import AuditDecoder
 
 __all__ = ["ChatCore", "Outcome"]
@@ -86,15 +87,19 @@ class ChatCore:
 
     def create_vault(self, passphrase: bytes | bytearray) -> None:
         """First run (or after `erase all`): a new vault, opened as it is made (one key derivation)."""
-        self._start(Vault.create(self.home, passphrase))
+        self.start(Vault.create(self.home, passphrase))
 
     def unlock(self, passphrase: bytes | bytearray) -> None:
         """Open the vault (exit-4 errors propagate unchanged), arm the kill-switch, start a session."""
-        self._start(Vault.unlock(self.home, passphrase))
+        self.start(Vault.unlock(self.home, passphrase))
 
-    def _start(self, vault: Vault) -> None:
-        """Must run on the main thread: the kill-switch installs signal handlers."""
-        self.app = self._open.enter_context(UnlockedAppliance.open(vault, self.model))
+    def start(self, vault: Vault, killswitch: Optional[KillSwitch] = None) -> None:
+        """Unlocked on `vault`, which is the core's from here (zeroed when it locks), like `killswitch` if given
+        (`appliance chat` armed it and opened the vault at the shell; released when the core locks, so that an
+        unlock after a kill arms its own). Must run on the main thread: the kill-switch installs signal handlers."""
+        if killswitch is not None:
+            self._open.push(killswitch)
+        self.app = self._open.enter_context(UnlockedAppliance.open(vault, self.model, killswitch))
         try:
             self._load_overlay()
             self._load_control()

@@ -1,11 +1,11 @@
-"""The unlock screen: the passphrase, or on first run (or after `erase all`) a new one typed twice.
+"""The unlock screen: the way back in after a kill, and the unlock (or a new vault's passphrase, typed
+twice) where `appliance chat` had no passphrase source to open the vault before the UI.
 
 Every refusal of the vault (wrong passphrase, damaged file, erased vault, a second appliance
 running) is shown as a message and the screen stays; nothing here can crash the UI.
 """
 
 from collections.abc import Callable
-from typing import Optional
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -13,19 +13,15 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Label
 
 from ..errors import ApplianceError
-from ..vault import zeroize
 from .core import ChatCore
 from .widgets import PlainLabel
 
 
 class UnlockScreen(Screen):
-    def __init__(
-        self, core: ChatCore, on_unlocked: Callable[[], None], message: str = "", passphrase: Optional[bytearray] = None
-    ):
+    def __init__(self, core: ChatCore, on_unlocked: Callable[[], None], message: str = ""):
         super().__init__()
         self.core, self.message = core, message
         self._on_unlocked = on_unlocked  # the app's next screen, once the vault is open
-        self._passphrase = passphrase  # from --passphrase-file: tried once on mount, then forgotten
         self.creating = core.vault_state() != "present"
 
     def compose(self) -> ComposeResult:
@@ -46,10 +42,6 @@ class UnlockScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#passphrase", Input).focus()
-        if self._passphrase is not None and not self.creating:
-            passphrase, self._passphrase = self._passphrase, None
-            self._open(lambda: self.core.unlock(passphrase))
-            zeroize(passphrase)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if not self.creating:

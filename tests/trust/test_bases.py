@@ -207,8 +207,10 @@ def test_chat_on_gemma_names_it_and_its_overlay_key_refuses(ghome):
     runtime = Runtime(model, n_ctx=512, n_threads=1)
     core = ChatCore(ghome, model, runtime, settings=GREEDY, max_tokens=8)
 
+    core.unlock(PASSPHRASE.encode())  # as `appliance chat` does at the shell
+
     async def run() -> None:
-        app = ApplianceApp(core, passphrase=bytearray(PASSPHRASE.encode()))
+        app = ApplianceApp(core)
         async with app.run_test() as pilot:
             for _ in range(200):
                 if isinstance(app.screen, ChatScreen) and app.screen.query("#prompt"):

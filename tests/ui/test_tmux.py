@@ -1,5 +1,6 @@
 """The real `appliance chat` in a real terminal (tmux), on the demo overlay imported through the trust chain:
-unlock, a reply with the overlay ON, help, the overlay key, a reply OFF, the kill key."""
+unlock, a reply with the overlay ON, help, the overlay key, a reply OFF, the kill key; and a new user's
+first `./run chat`, prompt by prompt."""
 
 import os
 import re
@@ -18,6 +19,9 @@ from appliance.vault import Vault
 from appliance.vault.killswitch import pid_path
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+CHECKOUT = Path(__file__).resolve().parents[2]
+# Every passphrase prompt the shell can show: `appliance chat`'s and `init`'s (click's confirmation prompt).
+PROMPT = re.compile(r"^(New passphrase|Repeat for confirmation|Passphrase):", re.M)
 
 
 class Tmux:
@@ -38,6 +42,10 @@ class Tmux:
 
     def screen(self) -> str:
         return self.run("capture-pane", "-p", "-t", "ui")
+
+    def history(self) -> str:
+        """Everything the shell printed (the UI's alternate screen, once it has closed, leaves none of its own)."""
+        return self.run("capture-pane", "-p", "-S", "-", "-t", "ui")
 
     def wait_for(self, pattern: str, timeout: float = 60) -> str:
         deadline = time.monotonic() + timeout
@@ -137,3 +145,48 @@ def test_chat_resume_and_editor_in_tmux(demo_home, tmp_path):
     assert [r.get("role", r["kind"]) for r in records] == ["resume", "user", "assistant"]
     assert records[0]["from_session"] == old and records[0]["from_head_seq"] == 2
     assert records[1]["text"] == "What is my name?" and records[2]["overlay"]["on"] is False
+
+
+def _quit_chat(tmux: Tmux) -> str:
+    """Quit the chat; what the shell printed, once the UI's screen is gone."""
+    tmux.keys("C-q")
+    tmux.wait_for(PROMPT.pattern, timeout=30)  # the shell's own screen is back
+    return tmux.history()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    Path(sys.prefix).resolve() != CHECKOUT / ".venv", reason="./run runs the checkout's .venv, not the one running the tests"
+)
+def test_first_run_chat_asks_the_passphrase_twice_then_opens_the_chat(home, tmp_path):
+    """A new user's `./run chat` on a fresh state dir: the new passphrase and its confirmation, the demo installed,
+    the chat open on the vault just made, no third prompt; the next `./run chat` asks once."""
+    env = {"APPLIANCE_HOME": str(home), "TERM": "xterm-256color"}
+    command = [str(CHECKOUT / "run"), "chat", "--temperature", "0", "--max-tokens", "8", "--threads", "1"]
+    chat_open = r"overlay  ON  field-manual-demo v1 signers"
+    tmux = Tmux(tmp_path, command, env)
+    try:
+        for prompt in ("New passphrase:", "Repeat for confirmation:"):
+            tmux.wait_for(f"(?m)^{prompt}", timeout=300)  # a stale .venv is set up first (minutes)
+            tmux.keys("-l", PASSPHRASE)
+            tmux.keys("Enter")
+        # the demo is signed and imported first; an unlock prompt at the shell would be the third
+        screen = tmux.wait_for(f"{chat_open}|(?m:^Passphrase:)", timeout=300)
+        assert re.search(chat_open, screen), f"a prompt instead of the chat:\n{screen}"
+        first = _quit_chat(tmux)
+    finally:
+        tmux.close()
+    assert PROMPT.findall(first) == ["New passphrase", "Repeat for confirmation"], first
+    assert "vault:   created" in first and "demo:    installed overlay field-manual-demo v1" in first
+
+    tmux = Tmux(tmp_path, command, env)  # a later run: the passphrase once, at the shell, then the chat
+    try:
+        tmux.wait_for("(?m)^Passphrase:")
+        tmux.keys("-l", PASSPHRASE)
+        tmux.keys("Enter")
+        screen = tmux.wait_for(f"{chat_open}|(?ms:^Passphrase:.*^Passphrase:)", timeout=120)
+        assert re.search(chat_open, screen), f"a prompt instead of the chat:\n{screen}"
+        later = _quit_chat(tmux)
+    finally:
+        tmux.close()
+    assert PROMPT.findall(later) == ["Passphrase"], later
