@@ -71,7 +71,7 @@ def wipe(home: Path) -> None:
     """Rule 3: zeros over every regular file under `<state>/editor/`, then all in it removed (a link: only the link)."""
     parent = home / EDITOR_DIR
     if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
-        parent.unlink()
+        parent.unlink(missing_ok=True)
         return
     if not parent.is_dir():
         return
@@ -82,7 +82,7 @@ def wipe(home: Path) -> None:
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)  # works through descriptors: a link inside is removed as a link
         else:
-            os.unlink(entry.path)
+            Path(entry.path).unlink(missing_ok=True)
 
 
 def _zero(name: str, dir_fd: int) -> None:

@@ -91,7 +91,7 @@ def erase_journal(vault: Vault) -> list[str]:
 def erase_everything(home: Path) -> str:
     """Destroy the master key slot, then delete the ciphertext it protected. Returns the erase time."""
     when = Vault.erase_all(home)
-    editor_scratch.wipe(home)
     # The keys are already unrecoverable; removing the ciphertext only frees the space.
     discard(home, [home / JOURNAL_DIR, home / STORE_DIR, home / TRUST_DIR])
+    editor_scratch.wipe(home)
     return when
