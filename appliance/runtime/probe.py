@@ -73,12 +73,12 @@ def probe_gguf(fd: int, size: int, label: str) -> GgufFacts:
         resource.setrlimit(resource.RLIMIT_CPU, (PROBE_SECONDS, PROBE_SECONDS))
 
     # The same llama.cpp library as ours; one thread each; no `gdb` from PATH on a ggml assertion.
-    one_thread = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "GGML_NO_BACKTRACE": "1"}
+    quiet = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "GGML_NO_BACKTRACE": "1"}
     try:
         r = children.run(
             children.python("-m", "appliance.runtime.probe", str(fd), str(size)),
             keep=("LLAMA_CPP_LIB_PATH",),
-            extra=one_thread,
+            extra=quiet,
             pass_fds=(fd,),
             preexec_fn=limits,
             stdin=subprocess.DEVNULL,

@@ -224,7 +224,8 @@ def test_toggle_without_overlay_is_not_found(runtime):
 
 
 def test_turns_without_a_switch_reuse_the_prefix_and_equal_fresh_sessions(runtime, model):
-    s = Session(runtime, settings=GREEDY)
+    # A system prompt, so that the turns before the newest are most of the context, as in a real chat.
+    s = Session(runtime, settings=GREEDY, system_prompt="You are the assistant of an air-gapped appliance. Answer plainly.")
     first = s.generate("Hello!", max_tokens=8)
     replies = _switch_and_check(model, s, first, ["Tell me more.", "And then?"], None, max_tokens=8, switch=False)
     assert all(r.prefill_tokens < r.prompt_tokens / 2 for r in replies), "the earlier turns should come from the cache"
