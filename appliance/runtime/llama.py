@@ -38,7 +38,7 @@ FLASH_ATTENTION = False
 
 
 class DecodeStopped(Exception):
-    """A decode was stopped by the event it was given (`LlamaEngine.stop_on`); what it was computing is not in the cache."""
+    """A decode was stopped by its event (`LlamaEngine.stop_on`): the batch it was in is not in the cache, earlier ones are."""
 
 
 _backend_ready = False
@@ -190,7 +190,7 @@ class LlamaEngine:
             batch.logits[j - i - 1] = j == n
             batch.n_tokens = j - i
             rc = C.llama_decode(self.ctx, batch)
-            if rc == 2:  # llama.cpp dropped the stopped batch's positions; earlier batches stay (the caller drops them)
+            if rc == 2:  # stopped (`stop_on`): llama.cpp has dropped this batch's positions
                 raise DecodeStopped(f"the decode at positions {pos0 + i}..{pos0 + j - 1} was stopped")
             if rc != 0:
                 raise ModelFailed(f"llama_decode failed with code {rc}")
