@@ -11,6 +11,7 @@ long prefill within one matrix product.
 """
 
 import ctypes
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ FLASH_ATTENTION = False
 
 
 class DecodeStopped(Exception):
-    """A decode was stopped by the event it was given (`LlamaEngine.stop_on`); what it was computing is not in the cache."""
+    """A decode was stopped by its event (`LlamaEngine.stop_on`): the batch it was in is not in the cache, earlier ones are."""
 
 
 _backend_ready = False
@@ -106,12 +107,14 @@ class LlamaEngine:
             return
         # llama.cpp calls it after every graph node, on the thread that called llama_decode (ctypes takes
         # the GIL for it: about a microsecond a node), so it is set only while a caller can be stopped.
-        abort = C.ggml_abort_callback(lambda _data: event.is_set())
-        C.llama_set_abort_callback(self.ctx, abort, None)
-        try:
-            yield
-        finally:
-            C.llama_set_abort_callback(self.ctx, C.ggml_abort_callback(), None)  # NULL: none
+        interrupted = threading.Event()
+        abort = C.ggml_abort_callback(lambda _data: event.is_set() or interrupted.is_set())
+        with _interrupt_held(interrupted):
+            C.llama_set_abort_callback(self.ctx, abort, None)
+            try:
+                yield
+            finally:
+                C.llama_set_abort_callback(self.ctx, C.ggml_abort_callback(), None)  # NULL: none
 
     def set_threads(self, n: int) -> None:
         """Threads for the next decodes (prompt batches and single tokens alike); the numerics do not depend on it."""
@@ -203,7 +206,7 @@ class LlamaEngine:
             batch.logits[j - i - 1] = j == n
             batch.n_tokens = j - i
             rc = C.llama_decode(self.ctx, batch)
-            if rc == 2:  # llama.cpp dropped the stopped batch's positions; earlier batches stay (the caller drops them)
+            if rc == 2:  # stopped (`stop_on`): llama.cpp has dropped this batch's positions
                 raise DecodeStopped(f"the decode at positions {pos0 + i}..{pos0 + j - 1} was stopped")
             if rc != 0:
                 raise ModelFailed(f"llama_decode failed with code {rc}")
@@ -297,6 +300,28 @@ class SamplerChain:
 
     def __del__(self):
         self.close()
+
+
+@contextmanager
+def _interrupt_held(interrupted: threading.Event) -> Iterator[None]:
+    """Ctrl-C (SIGINT) sets `interrupted` inside the block, and is raised again as it ends.
+
+    On the main thread Python runs pending signal handlers inside the abort callback: that is how
+    the kill-switch's flag is set mid-prefill in `ask`. A handler that raises there (SIGINT's
+    KeyboardInterrupt) would be lost in the callback, so SIGINT stops the decode instead, and is
+    delivered to its own handler once the decode has returned.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield  # handlers run on the main thread only (and one installed outside Python cannot be put back)
+        return
+    signal.signal(signal.SIGINT, lambda _signum, _frame: interrupted.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if interrupted.is_set():
+            signal.raise_signal(signal.SIGINT)
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:

@@ -154,7 +154,7 @@ class Session:
         room = min(max_tokens, engine.n_ctx - len(prompt))
         t1 = None
         # `cancel` is read between tokens, and by llama.cpp after every graph node of a forward pass:
-        # a long prefill stops part-way (the decoder drops what it had computed).
+        # a long prefill stops part-way (the next prefill drops what it had computed: decoder.py, rule 6).
         try:
             with engine.stop_on(cancel):
                 if control is None:  # the form every decoder takes, the UI's divergence audit included

@@ -1,9 +1,11 @@
 """A stop (the kill-switch's cancel, the chat's stop key) lands inside a prefill, not after it, and
 leaves the decoder as a fresh session would find it (decoder.py, rule 6)."""
 
+import signal
 import threading
 
 import llama_cpp as C
+import pytest
 
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Session
@@ -12,28 +14,59 @@ LONG = " ".join(f"Note {i}: the keeper lit the lamp, wound the clock and logged 
 SHORT = "Name a colour."
 
 
+def _first_batch_cached(runtime) -> bool:
+    return C.llama_memory_seq_pos_max(runtime.engine.memory, runtime.decoder.current.seq_id) >= runtime.engine.n_batch - 1
+
+
+def _cached(runtime) -> int:
+    return C.llama_memory_seq_pos_max(runtime.engine.memory, runtime.decoder.current.seq_id) + 1
+
+
 class SetOnceFirstBatchCached(threading.Event):
     """Reads as set once the cache holds the prompt's first batch: the stop lands inside a later batch."""
 
-    def __init__(self, engine, seq_id: int):
+    def __init__(self, runtime):
         super().__init__()
-        self.engine, self.seq_id = engine, seq_id
+        self.runtime = runtime
 
     def is_set(self) -> bool:
-        return C.llama_memory_seq_pos_max(self.engine.memory, self.seq_id) >= self.engine.n_batch - 1
+        return _first_batch_cached(self.runtime)
+
+
+class CtrlCOnceFirstBatchCached(threading.Event):
+    """Never set; presses Ctrl-C (SIGINT to this process) once the cache holds the prompt's first batch."""
+
+    def __init__(self, runtime):
+        super().__init__()
+        self.runtime, self.pressed = runtime, False
+
+    def is_set(self) -> bool:
+        if not self.pressed and _first_batch_cached(self.runtime):
+            self.pressed = True
+            signal.raise_signal(signal.SIGINT)
+        return False
 
 
 def test_a_stop_lands_inside_the_prefill_and_the_next_reply_is_a_fresh_sessions(runtime):
     engine = runtime.engine
     runtime.decoder.reset()
-    stop = SetOnceFirstBatchCached(engine, runtime.decoder.current.seq_id)
-    reply = Session(runtime, settings=GREEDY).generate(LONG, max_tokens=8, cancel=stop)
+    reply = Session(runtime, settings=GREEDY).generate(LONG, max_tokens=8, cancel=SetOnceFirstBatchCached(runtime))
     assert reply.finish == "cancelled" and reply.tokens == []
     assert len(reply.prompt) > 2 * engine.n_batch  # at least one batch was left to compute when it stopped
-    cached = C.llama_memory_seq_pos_max(engine.memory, runtime.decoder.current.seq_id) + 1
-    assert cached < len(reply.prompt), "the prefill ran to its end: the stop was read only after it"
+    assert _cached(runtime) < len(reply.prompt), "the prefill ran to its end: the stop was read only after it"
 
     after = Session(runtime, settings=GREEDY).generate(SHORT, max_tokens=8)
     runtime.decoder.reset()
     fresh = Session(runtime, settings=GREEDY).generate(SHORT, max_tokens=8)
     assert after.tokens == fresh.tokens and after.tokens
+
+
+def test_ctrl_c_during_a_prefill_stops_it_and_is_raised(runtime):
+    """Python runs signal handlers inside llama.cpp's abort callback; Ctrl-C's KeyboardInterrupt must not be
+    lost there (ctypes would print and drop it): it stops the prefill and reaches the caller."""
+    runtime.decoder.reset()
+    ctrl_c = CtrlCOnceFirstBatchCached(runtime)
+    with pytest.raises(KeyboardInterrupt):
+        Session(runtime, settings=GREEDY).generate(LONG, max_tokens=8, cancel=ctrl_c)
+    assert ctrl_c.pressed and _cached(runtime) < 2 * runtime.engine.n_batch  # stopped inside its second batch
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

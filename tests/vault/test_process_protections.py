@@ -79,7 +79,8 @@ def test_the_passphrase_buffer_is_zeroed_once_the_vault_has_it(vault_home, monke
     seen = []
     real = unlocking.Vault.unlock
     monkeypatch.setattr(unlocking.Vault, "unlock", lambda home, passphrase: seen.append(passphrase) or real(home, passphrase))
-    unlocking.unlock(None).zeroize()
+    with unlocking.unlocked(None):
+        pass
     (passphrase,) = seen
     assert isinstance(passphrase, bytearray) and len(passphrase) == len(PASSPHRASE) and not any(passphrase)
 
