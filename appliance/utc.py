@@ -5,11 +5,15 @@ seconds; journal records keep microseconds so that the order of events within a 
 """
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 SECONDS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 MICROSECONDS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 SECONDS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+# How far a signer's clock may run ahead of this one (drift, no NTP on either side). One value for every
+# rule that compares them: a manifest's `created` and a signature's time may be this far ahead, and the
+# clock this far behind the time floor, so what one rule accepts never makes another refuse everything.
+CLOCK_TOLERANCE = timedelta(hours=1)
 
 
 def now() -> datetime:

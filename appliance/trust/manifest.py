@@ -18,7 +18,7 @@ function raising its own `Refused` subclass that names the fault:
    (`overlay.control`); both are bound to a base.
 
 Rule 8, `check_created`, needs the clock and is applied by the import (`store.importer`, step 3):
-`created` is at most `CREATED_TOLERANCE` after now, so a bundle dated in the future cannot move the
+`created` is at most `CLOCK_TOLERANCE` after now, so a bundle dated in the future cannot move the
 time floor past every correctly dated bundle.
 
 The bytes are kept as they came: signatures are checked over `raw`, never over
@@ -28,7 +28,7 @@ a re-serialisation.
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import lru_cache
 from io import BytesIO
 from typing import Optional, cast
@@ -39,7 +39,7 @@ from ..errors import Refused
 from ..overlay import control
 from ..overlay.files import JSON_NAME, TENSORS_NAME
 from ..untrusted_json import JsonRejected, load_untrusted
-from ..utc import format_time, parse_time
+from ..utc import CLOCK_TOLERANCE, format_time, parse_time
 from .builtin import MANIFESTS_DIR
 from .hashing import sha256_stream
 
@@ -52,7 +52,6 @@ PATH_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]
 OVERLAY_FILES = frozenset({JSON_NAME, TENSORS_NAME})
 CONTROL_FILES = frozenset({control.JSON_NAME, control.TENSORS_NAME})
 FILES_OF_KIND = {"overlay": OVERLAY_FILES, "control-vector": CONTROL_FILES}
-CREATED_TOLERANCE = timedelta(days=1)  # a build station's clock (or time zone) a little ahead of the appliance's
 
 
 class ManifestTooLarge(Refused):
@@ -80,7 +79,7 @@ class ManifestOverlayIncomplete(Refused):
 
 
 class ManifestFromFuture(Refused):
-    """Rule 8: `created` is later than now plus `CREATED_TOLERANCE` (the bundle's clock, or this one, is wrong)."""
+    """Rule 8: `created` is later than now plus `CLOCK_TOLERANCE` (the bundle's clock, or this one, is wrong)."""
 
 
 @dataclass(frozen=True)
@@ -181,11 +180,11 @@ def _check_overlay_files(doc: dict) -> None:
 
 
 def check_created(manifest: Manifest, now: datetime) -> None:
-    """Rule 8: refused if `created` is more than `CREATED_TOLERANCE` after `now`."""
-    if manifest.created > now + CREATED_TOLERANCE:
+    """Rule 8: refused if `created` is more than `CLOCK_TOLERANCE` after `now`."""
+    if manifest.created > now + CLOCK_TOLERANCE:
         raise ManifestFromFuture(
             f"{manifest.name} v{manifest.version}: created {format_time(manifest.created)}, later than now "
-            f"({format_time(now)}) plus the {CREATED_TOLERANCE.days}-day tolerance: is its clock, or this appliance's, wrong?"
+            f"({format_time(now)}) plus the tolerance of {CLOCK_TOLERANCE}: is its clock, or this appliance's, wrong?"
         )
 
 

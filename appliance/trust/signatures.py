@@ -42,18 +42,17 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import gnupg
 
 from ..errors import Refused, UsageError
-from ..utc import format_time, now
+from ..utc import CLOCK_TOLERANCE, format_time, now
 
 KEYRING = "pubring.kbx"
 GPG_DIRS = ("/usr/bin", "/bin", "/usr/local/bin")  # where gpg is looked for, in order: never $PATH
-CLOCK_TOLERANCE = timedelta(hours=1)  # how far a signer's clock may run ahead of ours (drift, no NTP)
 # Our trust is the pinned list, not gpg's web of trust; never fetch a key; SHA-1 is too weak to count.
 VERIFY_ARGS = ["--trust-model", "always", "--no-auto-key-retrieve", "--weak-digest", "SHA1"]
 GPG_FAILURES = {  # gpg's status keyword (doc/DETAILS) -> why the signature does not count
