@@ -6,7 +6,7 @@
    judged at max(now, floor) and refused while the clock is behind the floor (`trust.signatures`);
 3. expiry against the time floor: refused if `expires` is not after
    max(now, floor); a clock earlier than the floor is reported; and `created`
-   at most a day after now (`trust.manifest.check_created`), since it becomes the floor;
+   at most the clock tolerance after now (`trust.manifest.check_created`), since it becomes the floor;
 4. an item keeps its kind, and the version is strictly above every version
    ever accepted for that name (rollback, replay);
 5. each artifact's size and SHA-256, hashed while it is copied from the
