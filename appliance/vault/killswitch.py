@@ -112,8 +112,8 @@ class KillSwitch:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._release_pid_file()  # the lock first, as it was taken last: a kill that finds it finds the handlers
         self._restore_handlers()
-        self._release_pid_file()
 
     def on_kill(self, callback: Callable[[], None]) -> None:
         """Run `callback` (zero a buffer, switch the overlay off, ...) when the kill is handled."""
