@@ -12,7 +12,15 @@ from ..trust.builtin import embedded_pin, verify_pinned
 from ..vault import Vault
 from .options import resume_option
 from .output import say, stream, warn
-from .unlocking import create_vault, new_vault_passphrase, passphrase_option, unlock, unlocked, unlocked_appliance
+from .unlocking import (
+    create_vault,
+    generation_line,
+    new_vault_passphrase,
+    passphrase_option,
+    unlock,
+    unlocked,
+    unlocked_appliance,
+)
 from .vault_commands import erase, kill, kill_policy, logs, passphrase
 
 
@@ -93,7 +101,9 @@ def status(passphrase_file) -> None:
         model = active_model(vault)  # an imported base decrypted and hashed in memory
         close_model(model)
         lines = status_lines(vault)
+        generation = generation_line(vault)
     say(f"state:   {home}")
+    say(generation)
     say(f"base:    {model.name} v{model.version} ({model.origin})")
     say(f"         {'in the encrypted store' if model.fd is not None else model.path}")
     say(f"         sha256 {model.sha256}  verified")

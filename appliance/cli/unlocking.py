@@ -103,14 +103,25 @@ def _read_private_file(source: Path, buf: bytearray) -> int:
 
 
 def unlock(passphrase_file: Optional[Path]) -> Vault:
+    """The unlocked vault; when the passphrase was typed, its generation is shown for the operator to compare."""
     home = paths.state_dir()
     state.require_initialised(home)
     Vault.require(home)  # no vault, or an erased one: say so before asking for a passphrase
+    typed = not (passphrase_file or os.environ.get(PASSPHRASE_ENV))
     passphrase = read_passphrase(passphrase_file)
     try:
-        return Vault.unlock(home, passphrase)
+        vault = Vault.unlock(home, passphrase)
     finally:
         zeroize(passphrase)
+    if typed:
+        warn(generation_line(vault))
+    return vault
+
+
+def generation_line(vault: Vault) -> str:
+    """What the operator notes offline after each update or incident, and compares (docs/procedures.md, section 1)."""
+    generation, written = vault.generation()
+    return f"vault:   generation {generation}, written {written} (lower than the one you noted: an older copy was put back)"
 
 
 @contextmanager

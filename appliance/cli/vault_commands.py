@@ -15,7 +15,7 @@ from ..fsutil import atomic_write
 from ..journal import JournalBroken, Report, read_session, sessions, verify_session
 from ..journal.search import Match, search
 from ..journal.transcript import markdown_transcript, provenance_line
-from ..vault import Vault, zeroize
+from ..vault import Vault, VaultRolledBack, zeroize
 from ..vault.killswitch import WIPE_POLICY, running_pid, signal_running
 from .output import say, warn
 from .unlocking import passphrase_option, read_passphrase, unlock
@@ -66,11 +66,21 @@ def logs_show(session_id: str, passphrase_file: Optional[Path]) -> None:
 
 @logs.command("verify")
 @click.argument("session_id", required=False)
+@click.option(
+    "--generation",
+    "noted",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The vault generation you noted (`status`): a lower one now is an older copy of the state put back (exit 3).",
+)
 @passphrase_option
-def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> None:
+def logs_verify(session_id: Optional[str], noted: Optional[int], passphrase_file: Optional[Path]) -> None:
     """Check the hash chain, every record's authenticity and the sealed heads. Exit 3 names the first break."""
     broken = []
     with unlock(passphrase_file) as vault:
+        generation, written = vault.generation()
+        if noted is not None and generation < noted:
+            raise VaultRolledBack(generation, noted, "you noted")
         for sid in [session_id] if session_id else sessions(vault):
             try:
                 report = verify_session(vault, sid)
@@ -87,6 +97,7 @@ def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> N
             else:
                 say(f"BROKEN  {sid}: {report.broken_at}")
                 broken.append((report.session_id, report.broken_at))
+    say(f"vault   generation {generation}, written {written}")
     if broken:
         raise JournalBroken(*broken[0])
 
@@ -228,7 +239,7 @@ def erase_all_cmd(yes: bool) -> None:
     help="Read the new passphrase from this file (default: a prompt, typed twice).",
 )
 def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Path]) -> None:
-    """Change the passphrase (rewraps the master key only)."""
+    """Change the passphrase: a new key-encryption key and master key, the data keys rewrapped (the data untouched)."""
     home = paths.state_dir()
     state.require_initialised(home)
     old, new = read_passphrase(passphrase_file, prompt="Current passphrase"), bytearray()
@@ -238,7 +249,7 @@ def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Pa
     finally:
         zeroize(old)
         zeroize(new)
-    say("passphrase changed (master key rewrapped; data keys and data untouched)")
+    say("passphrase changed (new key-encryption key and master key, data keys rewrapped; data untouched)")
 
 
 @click.command()

@@ -2,7 +2,7 @@
 
 Rules:
 - Argon2id where this build of `cryptography` has it (OpenSSL >= 3.2), else scrypt. The name,
-  parameters and salt are stored in master.json, so the KEK can be derived again from them alone.
+  parameters and salt are stored in the vault file, so the KEK can be derived again from them alone.
 - A stored parameter set is checked before it runs: a field of the wrong type or outside
   `KDF_BOUNDS` is a corrupt vault (exit 4), because a tampered file must not make unlock eat the machine.
 - The KEK is returned in a key buffer (`aead.secret`) for the caller to zero; the passphrase is
@@ -30,9 +30,9 @@ KDF_FIELDS = {"argon2id": ("iterations", "lanes", "memory_kib"), "scrypt": ("n",
 SALT_BYTES = (8, 64)  # what a stored salt may measure; a new one is 16
 
 
-def fresh_params() -> dict:
-    """The parameters of a new KEK: this build's KDF, a fresh salt."""
-    params = dict(ARGON2ID_PARAMS if Argon2id is not None else SCRYPT_PARAMS)
+def fresh_params(cost: dict | None = None) -> dict:
+    """The parameters of a new KEK: `cost` (a KDF's name and parameters, else this build's default), a fresh salt."""
+    params = dict(cost or (ARGON2ID_PARAMS if Argon2id is not None else SCRYPT_PARAMS))
     params["salt"] = b64(os.urandom(16))
     return params
 
@@ -40,19 +40,19 @@ def fresh_params() -> dict:
 def derive_kek(passphrase: bytes | bytearray, kdf: object) -> bytearray:
     """Run the stored KDF; parameters outside KDF_BOUNDS or of the wrong type are a corrupt vault."""
     if not isinstance(kdf, dict):
-        raise VaultCorrupt("master.json: kdf is not an object")
-    salt = unb64(kdf.get("salt"), VaultCorrupt, "master.json: kdf salt")
+        raise VaultCorrupt("vault: kdf is not an object")
+    salt = unb64(kdf.get("salt"), VaultCorrupt, "vault: kdf salt")
     name = kdf.get("name")
     if name not in KDF_FIELDS:
-        raise VaultCorrupt(f"master.json: unknown kdf {name!r}")
+        raise VaultCorrupt(f"vault: unknown kdf {name!r}")
     values = {}
     for field in KDF_FIELDS[name]:
         v, (lo, hi) = kdf.get(field), KDF_BOUNDS[field]
         if type(v) is not int or not lo <= v <= hi:
-            raise VaultCorrupt(f"master.json: kdf {field} missing or outside [{lo}, {hi}]")
+            raise VaultCorrupt(f"vault: kdf {field} missing or outside [{lo}, {hi}]")
         values[field] = v
     if not SALT_BYTES[0] <= len(salt) <= SALT_BYTES[1]:
-        raise VaultCorrupt("master.json: kdf salt length out of bounds")
+        raise VaultCorrupt("vault: kdf salt length out of bounds")
     try:
         if name == "argon2id":
             if Argon2id is None:
@@ -66,8 +66,8 @@ def derive_kek(passphrase: bytes | bytearray, kdf: object) -> bytearray:
             )
         else:
             if values["n"] & (values["n"] - 1):
-                raise VaultCorrupt("master.json: scrypt n is not a power of two")
+                raise VaultCorrupt("vault: scrypt n is not a power of two")
             kdf_obj = Scrypt(salt=salt, length=KEY_BYTES, n=values["n"], r=values["r"], p=values["p"])
         return secret(kdf_obj.derive(passphrase))  # type: ignore[arg-type]  # a bytearray is read in place
     except (ValueError, MemoryError) as e:
-        raise VaultCorrupt(f"master.json: kdf parameters rejected: {e}") from None
+        raise VaultCorrupt(f"vault: kdf parameters rejected: {e}") from None
