@@ -84,12 +84,14 @@ def logs_verify(session_id: Optional[str], noted: Optional[int], passphrase_file
         for sid in [session_id] if session_id else sessions(vault):
             try:
                 report = verify_session(vault, sid)
-            except (Erased, NotFound) as e:
+            except Erased as e:  # listed by its file: the ciphertext an interrupted erase left
                 if session_id:
                     raise
-                say(f"skip    {sid}: {e}")
+                say(f"erased  {sid}: {e}; its file is ciphertext without a key")
                 continue
-            if report.broken_at is None:
+            if report.never_written:
+                say(f"ok      {sid}: never written (its key was recorded, then the start was interrupted)")
+            elif report.broken_at is None:
                 note = (
                     f" ({report.unsealed} written after the last sealed head: an interrupted append)" if report.unsealed else ""
                 )
