@@ -13,7 +13,7 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import appliance, error_line, read_only, tree_digest, with_file_size_limit
+from helpers import TEST_KDF, appliance, error_line, read_only, tree_digest, with_file_size_limit
 
 from appliance import state
 from appliance.vault import Vault
@@ -122,7 +122,7 @@ def test_init_into_an_existing_dir_on_a_full_disk_leaves_it_uninitialised(home, 
 def test_init_interrupted_after_its_vault_is_finished_by_init(home, passphrase_file, monkeypatch):
     """A kill between the vault and the marker: not initialised; `init` keeps that vault and asks nothing."""
     home.mkdir()
-    Vault.create(home, PASSPHRASE.encode()).zeroize()
+    Vault.create(home, PASSPHRASE.encode(), cost=TEST_KDF).zeroize()
     one_error(appliance("status"), 5, "not-initialised", "appliance init")
     monkeypatch.delenv("APPLIANCE_PASSPHRASE_FILE")
     r = appliance("init", "--if-needed")

@@ -21,6 +21,7 @@ from ..service import UnlockedAppliance
 from ..store.bases import active_model, close_model
 from ..trust.builtin import VerifiedModel
 from ..vault import Vault, zeroize
+from ..vault.kdf import WEAK_BITS, estimated_bits
 from ..vault.killswitch import Killed
 from .output import say, warn
 
@@ -147,6 +148,16 @@ def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed:
     return read_passphrase(passphrase_file, confirm=True, prompt="New passphrase")
 
 
+def warn_if_weak(passphrase: bytearray) -> None:
+    """A warning line for a new passphrase below the strength rule (`kdf.estimated_bits`); it is still accepted."""
+    bits = estimated_bits(passphrase)
+    if bits < WEAK_BITS:
+        warn(
+            f"warning: this passphrase looks weak (about {bits:.0f} bits by its length and character classes, "
+            f"under {WEAK_BITS}): five or more random words are stronger"
+        )
+
+
 def create_vault(home: Path, passphrase: bytearray) -> Vault:
     """The new vault, left unlocked for the caller (one key derivation); the caller zeroizes it.
 
@@ -154,6 +165,7 @@ def create_vault(home: Path, passphrase: bytearray) -> Vault:
     """
     replacing = Vault.state(home) == "erased"
     try:
+        warn_if_weak(passphrase)
         vault = Vault.create(home, passphrase)
     finally:
         zeroize(passphrase)

@@ -18,7 +18,7 @@ from ..journal.transcript import markdown_transcript, provenance_line
 from ..vault import Vault, VaultRolledBack, zeroize
 from ..vault.killswitch import WIPE_POLICY, running_pid, signal_running
 from .output import say, warn
-from .unlocking import passphrase_option, read_passphrase, unlock
+from .unlocking import passphrase_option, read_passphrase, unlock, warn_if_weak
 
 KILL_WAIT_SECONDS = 10.0
 
@@ -247,6 +247,7 @@ def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Pa
     old, new = read_passphrase(passphrase_file, prompt="Current passphrase"), bytearray()
     try:
         new = read_passphrase(new_passphrase_file, confirm=True, prompt="New passphrase", use_env=False)
+        warn_if_weak(new)
         Vault.change_passphrase(home, old, new)
     finally:
         zeroize(old)

@@ -17,6 +17,7 @@ Rules:
 - The KEK is derived once per unlock and held by the `Vault`, so writes need no passphrase (an
   erase by the kill-switch included). The stored salt says which KEK a file needs: a file with
   another salt than the one unlocked was rekeyed since (`VaultRekeyed`).
+- The KEK is derived from the passphrase in Unicode NFC (`kdf.normalised`).
 - Reading never changes a byte: missing (`NoVault`), erased (`VaultErased`), malformed or of
   another format (`VaultCorrupt`), wrong passphrase (`WrongPassphrase`), a table that fails
   authentication or is of the wrong shape (`KeySlotsCorrupt`).
@@ -32,7 +33,7 @@ from ..utc import now_text
 from .aead import KEY_BYTES, random_key, seal, secret, unb64, unseal, zeroize
 from .disk import VAULT_FILE, load_json, vault_dir, write_durable
 from .errors import KeySlotsCorrupt, NoVault, VaultCorrupt, VaultErased, VaultRekeyed, WrongPassphrase
-from .kdf import derive_kek, fresh_params
+from .kdf import derive_kek, fresh_params, normalised
 from .slots import SlotTable
 
 FORMAT = "appliance-vault/2"
@@ -61,13 +62,13 @@ def read_doc(home: Path) -> dict:
 def new_kek(passphrase: bytes | bytearray, cost: dict | None = None) -> tuple[bytearray, dict]:
     """A KEK for a new passphrase, with a fresh salt; `cost` (the KDF's name and parameters) defaults to this build's."""
     params = fresh_params(cost)
-    return derive_kek(passphrase, params), params
+    return _derive(passphrase, params), params
 
 
 def open_kek(home: Path, passphrase: bytes | bytearray) -> tuple[bytearray, dict]:
     """The KEK of the passphrase, checked against the stored master key; and the file it opened."""
     doc = read_doc(home)
-    kek = derive_kek(passphrase, doc.get("kdf"))
+    kek = _derive(passphrase, doc.get("kdf"))
     try:
         zeroize(_unwrap_master(kek, doc))
     except InvalidTag:
@@ -144,6 +145,15 @@ def unwrap_data_key(kek: bytearray, key_id: str, wrapped: str) -> bytearray:
         zeroize(key)
         raise KeySlotsCorrupt(f"the key of {key_id} has the wrong length")
     return key
+
+
+def _derive(passphrase: bytes | bytearray, params: object) -> bytearray:
+    """Format 2 derives from the passphrase in NFC (`kdf.normalised`)."""
+    nfc = normalised(passphrase)
+    try:
+        return derive_kek(nfc, params)
+    finally:
+        zeroize(nfc)
 
 
 def _unwrap_master(kek: bytearray, doc: dict) -> bytearray:
