@@ -8,16 +8,28 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import ok
 from vault_setup import PASSPHRASE
 
+from appliance import state
 from appliance.errors import Erased, NotFound
-from appliance.vault import KeySlotsCorrupt, Vault, VaultCorrupt, VaultRekeyed, VaultRolledBack, WrongPassphrase, zeroize
+from appliance.vault import (
+    KeySlotsCorrupt,
+    Vault,
+    VaultCorrupt,
+    VaultRekeyed,
+    VaultRolledBack,
+    WrongPassphrase,
+    decrypt_chunks,
+    zeroize,
+)
 from appliance.vault.aead import unseal
 from appliance.vault.kdf import KDF_BOUNDS, derive_kek
 from appliance.vault.killswitch import WIPE_POLICY
 from appliance.vault.vault_file import MASTER_AD, TABLE_AD, vault_path
 
 FORMAT_1 = Path(__file__).parent / "data" / "format-1"  # written by the release before the vault split
+FORMAT_1_STATE = Path(__file__).parent / "data" / "format-1-state"  # a whole state directory, written by format 1
 SESSION = "journal/20260101T000000Z-00000000"
 
 
@@ -195,3 +207,20 @@ def test_an_erased_vault_of_format_1_is_erased(format_1):
         Vault.unlock(format_1, PASSPHRASE)
     Vault.create(format_1, PASSPHRASE).zeroize()
     assert sorted(p.name for p in (format_1 / "vault").iterdir()) == ["lock", "vault.json"]
+
+
+def test_a_state_directory_of_format_1_upgrades_with_its_journal_and_files(tmp_path, monkeypatch, passphrase_file):
+    """Written by format 1's code (tests/vault/data/format-1-state): the first command upgrades the vault;
+    the journal session verifies against its sealed head and the chunked file decrypts under its key."""
+    home = tmp_path / "state"
+    shutil.copytree(FORMAT_1_STATE, home)
+    state.initialise(home)
+    monkeypatch.setenv("APPLIANCE_HOME", str(home))
+    out = ok("logs", "verify")
+    assert "ok      20261207T152342Z-da1f6fac: 2 records" in out and "vault   generation 1," in out
+    assert sorted(p.name for p in (home / "vault").iterdir()) == ["lock", "vault.json"]
+    with Vault.unlock(home, PASSPHRASE) as vault:
+        key = vault.data_key("overlay/care/1")
+        path = home / "overlays" / "care" / "1" / "overlay.safetensors.enc"
+        assert b"".join(decrypt_chunks(key, path, b"overlay/care/1")) == b"overlay weights " * 10
+        assert vault.erased_key_ids() == {"overlay/care/0": "2026-12-07T15:23:42Z"}
