@@ -51,7 +51,7 @@ MAX_CHUNKS = 1 << 32
 
 def file_key(key: bytes | bytearray, salt: bytes, context: bytes) -> bytearray:
     """The key one file is sealed under: HKDF-SHA256 of the data key over the file's salt and context."""
-    return secret(HKDF(SHA256(), KEY_BYTES, salt, FILE_KEY_INFO + context).derive(key))  # type: ignore[arg-type]  # read in place
+    return secret(HKDF(SHA256(), KEY_BYTES, salt, FILE_KEY_INFO + context).derive(key))  # a bytearray is read in place
 
 
 class CiphertextRejected(Refused):
