@@ -5,6 +5,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from appliance.vault import kdf
+
+# The cheapest KDF cost this build has. Tests make their vaults with it (`Vault.create(..., cost=TEST_KDF)`,
+# a parameter the appliance never passes) and every later unlock reads it from the vault file; the
+# appliance's own cost (about 1 s an unlock) is for real passphrases, and `init` through the CLI uses it.
+TEST_KDF = (
+    {"name": "argon2id", "iterations": 1, "lanes": 1, "memory_kib": 8}
+    if kdf.Argon2id is not None
+    else {"name": "scrypt", "n": 2, "r": 1, "p": 1}
+)
+
 
 def appliance(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 300, prefix: list[str] = ()):
     """Run the real `appliance` command in a subprocess; returns CompletedProcess (text mode)."""

@@ -10,7 +10,7 @@ from ..store.bases import active_model, close_model
 from .first_run import initialise
 from .options import FiniteFloatRange, resume_option
 from .output import say, stream, warn
-from .unlocking import passphrase_option, unlocked, unlocked_appliance
+from .unlocking import generation_line, passphrase_option, unlocked, unlocked_appliance
 from .vault_commands import erase, kill, kill_policy, logs, passphrase
 
 
@@ -46,7 +46,9 @@ def status(passphrase_file) -> None:
         model = active_model(vault)  # an imported base decrypted and hashed in memory
         close_model(model)
         lines = status_lines(vault)
+        generation = generation_line(vault)
     say(f"state:   {home}")
+    say(generation)
     say(f"base:    {model.name} v{model.version} ({model.origin})")
     say(f"         {'in the encrypted store' if model.fd is not None else model.path}")
     say(f"         sha256 {model.sha256}  verified")

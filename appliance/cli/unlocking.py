@@ -27,6 +27,7 @@ from ..service import UnlockedAppliance
 from ..store.bases import active_model, close_model
 from ..trust.builtin import VerifiedModel
 from ..vault import Vault, zeroize
+from ..vault.kdf import WEAK_BITS, estimated_bits
 from ..vault.killswitch import Killed, KillSwitch
 from .output import say, warn
 
@@ -114,12 +115,26 @@ def unlock(passphrase_file: Optional[Path]) -> Vault:
     core): that caller has armed the kill-switch and zeroizes the keys."""
     home = paths.state_dir()
     state.require_initialised(home)
-    Vault.require(home)
+    Vault.require(home)  # no vault, or an erased one: say so before asking for a passphrase
     passphrase = read_passphrase(passphrase_file)
     try:
-        return Vault.unlock(home, passphrase)
+        vault = Vault.unlock(home, passphrase)
     finally:
         zeroize(passphrase)
+    _show_generation(vault, passphrase_file)
+    return vault
+
+
+def _show_generation(vault: Vault, passphrase_file: Optional[Path]) -> None:
+    """When the passphrase was typed, a person is there to compare the generation with the one noted."""
+    if not (passphrase_file or os.environ.get(PASSPHRASE_ENV)):
+        warn(generation_line(vault))
+
+
+def generation_line(vault: Vault) -> str:
+    """What the operator notes offline after each update or incident, and compares (docs/procedures.md, section 1)."""
+    generation, written = vault.generation()
+    return f"vault:   generation {generation}, written {written} (lower than the one you noted: an older copy was put back)"
 
 
 @contextmanager
@@ -135,6 +150,7 @@ def killable_vault(passphrase_file: Optional[Path]) -> Iterator[tuple[Vault, Kil
             vault = held.enter_context(Vault.unlock(home, passphrase))
         finally:
             zeroize(passphrase)
+        _show_generation(vault, passphrase_file)
         try:
             yield vault, killswitch
             killswitch.check()
@@ -174,6 +190,16 @@ def new_vault_passphrase(home: Path, passphrase_file: Optional[Path], if_needed:
     return read_passphrase(passphrase_file, confirm=True, prompt="New passphrase")
 
 
+def warn_if_weak(passphrase: bytearray) -> None:
+    """A warning line for a new passphrase below the strength rule (`kdf.estimated_bits`); it is still accepted."""
+    bits = estimated_bits(passphrase)
+    if bits < WEAK_BITS:
+        warn(
+            f"warning: this passphrase looks weak (about {bits:.0f} bits by its length and character classes, "
+            f"under {WEAK_BITS}): five or more random words are stronger"
+        )
+
+
 def create_vault(home: Path, passphrase: bytearray) -> Vault:
     """The new vault, left unlocked for the caller (one key derivation); the caller zeroizes it.
 
@@ -181,6 +207,7 @@ def create_vault(home: Path, passphrase: bytearray) -> Vault:
     """
     replacing = Vault.state(home) == "erased"
     try:
+        warn_if_weak(passphrase)
         vault = Vault.create(home, passphrase)
     finally:
         zeroize(passphrase)

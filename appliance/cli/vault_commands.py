@@ -17,10 +17,10 @@ from ..fsutil import atomic_write
 from ..journal import JournalBroken, Report, read_session, sessions, verify_session
 from ..journal.search import Match, search
 from ..journal.transcript import markdown_transcript, provenance_line
-from ..vault import Vault, zeroize
+from ..vault import Vault, VaultRolledBack, zeroize
 from ..vault.killswitch import KILL_GRACE_SECONDS, WIPE_POLICY, Killed, KillSwitch, running_pid, stop_running
 from .output import say, warn
-from .unlocking import killable_vault, passphrase_option, read_passphrase, unlocked
+from .unlocking import killable_vault, passphrase_option, read_passphrase, unlocked, warn_if_weak
 
 # -- logs ------------------------------------------------------------------------------
 
@@ -65,20 +65,32 @@ def logs_show(session_id: str, passphrase_file: Optional[Path]) -> None:
 
 @logs.command("verify")
 @click.argument("session_id", required=False)
+@click.option(
+    "--generation",
+    "noted",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The vault generation you noted (`status`): a lower one now is an older copy of the state put back (exit 3).",
+)
 @passphrase_option
-def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> None:
+def logs_verify(session_id: Optional[str], noted: Optional[int], passphrase_file: Optional[Path]) -> None:
     """Check the hash chain, every record's authenticity and the sealed heads. Exit 3 names the first break."""
     broken = []
     with unlocked(passphrase_file) as vault:
+        generation, written = vault.generation()
+        if noted is not None and generation < noted:
+            raise VaultRolledBack(generation, noted, "you noted")
         for sid in [session_id] if session_id else sessions(vault):
             try:
                 report = verify_session(vault, sid)
-            except (Erased, NotFound) as e:
+            except Erased as e:  # listed by its file: the ciphertext an interrupted erase left
                 if session_id:
                     raise
-                say(f"skip    {sid}: {e}")
+                say(f"erased  {sid}: {e}; its file is ciphertext without a key")
                 continue
-            if report.broken_at is None:
+            if report.never_written:
+                say(f"ok      {sid}: never written (its key was recorded, then the start was interrupted)")
+            elif report.broken_at is None:
                 note = (
                     f" ({report.unsealed} written after the last sealed head: an interrupted append)" if report.unsealed else ""
                 )
@@ -86,6 +98,7 @@ def logs_verify(session_id: Optional[str], passphrase_file: Optional[Path]) -> N
             else:
                 say(f"BROKEN  {sid}: {report.broken_at}")
                 broken.append((report.session_id, report.broken_at))
+    say(f"vault   generation {generation}, written {written}")
     if broken:
         raise JournalBroken(*broken[0])
 
@@ -240,18 +253,19 @@ def erase_all_cmd(yes: bool) -> None:
     help="Read the new passphrase from this file (default: a prompt, typed twice).",
 )
 def passphrase(passphrase_file: Optional[Path], new_passphrase_file: Optional[Path]) -> None:
-    """Change the passphrase (rewraps the master key only)."""
+    """Change the passphrase: a new key-encryption key and master key, the data keys rewrapped (the data untouched)."""
     home = paths.state_dir()
     state.require_initialised(home)
     old, new = read_passphrase(passphrase_file, prompt="Current passphrase"), bytearray()
     try:
         new = read_passphrase(new_passphrase_file, confirm=True, prompt="New passphrase", use_env=False)
+        warn_if_weak(new)
         with KillSwitch(home):  # found by `kill` while it holds the master key, as every command that unlocks is
             Vault.change_passphrase(home, old, new)
     finally:
         zeroize(old)
         zeroize(new)
-    say("passphrase changed (master key rewrapped; data keys and data untouched)")
+    say("passphrase changed (new key-encryption key and master key, data keys rewrapped; data untouched)")
 
 
 @click.command()

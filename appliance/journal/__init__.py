@@ -6,8 +6,8 @@ Rules:
 - The vault keeps a sealed head (last seq and hash) per session, so a cut-off tail is detected.
 - Appending never leaves a half record behind; a failed append raises `JournalWriteFailed`.
 - Verification names the first broken record (from 1) and how it broke: modified, deleted,
-  reordered, truncated, foreign (copied from another session) or replaced (the whole file is
-  another session's).
+  reordered, truncated, foreign (copied from another session), replaced (the whole file is
+  another session's) or orphan (a file the vault has no key and no erase record for).
 """
 
 from . import provenance

@@ -35,7 +35,7 @@ class Break:
     """Where and how a journal stopped being trustworthy. `record` counts from 1."""
 
     record: int
-    kind: str  # modified | deleted | reordered | truncated | foreign | replaced
+    kind: str  # modified | deleted | reordered | truncated | foreign | replaced | orphan
     detail: str
 
     def __str__(self) -> str:

@@ -8,7 +8,17 @@ only be ours). A failed append (disk full, RLIMIT_FSIZE, permissions) cuts the f
 last whole record and raises `JournalWriteFailed`: every earlier record stays readable.
 
 Reading: `verify_session` walks the frames and names the first break and its kind (see frames.Break);
-the sealed head catches a cut-off tail that the chain alone cannot see.
+the sealed head catches a cut-off tail that the chain alone cannot see. What the vault and the
+folder say together:
+- a key and a file: the file is walked and held against the sealed head;
+- a key, no file, no sealed head: never written (a crash between recording the key and creating
+  the file, `Journal.create`): no record was ever sealed, so none is missing;
+- a key, no file, a sealed head: deleted (the head says records existed);
+- a file, no key and no erase record: orphan. Only a vault that is older than the journal file
+  (an older copy put back) or a planted file gives that: refused like any break;
+- an erase record and a file: the ciphertext an interrupted erase left (`Erased`, exit 6).
+An older copy of the whole directory, journal files included, leaves none of these traces:
+only the vault's generation shows it (docs/procedures.md, section 1).
 """
 
 import hashlib
@@ -130,6 +140,7 @@ class Report:
     records: list[dict] = field(default_factory=list)  # decrypted, in order, up to the break
     broken_at: Optional[Break] = None
     sealed: int = 0  # records covered by the vault's sealed head; more is an interrupted append
+    never_written: bool = False  # its key was recorded, its file never made, no record sealed
 
     @property
     def ok(self) -> bool:
@@ -149,17 +160,28 @@ class Report:
 
 
 def verify_session(vault: Vault, session_id: str) -> Report:
-    """Decrypt and verify one session. Erased / NotFound from the vault propagate; breaks are reported."""
+    """Decrypt and verify one session; breaks are reported. Erased propagates, and NotFound when there is no file either."""
     if not frames.SESSION_ID.fullmatch(session_id):
         raise NotFound(f"not a journal session id: {session_id!r}")
-    key = vault.data_key(session_key_id(session_id))
+    path = vault.home / relative_path(session_id)
     try:
-        head_seq, head_hash = vault.head(session_key_id(session_id)) or (0, frames.ZERO_HASH.hex())
+        key = vault.data_key(session_key_id(session_id))
+    except NotFound:
+        if not path.exists():
+            raise
+        why = "the vault holds neither its key nor an erase record: the vault is older than this file (a copy put back), or the file was planted"
+        return Report(session_id, broken_at=Break(1, "orphan", why))
+    try:
+        head = vault.head(session_key_id(session_id))
+        head_seq, head_hash = head or (0, frames.ZERO_HASH.hex())
         report = Report(session_id, sealed=head_seq)
         try:
-            data = (vault.home / relative_path(session_id)).read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
-            report.broken_at = Break(1, "deleted", "the session file is missing")
+            if head is None:
+                report.never_written = True
+            else:
+                report.broken_at = Break(1, "deleted", f"the session file is missing (the vault sealed {head_seq} records)")
             return report
         found, tail = frames.split(data)
         report.broken_at = _walk(AESGCM(key), session_id, found, report.records)

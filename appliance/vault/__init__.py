@@ -1,10 +1,12 @@
-"""The vault: passphrase -> key-encryption key -> master key -> one data key per key id.
+"""The vault: passphrase -> key-encryption key -> master key -> key-slot table -> one data key per key id.
 
     kdf.py           passphrase -> KEK: the KDF, its parameters and their bounds
     aead.py          key buffers (zeroed, memory-locked) and AES-256-GCM sealing of the vault's secrets
     disk.py          the vault folder: its files, the lock every writer holds, bounded reads, durable writes
-    master.py        master.json: the master key sealed under the KEK, or the erase tombstone
-    slots.py         slots.json: the typed key-slot table sealed under the master key, and its one lookup
+    vault_file.py    vault.json: the KDF's parameters, the master key under the KEK, the table under
+                     the master key (all in one file: one atomic rename per change), or the erase tombstone
+    slots.py         the typed key-slot table (data keys wrapped, the generation) and its one lookup
+    upgrades.py      older vault formats, read and rewritten in the current one (the one place for migrations)
     vault.py         `Vault`: the above composed under the lock
     errors.py        what the vault refuses with
     stream.py        chunked AES-256-GCM for large files under a data key
@@ -20,13 +22,15 @@ Rules:
   interpreter's own buffers); that limit is stated in docs/procedures.md.
 - Parsing a vault file raises only typed errors (`VaultCorrupt`, `WrongPassphrase`, ...):
   a malformed or tampered file is a refusal, never a crash.
+- Every write of the vault file draws a fresh master key and raises the generation by one
+  (`slots`): a copy of the vault put back shows an older generation.
 - Crypto-erase removes a data key from the key-slot table (one atomic rewrite) and
   remembers its id as erased; reading it afterwards raises `Erased` (exit 6). Erasing an overlay,
   the journal or everything, with what the store forgets, is `appliance.erase`'s.
 """
 
 from .aead import random_key, zeroize
-from .errors import KeySlotsCorrupt, NoVault, VaultCorrupt, VaultErased, WrongPassphrase
+from .errors import KeySlotsCorrupt, NoVault, VaultCorrupt, VaultErased, VaultRekeyed, VaultRolledBack, WrongPassphrase
 from .stream import CiphertextRejected, EncryptedWriter, decrypt_chunks
 from .vault import Vault
 
@@ -38,6 +42,8 @@ __all__ = [
     "Vault",
     "VaultCorrupt",
     "VaultErased",
+    "VaultRekeyed",
+    "VaultRolledBack",
     "WrongPassphrase",
     "decrypt_chunks",
     "random_key",

@@ -27,7 +27,7 @@ def zeroize(buf: bytearray) -> None:
     buf[:] = bytes(len(buf))
 
 
-def secret(data: bytes) -> bytearray:
+def secret(data: bytes | bytearray) -> bytearray:
     """Key material in a buffer that can be zeroed, its pages locked out of swap where allowed."""
     buf = bytearray(data)
     lock_secret(buf)

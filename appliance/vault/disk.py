@@ -1,14 +1,14 @@
 """The vault's folder on disk: where its files are, the lock every writer holds, bounded reads, durable writes.
 
-    <state>/vault/master.json   the passphrase's slot for the master key     (`master`)
-    <state>/vault/slots.json    the key-slot table, sealed under the master key  (`slots`)
+    <state>/vault/vault.json    the vault: the KDF's parameters, the master key, the key-slot table  (`vault_file`)
     <state>/vault/lock          the flock of every writer
+    (format 1's master.json and slots.json: `upgrades`)
 
 Rules:
 - Every write of a vault file holds the lock, so a temp file found beside them by whoever takes
-  the lock was left by an interrupted write, and may be a whole copy of the old table or master
-  slot: it is removed then, before anything else. Every erase takes the lock, so no copy of an
-  erased key survives in one.
+  the lock was left by an interrupted write, and may be a whole copy of the old vault: it is
+  removed then, before anything else. Every erase takes the lock, so no copy of an erased key
+  survives in one.
 - Every write is atomic (`fsutil.atomic_write`); one that fails raises `EnvironmentRefused` and
   leaves the old file standing.
 - A read is bounded (`MAX_VAULT_FILE`) and a file that is missing, unreadable, too large or not a
@@ -26,8 +26,7 @@ from ..errors import EnvironmentRefused
 from ..fsutil import atomic_write, remove_stale_temps
 
 VAULT_DIR = "vault"
-MASTER_FILE = "master.json"
-SLOTS_FILE = "slots.json"
+VAULT_FILE = "vault.json"
 LOCK_FILE = "lock"
 MAX_VAULT_FILE = 16 << 20  # far above any real table; a larger file is refused unread
 

@@ -1,8 +1,8 @@
-"""What the vault refuses with: each failure a type, so a caller can act on it (exit 4 locked, 6 erased)."""
+"""What the vault refuses with: each failure a type, so a caller can act on it (exit 3 refused, 4 locked, 6 erased)."""
 
 from pathlib import Path
 
-from ..errors import Erased, Locked
+from ..errors import Erased, Locked, Refused
 
 
 class NoVault(Locked):
@@ -16,11 +16,29 @@ class WrongPassphrase(Locked):
 
 
 class VaultCorrupt(Locked):
-    """master.json is malformed: nothing can be unlocked from it."""
+    """The vault file is malformed: nothing can be unlocked from it."""
 
 
 class KeySlotsCorrupt(VaultCorrupt):
-    """slots.json is malformed or failed authentication under the master key."""
+    """The sealed key-slot table is malformed or failed authentication under its master key."""
+
+
+class VaultRekeyed(Locked):
+    """The vault file needs another key-encryption key than the one this process unlocked it with."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"{path} was rekeyed since this appliance unlocked it (a passphrase change): unlock it again")
+
+
+class VaultRolledBack(Refused):
+    """The vault's generation is lower than one already seen: an older copy of the vault was put back."""
+
+    def __init__(self, generation: int, seen: int, by: str):
+        super().__init__(
+            f"the vault is at generation {generation}, but {by} generation {seen}: an older copy of the state directory "
+            "was put back (docs/procedures.md, section 1)"
+        )
+        self.generation, self.seen = generation, seen
 
 
 class VaultErased(Erased):

@@ -4,7 +4,14 @@ The trust policy, the keyring of pinned signers, the store's state and each vers
 record are plain files (readable, diffable), but the vault's key-slot table, which is AES-GCM
 sealed under the master key, records the digest of each one's last written bytes. So whoever can
 write the state directory but lacks the passphrase can neither change them nor put back an older
-copy: the next read refuses (exit 3, naming the file).
+copy of one of them, nor of the vault alone: the next read refuses (exit 3, naming the file).
+
+What this cannot catch is an older copy of the whole state directory (vault and files from the
+same moment): it is consistent in itself, so it brings back the trust policy, keyring and floors
+of its day, and the journal as it was (sessions written since are gone without a trace here);
+erased items only if their ciphertext was copied too, never a data key erased before the copy.
+The vault's generation, compared with the one the operator noted, is what shows it
+(`Vault.generation`, docs/procedures.md section 1).
 
 Rules:
 1. a file is keyed by its path relative to the state directory;

@@ -1,19 +1,26 @@
-"""Chunked AES-256-GCM for files at rest (overlays): the STREAM construction over `cryptography`'s AESGCM.
+"""Chunked AES-256-GCM for files at rest (overlays, control vectors, bases): the STREAM construction
+over `cryptography`'s AESGCM, under a key of the file's own (HKDF of the data key), as Tink's
+AES-GCM-HKDF streaming AEAD and age do.
 
-    header  = b"APPLENC1" | u32 chunk_size | 7-byte random nonce prefix          (19 bytes)
-    chunk i = AESGCM(key).encrypt(prefix | u32 i | u8 last, plaintext_i, header | context)
+    header   = b"APPLENC2" | u32 chunk_size | salt (32 random bytes) | nonce prefix (7 random bytes)   (51 bytes)
+    file key = HKDF-SHA256(data key, salt, info = FILE_KEY_INFO | context)
+    chunk i  = AESGCM(file key).encrypt(prefix | u32 i | u8 last, plaintext_i, header | context)
 
 Every chunk but the last holds exactly `chunk_size` plaintext bytes; the last holds 0..chunk_size
 and is the only one sealed with last=1. Hence:
 - swapped or moved chunks fail (the index is in the nonce);
 - a file cut at a chunk boundary ends in a chunk sealed with last=0 and fails; bytes appended fail;
-- a changed header fails (it is associated data); `context` (say, the key id) binds the ciphertext
-  to what it is, so a file copied in under another id fails too.
+- a changed header fails (it is associated data, and the salt picks the key); `context` (the key
+  id, the manifest, the path) binds the ciphertext to what it is, so a file copied in under another
+  id fails too.
 
-Rules: one fresh data key per key id (from `Vault.new_data_key` or `random_key`); the few files under one
-key id (an overlay version's artifacts) share it and are kept apart by their random nonce prefix and
-their `context`. Plaintext is never written to disk by this module; decryption yields chunks the
-caller zeroes when done (see `vault.zeroize`).
+Rules: one fresh data key per key id (from `Vault.new_data_key` or `random_key`); the few files
+under one key id (a version's artifacts) share it, and each file is sealed under its own key,
+derived from it with a random 256-bit salt: nonces of different files never meet under one AES key,
+whatever their random prefixes (associated data alone would not keep them apart). Files written in
+format 1 (`APPLENC1`: the data key itself, a 7-byte random prefix) are still read; only format 2
+is written. Plaintext is never written to disk by this module; decryption yields chunks the caller
+zeroes when done (see `vault.zeroize`).
 """
 
 import os
@@ -24,17 +31,27 @@ from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import Refused
-from .aead import zeroize
+from .aead import KEY_BYTES, secret, zeroize
 
-MAGIC = b"APPLENC1"
-HEADER = struct.Struct(">8sI7s")
+MAGIC = b"APPLENC2"
+MAGIC_1 = b"APPLENC1"  # format 1: no salt, the data key seals the chunks itself
+HEADER = struct.Struct(">8sI32s7s")
+HEADER_1 = struct.Struct(">8sI7s")
+FILE_KEY_INFO = b"appliance stream file key\0"
 NONCE_TAIL = struct.Struct(">IB")  # chunk index, last flag
 TAG_BYTES = 16
 CHUNK_BYTES = 1 << 20
 MAX_CHUNK_BYTES = 64 << 20  # a header asking for more is refused, not allocated
 MAX_CHUNKS = 1 << 32
+
+
+def file_key(key: bytes | bytearray, salt: bytes, context: bytes) -> bytearray:
+    """The key one file is sealed under: HKDF-SHA256 of the data key over the file's salt and context."""
+    return secret(HKDF(SHA256(), KEY_BYTES, salt, FILE_KEY_INFO + context).derive(key))  # a bytearray is read in place
 
 
 class CiphertextRejected(Refused):
@@ -52,9 +69,11 @@ class EncryptedWriter:
     def __init__(self, key: bytes | bytearray, dst: BinaryIO, context: bytes = b"", chunk_size: int = CHUNK_BYTES):
         if not 1 <= chunk_size <= MAX_CHUNK_BYTES:
             raise ValueError(f"chunk_size out of range: {chunk_size}")
-        self._aead = AESGCM(key)
-        self._prefix = os.urandom(7)  # with one key per file this is belt and braces; it costs nothing
-        header = HEADER.pack(MAGIC, chunk_size, self._prefix)
+        salt, self._prefix = os.urandom(32), os.urandom(7)
+        sealing = file_key(key, salt, context)
+        self._aead = AESGCM(sealing)
+        zeroize(sealing)
+        header = HEADER.pack(MAGIC, chunk_size, salt, self._prefix)
         self._ad = header + context
         self._dst, self._chunk = dst, chunk_size
         self._buf = bytearray()
@@ -95,20 +114,28 @@ def decrypt_chunks(key: bytes | bytearray, path: Path, context: bytes = b"") -> 
     except OSError as e:
         raise CiphertextRejected(f"{path}: cannot read: {e.strerror}") from None
     with f:
-        header = f.read(HEADER.size)
-        if len(header) < HEADER.size:
-            raise CiphertextRejected(f"{path}: truncated header")
-        magic, chunk_size, prefix = HEADER.unpack(header)
-        if magic != MAGIC or not 1 <= chunk_size <= MAX_CHUNK_BYTES:
+        magic = f.read(len(MAGIC))
+        layout = HEADER if magic == MAGIC else HEADER_1 if magic == MAGIC_1 else None
+        header = magic + f.read(layout.size - len(magic)) if layout is not None else magic
+        if layout is None or len(header) < layout.size:
+            raise CiphertextRejected(f"{path}: not an encrypted appliance file, or a truncated header")
+        if layout is HEADER:
+            _, chunk_size, salt, prefix = HEADER.unpack(header)
+            sealing = file_key(key, salt, context)
+        else:
+            _, chunk_size, prefix = HEADER_1.unpack(header)
+            sealing = secret(key)
+        aead, ad = AESGCM(sealing), header + context
+        zeroize(sealing)
+        if not 1 <= chunk_size <= MAX_CHUNK_BYTES:
             raise CiphertextRejected(f"{path}: not an encrypted appliance file")
-        body = os.fstat(f.fileno()).st_size - HEADER.size
+        body = os.fstat(f.fileno()).st_size - layout.size
         full, rest = divmod(body, chunk_size + TAG_BYTES)
         if body == 0 or 0 < rest < TAG_BYTES:
             raise CiphertextRejected(f"{path}: truncated")
         count = full + (1 if rest else 0)
         if count > MAX_CHUNKS:
             raise CiphertextRejected(f"{path}: too many chunks")
-        aead, ad = AESGCM(key), header + context
         for index in range(count):
             sealed = f.read(chunk_size + TAG_BYTES)
             nonce = prefix + NONCE_TAIL.pack(index, int(index == count - 1))

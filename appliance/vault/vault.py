@@ -1,18 +1,25 @@
-"""The vault, whole: master.json and the key-slot table, under one lock.
+"""The vault, whole: one file (`vault_file`), under one lock.
 
     passphrase --KDF (`kdf`)--> KEK
-    KEK    --AES-256-GCM--> master key (32 random bytes)          master.json     (`master`)
-    master --AES-256-GCM--> key-slot table (`SlotTable`)          slots.json      (`slots`)
-    table  --> one data key per key id, journal heads, sealed settings, sealed file digests
+    KEK        --AES-256-GCM--> master key (fresh at every write)     vault.json "master"
+    master     --AES-256-GCM--> key-slot table (`SlotTable`)          vault.json "table"
+    KEK        --AES-256-GCM--> one data key per key id, kept wrapped in the table
+    table      --> journal heads, sealed settings, sealed file digests, the generation
 
 Rules:
 - Every table change is read-modify-write under the exclusive vault lock (`disk.vault_lock`), so
   two appliance processes never lose each other's keys or heads; the table is read again per call.
-- Crypto-erase removes data keys in one atomic table rewrite and remembers the ids as erased;
-  only then is the ciphertext recorded with them discarded (`fsutil.discard`).
-- `erase_all` needs no passphrase: master.json becomes a tombstone; `create` may then start afresh.
+- Every write raises the generation by one. A `Vault` remembers the highest it has seen and
+  refuses a lower one (`VaultRolledBack`, exit 3): an older copy of the vault put back while the
+  appliance runs is caught at its next read. A copy put back between two runs is caught only by
+  comparing the generation with one noted outside the machine (`generation`, docs/procedures.md).
+- Crypto-erase removes data keys in one atomic rewrite (under a fresh master key, as every write)
+  and remembers the ids as erased; only then is the ciphertext recorded with them discarded
+  (`fsutil.discard`).
+- `erase_all` needs no passphrase: the vault file becomes a tombstone; `create` may then start afresh.
 - Unlock fails (exit 4) without changing a byte on disk: missing vault, wrong passphrase,
-  malformed or tampered file.
+  malformed or tampered file. The one write an unlock makes is the upgrade of a vault in an
+  older format (`upgrades`), once.
 """
 
 import os
@@ -23,47 +30,60 @@ from pathlib import Path
 from ..errors import NotFound, Refused
 from ..fsutil import discard, fsync_dir
 from ..utc import now_text
-from .aead import KEY_BYTES, b64, random_key, secret, unb64, zeroize
+from . import upgrades
+from .aead import KEY_BYTES, random_key, zeroize
 from .disk import vault_dir, vault_lock
-from .errors import KeySlotsCorrupt
-from .master import read_master, rewrap_master, unwrap_master, vault_state, write_master, write_tombstone
-from .slots import KEY_ID, Head, Slot, SlotTable, read_table, slots_path, write_table
+from .errors import NoVault, VaultCorrupt, VaultErased, VaultRolledBack
+from .slots import KEY_ID, Head, Slot, SlotTable
+from .vault_file import load, new_kek, open_kek, store, unwrap_data_key, wrap_data_key, write_tombstone
 
 
 class Vault:
-    """An unlocked vault: holds the master key (zeroed by `zeroize`, or on leaving a `with` block) and reads the table per call."""
+    """An unlocked vault: holds the KEK (zeroed by `zeroize`, or on leaving a `with` block) and reads the table per call."""
 
-    def __init__(self, home: Path, master: bytearray):
+    def __init__(self, home: Path, kek: bytearray, salt: object):
         self.home = home
-        self._master = master
+        self._kek = kek
+        self._salt = salt  # the KDF salt of the file this KEK opens
+        self._seen = 0  # the highest generation read or written by this process
 
     # -- whole-vault operations ----------------------------------------------------
 
     @staticmethod
     def state(home: Path) -> str:
-        """'none', 'erased' or 'present' (present says nothing about the passphrase)."""
-        return vault_state(home)
+        """'none', 'erased' or 'present' (present says nothing about the passphrase, nor whether it opens)."""
+        try:
+            upgrades.current(home)
+        except NoVault:
+            return "none"
+        except VaultErased:
+            return "erased"
+        except VaultCorrupt:
+            return "present"
+        return "present"
 
     @staticmethod
     def require(home: Path) -> None:
         """Raise NoVault / VaultErased / VaultCorrupt unless a vault is there to unlock (no key work)."""
-        read_master(home)
+        upgrades.current(home)
 
     @classmethod
-    def create(cls, home: Path, passphrase: bytes | bytearray) -> "Vault":
-        """A new vault with an empty table. Refused where a live vault exists (an erased one is replaced)."""
+    def create(cls, home: Path, passphrase: bytes | bytearray, *, cost: dict | None = None) -> "Vault":
+        """A new vault with an empty table. Refused where a live vault exists (an erased one is replaced).
+
+        `cost` (a KDF's name and parameters) is for tests, which make cheap vaults; the appliance never passes it.
+        """
         if not passphrase:
             raise Refused("the passphrase must not be empty")
-        if vault_state(home) == "present":
+        if cls.state(home) == "present":
             raise Refused(f"a vault already exists in {home}: use `appliance passphrase` to change its passphrase")
         vault_dir(home).mkdir(mode=0o700, parents=True, exist_ok=True)
-        vault = cls(home, random_key())
+        kek, kdf = new_kek(passphrase, cost)
+        vault = cls(home, kek, kdf["salt"])
         try:
             with vault_lock(home):
-                # The table first: a crash before master.json lands leaves "no vault" (or the old
-                # tombstone), and the next create overwrites this orphan table.
-                write_table(home, vault._master, SlotTable())
-                write_master(home, passphrase, vault._master)
+                vault._write(kdf, now_text(), SlotTable())
+                upgrades.remove_leftovers(home)  # an erased format-1 vault's tombstone
         except BaseException:
             vault.zeroize()
             raise
@@ -71,8 +91,14 @@ class Vault:
 
     @classmethod
     def unlock(cls, home: Path, passphrase: bytes | bytearray) -> "Vault":
-        """Derive the KEK, unwrap the master key and check the table opens; read-only on disk."""
-        vault = cls(home, unwrap_master(home, passphrase))
+        """Derive the KEK, check it opens the master key and the table; read-only on disk but for an upgrade."""
+        upgraded = upgrades.upgrade(home, passphrase)
+        if upgraded is not None:
+            kek, salt = upgraded[0], upgraded[1]["salt"]
+        else:
+            kek, doc = open_kek(home, passphrase)
+            salt = doc["kdf"]["salt"]
+        vault = cls(home, kek, salt)
         try:
             vault._read_table()
         except BaseException:
@@ -81,36 +107,56 @@ class Vault:
         return vault
 
     @classmethod
-    def change_passphrase(cls, home: Path, old: bytes | bytearray, new: bytes | bytearray) -> None:
-        """Rewrap the master key under a KEK from `new` (fresh salt); data keys and data are untouched."""
+    def change_passphrase(cls, home: Path, old: bytes | bytearray, new: bytes | bytearray, *, cost: dict | None = None) -> None:
+        """A KEK from `new` (fresh salt, `cost` as for `create`); every data key rewrapped under it, in one atomic write.
+
+        A copy of the vault file from before the change needs the old passphrase; a process that
+        holds the old KEK (a running appliance) is locked out at its next read (`VaultRekeyed`).
+        """
         if not new:
             raise Refused("the new passphrase must not be empty")
         vault = cls.unlock(home, old)
+        kek, kdf = new_kek(new, cost)
         try:
             with vault_lock(home):
-                rewrap_master(home, vault._master, new)
+                upgrades.remove_leftovers(home)
+                doc, table = vault._load()
+                for key_id, slot in table.slots.items():
+                    key = unwrap_data_key(vault._kek, key_id, slot.key)
+                    try:
+                        table.slots[key_id] = Slot(wrap_data_key(kek, key_id, key), slot.files, slot.created)
+                    finally:
+                        zeroize(key)
+                vault._kek, kek = kek, vault._kek
+                vault._write(kdf, str(doc.get("created")), table)
         finally:
+            zeroize(kek)
             vault.zeroize()
 
     @staticmethod
     def erase_all(home: Path) -> str:
-        """Destroy the master key slot (needs no passphrase), then the sealed table. Returns the time."""
-        if vault_state(home) == "none":
+        """Replace the vault file by a tombstone (needs no passphrase). Returns the time."""
+        if Vault.state(home) == "none":
             raise NotFound(f"no vault in {home}")
         with vault_lock(home):  # waits out a write in flight, and clears the copies interrupted ones left
             when = write_tombstone(home)
-            slots_path(home).unlink(missing_ok=True)
+            upgrades.remove_leftovers(home)
             fsync_dir(vault_dir(home))
         return when
 
+    def generation(self) -> tuple[int, str]:
+        """How many times the vault file was written, and when it was last: what the operator notes offline."""
+        table = self._read_table()
+        return table.generation, table.written
+
     def zeroize(self) -> None:
-        zeroize(self._master)
+        zeroize(self._kek)
 
     def __enter__(self) -> "Vault":
         return self
 
     def __exit__(self, *exc) -> None:
-        """`with Vault.unlock(...) as vault:` zeroes the master key however the body ends."""
+        """`with Vault.unlock(...) as vault:` zeroes the KEK however the body ends."""
         self.zeroize()
 
     # -- data keys, by key id ------------------------------------------------------------
@@ -144,14 +190,11 @@ class Vault:
             if key_id in table.slots and not replace:
                 raise Refused(f"{key_id} already has a data key")
             table.erased.pop(key_id, None)
-            table.slots[key_id] = Slot(b64(key), tuple(files), now_text())
+            table.slots[key_id] = Slot(wrap_data_key(self._kek, key_id, key), tuple(files), now_text())
 
     def data_key(self, key_id: str) -> bytearray:
         """The data key of `key_id`, in a buffer the caller zeroes; Erased (exit 6) or NotFound (exit 5)."""
-        key = secret(unb64(self._read_table().entry(key_id).key, KeySlotsCorrupt, f"slots.json: key of {key_id}"))
-        if len(key) != KEY_BYTES:
-            raise KeySlotsCorrupt(f"slots.json: key of {key_id} has the wrong length")
-        return key
+        return unwrap_data_key(self._kek, key_id, self._read_table().entry(key_id).key)
 
     def key_ids(self, prefix: str = "") -> list[str]:
         return sorted(i for i in self._read_table().slots if i.startswith(prefix))
@@ -225,12 +268,26 @@ class Vault:
         return path
 
     def _read_table(self) -> SlotTable:
-        return read_table(self.home, self._master)
+        return self._load()[1]
+
+    def _load(self) -> tuple[dict, SlotTable]:
+        doc, table = load(self.home, self._kek, self._salt)
+        if table.generation < self._seen:
+            raise VaultRolledBack(table.generation, self._seen, "this appliance has already seen")
+        self._seen = table.generation
+        return doc, table
+
+    def _write(self, kdf: dict, created: str, table: SlotTable) -> None:
+        """Seal `table` as the next generation (the caller holds the lock)."""
+        table.generation, table.written = table.generation + 1, now_text()
+        store(self.home, self._kek, kdf, created, table)
+        self._salt, self._seen = kdf["salt"], table.generation
 
     @contextmanager
     def _table(self) -> Iterator[SlotTable]:
         """Read-modify-write of the table under the lock; written back only if the body succeeds."""
         with vault_lock(self.home):
-            table = self._read_table()
+            upgrades.remove_leftovers(self.home)
+            doc, table = self._load()
             yield table
-            write_table(self.home, self._master, table)
+            self._write(doc["kdf"], str(doc.get("created")), table)

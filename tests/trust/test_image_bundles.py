@@ -26,7 +26,7 @@ from appliance.vault import Vault
 
 SKOPEO = shutil.which("skopeo") is not None
 # What choosing another image version may rewrite: the store's commit point and the vault's seal of it.
-SWITCH_WRITES = {"store/state.json", "vault/slots.json"}
+SWITCH_WRITES = {"store/state.json", "vault/vault.json"}
 
 
 @pytest.fixture(autouse=True)

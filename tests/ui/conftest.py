@@ -4,6 +4,7 @@ import asyncio
 import inspect
 
 import pytest
+from helpers import TEST_KDF
 from ui_support import PASSPHRASE, THREADS, overlay_for_tests
 
 from appliance import state
@@ -34,7 +35,7 @@ def reference_runtime(model):
 @pytest.fixture
 def vault_home(home):
     state.initialise(home)
-    Vault.create(home, PASSPHRASE.encode()).zeroize()
+    Vault.create(home, PASSPHRASE.encode(), cost=TEST_KDF).zeroize()
     return home
 
 

@@ -129,7 +129,7 @@ async def test_escape_stops_a_long_reply_early(vault_home, make_app):
     ],
 )
 async def test_damaged_or_erased_vault_is_a_message(vault_home, make_app, damage, says):
-    master = vault_home / "vault" / "master.json"
+    master = vault_home / "vault" / "vault.json"
     if damage == "corrupt":
         master.write_text("{not json")
     else:

@@ -1,6 +1,7 @@
 """Fixtures for the vault, journal, erase and kill-switch tests: a state dir with a vault, a passphrase file."""
 
 import pytest
+from helpers import TEST_KDF
 from vault_setup import PASSPHRASE
 
 from appliance import state
@@ -20,7 +21,7 @@ def passphrase_file(tmp_path, monkeypatch):
 def vault_home(home, passphrase_file):
     """An initialised state dir with a vault (created in process: the CLI path has its own tests)."""
     state.initialise(home)
-    Vault.create(home, PASSPHRASE).zeroize()
+    Vault.create(home, PASSPHRASE, cost=TEST_KDF).zeroize()
     return home
 
 

@@ -1,11 +1,10 @@
 """An erased key leaves no copy in the state dir, even after a vault write was killed half-way.
 
-A key-slot write killed before its rename leaves its temp file (`.slots.json.tmp-PID`): a whole
-sealed table, the keys of that moment included. Swapped back over `slots.json` after an erase,
-it would bring the erased keys back to whoever has the passphrase. Here vault-writing commands
-are killed at each of their fsyncs in turn; then `erase logs` or `erase all` runs; then every
-pair of (master slot, key-slot table) found anywhere under the state dir is put in place and
-tried: none may open the erased session's key.
+A vault write killed before its rename leaves its temp file (`.vault.json.tmp-PID`): a whole
+vault, the keys of that moment included. Put back over `vault.json` after an erase, it would
+bring the erased keys back to whoever has the passphrase. Here vault-writing commands are killed
+at each of their fsyncs in turn; then `erase logs` or `erase all` runs; then every vault file
+found anywhere under the state dir is put in place and tried: none may open the erased session's key.
 """
 
 import itertools
@@ -39,7 +38,7 @@ from appliance.cli.main import main
 main(sys.argv[2:])
 """
 
-TABLE_WRITE = ("kill-policy", "wipe")  # the smallest command that rewrites the key-slot table
+TABLE_WRITE = ("kill-policy", "wipe")  # the smallest command that rewrites the vault file
 
 
 def _run_killed_at(n: int, args: list[str], via: str) -> subprocess.CompletedProcess:
@@ -68,29 +67,24 @@ def _format(path) -> str | None:
         return None
 
 
-def _copies_that_open(home, key_id: str, scratch) -> list[tuple[str, str]]:
-    """Every (master slot, table) pair of files under `home` that, put in place, yields `key_id`'s key."""
-    files = [p for p in home.rglob("*") if p.is_file()]
-    masters = [p for p in files if _format(p) == "appliance-vault/1"]
-    tables = [p for p in files if _format(p) == "appliance-keyslots/1"]
+def _copies_that_open(home, key_id: str, scratch) -> list[str]:
+    """Every vault file under `home` that, put in place, yields `key_id`'s key."""
     found = []
-    for master in masters:
-        for table in tables:
-            shutil.rmtree(scratch, ignore_errors=True)
-            (scratch / "vault").mkdir(parents=True)
-            shutil.copy(master, scratch / "vault" / "master.json")
-            shutil.copy(table, scratch / "vault" / "slots.json")
-            try:
-                vault = Vault.unlock(scratch, PASSPHRASE)
-            except (Locked, Erased):
-                continue
-            try:
-                vault.data_key(key_id)
-                found.append((str(master.relative_to(home)), str(table.relative_to(home))))
-            except (Erased, NotFound):
-                pass
-            finally:
-                vault.zeroize()
+    for copy in (p for p in home.rglob("*") if p.is_file() and _format(p) == "appliance-vault/2"):
+        shutil.rmtree(scratch, ignore_errors=True)
+        (scratch / "vault").mkdir(parents=True)
+        shutil.copy(copy, scratch / "vault" / "vault.json")
+        try:
+            vault = Vault.unlock(scratch, PASSPHRASE)
+        except (Locked, Erased):
+            continue
+        try:
+            vault.data_key(key_id)
+            found.append(str(copy.relative_to(home)))
+        except (Erased, NotFound):
+            pass
+        finally:
+            vault.zeroize()
     return found
 
 
@@ -129,9 +123,9 @@ def test_erase_logs_leaves_no_copy_of_the_keys(journalled, tmp_path, interrupted
 
 
 def test_erase_all_leaves_no_copy_of_the_keys(journalled, passphrase_file, tmp_path):
-    """After `erase all` a copy opens keys only as a pair: an old master slot and an old table."""
-    master_write = ("passphrase", "--new-passphrase-file", str(passphrase_file))  # "changed" to itself: the same one opens
-    _check_every_kill_point(*journalled, [master_write, TABLE_WRITE], "all", "python", tmp_path)
+    """A passphrase change and a table write, each killed at every point, then `erase all`: no copy left opens."""
+    rekey = ("passphrase", "--new-passphrase-file", str(passphrase_file))  # "changed" to itself: the same one opens
+    _check_every_kill_point(*journalled, [rekey, TABLE_WRITE], "all", "python", tmp_path)
 
 
 @pytest.mark.skipif(

@@ -10,6 +10,8 @@ from appliance.errors import ApplianceError
 from appliance.journal import Journal, frames, verify_session
 from appliance.journal.session_files import relative_path
 from appliance.vault import KeySlotsCorrupt, Vault
+from appliance.vault.aead import random_key, seal
+from appliance.vault.vault_file import MASTER_AD, TABLE_AD, vault_path
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -74,30 +76,35 @@ def test_journal_reader_only_reports_breaks(vault, data):
     )
 )
 def test_key_slot_parser_only_typed_errors(vault, blob):
-    slots = vault.home / "vault" / "slots.json"
-    original = slots.read_bytes()
-    slots.write_bytes(blob)
+    """Any table, authentic (sealed under a master key the KEK wraps, as a bug could write it): a typed refusal."""
+    path = vault_path(vault.home)
+    original = path.read_bytes()
+    master = random_key()
+    path.write_text(
+        json.dumps({**json.loads(original), "master": seal(vault._kek, master, MASTER_AD), "table": seal(master, blob, TABLE_AD)})
+    )
     try:
         vault.key_ids()
     except KeySlotsCorrupt:
         pass
     finally:
-        slots.write_bytes(original)
+        path.write_bytes(original)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=3))
-def test_master_slot_parser_only_typed_errors(vault_home, edits):
-    master = vault_home / "vault" / "master.json"
-    original = master.read_bytes()
+def test_vault_file_parser_only_typed_errors(vault_home, edits):
+    path = vault_path(vault_home)
+    original = path.read_bytes()
     mutated = _mutate(original, edits)
-    master.write_bytes(mutated)
+    path.write_bytes(mutated)
     try:
         Vault.unlock(vault_home, PASSPHRASE).zeroize()
     except ApplianceError as e:
         assert e.exit_code in (4, 6)
     else:
-        # Only a no-op edit, or one in a place unlock does not read (the "created" date), may still open.
-        assert json.loads(mutated)["master"] == json.loads(original)["master"]
+        # Only a no-op edit, or one in a place unlock does not read (the "created" date, its name), may still open.
+        read = ("format", "kdf", "master", "table")
+        assert {k: json.loads(mutated).get(k) for k in read} == {k: json.loads(original)[k] for k in read}
     finally:
-        master.write_bytes(original)
+        path.write_bytes(original)

@@ -8,11 +8,14 @@ from vault_setup import PASSPHRASE
 
 from appliance.errors import ApplianceError, Erased, NotFound, Refused
 from appliance.vault import KeySlotsCorrupt, Vault
-from appliance.vault.aead import seal
-from appliance.vault.slots import SLOTS_AD, SLOTS_FORMAT, Head, Slot, SlotTable
+from appliance.vault.aead import random_key, seal
+from appliance.vault.slots import Head, Slot, SlotTable
+from appliance.vault.vault_file import MASTER_AD, TABLE_AD, vault_path
 
-KEY = "A" * 43 + "="  # base64 of 32 zero bytes
+KEY = "A" * 80  # base64 of a wrapped key's 60 bytes (nonce, key, tag)
 GOOD = {
+    "generation": 7,
+    "written": "2026-01-02T00:00:00Z",
     "items": {"overlay/care/1": {"key": KEY, "files": ["store/objects/x/artifacts/a"], "created": "2026-01-01T00:00:00Z"}},
     "erased": {"overlay/care/0": "2025-12-31T00:00:00Z"},
     "heads": {},
@@ -70,10 +73,11 @@ def test_ciphertext_paths_must_stay_inside_the_state_dir(vault):
 
 def test_the_table_parses_into_types():
     table = SlotTable.parse(GOOD)
+    assert (table.generation, table.written) == (7, "2026-01-02T00:00:00Z")
     assert table.slots["overlay/care/1"] == Slot(KEY, ("store/objects/x/artifacts/a",), "2026-01-01T00:00:00Z")
     assert table.files == {"trust/policy.json": ("cd" * 32,)}
     assert SlotTable.parse({**GOOD, "heads": {"journal/s": {"seq": 1, "hash": "h"}}}).heads == {"journal/s": Head(1, "h")}
-    assert SlotTable.parse({k: v for k, v in GOOD.items() if k != "files"}).files == {}  # tables made before file digests
+    assert SlotTable.parse(GOOD).to_json() == GOOD
 
 
 def test_one_lookup_says_erased_or_not_found():
@@ -93,7 +97,7 @@ WRONG_SHAPES = {  # id: (the change, the key id its refusal must name)
     "slot": ({"items": {"overlay/care/1": "a key"}}, "overlay/care/1"),
     "key-type": (_slot(key=12), "overlay/care/1"),
     "key-base64": (_slot(key="not base64 at all"), "overlay/care/1"),
-    "key-length": (_slot(key="A" * 22 + "=="), "overlay/care/1"),  # 16 bytes, not 32
+    "key-length": (_slot(key="A" * 43 + "="), "overlay/care/1"),  # a plain key (format 1's), not a wrapped one
     "files-type": (_slot(files="store/objects/x/artifacts/a"), "overlay/care/1"),
     "file-type": (_slot(files=[1]), "overlay/care/1"),
     "created": (_slot(created=None), "overlay/care/1"),
@@ -112,24 +116,30 @@ def test_a_wrong_shaped_entry_is_corrupt_and_named(change, named):
     assert e.value.exit_code == 4
 
 
-@pytest.mark.parametrize("doc", [[], {"items": {}}, {**GOOD, "settings": []}, {**GOOD, "files": []}])
+@pytest.mark.parametrize(
+    "doc",
+    [[], {"items": {}}, {**GOOD, "settings": []}, {**GOOD, "files": []}, {**GOOD, "generation": -1}, {**GOOD, "generation": "7"}],
+)
 def test_a_wrong_shaped_table_is_corrupt(doc):
     with pytest.raises(KeySlotsCorrupt):
         SlotTable.parse(doc)
 
 
-def _seal_table(home, master, table: dict) -> None:
-    """What a bug could have sealed: any JSON, authentic under the master key."""
-    sealed = seal(master, json.dumps(table).encode(), SLOTS_AD)
-    (home / "vault" / "slots.json").write_text(json.dumps({"format": SLOTS_FORMAT, "sealed": sealed}) + "\n")
+def _seal_table(home, kek, table: dict) -> None:
+    """What a bug could have sealed: any JSON, authentic under a master key wrapped under the KEK."""
+    doc, master = json.loads(vault_path(home).read_text()), random_key()
+    doc.update(master=seal(kek, master, MASTER_AD), table=seal(master, json.dumps(table).encode(), TABLE_AD))
+    vault_path(home).write_text(json.dumps(doc) + "\n")
 
 
 def test_unlock_refuses_a_sealed_table_with_a_wrong_shaped_entry(vault_home, vault):
     """Checked once, when the table is read: not first at the use of the one part that is wrong."""
-    _seal_table(vault_home, vault._master, {**GOOD, "heads": {"overlay/care/1": {"seq": "3", "hash": "h"}}})
+    _seal_table(vault_home, vault._kek, {**GOOD, "heads": {"overlay/care/1": {"seq": "3", "hash": "h"}}})
     with pytest.raises(KeySlotsCorrupt, match="overlay/care/1"):
         Vault.unlock(vault_home, PASSPHRASE)
     with pytest.raises(KeySlotsCorrupt):
         vault.key_ids()
-    _seal_table(vault_home, vault._master, GOOD)
+    _seal_table(vault_home, vault._kek, GOOD)
     assert Vault.unlock(vault_home, PASSPHRASE).key_ids() == ["overlay/care/1"]
+    with pytest.raises(KeySlotsCorrupt, match="overlay/care/1"):  # GOOD's key is no wrap under this KEK
+        vault.data_key("overlay/care/1")

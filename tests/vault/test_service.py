@@ -37,7 +37,7 @@ def test_the_vault_is_zeroed_however_the_body_ends(vault_home, model):
     with pytest.raises(Refused):
         with UnlockedAppliance.open(vault, model) as app:
             app.load_overlay(lambda v: (_ for _ in ()).throw(Refused("overlay refused")))
-    assert not any(vault._master)
+    assert not any(vault._kek)
     assert app.active is None and app.journal is None
     assert sessions(Vault.unlock(vault_home, PASSPHRASE)) == []  # refused before any record: no session
 
@@ -49,7 +49,7 @@ def test_a_kill_is_handled_once_and_journalled(vault_home, model, runtime):
             session = app.session(runtime, settings=GREEDY, system_prompt=None, overlay_on=False)
             app.reply(session, "Hello", max_tokens=2)
             app.cancel.set()  # what the signal handler does
-    assert killed.value.wiped == [] and not any(vault._master)
+    assert killed.value.wiped == [] and not any(vault._kek)
     (sid,) = sessions(Vault.unlock(vault_home, PASSPHRASE))
     kinds = [r["kind"] for r in read_session(Vault.unlock(vault_home, PASSPHRASE), sid)]
     assert kinds == ["message", "message", "kill"]

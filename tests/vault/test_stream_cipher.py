@@ -1,10 +1,15 @@
 """Chunked AES-256-GCM for large files under a data key (`vault.stream`): round trips, and every cut,
 reordering or foreign context refused."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from appliance.vault import CiphertextRejected, EncryptedWriter, decrypt_chunks
 from appliance.vault.stream import CHUNK_BYTES, HEADER, TAG_BYTES
+
+FORMAT_1_STATE = Path(__file__).parent / "data" / "format-1-state"
 
 
 def _decrypt(key, path, context=b"") -> bytes:
@@ -52,3 +57,29 @@ def test_stream_detects_truncation_reordering_and_wrong_context(tmp_path):
         _decrypt(key, path, context=b"another key id")
     with pytest.raises(CiphertextRejected):
         _decrypt(bytearray(32), path)
+
+
+def test_files_under_one_data_key_are_sealed_under_keys_of_their_own(tmp_path, monkeypatch):
+    """Two files of one version with the same random nonce prefix (a 56-bit collision, forced here) still
+    never share a keystream: each is sealed under HKDF(data key, its own salt)."""
+    real = os.urandom
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(n) if n == 7 else real(n))
+    key, sealed = bytearray(b"k" * 32), []
+    for name in ("a", "b"):
+        with open(tmp_path / name, "wb") as dst:
+            writer = EncryptedWriter(key, dst, context=b"overlay/x/1")
+            writer.write(bytes(1000))
+            writer.close()
+        sealed.append((tmp_path / name).read_bytes()[HEADER.size :])
+        assert _decrypt(key, tmp_path / name, context=b"overlay/x/1") == bytes(1000)
+    assert sealed[0] != sealed[1]
+
+
+def test_a_file_of_format_1_still_decrypts():
+    """APPLENC1: the data key itself sealed the chunks (tests/vault/data/format-1-state, written by that format)."""
+    path = FORMAT_1_STATE / "overlays" / "care" / "1" / "overlay.safetensors.enc"
+    assert path.read_bytes().startswith(b"APPLENC1")
+    key = bytearray.fromhex("40f9098e8f2b067e08fe2bddc61ab3ae3c6bf08eba94b19f7c69f999dda6daf5")
+    assert _decrypt(key, path, context=b"overlay/care/1") == b"overlay weights " * 10
+    with pytest.raises(CiphertextRejected):
+        _decrypt(key, path, context=b"overlay/care/2")

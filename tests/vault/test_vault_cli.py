@@ -26,26 +26,27 @@ def test_wrong_passphrase_exit_4_nothing_changed(vault_home, tmp_path, command):
     _locked(vault_home, "wrong-passphrase", *command, "--passphrase-file", str(tmp_path / "wrong"))
 
 
-@pytest.mark.parametrize("damage", ["flip a byte of the sealed table", "not JSON", "missing"])
-def test_corrupted_key_slot_exit_4_nothing_changed(vault_home, damage):
-    slots = vault_home / "vault" / "slots.json"
-    if damage == "missing":
-        slots.unlink()
-    elif damage == "not JSON":
-        slots.write_bytes(slots.read_bytes()[:-20])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("flip a byte of the sealed table", "key-slots-corrupt"),
+        ("not JSON", "vault-corrupt"),
+        ("a tampered KDF cost", "vault-corrupt"),
+    ],
+)
+def test_corrupted_vault_file_exit_4_nothing_changed(vault_home, damage, reason):
+    path = vault_home / "vault" / "vault.json"
+    doc = json.loads(path.read_text())
+    if damage == "not JSON":
+        path.write_bytes(path.read_bytes()[:-20])
+    elif damage == "a tampered KDF cost":
+        doc["kdf"]["memory_kib"] = 1 << 40  # must be refused, not run
+        path.write_text(json.dumps(doc))
     else:
-        doc = json.loads(slots.read_text())
-        doc["sealed"] = doc["sealed"][:40] + ("A" if doc["sealed"][40] != "A" else "B") + doc["sealed"][41:]
-        slots.write_text(json.dumps(doc))
-    assert "slots.json" in _locked(vault_home, "key-slots-corrupt", "logs", "list")
-
-
-def test_corrupted_master_slot_exit_4(vault_home):
-    master = vault_home / "vault" / "master.json"
-    doc = json.loads(master.read_text())
-    doc["kdf"]["memory_kib"] = 1 << 40  # a tampered cost must be refused, not run
-    master.write_text(json.dumps(doc))
-    assert "memory_kib" in _locked(vault_home, "vault-corrupt", "logs", "list")
+        doc["table"] = doc["table"][:40] + ("A" if doc["table"][40] != "A" else "B") + doc["table"][41:]
+        path.write_text(json.dumps(doc))
+    line = _locked(vault_home, reason, "logs", "list")
+    assert "vault.json" in line or "memory_kib" in line
 
 
 def test_missing_vault_exit_4(home, passphrase_file):
