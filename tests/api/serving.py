@@ -64,9 +64,9 @@ class Served:
             [sys.executable, "-m", "appliance", *args], env=self.env, capture_output=True, text=True, timeout=300
         )
 
-    def stop(self) -> tuple[int, str]:
-        """`appliance kill`, then the server's exit code and stderr."""
-        if self.proc.poll() is None:
+    def stop(self, kill: bool = True) -> tuple[int, str]:
+        """`appliance kill` (unless the test sent its own), then the server's exit code and stderr."""
+        if kill and self.proc.poll() is None:
             assert self.appliance("kill").returncode == 0
         _out, err = self.proc.communicate(timeout=120)
         return self.proc.returncode, err
