@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from api_rows import api_rows
 from image_rows import image_rows
 from native import native_rows
 
@@ -627,7 +628,21 @@ def verdict(ratio: str, target: str) -> str:
     return "met" if (value >= bound if op == ">=" else value <= bound) else "NOT MET"
 
 
-SECTIONS = ("decode", "native", "cold", "window", "switch", "control", "threads", "hashing", "vault", "search", "bases", "image")
+SECTIONS = (
+    "decode",
+    "native",
+    "cold",
+    "window",
+    "switch",
+    "control",
+    "threads",
+    "hashing",
+    "vault",
+    "search",
+    "bases",
+    "image",
+    "api",
+)
 
 
 def journal_search(rounds: int, n_sessions: int) -> list[tuple]:
@@ -713,6 +728,8 @@ def main() -> None:
         rows += bases(args.rounds, args.tokens)
     if "image" in only:  # bench/image_rows.py: cached image/build results, portable vs native decode
         rows += image_rows(PROMPT, args.rounds, args.tokens)
+    if "api" in only:  # bench/api_rows.py: appliance serve against ask
+        rows += api_rows(model, PROMPT, args.rounds, args.tokens)
     if "search" in only and args.search_sessions:
         rows += journal_search(args.rounds, args.search_sessions)
 
