@@ -1,6 +1,7 @@
 """The kill-switch on `appliance serve`: a reply stops mid-stream with an error event, the server exits locked (4),
 the socket is gone, and the journal ends with the kill, as for `ask` and the chat."""
 
+import signal
 import subprocess
 import sys
 
@@ -63,4 +64,18 @@ def test_a_locked_appliance_has_no_socket(tmp_path):
         [sys.executable, "-m", "appliance", "serve"], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
     )
     assert r.returncode == 4 and r.stderr.strip().endswith("[no-passphrase]"), r.stderr
+    assert not socket_path(home).exists()
+
+
+def test_ctrl_c_stops_serving_and_removes_the_socket(tmp_path):
+    home, env = prepared_home(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a terminal's ctrl-c, even under a shell that ignores it
+    )  # fmt: skip
+    assert proc.stdout.readline().startswith("serving ")
+    assert socket_path(home).exists()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert (proc.returncode, out, err) == (0, "stopped\n", "")
     assert not socket_path(home).exists()
