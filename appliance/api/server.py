@@ -12,7 +12,9 @@ Rules:
    are queued or decoding;
 5. a request is a journal session of its own, or continues the one it names (`UnlockedAppliance.resume`,
    the same as `ask --resume`); the reply streams from the worker to the client as it is decoded;
-6. a kill stops the decode within one token: the client's stream ends with an error event (code
+6. a client that goes away mid-stream stops its decode within one token, as a kill would (the reply is
+   journalled with finish `cancelled`), so a gone client does not hold the queue;
+7. a kill stops the decode within one token: the client's stream ends with an error event (code
    `killed`), the server stops and the socket is removed; then the caller's lifecycle handles the kill.
 """
 
@@ -83,7 +85,7 @@ class Api:
             chat = parse_chat_request(await _read_body(request), self.model_name)
         except ApplianceError as e:  # rule 3: refused on the event loop, before the queue
             return _error(e)
-        events = _Events(asyncio.get_running_loop())
+        events = _Events(asyncio.get_running_loop(), self.app.cancel)
         self.queued += 1
         done = asyncio.get_running_loop().run_in_executor(self._worker, self._decode, chat, request.scope[PEER], events)
         done.add_done_callback(self._dequeued)
@@ -123,7 +125,7 @@ class Api:
                 )
             on_text = events.starting(lambda: self.app.journal.session_id if self.app.journal else "")
             reply = self.app.reply(
-                session, chat.prompt, max_tokens=chat.max_tokens, on_text=on_text, client=peer.client_record()
+                session, chat.prompt, max_tokens=chat.max_tokens, on_text=on_text, client=peer.client_record(), cancel=events.stop
             ).reply
             self.app.killswitch.check()  # a reply cut short by a kill ends in the kill's error, as in the chat
             on_text("")
@@ -136,8 +138,9 @@ class _Events:
     """What the worker thread hands the request's coroutine: ("start", session id), ("text", str)...,
     then ("done", Reply) or ("error", exception)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, kill: threading.Event):
         self._loop, self._queue = loop, asyncio.Queue()  # type: ignore[var-annotated]
+        self.stop = _Stop(kill)  # the decode loop's cancel: the kill, or the client gone (rule 6)
 
     def put(self, kind: str, value) -> None:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, (kind, value))
@@ -158,6 +161,17 @@ class _Events:
                 self.put("text", piece)
 
         return on_text
+
+
+class _Stop(threading.Event):
+    """Set when the client is gone; reads as set when the kill-switch has fired too."""
+
+    def __init__(self, kill: threading.Event):
+        super().__init__()
+        self._kill = kill
+
+    def is_set(self) -> bool:
+        return super().is_set() or self._kill.is_set()
 
 
 class _Completion:
@@ -181,19 +195,24 @@ class _Completion:
 
 
 async def _server_sent(completion: _Completion, events: _Events) -> AsyncIterator[str]:
-    """The stream: a role chunk, a chunk per piece of text, the finish, `[DONE]`; or an error event."""
-    yield completion.chunk({"role": "assistant", "content": ""})
-    while True:
-        kind, value = await events.get()
-        if kind == "text":
-            yield completion.chunk({"content": value})
-        elif kind == "done":
-            yield completion.chunk({}, finish=value.finish)
-            yield "data: [DONE]\n\n"
-            return
-        else:  # the protocol's error event: the official client raises it
-            yield _event(error_object(value))
-            return
+    """The stream: a role chunk, a chunk per piece of text, the finish, `[DONE]`; or an error event.
+
+    Closed early (the client went away), it stops the decode (rule 6)."""
+    try:
+        yield completion.chunk({"role": "assistant", "content": ""})
+        while True:
+            kind, value = await events.get()
+            if kind == "text":
+                yield completion.chunk({"content": value})
+            elif kind == "done":
+                yield completion.chunk({}, finish=value.finish)
+                yield "data: [DONE]\n\n"
+                return
+            else:  # the protocol's error event: the official client raises it
+                yield _event(error_object(value))
+                return
+    finally:
+        events.stop.set()  # a no-op once the reply is done
 
 
 def _event(data: dict) -> str:

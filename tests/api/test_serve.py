@@ -126,6 +126,21 @@ def test_requests_are_decoded_one_at_a_time_and_the_queue_shows_it(served):
     assert short_user["time"] > long_reply["time"]  # the second decode began after the first had ended
 
 
+def test_a_client_that_goes_away_mid_stream_stops_its_decode(served):
+    http = served.http()
+    stream = served.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Write a very long story about a lighthouse, chapter by chapter."}],
+        max_tokens=2000, stream=True,
+    )  # fmt: skip
+    first = next(iter(stream))
+    stream.close()
+    deadline = time.monotonic() + 60
+    while http.get("/health").json()["queue"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _user, reply = served.journal()[first.model_extra["session"]]
+    assert reply["finish"] == "cancelled" and reply["tokens"] < 2000
+
+
 @pytest.mark.parametrize(
     "args, status, code",
     [
