@@ -17,8 +17,8 @@ Rules:
    before it (an overlay that fails verification, a prompt that cannot fit the window) leaves no
    empty session behind;
 4. a reply is journalled the same way whoever asks: the user's message with its provenance (base,
-   overlay and control vector with their switches, sampling settings, system prompt) once the prompt
-   is known to fit, then
+   overlay and control vector with their switches, sampling settings, system prompt, and for the API
+   the client process that asked) once the prompt is known to fit, then
    the assistant's with finish, tokens, tokens/s and the divergence where it was measured;
 5. every switch of the overlay or the control vector is journalled with its moment (`overlay-toggle`,
    `control-toggle`); records are serialised by a lock, since the
@@ -222,13 +222,16 @@ class UnlockedAppliance:
         on_text: Optional[Callable[[str], None]] = None,
         cancel: Optional[threading.Event] = None,
         meter: Optional[DivergenceMeter] = None,
+        client: Optional[dict] = None,
     ) -> Outcome:
-        """Rule 4: answer `text` in `session`, both messages journalled with their provenance."""
+        """Rule 4: answer `text` in `session`, both messages journalled with their provenance (and the `client`
+        that asked, for a program on the API socket)."""
         prov = {
             "base": self._base_record,
             "overlay": self._overlay_record(session.overlay_on),
             "control": self._control_record(session.control_on),
             **session.conditioning(),
+            **({"client": client} if client is not None else {}),
         }
         reply = session.generate(
             text,

@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from api_rows import api_rows
 from contained import FAILED, measure_all
 from image_rows import image_rows
 from native import native_rows, peak_rss_rows
@@ -731,6 +732,7 @@ SECTIONS: dict[str, tuple[bool, Callable[[argparse.Namespace, VerifiedModel], li
     ),
     "bases": (True, lambda a, m: [partial(bases, a.rounds, a.tokens)]),
     "image": (True, lambda a, m: [partial(image_rows, PROMPT, a.rounds, a.tokens)]),
+    "api": (True, lambda a, m: [partial(api_rows, m, PROMPT, a.rounds, a.tokens)]),  # appliance serve against ask
 }
 
 

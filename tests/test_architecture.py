@@ -18,7 +18,7 @@ LAYERS = [
     {"erase", "image"},
     {"emergency"},
     {"demo", "service"},
-    {"ui"},
+    {"ui", "api"},
     {"cli"},
     {"__main__"},
 ]

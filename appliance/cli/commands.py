@@ -188,6 +188,12 @@ from .chat_command import chat  # noqa: E402
 cli.add_command(chat)
 
 
+# The OpenAI-compatible API on a Unix socket (appliance/cli/serve_command.py).
+from .serve_command import serve  # noqa: E402
+
+cli.add_command(serve)
+
+
 # Base models (appliance/cli/base_commands.py).
 from .base_commands import base, erase_base_cmd  # noqa: E402
 

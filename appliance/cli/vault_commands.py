@@ -32,7 +32,8 @@ def logs() -> None:
 
 def _summary(report: Report) -> str:
     status = "ok" if report.ok else f"BROKEN at {report.broken_at}"
-    return f"{report.session_id}  {len(report.records):4d} records  {status}  {report.preview(48)}"
+    client = f"  [client {report.client()}]" if report.client() else ""
+    return f"{report.session_id}  {len(report.records):4d} records  {status}  {report.preview(48)}{client}"
 
 
 @logs.command("list")

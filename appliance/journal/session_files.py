@@ -158,6 +158,16 @@ class Report:
             return f"({self.records[0]['kind']})" if self.records else ""
         return first["text"][:width].replace("\n", " ")
 
+    def client(self) -> str:
+        """The program that asked, for a session of the API (`appliance serve`): its executable and pid; else ""."""
+        first = next((r for r in self.records if r.get("kind") == "message" and r.get("client")), None)
+        return client_text(first["client"]) if first else ""
+
+
+def client_text(client: dict) -> str:
+    """A journalled `client` field, on one line: the executable as the kernel reported it, and the pid."""
+    return f"{client.get('exe') or 'unknown executable'} (pid {client.get('pid')})"
+
 
 def verify_session(vault: Vault, session_id: str) -> Report:
     """Decrypt and verify one session; breaks are reported. Erased propagates, and NotFound when there is no file either."""

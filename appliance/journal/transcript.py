@@ -8,6 +8,7 @@ import json
 from typing import Optional
 
 from ..printable import printable
+from .session_files import client_text
 
 
 def provenance_line(r: dict) -> str:
@@ -15,8 +16,9 @@ def provenance_line(r: dict) -> str:
     system = f"; preset {r['preset']}" if r.get("preset") else ""
     system += f"; system prompt {json.dumps(r['system_prompt'])}" if r.get("system_prompt") else ""
     control = f"; control vector {_switched(r['control'])}" if r.get("control") else ""
+    client = f"; client {client_text(r['client'])}" if r.get("client") else ""
     return (f"base {base.get('name')} v{base.get('version')} {str(base.get('sha256'))[:12]}; overlay {_switched(r.get('overlay'))}"
-            f"{control}; settings {json.dumps(r.get('settings'))}{system}")  # fmt: skip
+            f"{control}; settings {json.dumps(r.get('settings'))}{system}{client}")  # fmt: skip
 
 
 def _switched(item: Optional[dict]) -> str:

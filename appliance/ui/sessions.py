@@ -68,7 +68,7 @@ class SessionsScreen(Screen):
 
     def _fill(self) -> list[Report]:
         """(Re)read every session; returns the reports of the readable ones."""
-        table = self._columns("session", "records", "state", "first message")
+        table = self._columns("session", "records", "state", "first message", "client")
         reports: list[Report] = []
         try:
             ids = self.core.sessions()
@@ -79,11 +79,11 @@ class SessionsScreen(Screen):
             try:
                 report = self.core.verify_session(sid)
             except ApplianceError as e:  # erased or missing key: listed, not opened
-                table.add_row(*_cells(sid, "-", f"unreadable: {e}", ""), key=sid)
+                table.add_row(*_cells(sid, "-", f"unreadable: {e}", "", ""), key=sid)
                 self._row_session[sid] = sid
                 continue
             reports.append(report)
-            table.add_row(*_cells(sid, str(len(report.records)), _state(report), report.preview(40)), key=sid)
+            table.add_row(*_cells(sid, str(len(report.records)), _state(report), report.preview(40), report.client()), key=sid)
             self._row_session[sid] = sid
         return reports
 

@@ -30,12 +30,16 @@ def fixed_ids(monkeypatch):
     monkeypatch.setattr(journal_files, "new_session_id", lambda: next(ids))
 
 
+API_CLIENT = {"pid": 4242, "exe": "/usr/bin/python3.11"}
+
+
 @pytest.fixture
 def past_sessions(vault_home, fixed_ids):
     vault = Vault.unlock(vault_home, PASSPHRASE.encode())
-    for text in ("How do I change the passphrase?", "Summarise the kill procedure."):
+    # The second came through the API (`appliance serve`): its messages name the client that asked.
+    for text, client in (("How do I change the passphrase?", {}), ("Summarise the kill procedure.", {"client": API_CLIENT})):
         journal = Journal.create(vault)
-        journal.append("message", role="user", text=text)
+        journal.append("message", role="user", text=text, **client)
         journal.append("message", role="assistant", text="...")
         journal.close()
     vault.zeroize()
