@@ -28,6 +28,7 @@ import numpy as np
 from api_rows import api_rows
 from contained import FAILED, measure_all
 from image_rows import image_rows
+from load import free_threads
 from native import native_rows, peak_rss_rows
 
 from appliance import state
@@ -79,7 +80,7 @@ def _chat_prompt(runtime: Runtime) -> list[int]:
 
 def decode_speed(model, rounds: int, n_tokens: int) -> list[tuple]:
     """Decode speed, ours (overlay off and on) against llama-cpp-python's create_completion; the overlay toggle."""
-    threads = os.cpu_count()
+    threads = free_threads()
     runtime = Runtime(model, n_ctx=N_CTX, n_threads=threads)
     reference = reference_llama(model.path, n_ctx=N_CTX, n_threads=threads)
     overlay = Overlay(OverlayParams.random(runtime.engine.n_embd, seed=1), model.sha256)
@@ -104,7 +105,7 @@ def decode_speed(model, rounds: int, n_tokens: int) -> list[tuple]:
 
     m = median_of(rounds, {"ref": theirs, "off": ours(False), "on": ours(True)})
     rows = [
-        ("decode tok/s, llama-cpp-python create_completion", f"{m['ref']:.1f}", "", ""),
+        (f"decode tok/s, llama-cpp-python create_completion, {threads} threads", f"{m['ref']:.1f}", "", ""),
         ("decode tok/s, ours, overlay off", f"{m['off']:.1f}", f"{m['off'] / m['ref']:.3f}", ">= 1.05"),
         ("decode tok/s, ours, overlay on", f"{m['on']:.1f}", f"{m['on'] / m['ref']:.3f}", ">= 1.0"),
     ]
@@ -330,10 +331,11 @@ def cold_start(model_pin, rounds: int) -> list[tuple]:
     runtime = Runtime(verify_pinned(model_pin), n_ctx=N_CTX)
     prompt_tokens = _chat_prompt(runtime)
     runtime.close()
+    threads = free_threads()
 
     def ours():
         t = time.perf_counter()
-        rt = Runtime(verify_pinned(model_pin), n_ctx=N_CTX)
+        rt = Runtime(verify_pinned(model_pin), n_ctx=N_CTX, n_threads=threads)
         Session(rt, settings=GREEDY).generate(PROMPT, max_tokens=1)
         dt = time.perf_counter() - t
         rt.close()
@@ -341,7 +343,7 @@ def cold_start(model_pin, rounds: int) -> list[tuple]:
 
     def theirs():
         t = time.perf_counter()
-        llm = reference_llama(model_pin.path, n_ctx=N_CTX, n_threads=os.cpu_count())
+        llm = reference_llama(model_pin.path, n_ctx=N_CTX, n_threads=threads)
         llm.create_completion(prompt_tokens, max_tokens=1, temperature=0.0)
         dt = time.perf_counter() - t
         llm.close()
@@ -349,7 +351,7 @@ def cold_start(model_pin, rounds: int) -> list[tuple]:
 
     m = median_of(rounds, {"ours": ours, "theirs": theirs})
     return [
-        ("cold start to first token, llama-cpp-python, ms", f"{m['theirs'] * 1e3:.0f}", "", ""),
+        (f"cold start to first token, llama-cpp-python, {threads} threads, ms", f"{m['theirs'] * 1e3:.0f}", "", ""),
         (
             "cold start to first token, ours (+ verification), ms",
             f"{m['ours'] * 1e3:.0f}",
@@ -591,18 +593,19 @@ def bases(rounds: int, n_tokens: int) -> list[tuple]:
             return dt
 
         model = active_model(vault)
-        runtime = Runtime(model, n_ctx=N_CTX, n_threads=os.cpu_count())
+        threads = free_threads()
+        runtime = Runtime(model, n_ctx=N_CTX, n_threads=threads)
         prompt = runtime.engine.tokenize(runtime.template.render([{"role": "user", "content": PROMPT}]))
 
         def cold_theirs():
             t = time.perf_counter()
-            llm = reference_llama(gguf, n_ctx=N_CTX, n_threads=os.cpu_count())
+            llm = reference_llama(gguf, n_ctx=N_CTX, n_threads=threads)
             llm.create_completion(prompt, max_tokens=1, temperature=0.0)
             dt = time.perf_counter() - t
             llm.close()
             return dt
 
-        reference = reference_llama(gguf, n_ctx=N_CTX, n_threads=os.cpu_count())
+        reference = reference_llama(gguf, n_ctx=N_CTX, n_threads=threads)
 
         def decode_theirs():
             reference.reset()

@@ -23,6 +23,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from load import free_threads
+
 from appliance import state
 from appliance.overlay.files import Overlay
 from appliance.overlay.params import OverlayParams
@@ -114,7 +116,7 @@ def peak_rss_rows(model_path: Path, prompt: str, n_tokens: int) -> list[tuple]:
 def native_rows(model, rounds: int, n_tokens: int, prompt: str, median_of) -> list[tuple]:
     """Decode and 512-token prompt processing: native llama.cpp, ours (overlay off and on), `create_completion`."""
     exe = llama_bench()
-    threads = os.cpu_count() or 1
+    threads = free_threads()
     runtime = Runtime(model, n_ctx=N_CTX, n_threads=threads)
     reference = reference_llama(model.path, n_ctx=N_CTX, n_threads=threads)
     overlay = Overlay(OverlayParams.random(runtime.engine.n_embd, seed=1), model.sha256)
