@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from . import children
+
 TEMP_NAME = re.compile(r"\..+\.tmp-[0-9]+")  # what `atomic_file` names its temp file
 TRASH_DIR = ".erased"  # under the state dir: what `discard` moved away, until its unlink finishes
 
@@ -92,7 +94,7 @@ def discard(home: Path, paths: list[Path]) -> list[Path]:
 
 def _unlink_detached(directory: Path) -> None:
     """Remove `directory` in a detached process that outlives this command."""
-    subprocess.Popen(
-        ["rm", "-rf", "--", str(directory)],
+    children.popen(
+        ["/bin/rm", "-rf", "--", str(directory.absolute())],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip

@@ -15,6 +15,7 @@ from ..store import ActiveBase
 from ..store.layout import Store
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..vault import Vault, zeroize
+from ..vault.killswitch import KillSwitch
 from .output import say, warn
 from .unlocking import create_vault, new_vault_passphrase, unlock
 
@@ -40,8 +41,10 @@ def initialise(home: Path, passphrase_file: Optional[Path], *, if_needed: bool, 
         elif not if_needed:
             say(f"already initialised: {home}")
         if demo:
-            vault = vault or unlock(passphrase_file)
-            _install_demo(model, vault)
+            with KillSwitch(home) as killswitch:  # `kill` finds the install; one it cannot confirm meets its floor
+                vault = vault or unlock(passphrase_file)
+                _install_demo(model, vault)
+                killswitch.check()
     except BaseException:
         if new_passphrase is not None:
             zeroize(new_passphrase)

@@ -37,7 +37,6 @@ reaches for a network key server.
 import functools
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +47,7 @@ from typing import Optional
 
 import gnupg
 
+from .. import children
 from ..errors import Refused, UsageError
 from ..utc import CLOCK_TOLERANCE, format_time, now
 
@@ -117,7 +117,13 @@ def gpg_binary() -> Path:
 
 def gpg_in(home: Path, log: Path) -> gnupg.GPG:
     """python-gnupg on the pinned gpg binary for GnuPG home `home`, gpg's log written to `log`, apart from its status lines."""
-    return gnupg.GPG(gpgbinary=str(gpg_binary()), gnupghome=str(home), options=["--logger-file", str(log)])
+    binary = gpg_binary()
+    return gnupg.GPG(
+        gpgbinary=str(binary),
+        gnupghome=str(home),
+        options=["--logger-file", str(log)],
+        env=children.environment(extra={"PATH": str(binary.parent)}),  # python-gnupg takes no cwd: gpg reads none
+    )
 
 
 def judgement_time(clock: datetime, floor: Optional[datetime]) -> datetime:
@@ -150,7 +156,7 @@ def scratch_gpg(keyring: Optional[bytes] = None, under: Path = Path("/tmp")) -> 
             (home / KEYRING).write_bytes(keyring)
         yield gpg_in(home, tmp / "gpg.log"), tmp
     finally:
-        subprocess.run([gpg_binary().with_name("gpgconf"), "--homedir", str(home), "--kill", "all"], capture_output=True)
+        children.run([str(gpg_binary().with_name("gpgconf")), "--homedir", str(home), "--kill", "all"], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
