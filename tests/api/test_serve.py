@@ -59,11 +59,24 @@ def test_the_official_client_gets_a_reply_that_is_journalled_with_its_client(ser
         assert record["base"]["name"] == MODEL and record["settings"]["temperature"] == 0
         assert record["client"] == {"pid": record["client"]["pid"], "exe": os.path.realpath(sys.executable)}
     assert record["client"]["pid"] == os.getpid()
-    listed = served.appliance("logs", "list").stdout
+
+
+def test_logs_name_the_client_of_an_api_session(tmp_path):
+    # A server of its own: `logs` needs the vault, which the running server holds (one appliance at a time).
+    home, env = prepared_home(tmp_path)
+    server = start(home, env)
+    try:
+        completion = server.client().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0
+        )
+    finally:
+        server.stop()
+    sid = completion.model_extra["session"]
+    listed = server.appliance("logs", "list").stdout
     assert f"[client {os.path.realpath(sys.executable)} (pid {os.getpid()})]" in next(
         line for line in listed.splitlines() if sid in line
     )
-    assert f"client {os.path.realpath(sys.executable)}" in served.appliance("logs", "show", sid).stdout
+    assert f"client {os.path.realpath(sys.executable)}" in server.appliance("logs", "show", sid).stdout
 
 
 def test_a_streamed_reply_arrives_in_pieces_and_equals_the_journal(served):

@@ -114,22 +114,28 @@ def test_the_barrier_is_zero_below_tau_and_charges_the_neutral_rows_above_it(set
 
 
 def test_llama_cpp_runs_the_healed_overlay_as_torch_does(healed, model, smollm2_base):
-    ids = healed.concept[0].ids.tolist()
     adapter = TakensAdapter(smollm2_base, TakensLoRA.from_params(healed.overlay.params))
-    with torch.no_grad():
-        torch_on, torch_off = adapter.logits(torch.tensor(ids)), adapter.reference(torch.tensor(ids))
     engine = LlamaEngine(model.path, n_ctx=512, n_threads=2)
+    quantisation, effect, agree = [], [], []
     try:
-        engine.decode_embeddings(
-            OverlayStream(healed.overlay.params).steps(EmbeddingTable(model.path).rows(ids)), 0, all_logits=True
-        )
-        llama_on = torch.from_numpy(np.stack([engine.logits_at(i).copy() for i in range(len(ids))]))
+        # Three conversations, not one: a short one has ~26 positions, where a single near-tie flip of the
+        # quantised weights' argmax costs 4 points of agreement.
+        for example in healed.concept[:3]:
+            ids = example.ids.tolist()
+            with torch.no_grad():
+                torch_on, torch_off = adapter.logits(torch.tensor(ids)), adapter.reference(torch.tensor(ids))
+            engine.decode_embeddings(
+                OverlayStream(healed.overlay.params).steps(EmbeddingTable(model.path).rows(ids)), 0, all_logits=True
+            )
+            llama_on = torch.from_numpy(np.stack([engine.logits_at(i).copy() for i in range(len(ids))]))
+            engine.forget_all()
+            quantisation.append(per_position_kl(torch_on, llama_on))  # torch runs the dequantised weights
+            effect.append(per_position_kl(torch_on, torch_off))
+            agree.append(torch_on.argmax(-1) == llama_on.argmax(-1))
     finally:
         engine.close()
-    quantisation = per_position_kl(torch_on, llama_on).mean()  # torch runs the dequantised weights
-    effect = per_position_kl(torch_on, torch_off).mean()
-    assert effect > 0.05 and quantisation < 0.2 * effect
-    assert (torch_on.argmax(-1) == llama_on.argmax(-1)).float().mean() > 0.9
+    assert torch.cat(effect).mean() > 0.05 and torch.cat(quantisation).mean() < 0.2 * torch.cat(effect).mean()
+    assert torch.cat(agree).float().mean() > 0.9
 
 
 @pytest.fixture

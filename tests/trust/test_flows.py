@@ -36,7 +36,7 @@ def test_end_to_end_offline(keys, tmp_path, monkeypatch):
         ok("trust", "add", str(keys.public(who, tmp_path)), "--fingerprint", keys.fpr[who], prefix=OFFLINE)
     assert "verified" in ok("bundle", "verify", str(v1), prefix=OFFLINE)
     assert "installed overlay care v1" in ok("update", "import", str(v1), prefix=OFFLINE)
-    ask = ("ask", "Name three colours.", "--temperature", "0", "--max-tokens", "12")
+    ask = ("ask", "Name three colours.", "--temperature", "0", "--max-tokens", "32")
     on, off = ok(*ask, "--overlay", "on", prefix=OFFLINE), ok(*ask, "--overlay", "off", prefix=OFFLINE)
     assert on.strip() and on != off
     status = ok("status", prefix=OFFLINE)
