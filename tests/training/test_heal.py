@@ -120,8 +120,7 @@ def test_llama_cpp_runs_the_healed_overlay_as_torch_does(healed, model, smollm2_
     try:
         # Every concept conversation, not one: a short one has ~26 positions, where a single near-tie flip of
         # the quantised (Q4_1) weights' argmax costs 4 points of agreement. The KL bound below is the measure
-        # that the overlay enters llama.cpp as it does torch; the argmax agreement only guards against a gross
-        # mismatch (an overlay applied at the wrong position agrees on about half).
+        # that the overlay enters llama.cpp as it does torch; the argmax agreement only guards against a gross mismatch.
         for example in healed.concept:
             ids = example.ids.tolist()
             with torch.no_grad():
