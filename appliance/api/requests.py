@@ -16,12 +16,12 @@ Fields of the protocol this API does not act on (`top_p`, `stop`, ...) are ignor
 lets a server do. Nothing here opens the vault or touches the model: a refused request journals nothing.
 """
 
-import json
 from dataclasses import dataclass
 from typing import Optional
 
 import jsonschema
 
+from ..untrusted_json import JsonRejected, load_untrusted
 from .errors import RequestInvalid, RequestNotJson, RequestNotUtf8, UnknownModel
 
 MAX_BODY = 1024 * 1024  # bytes: a prompt longer than any window, far below what a request could cost in memory
@@ -69,7 +69,7 @@ class ChatRequest:
 
 def parse_chat_request(body: bytes, model_name: str) -> ChatRequest:
     """Rules 2-5 (the server keeps rule 1 while reading)."""
-    request = _json_object(_utf8(body))
+    request = _json_object(body)
     _valid(request)
     if request["model"] != model_name:
         raise UnknownModel(f"no model {request['model']!r}: this appliance serves {model_name!r}")
@@ -87,26 +87,16 @@ def parse_chat_request(body: bytes, model_name: str) -> ChatRequest:
     )
 
 
-def _utf8(body: bytes) -> str:
+def _json_object(body: bytes) -> dict:
+    """Rule 2, by the reader of every JSON from outside (`untrusted_json`: no duplicate key, no NaN, a depth
+    cap), with UTF-8 refused under its own code first."""
     try:
-        return body.decode("utf-8")
+        body.decode("utf-8")
     except UnicodeDecodeError as e:
         raise RequestNotUtf8(f"the request body is not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start})") from None
-
-
-def _json_object(text: str) -> dict:
-    def no_duplicates(pairs):
-        keys = [k for k, _ in pairs]
-        if len(set(keys)) != len(keys):
-            raise RequestNotJson(f"a duplicate key in the request: {sorted(k for k in keys if keys.count(k) > 1)[0]!r}")
-        return dict(pairs)
-
-    def no_constant(name):
-        raise RequestNotJson(f"{name} is not JSON")
-
     try:
-        value = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
-    except json.JSONDecodeError as e:
+        value = load_untrusted(body)
+    except JsonRejected as e:
         raise RequestNotJson(f"the request body is not JSON: {e}") from None
     if not isinstance(value, dict):
         raise RequestNotJson("the request body is not a JSON object")

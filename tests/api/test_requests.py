@@ -50,6 +50,7 @@ def test_the_extra_fields_and_the_system_message_are_read():
         (b"[1, 2]", RequestNotJson),
         (b'{"model": "a", "model": "b", "messages": []}', RequestNotJson),
         (b'{"model": "x", "messages": [], "temperature": NaN}', RequestNotJson),
+        (b"[" * 100_000 + b"]" * 100_000, RequestNotJson),  # nested past the depth cap: a refusal, not a RecursionError
         (body(model=7), RequestInvalid),
         (body(messages="Hello"), RequestInvalid),
         (body(messages=[{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]), RequestInvalid),
