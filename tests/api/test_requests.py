@@ -66,7 +66,7 @@ def test_the_extra_fields_and_the_system_message_are_read():
         (body(session="s", messages=[{"role": "system", "content": "a"}, {"role": "user", "content": "b"}]), RequestInvalid),
         (body(model="gpt-4o"), UnknownModel),
     ],
-    ids=["not-utf8", "lone-surrogate", "truncated", "not-an-object", "duplicate-key", "nan", "model-type", "messages-type",
+    ids=["not-utf8", "lone-surrogate", "truncated", "not-an-object", "duplicate-key", "nan", "too-deep", "model-type", "messages-type",
          "content-parts", "tokens-type", "tokens-zero", "temperature-range", "stream-type", "overlay-type", "no-messages",
          "blank-prompt", "no-user-turn", "history-resent", "session-with-system", "unknown-model"],
 )  # fmt: skip
