@@ -28,9 +28,9 @@ from ..fsutil import fsync_dir
 from ..utc import now_text
 from .aead import KEY_BYTES, secret, unb64, unseal, zeroize
 from .disk import load_json, vault_dir, vault_lock
-from .errors import KeySlotsCorrupt, NoVault, VaultCorrupt, VaultErased, WrongPassphrase
+from .errors import KeySlotsCorrupt, VaultCorrupt, WrongPassphrase
 from .kdf import derive_kek
-from .vault_file import new_kek, parse_table, read_doc, store, vault_path, wrap_data_key
+from .vault_file import new_kek, parse_table, read_checked, read_doc, store, vault_path, wrap_data_key
 
 MASTER_1 = "master.json"
 SLOTS_1 = "slots.json"
@@ -89,15 +89,7 @@ def remove_leftovers(home: Path) -> None:
 
 
 def _master_1(home: Path) -> dict:
-    path = vault_dir(home) / MASTER_1
-    if not path.exists():
-        raise NoVault(home)
-    doc = load_json(path, VaultCorrupt)
-    if doc.get("format") != FORMAT_1:
-        raise VaultCorrupt(f"{path}: not an {FORMAT_1} file")
-    if "erased" in doc:
-        raise VaultErased(str(doc["erased"])[:40])
-    return doc
+    return read_checked(home, vault_dir(home) / MASTER_1, FORMAT_1)
 
 
 def _table_1(home: Path, doc: dict, passphrase: bytes | bytearray) -> dict:

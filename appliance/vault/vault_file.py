@@ -48,12 +48,16 @@ def vault_path(home: Path) -> Path:
 
 def read_doc(home: Path) -> dict:
     """vault.json as a checked dict; NoVault if absent, VaultErased if it is the erase tombstone."""
-    path = vault_path(home)
+    return read_checked(home, vault_path(home), FORMAT)
+
+
+def read_checked(home: Path, path: Path, fmt: str) -> dict:
+    """The vault file at `path` (this format's or an older one's) as a dict of format `fmt`."""
     if not path.exists():
         raise NoVault(home)
     doc = load_json(path, VaultCorrupt)
-    if doc.get("format") != FORMAT:
-        raise VaultCorrupt(f"{path}: not an {FORMAT} file")
+    if doc.get("format") != fmt:
+        raise VaultCorrupt(f"{path}: not an {fmt} file")
     if "erased" in doc:
         raise VaultErased(str(doc["erased"])[:40])
     return doc
