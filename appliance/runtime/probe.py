@@ -1,10 +1,10 @@
 """Will this GGUF run? Asked of a child process, so llama.cpp's C parser never meets hostile bytes in ours.
 
-`probe_gguf(fd, size)` hands the file to `python -I -m appliance.runtime.probe` as an inherited file
+`probe_gguf(fd, size)` hands the file to `python -I -m appliance.runtime.probe_child` as an inherited file
 descriptor (a sealed memfd: no plaintext file on disk), started as every child is (`children`: in `/`,
 isolated from the operator's directory and environment) under limits: wall time, address space
-(RLIMIT_AS), CPU time, no core dump (RLIMIT_CORE 0). The child first makes itself undumpable
-(`hardening.harden_process`: execve made it dumpable again), then checks, in this order, and stops at
+(RLIMIT_AS), CPU time, no core dump (RLIMIT_CORE 0). The child first makes itself undumpable,
+before it imports anything else (`probe_child`; execve made it dumpable again), then checks, in this order, and stops at
 the first fault:
 
 1. the header: magic `GGUF`, version 2 or 3, tensor and key counts that the file's size can hold;
@@ -76,7 +76,7 @@ def probe_gguf(fd: int, size: int, label: str) -> GgufFacts:
     quiet = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "GGML_NO_BACKTRACE": "1"}
     try:
         r = children.run(
-            children.python("-m", "appliance.runtime.probe", str(fd), str(size)),
+            children.python("-m", "appliance.runtime.probe_child", str(fd), str(size)),
             keep=("LLAMA_CPP_LIB_PATH",),
             extra=quiet,
             pass_fds=(fd,),
@@ -292,7 +292,7 @@ def _probe(fd: int, size: int) -> dict:
 def main(argv: list[str]) -> int:
     from ..hardening import harden_process, protections
 
-    harden_process()  # first: until now the plaintext behind the inherited fd was readable through /proc
+    harden_process()  # done already by `probe_child` before any import; idempotent, and `protections` reads it
     try:
         answer = _probe(int(argv[0]), int(argv[1]))
     except _Fault as e:
@@ -300,7 +300,3 @@ def main(argv: list[str]) -> int:
     answer["dumpable"] = not protections().not_dumpable
     sys.stdout.write(json.dumps(answer) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
