@@ -98,6 +98,7 @@ class LlamaEngine:
         self._token_batch = C.llama_batch_init(n_batch, 0, 1)
         self._embd_batch = C.llama_batch_init(n_batch, self.n_embd, 1)
         self._piece = ctypes.create_string_buffer(256)
+        self.stopping: threading.Event | None = None  # the event of the `stop_on` block a decode is in, for a shadow engine
 
     @contextmanager
     def stop_on(self, event: threading.Event | None) -> Iterator[None]:
@@ -111,9 +112,11 @@ class LlamaEngine:
         abort = C.ggml_abort_callback(lambda _data: event.is_set() or interrupted.is_set())
         with _interrupt_held(interrupted):
             C.llama_set_abort_callback(self.ctx, abort, None)
+            self.stopping = event
             try:
                 yield
             finally:
+                self.stopping = None
                 C.llama_set_abort_callback(self.ctx, C.ggml_abort_callback(), None)  # NULL: none
 
     def set_threads(self, n: int) -> None:

@@ -74,7 +74,10 @@ class AuditDecoder(Decoder):
         if self.base is None:
             engine = LlamaEngine(self._runtime.model.path, n_ctx=self.engine.n_ctx, n_threads=self.engine.thread_setting)
             self.base = Decoder(engine, lambda: self._runtime.embeddings)
-        self.kl = [kl_divergence(logits, self.base.prefill(tokens, None))]
+        self.kl = None
+        with self.base.engine.stop_on(self.engine.stopping):  # a kill stops the shadow's prefill as it does the reply's
+            base_logits = self.base.prefill(tokens, None)
+        self.kl = [kl_divergence(logits, base_logits)]
         return logits
 
     def step(self, token: int) -> np.ndarray:

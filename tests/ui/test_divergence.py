@@ -1,9 +1,16 @@
 """The divergence meter: same reply with or without it, KL stored in the provenance, its cost shown in help."""
 
+import threading
+
+import pytest
 from textual.widgets import Markdown
 from ui_support import PASSPHRASE, send, unlock
 
 from appliance.journal import read_session
+from appliance.overlay.params import OverlayParams
+from appliance.runtime.llama import DecodeStopped
+from appliance.runtime.session import Runtime
+from appliance.ui.divergence import AuditDecoder
 from appliance.ui.widgets import ChatMessage, StatusBar
 from appliance.vault import Vault
 
@@ -36,3 +43,30 @@ async def test_meter_measures_without_changing_the_reply(vault_home, make_app):
     user, reply, *_ = read_session(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)
     assert user["divergence"] is None
     assert reply["divergence"] == {"measure": "kl(overlay||base)", "positions": div.positions, "rmse": div.rmse, "max": div.max}
+
+
+def test_a_kill_stops_the_meters_shadow_prefill_too(model):
+    """The meter's second engine prefills the whole prompt again: a kill that lands there stops it too."""
+    runtime = Runtime(model, n_ctx=2048)
+    audit = AuditDecoder.install(runtime)
+    try:
+        audit.enabled = True
+        overlay = OverlayParams.random(576, seed=1, b_scale=0.05)
+        long = " ".join(f"Note {i}: the keeper lit the lamp and logged the weather." for i in range(90))
+        tokens = runtime.engine.tokenize(runtime.template.render([{"role": "user", "content": long}]))
+        assert len(tokens) > 2 * runtime.engine.n_batch
+        audit.prefill(tokens[:8], overlay)  # the shadow engine exists from here
+        kill = threading.Event()
+        shadow_prefill = audit.base.prefill
+
+        def killed_as_the_shadow_starts(*args):
+            kill.set()  # the reply's own prefill is done: only the shadow's can still be stopped
+            return shadow_prefill(*args)
+
+        audit.base.prefill = killed_as_the_shadow_starts
+        with runtime.engine.stop_on(kill), pytest.raises(DecodeStopped):
+            audit.prefill(tokens, overlay)
+        assert audit.divergence() is None  # nothing measured for a reply that was stopped
+    finally:
+        audit.close()
+        runtime.close()
