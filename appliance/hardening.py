@@ -17,6 +17,9 @@
      (a model maps hundreds of MB), so only the pages holding key buffers are locked
      (`lock_secret`, best effort within the limit); the rest can reach swap.
 
+`die_with_parent()` is for a child holding a secret of its parent's (the GGUF probe, with the decrypted
+base): when `appliance kill` ends the parent with SIGKILL, the kernel ends the child too.
+
 `protections()` reads back what is in force, for `appliance status`. Linux only: elsewhere
 each step reports itself off. Python still leaves copies (immutable `bytes`, the `cryptography`
 objects, freed memory): see docs/procedures.md, section 9.
@@ -25,10 +28,11 @@ objects, freed memory): see docs/procedures.md, section 9.
 import ctypes
 import os
 import resource
+import signal
 import sys
 from dataclasses import dataclass
 
-PR_SET_DUMPABLE, PR_GET_DUMPABLE = 4, 3
+PR_SET_DUMPABLE, PR_GET_DUMPABLE, PR_SET_PDEATHSIG = 4, 3, 1
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 CAP_IPC_LOCK = 14
 
@@ -70,6 +74,14 @@ def harden_process() -> None:
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     if _memory_mode != "all":
         _lock_memory(_libc)
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent ends (PR_SET_PDEATHSIG); if it has ended already, exit now."""
+    if _libc is not None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the parent went before the request was made: adopted by init
+        os._exit(1)
 
 
 def _lock_memory(libc: ctypes.CDLL) -> None:

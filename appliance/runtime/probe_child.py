@@ -7,9 +7,10 @@ process of the same user could read the decrypted base behind the inherited fd t
 
 import sys
 
-from ..hardening import harden_process
+from ..hardening import die_with_parent, harden_process
 
 harden_process()
+die_with_parent()  # a SIGKILLed appliance (`kill`'s floor) leaves no probe behind holding its base
 
 from .probe import main  # noqa: E402 (after the hardening, on purpose)
 

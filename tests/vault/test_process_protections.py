@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,24 @@ def test_passphrase_file_line_endings(vault_home, passphrase_file):
         assert appliance("logs", "list").returncode == 0
     passphrase_file.write_bytes(PASSPHRASE + b"\n\n")  # a second line is part of the passphrase
     assert appliance("logs", "list").returncode == 4
+
+
+def test_a_child_that_dies_with_its_parent_is_gone_when_the_parent_is_sigkilled(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    child = f"from appliance.hardening import die_with_parent; import os, time; die_with_parent(); open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)",
+        ]
+    )
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
