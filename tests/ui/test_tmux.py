@@ -4,6 +4,7 @@ first `./run chat`, prompt by prompt."""
 
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,8 @@ class Tmux:
     """One private tmux server (its own socket), one 120x40 session running a command."""
 
     def __init__(self, tmp: Path, command: list[str], env: dict):
-        self.socket = f"appliance-test-{os.getpid()}"
+        # A server of its own each time: a new session on the socket of one just killed can meet it dying.
+        self.socket = f"appliance-test-{os.getpid()}-{secrets.token_hex(4)}"
         exports = " ".join(f"{k}={v}" for k, v in env.items())
         self.run(
             "new-session", "-d", "-s", "ui", "-x", "120", "-y", "40", f"cd {tmp} && env {exports} {' '.join(command)}; sleep 60"
