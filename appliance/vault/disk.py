@@ -58,12 +58,17 @@ def load_json(path: Path, error: type[Exception]) -> dict:
         raise error(f"{path}: unreadable: {e.strerror}") from None
     if len(raw) > MAX_VAULT_FILE:
         raise error(f"{path}: larger than {MAX_VAULT_FILE} bytes")
+    return json_object(raw, error, str(path))
+
+
+def json_object(raw: bytes, error: type[Exception], what: str) -> dict:
+    """`raw` as a JSON object, else `error` naming `what`."""
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise error(f"{path}: not valid JSON") from None
+        raise error(f"{what}: not valid JSON") from None
     if not isinstance(doc, dict):
-        raise error(f"{path}: not a JSON object")
+        raise error(f"{what}: not a JSON object")
     return doc
 
 

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidTag
 from ..fsutil import fsync_dir
 from ..utc import now_text
 from .aead import KEY_BYTES, secret, unb64, unseal, zeroize
-from .disk import load_json, vault_dir, vault_lock
+from .disk import json_object, load_json, vault_dir, vault_lock
 from .errors import KeySlotsCorrupt, VaultCorrupt, WrongPassphrase
 from .kdf import derive_kek
 from .vault_file import new_kek, parse_table, read_checked, read_doc, store, vault_path, wrap_data_key
@@ -112,13 +112,7 @@ def _table_1(home: Path, doc: dict, passphrase: bytes | bytearray) -> dict:
             raise KeySlotsCorrupt(f"{path}: failed authentication under the master key (damaged or replaced)") from None
     finally:
         zeroize(master)
-    try:
-        table = json.loads(plain)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise KeySlotsCorrupt(f"{path}: the sealed table is not valid JSON") from None
-    if not isinstance(table, dict):
-        raise KeySlotsCorrupt(f"{path}: the sealed table has the wrong shape")
-    return table
+    return json_object(plain, KeySlotsCorrupt, f"{path}: the sealed table")
 
 
 def _wrapped(kek: bytearray, key_id: str, value: object) -> str:
