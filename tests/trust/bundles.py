@@ -103,6 +103,13 @@ def _signed(keys: Keys, out: Path, kind, name, version, artifacts, binds, create
     return out
 
 
+def make_not_a_model_bundle(keys: Keys, out: Path, *, name: str, version: int) -> Path:
+    """A base-model bundle signed by alice and bob whose GGUF is not one: for refusals decided before the probe."""
+    model = out.parent / "model.gguf"
+    model.write_bytes(b"not really a model")
+    return _signed(keys, out, "base-model", name, version, [model], None, None, None, ("alice", "bob"))
+
+
 def control_dir(
     tmp: Path, seed: int, base: str = BASE_SHA, hidden: int = 576, layers=(15,), bad: str = "", strength: float = 2.0
 ) -> list[Path]:

@@ -6,14 +6,13 @@ keys scoped to the demo items (`test_demo.py` checks that `init --demo` writes t
 """
 
 import pytest
-from bundles import PASSPHRASE, make_bundle, make_control_bundle
+from bundles import PASSPHRASE, make_bundle, make_control_bundle, make_not_a_model_bundle
 from helpers import appliance, error_line, ok, tree_digest
 from test_refusals import assert_refused
 
 from appliance.demo.install import DEMO_ITEMS, DEMO_NAME
 from appliance.store.layout import Store
 from appliance.store.trust_changes import pin_signer
-from appliance.trust.bundle import create_bundle, sign_bundle
 from appliance.trust.policy import ProductionSignersPinned, item_id
 from appliance.vault import Vault
 
@@ -53,12 +52,7 @@ def test_demo_signers_cannot_sign_another_name(demo_home, keys, tmp_path):
 def test_demo_signers_cannot_sign_another_kind_under_a_demo_name(demo_home, keys, tmp_path):
     control = make_control_bundle(keys, tmp_path / "control.bundle", name=DEMO_NAME)
     assert_refused(demo_home, control, "threshold-not-met", "0 of 2", "counts only for")
-    (tmp_path / "model.gguf").write_bytes(b"not really a model")
-    base = tmp_path / "base.bundle"
-    create_bundle(base, kind="base-model", name="radio-operator", version=1, artifacts=[tmp_path / "model.gguf"],
-                  binds_base=None, created=None, expires=None)  # fmt: skip
-    for signer in ("alice", "bob"):
-        sign_bundle(base, keys.fpr[signer], keys.home)
+    base = make_not_a_model_bundle(keys, tmp_path / "base.bundle", name="radio-operator", version=1)
     assert_refused(demo_home, base, "threshold-not-met", "0 of 2", "counts only for")
 
 

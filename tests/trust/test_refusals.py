@@ -15,6 +15,7 @@ from bundles import (
     file_member,
     iso,
     make_bundle,
+    make_not_a_model_bundle,
     members,
     raw_signature,
     set_floor,
@@ -26,7 +27,7 @@ from helpers import appliance, error_line, tree_digest
 from appliance.store import ActiveBase
 from appliance.store.importer import import_bundle
 from appliance.trust.builtin import embedded_pin, verify_pinned
-from appliance.trust.bundle import Source, create_bundle, sign_bundle, write_bundle
+from appliance.trust.bundle import Source, write_bundle
 from appliance.trust.bundle_reader import open_bundle
 from appliance.trust.manifest import (
     ManifestBadPath,
@@ -331,12 +332,7 @@ def test_bundle_sign_with_a_key_not_in_the_home_signs_nothing(keys, good, tmp_pa
 
 def test_a_name_keeps_its_kind(home, keys, good, base, vault, tmp_path):
     import_bundle(good, base, vault)
-    (tmp_path / "model.gguf").write_bytes(b"not really a model")
-    other = tmp_path / "care-base.bundle"
-    create_bundle(other, kind="base-model", name="care", version=2, artifacts=[tmp_path / "model.gguf"],
-                  binds_base=None, created=None, expires=None)  # fmt: skip
-    for signer in ("alice", "bob"):
-        sign_bundle(other, keys.fpr[signer], keys.home)
+    other = make_not_a_model_bundle(keys, tmp_path / "care-base.bundle", name="care", version=2)
     assert_refused(home, other, "kind-changed", "installed as a overlay", "this bundle is a base-model")
 
 
