@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 
-from .control import MAX_HIDDEN, MAX_LAYER, ControlVector, ControlVectorRejected, check_binding, check_directions
+from .control import MAX_LAYER, ControlVector, ControlVectorRejected, check_binding, check_directions
+from .item_files import MAX_HIDDEN
 
 ARCH = "controlvector"
 MAX_GGUF_BYTES = 64 * 1024 * 1024
