@@ -28,6 +28,8 @@ from . import editor_scratch
 from .errors import Erased, NotFound
 from .fsutil import discard
 from .journal.session_files import JOURNAL_DIR, JOURNAL_KEYS
+from .overlay.control import ControlVector
+from .overlay.files import Overlay
 from .store import forget_overlays
 from .store.at_rest import BASE_KEYS, CONTROL_KEYS, OVERLAY_KEYS
 from .store.forget import forget_bases, forget_controls
@@ -51,6 +53,11 @@ def erase_base(vault: Vault, name: str) -> list[str]:
 def erase_control(vault: Vault, name: str) -> list[str]:
     """Every installed version of control vector NAME. Returns the key ids erased."""
     return _erase_versions(vault, f"{CONTROL_KEYS}{name}/", f"control vector {name}", lambda: forget_controls(vault, name))
+
+
+def erase_loaded(vault: Vault, kind: str, name: str) -> list[str]:
+    """Every installed version of the overlay or control vector NAME (`kind`). Returns the key ids erased."""
+    return {Overlay.KIND: erase_overlay, ControlVector.KIND: erase_control}[kind](vault, name)
 
 
 def _erase_versions(vault: Vault, prefix: str, what: str, forget: Callable[[], list[str]]) -> list[str]:

@@ -1,14 +1,14 @@
 """The appliance, unlocked: the one lifecycle that `appliance ask` and the chat both run.
 
     with UnlockedAppliance.open(vault, model) as app:   # the kill-switch armed, the vault zeroed on the way out
-        app.load_overlay()                              # decrypted, re-verified, bound to this base
-        app.load_control()                              # the control vector beside it, the same way
-        session = app.session(runtime, settings=...)
+        app.load(Overlay.KIND)                          # decrypted, re-verified, bound to this base
+        app.load(ControlVector.KIND)                    # the control vector beside it, the same way
+        session = app.session(runtime, settings=..., on={Overlay.KIND})
         outcome = app.reply(session, "Hello", max_tokens=64)
 
 Rules:
 1. `open` takes the unlocked vault over: its keys are zeroed however the body ends (a kill, a
-   refusal, a bug), after the decrypted overlay is zeroed and the journal closed;
+   refusal, a bug), after the decrypted overlay and control vector are zeroed and the journal closed;
 2. the kill-switch is armed for the whole life (pid file, signals): a kill, whether it arrives
    as `Killed` at a safe point (`ask`) or from the chat's kill key (`kill`), runs the same
    `emergency.handle_kill` once: overlay and control vector off and zeroed, a final `kill` record,
@@ -21,7 +21,7 @@ Rules:
    the client process that asked) once the prompt is known to fit, then
    the assistant's with finish, tokens, tokens/s and the divergence where it was measured;
 5. every switch of the overlay or the control vector is journalled with its moment (`overlay-toggle`,
-   `control-toggle`); records are serialised by a lock, since the
+   `control-toggle`: `<RECORD>-toggle` of its kind, `overlay.loadable`); records are serialised by a lock, since the
    chat replies on a worker thread while its UI thread may switch or kill;
 6. resuming a past session (`resume`) reads and verifies it first (nothing is written if that
    fails), rebuilds its history with the system prompt (and preset) that conditioned it, and
@@ -31,20 +31,23 @@ Rules:
 """
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
 from . import presets
 from .emergency import handle_kill
-from .erase import erase_journal, erase_overlay
+from .erase import erase_journal, erase_loaded
 from .errors import ApplianceError, NotFound
 from .journal import Journal, provenance
 from .journal.resume import PastConversation, past_conversation
+from .overlay.files import Overlay
+from .overlay.loadable import BY_KIND, LOADABLE
+from .runtime.divergence import Divergence
 from .runtime.sampler import SamplingSettings
 from .runtime.session import Reply, Runtime, Session
-from .store import ActiveBase, ActiveControl, ActiveOverlay, InstallRecord, load_active_control, load_active_overlay
+from .store import ActiveBase, ActiveItem, InstallRecord, load_active
 from .store.layout import Store
 from .trust.builtin import VerifiedModel
 from .vault import Vault
@@ -54,7 +57,7 @@ from .vault.killswitch import Killed, KillSwitch
 class DivergenceMeter(Protocol):
     """What measures a reply's divergence from the base while it is generated (the chat's meter)."""
 
-    def divergence(self): ...
+    def divergence(self) -> Optional[Divergence]: ...
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,18 @@ class Outcome:
     """A finished reply, and its measured divergence (None when the meter was off)."""
 
     reply: Reply
-    divergence: Optional[object]
+    divergence: Optional[Divergence]
+
+
+@dataclass(frozen=True)
+class ItemState:
+    """One kind's part of a snapshot: the overlay's, or the control vector's."""
+
+    kind: str
+    loaded: Optional[InstallRecord] = None  # the loaded one, whether switched on or off
+    on: bool = False
+    problem: str = ""  # why none is loaded when one is installed ("" otherwise)
+    fields: dict = field(default_factory=dict)  # what its journal record adds (a control vector's strength)
 
 
 @dataclass(frozen=True)
@@ -71,15 +85,12 @@ class Snapshot:
 
     base_name: str
     base_sha256: str
-    overlay: Optional[InstallRecord]  # the loaded overlay, whether switched on or off
-    overlay_on: bool
-    overlay_problem: str  # why no overlay is loaded when one is installed ("" otherwise)
+    items: tuple[ItemState, ...]  # one per loadable kind, in `LOADABLE`'s order
     session_id: Optional[str]  # the journal session, once opened
-    control: Optional[InstallRecord] = None  # the loaded control vector, whether switched on or off
-    control_on: bool = False
-    control_strength: Optional[float] = None  # what its directions are applied at, when one is loaded
-    control_problem: str = ""  # why no control vector is loaded when one is installed ("" otherwise)
     demo_signers_pinned: bool = False  # `init --demo`'s signers still pinned: no production trust yet
+
+    def item(self, kind: str) -> ItemState:
+        return next(i for i in self.items if i.kind == kind)
 
 
 @dataclass(frozen=True)
@@ -92,20 +103,18 @@ class Resumed:
 
 
 class UnlockedAppliance:
-    """Vault, kill-switch, the loaded overlay and the journal session of one unlocked appliance."""
+    """Vault, kill-switch, the loaded items (overlay, control vector) and the journal session of one unlocked appliance."""
 
     def __init__(self, vault: Vault, killswitch: KillSwitch, model: VerifiedModel):
         self.vault, self.killswitch, self.model = vault, killswitch, model
-        self.active: Optional[ActiveOverlay] = None
-        self.control: Optional[ActiveControl] = None
+        self.items: dict[str, ActiveItem] = {}  # loaded, by kind
         self.journal: Optional[Journal] = None
         self._first_record: Optional[dict] = None  # written first when the journal session opens (a `resume` link)
         self.killed = False
         self._lock = threading.Lock()
         self._base_record = provenance.base(model.name, model.sha256, model.version, model.signers)
         self.demo_signers_pinned = bool(Store.unlocked(vault).trust().policy().demo)  # the policy changes only under the lock
-        killswitch.on_kill(self.drop_overlay)
-        killswitch.on_kill(self.drop_control)
+        killswitch.on_kill(self.drop_all)
 
     @classmethod
     @contextmanager
@@ -126,8 +135,7 @@ class UnlockedAppliance:
                     killed.wiped = app.kill(killed)
                     raise
                 finally:
-                    app.drop_overlay()
-                    app.drop_control()
+                    app.drop_all()
                     app.close_journal()
         finally:
             vault.zeroize()
@@ -137,79 +145,56 @@ class UnlockedAppliance:
         """Set by a kill: the decode loop stops within one token."""
         return self.killswitch.cancel
 
-    # -- the overlay --------------------------------------------------------------------
+    # -- the loaded items ---------------------------------------------------------------
 
-    def load_overlay(self, loader: Optional[Callable[[Vault], ActiveOverlay]] = None) -> ActiveOverlay:
-        """The store's active overlay (or `loader`'s, in tests), decrypted and re-verified for this base.
+    def load(self, kind: str, loader: Optional[Callable[[Vault], ActiveItem]] = None) -> ActiveItem:
+        """The store's active item of `kind` (or `loader`'s, in tests), decrypted, re-verified and bound to this base.
 
-        Raises NoOverlay (none installed), Erased, or Refused (it failed a check); nothing is loaded then.
+        Raises its kind's NOT_INSTALLED (none installed), Erased, or Refused (it failed a check); nothing is loaded then.
         """
-        self.drop_overlay()
-        self.active = (loader or (lambda vault: load_active_overlay(ActiveBase(self.model), vault)))(self.vault)
-        return self.active
+        self.drop(kind)
+        self.items[kind] = (loader or (lambda vault: load_active(kind, ActiveBase(self.model), vault)))(self.vault)
+        return self.items[kind]
 
-    def drop_overlay(self) -> None:
-        """Zero the decrypted weights (the kill-switch runs this first)."""
-        if self.active is not None:
-            self.active.zeroize()
-            self.active = None
+    def drop(self, kind: str) -> None:
+        """Zero the decrypted numbers of the loaded item of `kind`, if any."""
+        item = self.items.pop(kind, None)
+        if item is not None:
+            item.zeroize()
+
+    def drop_all(self) -> None:
+        """Every loaded item zeroed (the kill-switch runs this first)."""
+        for kind in list(self.items):
+            self.drop(kind)
 
     def session(
-        self,
-        runtime: Runtime,
-        *,
-        settings: SamplingSettings,
-        system_prompt: Optional[str],
-        overlay_on: bool,
-        control_on: bool = False,
+        self, runtime: Runtime, *, settings: SamplingSettings, system_prompt: Optional[str], on: Collection[str] = ()
     ) -> Session:
-        """A conversation on `runtime` with the loaded overlay and control vector, each switched as asked (on needs one loaded)."""
+        """A conversation on `runtime` with the loaded items, those of the kinds `on` switched on (each needs one loaded)."""
         session = Session(
             runtime,
-            overlay=self.active.overlay if self.active else None,
+            items={kind: item.weights for kind, item in self.items.items()},
             system_prompt=system_prompt,
             settings=settings,
-            control=self.control.vector if self.control else None,
         )
-        session.set_overlay(overlay_on)
-        session.set_control(control_on)
+        for kind in on:
+            session.set_on(kind, True)
         return session
 
-    def toggle(self, session: Session) -> bool:
-        """Rule 5: O(1) flip (the next reply re-reads the context in the new state), journalled."""
-        on = session.toggle()
-        self.record("overlay-toggle", on=on, overlay=self._overlay_record(on), after_messages=len(session.history))
+    def toggle(self, session: Session, kind: str) -> bool:
+        """Rule 5: O(1) flip of the item of `kind` (the next reply re-reads the context in the new state), journalled."""
+        on = session.toggle(kind)
+        key = BY_KIND[kind].RECORD
+        self.record(f"{key}-toggle", on=on, **{key: self._record(kind, on)}, after_messages=len(session.history))
         return on
 
-    def _overlay_record(self, on: bool) -> Optional[dict]:
-        return self.active.provenance.journal_record(on) if self.active else None
+    def _record(self, kind: str, on: bool) -> Optional[dict]:
+        item = self.items.get(kind)
+        return item.journal_record(on) if item is not None else None
 
-    # -- the control vector -------------------------------------------------------------
-
-    def load_control(self, loader: Optional[Callable[[Vault], ActiveControl]] = None) -> ActiveControl:
-        """The store's active control vector (or `loader`'s, in tests), decrypted, re-verified and bound to this base
-        (its hash, hidden size and block count).
-
-        Raises NoControlVector (none installed), Erased, or Refused (it failed a check); nothing is loaded then.
-        """
-        self.drop_control()
-        self.control = (loader or (lambda vault: load_active_control(ActiveBase(self.model), vault)))(self.vault)
-        return self.control
-
-    def drop_control(self) -> None:
-        """Zero the decrypted directions (the kill-switch runs this, as for the overlay)."""
-        if self.control is not None:
-            self.control.zeroize()
-            self.control = None
-
-    def toggle_control(self, session: Session) -> bool:
-        """Rule 5 for the control vector: O(1) flip (the next reply re-reads the context in the new state), journalled."""
-        on = session.toggle_control()
-        self.record("control-toggle", on=on, control=self._control_record(on), after_messages=len(session.history))
-        return on
-
-    def _control_record(self, on: bool) -> Optional[dict]:
-        return self.control.journal_record(on) if self.control else None
+    def _records(self, on: Collection[str]) -> dict[str, Optional[dict]]:
+        """Every kind's part of a record's provenance, keyed as the journal keys it (null: none loaded)."""
+        return {c.RECORD: self._record(c.KIND, c.KIND in on) for c in LOADABLE}
 
     # -- replies and the journal ------------------------------------------------------------
 
@@ -228,8 +213,7 @@ class UnlockedAppliance:
         that asked, for a program on the API socket)."""
         prov = {
             "base": self._base_record,
-            "overlay": self._overlay_record(session.overlay_on),
-            "control": self._control_record(session.control_on),
+            **self._records(session.on),
             **session.conditioning(),
             **({"client": client} if client is not None else {}),
         }
@@ -242,7 +226,7 @@ class UnlockedAppliance:
         )
         divergence = meter.divergence() if meter is not None else None
         self.record("message", **provenance.message(
-            "assistant", reply.text, **prov, divergence=divergence and divergence.as_dict(),
+            "assistant", reply.text, **prov, divergence=divergence.as_dict() if divergence else None,
             finish=reply.finish, tokens=len(reply.tokens), tokens_per_second=round(reply.tokens_per_second, 1)))  # fmt: skip
         return Outcome(reply, divergence)
 
@@ -280,19 +264,19 @@ class UnlockedAppliance:
         session_id: str,
         *,
         settings: SamplingSettings,
-        overlay_on: Optional[bool] = None,
-        control_on: bool = False,
+        on: Optional[Collection[str]] = None,
     ) -> Resumed:
-        """Rule 6. `overlay_on` None: as the session last was, where the active overlay can do it; the control
-        vector is as asked (off unless `control_on`), like a new session's.
+        """Rule 6, with the items of the kinds `on` switched on. None: the overlay as the session last was, where
+        one is loaded; the control vector off, as a new session starts it.
 
         The new journal session opens at its first record (rule 3), which is the `resume` link.
         """
         past = past_conversation(self.vault, session_id)
         notices, preset = self._changed_since(past)
-        recorded_on = bool(past.overlay and past.overlay.get("on"))
-        on = (recorded_on and self.active is not None) if overlay_on is None else overlay_on
-        session = self.session(runtime, settings=settings, system_prompt=past.system_prompt, overlay_on=on, control_on=control_on)
+        if on is None:
+            recorded = past.item(Overlay.RECORD)
+            on = [Overlay.KIND] if recorded and recorded.get("on") and Overlay.KIND in self.items else []
+        session = self.session(runtime, settings=settings, system_prompt=past.system_prompt, on=on)
         session.preset, session.history = preset, [dict(m) for m in past.history]
         with self._lock:
             self._close_journal()
@@ -301,7 +285,7 @@ class UnlockedAppliance:
 
     def _changed_since(self, past: PastConversation) -> tuple[list[str], Optional[str]]:
         """What the past session recorded that is not what is active now, and the preset that still holds."""
-        notices = past.differences(self._base_record, self._overlay_record(False), self._control_record(False))
+        notices = past.differences(self._base_record, self._records(()))
         preset = past.preset
         if preset is not None:
             try:
@@ -322,18 +306,23 @@ class UnlockedAppliance:
             self.journal.close()
             self.journal = None
 
-    def snapshot(self, session: Optional[Session], overlay_problem: str = "", control_problem: str = "") -> Snapshot:
+    def snapshot(self, session: Optional[Session], problems: Optional[dict[str, str]] = None) -> Snapshot:
+        """`problems`: by kind, why none is loaded where one is installed."""
+        items = tuple(self._item_state(c.KIND, session, (problems or {}).get(c.KIND, "")) for c in LOADABLE)
         return Snapshot(
-            self.model.name, self.model.sha256, self.active.provenance if self.active else None,
-            bool(session and session.overlay_on), overlay_problem, self.journal.session_id if self.journal else None,
-            self.control.provenance if self.control else None, bool(session and session.control_on),
-            self.control.vector.strength if self.control else None, control_problem, self.demo_signers_pinned,
-        )  # fmt: skip
+            self.model.name, self.model.sha256, items, self.journal.session_id if self.journal else None, self.demo_signers_pinned
+        )
+
+    def _item_state(self, kind: str, session: Optional[Session], problem: str) -> ItemState:
+        item = self.items.get(kind)
+        if item is None:
+            return ItemState(kind, problem=problem)
+        return ItemState(kind, item.provenance, bool(session and session.is_on(kind)), problem, item.weights.record_fields())
 
     # -- kill and erase -----------------------------------------------------------------------
 
     def kill(self, killed: Optional[Killed] = None) -> list[str]:
-        """Rule 2, once: overlay zeroed, the `kill` record, a wipe if asked or by policy. Returns what a wipe erased."""
+        """Rule 2, once: loaded items zeroed, the `kill` record, a wipe if asked or by policy. Returns what a wipe erased."""
         if self.killed:
             return []
         self.killed = True
@@ -341,13 +330,13 @@ class UnlockedAppliance:
         with self._lock:
             return handle_kill(killed or Killed(self.killswitch.wipe), self.killswitch, self.vault, self.journal)
 
-    def erase_overlay(self) -> list[str]:
-        """Crypto-erase every installed version of the loaded overlay; switched off and zeroed first."""
-        if self.active is None:
-            raise NotFound("no overlay is loaded")
-        name = self.active.provenance.name
-        self.drop_overlay()
-        return erase_overlay(self.vault, name)
+    def erase(self, kind: str) -> list[str]:
+        """Crypto-erase every installed version of the loaded item of `kind`; zeroed first (the caller switched it off)."""
+        item = self.items.get(kind)
+        if item is None:
+            raise NotFound(f"no {BY_KIND[kind].NOUN} is loaded")
+        self.drop(kind)
+        return erase_loaded(self.vault, kind, item.provenance.name)
 
     def erase_journal(self) -> list[str]:
         """Every journal session, the open one included (the caller starts a fresh one if it goes on)."""

@@ -21,6 +21,8 @@ from typing import Optional
 
 import jsonschema
 
+from ..overlay.control import ControlVector
+from ..overlay.files import Overlay
 from ..untrusted_json import JsonRejected, load_untrusted
 from .errors import RequestInvalid, RequestNotJson, RequestNotUtf8, UnknownModel
 
@@ -54,6 +56,9 @@ SCHEMA = {
 }
 
 
+SWITCHES = {"overlay": Overlay.KIND, "control": ControlVector.KIND}  # request field -> the kind it switches on
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     prompt: str
@@ -63,8 +68,7 @@ class ChatRequest:
     max_tokens: int
     temperature: float
     seed: int
-    overlay_on: bool
-    control_on: bool
+    on: frozenset[str]  # the kinds asked on (`"overlay": "on"`, `"control": "on"`; default off, as `ask`)
 
 
 def parse_chat_request(body: bytes, model_name: str) -> ChatRequest:
@@ -82,8 +86,7 @@ def parse_chat_request(body: bytes, model_name: str) -> ChatRequest:
         max_tokens=request.get("max_completion_tokens", request.get("max_tokens", DEFAULT_MAX_TOKENS)),
         temperature=request.get("temperature", 0.7),
         seed=request.get("seed", 0),
-        overlay_on=request.get("overlay") == "on",
-        control_on=request.get("control") == "on",
+        on=frozenset(kind for field, kind in SWITCHES.items() if request.get(field) == "on"),
     )
 
 

@@ -111,18 +111,10 @@ class Api:
             self.app.killswitch.check()  # queued before a kill: not started after it
             settings = SamplingSettings(temperature=chat.temperature, seed=chat.seed)
             if chat.session is not None:
-                session = self.app.resume(
-                    self.runtime, chat.session, settings=settings, overlay_on=chat.overlay_on, control_on=chat.control_on
-                ).session
+                session = self.app.resume(self.runtime, chat.session, settings=settings, on=chat.on).session
             else:
                 self.app.close_journal()  # a session of its own, opened at its first record
-                session = self.app.session(
-                    self.runtime,
-                    settings=settings,
-                    system_prompt=chat.system_prompt,
-                    overlay_on=chat.overlay_on,
-                    control_on=chat.control_on,
-                )
+                session = self.app.session(self.runtime, settings=settings, system_prompt=chat.system_prompt, on=chat.on)
             on_text = events.starting(lambda: self.app.journal.session_id if self.app.journal else "")
             reply = self.app.reply(
                 session, chat.prompt, max_tokens=chat.max_tokens, on_text=on_text, client=peer.client_record(), cancel=events.stop

@@ -4,6 +4,8 @@ import click
 
 from .. import __version__, paths, state
 from ..hardening import protections
+from ..overlay.control import ControlVector
+from ..overlay.files import Overlay
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..store.bases import active_model, close_model
@@ -118,28 +120,19 @@ def ask(
     # before llama.cpp sees it, then the kill-switch is armed; the session is journaled from its first record.
     with unlocked_appliance(passphrase_file) as app:
         model = app.model
-        if overlay == "on":
+        on = [kind for kind, asked in ((Overlay.KIND, overlay), (ControlVector.KIND, control)) if asked == "on"]
+        for kind in on:
             # Decrypted into memory, re-hashed against its accepted manifest and bound to this base before
-            # anything is loaded; a refusal here (exit 3, or 6 if erased) leaves nothing behind.
-            app.load_overlay()
-        if control == "on":  # the same for the control vector (exit 5 when none is installed)
-            app.load_control()
+            # anything is loaded; a refusal here (exit 3, or 6 if erased; 5 if none is installed) leaves nothing behind.
+            app.load(kind)
         settings = SamplingSettings(temperature=temperature, seed=seed, repeat_penalty=repeat_penalty)
         if resume:
-            resumed = app.resume(
-                Runtime(model), resume, settings=settings, overlay_on=overlay == "on", control_on=control == "on"
-            )
+            resumed = app.resume(Runtime(model), resume, settings=settings, on=on)
             for notice in resumed.notices:
                 warn(f"note: {notice}")
             session = resumed.session
         else:
-            session = app.session(
-                Runtime(model),
-                settings=settings,
-                system_prompt=system_prompt,
-                overlay_on=overlay == "on",
-                control_on=control == "on",
-            )
+            session = app.session(Runtime(model), settings=settings, system_prompt=system_prompt, on=on)
         reply = app.reply(session, prompt, max_tokens=max_tokens, on_text=stream).reply
         say()
     if reply.dropped_turns:

@@ -9,7 +9,8 @@ from typing import Optional
 import click
 
 from .. import paths, state
-from ..errors import ApplianceError, NoControlVector, NoOverlay
+from ..errors import ApplianceError
+from ..overlay.loadable import LOADABLE
 from ..runtime.session import Runtime
 from .output import say, warn
 from .unlocking import passphrase_option, unlocked_appliance
@@ -35,16 +36,13 @@ def serve(threads: Optional[int], passphrase_file: Optional[Path]) -> None:
     home = paths.state_dir()
     state.require_initialised(home)
     with unlocked_appliance(passphrase_file) as app:
-        for load, none_installed, what in (
-            (app.load_overlay, NoOverlay, "overlay"),
-            (app.load_control, NoControlVector, "control vector"),
-        ):
+        for loadable in LOADABLE:
             try:  # as the chat: what is not installed is simply off; what fails its checks is said, and stays off
-                load()
-            except none_installed:
+                app.load(loadable.KIND)
+            except loadable.NOT_INSTALLED:
                 pass
             except ApplianceError as e:
-                warn(f"note: the {what} is not loaded: {e}")
+                warn(f"note: the {loadable.NOUN} is not loaded: {e}")
         runtime = Runtime(app.model, n_threads=threads)
         path = socket_path(home)
         try:

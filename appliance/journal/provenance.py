@@ -20,8 +20,8 @@ def base(name: str, sha256: str, version: int, signers: Sequence[str] = ()) -> d
     return {"name": name, "sha256": sha256, "version": version, "signers": sorted(signers), "origin": origin}
 
 
-def overlay(name: str, version: int, sha256: str, signers: list[str], on: bool, demo_signers: Sequence[str] = ()) -> dict:
-    """`signers`: the 40-hex fingerprints whose signatures counted when the bundle was imported;
+def item(name: str, version: int, sha256: str, signers: list[str], on: bool, demo_signers: Sequence[str] = ()) -> dict:
+    """An overlay's or a control vector's record (a control vector's adds its `strength`). `signers`: the 40-hex fingerprints whose signatures counted when the bundle was imported;
     `demo_signers`: those of them that are demo keys (`init --demo`), so no record passes a demo off as real."""
     return {
         "name": name,
@@ -31,13 +31,6 @@ def overlay(name: str, version: int, sha256: str, signers: list[str], on: bool, 
         "demo_signers": sorted(demo_signers),
         "on": on,
     }
-
-
-def control(
-    name: str, version: int, sha256: str, signers: list[str], on: bool, strength: float, demo_signers: Sequence[str] = ()
-) -> dict:
-    """The control vector's record, as the overlay's (`overlay`) plus the `strength` its directions are applied at."""
-    return {**overlay(name, version, sha256, signers, on, demo_signers), "strength": strength}
 
 
 def message(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..errors import Refused
+from ..overlay.loadable import LOADABLE
 from ..vault import Vault
 from .session_files import read_session, session_key_id
 
@@ -54,20 +55,17 @@ class PastConversation:
     def preset(self) -> Optional[str]:
         return self.last.get("preset") if self.last else None
 
-    @property
-    def overlay(self) -> Optional[dict]:
-        return self.last.get("overlay") if self.last else None
-
-    @property
-    def control(self) -> Optional[dict]:
-        return self.last.get("control") if self.last else None
+    def item(self, key: str) -> Optional[dict]:
+        """The record of the overlay or control vector (`key`: its kind's `RECORD`) the last reply was made with."""
+        return self.last.get(key) if self.last else None
 
     @property
     def base(self) -> Optional[dict]:
         return self.last.get("base") if self.last else None
 
-    def differences(self, base: dict, overlay: Optional[dict], control: Optional[dict] = None) -> list[str]:
-        """Notices where the base, overlay or control vector recorded last is not the active one's record."""
+    def differences(self, base: dict, items: dict[str, Optional[dict]]) -> list[str]:
+        """Notices where the base, or an overlay or control vector, recorded last is not the active one's record
+        (`items`: the active ones' records by their `RECORD` key, None where none is loaded)."""
         notices = []
         was = self.base
         if was is not None and (was.get("sha256"), was.get("version")) != (base["sha256"], base["version"]):
@@ -75,8 +73,8 @@ class PastConversation:
                 f"recorded on base {was.get('name')} v{was.get('version')} {str(was.get('sha256'))[:12]}, not active now: "
                 f"continuing on {base['name']} v{base['version']} {base['sha256'][:12]}"
             )
-        notices += _changed("overlay", self.overlay, overlay)
-        notices += _changed("control vector", self.control, control)
+        for loadable in LOADABLE:
+            notices += _changed(loadable.NOUN, self.item(loadable.RECORD), items[loadable.RECORD])
         return notices
 
 

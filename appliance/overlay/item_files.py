@@ -4,9 +4,6 @@
 kinds apply in the same order (`files.py`, `control.py` list them): the size caps, the header's JSON and keys,
 the header fields both have, and each tensor's dtype, shape and finiteness. What differs (delays and rank, or
 layers and strength) stays in each kind's own module.
-
-`Loadable` is what the layers above see of either once loaded beside a base: its kind, how it is named, what
-its journal record adds, and how its decrypted numbers are zeroed. How each enters the model is the decoder's.
 """
 
 import json
@@ -15,34 +12,17 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, NoReturn, Protocol
+from typing import NoReturn
 
 import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from ..errors import ApplianceError, Refused
+from ..errors import Refused
 from ..untrusted_json import JsonRejected, load_untrusted
 
 MAX_HIDDEN = 65536
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class Loadable(Protocol):
-    """An overlay or a control vector, admitted for a base and held decrypted in memory."""
-
-    KIND: ClassVar[str]  # the store's kind
-    NOUN: ClassVar[str]  # as a person reads it
-    RECORD: ClassVar[str]  # its key in a journal message's provenance; its switch's record is `<RECORD>-toggle`
-    NOT_INSTALLED: ClassVar[type[ApplianceError]]  # switched on with none loaded
-
-    def record_fields(self) -> dict:
-        """What its journal record adds to the fields every loaded item's has."""
-        ...
-
-    def zeroize(self) -> None:
-        """Zero the decrypted numbers in place, for the kill-switch (other copies: docs/procedures.md)."""
-        ...
 
 
 def is_int(x) -> bool:

@@ -31,19 +31,34 @@ the positions being computed: what the cache holds stays as it was computed.
 Every batch goes to one sequence, so the decoder sets the vector of the state
 it is computing (`LlamaEngine.set_control`) before the prefill, and each
 sequence only ever grows under its own vector.
+
+A `StepObserver` (the chat's divergence meter) sees each prefill's and step's logits as they are made, before
+the sampler does; it only reads them, so what it does cannot change a reply.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Protocol
 
 import numpy as np
 
 from ..overlay.control import ControlVector
+from ..overlay.files import Overlay
+from ..overlay.loadable import Loadable
 from ..overlay.params import OverlayParams
 from ..overlay.takens_numpy import OverlayStream
 from .embeddings import EmbeddingTable
 from .llama import LlamaEngine
+
+
+class StepObserver(Protocol):
+    """Told of every forward pass of the decoder, with the logits it left (read-only)."""
+
+    def prefilled(self, tokens: list[int], on: Collection[Loadable], logits: np.ndarray) -> None: ...
+
+    def stepped(self, token: int, logits: np.ndarray) -> None: ...
+
+    def reset(self) -> None: ...
 
 
 @dataclass
@@ -65,6 +80,7 @@ class Decoder:
         self.current = self.sequences[0]
         self.last_prefill_tokens = 0  # how many positions the last prefill had to compute
         self.control: Optional[ControlVector] = None  # the one set on the engine
+        self.observer: Optional[StepObserver] = None
         self._prefills = 0
 
     def reset(self) -> None:
@@ -73,9 +89,15 @@ class Decoder:
         self._set_control(None)
         self.sequences = [KVSequence(seq.seq_id) for seq in self.sequences]
         self.current = self.sequences[0]
+        if self.observer is not None:
+            self.observer.reset()
 
-    def prefill(self, tokens: list[int], overlay: Optional[OverlayParams], control: Optional[ControlVector] = None) -> np.ndarray:
-        """Make the current sequence hold exactly `tokens` under `overlay` and `control`; return the logits after the last token."""
+    def prefill(self, tokens: list[int], on: Collection[Loadable] = ()) -> np.ndarray:
+        """Make the current sequence hold exactly `tokens` with the items `on` switched on; return the logits after the last token."""
+        # The one place the two kinds differ: an overlay transforms the input embeddings, a control vector is
+        # set on the llama.cpp context.
+        overlay = next((w.params for w in on if isinstance(w, Overlay)), None)
+        control = next((w for w in on if isinstance(w, ControlVector)), None)
         self._set_control(control)
         seq = self.current = self._sequence_for(overlay, control)
         # At least two tokens are computed (fresh logits, and never a batch of one), unless the context is one token.
@@ -88,6 +110,8 @@ class Decoder:
         self.last_prefill_tokens = len(tokens) - keep
         logits = self._feed(tokens[keep:])
         seq.exact = len(tokens) if len(tokens) - keep != 1 else keep
+        if self.observer is not None:
+            self.observer.prefilled(tokens, on, logits)
         return logits
 
     def _sequence_for(self, overlay: Optional[OverlayParams], control: Optional[ControlVector]) -> KVSequence:
@@ -108,7 +132,10 @@ class Decoder:
             self.control = control
 
     def step(self, token: int) -> np.ndarray:
-        return self._feed([token])
+        logits = self._feed([token])
+        if self.observer is not None:
+            self.observer.stepped(token, logits)
+        return logits
 
     def _feed(self, tokens: list[int]) -> np.ndarray:
         seq = self.current

@@ -1,26 +1,23 @@
-"""A chat session: history, overlay and control-vector state, streaming generation, toggles.
+"""A chat session: history, the items loaded beside the base and their switches, streaming generation.
 
-The CLI and the terminal UI both drive this object. The overlay switch is a
-flag flip (O(1)); at the next prefill the decoder continues that state's own
-KV sequence, reading only what it has not read yet (decoder.py says exactly
-what), so the next reply is what a fresh session entirely in that state would
-say.
-
-The control vector switches the same way: the decoder keeps one sequence per
-(overlay, control vector) state, as many as the engine has.
+The CLI and the terminal UI both drive this object. An overlay or a control vector
+(`overlay.loadable`) is held by kind and switched by kind; a switch is a flag flip
+(O(1)); at the next prefill the decoder continues that state's own KV sequence,
+reading only what it has not read yet (decoder.py says exactly what), so the next
+reply is what a fresh session entirely in that state would say.
 """
 
 import codecs
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Generator
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Optional
 
-from ..errors import ContextOverflow, NoControlVector, NoOverlay
-from ..overlay.control import ControlVector
-from ..overlay.files import Overlay
+from ..errors import ContextOverflow
+from ..overlay.loadable import BY_KIND, Loadable
 from ..trust.builtin import VerifiedModel
 from .chat_template import BuiltinTemplate, template_for
 from .decoder import Decoder
@@ -58,14 +55,13 @@ class Reply:
     text: str
     tokens: list[int]
     finish: str  # "stop" (end of turn), "length" (max tokens or window full), "cancelled"
-    overlay_on: bool
+    on: frozenset[str]  # the kinds switched on while it was made
     settings: SamplingSettings
     prompt: list[int]  # the context tokens the reply was conditioned on (after the window policy)
     prefill_tokens: int  # of those, how many had to be computed (not in the cache)
     dropped_turns: int  # oldest turns left out to fit the context window
     seconds: float  # from first to last generated token
     prefill_seconds: float
-    control_on: bool = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -77,16 +73,42 @@ class Reply:
 
 
 @dataclass
+class Decoding:
+    """How one run of the decode loop went (`Session.tokens`)."""
+
+    finish: str = "length"  # "stop" (end of turn), "length" (max tokens or window full), "cancelled"
+    prefilled_at: Optional[float] = None  # perf_counter() when the prefill was done (None: stopped in it)
+
+
+class Utf8Text:
+    """A reply's text assembled from its tokens' bytes: a character split across tokens is held back until it is
+    whole, each decoded piece streamed to `on_text` as it comes."""
+
+    def __init__(self, on_text: Optional[Callable[[str], None]]):
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._on_text = on_text
+        self._pieces: list[str] = []
+
+    def add(self, data: bytes, final: bool = False) -> None:
+        piece = self._utf8.decode(data, final=final)
+        if piece:
+            self._pieces.append(piece)
+            if self._on_text is not None:
+                self._on_text(piece)
+
+    def __str__(self) -> str:
+        return "".join(self._pieces)
+
+
+@dataclass
 class Session:
     runtime: Runtime
-    overlay: Optional[Overlay] = None
+    items: dict[str, Loadable] = field(default_factory=dict)  # loaded beside the base, by kind
     system_prompt: Optional[str] = None  # None: none (the model sees only the turns)
     settings: SamplingSettings = field(default_factory=SamplingSettings)
     history: list[dict] = field(default_factory=list)  # {"role": "user"|"assistant", "content": str}
-    overlay_on: bool = False
+    on: set[str] = field(default_factory=set)  # the kinds switched on (each one loaded)
     first_turn: int = 0  # turns before this index no longer fit the context window
-    control: Optional[ControlVector] = None
-    control_on: bool = False
     preset: Optional[str] = None  # the name of the prompt preset the system prompt came from, if any
 
     # -- the overlay switch --------------------------------------------------
@@ -100,23 +122,32 @@ class Session:
             "chat_template": self.runtime.template.name,
         }
 
-    def set_overlay(self, on: bool) -> None:
-        if on and self.overlay is None:
-            raise NoOverlay("no overlay is installed")
-        self.overlay_on = on
+    @classmethod
+    def switched_on(cls, runtime: Runtime, *items: Optional[Loadable], **fields) -> "Session":
+        """A session with `items` loaded and switched on (None: left out)."""
+        loaded = {item.KIND: item for item in items if item is not None}
+        return cls(runtime, items=loaded, on=set(loaded), **fields)
 
-    def toggle(self) -> bool:
-        self.set_overlay(not self.overlay_on)
-        return self.overlay_on
+    def is_on(self, kind: str) -> bool:
+        return kind in self.on
 
-    def set_control(self, on: bool) -> None:
-        if on and self.control is None:
-            raise NoControlVector("no control vector is installed")
-        self.control_on = on
+    def set_on(self, kind: str, on: bool) -> None:
+        """Switch the item of `kind` on or off from the next reply; on needs one loaded."""
+        if on and kind not in self.items:
+            raise BY_KIND[kind].NOT_INSTALLED(f"no {BY_KIND[kind].NOUN} is installed")
+        if on:
+            self.on.add(kind)
+        else:
+            self.on.discard(kind)
 
-    def toggle_control(self) -> bool:
-        self.set_control(not self.control_on)
-        return self.control_on
+    def toggle(self, kind: str) -> bool:
+        self.set_on(kind, not self.is_on(kind))
+        return self.is_on(kind)
+
+    def unload(self) -> None:
+        """Everything off and let go (the caller zeroes what it loaded)."""
+        self.on.clear()
+        self.items.clear()
 
     # -- generation ------------------------------------------------------------
 
@@ -144,67 +175,66 @@ class Session:
             except BaseException:
                 self.history.pop()
                 raise
-        decoder, engine = self.runtime.decoder, self.runtime.engine
-        overlay = self.overlay.params if self.overlay_on and self.overlay is not None else None
-        control = self.control if self.control_on else None
-        sampler, utf8 = NativeSampler(engine, settings, prompt), codecs.getincrementaldecoder("utf-8")(errors="replace")
+        on, run, text = frozenset(self.on), Decoding(), Utf8Text(on_text)
+        room = min(max_tokens, self.runtime.engine.n_ctx - len(prompt))
         generated: list[int] = []
-        text: list[str] = []
-        finish = "length"
-        room = min(max_tokens, engine.n_ctx - len(prompt))
-        t1 = None
+        with closing(self.tokens(prompt, on, settings, room, cancel, run)) as tokens:
+            for token in tokens:
+                generated.append(token)
+                text.add(self.runtime.engine.piece(token))
+        text.add(b"", final=True)
+        t1 = run.prefilled_at or time.perf_counter()  # stopped in the prefill: no reply tokens, no reply time
+        reply = Reply(
+            text=str(text),
+            tokens=generated,
+            finish=run.finish,
+            on=on,
+            settings=settings,
+            prompt=list(prompt),
+            prefill_tokens=self.runtime.decoder.last_prefill_tokens,
+            dropped_turns=dropped,
+            seconds=time.perf_counter() - t1,
+            prefill_seconds=t1 - t0,
+        )
+        self.history.append({"role": "assistant", "content": reply.text})
+        return reply
+
+    def tokens(
+        self,
+        prompt: list[int],
+        on: Collection[str],
+        settings: SamplingSettings,
+        room: int,
+        cancel: Optional[threading.Event],
+        run: "Decoding",
+    ) -> Generator[int, None, None]:
+        """The decode loop: `prompt` prefilled with the items of the kinds `on`, then each sampled reply token, until
+        end of turn (not yielded), `room` tokens or `cancel`; `run` says how it ended and when the prefill did."""
+        decoder, engine = self.runtime.decoder, self.runtime.engine
+        sampler = NativeSampler(engine, settings, prompt)
+        generated = 0
         # `cancel` is read between tokens, and by llama.cpp after every graph node of a forward pass:
         # a long prefill stops part-way (the next prefill drops what it had computed: decoder.py, rule 6).
         try:
             with engine.stop_on(cancel):
-                if control is None:  # the form every decoder takes, the UI's divergence audit included
-                    decoder.prefill(prompt, overlay)
-                else:
-                    decoder.prefill(prompt, overlay, control)
-                t1 = time.perf_counter()
-                while len(generated) < room:
+                decoder.prefill(prompt, [self.items[kind] for kind in on])
+                run.prefilled_at = time.perf_counter()
+                while generated < room:
                     if cancel is not None and cancel.is_set():
-                        finish = "cancelled"
-                        break
+                        run.finish = "cancelled"
+                        return
                     token = sampler()  # from the logits the decoder's last prefill or step left in the engine
                     if engine.is_end_of_generation(token):
-                        finish = "stop"
-                        break
-                    generated.append(token)
-                    piece = utf8.decode(engine.piece(token))
-                    if piece:
-                        text.append(piece)
-                        if on_text is not None:
-                            on_text(piece)
-                    if len(generated) < room:  # the last token needs no forward pass
+                        run.finish = "stop"
+                        return
+                    generated += 1
+                    yield token
+                    if generated < room:  # the last token needs no forward pass
                         decoder.step(token)
         except DecodeStopped:
-            finish = "cancelled"
+            run.finish = "cancelled"
         finally:
             sampler.close()
-        prefill_tokens = decoder.last_prefill_tokens
-        t1 = t1 or time.perf_counter()  # stopped in the prefill: no reply tokens, no reply time
-        tail = utf8.decode(b"", final=True)
-        if tail:
-            text.append(tail)
-            if on_text is not None:
-                on_text(tail)
-
-        reply = Reply(
-            text="".join(text),
-            tokens=generated,
-            finish=finish,
-            overlay_on=self.overlay_on,
-            settings=settings,
-            prompt=list(prompt),
-            prefill_tokens=prefill_tokens,
-            dropped_turns=dropped,
-            seconds=time.perf_counter() - t1,
-            prefill_seconds=t1 - t0,
-            control_on=control is not None,
-        )
-        self.history.append({"role": "assistant", "content": reply.text})
-        return reply
 
     def drop_last_exchange(self) -> tuple[str, str]:
         """Take the last prompt and its reply back out of the history (regenerate, edit and resend): their texts."""

@@ -29,29 +29,25 @@ imported one is opened for llama.cpp: `bases`.
 
 from .active import (
     ActiveBase,
-    ActiveControl,
-    ActiveOverlay,
+    ActiveItem,
     InstallRecord,
     describe_installed,
     embedded_base,
-    load_active_control,
-    load_active_overlay,
+    load_active,
     verify_installed,
 )
 from .forget import forget_overlays
 from .importer import import_bundle, rollback, verify_bundle
 
 __all__ = [
-    "ActiveOverlay",
     "ActiveBase",
-    "ActiveControl",
+    "ActiveItem",
     "embedded_base",
     "forget_overlays",
     "InstallRecord",
     "describe_installed",
     "import_bundle",
-    "load_active_overlay",
-    "load_active_control",
+    "load_active",
     "rollback",
     "verify_bundle",
     "verify_installed",

@@ -18,11 +18,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Optional, Union
 
-from ..errors import ApplianceError, BindingMismatch, Erased, NoControlVector, NoOverlay, NotFound, Refused
+from ..errors import ApplianceError, BindingMismatch, Erased, NotFound, Refused
 from ..journal import provenance
 from ..overlay import control
 from ..overlay.control import ControlVector, load_control
 from ..overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay
+from ..overlay.loadable import BY_KIND, Loadable
 from ..runtime.embeddings import EmbeddingTable
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..trust.image_rules import check_image
@@ -94,40 +95,27 @@ class InstallRecord:
     demo_signers: tuple[str, ...] = ()  # signers pinned by `init --demo`: never production trust
     binds_base: Optional[str] = None  # an overlay's base SHA-256
 
-    def journal_record(self, on: bool) -> dict:
-        """The overlay part of a journal message's provenance."""
-        return provenance.overlay(self.name, self.version, self.manifest_sha256, list(self.signers), on, list(self.demo_signers))
-
-    def control_record(self, on: bool, strength: float) -> dict:
-        """The control-vector part of a journal message's provenance."""
-        return provenance.control(
-            self.name, self.version, self.manifest_sha256, list(self.signers), on, strength, list(self.demo_signers)
-        )
+    def journal_record(self, on: bool, extra: dict) -> dict:
+        """An overlay's or a control vector's part of a journal message's provenance; `extra`: what its kind adds."""
+        return {
+            **provenance.item(self.name, self.version, self.manifest_sha256, list(self.signers), on, list(self.demo_signers)),
+            **extra,
+        }
 
 
 @dataclass(frozen=True)
-class ActiveOverlay:
-    overlay: Overlay
-    provenance: InstallRecord
+class ActiveItem:
+    """An overlay or a control vector, decrypted into memory and admitted for the active base, with where it came from."""
 
-    def zeroize(self) -> None:
-        """Zero the decrypted weights in place, for the kill-switch (other copies: docs/procedures.md)."""
-        for array in (self.overlay.params.A, self.overlay.params.W, self.overlay.params.B):
-            array.fill(0)
-
-
-@dataclass(frozen=True)
-class ActiveControl:
-    vector: ControlVector
+    weights: Loadable
     provenance: InstallRecord
 
     def journal_record(self, on: bool) -> dict:
-        return self.provenance.control_record(on, self.vector.strength)
+        return self.provenance.journal_record(on, self.weights.record_fields())
 
     def zeroize(self) -> None:
-        """Zero the decrypted directions in place, for the kill-switch (other copies: docs/procedures.md)."""
-        for direction in self.vector.directions.values():
-            direction.fill(0)
+        """Zero the decrypted numbers in place, for the kill-switch (other copies: docs/procedures.md)."""
+        self.weights.zeroize()
 
 
 @dataclass(frozen=True)
@@ -225,34 +213,25 @@ def _provenance(store: Store, manifest: Manifest) -> InstallRecord:
     )
 
 
-def load_active_overlay(base: ActiveBase, vault: Vault) -> ActiveOverlay:
-    """The active overlay, decrypted into memory, re-hashed against its accepted manifest and admitted
-    for this base, with its provenance.
+def load_active(kind: str, base: ActiveBase, vault: Vault) -> ActiveItem:
+    """The active item of `kind` (an overlay or a control vector), decrypted into memory, re-hashed against its
+    accepted manifest and admitted for this base (hidden size; a control vector's block count too), with its provenance.
 
-    Raises `NoOverlay` (exit 5) when no overlay is installed, `Erased` (exit 6) when it was
-    crypto-erased, `Refused` (exit 3) when it fails a check.
+    Raises its kind's `NOT_INSTALLED` (`NoOverlay`, `NoControlVector`: exit 5) when none is installed, `Erased`
+    (exit 6) when it was crypto-erased, `Refused` (exit 3) when it fails a check.
     """
+    loadable = BY_KIND[kind]
     store = Store.unlocked(vault)
     state = store.read_state()
-    manifest, overlay = _load_active(store, state, state.overlay, "overlay", NoOverlay, base, vault)
-    if not isinstance(overlay, Overlay):  # state.json names, as the active overlay, a version of another kind
-        raise StoreDamaged(f"{manifest.name} v{manifest.version} is a {manifest.kind}, not an overlay")
-    return ActiveOverlay(overlay, _provenance(store, manifest))
+    name = {Overlay.KIND: state.overlay, ControlVector.KIND: state.control}[kind]  # state.json names one of each
+    manifest, weights = _load_active(store, state, name, loadable.NOUN, loadable.NOT_INSTALLED, base, vault)
+    if not isinstance(weights, loadable):  # state.json names, as the active one, a version of another kind
+        raise StoreDamaged(f"{manifest.name} v{manifest.version} is a {manifest.kind}, not {_a(loadable.NOUN)}")
+    return ActiveItem(weights, _provenance(store, manifest))
 
 
-def load_active_control(base: ActiveBase, vault: Vault) -> ActiveControl:
-    """The active control vector, decrypted into memory, re-hashed against its accepted manifest and
-    admitted for this base (hidden size, block count), with its provenance.
-
-    Raises `NoControlVector` (exit 5) when none is installed, `Erased` (exit 6) when it was
-    crypto-erased, `Refused` (exit 3) when it fails a check.
-    """
-    store = Store.unlocked(vault)
-    state = store.read_state()
-    manifest, vector = _load_active(store, state, state.control, "control vector", NoControlVector, base, vault)
-    if not isinstance(vector, ControlVector):
-        raise StoreDamaged(f"{manifest.name} v{manifest.version} is a {manifest.kind}, not a control vector")
-    return ActiveControl(vector, _provenance(store, manifest))
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
 
 
 def _load_active(

@@ -38,7 +38,7 @@ def steered_replies(
 ) -> list[Trajectory]:
     out = []
     for text in prompts:
-        s = Session(runtime, control=vector, control_on=vector is not None, settings=settings)
+        s = Session.switched_on(runtime, vector, settings=settings)
         reply = s.generate(text, max_tokens=max_tokens)
         out.append(Trajectory(reply.prompt, reply.tokens, reply.text))
     return out

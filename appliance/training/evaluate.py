@@ -51,7 +51,7 @@ def replies(
 
     out = []
     for text in prompts:
-        s = Session(runtime, overlay=overlay, overlay_on=overlay is not None, settings=settings)
+        s = Session.switched_on(runtime, overlay, settings=settings)
         reply = s.generate(text, max_tokens=max_tokens)
         out.append(Trajectory(reply.prompt, reply.tokens, reply.text))
     return out

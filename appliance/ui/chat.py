@@ -3,7 +3,6 @@ its keys. A reply is written on a worker thread and streamed in by reply_worker.
 itself (widgets.py); the modal flows (system prompt, erase) are chat_modals.py's, the hand-offs to the
 terminal (editor, clipboard) handoff.py's."""
 
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -15,9 +14,11 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from ..errors import ApplianceError
+from ..overlay.control import ControlVector
+from ..overlay.files import Overlay
+from ..overlay.loadable import BY_KIND
 from .chat_modals import confirm_erase_journal, confirm_erase_overlay, pick_system_prompt
 from .core import ChatCore, Outcome
-from .divergence import Divergence
 from .handoff import copy_code, copy_reply, edit_prompt_in_editor
 from .keys import CHAT_KEYS, bindings
 from .reply_worker import Ask, ReplyWorker, TextPending, reply_header
@@ -48,10 +49,9 @@ class ChatScreen(Screen):
         status = self.query_one(StatusBar)
         status.base, status.window = f"{snapshot.base_name} {snapshot.base_sha256[:8]}", self.core.window
         self.refresh_status()
-        if snapshot.overlay_problem:
-            self.notify(f"overlay not loaded: {snapshot.overlay_problem}", severity="error", timeout=15)
-        if snapshot.control_problem:
-            self.notify(f"control vector not loaded: {snapshot.control_problem}", severity="error", timeout=15)
+        for item in snapshot.items:
+            if item.problem:
+                self.notify(f"{BY_KIND[item.kind].NOUN} not loaded: {item.problem}", severity="error", timeout=15)
         self.query_one(PromptInput).focus()
         if self.core.session is not None and self.core.session.history:  # resumed at unlock (`chat --resume`)
             self.call_later(self._show_history)
@@ -105,8 +105,8 @@ class ChatScreen(Screen):
     async def _ask(self, ask: Ask, user: ChatMessage) -> None:
         """A new reply view under `user`, written by `ask(on_text, stop)` on the worker thread."""
         self.last_exchange = None
-        snapshot = self.core.status()
-        state = "ON" if snapshot.overlay_on else "OFF" if snapshot.overlay else "none"
+        overlay = self.core.status().item(Overlay.KIND)
+        state = "ON" if overlay.on else "OFF" if overlay.loaded else "none"
         view = await self.add_message("assistant", header=f"assistant  overlay {state}")
         self.query_one(StatusBar).busy = True
         self.replies.start(ask, view, self.query_one("#messages", VerticalScroll), partial(self._answered, user, view))
@@ -124,10 +124,10 @@ class ChatScreen(Screen):
             self.notify(error, severity="error", timeout=10)
             return
         self.last_exchange, self.code_blocks_copied = (user, view), 0
-        # The meter's measure (None: it was off); the service types it loosely, as the meter is the UI's.
-        reply, div = outcome.reply, outcome.divergence if isinstance(outcome.divergence, Divergence) else None
+        reply, div = outcome.reply, outcome.divergence  # the meter's measure (None: it was off)
         snapshot = self.core.status()
-        view.header.update(reply_header(reply, div, snapshot.overlay is not None, snapshot.control is not None))
+        loaded = {item.kind for item in snapshot.items if item.loaded is not None}
+        view.header.update(reply_header(reply, div, Overlay.KIND in loaded, ControlVector.KIND in loaded))
         status.tokens_per_second = reply.tokens_per_second
         self.refresh_context(reply.prompt_tokens + len(reply.tokens))
         if div is not None:
@@ -141,32 +141,27 @@ class ChatScreen(Screen):
         self.replies.stop()
 
     def action_toggle_overlay(self) -> None:
-        snapshot = self.core.status()
-        loaded, problem = snapshot.overlay is not None, snapshot.overlay_problem
-        self._switch("overlay", loaded, problem or "no overlay is loaded", bool(problem), self.core.toggle)
+        self._switch(Overlay.KIND, "no overlay is loaded")
 
     def action_toggle_control(self) -> None:
-        snapshot = self.core.status()
-        loaded, problem = snapshot.control is not None, snapshot.control_problem
-        self._switch(
-            "control vector", loaded, problem or "no control vector is installed", bool(problem), self.core.toggle_control
-        )
+        self._switch(ControlVector.KIND, "no control vector is installed")
 
-    def _switch(self, what: str, loaded: bool, why_not: str, refused: bool, toggle: Callable[[], bool]) -> None:
+    def _switch(self, kind: str, none_loaded: str) -> None:
         """F2 and ctrl+t: flip the overlay or the control vector from the next reply (journalled by the core)."""
-        if not loaded:  # none installed, or refused at unlock (e.g. bound to another base): say why, switch nothing
-            self.notify(why_not, severity="error" if refused else "warning")
+        item = self.core.status().item(kind)
+        if item.loaded is None:  # none installed, or refused at unlock (e.g. bound to another base): say why, switch nothing
+            self.notify(item.problem or none_loaded, severity="error" if item.problem else "warning")
             return
         if self.replies.busy:  # the reply under way keeps the state it started in; its provenance says which
             self.notify("a reply is being written: escape stops it, then switch", severity="warning")
             return
         try:
-            on = toggle()
+            on = self.core.toggle(kind)
         except ApplianceError as e:
             self.notify(str(e), severity="error")
             return
         self.refresh_status()
-        self.notify(f"{what} {'ON' if on else 'OFF'} from the next reply")
+        self.notify(f"{BY_KIND[kind].NOUN} {'ON' if on else 'OFF'} from the next reply")
 
     def action_toggle_audit(self) -> None:
         self.core.set_audit(not self.core.audit.enabled)

@@ -2,10 +2,12 @@
 of what came of it. The chat screen's actions for these keys (F6, the erase keys) are one line each."""
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Optional
 
 from ..erase import ERASE_JOURNAL_PHRASE
 from ..errors import ApplianceError
+from ..overlay.files import Overlay
 from .modals import EraseScreen, PresetScreen, SystemPromptScreen
 
 if TYPE_CHECKING:
@@ -56,11 +58,13 @@ def pick_system_prompt(chat: "ChatScreen") -> None:
 
 def confirm_erase_overlay(chat: "ChatScreen") -> None:
     """The loaded overlay, every installed version, once its name is typed."""
-    overlay = chat.core.status().overlay
+    overlay = chat.core.status().item(Overlay.KIND).loaded
     if overlay is None:
         chat.notify("no overlay is loaded", severity="warning")
         return
-    _confirm_erase(chat, overlay.name, f"overlay {overlay.name} (every installed version)", chat.core.erase_overlay)
+    _confirm_erase(
+        chat, overlay.name, f"overlay {overlay.name} (every installed version)", partial(chat.core.erase, Overlay.KIND)
+    )
 
 
 def confirm_erase_journal(chat: "ChatScreen") -> None:

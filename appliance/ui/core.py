@@ -16,21 +16,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ApplianceError, Locked, NoControlVector, NoOverlay, NotFound
+from ..errors import ApplianceError, Locked, NotFound
 from ..fsutil import atomic_write
 from ..journal import Report, read_session, sessions, verify_session
 from ..journal.search import Match, Skipped, search
 from ..journal.transcript import markdown_transcript
+from ..overlay.files import Overlay
+from ..overlay.loadable import BY_KIND, LOADABLE
 from ..presets import Preset, every
 from ..presets import read as read_preset
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime, Session
 from ..service import Outcome, Resumed, Snapshot, UnlockedAppliance
-from ..store import ActiveControl, ActiveOverlay
+from ..store import ActiveItem
 from ..trust.builtin import VerifiedModel
 from ..vault import Vault
 from ..vault.killswitch import KillSwitch
-from .divergence import AuditDecoder
+from .divergence import AuditMeter
 
 __all__ = ["ChatCore", "Outcome"]
 
@@ -45,19 +47,17 @@ class ChatCore:
         settings: SamplingSettings = SamplingSettings(),
         max_tokens: int = 256,
         system_prompt: Optional[str] = None,
-        overlay_loader: Optional[Callable[[Vault], ActiveOverlay]] = None,
+        loaders: Optional[dict[str, Callable[[Vault], ActiveItem]]] = None,
         resume: Optional[str] = None,
-        control_loader: Optional[Callable[[Vault], ActiveControl]] = None,
     ):
         self.home, self.model, self.runtime = home, model, runtime
         self.settings, self.max_tokens, self.system_prompt = settings, max_tokens, system_prompt
-        # Tests inject an overlay here; the product always decrypts the store's active one, re-verified.
-        self._overlay_loader, self._control_loader = overlay_loader, control_loader
-        self.audit = AuditDecoder.install(runtime)
+        # Tests inject items here, by kind; the product always decrypts the store's active ones, re-verified.
+        self._loaders = loaders or {}
+        self.audit = AuditMeter.install(runtime)
         self.app: Optional[UnlockedAppliance] = None
         self._open = ExitStack()
-        self.overlay_problem = ""  # why no overlay is loaded, when one should be
-        self.control_problem = ""  # why no control vector is loaded, when one should be
+        self.problems: dict[str, str] = {}  # by kind: why none is loaded, when one should be
         self.session: Optional[Session] = None
         # tokens/s of the last overlay-on reply, without (False) and with (True) the meter: the help shows its cost
         self.overlay_speed: dict[bool, float] = {}
@@ -101,26 +101,18 @@ class ChatCore:
             self._open.push(killswitch)
         self.app = self._open.enter_context(UnlockedAppliance.open(vault, self.model, killswitch))
         try:
-            self._load_overlay()
-            self._load_control()
+            self.problems = {c.KIND: self._why_not_loaded(c.KIND) for c in LOADABLE}
             self._first_session()
         except BaseException:  # e.g. the journal cannot be written: stay locked rather than chat unjournalled
             self.lock()
             raise
 
-    def _load_overlay(self) -> None:
-        self.overlay_problem = self._why_not_loaded(lambda: self._appliance().load_overlay(self._overlay_loader), NoOverlay)
-
-    def _load_control(self) -> None:
-        self.control_problem = self._why_not_loaded(lambda: self._appliance().load_control(self._control_loader), NoControlVector)
-
-    @staticmethod
-    def _why_not_loaded(load: Callable[[], object], none_installed: type[ApplianceError]) -> str:
-        """ "" when loaded or when none is installed; else why (refused by verification, or erased): the chat
-        goes on without it and says so."""
+    def _why_not_loaded(self, kind: str) -> str:
+        """Load the item of `kind`: "" when loaded or when none is installed; else why (refused by verification, or
+        erased): the chat goes on without it and says so."""
         try:
-            load()
-        except none_installed:
+            self._appliance().load(kind, self._loaders.get(kind))
+        except BY_KIND[kind].NOT_INSTALLED:
             return ""
         except ApplianceError as e:
             return str(e)
@@ -138,16 +130,15 @@ class ChatCore:
         self.new_session()
 
     def new_session(self) -> None:
-        """A fresh journal session and an empty history; the overlay and control vector keep their switch positions
-        (the control vector starts off, like `ask`'s)."""
+        """A fresh journal session and an empty history; the loaded items keep their switch positions (at unlock the
+        overlay starts on, the control vector off, like `ask`'s)."""
         app = self._appliance()
-        on = self.session.overlay_on if self.session else app.active is not None
-        control_on = bool(self.session and self.session.control_on)
+        on = self.session.on if self.session else {Overlay.KIND}
         app.new_journal()
         self.runtime.decoder.reset()
-        self.session = app.session(self.runtime, settings=self.settings, system_prompt=self.system_prompt,
-                                   overlay_on=on and app.active is not None,
-                                   control_on=control_on and app.control is not None)  # fmt: skip
+        self.session = app.session(
+            self.runtime, settings=self.settings, system_prompt=self.system_prompt, on=[k for k in on if k in app.items]
+        )
 
     def resume(self, session_id: str) -> Resumed:
         """Continue a past session (read and verified first: a failure changes nothing here)."""
@@ -184,10 +175,10 @@ class ChatCore:
         return self.session.first_turn // 2 if self.session else 0
 
     def status(self) -> Snapshot:
-        return self._appliance().snapshot(self.session, self.overlay_problem, self.control_problem)
+        return self._appliance().snapshot(self.session, self.problems)
 
     def lock(self) -> None:
-        """Back to the locked state: overlay dropped and zeroed, journal and vault keys zeroed, KV cache cleared."""
+        """Back to the locked state: loaded items dropped and zeroed, journal and vault keys zeroed, KV cache cleared."""
         self._switch_off()
         try:
             self._open.close()
@@ -207,20 +198,13 @@ class ChatCore:
 
     def _switch_off(self) -> None:
         if self.session is not None:
-            self.session.set_overlay(False)
-            self.session.overlay = None
-            self.session.set_control(False)
-            self.session.control = None
+            self.session.unload()
 
-    # -- the overlay switch and the meter ------------------------------------------------------
+    # -- the switches and the meter ------------------------------------------------------------
 
-    def toggle(self) -> bool:
-        """O(1) flip (the next reply re-prefills in the new state); journalled with its moment."""
-        return self._appliance().toggle(self._session())
-
-    def toggle_control(self) -> bool:
-        """The control vector's switch, the same way (journalled `control-toggle`)."""
-        return self._appliance().toggle_control(self._session())
+    def toggle(self, kind: str) -> bool:
+        """O(1) flip of the item of `kind` (the next reply re-prefills in the new state); journalled with its moment."""
+        return self._appliance().toggle(self._session(), kind)
 
     def set_audit(self, on: bool) -> None:
         self.audit.enabled = on
@@ -240,7 +224,7 @@ class ChatCore:
             session, text, max_tokens=self.max_tokens, on_text=on_text, cancel=stop, meter=self.audit
         )
         reply = outcome.reply
-        if reply.overlay_on and reply.tokens:
+        if Overlay.KIND in reply.on and reply.tokens:
             self.overlay_speed[outcome.divergence is not None] = reply.tokens_per_second
         return outcome
 
@@ -286,10 +270,11 @@ class ChatCore:
 
     # -- erase -----------------------------------------------------------------------------------
 
-    def erase_overlay(self) -> list[str]:
-        """Crypto-erase every installed version of the loaded overlay; it is switched off and zeroed first."""
+    def erase(self, kind: str) -> list[str]:
+        """Crypto-erase every installed version of the loaded item of `kind`; everything is switched off and let go
+        first, that one zeroed."""
         self._switch_off()
-        return self._appliance().erase_overlay()
+        return self._appliance().erase(kind)
 
     def erase_journal(self) -> list[str]:
         """Every journal session, this one included; a fresh session then takes its place."""

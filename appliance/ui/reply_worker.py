@@ -25,10 +25,12 @@ from textual.widgets.markdown import MarkdownStream
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
 from ..errors import ApplianceError
+from ..overlay.control import ControlVector
+from ..overlay.files import Overlay
 from ..printable import printable
+from ..runtime.divergence import Divergence
 from ..runtime.session import Reply
 from ..service import Outcome
-from .divergence import Divergence
 from .widgets import ChatMessage
 
 Ask = Callable[[Callable[[str], None], threading.Event], Outcome]
@@ -123,8 +125,8 @@ class ReplyWorker:
 def reply_header(reply: Reply, divergence: Optional[Divergence], overlay_installed: bool, control_installed: bool) -> str:
     """A finished reply's header: the provenance facts it was made with, and its numbers."""
     facts = [
-        f"overlay {'ON' if reply.overlay_on else 'OFF'}" if overlay_installed else "overlay none",
-        *([f"control {'ON' if reply.control_on else 'OFF'}"] if control_installed else []),
+        f"overlay {'ON' if Overlay.KIND in reply.on else 'OFF'}" if overlay_installed else "overlay none",
+        *([f"control {'ON' if ControlVector.KIND in reply.on else 'OFF'}"] if control_installed else []),
         f"{len(reply.tokens)} tok",
         f"{reply.tokens_per_second:.1f} tok/s",
     ]

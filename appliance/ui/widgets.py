@@ -18,9 +18,11 @@ from textual.visual import VisualType
 from textual.widget import Widget
 from textual.widgets import Label, Markdown, Static, TextArea
 
+from ..overlay.control import ControlVector
+from ..overlay.files import Overlay
 from ..printable import printable
+from ..runtime.divergence import Divergence
 from ..service import Snapshot
-from .divergence import Divergence
 
 
 class StatusBar(Widget):
@@ -47,21 +49,22 @@ class StatusBar(Widget):
 
     def show(self, snapshot: Snapshot, *, audit: bool) -> None:
         """The appliance's state as `snapshot` has it."""
-        p = snapshot.overlay
+        overlay, control = snapshot.item(Overlay.KIND), snapshot.item(ControlVector.KIND)
+        p = overlay.loaded
         if p is None:
-            self.overlay = "refused (see message)" if snapshot.overlay_problem else "none installed"
+            self.overlay = "refused (see message)" if overlay.problem else "none installed"
             self.overlay_on = None
         else:
             demo = " [DEMO KEYS]" if p.demo_signers else ""  # never let a demo pass for production trust
             self.overlay = f"{p.name} v{p.version} signers {' '.join(s[:8] for s in p.signers)}{demo}"
-            self.overlay_on = snapshot.overlay_on
-        c = snapshot.control
+            self.overlay_on = overlay.on
+        c = control.loaded
         if c is None:
-            self.control, self.control_on = ("refused (see message)" if snapshot.control_problem else ""), None
+            self.control, self.control_on = ("refused (see message)" if control.problem else ""), None
         else:
             demo = " [DEMO KEYS]" if c.demo_signers else ""
-            self.control = f"{c.name} v{c.version} strength {snapshot.control_strength:.3g}{demo}"
-            self.control_on = snapshot.control_on
+            self.control = f"{c.name} v{c.version} strength {control.fields['strength']:.3g}{demo}"
+            self.control_on = control.on
         self.session = snapshot.session_id or ""
         self.audit = audit
         self.demo_signers = snapshot.demo_signers_pinned

@@ -27,7 +27,7 @@ def body(**fields) -> bytes:
 def test_a_plain_request_takes_the_defaults_of_ask():
     assert parse_chat_request(body(), MODEL) == ChatRequest(
         prompt="Hello", system_prompt=None, session=None, stream=False, max_tokens=DEFAULT_MAX_TOKENS,
-        temperature=0.7, seed=0, overlay_on=False, control_on=False,
+        temperature=0.7, seed=0, on=frozenset(),
     )  # fmt: skip
 
 
@@ -37,7 +37,7 @@ def test_the_extra_fields_and_the_system_message_are_read():
         body(messages=messages, stream=True, max_completion_tokens=9, temperature=0, seed=3, overlay="on", control="on"), MODEL
     )
     assert (request.system_prompt, request.prompt, request.stream, request.max_tokens) == ("Be brief.", "Hi", True, 9)
-    assert (request.temperature, request.seed, request.overlay_on, request.control_on) == (0, 3, True, True)
+    assert (request.temperature, request.seed, request.on) == (0, 3, {"overlay", "control-vector"})
     assert parse_chat_request(body(session="20261207T155336Z-cd9ba3cc"), MODEL).session == "20261207T155336Z-cd9ba3cc"
 
 

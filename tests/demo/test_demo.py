@@ -12,8 +12,9 @@ from appliance import state
 from appliance.demo import CONTROL_DIR, DATASET, OVERLAY_DIR
 from appliance.demo import install as demo_install
 from appliance.demo.install import DEMO_ITEMS, MEMORY_DIR, install_demo, key_storage
-from appliance.overlay.files import load_overlay_dir
-from appliance.service import Snapshot
+from appliance.overlay.control import ControlVector
+from appliance.overlay.files import Overlay, load_overlay_dir
+from appliance.service import ItemState, Snapshot
 from appliance.store import ActiveBase
 from appliance.store.layout import Store
 from appliance.trust.builtin import embedded_pin, verify_pinned
@@ -145,7 +146,8 @@ def test_install_demo_keys_live_in_memory_and_the_signers_are_scoped(home, monke
 
 def test_the_status_bar_says_demo_signers_pinned():
     bar = StatusBar()
-    bar.show(Snapshot("base", "ab" * 32, None, False, "", None, demo_signers_pinned=True), audit=False)
+    items = (ItemState(Overlay.KIND), ItemState(ControlVector.KIND))
+    bar.show(Snapshot("base", "ab" * 32, items, None, demo_signers_pinned=True), audit=False)
     assert "demo signers pinned" in bar.render().plain
-    bar.show(Snapshot("base", "ab" * 32, None, False, "", None), audit=False)
+    bar.show(Snapshot("base", "ab" * 32, items, None), audit=False)
     assert "demo signers" not in bar.render().plain

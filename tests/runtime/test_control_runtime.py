@@ -60,8 +60,7 @@ def _fresh(model, history, prompt, overlay, control, max_tokens):
     """What a new process would answer in that state: its own runtime of one KV sequence, nothing cached."""
     rt = Runtime(model, n_ctx=2048, sequences=1)
     try:
-        s = Session(rt, overlay=overlay, overlay_on=overlay is not None, control=control, control_on=control is not None,
-                    history=list(history), settings=GREEDY)  # fmt: skip
+        s = Session.switched_on(rt, overlay, control, history=list(history), settings=GREEDY)
         return s.generate(prompt, max_tokens=max_tokens)
     finally:
         rt.close()
@@ -70,19 +69,19 @@ def _fresh(model, history, prompt, overlay, control, max_tokens):
 def test_switches_mid_conversation_equal_fresh_sessions(runtime, model):
     runtime.decoder.reset()
     overlay, cv = _overlay(model), _control(model)
-    s = Session(runtime, overlay=overlay, control=cv, settings=GREEDY)
+    s = Session(runtime, items={Overlay.KIND: overlay, ControlVector.KIND: cv}, settings=GREEDY)
     s.generate("Name three uses of a USB stick.", max_tokens=16)
     # (overlay, control) before each question: every kind of switch, and returns to states seen before
     states = [(False, True), (True, True), (False, True), (False, False), (True, False), (False, False), (True, True)]
     replies = []
     for n, (ov, ctl) in enumerate(states):
         history, q = list(s.history), f"Question {n}: which is the riskiest, and why?"
-        s.set_overlay(ov)
-        s.set_control(ctl)
+        s.set_on(Overlay.KIND, ov)
+        s.set_on(ControlVector.KIND, ctl)
         reply = s.generate(q, max_tokens=16)
         fresh = _fresh(model, history, q, overlay if ov else None, cv if ctl else None, 16)
         assert reply.prompt == fresh.prompt and reply.tokens == fresh.tokens, (ov, ctl)
-        assert (reply.overlay_on, reply.control_on) == (ov, ctl)
+        assert (Overlay.KIND in reply.on, ControlVector.KIND in reply.on) == (ov, ctl)
         replies.append(reply)
     # Two sequences for four states: a return to a state a sequence still holds reads only what it has not
     # seen; a state no sequence holds evicts the least recently used one and reads everything.
@@ -94,12 +93,12 @@ def test_switches_mid_conversation_equal_fresh_sessions(runtime, model):
 def test_toggling_the_vector_back_and_forth_reads_only_what_is_new(runtime, model):
     runtime.decoder.reset()
     cv = _control(model)
-    s = Session(runtime, control=cv, settings=GREEDY)
+    s = Session(runtime, items={ControlVector.KIND: cv}, settings=GREEDY)
     first = s.generate("Name three uses of a USB stick.", max_tokens=16)
     prefilled = {False: first.prompt}  # vector on? -> the context its sequence's last prefill computed
     for n in range(4):
         history, q = list(s.history), f"Question {n}: and then?"
-        on = s.toggle_control()
+        on = s.toggle(ControlVector.KIND)
         reply = s.generate(q, max_tokens=16)
         assert reply.tokens == _fresh(model, history, q, None, cv if on else None, 16).tokens, on
         held = prefilled.get(on, [])
@@ -112,5 +111,5 @@ def test_toggling_the_vector_back_and_forth_reads_only_what_is_new(runtime, mode
 def test_switching_on_without_a_vector_is_not_found(runtime):
     s = Session(runtime)
     with pytest.raises(NoControlVector) as e:
-        s.set_control(True)
-    assert e.value.exit_code == 5 and not s.control_on
+        s.set_on(ControlVector.KIND, True)
+    assert e.value.exit_code == 5 and not s.is_on(ControlVector.KIND)

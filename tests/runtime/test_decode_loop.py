@@ -94,8 +94,8 @@ def test_greedy_reply_token_identical_to_llama_cpp_python(runtime, model):
 
 def test_random_overlay_changes_the_reply(runtime, model):
     base = Session(runtime, settings=GREEDY).generate(PROMPT, max_tokens=32)
-    on = Session(runtime, overlay=_overlay(model), overlay_on=True, settings=GREEDY).generate(PROMPT, max_tokens=32)
-    assert on.overlay_on and not base.overlay_on
+    on = Session.switched_on(runtime, _overlay(model), settings=GREEDY).generate(PROMPT, max_tokens=32)
+    assert on.on == {Overlay.KIND} and not base.on
     assert on.tokens != base.tokens
 
 
@@ -103,14 +103,7 @@ def _fresh_reply(model, history, prompt, overlay=None, n_ctx=2048, max_tokens=24
     """What a new process would answer: its own runtime of one KV sequence, nothing cached."""
     rt = Runtime(model, n_ctx=n_ctx, sequences=1)
     try:
-        s = Session(
-            rt,
-            overlay=overlay,
-            overlay_on=overlay is not None,
-            history=list(history),
-            settings=GREEDY,
-            system_prompt=system_prompt,
-        )
+        s = Session.switched_on(rt, overlay, history=list(history), settings=GREEDY, system_prompt=system_prompt)
         return s.generate(prompt, max_tokens=max_tokens)
     finally:
         rt.close()
@@ -120,11 +113,11 @@ def _switch_and_check(model, s, first, questions, overlay, n_ctx=2048, max_token
     """Toggle before each question; each reply must equal a fresh session's, and compute only the positions
     its state's sequence has not computed by a prefill yet: its last reply (decoded one token at a time) and
     everything after. `first` is the reply made before; returns the replies."""
-    prefilled = {first.overlay_on: first.prompt}  # overlay state -> the context its last prefill computed
+    prefilled = {Overlay.KIND in first.on: first.prompt}  # overlay state -> the context its last prefill computed
     replies = []
     for q in questions:
         history = list(s.history)
-        on = s.toggle() if switch else s.overlay_on
+        on = s.toggle(Overlay.KIND) if switch else s.is_on(Overlay.KIND)
         reply = s.generate(q, max_tokens=max_tokens)
         fresh = _fresh_reply(model, history, q, overlay if on else None, n_ctx, max_tokens, s.system_prompt)
         assert reply.prompt == fresh.prompt and reply.tokens == fresh.tokens, f"{'on' if on else 'off'}, before {q!r}"
@@ -139,7 +132,7 @@ def _switch_and_check(model, s, first, questions, overlay, n_ctx=2048, max_token
 def test_toggle_mid_conversation_equals_fresh_sessions(runtime, model):
     overlay = _overlay(model, b_scale=0.2)
     runtime.decoder.reset()
-    s = Session(runtime, overlay=overlay, overlay_on=True, settings=GREEDY)
+    s = Session.switched_on(runtime, overlay, settings=GREEDY)
     first = s.generate("Name three uses of a USB stick.", max_tokens=24)
     assert first.prefill_tokens == first.prompt_tokens
 
@@ -150,7 +143,7 @@ def test_toggle_mid_conversation_equals_fresh_sessions(runtime, model):
     assert on_back.prefill_tokens == on_back.prompt_tokens - first.prompt_tokens, (
         "the return reads its last reply and what came after"
     )
-    assert [r.overlay_on for r in replies] == [False, True, False, True, False]
+    assert [Overlay.KIND in r.on for r in replies] == [False, True, False, True, False]
     assert _fresh_reply(model, s.history[:4], "Why?").tokens != on_back.tokens, "the overlay must matter here"
 
 
@@ -158,7 +151,7 @@ def test_switches_stay_exact_when_the_window_drops_old_exchanges(model):
     small = Runtime(model, n_ctx=256)
     try:
         overlay = _overlay(model, b_scale=0.2)
-        s = Session(small, overlay=overlay, overlay_on=True, system_prompt="You are terse.", settings=GREEDY)
+        s = Session.switched_on(small, overlay, system_prompt="You are terse.", settings=GREEDY)
         first = s.generate("Tell me about field radios and their batteries, briefly.", max_tokens=16)
         questions = [f"Question {i}: what should a radio operator check on day {i}?" for i in range(1, 7)]
         replies = _switch_and_check(model, s, first, questions, overlay, n_ctx=256, max_tokens=16)
@@ -171,11 +164,11 @@ def test_switches_stay_exact_when_the_window_drops_old_exchanges(model):
 def test_one_sequence_runtime_recomputes_at_each_switch(model):
     single = Runtime(model, n_ctx=1024, sequences=1)
     try:
-        s = Session(single, overlay=_overlay(model), settings=GREEDY)
+        s = Session(single, items={Overlay.KIND: _overlay(model)}, settings=GREEDY)
         s.generate("Hello!", max_tokens=8)
-        s.toggle()
+        s.toggle(Overlay.KIND)
         on = s.generate("Tell me more.", max_tokens=8)
-        s.toggle()
+        s.toggle(Overlay.KIND)
         off = s.generate("And more.", max_tokens=8)
         assert on.prefill_tokens == on.prompt_tokens and off.prefill_tokens == off.prompt_tokens
     finally:
@@ -183,26 +176,26 @@ def test_one_sequence_runtime_recomputes_at_each_switch(model):
 
 
 def test_reset_empties_both_sequences(runtime, model):
-    s = Session(runtime, overlay=_overlay(model), settings=GREEDY)
+    s = Session(runtime, items={Overlay.KIND: _overlay(model)}, settings=GREEDY)
     s.generate("Hello!", max_tokens=8)
-    s.toggle()
+    s.toggle(Overlay.KIND)
     s.generate("Tell me more.", max_tokens=8)
     runtime.decoder.reset()
     assert all(seq.tokens == [] for seq in runtime.decoder.sequences)
     for _ in range(2):
-        s.toggle()
+        s.toggle(Overlay.KIND)
         reply = s.generate("Again.", max_tokens=8)
         assert reply.prefill_tokens == reply.prompt_tokens
 
 
 def test_another_overlay_object_reads_everything_again(runtime, model):
-    s = Session(runtime, overlay=_overlay(model, seed=1, b_scale=0.2), overlay_on=True, settings=GREEDY)
+    s = Session.switched_on(runtime, _overlay(model, seed=1, b_scale=0.2), settings=GREEDY)
     s.generate("Name three uses of a USB stick.", max_tokens=16)
     history = list(s.history)
-    s.overlay = _overlay(model, seed=2, b_scale=0.2)  # a newly installed overlay: nothing computed with it is kept
+    s.items[Overlay.KIND] = _overlay(model, seed=2, b_scale=0.2)  # a newly installed overlay: nothing computed with it is kept
     reply = s.generate("Which is the riskiest?", max_tokens=16)
     assert reply.prefill_tokens == reply.prompt_tokens
-    assert reply.tokens == _fresh_reply(model, history, "Which is the riskiest?", s.overlay, max_tokens=16).tokens
+    assert reply.tokens == _fresh_reply(model, history, "Which is the riskiest?", s.items[Overlay.KIND], max_tokens=16).tokens
 
 
 def test_a_long_prefill_never_ends_on_a_batch_of_one():
@@ -219,8 +212,8 @@ def test_toggle_without_overlay_is_not_found(runtime):
 
     s = Session(runtime)
     with pytest.raises(NoOverlay):
-        s.toggle()
-    assert s.overlay_on is False
+        s.toggle(Overlay.KIND)
+    assert not s.is_on(Overlay.KIND)
 
 
 def test_turns_without_a_switch_reuse_the_prefix_and_equal_fresh_sessions(runtime, model):
@@ -247,7 +240,7 @@ def test_native_greedy_with_penalty_picks_what_the_numpy_sampler_picks(runtime):
     native = Session(runtime, settings=settings).generate(PROMPT, max_tokens=40)
     prompt = _prompt_tokens(runtime, [{"role": "user", "content": PROMPT}])
     sampler, context, ours = Sampler(settings), list(prompt), []
-    logits = runtime.decoder.prefill(prompt, None)
+    logits = runtime.decoder.prefill(prompt)
     while len(ours) < 40:
         token = sampler(logits, context)
         if runtime.engine.is_end_of_generation(token):
@@ -381,3 +374,47 @@ def test_a_token_id_outside_the_vocabulary_is_refused_in_python(tmp_path):
         r.stdout.splitlines()
         == ["token id 49152 is outside the vocabulary of 49152", "token id -1 is outside the vocabulary of 49152"] * 4
     )
+
+
+def test_reply_text_is_assembled_from_token_bytes_a_split_character_waits_for_its_end():
+    from appliance.runtime.session import Utf8Text
+
+    streamed = []
+    text = Utf8Text(streamed.append)
+    for data in (b"caf", "é".encode()[:1], "é".encode()[1:], b" \xff", b""):
+        text.add(data)
+    text.add("€".encode()[:2], final=True)  # cut off at the end of the reply: one replacement character
+    assert streamed == ["caf", "é", " \ufffd", "\ufffd"] and str(text) == "café \ufffd\ufffd"
+
+
+class _Recorder:
+    """A step observer that keeps what it was shown."""
+
+    def __init__(self):
+        self.prefills, self.steps, self.resets = [], [], 0
+
+    def prefilled(self, tokens, on, logits):
+        self.prefills.append((list(tokens), list(on), logits.copy()))
+
+    def stepped(self, token, logits):
+        self.steps.append(token)
+
+    def reset(self):
+        self.resets += 1
+
+
+def test_a_step_observer_sees_every_forward_pass_and_changes_no_reply(runtime, model):
+    runtime.decoder.reset()
+    unobserved = Session.switched_on(runtime, _overlay(model), settings=GREEDY).generate(PROMPT, max_tokens=6)
+    runtime.decoder.observer = seen = _Recorder()
+    try:
+        overlay = _overlay(model)
+        reply = Session.switched_on(runtime, overlay, settings=GREEDY).generate(PROMPT, max_tokens=6)
+        runtime.decoder.reset()
+    finally:
+        runtime.decoder.observer = None
+    assert reply.tokens == unobserved.tokens and len(reply.tokens) == 6
+    ((tokens, on, logits),) = seen.prefills
+    assert tokens == reply.prompt and on == [overlay] and int(np.argmax(logits)) == reply.tokens[0]
+    assert seen.steps == reply.tokens[:-1]  # the last token needs no forward pass
+    assert seen.resets == 1

@@ -60,8 +60,8 @@ def test_trained_files_load_in_the_runtime_and_pass_the_binding_check(trained, m
     assert overlay.training["dataset_sha256"] == dataset.sha256
     assert overlay.training["steps"] == 8
     assert np.array_equal(overlay.params.B, result.overlay.params.B)
-    reply = Session(runtime, overlay=overlay, overlay_on=True, settings=GREEDY).generate("Is the relay up?", max_tokens=12)
-    assert reply.overlay_on and reply.tokens
+    reply = Session.switched_on(runtime, overlay, settings=GREEDY).generate("Is the relay up?", max_tokens=12)
+    assert reply.on == {overlay.KIND} and reply.tokens
 
 
 def test_a_killed_run_resumes_to_the_same_overlay(tmp_path, model, base, trained):

@@ -194,6 +194,7 @@ def test_erase_base_then_use_is_exit_6_and_kill_wipe_covers_bases(ghome, keys, g
 
 
 def test_chat_on_gemma_names_it_and_its_overlay_key_refuses(ghome):
+    from appliance.overlay.files import Overlay
     from appliance.runtime.sampler import GREEDY
     from appliance.runtime.session import Runtime
     from appliance.store.bases import active_model, close_model
@@ -222,7 +223,7 @@ def test_chat_on_gemma_names_it_and_its_overlay_key_refuses(ghome):
             await app.screen.run_action("toggle_overlay")
             await pilot.pause()
             assert any(f"active base is {GEMMA_SHA[:16]}" in n.message for n in app._notifications)
-            assert core.status().overlay_on is False
+            assert not core.status().item(Overlay.KIND).on
 
     try:
         asyncio.run(run())

@@ -11,10 +11,12 @@ from helpers import appliance, error_line, ok, tree_digest
 from test_refusals import assert_refused
 
 from appliance.journal import read_session, sessions
+from appliance.overlay.control import ControlVector
+from appliance.overlay.files import Overlay
 from appliance.runtime.sampler import SamplingSettings
 from appliance.runtime.session import Runtime
 from appliance.service import UnlockedAppliance
-from appliance.store import ActiveBase, load_active_control, load_active_overlay
+from appliance.store import ActiveBase, load_active
 from appliance.store.importer import import_bundle
 from appliance.store.layout import Store
 from appliance.trust.builtin import embedded_pin, verify_pinned
@@ -39,10 +41,10 @@ def installed(home, keys, base, vault, tmp_path):
 
 def assert_both_work(base, vault):
     """Nothing lost: the overlay and the control vector still load, re-verified and bound to this base."""
-    assert load_active_overlay(base, vault).provenance.name == "care"
-    control = load_active_control(base, vault)
+    assert load_active(Overlay.KIND, base, vault).provenance.name == "care"
+    control = load_active(ControlVector.KIND, base, vault)
     assert (control.provenance.name, control.provenance.kind) == ("terse", "control-vector")
-    assert control.vector.layers == [15] and control.vector.strength == 2.0
+    assert control.weights.layers == [15] and control.weights.strength == 2.0
     out = ok("verify")
     assert "care v1 (active): ok" in out and "terse v1 (active): ok" in out
 
@@ -63,7 +65,7 @@ def test_import_list_status_verify(home, keys, base, vault, tmp_path):
     plain = (tmp_path / f"control-1-{BASE_SHA[:8]}-576-15" / "control.safetensors").read_bytes()
     assert plain[200:264] not in stored and len(stored) > len(plain)
     assert vault.key_ids("control/") == ["control/terse/1"]
-    vector = load_active_control(base, vault).vector
+    vector = load_active(ControlVector.KIND, base, vault).weights
     assert np.isclose(np.linalg.norm(vector.directions[15]), 1.0)
 
 
@@ -78,7 +80,7 @@ def test_rollback_erase_and_replay_after_erase(home, keys, base, vault, tmp_path
     ok("update", "import", str(make_control_bundle(keys, tmp_path / "v1.bundle")))
     ok("update", "import", str(make_control_bundle(keys, tmp_path / "v2.bundle", version=2, seed=2)))
     assert "terse: v2 -> v1" in ok("update", "rollback", "terse")
-    assert load_active_control(base, vault).provenance.version == 1
+    assert load_active(ControlVector.KIND, base, vault).provenance.version == 1
     out = ok("erase", "control", "terse", "--yes")
     assert "destroyed: data keys of control/terse/1, control/terse/2" in out
     assert out.count("proof:     decryption of control/terse/") == 2
@@ -87,7 +89,7 @@ def test_rollback_erase_and_replay_after_erase(home, keys, base, vault, tmp_path
     assert "terse  control-vector  erased  crypto-erased v1, v2" in ok("update", "list")
     assert_refused(home, tmp_path / "v2.bundle", "version-not-newer", "replay")
     ok("update", "import", str(make_control_bundle(keys, tmp_path / "v3.bundle", version=3)))
-    assert load_active_control(base, vault).provenance.version == 3
+    assert load_active(ControlVector.KIND, base, vault).provenance.version == 3
 
 
 def test_the_kill_wipe_erases_control_vectors(installed, vault):
@@ -192,21 +194,22 @@ def test_ask_control_on_without_one_installed(home):
 
 def test_the_service_switches_journals_snapshots_and_zeroes(installed, model, vault):
     with UnlockedAppliance.open(vault, model) as app:
-        app.load_overlay()
-        control = app.load_control()
-        session = app.session(Runtime(model), settings=SamplingSettings(temperature=0), system_prompt=None, overlay_on=False)
-        assert app.snapshot(session).control == control.provenance and not app.snapshot(session).control_on
-        assert app.toggle_control(session) is True
-        snap = app.snapshot(session)
-        assert snap.control_on and snap.control_strength == 2.0 and not snap.overlay_on
+        app.load(Overlay.KIND)
+        control = app.load(ControlVector.KIND)
+        session = app.session(Runtime(model), settings=SamplingSettings(temperature=0), system_prompt=None)
+        snap = app.snapshot(session).item(ControlVector.KIND)
+        assert snap.loaded == control.provenance and not snap.on
+        assert app.toggle(session, ControlVector.KIND) is True
+        snap = app.snapshot(session).item(ControlVector.KIND)
+        assert snap.on and snap.fields == {"strength": 2.0} and not app.snapshot(session).item(Overlay.KIND).on
         outcome = app.reply(session, "Hi", max_tokens=4)
-        assert outcome.reply.control_on
-        assert app.toggle_control(session) is False
+        assert outcome.reply.on == {ControlVector.KIND}
+        assert app.toggle(session, ControlVector.KIND) is False
         sid = app.journal.session_id
         records = read_session(vault, sid)
-        direction = control.vector.directions[15]
-        app.drop_control()
-        assert not direction.any() and app.control is None
+        direction = control.weights.directions[15]
+        app.drop(ControlVector.KIND)
+        assert not direction.any() and ControlVector.KIND not in app.items
     toggles = [r for r in records if r["kind"] == "control-toggle"]
     assert [(t["on"], t["control"]["on"], t["after_messages"]) for t in toggles] == [(True, True, 0), (False, False, 2)]
     assert [r["control"]["on"] for r in records if r["kind"] == "message"] == [True, True]
@@ -215,13 +218,13 @@ def test_the_service_switches_journals_snapshots_and_zeroes(installed, model, va
 def test_a_kill_with_wipe_zeroes_and_erases_the_control_vector(installed, model, vault):
     with pytest.raises(Killed):
         with UnlockedAppliance.open(vault, model) as app:
-            app.load_overlay()
-            direction = app.load_control().vector.directions[15]
+            app.load(Overlay.KIND)
+            direction = app.load(ControlVector.KIND).weights.directions[15]
             app.open_journal()
             sid = app.journal.session_id
             os.kill(os.getpid(), WIPE_SIGNAL)  # what `appliance kill --wipe` sends the running appliance
             app.killswitch.check()
-    assert not direction.any() and app.control is None
+    assert not direction.any() and app.items == {}
     fresh = Vault.unlock(installed, PASSPHRASE.encode())
     try:
         (kill,) = [r for r in read_session(fresh, sid) if r["kind"] == "kill"]

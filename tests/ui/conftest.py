@@ -8,6 +8,7 @@ from helpers import TEST_KDF
 from ui_support import PASSPHRASE, THREADS, overlay_for_tests
 
 from appliance import state
+from appliance.overlay.files import Overlay
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Runtime
 from appliance.ui import ApplianceApp, ChatCore
@@ -51,7 +52,7 @@ def make_app(home, model, tmp_path):
             Runtime(model, n_ctx=2048, n_threads=THREADS),
             settings=GREEDY,
             max_tokens=max_tokens,
-            overlay_loader=(lambda vault: overlay_for_tests(model)) if overlay else None,
+            loaders={Overlay.KIND: lambda vault: overlay_for_tests(model)} if overlay else None,
         )
         cores.append(core)
         return ApplianceApp(core, export_dir=tmp_path, **kw)

@@ -7,6 +7,7 @@ from ui_support import PASSPHRASE, THREADS, overlay_for_tests, send, unlock, wai
 from appliance.errors import NoOverlay, NotFound
 from appliance.journal import read_session
 from appliance.journal.transcript import markdown_transcript
+from appliance.overlay.files import Overlay
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Runtime, Session
 from appliance.ui import ChatCore
@@ -92,8 +93,9 @@ async def test_toggle_changes_the_next_reply_to_a_fresh_sessions(vault_home, mak
     history = [{"role": "user", "content": "Name three colours."}, {"role": "assistant", "content": first}]
 
     def fresh(on: bool) -> str:
-        session = Session(reference_runtime, overlay=overlay_for_tests(model).overlay, settings=GREEDY, history=list(history))
-        session.set_overlay(on)
+        overlay = overlay_for_tests(model).weights
+        session = Session(reference_runtime, items={Overlay.KIND: overlay}, settings=GREEDY, history=list(history))
+        session.set_on(Overlay.KIND, on)
         return session.generate("And three animals?", max_tokens=24).text
 
     assert second == fresh(False)
@@ -184,10 +186,11 @@ def test_only_no_overlay_installed_is_quiet(vault_home, model, error, problem):
         raise error
 
     runtime = Runtime(model, n_ctx=256, n_threads=THREADS)
-    core = ChatCore(vault_home, model, runtime, overlay_loader=loader)
+    core = ChatCore(vault_home, model, runtime, loaders={Overlay.KIND: loader})
     try:
         core.unlock(PASSPHRASE.encode())
-        assert core.status().overlay is None and core.status().overlay_problem == problem
+        overlay = core.status().item(Overlay.KIND)
+        assert overlay.loaded is None and overlay.problem == problem
     finally:
         core.close()
         runtime.close()

@@ -1,7 +1,7 @@
 """The control vector in the chat, on the real model: its key (ctrl+t) switches it like F2 switches the overlay, the
 status bar names both, and the divergence meter measures a reply made with only the control vector on.
 
-The vector is handed to `ChatCore` through `control_loader`, as the overlay is (the trust chain: tests/trust)."""
+The vector is handed to `ChatCore` through `loaders`, as the overlay is (the trust chain: tests/trust)."""
 
 import numpy as np
 import pytest
@@ -9,9 +9,10 @@ from ui_support import FIXED_TIME, PASSPHRASE, SIGNERS, THREADS, overlay_for_tes
 
 from appliance.journal import read_session
 from appliance.overlay.control import ControlVector
+from appliance.overlay.files import Overlay
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Runtime, Session
-from appliance.store import ActiveControl, InstallRecord
+from appliance.store import ActiveItem, InstallRecord
 from appliance.ui import ApplianceApp, ChatCore
 from appliance.ui.widgets import ChatMessage, StatusBar
 from appliance.vault import Vault
@@ -19,12 +20,12 @@ from appliance.vault import Vault
 STRENGTH = 60.0  # a unit direction at block 15 this strong changes a greedy reply of the embedded model
 
 
-def control_for_tests(model) -> ActiveControl:
+def control_for_tests(model) -> ActiveItem:
     """A fresh copy each call: a kill zeroes the directions of the one loaded."""
     rng = np.random.default_rng(3)
     v = rng.standard_normal(576).astype(np.float32)
     vector = ControlVector({15: v / np.linalg.norm(v)}, STRENGTH, model.sha256)
-    return ActiveControl(vector, InstallRecord("terse", "control-vector", 1, "cd" * 32, SIGNERS, FIXED_TIME, FIXED_TIME))
+    return ActiveItem(vector, InstallRecord("terse", "control-vector", 1, "cd" * 32, SIGNERS, FIXED_TIME, FIXED_TIME))
 
 
 @pytest.fixture
@@ -38,8 +39,10 @@ def make_chat(home, model, tmp_path):
             Runtime(model, n_ctx=2048, n_threads=THREADS),
             settings=GREEDY,
             max_tokens=16,
-            overlay_loader=(lambda vault: overlay_for_tests(model)) if overlay else None,
-            control_loader=(lambda vault: control_for_tests(model)) if control else None,
+            loaders={
+                **({Overlay.KIND: lambda vault: overlay_for_tests(model)} if overlay else {}),
+                **({ControlVector.KIND: lambda vault: control_for_tests(model)} if control else {}),
+            },
         )
         cores.append(core)
         return ApplianceApp(core, export_dir=tmp_path)
@@ -66,10 +69,8 @@ async def test_ctrl_t_switches_the_control_vector_and_the_bar_names_both(vault_h
         sid = app.core.status().session_id
 
     def fresh(control_on: bool) -> str:
-        session = Session(reference_runtime, overlay=overlay_for_tests(model).overlay, settings=GREEDY,
-                          control=control_for_tests(model).vector)  # fmt: skip
-        session.set_overlay(True)
-        session.set_control(control_on)
+        vector = control_for_tests(model).weights if control_on else None
+        session = Session.switched_on(reference_runtime, overlay_for_tests(model).weights, vector, settings=GREEDY)
         return session.generate("Name three colours.", max_tokens=16).text
 
     assert reply == fresh(True) and reply != fresh(False)

@@ -7,10 +7,11 @@ from textual.widgets import Markdown
 from ui_support import PASSPHRASE, send, unlock
 
 from appliance.journal import read_session
+from appliance.overlay.files import Overlay
 from appliance.overlay.params import OverlayParams
 from appliance.runtime.llama import DecodeStopped
 from appliance.runtime.session import Runtime
-from appliance.ui.divergence import AuditDecoder
+from appliance.ui.divergence import AuditMeter
 from appliance.ui.widgets import ChatMessage, StatusBar
 from appliance.vault import Vault
 
@@ -48,14 +49,14 @@ async def test_meter_measures_without_changing_the_reply(vault_home, make_app):
 def test_a_kill_stops_the_meters_shadow_prefill_too(model):
     """The meter's second engine prefills the whole prompt again: a kill that lands there stops it too."""
     runtime = Runtime(model, n_ctx=2048)
-    audit = AuditDecoder.install(runtime)
+    audit = AuditMeter.install(runtime)
     try:
         audit.enabled = True
-        overlay = OverlayParams.random(576, seed=1, b_scale=0.05)
+        overlay = [Overlay(OverlayParams.random(576, seed=1, b_scale=0.05), model.sha256)]
         long = " ".join(f"Note {i}: the keeper lit the lamp and logged the weather." for i in range(90))
         tokens = runtime.engine.tokenize(runtime.template.render([{"role": "user", "content": long}]))
         assert len(tokens) > 2 * runtime.engine.n_batch
-        audit.prefill(tokens[:8], overlay)  # the shadow engine exists from here
+        runtime.decoder.prefill(tokens[:8], overlay)  # the shadow engine exists from here
         kill = threading.Event()
         shadow_prefill = audit.base.prefill
 
@@ -65,7 +66,7 @@ def test_a_kill_stops_the_meters_shadow_prefill_too(model):
 
         audit.base.prefill = killed_as_the_shadow_starts
         with runtime.engine.stop_on(kill), pytest.raises(DecodeStopped):
-            audit.prefill(tokens, overlay)
+            runtime.decoder.prefill(tokens, overlay)
         assert audit.divergence() is None  # nothing measured for a reply that was stopped
     finally:
         audit.close()

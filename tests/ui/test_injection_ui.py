@@ -57,7 +57,7 @@ class _EvilReply:
     def __call__(self, text, on_text, stop) -> Outcome:
         for piece in self.pieces:
             on_text(piece)
-        reply = SimpleNamespace(overlay_on=False, tokens=self.pieces, tokens_per_second=1.0, finish="stop", dropped_turns=0)
+        reply = SimpleNamespace(on=frozenset(), tokens=self.pieces, tokens_per_second=1.0, finish="stop", dropped_turns=0)
         return Outcome(reply, None)
 
 

@@ -11,6 +11,7 @@ from ui_support import PASSPHRASE, open_sessions, send, unlock, wait_for
 from appliance.errors import Erased
 from appliance.journal import read_session, sessions, verify_session
 from appliance.journal.session_files import relative_path
+from appliance.overlay.files import Overlay
 from appliance.ui.chat import ChatScreen
 from appliance.ui.help import HelpScreen
 from appliance.ui.keys import SECTIONS
@@ -34,7 +35,7 @@ async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
         previous = signal.getsignal(signal.SIGTERM)
         await unlock(pilot, PASSPHRASE)
         assert pid_path(vault_home).exists()  # `appliance kill` from another terminal finds the UI
-        screen, params = app.screen, app.core.app.active.overlay.params
+        screen, params = app.screen, app.core.app.items[Overlay.KIND].weights.params
         screen.query_one("#prompt").text = "Write a very long story about a lighthouse keeper."
         await pilot.press("enter")
         await wait_for(pilot, lambda: len(screen.query(ChatMessage)) == 2 and screen.query(ChatMessage)[1].body.source)
@@ -157,4 +158,4 @@ async def test_help_and_palette_list_every_key(vault_home, make_app):
         await pilot.press(*"overlay")
         await pilot.pause(0.3)
         await pilot.press("enter")  # runs "Overlay [f2]" from the palette
-        await wait_for(pilot, lambda: app.core.session.overlay_on is False, timeout=5)
+        await wait_for(pilot, lambda: not app.core.session.is_on(Overlay.KIND), timeout=5)

@@ -1,16 +1,17 @@
 """A finished reply's header states what made it: the overlay's and control vector's switches (or that none is
 installed), its token count and speed, how it ended when not at end of turn, and the meter's divergence."""
 
+from appliance.overlay.control import ControlVector
+from appliance.overlay.files import Overlay
+from appliance.runtime.divergence import Divergence
 from appliance.runtime.sampler import SamplingSettings
 from appliance.runtime.session import Reply
-from appliance.ui.divergence import Divergence
 from appliance.ui.reply_worker import reply_header
 
 
 def _reply(finish: str = "stop", overlay_on: bool = True, control_on: bool = False) -> Reply:
-    return Reply(
-        "four words of reply", [1, 2, 3, 4], finish, overlay_on, SamplingSettings(), [9] * 10, 10, 0, 0.5, 0.1, control_on
-    )
+    on = frozenset([Overlay.KIND] * overlay_on + [ControlVector.KIND] * control_on)
+    return Reply("four words of reply", [1, 2, 3, 4], finish, on, SamplingSettings(), [9] * 10, 10, 0, 0.5, 0.1)
 
 
 def test_header_of_a_reply_ended_at_end_of_turn():

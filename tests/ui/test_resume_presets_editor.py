@@ -78,7 +78,7 @@ async def test_resume_at_unlock_and_a_session_that_cannot_be_resumed(vault_home,
         chat = resumed.screen
         await wait_for(pilot, lambda: len(chat.query(ChatMessage)) == 2, what="the resumed history")
         assert resumed.core.session.history[0]["content"] == "Hello."
-        assert not resumed.core.session.overlay_on  # recorded OFF (no overlay then): resumed as it was
+        assert not resumed.core.session.on  # recorded OFF (no overlay then): resumed as it was
         assert any(f"resumed {old}" == n.message for n in resumed._notifications)
 
 

@@ -4,7 +4,7 @@ A plain module, not conftest: `from conftest import ...` resolves to whichever c
 loaded last when several test folders are collected together.
 
 The overlay is a seeded random Takens-LoRA overlay handed to `ChatCore` through its
-`overlay_loader` argument (the product always decrypts the store's active overlay, re-verified):
+`loaders` argument (the product always decrypts the store's active overlay, re-verified):
 the UI tests need an overlay whose effect is visible, not the trust chain, which tests/trust covers.
 """
 
@@ -15,7 +15,7 @@ from textual.widgets import Input
 
 from appliance.overlay.files import Overlay
 from appliance.overlay.params import OverlayParams
-from appliance.store import ActiveOverlay, InstallRecord
+from appliance.store import ActiveItem, InstallRecord
 from appliance.ui.chat import ChatScreen
 from appliance.ui.sessions import SessionsScreen
 from appliance.ui.widgets import ChatMessage, PromptInput
@@ -28,10 +28,10 @@ THREADS = 1
 FIXED_TIME = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def overlay_for_tests(model) -> ActiveOverlay:
+def overlay_for_tests(model) -> ActiveItem:
     """A fresh copy each call: a kill or an erase zeroes the weights of the one loaded."""
     params = OverlayParams.random(576, seed=1, b_scale=0.1)  # 0.2 makes the model end its first reply at once
-    return ActiveOverlay(
+    return ActiveItem(
         Overlay(params, model.sha256), InstallRecord("care", "overlay", 1, "ab" * 32, SIGNERS, FIXED_TIME, FIXED_TIME)
     )
 

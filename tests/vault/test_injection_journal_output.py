@@ -21,7 +21,7 @@ EVIL_SIGNER = "AB\x1b]0;signer\x07CD"
 
 def _evil_session(vault) -> str:
     j = Journal.create(vault)
-    overlay = provenance.overlay("care", 1, "ab" * 32, [EVIL_SIGNER], True)
+    overlay = provenance.item("care", 1, "ab" * 32, [EVIL_SIGNER], True)
     prov = dict(base=provenance.base("base", "cd" * 32, 1), overlay=overlay, settings={"temperature": 0}, system_prompt=EVIL)
     j.append("message", **provenance.message("user", EVIL, **prov))
     j.append("message", **provenance.message("assistant", "reply:\n" + EVIL, **prov))
@@ -85,13 +85,7 @@ class _ModelThatEmitsControls:
 
     def __init__(self, runtime, **kw):
         self.system_prompt = kw.get("system_prompt")
-        self.overlay_on = self.control_on = False
-
-    def set_overlay(self, on: bool) -> None:
-        pass
-
-    def set_control(self, on: bool) -> None:
-        pass
+        self.on: set[str] = set()  # nothing loaded: `ask` without --overlay or --control
 
     def conditioning(self) -> dict:
         return {"settings": {"temperature": 0}, "system_prompt": self.system_prompt}

@@ -8,6 +8,7 @@ from vault_setup import PASSPHRASE
 
 from appliance.errors import ContextOverflow, NotFound, Refused
 from appliance.journal import read_session, sessions
+from appliance.overlay.files import Overlay
 from appliance.runtime.sampler import GREEDY
 from appliance.service import UnlockedAppliance
 from appliance.vault import Vault
@@ -36,9 +37,9 @@ def test_the_vault_is_zeroed_however_the_body_ends(vault_home, model):
     vault = Vault.unlock(vault_home, PASSPHRASE)
     with pytest.raises(Refused):
         with UnlockedAppliance.open(vault, model) as app:
-            app.load_overlay(lambda v: (_ for _ in ()).throw(Refused("overlay refused")))
+            app.load(Overlay.KIND, lambda v: (_ for _ in ()).throw(Refused("overlay refused")))
     assert not any(vault._kek)
-    assert app.active is None and app.journal is None
+    assert app.items == {} and app.journal is None
     assert sessions(Vault.unlock(vault_home, PASSPHRASE)) == []  # refused before any record: no session
 
 
@@ -46,7 +47,7 @@ def test_a_kill_is_handled_once_and_journalled(vault_home, model, runtime):
     vault = Vault.unlock(vault_home, PASSPHRASE)
     with pytest.raises(Killed) as killed:
         with UnlockedAppliance.open(vault, model) as app:
-            session = app.session(runtime, settings=GREEDY, system_prompt=None, overlay_on=False)
+            session = app.session(runtime, settings=GREEDY, system_prompt=None)
             app.reply(session, "Hello", max_tokens=2)
             app.cancel.set()  # what the signal handler does
     assert killed.value.wiped == [] and not any(vault._kek)
@@ -68,7 +69,7 @@ def test_a_kill_from_the_chat_key_is_not_raised_again(vault_home, model):
 def test_context_overflow_leaves_the_history_as_it_was(vault_home, model, runtime):
     vault = Vault.unlock(vault_home, PASSPHRASE)
     with UnlockedAppliance.open(vault, model) as app:
-        session = app.session(runtime, settings=GREEDY, system_prompt=None, overlay_on=False)
+        session = app.session(runtime, settings=GREEDY, system_prompt=None)
         with pytest.raises(ContextOverflow):
             app.reply(session, "word " * 5000, max_tokens=4)
         assert session.history == [] and app.journal is None
@@ -78,4 +79,4 @@ def test_erasing_the_overlay_with_none_loaded_is_not_found(vault_home, model):
     vault = Vault.unlock(vault_home, PASSPHRASE)
     with UnlockedAppliance.open(vault, model) as app:
         with pytest.raises(NotFound):
-            app.erase_overlay()
+            app.erase(Overlay.KIND)
