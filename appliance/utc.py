@@ -37,10 +37,5 @@ def parse_time(text: str) -> datetime:
     return datetime.strptime(text, SECONDS_FORMAT).replace(tzinfo=timezone.utc)
 
 
-def parse_precise(text: str) -> datetime:
-    """A journal record's time as an aware UTC datetime; ValueError otherwise."""
-    return datetime.strptime(text, MICROSECONDS_FORMAT).replace(tzinfo=timezone.utc)
-
-
 def now_text() -> str:
     return format_time(now())

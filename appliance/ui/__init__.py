@@ -5,9 +5,8 @@ divergence.py  the divergence meter (a shadow base decoder, KL per position)
 keys.py        the one table of keys: bindings, help, command palette
 app.py         ApplianceApp: screens, the kill key, the palette
 unlock.py, chat.py, sessions.py, help.py, modals.py   the screens
-chat_modals.py the chat's modal flows: system prompt and presets (F6), the erase confirmations
 reply_worker.py  a reply written on a worker thread and streamed into its view; its header
-handoff.py     the chat's hand-offs to the terminal: the prompt to $EDITOR, a reply or code block to the clipboard
+handoff.py     the chat's hand-off of the prompt to $EDITOR and back
 widgets.py     status bar (and how it shows a status snapshot), prompt with history, message
 external_editor.py  ctrl+e: the prompt in $EDITOR on a 0600 scratch file, wiped after
 code_blocks.py the code blocks of a reply (ctrl+g copies one)

@@ -1,29 +1,59 @@
-"""The chat screen: messages, the prompt, the status bar and the overlay's switch, and the small actions of
-its keys. A reply is written on a worker thread and streamed in by reply_worker.py; the status bar shows
-itself (widgets.py); the modal flows (system prompt, erase) are chat_modals.py's, the hand-offs to the
-terminal (editor, clipboard) handoff.py's."""
+"""The chat screen: messages, the prompt, the status bar and the switches, and the actions of its keys.
 
+A reply is written on a worker thread and streamed in by reply_worker.py; the status bar shows itself
+(widgets.py). The screen owns the last exchange on screen (`LastExchange`: what regenerate, edit, and the
+clipboard keys act on); its modal flows (system prompt, erase) are worker actions that await their dialog
+(modals.py); the hand-off of the prompt to `$EDITOR` is handoff.py's.
+
+The clipboard is written by OSC 52 because an isolated machine has no clipboard daemon: the terminal itself
+takes the text. What is copied is the text as shown, escaped (`printable`): raw control characters pasted
+into a shell could run commands (a bracketed-paste end sequence in a reply would end the paste early).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Optional
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer
 
+from ..erase import ERASE_JOURNAL_PHRASE
 from ..errors import ApplianceError
 from ..overlay.control import ControlVector
 from ..overlay.files import Overlay
 from ..overlay.loadable import BY_KIND
-from .chat_modals import confirm_erase_journal, confirm_erase_overlay, pick_system_prompt
+from ..presets import every
+from ..printable import printable
+from .code_blocks import code_blocks
 from .core import ChatCore, Outcome
-from .handoff import copy_code, copy_reply, edit_prompt_in_editor
+from .external_editor import EditorFailed
+from .handoff import edit_in_editor
 from .keys import CHAT_KEYS, bindings
+from .modals import EraseScreen, PresetScreen, SystemPromptScreen
 from .reply_worker import Ask, ReplyWorker, TextPending, reply_header
 from .sessions import SessionsScreen
 from .widgets import ChatMessage, PromptInput, StatusBar
+
+
+@dataclass
+class LastExchange:
+    """The views of the last whole exchange on screen, and how far ctrl+g has walked back through its reply's
+    code blocks."""
+
+    user: ChatMessage
+    reply: ChatMessage
+    code_blocks_copied: int = 0
+
+    def next_code_block(self, blocks: list[str]) -> int:
+        """The index of the block to copy now: the last block first, then each press the one before."""
+        n = len(blocks) - 1 - self.code_blocks_copied % len(blocks)
+        self.code_blocks_copied += 1
+        return n
 
 
 class ChatScreen(Screen):
@@ -35,8 +65,7 @@ class ChatScreen(Screen):
         self.core, self.export_dir = core, export_dir  # export_dir: where F4's exports go
         self.replies = ReplyWorker(self)  # the reply being written, if any
         self.editing = False  # the next send replaces the last exchange (edit and resend)
-        self.last_exchange: Optional[tuple[ChatMessage, ChatMessage]] = None  # the views of the last whole exchange
-        self.code_blocks_copied = 0  # code blocks of the last reply copied so far (ctrl+g walks back through them)
+        self.last_exchange: Optional[LastExchange] = None
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -47,7 +76,7 @@ class ChatScreen(Screen):
     def on_mount(self) -> None:
         snapshot = self.core.status()
         status = self.query_one(StatusBar)
-        status.base, status.window = f"{snapshot.base_name} {snapshot.base_sha256[:8]}", self.core.window
+        status.base, status.window = f"{snapshot.base_name} {snapshot.base_sha256[:8]}", self.core.runtime.engine.n_ctx
         self.refresh_status()
         for item in snapshot.items:
             if item.problem:
@@ -85,8 +114,8 @@ class ChatScreen(Screen):
             self.editing = False
             ask = partial(self.core.edit, event.text)
             if self.last_exchange is not None:
-                for old in self.last_exchange:
-                    await old.remove()
+                await self.last_exchange.user.remove()
+                await self.last_exchange.reply.remove()
         user = await self.add_message("user", event.text)
         await self._ask(ask, user)
 
@@ -99,8 +128,7 @@ class ChatScreen(Screen):
         for turn in history:
             role = turn["role"]
             views.append(await self.add_message(role, turn["content"], header="" if role == "user" else "assistant  (resumed)"))
-        self.last_exchange = (views[-2], views[-1]) if len(views) >= 2 else None
-        self.code_blocks_copied = 0
+        self.last_exchange = LastExchange(views[-2], views[-1]) if len(views) >= 2 else None
 
     async def _ask(self, ask: Ask, user: ChatMessage) -> None:
         """A new reply view under `user`, written by `ask(on_text, stop)` on the worker thread."""
@@ -123,7 +151,7 @@ class ChatScreen(Screen):
             view.header.update(f"assistant  error: {error}")
             self.notify(error, severity="error", timeout=10)
             return
-        self.last_exchange, self.code_blocks_copied = (user, view), 0
+        self.last_exchange = LastExchange(user, view)
         reply, div = outcome.reply, outcome.divergence  # the meter's measure (None: it was off)
         snapshot = self.core.status()
         loaded = {item.kind for item in snapshot.items if item.loaded is not None}
@@ -164,7 +192,7 @@ class ChatScreen(Screen):
         self.notify(f"{BY_KIND[kind].NOUN} {'ON' if on else 'OFF'} from the next reply")
 
     def action_toggle_audit(self) -> None:
-        self.core.set_audit(not self.core.audit.enabled)
+        self.core.audit.enabled = not self.core.audit.enabled
         self.refresh_status()
 
     async def action_new_session(self) -> None:
@@ -175,7 +203,7 @@ class ChatScreen(Screen):
             self.notify(str(e), severity="error")
             return
         await self.query_one("#messages", VerticalScroll).remove_children()
-        self.last_exchange, self.editing, self.code_blocks_copied = None, False, 0
+        self.last_exchange, self.editing = None, False
         self.query_one(StatusBar).divergence = None
         self.refresh_context(None)
         self.refresh_status()
@@ -184,10 +212,9 @@ class ChatScreen(Screen):
         last = self._exchange_to_take_back("regenerate")
         if last is None:
             return
-        user, old = last
         self.editing = False  # an edit under way would take back the new exchange instead
-        await old.remove()
-        await self._ask(self.core.regenerate, user)
+        await last.reply.remove()
+        await self._ask(self.core.regenerate, last.user)
 
     def action_edit_last(self) -> None:
         prompt = self.query_one(PromptInput)
@@ -204,7 +231,7 @@ class ChatScreen(Screen):
         prompt.focus()
         self.notify("editing the last prompt: enter sends it in place of the last exchange (which stays in the journal)")
 
-    def _exchange_to_take_back(self, what: str) -> Optional[tuple[ChatMessage, ChatMessage]]:
+    def _exchange_to_take_back(self, what: str) -> Optional[LastExchange]:
         """The views of the last exchange, if it can be taken back now; else None, and the reason shown."""
         if self.replies.busy:
             self.notify(f"a reply is being written: escape stops it, then {what}", severity="warning")
@@ -215,13 +242,37 @@ class ChatScreen(Screen):
         return self.last_exchange
 
     def action_copy_reply(self) -> None:
-        copy_reply(self)
+        """The last reply on screen, to the clipboard."""
+        text = self.core.last_reply() if self.last_exchange is not None else ""
+        if not text:
+            self.notify("no reply to copy yet", severity="warning")
+            return
+        self.app.copy_to_clipboard(printable(text))
+        self.notify(f"copied the last reply ({len(text)} characters) by OSC 52, if the terminal allows it")
 
     def action_copy_code(self) -> None:
-        copy_code(self)
+        """One code block of the last reply, to the clipboard: the last block first, then each press the one before."""
+        blocks = code_blocks(self.core.last_reply()) if self.last_exchange is not None else []
+        if self.last_exchange is None or not blocks:
+            self.notify("the last reply has no code block", severity="warning")
+            return
+        n = self.last_exchange.next_code_block(blocks)
+        self.app.copy_to_clipboard(printable(blocks[n]))
+        self.notify(f"copied code block {n + 1} of {len(blocks)} by OSC 52, if the terminal allows it")
 
     def action_external_editor(self) -> None:
-        edit_prompt_in_editor(self)
+        """The prompt in $EDITOR and back."""
+        if self.replies.busy:  # the reply would stream into a screen the editor has taken
+            self.notify("a reply is being written: escape stops it, then edit", severity="warning")
+            return
+        prompt = self.query_one(PromptInput)
+        try:
+            prompt.text = edit_in_editor(self.app, self.core.home, prompt.text, killed=self.core.kill_requested)
+        except EditorFailed as e:
+            self.notify(str(e), severity="error")
+            return
+        prompt.move_cursor(prompt.document.end)
+        prompt.focus()
 
     def action_sessions(self) -> None:
         self.app.push_screen(SessionsScreen(self.core, self.export_dir, self.resume_session))
@@ -243,11 +294,66 @@ class ChatScreen(Screen):
         for notice in resumed.notices:
             self.notify(notice, severity="warning", timeout=15)
 
-    def action_system_prompt(self) -> None:
-        pick_system_prompt(self)
+    @work
+    async def action_system_prompt(self) -> None:
+        """F6: the preset picker (a preset, the model's default, or one written for this session), then the editor if asked."""
+        session = self.core.session
+        if session is None:  # locked: the chat is not on screen then
+            return
+        if session.preset is not None:
+            current, selected = f"preset {session.preset}", f"preset:{session.preset}"
+        elif session.system_prompt is not None:
+            current, selected = "written for this session", "write"
+        else:
+            current, selected = "the model's default", "default"
+        try:
+            presets = every(self.core.vault)
+        except ApplianceError as e:
+            self.notify(f"presets unreadable: {e}", severity="error")
+            presets = []
+        choice = await self.app.push_screen_wait(PresetScreen(presets, current, selected))
+        if choice is None:
+            return
+        kind, name = choice
+        if kind == "write":
+            text = await self.app.push_screen_wait(SystemPromptScreen(session.system_prompt or ""))
+            if text is not None:
+                self.core.set_system_prompt(text.strip() or None)
+                self.notify("system prompt set for this session" if text.strip() else "system prompt: the model's default")
+        elif kind == "default":
+            self.core.set_system_prompt(None)
+            self.notify("system prompt: the model's default")
+        elif name is not None:
+            try:
+                self.core.use_preset(name)
+            except ApplianceError as e:
+                self.notify(str(e), severity="error")
+                return
+            self.notify(f"system prompt: preset {name}, from the next reply")
 
-    def action_erase_overlay(self) -> None:
-        confirm_erase_overlay(self)
+    @work
+    async def action_erase_overlay(self) -> None:
+        """The loaded overlay, every installed version, once its name is typed."""
+        overlay = self.core.status().item(Overlay.KIND).loaded
+        if overlay is None:
+            self.notify("no overlay is loaded", severity="warning")
+            return
+        what = f"overlay {overlay.name} (every installed version)"
+        await self._erase(overlay.name, what, partial(self.core.erase, Overlay.KIND))
 
-    def action_erase_journal(self) -> None:
-        confirm_erase_journal(self)
+    @work
+    async def action_erase_journal(self) -> None:
+        """Every journal session, this one included, once the phrase is typed."""
+        await self._erase(ERASE_JOURNAL_PHRASE, "every journal session, this one included", self.core.erase_journal)
+
+    async def _erase(self, phrase: str, what: str, erase: Callable[[], list[str]]) -> None:
+        if not await self.app.push_screen_wait(EraseScreen(phrase, what)):
+            return
+        await self.replies.halt()
+        try:
+            key_ids = erase()
+        except ApplianceError as e:
+            self.notify(str(e), severity="error", timeout=10)
+        else:
+            self.notify(f"crypto-erased: {', '.join(key_ids)}", timeout=10)
+        self.refresh_status()

@@ -10,7 +10,7 @@ snapshot, rather than reaching into the appliance. Resuming a past session is th
 """
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -18,12 +18,11 @@ from typing import Optional
 
 from ..errors import ApplianceError, Locked, NotFound
 from ..fsutil import atomic_write
-from ..journal import Report, read_session, sessions, verify_session
-from ..journal.search import Match, Skipped, search
+from ..journal import read_session
 from ..journal.transcript import markdown_transcript
 from ..overlay.files import Overlay
 from ..overlay.loadable import BY_KIND, LOADABLE
-from ..presets import Preset, every
+from ..presets import Preset
 from ..presets import read as read_preset
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime, Session
@@ -69,6 +68,11 @@ class ChatCore:
     @property
     def unlocked(self) -> bool:
         return self.app is not None
+
+    @property
+    def vault(self) -> Vault:
+        """The unlocked vault (the journal's sessions, the presets); `Locked` while locked."""
+        return self._appliance().vault
 
     def _appliance(self) -> UnlockedAppliance:
         """The open appliance; `Locked` (exit 4) if a screen asks a locked core (the screens lock first)."""
@@ -156,19 +160,10 @@ class ChatCore:
         session = self._session()
         session.system_prompt, session.preset = text, preset
 
-    def presets(self) -> list[Preset]:
-        """Every prompt preset, decrypted (the F6 picker)."""
-        return every(self._appliance().vault)
-
     def use_preset(self, name: str) -> Preset:
         preset = read_preset(self._appliance().vault, name)
         self.set_system_prompt(preset.text, preset.name)
         return preset
-
-    @property
-    def window(self) -> int:
-        """The context window, in tokens."""
-        return self.runtime.engine.n_ctx
 
     def dropped_exchanges(self) -> int:
         """Oldest exchanges of this session the model no longer sees (they did not fit the window)."""
@@ -205,9 +200,6 @@ class ChatCore:
     def toggle(self, kind: str) -> bool:
         """O(1) flip of the item of `kind` (the next reply re-prefills in the new state); journalled with its moment."""
         return self._appliance().toggle(self._session(), kind)
-
-    def set_audit(self, on: bool) -> None:
-        self.audit.enabled = on
 
     def audit_cost(self) -> str:
         """The meter's measured cost in this run, once an overlay-on reply was made both ways."""
@@ -284,22 +276,9 @@ class ChatCore:
 
     # -- past sessions ---------------------------------------------------------------------------
 
-    def sessions(self) -> list[str]:
-        return sessions(self._appliance().vault)
-
-    def verify_session(self, session_id: str) -> Report:
-        return verify_session(self._appliance().vault, session_id)
-
-    def read_session(self, session_id: str) -> list[dict]:
-        return read_session(self._appliance().vault, session_id)
-
-    def search(self, text: str, session_ids: Optional[list[str]] = None) -> Iterator[Match | Skipped]:
-        """Matches of `text` in every session (or those named), streamed as each is decrypted (in memory only)."""
-        return search(self._appliance().vault, text, session_ids)
-
     def export(self, session_id: str, directory: Path) -> Path:
         out = directory / f"{session_id}.md"
-        atomic_write(out, markdown_transcript(session_id, self.read_session(session_id)).encode())
+        atomic_write(out, markdown_transcript(session_id, read_session(self.vault, session_id)).encode())
         return out
 
     def close(self) -> None:

@@ -16,8 +16,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Markdown
 
 from ..errors import ApplianceError
-from ..journal import Report
-from ..journal.search import Match
+from ..journal import Report, read_session, sessions, verify_session
+from ..journal.search import Match, search
 from ..journal.transcript import markdown_transcript
 from ..printable import printable
 from .core import ChatCore
@@ -71,13 +71,13 @@ class SessionsScreen(Screen):
         table = self._columns("session", "records", "state", "first message", "client")
         reports: list[Report] = []
         try:
-            ids = self.core.sessions()
+            ids = sessions(self.core.vault)
         except ApplianceError as e:  # the key-slot table itself is unreadable
             self._say(str(e))
             return reports
         for sid in ids:
             try:
-                report = self.core.verify_session(sid)
+                report = verify_session(self.core.vault, sid)
             except ApplianceError as e:  # erased or missing key: listed, not opened
                 table.add_row(*_cells(sid, "-", f"unreadable: {e}", "", ""), key=sid)
                 self._row_session[sid] = sid
@@ -109,11 +109,11 @@ class SessionsScreen(Screen):
         found, hit_sessions, skipped = 0, set(), []
         self._say(f"searching for {text!r}...")
         try:
-            ids = self.core.sessions()
+            ids = sessions(self.core.vault)
             for sid in ids:
                 if not self.core.unlocked:  # killed or locked meanwhile: the vault is zeroed
                     return
-                for hit in self.core.search(text, [sid]):
+                for hit in search(self.core.vault, text, [sid]):
                     if isinstance(hit, Match):
                         key = f"{hit.session_id}#{hit.record}"
                         table.add_row(*_cells(hit.session_id, str(hit.record), hit.time[:19], hit.role, hit.snippet), key=key)
@@ -142,7 +142,7 @@ class SessionsScreen(Screen):
         if sid is None:
             return
         try:
-            text = markdown_transcript(sid, self.core.read_session(sid))
+            text = markdown_transcript(sid, read_session(self.core.vault, sid))
         except ApplianceError as e:
             self._say(str(e))
             return

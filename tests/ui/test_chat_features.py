@@ -106,7 +106,7 @@ def _records(home, session_id):
 
 
 async def _wait_reply(pilot, screen, replaced=None):
-    await wait_for(pilot, lambda: not screen.replies.busy and screen.last_exchange is not None and screen.last_exchange[1] is not replaced,
+    await wait_for(pilot, lambda: not screen.replies.busy and screen.last_exchange is not None and screen.last_exchange.reply is not replaced,
                    what="the reply")  # fmt: skip
 
 
@@ -120,7 +120,7 @@ async def test_regenerate_replaces_the_last_reply_with_a_new_seed(vault_home, ma
         assert any("no reply to regenerate" in n.message for n in app._notifications)
         await send(pilot, "Name a colour.")
         old = app.core.session.history[-1]["content"]
-        old_view = screen.last_exchange[1]
+        old_view = screen.last_exchange.reply
         await pilot.press("ctrl+r")
         await _wait_reply(pilot, screen, replaced=old_view)
         new = app.core.session.history[-1]["content"]
@@ -154,7 +154,7 @@ async def test_edit_and_resend_replaces_the_last_exchange(vault_home, make_app, 
         assert not screen.editing and prompt.text == "" and len(app.core.session.history) == 2
         await pilot.press("ctrl+l")
         prompt.text = "Name a vegetable."
-        old_view = screen.last_exchange[1]
+        old_view = screen.last_exchange.reply
         await pilot.press("enter")
         await _wait_reply(pilot, screen, replaced=old_view)
         new_reply = app.core.session.history[-1]["content"]

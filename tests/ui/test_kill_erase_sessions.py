@@ -19,7 +19,7 @@ from appliance.ui.modals import EraseScreen
 from appliance.ui.sessions import SessionsScreen
 from appliance.ui.unlock import UnlockScreen
 from appliance.ui.widgets import ChatMessage, StatusBar
-from appliance.utc import parse_precise
+from appliance.utc import MICROSECONDS_FORMAT
 from appliance.vault import Vault
 from appliance.vault.killswitch import pid_path
 
@@ -59,7 +59,7 @@ async def test_kill_mid_reply_locks_and_journals(vault_home, make_app, how):
     assert kill["kind"] == "kill" and kill["wipe"] is False
     # The cut-off reply is journalled once generation has stopped: that moment bounds the stop latency
     # (printed for the record; a shared machine makes it a measurement, not an assertion).
-    stopped = parse_precise(reply["time"]) - pressed
+    stopped = datetime.strptime(reply["time"], MICROSECONDS_FORMAT).replace(tzinfo=timezone.utc) - pressed
     print(f"\nkill ({how}) -> generation stopped and journalled in {stopped.total_seconds() * 1000:.0f} ms")
 
 
