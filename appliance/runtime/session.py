@@ -5,6 +5,10 @@ The CLI and the terminal UI both drive this object. An overlay or a control vect
 (O(1)); at the next prefill the decoder continues that state's own KV sequence,
 reading only what it has not read yet (decoder.py says exactly what), so the next
 reply is what a fresh session entirely in that state would say.
+
+A reply is `generate`: the prompt fitted to the window and journalled by the caller (`on_start`), then
+`tokens`, the decode loop (prefill, sample, step; a generator of the reply's tokens), with the text
+assembled on top from their bytes (`Utf8Text`) and streamed as it comes.
 """
 
 import codecs
