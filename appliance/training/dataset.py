@@ -1,10 +1,14 @@
-"""Training data: JSONL, one conversation per line, each a list of {role, content} messages.
+"""The build station's input files: training data, and prompt files.
 
+Training data: JSONL, one conversation per line, each a list of {role, content} messages.
 Rules, each reported with its line number:
   the line is UTF-8 JSON; the conversation is a non-empty list of objects with
   exactly `role` and `content`; roles are system, user, assistant; content is
   a string; a system message may only come first; at least one assistant turn
   (assistant turns are the training targets).
+
+Prompt files (neutral prompts, preservation prompts, report prompts): UTF-8 text, one prompt a
+line, blank lines skipped; a file with no prompt is refused, whichever command it is given to.
 """
 
 import hashlib
@@ -65,3 +69,15 @@ def load_dataset(path: Path) -> Dataset:
     if not conversations:
         raise DatasetError(f"{path}: no conversations")
     return Dataset(conversations, hashlib.sha256(data).hexdigest(), path)
+
+
+def read_prompts(path: Path) -> list[str]:
+    """The prompts of a prompt file, or `UsageError` (exit 2) if it holds none or is not UTF-8 text."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise UsageError(f"{path}: no prompts")
+    return prompts
