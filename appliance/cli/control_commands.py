@@ -99,12 +99,12 @@ def steer(
 ) -> None:
     """Make a control vector from contrastive PAIRS: mean differences per block, strength set by a KL budget."""
     from ..demo import NEUTRAL_PROMPTS
-    from ..training.dataset import read_prompts
-    from ..training.jobs import steer_vector
-    from ..training.steer import load_pairs
+    from ..training.dataset import load_pairs, read_prompts
 
     contrast = load_pairs(pairs)
     prompts = read_prompts(neutral or NEUTRAL_PROMPTS)
+    from ..training.jobs import steer_vector  # torch: imported once the inputs are read
+
     with resolve_build_base(base_name, passphrase_file) as model:
         vector = steer_vector(model, contrast, prompts, layers, out, budget=budget, max_tokens=max_tokens, device=device,
                               overlay_dir=overlay_dir)  # fmt: skip
@@ -149,12 +149,12 @@ def control_report(
     passphrase_file: Path | None,
 ) -> None:
     """A control vector's sweep of strengths: per-token KL mean/rmse/p95/max and loop rate at each; numbers, plot, page."""
-    from ..training.dataset import read_prompts
-    from ..training.jobs import report_control
-    from ..training.steer import load_pairs
+    from ..training.dataset import load_pairs, read_prompts
 
     lines = read_prompts(prompts)
     pairs = load_pairs(heldout) if heldout is not None else None
+    from ..training.jobs import report_control  # torch: imported once the inputs are read
+
     with resolve_build_base(base_name, passphrase_file) as model:
         metrics = report_control(model, control_dir, lines, out, multiples, max_tokens=max_tokens, sample_seeds=sample_seeds,
                                  heldout=pairs)  # fmt: skip

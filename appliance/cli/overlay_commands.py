@@ -114,10 +114,10 @@ def train(
     if data is None:
         raise UsageError("give --data (conversations to train on) or --heal (a control vector to heal)")
     from ..training.dataset import load_dataset, read_prompts
-    from ..training.trainer import train as run_training
 
     dataset = load_dataset(data)
     prompts = read_prompts(preserve) if preserve else None
+    from ..training.trainer import train as run_training  # torch: imported once the inputs are read
 
     def terms(entry) -> str:
         return f"nll {entry.nll:.3f}  barrier {entry.barrier:.3f}  kl[{cfg.agg}] {entry.kl:.3f}"
@@ -158,12 +158,11 @@ def _heal(
 ) -> None:
     """`train --heal` (training/jobs.py `heal_overlay`)."""
     from ..demo import PRESERVE_PROMPTS
-    from ..training.dataset import read_prompts
-    from ..training.jobs import heal_overlay
-    from ..training.steer import load_pairs
+    from ..training.dataset import load_pairs, read_prompts
 
     contrast = load_pairs(pairs_path)
     neutral = read_prompts(preserve or PRESERVE_PROMPTS)
+    from ..training.jobs import heal_overlay  # torch: imported once the inputs are read
 
     def terms(entry) -> str:
         return f"kl to teacher {entry.nll:.3f}  barrier {entry.barrier:.3f}  kl[{cfg.agg}] {entry.kl:.3f}"
@@ -211,10 +210,11 @@ def report(
 ) -> None:
     """What the overlay does to the model (on vs off), and what it costs in coherence: numbers, plots, one page."""
     from ..training.dataset import load_dataset, read_prompts
-    from ..training.jobs import report_overlay
 
     prompt_lines = read_prompts(prompts)
     dataset = load_dataset(data) if data is not None else None
+    from ..training.jobs import report_overlay  # torch: imported once the inputs are read
+
     with resolve_build_base(base_name, passphrase_file) as model:
         metrics = report_overlay(
             model, overlay_dir, prompt_lines, out, data=dataset, max_tokens=max_tokens, sample_seeds=sample_seeds

@@ -35,11 +35,11 @@ from ..trust.builtin import VerifiedModel
 from .adapter import load_base
 from .choices import TrainConfig
 from .control_report import sweep
-from .dataset import Dataset
+from .dataset import Dataset, Pairs
 from .examples import config_of, preservation_examples, split_examples
 from .heal import HealResult, heal
 from .report import build_report
-from .steer import Pairs, steer
+from .steer import steer
 from .trainer import StepLog
 
 
