@@ -1,8 +1,8 @@
 """Build-station jobs: what `appliance overlay ...` runs, as functions of plain values.
 
 Each job takes the verified base it builds for (the CLI resolves `--base`), its text inputs already
-read (`dataset.read_prompts`, `dataset.load_dataset`, `steer.load_pairs`: bad input is refused before
-a base is opened), the directories of our own files, and where it is long a progress callback. It
+read (`dataset.py`: prompt files, pairs, training data; so bad input is refused before a base is
+opened), the directories of our own files, and where it is long a progress callback. It
 writes its output directory and returns what it measured; it prints nothing. (`trainer.train` is the
 training job itself.)
 
