@@ -138,7 +138,7 @@ def _progress(what: str, steps: int, terms: Callable[["StepLog"], str]) -> Itera
     columns = (
         TextColumn(what),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} {task.fields[terms]}"),
+        TextColumn("{task.completed}/{task.total} {task.fields[terms]}", markup=False),  # kl[rmse] is no markup tag
         TimeRemainingColumn(),
     )
     with Progress(*columns, transient=False) as progress:
