@@ -48,10 +48,9 @@ def prepare(work: Path, max_tokens: int) -> None:
     from appliance.runtime.session import Runtime
     from appliance.training.behaviour import make_probes
     from appliance.training.choices import TrainConfig
-    from appliance.training.dataset import load_dataset
+    from appliance.training.dataset import load_dataset, load_pairs
     from appliance.training.evaluate import replies
     from appliance.training.examples import preservation_examples, split_examples
-    from appliance.training.steer import load_pairs
     from appliance.trust.builtin import embedded_pin, verify_pinned
 
     model = verify_pinned(embedded_pin())

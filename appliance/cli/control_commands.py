@@ -1,26 +1,12 @@
-"""`appliance overlay control-export | control-import | steer`: build-station work on control vectors."""
+"""`appliance overlay control-export | control-import | steer | control-report`: build-station work on control vectors."""
 
 from pathlib import Path
 from typing import Optional
 
 import click
 
+from .build_base import base_option, resolve_build_base
 from .output import say
-from .unlocking import passphrase_option, unlocked
-
-
-def _base():
-    """The embedded base, verified, and its shape: (model, hidden size, block count, architecture)."""
-    from ..runtime.llama import LlamaEngine
-    from ..trust.builtin import embedded_pin, verify_pinned
-
-    model = verify_pinned(embedded_pin())
-    engine = LlamaEngine(model.path, n_ctx=64, n_threads=1)
-    try:
-        return model, engine.n_embd, engine.n_layer, engine.metadata("general.architecture") or ""
-    finally:
-        engine.close()
-
 
 control_dir_option = click.option(
     "--control",
@@ -34,14 +20,13 @@ control_dir_option = click.option(
 @click.command("control-export")
 @control_dir_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The GGUF file to write.")
-def control_export(control_dir: Path, out: Path) -> None:
+@base_option
+def control_export(control_dir: Path, out: Path, base_name: Optional[str], passphrase_file: Optional[Path]) -> None:
     """Write a control vector as llama.cpp's control-vector GGUF (strength applied: load it unscaled)."""
-    from ..overlay.control import load_control_dir
-    from ..overlay.control_gguf import export_gguf
+    from ..training.jobs import export_control
 
-    model, hidden, n_layer, arch = _base()
-    vector = load_control_dir(control_dir, base_sha256=model.sha256, hidden_size=hidden, n_layer=n_layer)
-    export_gguf(vector, out, model_hint=arch)
+    with resolve_build_base(base_name, passphrase_file) as model:
+        vector = export_control(model, control_dir, out)
     say(f"wrote {out}: blocks {', '.join(map(str, vector.layers))} at strength {vector.strength:g}")
 
 
@@ -53,31 +38,15 @@ def control_export(control_dir: Path, out: Path) -> None:
     required=True,
     help="Directory for control.json + control.safetensors.",
 )
-@passphrase_option
-def control_import(gguf_path: Path, out: Path, passphrase_file: Optional[Path]) -> None:
-    """Admit a llama.cpp control-vector GGUF (cvector-generator, repeng) for the active base, as our two files.
+@base_option
+def control_import(gguf_path: Path, out: Path, base_name: Optional[str], passphrase_file: Optional[Path]) -> None:
+    """Admit a llama.cpp control-vector GGUF (cvector-generator, repeng) for the base, as our two files.
 
-    The base's shape is read from its GGUF header (nothing is loaded). Which base is active is sealed in
-    the store, so with a vault the passphrase is asked; without one (a build station) it is the embedded default."""
-    from .. import paths
-    from ..overlay.control import save_control
-    from ..overlay.control_gguf import import_gguf
-    from ..runtime.embeddings import base_shape
-    from ..store.bases import active_model, close_model
-    from ..trust.builtin import embedded_pin, verify_pinned
-    from ..vault import Vault
+    The base's shape is read from its GGUF header (nothing is loaded)."""
+    from ..training.jobs import import_control
 
-    if Vault.state(paths.state_dir()) == "present":
-        with unlocked(passphrase_file) as vault:
-            model = active_model(vault)  # verified; an imported base decrypted into a memfd
-    else:
-        model = verify_pinned(embedded_pin())
-    try:
-        hidden, n_layer = base_shape(model.path)
-    finally:
-        close_model(model)
-    vector = import_gguf(gguf_path, base_sha256=model.sha256, hidden_size=hidden, n_layer=n_layer)
-    save_control(vector, out)
+    with resolve_build_base(base_name, passphrase_file) as model:
+        vector = import_control(model, gguf_path, out)
     say(f"wrote {out}/control.json and {out}/control.safetensors: blocks {', '.join(map(str, vector.layers))}")
 
 
@@ -115,6 +84,7 @@ def _layers(ctx, param, value: str) -> list[int]:
 @click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="Steer the base with this overlay on (a healed one: the next round): the vector is read there and "
                    "its strength calibrated against it (docs/steering.md).")  # fmt: skip
+@base_option
 def steer(
     pairs: Path,
     out: Path,
@@ -124,35 +94,20 @@ def steer(
     max_tokens: int,
     device: str,
     overlay_dir: Path | None,
+    base_name: str | None,
+    passphrase_file: Path | None,
 ) -> None:
     """Make a control vector from contrastive PAIRS: mean differences per block, strength set by a KL budget."""
-    import hashlib
-    from importlib.resources import files
-
-    from ..errors import UsageError
-    from ..overlay.control import save_control
-    from ..training.steer import load_pairs
-    from ..training.steer import steer as make_vector
-    from ..trust.builtin import embedded_pin, verify_pinned
+    from ..demo import NEUTRAL_PROMPTS
+    from ..training.dataset import load_pairs, read_prompts
 
     contrast = load_pairs(pairs)
-    text = neutral.read_text(encoding="utf-8") if neutral else (files("appliance.demo") / "neutral-prompts.txt").read_text()
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise UsageError(f"{neutral}: no prompts")
-    model = verify_pinned(embedded_pin())
-    params, digests = None, None
-    if overlay_dir is not None:
-        from ..overlay.files import JSON_NAME, TENSORS_NAME, load_overlay_dir
-        from ..runtime.embeddings import EmbeddingTable
+    prompts = read_prompts(neutral or NEUTRAL_PROMPTS)
+    from ..training.jobs import steer_vector  # torch: imported once the inputs are read
 
-        params = load_overlay_dir(overlay_dir, base_sha256=model.sha256, hidden_size=EmbeddingTable(model.path).n_embd).params
-        digests = {
-            f"{name}_sha256": hashlib.sha256((overlay_dir / name).read_bytes()).hexdigest() for name in (JSON_NAME, TENSORS_NAME)
-        }
-    vector = make_vector(model, contrast, prompts, layers, budget=budget, max_tokens=max_tokens, device=device,
-                         overlay=params, overlay_sha256=digests)  # fmt: skip
-    save_control(vector, out)
+    with resolve_build_base(base_name, passphrase_file) as model:
+        vector = steer_vector(model, contrast, prompts, layers, out, budget=budget, max_tokens=max_tokens, device=device,
+                              overlay_dir=overlay_dir)  # fmt: skip
     achieved = vector.provenance["calibration"]["achieved"]
     say(f"wrote {out}/control.json and {out}/control.safetensors: blocks {', '.join(map(str, vector.layers))}")
     say(f"strength {vector.strength:.4g}: p95 per-token KL on {len(prompts)} neutral prompts {achieved:.3f} (budget {budget:g})")
@@ -181,6 +136,7 @@ def _multiples(ctx, param, value: str) -> tuple[float, ...]:
 @click.option("--heldout", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Held-out contrastive pairs of the concept (JSONL, as for steer): adds the behaviour score, 0 the base, "
                    "1 the base told by the positive system prompt (docs/steering.md).")  # fmt: skip
+@base_option
 def control_report(
     control_dir: Path,
     prompts: Path,
@@ -189,20 +145,19 @@ def control_report(
     max_tokens: int,
     sample_seeds: int,
     heldout: Path | None,
+    base_name: str | None,
+    passphrase_file: Path | None,
 ) -> None:
     """A control vector's sweep of strengths: per-token KL mean/rmse/p95/max and loop rate at each; numbers, plot, page."""
-    from ..errors import UsageError
-    from ..overlay.control import load_control_dir
-    from ..training.control_report import sweep
-    from ..training.steer import load_pairs
+    from ..training.dataset import load_pairs, read_prompts
 
-    model, hidden, n_layer, _ = _base()
-    vector = load_control_dir(control_dir, base_sha256=model.sha256, hidden_size=hidden, n_layer=n_layer)
-    lines = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
-        raise UsageError(f"{prompts}: no prompts")
+    lines = read_prompts(prompts)
     pairs = load_pairs(heldout) if heldout is not None else None
-    metrics = sweep(model, vector, lines, out, multiples, max_tokens=max_tokens, sample_seeds=sample_seeds, heldout=pairs)
+    from ..training.jobs import report_control  # torch: imported once the inputs are read
+
+    with resolve_build_base(base_name, passphrase_file) as model:
+        metrics = report_control(model, control_dir, lines, out, multiples, max_tokens=max_tokens, sample_seeds=sample_seeds,
+                                 heldout=pairs)  # fmt: skip
     say(f"wrote {out}/report.md")
     for r in metrics["sweep"]:
         kl, greedy = r["kl"], r["loop_rate"]["greedy"]

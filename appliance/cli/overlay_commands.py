@@ -1,13 +1,19 @@
 """`appliance overlay ...`: build-station work on overlays (training)."""
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..overlay.params import ACTIVATIONS
 from ..training.choices import AGGREGATES, PRECISIONS, TrainConfig
+from .build_base import base_option, resolve_build_base
 from .output import say
-from .unlocking import passphrase_option, unlocked
+
+if TYPE_CHECKING:
+    from ..training.trainer import StepLog  # torch: the CLI starts without it
 
 RECIPE = TrainConfig()  # the options' defaults: one place, torch-free
 
@@ -75,13 +81,7 @@ def _delays(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--init", "init_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="With --heal: start from this overlay (the last round's healed one); the teacher is the base with it on, "
                    "steered by the vector (docs/steering.md).")  # fmt: skip
-@click.option(
-    "--base",
-    "base_name",
-    default=None,
-    help="An installed base model to train for (decrypted into memory and verified; needs the passphrase). Default: embedded.",
-)
-@passphrase_option
+@base_option
 def train(
     data: Path | None,
     out: Path,
@@ -95,11 +95,7 @@ def train(
     **options,
 ) -> None:
     """Train an overlay on DATA, or heal a control vector into one (--heal); progress shows both loss terms."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from ..errors import UsageError
-    from ..training.dataset import load_dataset
-    from ..training.trainer import train as run_training
 
     if data is not None and heal_dir is not None:
         raise UsageError("give either --data (train on conversations) or --heal (heal a control vector), not both")
@@ -113,28 +109,20 @@ def train(
             raise UsageError("--heal needs --pairs: the concept's prompts")
         if resume:
             raise UsageError("--resume is for training on --data; a heal is short, run it again")
-        _heal(heal_dir, pairs, out, preserve, _base_model(base_name, passphrase_file), cfg, init_dir)
+        _heal(heal_dir, pairs, out, preserve, cfg, init_dir, base_name, passphrase_file)
         return
     if data is None:
         raise UsageError("give --data (conversations to train on) or --heal (a control vector to heal)")
+    from ..training.dataset import load_dataset, read_prompts
+
     dataset = load_dataset(data)
-    model = _base_model(base_name, passphrase_file)
-    columns = (
-        TextColumn("training"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} {task.fields[terms]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task("train", total=cfg.steps, terms="")
+    prompts = read_prompts(preserve) if preserve else None
+    from ..training.trainer import train as run_training  # torch: imported once the inputs are read
 
-        def on_step(entry) -> None:
-            terms = f"nll {entry.nll:.3f}  barrier {entry.barrier:.3f}  kl[{cfg.agg}] {entry.kl:.3f}"
-            progress.update(task, completed=entry.step, terms=terms)
+    def terms(entry) -> str:
+        return f"nll {entry.nll:.3f}  barrier {entry.barrier:.3f}  kl[{cfg.agg}] {entry.kl:.3f}"
 
-        prompts = (
-            [line.strip() for line in preserve.read_text(encoding="utf-8").splitlines() if line.strip()] if preserve else None
-        )
+    with resolve_build_base(base_name, passphrase_file) as model, _progress("training", cfg.steps, terms) as on_step:
         result = run_training(model, dataset, cfg, out, on_step=on_step, resume=resume, preserve_prompts=prompts)
     say(f"wrote {out}/overlay.json and {out}/overlay.safetensors")
     if result.heldout_nll_on is not None:
@@ -142,75 +130,47 @@ def train(
     say(f"training speed: {result.tokens_per_second:.0f} tokens/s on {cfg.device}")
 
 
+@contextmanager
+def _progress(what: str, steps: int, terms: Callable[["StepLog"], str]) -> Iterator[Callable[["StepLog"], None]]:
+    """A progress bar over a job's steps; yields the job's `on_step`, which shows `terms(entry)` at each."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn(what),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} {task.fields[terms]}", markup=False),  # kl[rmse] is no markup tag
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(what, total=steps, terms="")
+        yield lambda entry: progress.update(task, completed=entry.step, terms=terms(entry))
+
+
 def _heal(
-    control_dir: Path, pairs_path: Path, out: Path, preserve: Path | None, model, cfg: TrainConfig, init_dir: Path | None
+    control_dir: Path,
+    pairs_path: Path,
+    out: Path,
+    preserve: Path | None,
+    cfg: TrainConfig,
+    init_dir: Path | None,
+    base_name: str | None,
+    passphrase_file: Path | None,
 ) -> None:
-    """`train --heal`: the steered base (with `init_dir`'s overlay on, if given) is the teacher, the overlay the
-    student, starting from `init_dir`'s (training/heal.py)."""
-    import hashlib
-    from dataclasses import replace
-
-    from rich.progress import BarColumn, Progress, TextColumn
-
+    """`train --heal` (training/jobs.py `heal_overlay`)."""
     from ..demo import PRESERVE_PROMPTS
-    from ..errors import UsageError
-    from ..overlay.control import load_control_dir
-    from ..overlay.files import TENSORS_NAME, load_overlay_dir, save_overlay
-    from ..runtime.session import Runtime
-    from ..training.adapter import load_base
-    from ..training.examples import preservation_examples
-    from ..training.heal import heal
-    from ..training.steer import load_pairs
+    from ..training.dataset import load_pairs, read_prompts
 
     contrast = load_pairs(pairs_path)
-    runtime = Runtime(model, n_ctx=2048)
-    try:
-        engine = runtime.engine
-        vector = load_control_dir(control_dir, base_sha256=model.sha256, hidden_size=engine.n_embd, n_layer=engine.n_layer)
-        # bound to the same base as the vector, or refused before anything is computed or written
-        init, init_sha256 = None, None
-        if init_dir is not None:
-            init = load_overlay_dir(init_dir, base_sha256=model.sha256, hidden_size=engine.n_embd)
-            init_sha256 = hashlib.sha256((init_dir / TENSORS_NAME).read_bytes()).hexdigest()
-        render = runtime.template.render
-        prompts = [engine.tokenize(render([m for m in p.positive if m["role"] != "system"])) for p in contrast.pairs]
-        ends = {t for t in range(engine.n_vocab) if engine.is_end_of_generation(t)}
-    finally:
-        runtime.close()
-    text = (preserve or PRESERVE_PROMPTS).read_text(encoding="utf-8")
-    neutral = [line.strip() for line in text.splitlines() if line.strip()]
-    if not neutral:
-        raise UsageError(f"{preserve}: no prompts")
-    kept = preservation_examples(model, neutral)
-    if init is not None:  # the student has the init's shape: the recorded recipe says so
-        p = init.params
-        cfg = replace(cfg, rank=p.rank, delays=tuple(p.delays), alpha=p.alpha, activation=p.activation)
-    base = load_base(model, cfg.device)
-    columns = (TextColumn("healing"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[terms]}"))
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task("heal", total=cfg.steps, terms="")
+    neutral = read_prompts(preserve or PRESERVE_PROMPTS)
+    from ..training.jobs import heal_overlay  # torch: imported once the inputs are read
 
-        def on_step(entry) -> None:
-            terms = f"kl to teacher {entry.nll:.3f}  barrier {entry.barrier:.3f}  kl[{cfg.agg}] {entry.kl:.3f}"
-            progress.update(task, completed=entry.step, terms=terms)
+    def terms(entry) -> str:
+        return f"kl to teacher {entry.nll:.3f}  barrier {entry.barrier:.3f}  kl[{cfg.agg}] {entry.kl:.3f}"
 
-        result = heal(base, vector, prompts, kept, cfg, ends.__contains__, init=init.params if init else None,
-                      init_sha256=init_sha256, on_step=on_step)  # fmt: skip
-    save_overlay(result.overlay, out)
+    with resolve_build_base(base_name, passphrase_file) as model, _progress("healing", cfg.steps, terms) as on_step:
+        result = heal_overlay(model, control_dir, contrast, neutral, cfg, out, init_dir, on_step=on_step)
     say(f"wrote {out}/overlay.json and {out}/overlay.safetensors")
     say(f"KL(teacher || overlay) per position on the concept: {result.kl_before:.4f} before, {result.kl_after:.4f} after")
-
-
-def _base_model(name: str | None, passphrase_file: Path | None):
-    """The base to train for: the embedded default, or installed base NAME decrypted into a memfd (the
-    trainer gets its /proc/self/fd path, as llama.cpp does) and verified against its accepted manifest."""
-    from ..store.bases import EMBEDDED, open_model
-    from ..trust.builtin import embedded_pin, verify_pinned
-
-    if name is None or name == EMBEDDED:
-        return verify_pinned(embedded_pin())
-    with unlocked(passphrase_file) as vault:  # the data key is needed only for the decryption
-        return open_model(vault, name)
 
 
 @overlay.command()
@@ -237,27 +197,28 @@ def _base_model(name: str | None, passphrase_file: Path | None):
 @click.option("--max-tokens", type=click.IntRange(8, 1024), default=96, show_default=True)
 @click.option("--sample-seeds", type=click.IntRange(0, 16), default=2, show_default=True,
               help="Also measure loops on replies from the chat's default sampler, with this many seeds (0: greedy only).")  # fmt: skip
-def report(overlay_dir: Path, prompts: Path, out: Path, data: Path | None, max_tokens: int, sample_seeds: int) -> None:
+@base_option
+def report(
+    overlay_dir: Path,
+    prompts: Path,
+    out: Path,
+    data: Path | None,
+    max_tokens: int,
+    sample_seeds: int,
+    base_name: str | None,
+    passphrase_file: Path | None,
+) -> None:
     """What the overlay does to the model (on vs off), and what it costs in coherence: numbers, plots, one page."""
-    from ..errors import UsageError
-    from ..overlay.files import load_overlay_dir
-    from ..runtime.embeddings import EmbeddingTable
-    from ..training.dataset import load_dataset
-    from ..training.examples import config_of, split_examples
-    from ..training.report import build_report
-    from ..trust.builtin import embedded_pin, verify_pinned
+    from ..training.dataset import load_dataset, read_prompts
 
-    model = verify_pinned(embedded_pin())
-    overlay_files = load_overlay_dir(overlay_dir, base_sha256=model.sha256, hidden_size=EmbeddingTable(model.path).n_embd)
-    prompt_lines = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompt_lines:
-        raise UsageError(f"{prompts}: no prompts")
-    heldout = None
-    if data is not None:
-        heldout, _ = split_examples(model, load_dataset(data), config_of(overlay_files))
-    metrics = build_report(
-        model, overlay_files, prompt_lines, out, heldout=heldout, max_tokens=max_tokens, sample_seeds=sample_seeds
-    )
+    prompt_lines = read_prompts(prompts)
+    dataset = load_dataset(data) if data is not None else None
+    from ..training.jobs import report_overlay  # torch: imported once the inputs are read
+
+    with resolve_build_base(base_name, passphrase_file) as model:
+        metrics = report_overlay(
+            model, overlay_dir, prompt_lines, out, data=dataset, max_tokens=max_tokens, sample_seeds=sample_seeds
+        )
     kl = metrics["kl"]
     say(f"wrote {out}/report.md")
     say(f"KL per position: mean {kl['mean']:.3f} rmse {kl['rmse']:.3f} p95 {kl['p95']:.3f} max {kl['max']:.3f}")

@@ -26,7 +26,7 @@ from ..errors import UsageError
 
 if TYPE_CHECKING:
     from ..runtime.session import Runtime
-    from .steer import Pairs
+    from .dataset import Pairs
 
 LogitsFn = Callable[[list[int]], torch.Tensor]  # token ids (T,) -> logits (T, V)
 

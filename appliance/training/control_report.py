@@ -28,7 +28,7 @@ from .objective import per_position_kl
 from .steer import Steering, logits
 
 if TYPE_CHECKING:
-    from .steer import Pairs
+    from .dataset import Pairs
 
 DEFAULT_MULTIPLES = (0.5, 1.0, 1.5, 2.0, 3.0)
 

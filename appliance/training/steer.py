@@ -1,11 +1,10 @@
 """Steering vectors: contrastive mean differences per block, and a strength set by a KL budget.
 
-  load_pairs     JSONL of contrastive pairs: a positive and a negative conversation with the same user turns
   Steering       adds strength * direction.L to the output of block L at every position (torch forward hooks)
   mean_differences  direction.L = mean over pairs of (h_L(positive) - h_L(negative)), h_L the output of
                  block L at the position where the reply starts (the last prompt token)
   calibrate      bisects the strength until the p95 per-token KL(steered || base) equals the budget
-  steer          all of it, from the verified base to a `ControlVector`
+  steer          all of it, from the verified base and the pairs (`dataset.load_pairs`) to a `ControlVector`
 
 Block indices are 0-based and a vector read at block L is written as `direction.L` and added at block L:
 llama.cpp's `llama_set_adapter_cvec` adds `direction.L` to the output of block L too (block 0 is never
@@ -18,11 +17,8 @@ bisection converges; what the steered model says of its own accord is the report
 """
 
 import hashlib
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
@@ -30,7 +26,7 @@ import torch
 
 from ..errors import UsageError
 from ..overlay.control import MAX_STRENGTH, ControlVector
-from .dataset import ROLES, DatasetError
+from .dataset import Pairs
 from .objective import per_position_kl
 
 if TYPE_CHECKING:
@@ -40,66 +36,6 @@ if TYPE_CHECKING:
 
 DEFAULT_BUDGET = 1.0  # nats, p95 of the per-token KL on neutral prompts
 STATISTIC = "p95"
-
-
-@dataclass(frozen=True)
-class ContrastPair:
-    positive: list[dict]  # messages ending with a user turn
-    negative: list[dict]  # the same user turns, another system prompt or example
-
-
-@dataclass(frozen=True)
-class Pairs:
-    pairs: list[ContrastPair]
-    sha256: str
-
-
-# -- the pairs file --------------------------------------------------------------
-
-
-def _check_side(side, where: str, name: str) -> None:
-    if not isinstance(side, list) or not side:
-        raise DatasetError(f"{where}: {name} must be a non-empty list of messages")
-    for i, msg in enumerate(side):
-        if not isinstance(msg, dict) or set(msg) != {"role", "content"} or not isinstance(msg["content"], str):
-            raise DatasetError(f"{where}: {name} message {i + 1} must be an object with exactly 'role' and string 'content'")
-        if msg["role"] not in ROLES:
-            raise DatasetError(f"{where}: {name} message {i + 1} has unknown role {msg['role']!r} (use {', '.join(ROLES)})")
-        if msg["role"] == "system" and i > 0:
-            raise DatasetError(f"{where}: {name} message {i + 1}: a system message may only come first")
-    if side[-1]["role"] != "user":
-        raise DatasetError(f"{where}: {name} must end with a user turn (the reply starts after it)")
-
-
-def _user_turns(side: list[dict]) -> list[str]:
-    return [m["content"] for m in side if m["role"] == "user"]
-
-
-def load_pairs(path: Path) -> Pairs:
-    """One JSON object a line: {"positive": [messages], "negative": [messages]}, the same user turns in both."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read ({e.strerror})") from None
-    pairs = []
-    for n, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DatasetError(f"{where}: not valid UTF-8 JSON ({e})") from None
-        if not isinstance(obj, dict) or set(obj) != {"positive", "negative"}:
-            raise DatasetError(f"{where}: a pair must be an object with exactly 'positive' and 'negative'")
-        _check_side(obj["positive"], where, "positive")
-        _check_side(obj["negative"], where, "negative")
-        if _user_turns(obj["positive"]) != _user_turns(obj["negative"]):
-            raise DatasetError(f"{where}: positive and negative must have the same user turns")
-        pairs.append(ContrastPair(obj["positive"], obj["negative"]))
-    if not pairs:
-        raise DatasetError(f"{path}: no pairs")
-    return Pairs(pairs, hashlib.sha256(data).hexdigest())
 
 
 # -- steering in torch -------------------------------------------------------------

@@ -8,7 +8,8 @@ import torch
 
 from appliance.overlay.control import ControlVector
 from appliance.training.behaviour import make_probes, scale, score
-from appliance.training.steer import Steering, load_pairs, logits, mean_differences
+from appliance.training.dataset import load_pairs
+from appliance.training.steer import Steering, logits, mean_differences
 
 TERSE = "You are a terse radio operator. Answer in clipped radio speech and end every answer with 'over'."
 PLAIN = "You are a helpful assistant."

@@ -11,9 +11,9 @@ from appliance.errors import UsageError
 from appliance.overlay.control import ControlVector, load_control_dir
 from appliance.runtime.llama import LlamaEngine
 from appliance.training.adapter import load_base
-from appliance.training.dataset import DatasetError
+from appliance.training.dataset import DatasetError, load_pairs
 from appliance.training.objective import per_position_kl
-from appliance.training.steer import KLMeter, Steering, calibrate, load_pairs, logits, mean_differences, steer
+from appliance.training.steer import KLMeter, Steering, calibrate, logits, mean_differences, steer
 
 TERSE = "You are a terse radio operator. Answer in clipped radio speech and end every answer with 'over'."
 PLAIN = "You are a helpful assistant."

@@ -407,21 +407,28 @@ def test_a_base_is_decrypted_into_a_sealed_memfd_never_a_file(tmp_path):
     sealing.zeroize()
 
 
-def test_overlay_train_base_hands_the_trainer_the_verified_installed_base(ghome):
-    """`overlay train --base NAME`: the trainer gets a VerifiedModel whose path is the decrypted memfd."""
-    from appliance.cli.overlay_commands import _base_model
+def test_build_base_is_the_named_or_the_active_base_verified_and_closed_after(ghome, capsys):
+    """`--base NAME` of every build command: an installed base is its decrypted memfd (closed after the job),
+    `embedded` the pinned default, no NAME the active base; each is said on stdout."""
+    from appliance.cli.build_base import resolve_build_base
     from appliance.errors import NotFound
-    from appliance.store.bases import close_model
 
-    model = _base_model(GEMMA, None)
-    try:
+    with resolve_build_base(GEMMA, None) as model:
         assert (model.name, model.sha256, model.signers != ()) == (GEMMA, GEMMA_SHA, True)
         assert str(model.path).startswith("/proc/self/fd/") and model.path.stat().st_size == 253_113_024
-    finally:
-        close_model(model)
-    assert _base_model("embedded", None).sha256 == embedded_pin().sha256
+    with pytest.raises(OSError):
+        os.fstat(model.fd)
+    assert f"base: {GEMMA} v1 (signed by " in capsys.readouterr().out
+    for name in ("embedded", None):  # embedded is the active base here
+        with resolve_build_base(name, None) as model:
+            assert model.sha256 == embedded_pin().sha256
+        assert capsys.readouterr().out.startswith(f"base: embedded ({embedded_pin().name} v")
+    ok("base", "use", GEMMA)
+    with resolve_build_base(None, None) as model:
+        assert model.sha256 == GEMMA_SHA
     with pytest.raises(NotFound):
-        _base_model("no-such-base", None)
+        with resolve_build_base("no-such-base", None):
+            pass
 
 
 def _gguf_header(version: int, n_tensors: int, n_kv: int) -> bytes:
@@ -475,7 +482,9 @@ def test_each_base_remembers_its_overlay(ghome, keys, tmp_path):
 def test_control_import_reads_the_active_bases_shape_from_its_header(ghome, tmp_path):
     """`overlay control-import` binds to the active base (Gemma here, decrypted into a memfd, never loaded):
     a vector of Gemma's shape (640 wide, blocks 1..17) is admitted for Gemma's SHA-256; one of SmolLM2's
-    shape (576 wide) is refused (exit 3) and writes nothing."""
+    shape (576 wide) is refused (exit 3) and writes nothing; with `--base embedded` it is the one admitted."""
+    from gguf import GGUFReader
+
     from appliance.overlay.control import ControlVector
     from appliance.overlay.control_gguf import export_gguf
 
@@ -483,7 +492,8 @@ def test_control_import_reads_the_active_bases_shape_from_its_header(ghome, tmp_
     rng = np.random.default_rng(7)
     gemma_cv = ControlVector({n: rng.standard_normal(640).astype(np.float32) for n in (3, 17)}, 1.0, GEMMA_SHA)
     export_gguf(gemma_cv, tmp_path / "gemma.gguf", model_hint="gemma3")
-    ok("overlay", "control-import", "--gguf", str(tmp_path / "gemma.gguf"), "--out", str(tmp_path / "cv"))
+    said = ok("overlay", "control-import", "--gguf", str(tmp_path / "gemma.gguf"), "--out", str(tmp_path / "cv"))
+    assert said.startswith(f"base: {GEMMA} v1 (signed by ")
     meta = json.loads((tmp_path / "cv" / "control.json").read_text())
     assert (meta["base_model_sha256"], meta["hidden_size"], meta["layers"]) == (GEMMA_SHA, 640, [3, 17])
 
@@ -492,6 +502,19 @@ def test_control_import_reads_the_active_bases_shape_from_its_header(ghome, tmp_
     r = appliance("overlay", "control-import", "--gguf", str(tmp_path / "smol.gguf"), "--out", str(tmp_path / "never"))
     error_line(r, 3, "binding-mismatch")
     assert not (tmp_path / "never").exists()
+
+    # --base NAME binds to that base instead: the SmolLM2-shaped vector is admitted for the embedded one and
+    # exported for it (its model hint SmolLM2's architecture); the Gemma vector is refused for it.
+    embedded = ("--base", "embedded")
+    said = ok("overlay", "control-import", "--gguf", str(tmp_path / "smol.gguf"), "--out", str(tmp_path / "smol"), *embedded)
+    assert said.startswith("base: embedded (")
+    assert json.loads((tmp_path / "smol" / "control.json").read_text())["base_model_sha256"] == embedded_pin().sha256
+    ok("overlay", "control-export", "--control", str(tmp_path / "smol"), "--out", str(tmp_path / "back.gguf"), *embedded)
+    hint = GGUFReader(tmp_path / "back.gguf").get_field("controlvector.model_hint")
+    assert hint is not None and hint.contents() == "llama"
+    r = appliance("overlay", "control-export", "--control", str(tmp_path / "cv"), "--out", str(tmp_path / "x.gguf"), *embedded)
+    error_line(r, 3, "binding-mismatch")
+    assert not (tmp_path / "x.gguf").exists()
 
 
 def test_a_control_vector_binds_to_the_imported_bases_block_count(ghome, keys, tmp_path):
