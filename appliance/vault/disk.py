@@ -49,6 +49,11 @@ def vault_lock(home: Path) -> Iterator[None]:
 
 
 def load_json(path: Path, error: type[Exception]) -> dict:
+    return json_object(read_bounded(path, error), error, str(path))
+
+
+def read_bounded(path: Path, error: type[Exception]) -> bytes:
+    """The bytes of a vault file, at most `MAX_VAULT_FILE`; missing, unreadable or larger raise `error`."""
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_VAULT_FILE + 1)
@@ -58,7 +63,7 @@ def load_json(path: Path, error: type[Exception]) -> dict:
         raise error(f"{path}: unreadable: {e.strerror}") from None
     if len(raw) > MAX_VAULT_FILE:
         raise error(f"{path}: larger than {MAX_VAULT_FILE} bytes")
-    return json_object(raw, error, str(path))
+    return raw
 
 
 def json_object(raw: bytes, error: type[Exception], what: str) -> dict:

@@ -23,6 +23,7 @@ Rules:
 - Paths (a data key's ciphertext files, a sealed file's digests) are relative to the state dir.
 """
 
+import copy
 import re
 from dataclasses import dataclass, field
 
@@ -73,6 +74,13 @@ class SlotTable:
         if key_id in self.erased:
             raise Erased(f"{key_id} was crypto-erased at {self.erased[key_id]}: its data key is gone")
         raise NotFound(f"no such key id in the vault: {key_id}")
+
+    def copy(self) -> "SlotTable":
+        """A table to change (`Vault._table`) while the one read stays as it was: a failed change leaves it whole."""
+        return SlotTable(
+            self.generation, self.written, dict(self.slots), dict(self.erased), dict(self.heads),
+            copy.deepcopy(self.settings), dict(self.files),
+        )  # fmt: skip
 
     def to_json(self) -> dict:
         return {

@@ -8,7 +8,10 @@
 
 Rules:
 - Every table change is read-modify-write under the exclusive vault lock (`disk.vault_lock`), so
-  two appliance processes never lose each other's keys or heads; the table is read again per call.
+  two appliance processes never lose each other's keys or heads.
+- The table is opened once and kept (`_view`) while vault.json is the file it was read from, or
+  the one this `Vault` wrote last (`vault_file.unchanged`): a command that reads many sessions
+  decrypts the table once, and still sees at its next call a vault another process wrote.
 - Every write raises the generation by one. A `Vault` remembers the highest it has seen and
   refuses a lower one (`VaultRolledBack`, exit 3): an older copy of the vault put back while the
   appliance runs is caught at its next read. A copy put back between two runs is caught only by
@@ -22,6 +25,7 @@ Rules:
   older format (`upgrades`), once.
 """
 
+import copy
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,17 +39,18 @@ from .aead import KEY_BYTES, random_key, zeroize
 from .disk import vault_dir, vault_lock
 from .errors import NoVault, VaultCorrupt, VaultErased, VaultRolledBack
 from .slots import KEY_ID, Head, Slot, SlotTable
-from .vault_file import load, new_kek, open_kek, store, unwrap_data_key, wrap_data_key, write_tombstone
+from .vault_file import Opened, load, new_kek, open_kek, store, unchanged, unwrap_data_key, wrap_data_key, write_tombstone
 
 
 class Vault:
-    """An unlocked vault: holds the KEK (zeroed by `zeroize`, or on leaving a `with` block) and reads the table per call."""
+    """An unlocked vault: holds the KEK (zeroed by `zeroize`, or on leaving a `with` block) and the table it last opened."""
 
     def __init__(self, home: Path, kek: bytearray, salt: object):
         self.home = home
         self._kek = kek
         self._salt = salt  # the KDF salt of the file this KEK opens
         self._seen = 0  # the highest generation read or written by this process
+        self._view: Opened | None = None  # vault.json as last read or written here; never changed in place
 
     # -- whole-vault operations ----------------------------------------------------
 
@@ -120,7 +125,8 @@ class Vault:
         try:
             with vault_lock(home):
                 upgrades.remove_leftovers(home)
-                doc, table = vault._load()
+                doc, read = vault._load()
+                table = read.copy()
                 for key_id, slot in table.slots.items():
                     key = unwrap_data_key(vault._kek, key_id, slot.key)
                     try:
@@ -151,6 +157,7 @@ class Vault:
 
     def zeroize(self) -> None:
         zeroize(self._kek)
+        self._view = None
 
     def __enter__(self) -> "Vault":
         return self
@@ -235,7 +242,7 @@ class Vault:
     # -- settings sealed with the keys (so changing them needs the passphrase) -----------
 
     def setting(self, name: str, default=None):
-        return self._read_table().settings.get(name, default)
+        return copy.deepcopy(self._read_table().settings.get(name, default))
 
     def set_setting(self, name: str, value) -> None:
         with self._table() as table:
@@ -271,16 +278,20 @@ class Vault:
         return self._load()[1]
 
     def _load(self) -> tuple[dict, SlotTable]:
-        doc, table = load(self.home, self._kek, self._salt)
-        if table.generation < self._seen:
-            raise VaultRolledBack(table.generation, self._seen, "this appliance has already seen")
-        self._seen = table.generation
-        return doc, table
+        """The file and its table: the view kept while vault.json is unchanged, else read and opened again."""
+        if self._view is None or not unchanged(self.home, self._view.mark):
+            self._view = None
+            opened = load(self.home, self._kek, self._salt)
+            if opened.table.generation < self._seen:
+                raise VaultRolledBack(opened.table.generation, self._seen, "this appliance has already seen")
+            self._view, self._seen = opened, opened.table.generation
+        return self._view.doc, self._view.table
 
     def _write(self, kdf: dict, created: str, table: SlotTable) -> None:
         """Seal `table` as the next generation (the caller holds the lock)."""
         table.generation, table.written = table.generation + 1, now_text()
-        store(self.home, self._kek, kdf, created, table)
+        self._view = None  # a write that fails leaves the file unknown: the next call reads it
+        self._view = store(self.home, self._kek, kdf, created, table)
         self._salt, self._seen = kdf["salt"], table.generation
 
     @contextmanager
@@ -289,5 +300,6 @@ class Vault:
         with vault_lock(self.home):
             upgrades.remove_leftovers(self.home)
             doc, table = self._load()
+            table = table.copy()
             yield table
             self._write(doc["kdf"], str(doc.get("created")), table)
