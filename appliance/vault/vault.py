@@ -5,6 +5,7 @@
     master     --AES-256-GCM--> key-slot table (`SlotTable`)          vault.json "table"
     KEK        --AES-256-GCM--> one data key per key id, kept wrapped in the table
     table      --> journal heads, sealed settings, sealed file digests, the generation
+    master     --HKDF--> heads key --AES-256-GCM--> the heads moved since      heads.json (`heads_file`)
 
 Rules:
 - Every table change is read-modify-write under the exclusive vault lock (`disk.vault_lock`), so
@@ -12,7 +13,10 @@ Rules:
 - The table is opened once and kept (`_view`) while vault.json is the file it was read from, or
   the one this `Vault` wrote last (`vault_file.unchanged`): a command that reads many sessions
   decrypts the table once, and still sees at its next call a vault another process wrote.
-- Every write raises the generation by one. A `Vault` remembers the highest it has seen and
+- A journal append moves its session's head in heads.json (`heads_file`), whose size is that of the
+  sessions appended to since vault.json was written, not of the journal: every other change
+  rewrites vault.json, which first takes those heads into its table.
+- Every write raises the generation by one (of heads.json too). A `Vault` remembers the highest it has seen and
   refuses a lower one (`VaultRolledBack`, exit 3): an older copy of the vault put back while the
   appliance runs is caught at its next read. A copy put back between two runs is caught only by
   comparing the generation with one noted outside the machine (`generation`, docs/procedures.md).
@@ -34,12 +38,24 @@ from pathlib import Path
 from ..errors import NotFound, Refused
 from ..fsutil import discard, fsync_dir
 from ..utc import now_text
-from . import upgrades
+from . import heads_file, upgrades
 from .aead import KEY_BYTES, random_key, zeroize
 from .disk import vault_dir, vault_lock
 from .errors import NoVault, VaultCorrupt, VaultErased, VaultRolledBack
+from .heads_file import MovedHeads
 from .slots import KEY_ID, Head, Slot, SlotTable
-from .vault_file import Opened, load, new_kek, open_kek, store, unchanged, unwrap_data_key, wrap_data_key, write_tombstone
+from .vault_file import (
+    Opened,
+    load,
+    new_kek,
+    open_kek,
+    store,
+    unchanged,
+    unwrap_data_key,
+    unwrap_master,
+    wrap_data_key,
+    write_tombstone,
+)
 
 
 class Vault:
@@ -51,6 +67,8 @@ class Vault:
         self._salt = salt  # the KDF salt of the file this KEK opens
         self._seen = 0  # the highest generation read or written by this process
         self._view: Opened | None = None  # vault.json as last read or written here; never changed in place
+        # heads.json as last read or written beside that view: (the view, its bytes, its heads; None where none count)
+        self._moved: tuple[Opened, bytes | None, MovedHeads | None] | None = None
 
     # -- whole-vault operations ----------------------------------------------------
 
@@ -87,6 +105,7 @@ class Vault:
         vault = cls(home, kek, kdf["salt"])
         try:
             with vault_lock(home):
+                heads_file.remove(home)  # an erased vault's: its base may name the generation the new one starts at
                 vault._write(kdf, now_text(), SlotTable())
                 upgrades.remove_leftovers(home)  # an erased format-1 vault's tombstone
         except BaseException:
@@ -105,7 +124,7 @@ class Vault:
             salt = doc["kdf"]["salt"]
         vault = cls(home, kek, salt)
         try:
-            vault._read_table()
+            vault._state()
         except BaseException:
             vault.zeroize()
             raise
@@ -125,8 +144,7 @@ class Vault:
         try:
             with vault_lock(home):
                 upgrades.remove_leftovers(home)
-                doc, read = vault._load()
-                table = read.copy()
+                doc, table = vault._merged()
                 for key_id, slot in table.slots.items():
                     key = unwrap_data_key(vault._kek, key_id, slot.key)
                     try:
@@ -146,18 +164,19 @@ class Vault:
             raise NotFound(f"no vault in {home}")
         with vault_lock(home):  # waits out a write in flight, and clears the copies interrupted ones left
             when = write_tombstone(home)
+            heads_file.remove(home)
             upgrades.remove_leftovers(home)
             fsync_dir(vault_dir(home))
         return when
 
     def generation(self) -> tuple[int, str]:
-        """How many times the vault file was written, and when it was last: what the operator notes offline."""
-        table = self._read_table()
-        return table.generation, table.written
+        """How many times the vault files were written, and when last: what the operator notes offline."""
+        _, table, moved = self._state()
+        return (moved.generation, moved.written) if moved else (table.generation, table.written)
 
     def zeroize(self) -> None:
         zeroize(self._kek)
-        self._view = None
+        self._view = self._moved = None
 
     def __enter__(self) -> "Vault":
         return self
@@ -231,13 +250,24 @@ class Vault:
     # -- sealed heads (the journal's last record per session) ---------------------------
 
     def head(self, key_id: str) -> tuple[int, str] | None:
-        head = self._read_table().heads.get(key_id)
+        _, table, moved = self._state()
+        head = (moved.heads.get(key_id) if moved else None) or table.heads.get(key_id)
         return None if head is None else (head.seq, head.hash)
 
     def seal_head(self, key_id: str, seq: int, digest: str) -> None:
-        with self._table() as table:
+        """Move the head of `key_id` in heads.json: a write the size of the sessions in use (`heads_file`)."""
+        with vault_lock(self.home):
+            doc, table, moved = self._state()
             table.entry(key_id)
-            table.heads[key_id] = Head(seq, digest)
+            heads = {**(moved.heads if moved else {}), key_id: Head(seq, digest)}
+            generation = (moved.generation if moved else table.generation) + 1
+            key = self._heads_key(doc)
+            self._moved = None  # a write that fails leaves the file unknown: the next call reads it
+            try:
+                written = heads_file.write(self.home, key, table.generation, generation, now_text(), heads)
+            finally:
+                zeroize(key)
+            self._moved, self._seen = (self._load()[2], written.raw, written), generation
 
     # -- settings sealed with the keys (so changing them needs the passphrase) -----------
 
@@ -275,31 +305,65 @@ class Vault:
         return path
 
     def _read_table(self) -> SlotTable:
-        return self._load()[1]
+        return self._state()[1]
 
-    def _load(self) -> tuple[dict, SlotTable]:
-        """The file and its table: the view kept while vault.json is unchanged, else read and opened again."""
+    def _state(self) -> tuple[dict, SlotTable, MovedHeads | None]:
+        """vault.json's file and table, and the heads moved since (`heads_file`); refused below a generation seen."""
+        doc, table, view = self._load()
+        raw = heads_file.read_raw(self.home)
+        if self._moved is None or self._moved[0] is not view or self._moved[1] != raw:
+            self._moved = None
+            moved = None
+            if raw is not None:
+                key = self._heads_key(doc)
+                try:
+                    moved = heads_file.opened(self.home, raw, key, table.generation)
+                finally:
+                    zeroize(key)
+            self._moved = (view, raw, moved)
+        moved = self._moved[2]
+        generation = moved.generation if moved else table.generation
+        if generation < self._seen:
+            raise VaultRolledBack(generation, self._seen, "this appliance has already seen")
+        self._seen = generation
+        return doc, table, moved
+
+    def _load(self) -> tuple[dict, SlotTable, Opened]:
+        """vault.json: the view kept while the file is unchanged, else read and opened again."""
         if self._view is None or not unchanged(self.home, self._view.mark):
-            self._view = None
-            opened = load(self.home, self._kek, self._salt)
-            if opened.table.generation < self._seen:
-                raise VaultRolledBack(opened.table.generation, self._seen, "this appliance has already seen")
-            self._view, self._seen = opened, opened.table.generation
-        return self._view.doc, self._view.table
+            self._view = self._moved = None
+            self._view = load(self.home, self._kek, self._salt)
+        return self._view.doc, self._view.table, self._view
+
+    def _heads_key(self, doc: dict) -> bytearray:
+        master = unwrap_master(self._kek, doc)
+        try:
+            return heads_file.heads_key(master)
+        finally:
+            zeroize(master)
+
+    def _merged(self) -> tuple[dict, SlotTable]:
+        """The file, and a copy of its table to change with the heads moved since taken in (`heads_file` rule 4)."""
+        doc, read, moved = self._state()
+        table = read.copy()
+        if moved:
+            table.heads.update(moved.heads)
+            table.generation, table.written = moved.generation, moved.written
+        return doc, table
 
     def _write(self, kdf: dict, created: str, table: SlotTable) -> None:
         """Seal `table` as the next generation (the caller holds the lock)."""
         table.generation, table.written = table.generation + 1, now_text()
-        self._view = None  # a write that fails leaves the file unknown: the next call reads it
+        self._view = self._moved = None  # a write that fails leaves the file unknown: the next call reads it
         self._view = store(self.home, self._kek, kdf, created, table)
         self._salt, self._seen = kdf["salt"], table.generation
+        heads_file.remove(self.home)  # its heads are in the table now
 
     @contextmanager
     def _table(self) -> Iterator[SlotTable]:
         """Read-modify-write of the table under the lock; written back only if the body succeeds."""
         with vault_lock(self.home):
             upgrades.remove_leftovers(self.home)
-            doc, table = self._load()
-            table = table.copy()
+            doc, table = self._merged()
             yield table
             self._write(doc["kdf"], str(doc.get("created")), table)

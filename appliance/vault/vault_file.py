@@ -96,7 +96,7 @@ def open_kek(home: Path, passphrase: bytes | bytearray) -> tuple[bytearray, dict
     doc = read_doc(home)
     kek = _derive(passphrase, doc.get("kdf"))
     try:
-        zeroize(_unwrap_master(kek, doc))
+        zeroize(unwrap_master(kek, doc))
     except InvalidTag:
         zeroize(kek)
         raise WrongPassphrase() from None
@@ -113,7 +113,7 @@ def load(home: Path, kek: bytearray, salt: object) -> Opened:
     if not isinstance(doc.get("kdf"), dict) or doc["kdf"].get("salt") != salt:
         raise VaultRekeyed(vault_path(home))
     try:
-        master = _unwrap_master(kek, doc)
+        master = unwrap_master(kek, doc)
     except InvalidTag:
         raise VaultCorrupt(f"{vault_path(home)}: the master key failed authentication under the KEK") from None
     try:
@@ -203,8 +203,8 @@ def _derive(passphrase: bytes | bytearray, params: object) -> bytearray:
         zeroize(nfc)
 
 
-def _unwrap_master(kek: bytearray, doc: dict) -> bytearray:
-    """The master key; InvalidTag under another KEK or if a byte changed."""
+def unwrap_master(kek: bytearray, doc: dict) -> bytearray:
+    """The master key, in a buffer the caller zeroes; InvalidTag under another KEK or if a byte changed."""
     master = secret(unseal(kek, unb64(doc.get("master"), VaultCorrupt, "vault.json: master"), MASTER_AD))
     if len(master) != KEY_BYTES:
         zeroize(master)

@@ -1,9 +1,22 @@
 """The journal as its history grows: reading many sessions opens the vault's table once, not once a session."""
 
-import pytest
+import json
+import os
+import shutil
+from pathlib import Path
 
-from appliance.journal import Journal
-from appliance.vault import vault_file
+import pytest
+from helpers import TEST_KDF, appliance, error_line, ok, tree_digest
+from vault_setup import PASSPHRASE
+
+from appliance import state
+from appliance.journal import Journal, verify_session
+from appliance.journal.session_files import relative_path, session_key_id
+from appliance.vault import Vault, VaultRolledBack, vault_file
+from appliance.vault.heads_file import heads_path
+from appliance.vault.vault_file import vault_path
+
+FORMAT_2_STATE = Path(__file__).parent / "data" / "format-2-state"  # written with every head in vault.json's table
 
 
 def _sessions(vault, n: int) -> None:
@@ -46,13 +59,103 @@ def test_reading_every_session_decrypts_the_table_a_constant_number_of_times(vau
 
 def test_a_write_by_another_process_is_seen_at_the_next_read(vault_home, vault):
     """The kept view is dropped once vault.json was replaced: keys recorded elsewhere are there."""
-    from vault_setup import PASSPHRASE
-
-    from appliance.vault import Vault
-
     assert vault.key_ids() == []
     with Vault.unlock(vault_home, PASSPHRASE) as other:
         other.new_data_key("overlay/care/1")
     assert vault.key_ids() == ["overlay/care/1"]
     vault.new_data_key("overlay/care/2")  # written over the other's table, not over the view kept before it
     assert vault.key_ids() == ["overlay/care/1", "overlay/care/2"]
+
+
+# -- heads.json: an append moves one head, not the table ----------------------------------------
+
+
+def _session(vault, n: int = 2) -> str:
+    j = Journal.create(vault)
+    for i in range(n):
+        j.append("message", role="user", text=f"record {i + 1}")
+    j.close()
+    return j.session_id
+
+
+def _append(vault, sid: str, text: str) -> None:
+    """One more record at the end of session `sid`, written as `Journal.append` writes it."""
+    seq, digest = vault.head(session_key_id(sid))
+    j = Journal(vault, sid, vault.data_key(session_key_id(sid)), _append_fd(vault, sid), seq, bytes.fromhex(digest), 0)
+    j.append("message", role="user", text=text)
+    j.close()
+
+
+def _append_fd(vault, sid: str) -> int:
+    return os.open(vault.home / relative_path(sid), os.O_WRONLY | os.O_APPEND)
+
+
+def test_an_append_leaves_vault_json_as_it_was_and_raises_the_generation(vault_home, vault):
+    sid = _session(vault, 1)
+    before, generation = vault_path(vault_home).read_bytes(), vault.generation()[0]
+    _append(vault, sid, "two")
+    _append(vault, sid, "three")
+    assert vault_path(vault_home).read_bytes() == before
+    assert vault.generation()[0] == generation + 2
+    with Vault.unlock(vault_home, PASSPHRASE) as fresh:  # another process sees the heads and the generation
+        assert fresh.head(session_key_id(sid))[0] == 3 and fresh.generation()[0] == generation + 2
+        assert verify_session(fresh, sid).ok
+
+
+def test_an_older_heads_file_put_back_is_an_older_generation(vault_home, vault):
+    """The heads of the records cut off go back with it: what shows it is the generation, as for vault.json."""
+    sid = _session(vault, 2)
+    older, journal = heads_path(vault_home).read_bytes(), (vault_home / relative_path(sid)).read_bytes()
+    _append(vault, sid, "three")
+    seen = vault.generation()[0]
+    heads_path(vault_home).write_bytes(older)
+    (vault_home / relative_path(sid)).write_bytes(journal)
+    with pytest.raises(VaultRolledBack):  # the running appliance
+        vault.head(session_key_id(sid))
+    line = error_line(appliance("logs", "verify", "--generation", str(seen)), 3, "vault-rolled-back")
+    assert f"generation {seen - 1}" in line  # the operator's noted number
+
+
+def test_a_heads_file_from_another_vault_is_refused_nothing_changed(vault_home, vault, tmp_path):
+    sid = _session(vault, 2)
+    other = tmp_path / "other"
+    with Vault.create(other, PASSPHRASE, cost=TEST_KDF) as theirs:
+        _session(theirs, 1)
+    base = [json.loads(heads_path(home).read_bytes())["base"] for home in (vault_home, other)]
+    assert base[0] == base[1]  # both continue a vault.json of the same generation: only the key tells them apart
+    heads_path(vault_home).write_bytes(heads_path(other).read_bytes())
+    state = tree_digest(vault_home)
+    error_line(appliance("logs", "verify", sid), 4, "key-slots-corrupt")
+    assert tree_digest(vault_home) == state
+
+
+def test_a_write_of_vault_json_takes_the_heads_in_and_a_stale_heads_file_counts_for_nothing(vault_home, vault):
+    """A crash between vault.json's rename and the removal of heads.json leaves the new vault and a stale file."""
+    sid = _session(vault, 2)
+    stale = heads_path(vault_home).read_bytes()
+    vault.set_setting("n", 1)
+    assert not heads_path(vault_home).exists() and vault.head(session_key_id(sid))[0] == 2
+    heads_path(vault_home).write_bytes(stale)  # as a crash before the removal leaves it
+    with Vault.unlock(vault_home, PASSPHRASE) as fresh:
+        assert fresh.head(session_key_id(sid))[0] == 2 and verify_session(fresh, sid).ok
+        _append(fresh, sid, "three")
+        assert verify_session(fresh, sid).sealed == 3
+
+
+def test_a_state_directory_with_every_head_in_vault_json_reads_and_goes_on(tmp_path, monkeypatch, passphrase_file):
+    """Written before heads.json (tests/vault/data/format-2-state): the same file opens; its heads verify;
+    an append moves a head in heads.json; the next write of vault.json takes it in."""
+    home = tmp_path / "state"
+    shutil.copytree(FORMAT_2_STATE, home)
+    state.initialise(home)
+    monkeypatch.setenv("APPLIANCE_HOME", str(home))
+    out = ok("logs", "verify")
+    assert "ok      20261207T184725Z-bd2363d3: 3 records" in out and "ok      20261207T184725Z-d06dff4f: 2 records" in out
+    assert "vault   generation 8," in out
+    with Vault.unlock(home, PASSPHRASE) as vault:
+        _append(vault, "20261207T184725Z-d06dff4f", "three")
+        assert vault.generation()[0] == 9 and heads_path(home).exists()
+        vault.set_setting("n", 1)
+        assert vault.generation()[0] == 10 and not heads_path(home).exists()
+    out = ok("logs", "verify")
+    assert "ok      20261207T184725Z-d06dff4f: 3 records" in out and "vault   generation 10," in out
