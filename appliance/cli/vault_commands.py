@@ -39,9 +39,9 @@ def _summary(report: Report) -> str:
 @logs.command("list")
 @passphrase_option
 def logs_list(passphrase_file: Optional[Path]) -> None:
-    """Every journal session with its record count and state."""
+    """Every journal session with its record count and state, the newest first."""
     with unlocked(passphrase_file) as vault:
-        for sid in sessions(vault):
+        for sid in reversed(sessions(vault)):
             try:
                 say(_summary(verify_session(vault, sid)))
             except (Erased, NotFound) as e:

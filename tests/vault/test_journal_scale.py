@@ -159,3 +159,11 @@ def test_a_state_directory_with_every_head_in_vault_json_reads_and_goes_on(tmp_p
         assert vault.generation()[0] == 10 and not heads_path(home).exists()
     out = ok("logs", "verify")
     assert "ok      20261207T184725Z-d06dff4f: 3 records" in out and "vault   generation 10," in out
+
+
+def test_list_and_search_show_the_newest_session_first(vault_home, vault, monkeypatch):
+    ids = iter(["20260101T000000Z-ffffffff", "20260101T000001Z-00000000"])  # a second apart (ids sort by it)
+    monkeypatch.setattr("appliance.journal.session_files.new_session_id", lambda: next(ids))
+    older, newer = _session(vault, 1), _session(vault, 1)
+    assert [line.split()[0] for line in ok("logs", "list").splitlines()] == [newer, older]
+    assert [line.split()[0] for line in ok("logs", "search", "record 1").splitlines()[:2]] == [newer, older]
