@@ -24,7 +24,7 @@ from appliance.vault.vault_file import vault_path
 CACHE = Path(__file__).resolve().parent / "out" / "journal"
 PASSPHRASE = b"bench passphrase"
 PROVENANCE = {"base": provenance.base("bench", "0" * 64, 1), "overlay": None, "settings": GREEDY.as_dict(), "system_prompt": None}
-FIRST_PAGE = 50  # sessions the first page of `logs list` and F4 shows
+FIRST_PAGE = 50  # the sessions `logs list` shows first (a screenful)
 APPENDS = 50  # appends timed at each size
 
 
@@ -71,9 +71,10 @@ def _timed(fn) -> float:
 
 
 def _list(vault: Vault, limit: int | None) -> None:
-    """What `logs list` and F4 do for each session they show: verify it, newest first."""
-    for sid in sorted(sessions(vault), reverse=True)[:limit]:
-        verify_session(vault, sid)
+    """What `logs list` does for each session it shows: verify it, newest first, against one view of the vault."""
+    with vault.pinned():
+        for sid in sorted(sessions(vault), reverse=True)[:limit]:
+            verify_session(vault, sid)
 
 
 def _vault_bytes_a_session() -> float | None:
@@ -115,7 +116,8 @@ def journal_rows(n_sessions: int) -> list[tuple]:
             first = _timed(lambda: _list(vault, FIRST_PAGE))
             every = _timed(lambda: _list(vault, None))
             found = [0]
-            searched = _timed(lambda: found.__setitem__(0, sum(isinstance(h, Match) for h in search(vault, "ALBATROSS"))))
+            with vault.pinned():  # as `logs search`
+                searched = _timed(lambda: found.__setitem__(0, sum(isinstance(h, Match) for h in search(vault, "ALBATROSS"))))
             if found[0] != (n_sessions + 9) // 10:
                 raise RuntimeError(f"search found {found[0]} matches in {n_sessions} sessions")
             erase = _timed(lambda: erase_journal(vault))
@@ -123,8 +125,8 @@ def journal_rows(n_sessions: int) -> list[tuple]:
         (f"{what}: journal append, median ms", _ms(appends), "", "<= 2 ms"),
         (f"{what}: journal append, p99 ms", _ms(appends, 0.99), "", "reported"),
         (f"{what}: new session, median ms", _ms(creates), "", "<= 10 ms"),
-        (f"{what}: logs list and F4, first page of {FIRST_PAGE}, ms", f"{first * 1e3:.0f}", "", "<= 500 ms"),
-        (f"{what}: logs list, all, s (verifies each session)", f"{every:.2f}", "", "reported"),
+        (f"{what}: logs list, its newest {FIRST_PAGE} sessions shown, ms", f"{first * 1e3:.0f}", "", "<= 500 ms"),
+        (f"{what}: logs list, all (F4 opens after as long), s", f"{every:.2f}", "", "reported"),
         (f"{what}: logs search, sessions/s", f"{total / searched:.0f}", f"{total / searched:.0f}", ">= 1000"),
         (f"{what}: logs verify, ms a session", f"{every / total * 1e3:.2f}", "", "<= 2 ms"),
         (f"{what}: unlock, ms (this build's KDF included)", f"{unlock * 1e3:.0f}", "", "<= 1000 ms"),

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..fsutil import fsync_dir
 from .aead import KEY_BYTES, seal, secret, unb64, unseal
-from .disk import json_object, read_bounded, vault_dir, write_durable
+from .disk import json_object, read_if_present, vault_dir, write_durable
 from .errors import KeySlotsCorrupt
 from .slots import Head, parse_heads
 
@@ -64,10 +64,8 @@ def heads_key(master: bytearray) -> bytearray:
 
 
 def read_raw(home: Path) -> bytes | None:
-    """The file's bytes; None where there is none."""
-    if not heads_path(home).exists():
-        return None
-    return read_bounded(heads_path(home), KeySlotsCorrupt)
+    """The file's bytes; None where there is none (a writer of vault.json may remove it at any moment)."""
+    return read_if_present(heads_path(home), KeySlotsCorrupt)
 
 
 def base_of(home: Path, raw: bytes) -> int:

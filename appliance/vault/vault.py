@@ -13,6 +13,8 @@ Rules:
 - The table is opened once and kept (`_view`) while vault.json is the file it was read from, or
   the one this `Vault` wrote last (`vault_file.unchanged`): a command that reads many sessions
   decrypts the table once, and still sees at its next call a vault another process wrote.
+  Inside `pinned` (a command that only reads) the view taken at its start is used without looking
+  at the files again, so every session is read against the same vault; a write ends it.
 - A journal append moves its session's head in heads.json (`heads_file`), whose size is that of the
   sessions appended to since vault.json was written, not of the journal: every other change
   rewrites vault.json, which first takes those heads into its table.
@@ -69,6 +71,7 @@ class Vault:
         self._view: Opened | None = None  # vault.json as last read or written here; never changed in place
         # heads.json as last read or written beside that view: (the view, its bytes, its heads; None where none count)
         self._moved: tuple[Opened, bytes | None, MovedHeads | None] | None = None
+        self._pinned = False  # inside `pinned`: the view above is used as it is
 
     # -- whole-vault operations ----------------------------------------------------
 
@@ -169,6 +172,17 @@ class Vault:
             fsync_dir(vault_dir(home))
         return when
 
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """One view of the vault for reading many sessions: taken under the lock, then kept until the block ends or a write."""
+        with vault_lock(self.home):
+            self._state()
+        self._pinned = True
+        try:
+            yield
+        finally:
+            self._pinned = False
+
     def generation(self) -> tuple[int, str]:
         """How many times the vault files were written, and when last: what the operator notes offline."""
         _, table, moved = self._state()
@@ -257,6 +271,7 @@ class Vault:
     def seal_head(self, key_id: str, seq: int, digest: str) -> None:
         """Move the head of `key_id` in heads.json: a write the size of the sessions in use (`heads_file`)."""
         with vault_lock(self.home):
+            self._pinned = False
             doc, table, moved = self._state()
             table.entry(key_id)
             heads = {**(moved.heads if moved else {}), key_id: Head(seq, digest)}
@@ -309,8 +324,13 @@ class Vault:
 
     def _state(self) -> tuple[dict, SlotTable, MovedHeads | None]:
         """vault.json's file and table, and the heads moved since (`heads_file`); refused below a generation seen."""
-        doc, table, view = self._load()
-        raw = heads_file.read_raw(self.home)
+        if self._pinned and self._view is not None and self._moved is not None:
+            return self._view.doc, self._view.table, self._moved[2]
+        while True:  # heads.json read while vault.json stayed the same: a writer of both in between reads again
+            doc, table, view = self._load()
+            raw = heads_file.read_raw(self.home)
+            if view.mark is None or unchanged(self.home, view.mark):
+                break
         if self._moved is None or self._moved[0] is not view or self._moved[1] != raw:
             self._moved = None
             moved = None
@@ -363,6 +383,7 @@ class Vault:
     def _table(self) -> Iterator[SlotTable]:
         """Read-modify-write of the table under the lock; written back only if the body succeeds."""
         with vault_lock(self.home):
+            self._pinned = False
             upgrades.remove_leftovers(self.home)
             doc, table = self._merged()
             yield table

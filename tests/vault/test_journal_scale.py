@@ -167,3 +167,37 @@ def test_list_and_search_show_the_newest_session_first(vault_home, vault, monkey
     older, newer = _session(vault, 1), _session(vault, 1)
     assert [line.split()[0] for line in ok("logs", "list").splitlines()] == [newer, older]
     assert [line.split()[0] for line in ok("logs", "search", "record 1").splitlines()[:2]] == [newer, older]
+
+
+def test_a_pinned_view_reads_one_vault_until_a_write_ends_it(vault_home, vault):
+    """`logs list`, `search` and `verify` read every session against the view taken at their start."""
+    with vault.pinned():
+        with Vault.unlock(vault_home, PASSPHRASE) as other:
+            other.new_data_key("overlay/care/1")
+        assert vault.key_ids() == []  # the view taken at the start
+        vault.new_data_key("overlay/care/2")  # a write reads the vault as it is now, and ends the pin
+        with Vault.unlock(vault_home, PASSPHRASE) as other:
+            other.new_data_key("overlay/care/3")
+        assert vault.key_ids() == ["overlay/care/1", "overlay/care/2", "overlay/care/3"]
+
+
+def test_a_reader_meets_no_false_rollback_when_another_process_takes_the_heads_in(vault_home, vault, monkeypatch):
+    """Read between a writer's new vault.json and its removal of heads.json, the old table without heads
+    would be an older generation than this process saw: it reads both again instead."""
+    from appliance.vault import heads_file
+
+    sid = _session(vault, 2)
+    real, calls = heads_file.read_raw, []
+
+    def read_raw(home):
+        calls.append(home)
+        if len(calls) == 1:  # this reader holds vault.json's view; another process now writes vault.json
+            monkeypatch.setattr(heads_file, "read_raw", real)
+            with Vault.unlock(vault_home, PASSPHRASE) as other:
+                other.set_setting("n", 1)
+            monkeypatch.setattr(heads_file, "read_raw", read_raw)
+        return real(home)
+
+    vault.head(session_key_id(sid))  # the view, and the generation heads.json reached
+    monkeypatch.setattr(heads_file, "read_raw", read_raw)
+    assert vault.head(session_key_id(sid))[0] == 2 and len(calls) == 2
