@@ -7,7 +7,8 @@ whether each target is met. Run: ./run bench [--rounds N] [--tokens N] [--only S
 With no --only, the quick sections run: every target of docs/design.md at chat scale (README.md
 says how long that takes on two cores). The long ones run only when --only names them: the native
 anchor (builds llama-bench once), the long window, switch costs, threads under load, `scale` (the
-same vault, hashing and search rows at gigabyte and thousand-session sizes), bases, image. Every
+same vault, hashing and search rows at gigabyte and thousand-session sizes), bases, image,
+`journal` (the journal and vault rows at 10 to 100,000 sessions, journal_rows.py). Every
 measurement runs in a child process of its own (contained.py): one that fails, even by a signal,
 prints its reason in the table and the run goes on.
 """
@@ -28,6 +29,7 @@ import numpy as np
 from api_rows import api_rows
 from contained import FAILED, measure_all
 from image_rows import image_rows
+from journal_rows import journal_rows
 from load import free_threads
 from native import native_rows, peak_rss_rows
 
@@ -704,6 +706,7 @@ QUICK_IMPORT_MIB = 16  # the extra artifact of the overlay bundle the quick `vau
 QUICK_ERASE_MIB = (1, 64)  # journal sizes the quick `vault` section crypto-erases: flat from the first to the last
 QUICK_SEARCH_SESSIONS = 100
 SCALE_ERASE_MIB = (1, 100, 1024)
+JOURNAL_SESSIONS = (10, 1000, 10000, 100000)  # the sizes of the history `journal` measures at
 
 # Every section: whether it is long (run only when --only names it), and its measurements in order, made
 # from the arguments and the verified embedded model. Each is a partial of a module-level function: it is
@@ -736,6 +739,7 @@ SECTIONS: dict[str, tuple[bool, Callable[[argparse.Namespace, VerifiedModel], li
     "bases": (True, lambda a, m: [partial(bases, a.rounds, a.tokens)]),
     "image": (True, lambda a, m: [partial(image_rows, PROMPT, a.rounds, a.tokens)]),
     "api": (True, lambda a, m: [partial(api_rows, m, PROMPT, a.rounds, a.tokens)]),  # appliance serve against ask
+    "journal": (True, lambda a, m: [partial(journal_rows, n) for n in JOURNAL_SESSIONS]),  # built once, cached
 }
 
 

@@ -39,9 +39,9 @@ def _summary(report: Report) -> str:
 @logs.command("list")
 @passphrase_option
 def logs_list(passphrase_file: Optional[Path]) -> None:
-    """Every journal session with its record count and state."""
-    with unlocked(passphrase_file) as vault:
-        for sid in sessions(vault):
+    """Every journal session with its record count and state, the newest first."""
+    with unlocked(passphrase_file) as vault, vault.pinned():
+        for sid in reversed(sessions(vault)):
             try:
                 say(_summary(verify_session(vault, sid)))
             except (Erased, NotFound) as e:
@@ -77,7 +77,7 @@ def logs_show(session_id: str, passphrase_file: Optional[Path]) -> None:
 def logs_verify(session_id: Optional[str], noted: Optional[int], passphrase_file: Optional[Path]) -> None:
     """Check the hash chain, every record's authenticity and the sealed heads. Exit 3 names the first break."""
     broken = []
-    with unlocked(passphrase_file) as vault:
+    with unlocked(passphrase_file) as vault, vault.pinned():
         generation, written = vault.generation()
         if noted is not None and generation < noted:
             raise VaultRolledBack(generation, noted, "you noted")
@@ -110,7 +110,7 @@ def logs_verify(session_id: Optional[str], noted: Optional[int], passphrase_file
 def logs_search(text: str, passphrase_file: Optional[Path]) -> None:
     """Every record holding TEXT (any case), session by session, decrypted in memory only: no index is written."""
     found, searched, in_sessions = 0, 0, set()
-    with unlocked(passphrase_file) as vault:
+    with unlocked(passphrase_file) as vault, vault.pinned():
         for hit in search(vault, text):
             if isinstance(hit, Match):
                 found += 1

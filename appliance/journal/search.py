@@ -1,9 +1,9 @@
 """Search every journal session for a word or phrase, in memory: `logs search` and the sessions screen.
 
-Sessions are decrypted and verified one at a time (`verify_session`) and their matches yielded as
-they are found, so the first results show before the last session is read and only one session's
-plaintext is held at a time. Nothing is written: no index, no cache, no temporary file (an index
-would be the plaintext of the journal on disk).
+Sessions are decrypted and verified one at a time (`verify_session`), the newest first, and their
+matches yielded as they are found, so the first results show before the last session is read and
+only one session's plaintext is held at a time. Nothing is written: no index, no cache, no
+temporary file (an index would be the plaintext of the journal on disk).
 
 Matching is case-insensitive and literal (the text is not a pattern). The text fields of every
 record kind are searched: a message's text, and the replaced text a `regenerate` or `edit` keeps.
@@ -41,11 +41,11 @@ class Skipped:
 
 
 def search(vault: Vault, text: str, session_ids: Optional[list[str]] = None) -> Iterator[Union[Match, Skipped]]:
-    """Every record (of `session_ids`, default all) whose text holds `text`, session by session, oldest first."""
+    """Every record (of `session_ids`, default all, newest session first) whose text holds `text`, session by session."""
     if not text.strip():
         raise UsageError("search for what? the text is empty")
     pattern = re.compile(re.escape(text), re.IGNORECASE)
-    for sid in sessions(vault) if session_ids is None else session_ids:
+    for sid in reversed(sessions(vault)) if session_ids is None else session_ids:
         try:
             report = verify_session(vault, sid)
         except (Erased, NotFound) as e:

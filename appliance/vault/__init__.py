@@ -6,6 +6,7 @@
     vault_file.py    vault.json: the KDF's parameters, the master key under the KEK, the table under
                      the master key (all in one file: one atomic rename per change), or the erase tombstone
     slots.py         the typed key-slot table (data keys wrapped, the generation) and its one lookup
+    heads_file.py    heads.json: the journal heads moved since vault.json was written (an append's one write)
     upgrades.py      older vault formats, read and rewritten in the current one (the one place for migrations)
     vault.py         `Vault`: the above composed under the lock
     errors.py        what the vault refuses with

@@ -49,16 +49,29 @@ def vault_lock(home: Path) -> Iterator[None]:
 
 
 def load_json(path: Path, error: type[Exception]) -> dict:
+    return json_object(read_bounded(path, error), error, str(path))
+
+
+def read_bounded(path: Path, error: type[Exception]) -> bytes:
+    """The bytes of a vault file, at most `MAX_VAULT_FILE`; missing, unreadable or larger raise `error`."""
+    raw = read_if_present(path, error)
+    if raw is None:
+        raise error(f"{path}: missing")
+    return raw
+
+
+def read_if_present(path: Path, error: type[Exception]) -> bytes | None:
+    """As `read_bounded`, but None where the file is missing."""
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_VAULT_FILE + 1)
     except FileNotFoundError:
-        raise error(f"{path}: missing") from None
+        return None
     except OSError as e:
         raise error(f"{path}: unreadable: {e.strerror}") from None
     if len(raw) > MAX_VAULT_FILE:
         raise error(f"{path}: larger than {MAX_VAULT_FILE} bytes")
-    return json_object(raw, error, str(path))
+    return raw
 
 
 def json_object(raw: bytes, error: type[Exception], what: str) -> dict:

@@ -23,6 +23,7 @@ Rules:
 - Paths (a data key's ciphertext files, a sealed file's digests) are relative to the state dir.
 """
 
+import copy
 import re
 from dataclasses import dataclass, field
 
@@ -74,6 +75,13 @@ class SlotTable:
             raise Erased(f"{key_id} was crypto-erased at {self.erased[key_id]}: its data key is gone")
         raise NotFound(f"no such key id in the vault: {key_id}")
 
+    def copy(self) -> "SlotTable":
+        """A table to change (`Vault._table`) while the one read stays as it was: a failed change leaves it whole."""
+        return SlotTable(
+            self.generation, self.written, dict(self.slots), dict(self.erased), dict(self.heads),
+            copy.deepcopy(self.settings), dict(self.files),
+        )  # fmt: skip
+
     def to_json(self) -> dict:
         return {
             "generation": self.generation,
@@ -98,7 +106,7 @@ class SlotTable:
             written=_string(doc.get("written"), "the time of the last write"),
             slots={i: _slot(i, s) for i, s in doc["items"].items()},
             erased={i: _string(t, f"the erase time of {i!r}") for i, t in doc["erased"].items()},
-            heads={i: _head(i, h) for i, h in doc["heads"].items()},
+            heads=parse_heads(doc["heads"]),
             settings=dict(doc["settings"]),
             files={rel: _strings(d, f"the digests of {rel!r}") for rel, d in doc["files"].items()},
         )
@@ -114,6 +122,13 @@ def _slot(key_id: str, value: object) -> Slot:
     if not isinstance(key, str) or not WRAPPED_B64.fullmatch(key):
         raise KeySlotsCorrupt(f"{what} has no wrapped {KEY_BYTES}-byte key")
     return Slot(key, _strings(value.get("files"), f"the files of {what}"), _string(value.get("created"), f"the time of {what}"))
+
+
+def parse_heads(doc: object) -> dict[str, Head]:
+    """Heads by key id (the table's section, or `heads_file`'s); KeySlotsCorrupt naming a wrong-shaped one."""
+    if not isinstance(doc, dict):
+        raise KeySlotsCorrupt("the heads have the wrong shape")
+    return {i: _head(i, h) for i, h in doc.items()}
 
 
 def _head(key_id: str, value: object) -> Head:

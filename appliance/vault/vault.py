@@ -5,11 +5,20 @@
     master     --AES-256-GCM--> key-slot table (`SlotTable`)          vault.json "table"
     KEK        --AES-256-GCM--> one data key per key id, kept wrapped in the table
     table      --> journal heads, sealed settings, sealed file digests, the generation
+    master     --HKDF--> heads key --AES-256-GCM--> the heads moved since      heads.json (`heads_file`)
 
 Rules:
 - Every table change is read-modify-write under the exclusive vault lock (`disk.vault_lock`), so
-  two appliance processes never lose each other's keys or heads; the table is read again per call.
-- Every write raises the generation by one. A `Vault` remembers the highest it has seen and
+  two appliance processes never lose each other's keys or heads.
+- The table is opened once and kept (`_view`) while vault.json is the file it was read from, or
+  the one this `Vault` wrote last (`vault_file.unchanged`): a command that reads many sessions
+  decrypts the table once, and still sees at its next call a vault another process wrote.
+  Inside `pinned` (a command that only reads) the view taken at its start is used without looking
+  at the files again, so every session is read against the same vault; a write ends it.
+- A journal append moves its session's head in heads.json (`heads_file`), whose size is that of the
+  sessions appended to since vault.json was written, not of the journal: every other change
+  rewrites vault.json, which first takes those heads into its table.
+- Every write raises the generation by one (of heads.json too). A `Vault` remembers the highest it has seen and
   refuses a lower one (`VaultRolledBack`, exit 3): an older copy of the vault put back while the
   appliance runs is caught at its next read. A copy put back between two runs is caught only by
   comparing the generation with one noted outside the machine (`generation`, docs/procedures.md).
@@ -22,6 +31,7 @@ Rules:
   older format (`upgrades`), once.
 """
 
+import copy
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,22 +40,38 @@ from pathlib import Path
 from ..errors import NotFound, Refused
 from ..fsutil import discard, fsync_dir
 from ..utc import now_text
-from . import upgrades
+from . import heads_file, upgrades
 from .aead import KEY_BYTES, random_key, zeroize
 from .disk import vault_dir, vault_lock
 from .errors import NoVault, VaultCorrupt, VaultErased, VaultRolledBack
+from .heads_file import MovedHeads
 from .slots import KEY_ID, Head, Slot, SlotTable
-from .vault_file import load, new_kek, open_kek, store, unwrap_data_key, wrap_data_key, write_tombstone
+from .vault_file import (
+    Opened,
+    load,
+    new_kek,
+    open_kek,
+    store,
+    unchanged,
+    unwrap_data_key,
+    unwrap_master,
+    wrap_data_key,
+    write_tombstone,
+)
 
 
 class Vault:
-    """An unlocked vault: holds the KEK (zeroed by `zeroize`, or on leaving a `with` block) and reads the table per call."""
+    """An unlocked vault: holds the KEK (zeroed by `zeroize`, or on leaving a `with` block) and the table it last opened."""
 
     def __init__(self, home: Path, kek: bytearray, salt: object):
         self.home = home
         self._kek = kek
         self._salt = salt  # the KDF salt of the file this KEK opens
         self._seen = 0  # the highest generation read or written by this process
+        self._view: Opened | None = None  # vault.json as last read or written here; never changed in place
+        # heads.json as last read or written beside that view: (the view, its bytes, its heads; None where none count)
+        self._moved: tuple[Opened, bytes | None, MovedHeads | None] | None = None
+        self._pinned = False  # inside `pinned`: the view above is used as it is
 
     # -- whole-vault operations ----------------------------------------------------
 
@@ -82,6 +108,7 @@ class Vault:
         vault = cls(home, kek, kdf["salt"])
         try:
             with vault_lock(home):
+                heads_file.remove(home)  # an erased vault's: its base may name the generation the new one starts at
                 vault._write(kdf, now_text(), SlotTable())
                 upgrades.remove_leftovers(home)  # an erased format-1 vault's tombstone
         except BaseException:
@@ -100,7 +127,7 @@ class Vault:
             salt = doc["kdf"]["salt"]
         vault = cls(home, kek, salt)
         try:
-            vault._read_table()
+            vault._state()
         except BaseException:
             vault.zeroize()
             raise
@@ -120,7 +147,7 @@ class Vault:
         try:
             with vault_lock(home):
                 upgrades.remove_leftovers(home)
-                doc, table = vault._load()
+                doc, table = vault._merged()
                 for key_id, slot in table.slots.items():
                     key = unwrap_data_key(vault._kek, key_id, slot.key)
                     try:
@@ -140,17 +167,30 @@ class Vault:
             raise NotFound(f"no vault in {home}")
         with vault_lock(home):  # waits out a write in flight, and clears the copies interrupted ones left
             when = write_tombstone(home)
+            heads_file.remove(home)
             upgrades.remove_leftovers(home)
             fsync_dir(vault_dir(home))
         return when
 
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """One view of the vault for reading many sessions: taken under the lock, then kept until the block ends or a write."""
+        with vault_lock(self.home):
+            self._state()
+        self._pinned = True
+        try:
+            yield
+        finally:
+            self._pinned = False
+
     def generation(self) -> tuple[int, str]:
-        """How many times the vault file was written, and when it was last: what the operator notes offline."""
-        table = self._read_table()
-        return table.generation, table.written
+        """How many times the vault files were written, and when last: what the operator notes offline."""
+        _, table, moved = self._state()
+        return (moved.generation, moved.written) if moved else (table.generation, table.written)
 
     def zeroize(self) -> None:
         zeroize(self._kek)
+        self._view = self._moved = None
 
     def __enter__(self) -> "Vault":
         return self
@@ -224,18 +264,30 @@ class Vault:
     # -- sealed heads (the journal's last record per session) ---------------------------
 
     def head(self, key_id: str) -> tuple[int, str] | None:
-        head = self._read_table().heads.get(key_id)
+        _, table, moved = self._state()
+        head = (moved.heads.get(key_id) if moved else None) or table.heads.get(key_id)
         return None if head is None else (head.seq, head.hash)
 
     def seal_head(self, key_id: str, seq: int, digest: str) -> None:
-        with self._table() as table:
+        """Move the head of `key_id` in heads.json: a write the size of the sessions in use (`heads_file`)."""
+        with vault_lock(self.home):
+            self._pinned = False
+            doc, table, moved = self._state()
             table.entry(key_id)
-            table.heads[key_id] = Head(seq, digest)
+            heads = {**(moved.heads if moved else {}), key_id: Head(seq, digest)}
+            generation = (moved.generation if moved else table.generation) + 1
+            key = self._heads_key(doc)
+            self._moved = None  # a write that fails leaves the file unknown: the next call reads it
+            try:
+                written = heads_file.write(self.home, key, table.generation, generation, now_text(), heads)
+            finally:
+                zeroize(key)
+            self._moved, self._seen = (self._load()[2], written.raw, written), generation
 
     # -- settings sealed with the keys (so changing them needs the passphrase) -----------
 
     def setting(self, name: str, default=None):
-        return self._read_table().settings.get(name, default)
+        return copy.deepcopy(self._read_table().settings.get(name, default))
 
     def set_setting(self, name: str, value) -> None:
         with self._table() as table:
@@ -268,26 +320,71 @@ class Vault:
         return path
 
     def _read_table(self) -> SlotTable:
-        return self._load()[1]
+        return self._state()[1]
 
-    def _load(self) -> tuple[dict, SlotTable]:
-        doc, table = load(self.home, self._kek, self._salt)
-        if table.generation < self._seen:
-            raise VaultRolledBack(table.generation, self._seen, "this appliance has already seen")
-        self._seen = table.generation
+    def _state(self) -> tuple[dict, SlotTable, MovedHeads | None]:
+        """vault.json's file and table, and the heads moved since (`heads_file`); refused below a generation seen."""
+        if self._pinned and self._view is not None and self._moved is not None:
+            return self._view.doc, self._view.table, self._moved[2]
+        while True:  # heads.json read while vault.json stayed the same: a writer of both in between reads again
+            doc, table, view = self._load()
+            raw = heads_file.read_raw(self.home)
+            if view.mark is None or unchanged(self.home, view.mark):
+                break
+        if self._moved is None or self._moved[0] is not view or self._moved[1] != raw:
+            self._moved = None
+            moved = None
+            if raw is not None:
+                key = self._heads_key(doc)
+                try:
+                    moved = heads_file.opened(self.home, raw, key, table.generation)
+                finally:
+                    zeroize(key)
+            self._moved = (view, raw, moved)
+        moved = self._moved[2]
+        generation = moved.generation if moved else table.generation
+        if generation < self._seen:
+            raise VaultRolledBack(generation, self._seen, "this appliance has already seen")
+        self._seen = generation
+        return doc, table, moved
+
+    def _load(self) -> tuple[dict, SlotTable, Opened]:
+        """vault.json: the view kept while the file is unchanged, else read and opened again."""
+        if self._view is None or not unchanged(self.home, self._view.mark):
+            self._view = self._moved = None
+            self._view = load(self.home, self._kek, self._salt)
+        return self._view.doc, self._view.table, self._view
+
+    def _heads_key(self, doc: dict) -> bytearray:
+        master = unwrap_master(self._kek, doc)
+        try:
+            return heads_file.heads_key(master)
+        finally:
+            zeroize(master)
+
+    def _merged(self) -> tuple[dict, SlotTable]:
+        """The file, and a copy of its table to change with the heads moved since taken in (`heads_file` rule 4)."""
+        doc, read, moved = self._state()
+        table = read.copy()
+        if moved:
+            table.heads.update(moved.heads)
+            table.generation, table.written = moved.generation, moved.written
         return doc, table
 
     def _write(self, kdf: dict, created: str, table: SlotTable) -> None:
         """Seal `table` as the next generation (the caller holds the lock)."""
         table.generation, table.written = table.generation + 1, now_text()
-        store(self.home, self._kek, kdf, created, table)
+        self._view = self._moved = None  # a write that fails leaves the file unknown: the next call reads it
+        self._view = store(self.home, self._kek, kdf, created, table)
         self._salt, self._seen = kdf["salt"], table.generation
+        heads_file.remove(self.home)  # its heads are in the table now
 
     @contextmanager
     def _table(self) -> Iterator[SlotTable]:
         """Read-modify-write of the table under the lock; written back only if the body succeeds."""
         with vault_lock(self.home):
+            self._pinned = False
             upgrades.remove_leftovers(self.home)
-            doc, table = self._load()
+            doc, table = self._merged()
             yield table
             self._write(doc["kdf"], str(doc.get("created")), table)

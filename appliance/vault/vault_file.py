@@ -22,16 +22,21 @@ Rules:
   another format (`VaultCorrupt`), wrong passphrase (`WrongPassphrase`), a table that fails
   authentication or is of the wrong shape (`KeySlotsCorrupt`).
 - The writers here expect the caller to hold the vault lock (`disk.vault_lock`).
+- A reader may keep what it opened and ask `unchanged` before each use: the bytes in front of the
+  table hold the master key's wrap, fresh at every write, so a file another writer replaced since
+  never begins alike. Reading those few bytes is what lets a command open the table once, however
+  many sessions it reads (a file changed in place behind the same wrap keeps the authentic view).
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 
 from ..utc import now_text
 from .aead import KEY_BYTES, random_key, seal, secret, unb64, unseal, zeroize
-from .disk import VAULT_FILE, load_json, vault_dir, write_durable
+from .disk import VAULT_FILE, json_object, read_bounded, vault_dir, write_durable
 from .errors import KeySlotsCorrupt, NoVault, VaultCorrupt, VaultErased, VaultRekeyed, WrongPassphrase
 from .kdf import derive_kek, fresh_params, normalised
 from .slots import SlotTable
@@ -40,6 +45,15 @@ FORMAT = "appliance-vault/2"
 MASTER_AD = b"appliance-vault/2 master key"
 TABLE_AD = b"appliance-vault/2 table"
 DATA_KEY_AD = b"appliance-vault/2 data key "  # followed by the key id
+
+
+@dataclass(frozen=True)
+class Opened:
+    """vault.json as read and authenticated: its doc, its table, and the mark `unchanged` compares."""
+
+    doc: dict
+    table: SlotTable
+    mark: bytes | None  # the file's bytes up to its table, the master key's wrap among them; None: not kept
 
 
 def vault_path(home: Path) -> Path:
@@ -53,9 +67,17 @@ def read_doc(home: Path) -> dict:
 
 def read_checked(home: Path, path: Path, fmt: str) -> dict:
     """The vault file at `path` (this format's or an older one's) as a dict of format `fmt`."""
+    return _checked(home, path, _raw(home, path), fmt)
+
+
+def _raw(home: Path, path: Path) -> bytes:
     if not path.exists():
         raise NoVault(home)
-    doc = load_json(path, VaultCorrupt)
+    return read_bounded(path, VaultCorrupt)
+
+
+def _checked(home: Path, path: Path, raw: bytes, fmt: str) -> dict:
+    doc = json_object(raw, VaultCorrupt, str(path))
     if doc.get("format") != fmt:
         raise VaultCorrupt(f"{path}: not an {fmt} file")
     if "erased" in doc:
@@ -74,7 +96,7 @@ def open_kek(home: Path, passphrase: bytes | bytearray) -> tuple[bytearray, dict
     doc = read_doc(home)
     kek = _derive(passphrase, doc.get("kdf"))
     try:
-        zeroize(_unwrap_master(kek, doc))
+        zeroize(unwrap_master(kek, doc))
     except InvalidTag:
         zeroize(kek)
         raise WrongPassphrase() from None
@@ -84,13 +106,14 @@ def open_kek(home: Path, passphrase: bytes | bytearray) -> tuple[bytearray, dict
     return kek, doc
 
 
-def load(home: Path, kek: bytearray, salt: object) -> tuple[dict, SlotTable]:
+def load(home: Path, kek: bytearray, salt: object) -> Opened:
     """The file and its table, under the KEK with `salt`; VaultRekeyed if the file now needs another KEK."""
-    doc = read_doc(home)
+    raw = _raw(home, vault_path(home))
+    doc = _checked(home, vault_path(home), raw, FORMAT)
     if not isinstance(doc.get("kdf"), dict) or doc["kdf"].get("salt") != salt:
         raise VaultRekeyed(vault_path(home))
     try:
-        master = _unwrap_master(kek, doc)
+        master = unwrap_master(kek, doc)
     except InvalidTag:
         raise VaultCorrupt(f"{vault_path(home)}: the master key failed authentication under the KEK") from None
     try:
@@ -100,7 +123,25 @@ def load(home: Path, kek: bytearray, salt: object) -> tuple[dict, SlotTable]:
         raise KeySlotsCorrupt(f"{vault_path(home)}: the table failed authentication under its master key") from None
     finally:
         zeroize(master)
-    return doc, parse_table(vault_path(home), plain)
+    return Opened(doc, parse_table(vault_path(home), plain), _mark(raw, doc))
+
+
+def unchanged(home: Path, mark: bytes | None) -> bool:
+    """Whether vault.json still begins with `mark` (from `load` or `store`): no writer replaced it since."""
+    if mark is None:
+        return False
+    try:
+        with open(vault_path(home), "rb") as f:
+            return f.read(len(mark)) == mark
+    except OSError:
+        return False
+
+
+def _mark(raw: bytes, doc: dict) -> bytes | None:
+    """The bytes before the table, kept only where they hold the master key's wrap (`store` writes it first)."""
+    mark = raw[: raw.find(b'"table"')]
+    master = doc.get("master")
+    return mark if isinstance(master, str) and f'"master": "{master}"'.encode() in mark else None
 
 
 def parse_table(path: Path, plain: bytes) -> SlotTable:
@@ -112,7 +153,7 @@ def parse_table(path: Path, plain: bytes) -> SlotTable:
         raise KeySlotsCorrupt(f"{path}: {e}") from None
 
 
-def store(home: Path, kek: bytearray, kdf: dict, created: str, table: SlotTable) -> None:
+def store(home: Path, kek: bytearray, kdf: dict, created: str, table: SlotTable) -> Opened:
     """Seal `table` under a fresh master key, wrap that under the KEK, replace vault.json atomically."""
     master = random_key()
     try:
@@ -125,7 +166,9 @@ def store(home: Path, kek: bytearray, kdf: dict, created: str, table: SlotTable)
         }
     finally:
         zeroize(master)
-    write_durable(vault_path(home), (json.dumps(doc, indent=1) + "\n").encode())
+    raw = (json.dumps(doc, indent=1) + "\n").encode()
+    write_durable(vault_path(home), raw)
+    return Opened(doc, table, _mark(raw, doc))
 
 
 def write_tombstone(home: Path) -> str:
@@ -160,8 +203,8 @@ def _derive(passphrase: bytes | bytearray, params: object) -> bytearray:
         zeroize(nfc)
 
 
-def _unwrap_master(kek: bytearray, doc: dict) -> bytearray:
-    """The master key; InvalidTag under another KEK or if a byte changed."""
+def unwrap_master(kek: bytearray, doc: dict) -> bytearray:
+    """The master key, in a buffer the caller zeroes; InvalidTag under another KEK or if a byte changed."""
     master = secret(unseal(kek, unb64(doc.get("master"), VaultCorrupt, "vault.json: master"), MASTER_AD))
     if len(master) != KEY_BYTES:
         zeroize(master)
