@@ -8,15 +8,19 @@ Rules:
   another path, version or manifest fails authentication even under the right key.
 - Reading decrypts into memory only and re-hashes the plaintext against the accepted manifest before
   anyone uses it; decrypted buffers are zeroed as soon as their user is done with them.
-- A base model may be proprietary (docs/design.md, "Keys, encryption at rest"): its GGUF is decrypted,
-  and hashed in the same pass, into a sealed memfd (`decrypt_to_memfd`), anonymous memory that llama.cpp
-  opens by its /proc/self/fd path; the embedded default alone stays public, pinned and in the clear.
+- A base model may be proprietary (docs/design.md, "Keys, encryption at rest"): its GGUF is decrypted
+  into a sealed memfd (`decrypt_to_memfd`), anonymous memory that llama.cpp opens by its /proc/self/fd
+  path; the embedded default alone stays public, pinned and in the clear. A start trusts the AEAD tags
+  alone (`Check.TAGS`): every chunk authenticated under the version's data key and this file's context,
+  in order, the last one sealed as last, and the size the manifest's; that key only ever sealed bytes
+  hashed against the signed manifest at import. `verify` and `base use` re-hash too (`Check.SHA256`).
 """
 
 import fcntl
 import hashlib
 import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Literal, Optional, overload
 
@@ -142,12 +146,20 @@ def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: b
     return data
 
 
-def decrypt_to_memfd(directory: Path, artifact: Artifact, sealing: Sealing) -> int:
-    """One installed, encrypted artifact decrypted into a sealed memfd, hashed in the same pass; returns the fd.
+class Check(Enum):
+    """How much `decrypt_to_memfd` checks beyond the AEAD tags, which authenticate every byte either way."""
+
+    TAGS = "tags"  # a start, and the probe of what was just hashed on the way in
+    SHA256 = "sha256"  # `verify` and `base use`: the plaintext re-hashed against the accepted manifest too
+
+
+def decrypt_to_memfd(directory: Path, artifact: Artifact, sealing: Sealing, check: Check) -> int:
+    """One installed, encrypted artifact decrypted into a sealed memfd, its size (and, by `check`, its
+    SHA-256) checked against the manifest in the same pass; returns the fd.
 
     The memfd is anonymous memory (never a file on disk), sealed against writes once checked, so the
-    bytes a loader reads through /proc/self/fd/N are the bytes hashed. It is close-on-exec: a child
-    gets it only when passed on purpose. The caller closes it.
+    bytes a loader reads through /proc/self/fd/N are the bytes authenticated. It is close-on-exec: a
+    child gets it only when passed on purpose. The caller closes it.
     """
     path = directory / "artifacts" / artifact.path
     if not path.is_file():
@@ -156,14 +168,16 @@ def decrypt_to_memfd(directory: Path, artifact: Artifact, sealing: Sealing) -> i
         raise ValueError("only encrypted artifacts are decrypted into memory")
     fd = os.memfd_create(f"appliance:{sealing.key_id}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        h, size = hashlib.sha256(), 0
+        h = hashlib.sha256() if check is Check.SHA256 else None
+        size = 0
         for chunk in decrypt_chunks(sealing.key, path, sealing.context(artifact.path)):
-            h.update(chunk)
+            if h is not None:
+                h.update(chunk)
             size += len(chunk)
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view) :]
-        _check(artifact, size, h.hexdigest())
+        _check(artifact, size, artifact.sha256 if h is None else h.hexdigest())
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, MEMFD_SEALS)
         os.lseek(fd, 0, os.SEEK_SET)
     except BaseException:

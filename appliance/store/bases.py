@@ -6,11 +6,12 @@ Rules:
 2. At import, after the signatures and hashes, the GGUF is decrypted from staging into a sealed memfd
    and probed in a limited child process (`runtime.probe`): nothing is installed unless it would run.
 3. The active base is the store's `base` (None: the embedded default, pinned in the software). Every
-   start opens it the same way: each artifact decrypted and hashed against the accepted manifest, the
-   GGUF into a sealed memfd (`at_rest.decrypt_to_memfd`) that llama.cpp opens as /proc/self/fd/N, so
-   no plaintext copy lies on disk. A failure is `BaseRejected` (exit 3) naming the base, and nothing
-   is loaded; a crypto-erased base is `Erased` (exit 6).
-4. `use_base` verifies the whole base first, remembers the active overlay of the base it leaves and
+   start opens it the same way: the GGUF decrypted into a sealed memfd (`at_rest.decrypt_to_memfd`)
+   that llama.cpp opens as /proc/self/fd/N, so no plaintext copy lies on disk, every byte authenticated
+   by its AEAD tag (the SHA-256 was checked once, at import: docs/design.md, "Keys, encryption at
+   rest"). A failure is `BaseRejected` (exit 3) naming the base, and nothing is loaded; a
+   crypto-erased base is `Erased` (exit 6).
+4. `use_base` verifies the whole base first (every artifact re-hashed against the accepted manifest), remembers the active overlay of the base it leaves and
    brings back the one remembered for the base it enters (else the selection stays, shown as bound to
    another base), journals a `base-switch` record, then commits state.json.
 """
@@ -31,7 +32,7 @@ from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..trust.manifest import Artifact, Manifest
 from ..vault import Vault
 from .active import ActiveBase, base_shape, versions_text
-from .at_rest import Sealing, decrypt_to_memfd, read_artifact
+from .at_rest import Check, Sealing, decrypt_to_memfd, read_artifact
 from .layout import Store
 
 EMBEDDED = "embedded"  # what `base use` calls the built-in default
@@ -63,17 +64,21 @@ def gguf_artifact(manifest: Manifest) -> Artifact:
 
 
 def probe_staged(manifest: Manifest, staging: Path, sealing: Sealing) -> GgufFacts:
-    """Rule 2, on the ciphertext just written to staging (so the bytes kept are the bytes probed)."""
+    """Rule 2, on the ciphertext just written to staging (so the bytes kept are the bytes probed: their
+    tags are checked, and they were hashed on the way in)."""
     artifact = gguf_artifact(manifest)
-    fd = decrypt_to_memfd(staging, artifact, sealing)
+    fd = decrypt_to_memfd(staging, artifact, sealing, Check.TAGS)
     try:
         return probe_gguf(fd, artifact.size, f"{manifest.name} v{manifest.version}: {artifact.path}")
     finally:
         os.close(fd)
 
 
-def open_model(vault: Vault, name: str) -> VerifiedModel:
-    """Rule 3 for installed base NAME (its active version): a VerifiedModel whose path is its memfd."""
+def open_model(vault: Vault, name: str, check: Check = Check.TAGS) -> VerifiedModel:
+    """Rule 3 for installed base NAME (its active version): a VerifiedModel whose path is its memfd.
+
+    `Check.SHA256` (`verify`, `base use`): every artifact re-hashed against the accepted manifest too.
+    """
     store = Store.unlocked(vault)
     item = store.read_state().items.get(name)
     if item is None or item.kind != "base-model":
@@ -85,10 +90,11 @@ def open_model(vault: Vault, name: str) -> VerifiedModel:
     gguf = gguf_artifact(manifest)
     sealing = Sealing.installed(vault, manifest)
     try:
-        for artifact in manifest.artifacts:
-            if artifact is not gguf:
-                read_artifact(directory, artifact, sealing, keep=False)
-        fd = decrypt_to_memfd(directory, gguf, sealing)
+        if check is Check.SHA256:
+            for artifact in manifest.artifacts:
+                if artifact is not gguf:
+                    read_artifact(directory, artifact, sealing, keep=False)
+        fd = decrypt_to_memfd(directory, gguf, sealing, check)
     except Refused as e:
         raise BaseRejected(f"base {name} v{manifest.version} failed verification, nothing was loaded: {e}") from None
     finally:
@@ -103,10 +109,10 @@ def close_model(model: VerifiedModel) -> None:
         os.close(model.fd)
 
 
-def active_model(vault: Vault) -> VerifiedModel:
+def active_model(vault: Vault, check: Check = Check.TAGS) -> VerifiedModel:
     """The active base, verified (rule 3): the embedded default against its pin, an imported one decrypted."""
     name = Store.unlocked(vault).read_state().base
-    return verify_pinned(embedded_pin()) if name is None else open_model(vault, name)
+    return verify_pinned(embedded_pin()) if name is None else open_model(vault, name, check)
 
 
 class InstalledBase(ActiveBase):
@@ -190,7 +196,7 @@ def use_base(vault: Vault, name: str) -> tuple[VerifiedModel, float]:
     store = Store.unlocked(vault)
     state = store.read_state()
     target = None if name == EMBEDDED else name
-    model = verify_pinned(embedded_pin()) if target is None else open_model(vault, name)
+    model = verify_pinned(embedded_pin()) if target is None else open_model(vault, name, Check.SHA256)
     close_model(model)
     remembered = dict(state.overlay_of_base)
     if state.overlay is not None:
