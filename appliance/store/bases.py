@@ -3,8 +3,8 @@
 Rules:
 1. A base-model bundle holds exactly one `.gguf` artifact, plus optional text files (a licence, a
    model card: `.txt`, `.md`, or no suffix); it may not be named `embedded`.
-2. At import, after the signatures and hashes, the GGUF is decrypted from staging into a sealed memfd
-   and probed in a limited child process (`runtime.probe`): nothing is installed unless it would run.
+2. At import, the GGUF is copied into a sealed memfd as it is hashed and encrypted into staging, and
+   probed in a limited child process (`runtime.probe`): nothing is installed unless it would run.
 3. The active base is the store's `base` (None: the embedded default, pinned in the software). Every
    start opens it the same way: the GGUF decrypted into a sealed memfd (`at_rest.decrypt_to_memfd`)
    that llama.cpp opens as /proc/self/fd/N, so no plaintext copy lies on disk, every byte authenticated
@@ -63,11 +63,10 @@ def gguf_artifact(manifest: Manifest) -> Artifact:
     return ggufs[0]
 
 
-def probe_staged(manifest: Manifest, staging: Path, sealing: Sealing) -> GgufFacts:
-    """Rule 2, on the ciphertext just written to staging (so the bytes kept are the bytes probed: their
-    tags are checked, and they were hashed on the way in)."""
+def probe_copied(manifest: Manifest, fd: int) -> GgufFacts:
+    """Rule 2, on the sealed memfd filled while the GGUF was copied (`importer`): the bytes probed are the
+    bytes hashed and encrypted, from one buffer. Closes `fd`."""
     artifact = gguf_artifact(manifest)
-    fd = decrypt_to_memfd(staging, artifact, sealing, Check.TAGS)
     try:
         return probe_gguf(fd, artifact.size, f"{manifest.name} v{manifest.version}: {artifact.path}")
     finally:

@@ -53,8 +53,8 @@ from ..trust.manifest import Manifest, check_created
 from ..utc import format_time, now
 from ..vault import Vault
 from .active import ActiveBase, check_binding, verify_version, versions_text
-from .at_rest import KEY_ID_PREFIXES, Sealing, data_key_id, write_artifact
-from .bases import gguf_artifact, probe_staged
+from .at_rest import KEY_ID_PREFIXES, PlainMemfd, Sealing, data_key_id, write_artifact
+from .bases import gguf_artifact, probe_copied
 from .layout import STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
 
 CRASH_POINTS = ("copying", "copied", "keyed", "stored", "committed")
@@ -62,6 +62,10 @@ CRASH_POINTS = ("copying", "copied", "keyed", "stored", "committed")
 
 class ManifestExpired(Refused):
     pass
+
+
+class NoRoomForImport(Refused):
+    """The state directory's disk cannot hold what an import would write: refused before writing any of it."""
 
 
 class VersionNotNewer(Refused):
@@ -113,21 +117,49 @@ def _check_version(manifest: Manifest, state: StoreState) -> None:
         raise VersionNotNewer(f"{manifest.name} v{manifest.version} is {what}: a bundle must be above v{item.max_version}")
 
 
-def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: Optional[Progress]) -> None:
-    """Step 5: stream each artifact from the bundle into staging, hashing the very bytes written (or encrypted)."""
-    for artifact in bundle.manifest.artifacts:
-        in_tar = bundle.artifact_size(artifact.path)
-        if in_tar != artifact.size:
-            raise SizeMismatch(artifact.path, artifact.size, in_tar)
-        dest = staging / "artifacts" / artifact.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with bundle.open_artifact(artifact.path) as src:
-            digest, size = write_artifact(src, dest, artifact.path, sealing, progress)
-        if size != artifact.size:
-            raise SizeMismatch(artifact.path, artifact.size, size)
-        if digest != artifact.sha256:
-            raise HashMismatch(artifact.path, artifact.sha256, digest)
-        _crash_point("copying")
+ROOM_RESERVE = 16 << 20  # beside the artifacts: the manifest, signatures, and the vault, state and journal rewritten
+
+
+def _check_room(bundle: Bundle, staging: Path, sealing: Sealing) -> None:
+    """Before step 5 writes a byte: the disk under staging (the state directory's) holds all of it, or exit 3."""
+    needed = sum(sealing.stored_size(a) for a in bundle.manifest.artifacts) + len(bundle.manifest.raw) + ROOM_RESERVE
+    disk = os.statvfs(staging)
+    free = disk.f_bavail * disk.f_frsize
+    if needed > free:
+        raise NoRoomForImport(
+            f"{bundle.manifest.name} v{bundle.manifest.version} needs {needed:,} bytes on the disk of {staging.parent},"
+            f" {free:,} are free: nothing was written (free some space and import again)"
+        )
+
+
+def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: Optional[Progress]) -> Optional[int]:
+    """Step 5: stream each artifact from the bundle into staging, hashing the very bytes written (or encrypted).
+
+    A base's GGUF also goes, from the same buffer, into a memfd for the probe (step 6): returned sealed,
+    for the caller to close (None for other kinds), so the probe needs no second pass over the disk.
+    """
+    _check_room(bundle, staging, sealing)
+    probed = gguf_artifact(bundle.manifest) if bundle.manifest.kind == "base-model" else None
+    plain = PlainMemfd(sealing.key_id) if probed is not None else None
+    try:
+        for artifact in bundle.manifest.artifacts:
+            in_tar = bundle.artifact_size(artifact.path)
+            if in_tar != artifact.size:
+                raise SizeMismatch(artifact.path, artifact.size, in_tar)
+            dest = staging / "artifacts" / artifact.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with bundle.open_artifact(artifact.path) as src:
+                digest, size = write_artifact(src, dest, artifact.path, sealing, progress, plain if artifact is probed else None)
+            if size != artifact.size:
+                raise SizeMismatch(artifact.path, artifact.size, size)
+            if digest != artifact.sha256:
+                raise HashMismatch(artifact.path, artifact.sha256, digest)
+            _crash_point("copying")
+        return plain.sealed() if plain is not None else None
+    except BaseException:
+        if plain is not None:
+            plain.close()
+        raise
 
 
 def _write_manifest(accepted: Accepted, staging: Path) -> None:
@@ -162,10 +194,10 @@ def _accept(
             gguf_artifact(manifest)  # its shape, before a byte is copied
         sealing = Sealing.fresh(manifest)
         try:
-            _copy_artifacts(bundle, staging, sealing, progress)
+            plain = _copy_artifacts(bundle, staging, sealing, progress)
             _crash_point("copied")
-            if manifest.kind == "base-model":
-                probe_staged(manifest, staging, sealing)
+            if plain is not None:
+                probe_copied(manifest, plain)
             check_binding(manifest, staging, sealing, base)
         except BaseException:
             sealing.zeroize()
