@@ -64,7 +64,7 @@ class CiphertextRejected(Refused):
 
 
 class Writable(Protocol):
-    def write(self, data: bytes, /) -> object: ...
+    def write(self, data: bytes | memoryview, /) -> object: ...
 
 
 class EncryptedWriter:
