@@ -27,12 +27,12 @@ from typing import Optional
 
 from ..errors import Erased, NotFound, Refused
 from ..journal import Journal, provenance
-from ..runtime.probe import GgufFacts, probe_gguf
+from ..runtime.probe import GgufFacts, PendingProbe
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..trust.manifest import Artifact, Manifest
 from ..vault import Vault
 from .active import ActiveBase, base_shape, versions_text
-from .at_rest import Check, Sealing, decrypt_to_memfd, read_artifact
+from .at_rest import Check, PlainMemfd, Sealing, decrypt_to_memfd, read_artifact
 from .layout import Store
 
 EMBEDDED = "embedded"  # what `base use` calls the built-in default
@@ -63,14 +63,38 @@ def gguf_artifact(manifest: Manifest) -> Artifact:
     return ggufs[0]
 
 
-def probe_copied(manifest: Manifest, fd: int) -> GgufFacts:
-    """Rule 2, on the sealed memfd filled while the GGUF was copied (`importer`): the bytes probed are the
-    bytes hashed and encrypted, from one buffer. Closes `fd`."""
-    artifact = gguf_artifact(manifest)
-    try:
-        return probe_gguf(fd, artifact.size, f"{manifest.name} v{manifest.version}: {artifact.path}")
-    finally:
-        os.close(fd)
+class StagedProbe:
+    """Rule 2 for an import: the probe child started before the GGUF is copied, so it loads its libraries
+    while `plain` (a memfd) fills with the very bytes hashed and encrypted into staging (`importer`)."""
+
+    def __init__(self, manifest: Manifest, key_id: str):
+        self.artifact = gguf_artifact(manifest)
+        self.plain = PlainMemfd(key_id)
+        try:
+            self._child = PendingProbe(
+                self.plain.fd, self.artifact.size, f"{manifest.name} v{manifest.version}: {self.artifact.path}"
+            )
+        except BaseException:
+            self.plain.close()
+            raise
+
+    def verdict(self) -> GgufFacts:
+        """The GGUF is whole: seal it, let the child probe it; the memfd is closed either way."""
+        try:
+            self.plain.sealed()
+            return self._child.result()
+        except BaseException:
+            self._child.cancel()
+            raise
+        finally:
+            self.plain.close()
+
+    def cancel(self) -> None:
+        """The copy failed: the child reads nothing and goes, the memfd with it."""
+        try:
+            self._child.cancel()
+        finally:
+            self.plain.close()
 
 
 def open_model(vault: Vault, name: str, check: Check = Check.TAGS) -> VerifiedModel:

@@ -53,8 +53,8 @@ from ..trust.manifest import Manifest, check_created
 from ..utc import format_time, now
 from ..vault import Vault
 from .active import ActiveBase, check_binding, verify_version, versions_text
-from .at_rest import KEY_ID_PREFIXES, PlainMemfd, Sealing, data_key_id, write_artifact
-from .bases import gguf_artifact, probe_copied
+from .at_rest import KEY_ID_PREFIXES, Sealing, data_key_id, write_artifact
+from .bases import StagedProbe, gguf_artifact
 from .layout import STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
 
 CRASH_POINTS = ("copying", "copied", "keyed", "stored", "committed")
@@ -132,15 +132,14 @@ def _check_room(bundle: Bundle, staging: Path, sealing: Sealing) -> None:
         )
 
 
-def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: Optional[Progress]) -> Optional[int]:
+def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: Optional[Progress]) -> Optional[StagedProbe]:
     """Step 5: stream each artifact from the bundle into staging, hashing the very bytes written (or encrypted).
 
-    A base's GGUF also goes, from the same buffer, into a memfd for the probe (step 6): returned sealed,
-    for the caller to close (None for other kinds), so the probe needs no second pass over the disk.
+    A base's GGUF also goes, from the same buffer, into the memfd of its probe (step 6), whose child
+    starts first: returned for its verdict (None for other kinds), so the probe needs no second pass.
     """
     _check_room(bundle, staging, sealing)
-    probed = gguf_artifact(bundle.manifest) if bundle.manifest.kind == "base-model" else None
-    plain = PlainMemfd(sealing.key_id) if probed is not None else None
+    probe = StagedProbe(bundle.manifest, sealing.key_id) if bundle.manifest.kind == "base-model" else None
     try:
         for artifact in bundle.manifest.artifacts:
             in_tar = bundle.artifact_size(artifact.path)
@@ -148,17 +147,18 @@ def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: O
                 raise SizeMismatch(artifact.path, artifact.size, in_tar)
             dest = staging / "artifacts" / artifact.path
             dest.parent.mkdir(parents=True, exist_ok=True)
+            plain = probe.plain if probe is not None and artifact is probe.artifact else None
             with bundle.open_artifact(artifact.path) as src:
-                digest, size = write_artifact(src, dest, artifact.path, sealing, progress, plain if artifact is probed else None)
+                digest, size = write_artifact(src, dest, artifact.path, sealing, progress, plain)
             if size != artifact.size:
                 raise SizeMismatch(artifact.path, artifact.size, size)
             if digest != artifact.sha256:
                 raise HashMismatch(artifact.path, artifact.sha256, digest)
             _crash_point("copying")
-        return plain.sealed() if plain is not None else None
+        return probe
     except BaseException:
-        if plain is not None:
-            plain.close()
+        if probe is not None:
+            probe.cancel()
         raise
 
 
@@ -194,10 +194,10 @@ def _accept(
             gguf_artifact(manifest)  # its shape, before a byte is copied
         sealing = Sealing.fresh(manifest)
         try:
-            plain = _copy_artifacts(bundle, staging, sealing, progress)
+            probe = _copy_artifacts(bundle, staging, sealing, progress)
             _crash_point("copied")
-            if plain is not None:
-                probe_copied(manifest, plain)
+            if probe is not None:
+                probe.verdict()
             check_binding(manifest, staging, sealing, base)
         except BaseException:
             sealing.zeroize()
