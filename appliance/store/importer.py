@@ -9,15 +9,17 @@
    at most the clock tolerance after now (`trust.manifest.check_created`), since it becomes the floor;
 4. an item keeps its kind, and the version is strictly above every version
    ever accepted for that name (rollback, replay);
-5. each artifact's size and SHA-256, hashed while it is copied from the
-   bundle into staging: the bytes verified are the bytes kept. An overlay's
+5. room on the state directory's disk for everything the import writes, counted before
+   a byte is written (`NoRoomForImport`); then each artifact's size and SHA-256, hashed
+   while it is streamed from the bundle into staging: the bytes verified are the bytes kept. An overlay's
    (a control vector's, a base model's) are encrypted on the way (`at_rest`) under a fresh
    data key that exists only in memory until step 7: no plaintext overlay byte reaches the disk;
 6. binding: an overlay or a control vector is bound to the active base and admitted by its
    loader (decrypted into memory from staging, so the ciphertext kept is checked too; a control
    vector's blocks must be blocks the base has);
    a base model is one GGUF (plus text files) that a limited child process
-   loads in llama.cpp from a sealed memfd (`bases`, `runtime.probe`);
+   loads in llama.cpp from a sealed memfd, filled in step 5 from the buffer
+   that was hashed and encrypted (`bases.StagedProbe`, `runtime.probe`);
    an image's artifacts are the layout its signed record describes (`trust.image_rules`);
 7. install: the data key recorded in the vault, staging renamed into
    `store/objects/<manifest sha256>`, its accepted record sealed, then
