@@ -428,6 +428,26 @@ def test_base_bundle_with_one_signature_is_refused(home, keys, broken, tmp_path)
     assert_refused(home, bundle, "threshold-not-met")
 
 
+def test_a_base_failing_its_hash_mid_copy_leaves_nothing_and_no_probe(home, vault, keys, tmp_path):
+    """The probe child starts before the copy (it loads llama.cpp meanwhile); a copy that fails cancels it
+    before it reads a byte, and the state is as it was."""
+    from appliance.errors import HashMismatch
+    from appliance.store import embedded_base
+    from appliance.store.importer import import_bundle
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(np.random.default_rng(2).bytes(3 << 20))
+    bundle = base_bundle(keys, tmp_path / "odd.bundle", [gguf], name="odd")
+    data = bytearray(bundle.read_bytes())
+    data[data.find(gguf.read_bytes()[:64]) + (2 << 20)] ^= 1  # same size, another SHA-256
+    bundle.write_bytes(data)
+    before = tree_digest(home)
+    with pytest.raises(HashMismatch):
+        import_bundle(bundle, embedded_base(), vault)
+    assert tree_digest(home) == before
+    assert Path(f"/proc/self/task/{os.getpid()}/children").read_text().split() == []  # cancelled and reaped
+
+
 def test_base_bundle_must_hold_exactly_one_gguf(home, keys, broken, tmp_path):
     script = tmp_path / "run.sh"
     script.write_text("#!/bin/sh\n")
