@@ -586,7 +586,7 @@ def bases(rounds: int, n_tokens: int) -> list[tuple]:
 
         def cold_ours():
             t = time.perf_counter()
-            model = active_model(vault)  # decrypt + hash into a sealed memfd
+            model = active_model(vault)  # decrypt into a sealed memfd, authenticated by its tags
             rt = Runtime(model, n_ctx=N_CTX)
             Session(rt, settings=GREEDY).generate(PROMPT, max_tokens=1)
             dt = time.perf_counter() - t

@@ -45,7 +45,7 @@ def status(passphrase_file) -> None:
     home = paths.state_dir()
     state.require_initialised(home)
     with unlocked(passphrase_file) as vault:
-        model = active_model(vault)  # an imported base decrypted and hashed in memory
+        model = active_model(vault)  # an imported base decrypted in memory, authenticated by its tags
         close_model(model)
         lines = status_lines(vault)
         generation = generation_line(vault)

@@ -7,6 +7,7 @@ import click
 
 from ..store import describe_installed, verify_installed
 from ..store.active import BOUND_KINDS, VerificationFailed, floor_text, versions_text
+from ..store.at_rest import Check
 from ..store.bases import active_base, active_model, active_sha256, close_model
 from ..store.importer import import_bundle, rollback, verify_bundle
 from ..store.layout import Store
@@ -237,7 +238,7 @@ def update_rollback(name: str, passphrase_file: Path | None) -> None:
 def verify_cmd(passphrase_file: Path | None) -> None:
     """Re-verify the base and every installed version (overlays decrypted in memory: needs the passphrase)."""
     with unlocked(passphrase_file) as vault:
-        model = active_model(vault)  # refused (exit 3) here if the active base fails
+        model = active_model(vault, Check.SHA256)  # refused (exit 3) here if the active base fails
         close_model(model)
         say(f"base {model.name} v{model.version} ({model.origin}) sha256 {model.sha256}: ok")
         results = verify_installed(active_base(vault), vault)

@@ -1,11 +1,11 @@
 """Will this GGUF run? Asked of a child process, so llama.cpp's C parser never meets hostile bytes in ours.
 
-`probe_gguf(fd, size)` hands the file to `python -I -m appliance.runtime.probe_child` as an inherited file
-descriptor (a sealed memfd: no plaintext file on disk), started as every child is (`children`: in `/`,
+`PendingProbe(fd, size)` (or `probe_gguf`, for a file already whole) hands the file to `python -I -m
+appliance.runtime.probe_child` as an inherited file descriptor (a sealed memfd: no plaintext file on disk), started as every child is (`children`: in `/`,
 isolated from the operator's directory and environment) under limits: wall time, address space
 (RLIMIT_AS), CPU time, no core dump (RLIMIT_CORE 0). The child first makes itself undumpable,
-before it imports anything else (`probe_child`; execve made it dumpable again), then checks, in this order, and stops at
-the first fault:
+before it imports anything else (`probe_child`; execve made it dumpable again), loads its libraries, waits for the
+parent's word that the file is whole and sealed, then checks, in this order, and stops at the first fault:
 
 1. the header: magic `GGUF`, version 2 or 3, tensor and key counts that the file's size can hold;
 2. the metadata, walked with a bounds check at every read: `general.architecture`, the vocabulary
@@ -40,7 +40,8 @@ from .. import children
 from ..errors import Refused
 from .chat_template import ChatTemplateUnsupported
 
-PROBE_SECONDS = 120
+PROBE_SECONDS = 120  # from the moment the file is whole
+GO = b"go\n"  # the parent's word that the file is whole and sealed
 MIN_ADDRESS_SPACE = 4 << 30  # Python, numpy, llama.cpp and their thread stacks, before the model
 HEADER = struct.Struct("<4sIQQ")  # magic, version, tensor count, metadata key count
 MIN_TENSOR_INFO = 8 + 1 + 4 + 8 + 4 + 8  # name length, a 1-byte name, n_dims, one dim, type, offset
@@ -63,44 +64,67 @@ class GgufFacts:
 REFUSALS = {cls.reason: cls for cls in (GgufRejected, ChatTemplateUnsupported)}
 
 
-def probe_gguf(fd: int, size: int, label: str) -> GgufFacts:
-    """Rules 1-4 in a limited child; `label` names the file in the refusal."""
-    limit = max(MIN_ADDRESS_SPACE, 3 * size + MIN_ADDRESS_SPACE)
+class PendingProbe:
+    """The probe child, started before its file is whole: it hardens itself and loads Python, numpy and
+    llama.cpp (about a second, whatever the file's size) while the caller fills the memfd `fd`, and
+    reads nothing of it until `result()` says the file is whole and sealed. `cancel()` if it never is."""
 
-    def limits() -> None:  # runs in the child, before exec (rlimits survive it; the dumpable flag does not)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        resource.setrlimit(resource.RLIMIT_CPU, (PROBE_SECONDS, PROBE_SECONDS))
+    def __init__(self, fd: int, size: int, label: str):
+        limit = max(MIN_ADDRESS_SPACE, 3 * size + MIN_ADDRESS_SPACE)
 
-    # The same llama.cpp library as ours; one thread each; no `gdb` from PATH on a ggml assertion.
-    quiet = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "GGML_NO_BACKTRACE": "1"}
-    try:
-        r = children.run(
+        def limits() -> None:  # runs in the child, before exec (rlimits survive it; the dumpable flag does not)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            resource.setrlimit(resource.RLIMIT_CPU, (PROBE_SECONDS, PROBE_SECONDS))
+
+        # The same llama.cpp library as ours; one thread each; no `gdb` from PATH on a ggml assertion.
+        quiet = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "GGML_NO_BACKTRACE": "1"}
+        self._label = label
+        self._child = children.popen(
             children.python("-m", "appliance.runtime.probe_child", str(fd), str(size)),
             keep=("LLAMA_CPP_LIB_PATH",),
             extra=quiet,
             pass_fds=(fd,),
             preexec_fn=limits,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=PROBE_SECONDS,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
-    except subprocess.TimeoutExpired:
-        raise GgufRejected(f"{label}: the GGUF probe did not finish within {PROBE_SECONDS} s") from None
-    answer = _answer(r.stdout)
-    if r.returncode < 0:
-        name = signal.Signals(-r.returncode).name
-        raise GgufRejected(f"{label}: the GGUF probe died of {name} (malformed file, or over its memory or time limit)")
-    if answer is None:
-        tail = r.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise GgufRejected(f"{label}: the GGUF probe failed (exit {r.returncode}): {tail[-1][:200] if tail else 'no output'}")
-    if "refused" in answer or r.returncode != 0:
-        refusal = REFUSALS.get(str(answer.get("reason")), GgufRejected)
-        raise refusal(f"{label}: {answer.get('refused', f'the GGUF probe failed (exit {r.returncode})')}")
-    facts = GgufFacts(answer["architecture"], answer["n_vocab"], answer["n_embd"], answer["chat_template"], answer["dumpable"])
-    if facts.dumpable:
-        raise GgufRejected(f"{label}: the GGUF probe could not make itself undumpable (the decrypted base was readable)")
-    return facts
+
+    def cancel(self) -> None:
+        self._child.kill()
+        self._child.communicate()
+
+    def result(self) -> GgufFacts:
+        """Rules 1-4, now that the file is whole: the child's verdict, or the refusal it amounts to."""
+        label = self._label
+        try:
+            stdout, stderr = self._child.communicate(GO, timeout=PROBE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            raise GgufRejected(f"{label}: the GGUF probe did not finish within {PROBE_SECONDS} s") from None
+        returncode = self._child.returncode
+        answer = _answer(stdout)
+        if returncode < 0:
+            name = signal.Signals(-returncode).name
+            raise GgufRejected(f"{label}: the GGUF probe died of {name} (malformed file, or over its memory or time limit)")
+        if answer is None:
+            tail = stderr.decode("utf-8", "replace").strip().splitlines()
+            raise GgufRejected(f"{label}: the GGUF probe failed (exit {returncode}): {tail[-1][:200] if tail else 'no output'}")
+        if "refused" in answer or returncode != 0:
+            refusal = REFUSALS.get(str(answer.get("reason")), GgufRejected)
+            raise refusal(f"{label}: {answer.get('refused', f'the GGUF probe failed (exit {returncode})')}")
+        facts = GgufFacts(
+            answer["architecture"], answer["n_vocab"], answer["n_embd"], answer["chat_template"], answer["dumpable"]
+        )
+        if facts.dumpable:
+            raise GgufRejected(f"{label}: the GGUF probe could not make itself undumpable (the decrypted base was readable)")
+        return facts
+
+
+def probe_gguf(fd: int, size: int, label: str) -> GgufFacts:
+    """Rules 1-4 in a limited child, on a file already whole; `label` names the file in the refusal."""
+    return PendingProbe(fd, size, label).result()
 
 
 def _answer(stdout: bytes) -> Optional[dict]:
@@ -281,6 +305,14 @@ def _run(path: str, arch: str, n_vocab: int, n_embd: Optional[int]) -> dict:
         runtime.close()
 
 
+def _warm() -> None:
+    """What rules 2-4 import, loaded while the parent is still writing the file (`PendingProbe`)."""
+    import gguf  # noqa: F401
+    import numpy  # noqa: F401
+
+    from . import session  # noqa: F401 (llama.cpp's library)
+
+
 def _probe(fd: int, size: int) -> dict:
     path = f"/proc/self/fd/{fd}"
     if os.fstat(fd).st_size != size:
@@ -293,6 +325,9 @@ def main(argv: list[str]) -> int:
     from ..hardening import harden_process, protections
 
     harden_process()  # done already by `probe_child` before any import; idempotent, and `protections` reads it
+    _warm()
+    if sys.stdin.buffer.readline() != GO:
+        return 1  # the parent gave up on the file (it will not be whole): read none of it
     try:
         answer = _probe(int(argv[0]), int(argv[1]))
     except _Fault as e:

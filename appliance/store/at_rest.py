@@ -8,22 +8,26 @@ Rules:
   another path, version or manifest fails authentication even under the right key.
 - Reading decrypts into memory only and re-hashes the plaintext against the accepted manifest before
   anyone uses it; decrypted buffers are zeroed as soon as their user is done with them.
-- A base model may be proprietary (docs/design.md, "Keys, encryption at rest"): its GGUF is decrypted,
-  and hashed in the same pass, into a sealed memfd (`decrypt_to_memfd`), anonymous memory that llama.cpp
-  opens by its /proc/self/fd path; the embedded default alone stays public, pinned and in the clear.
+- A base model may be proprietary (docs/design.md, "Keys, encryption at rest"): its GGUF is decrypted
+  into a sealed memfd (`decrypt_to_memfd`), anonymous memory that llama.cpp opens by its /proc/self/fd
+  path; the embedded default alone stays public, pinned and in the clear. A start trusts the AEAD tags
+  alone (`Check.TAGS`): every chunk authenticated under the version's data key and this file's context,
+  in order, the last one sealed as last, and the size the manifest's; that key only ever sealed bytes
+  hashed against the signed manifest at import. `verify` and `base use` re-hash too (`Check.SHA256`).
 """
 
 import fcntl
 import hashlib
 import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Literal, Optional, overload
 
 from ..errors import HashMismatch, NotFound, SizeMismatch
-from ..trust.hashing import Progress, Readable, sha256_stream
+from ..trust.hashing import Progress, Readable, Sink, sha256_stream
 from ..trust.manifest import Artifact, Manifest
-from ..vault import EncryptedWriter, Vault, decrypt_chunks, random_key, zeroize
+from ..vault import EncryptedWriter, Vault, decrypt_chunks, random_key, sealed_size, zeroize
 from .layout import STORE_DIR
 
 OVERLAY_KEYS = "overlay/"  # the prefix of the overlays' data key ids
@@ -84,6 +88,10 @@ class Sealing:
             files = [artifact_rel(self.manifest.sha256, a.path) for a in self.manifest.artifacts]
             vault.record_data_key(self.key_id, self.key, files, replace=True)
 
+    def stored_size(self, artifact: Artifact) -> int:
+        """The bytes `write_artifact` puts on disk for `artifact`."""
+        return artifact.size if self.key is None else sealed_size(artifact.size)
+
     def context(self, path: str) -> bytes:
         return f"{self.key_id}\0{self.manifest.sha256}\0{path}".encode()
 
@@ -92,17 +100,92 @@ class Sealing:
             zeroize(self.key)
 
 
-def write_artifact(src: Readable, dest: Path, path: str, sealing: Sealing, progress: Optional[Progress]) -> tuple[str, int]:
-    """Copy one artifact from the bundle to `dest`, encrypted if its kind says so; returns (sha256, size) of the plaintext."""
-    with open(dest, "wb") as out:
-        if sealing.key is None:
-            digest, size = sha256_stream(src, progress, sink=out)
-        else:
-            writer = EncryptedWriter(sealing.key, out, sealing.context(path))
-            digest, size = sha256_stream(src, progress, sink=writer)
-            writer.close()
-        out.flush()
-        os.fsync(out.fileno())
+WRITE_BEHIND = 32 << 20  # bytes written between two write-back kicks
+
+
+class WriteBehind:
+    """A file written straight through (no Python buffer) whose pages go to the disk while the import goes on.
+
+    Every `WRITE_BEHIND` bytes, POSIX_FADV_DONTNEED over what was written starts its write-back
+    without waiting for it (Linux) and drops the pages already written from the page cache, so
+    hashing, encrypting and the probe overlap the disk, whose pace then bounds the import; the
+    install's fsync (`importer._fsync_tree`) waits for what is left before the commit point.
+    """
+
+    def __init__(self, dest: Path):
+        self._fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self._written = self._kicked = 0
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self._written += len(data)
+        if self._written - self._kicked >= WRITE_BEHIND:
+            self._kick()
+        return len(data)
+
+    def _kick(self) -> None:
+        os.posix_fadvise(self._fd, self._kicked, self._written - self._kicked, os.POSIX_FADV_DONTNEED)
+        self._kicked = self._written
+
+    def close(self) -> None:
+        self._kick()
+        os.close(self._fd)
+
+
+class PlainMemfd:
+    """A sink of plaintext into anonymous memory, sealed against every change before anyone reads it.
+
+    llama.cpp opens it by its /proc/self/fd path; it is close-on-exec, so a child gets it only when
+    passed on purpose. `sealed()` hands the fd to the caller, who closes it; `close()` drops it on failure.
+    """
+
+    def __init__(self, name: str):
+        self.fd = os.memfd_create(f"appliance:{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        return len(data)
+
+    def sealed(self) -> int:
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, MEMFD_SEALS)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        return self.fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _Both:
+    """Each hashed chunk to the store and to the probe's memfd: one buffer, so the bytes are the same."""
+
+    def __init__(self, store: Sink, plain: Sink):
+        self._store, self._plain = store, plain
+
+    def write(self, data) -> None:
+        self._store.write(data)
+        self._plain.write(data)
+
+
+def write_artifact(
+    src: Readable, dest: Path, path: str, sealing: Sealing, progress: Optional[Progress], plain: Optional[PlainMemfd] = None
+) -> tuple[str, int]:
+    """Copy one artifact from the bundle to `dest`, encrypted if its kind says so; returns (sha256, size) of the plaintext.
+
+    With `plain` (a base's GGUF, for the probe), the plaintext is written there too, from the very
+    buffer that was hashed and encrypted. Not fsynced here: the install fsyncs the whole staging tree.
+    """
+    out = WriteBehind(dest)
+    try:
+        store: Sink = out if sealing.key is None else EncryptedWriter(sealing.key, out, sealing.context(path))
+        digest, size = sha256_stream(src, progress, sink=store if plain is None else _Both(store, plain))
+        if isinstance(store, EncryptedWriter):
+            store.close()
+    finally:
+        out.close()
     return digest, size
 
 
@@ -142,34 +225,40 @@ def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: b
     return data
 
 
-def decrypt_to_memfd(directory: Path, artifact: Artifact, sealing: Sealing) -> int:
-    """One installed, encrypted artifact decrypted into a sealed memfd, hashed in the same pass; returns the fd.
+class Check(Enum):
+    """How much `decrypt_to_memfd` checks beyond the AEAD tags, which authenticate every byte either way."""
+
+    TAGS = "tags"  # a start, and the probe of what was just hashed on the way in
+    SHA256 = "sha256"  # `verify` and `base use`: the plaintext re-hashed against the accepted manifest too
+
+
+def decrypt_to_memfd(directory: Path, artifact: Artifact, sealing: Sealing, check: Check) -> int:
+    """One installed, encrypted artifact decrypted into a sealed memfd, its size (and, by `check`, its
+    SHA-256) checked against the manifest in the same pass; returns the fd.
 
     The memfd is anonymous memory (never a file on disk), sealed against writes once checked, so the
-    bytes a loader reads through /proc/self/fd/N are the bytes hashed. It is close-on-exec: a child
-    gets it only when passed on purpose. The caller closes it.
+    bytes a loader reads through /proc/self/fd/N are the bytes authenticated. It is close-on-exec: a
+    child gets it only when passed on purpose. The caller closes it.
     """
     path = directory / "artifacts" / artifact.path
     if not path.is_file():
         raise NotFound(f"{artifact.path}: missing from the store")
     if sealing.key is None:
         raise ValueError("only encrypted artifacts are decrypted into memory")
-    fd = os.memfd_create(f"appliance:{sealing.key_id}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    memfd = PlainMemfd(sealing.key_id)
     try:
-        h, size = hashlib.sha256(), 0
+        h = hashlib.sha256() if check is Check.SHA256 else None
+        size = 0
         for chunk in decrypt_chunks(sealing.key, path, sealing.context(artifact.path)):
-            h.update(chunk)
+            if h is not None:
+                h.update(chunk)
             size += len(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
-        _check(artifact, size, h.hexdigest())
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, MEMFD_SEALS)
-        os.lseek(fd, 0, os.SEEK_SET)
+            memfd.write(chunk)
+        _check(artifact, size, artifact.sha256 if h is None else h.hexdigest())
+        return memfd.sealed()
     except BaseException:
-        os.close(fd)
+        memfd.close()
         raise
-    return fd
 
 
 def _check(artifact: Artifact, size: int, digest: str) -> None:

@@ -3,14 +3,15 @@
 Rules:
 1. A base-model bundle holds exactly one `.gguf` artifact, plus optional text files (a licence, a
    model card: `.txt`, `.md`, or no suffix); it may not be named `embedded`.
-2. At import, after the signatures and hashes, the GGUF is decrypted from staging into a sealed memfd
-   and probed in a limited child process (`runtime.probe`): nothing is installed unless it would run.
+2. At import, the GGUF is copied into a sealed memfd as it is hashed and encrypted into staging, and
+   probed in a limited child process (`runtime.probe`): nothing is installed unless it would run.
 3. The active base is the store's `base` (None: the embedded default, pinned in the software). Every
-   start opens it the same way: each artifact decrypted and hashed against the accepted manifest, the
-   GGUF into a sealed memfd (`at_rest.decrypt_to_memfd`) that llama.cpp opens as /proc/self/fd/N, so
-   no plaintext copy lies on disk. A failure is `BaseRejected` (exit 3) naming the base, and nothing
-   is loaded; a crypto-erased base is `Erased` (exit 6).
-4. `use_base` verifies the whole base first, remembers the active overlay of the base it leaves and
+   start opens it the same way: the GGUF decrypted into a sealed memfd (`at_rest.decrypt_to_memfd`)
+   that llama.cpp opens as /proc/self/fd/N, so no plaintext copy lies on disk, every byte authenticated
+   by its AEAD tag (the SHA-256 was checked once, at import: docs/design.md, "Keys, encryption at
+   rest"). A failure is `BaseRejected` (exit 3) naming the base, and nothing is loaded; a
+   crypto-erased base is `Erased` (exit 6).
+4. `use_base` verifies the whole base first (every artifact re-hashed against the accepted manifest), remembers the active overlay of the base it leaves and
    brings back the one remembered for the base it enters (else the selection stays, shown as bound to
    another base), journals a `base-switch` record, then commits state.json.
 """
@@ -26,12 +27,12 @@ from typing import Optional
 
 from ..errors import Erased, NotFound, Refused
 from ..journal import Journal, provenance
-from ..runtime.probe import GgufFacts, probe_gguf
+from ..runtime.probe import GgufFacts, PendingProbe
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..trust.manifest import Artifact, Manifest
 from ..vault import Vault
 from .active import ActiveBase, base_shape, versions_text
-from .at_rest import Sealing, decrypt_to_memfd, read_artifact
+from .at_rest import Check, PlainMemfd, Sealing, decrypt_to_memfd, read_artifact
 from .layout import Store
 
 EMBEDDED = "embedded"  # what `base use` calls the built-in default
@@ -62,18 +63,45 @@ def gguf_artifact(manifest: Manifest) -> Artifact:
     return ggufs[0]
 
 
-def probe_staged(manifest: Manifest, staging: Path, sealing: Sealing) -> GgufFacts:
-    """Rule 2, on the ciphertext just written to staging (so the bytes kept are the bytes probed)."""
-    artifact = gguf_artifact(manifest)
-    fd = decrypt_to_memfd(staging, artifact, sealing)
-    try:
-        return probe_gguf(fd, artifact.size, f"{manifest.name} v{manifest.version}: {artifact.path}")
-    finally:
-        os.close(fd)
+class StagedProbe:
+    """Rule 2 for an import: the probe child started before the GGUF is copied, so it loads its libraries
+    while `plain` (a memfd) fills with the very bytes hashed and encrypted into staging (`importer`)."""
+
+    def __init__(self, manifest: Manifest, key_id: str):
+        self.artifact = gguf_artifact(manifest)
+        self.plain = PlainMemfd(key_id)
+        try:
+            self._child = PendingProbe(
+                self.plain.fd, self.artifact.size, f"{manifest.name} v{manifest.version}: {self.artifact.path}"
+            )
+        except BaseException:
+            self.plain.close()
+            raise
+
+    def verdict(self) -> GgufFacts:
+        """The GGUF is whole: seal it, let the child probe it; the memfd is closed either way."""
+        try:
+            self.plain.sealed()
+            return self._child.result()
+        except BaseException:
+            self._child.cancel()
+            raise
+        finally:
+            self.plain.close()
+
+    def cancel(self) -> None:
+        """The copy failed: the child reads nothing and goes, the memfd with it."""
+        try:
+            self._child.cancel()
+        finally:
+            self.plain.close()
 
 
-def open_model(vault: Vault, name: str) -> VerifiedModel:
-    """Rule 3 for installed base NAME (its active version): a VerifiedModel whose path is its memfd."""
+def open_model(vault: Vault, name: str, check: Check = Check.TAGS) -> VerifiedModel:
+    """Rule 3 for installed base NAME (its active version): a VerifiedModel whose path is its memfd.
+
+    `Check.SHA256` (`verify`, `base use`): every artifact re-hashed against the accepted manifest too.
+    """
     store = Store.unlocked(vault)
     item = store.read_state().items.get(name)
     if item is None or item.kind != "base-model":
@@ -85,10 +113,11 @@ def open_model(vault: Vault, name: str) -> VerifiedModel:
     gguf = gguf_artifact(manifest)
     sealing = Sealing.installed(vault, manifest)
     try:
-        for artifact in manifest.artifacts:
-            if artifact is not gguf:
-                read_artifact(directory, artifact, sealing, keep=False)
-        fd = decrypt_to_memfd(directory, gguf, sealing)
+        if check is Check.SHA256:
+            for artifact in manifest.artifacts:
+                if artifact is not gguf:
+                    read_artifact(directory, artifact, sealing, keep=False)
+        fd = decrypt_to_memfd(directory, gguf, sealing, check)
     except Refused as e:
         raise BaseRejected(f"base {name} v{manifest.version} failed verification, nothing was loaded: {e}") from None
     finally:
@@ -103,10 +132,10 @@ def close_model(model: VerifiedModel) -> None:
         os.close(model.fd)
 
 
-def active_model(vault: Vault) -> VerifiedModel:
+def active_model(vault: Vault, check: Check = Check.TAGS) -> VerifiedModel:
     """The active base, verified (rule 3): the embedded default against its pin, an imported one decrypted."""
     name = Store.unlocked(vault).read_state().base
-    return verify_pinned(embedded_pin()) if name is None else open_model(vault, name)
+    return verify_pinned(embedded_pin()) if name is None else open_model(vault, name, check)
 
 
 class InstalledBase(ActiveBase):
@@ -190,7 +219,7 @@ def use_base(vault: Vault, name: str) -> tuple[VerifiedModel, float]:
     store = Store.unlocked(vault)
     state = store.read_state()
     target = None if name == EMBEDDED else name
-    model = verify_pinned(embedded_pin()) if target is None else open_model(vault, name)
+    model = verify_pinned(embedded_pin()) if target is None else open_model(vault, name, Check.SHA256)
     close_model(model)
     remembered = dict(state.overlay_of_base)
     if state.overlay is not None:

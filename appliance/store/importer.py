@@ -9,15 +9,17 @@
    at most the clock tolerance after now (`trust.manifest.check_created`), since it becomes the floor;
 4. an item keeps its kind, and the version is strictly above every version
    ever accepted for that name (rollback, replay);
-5. each artifact's size and SHA-256, hashed while it is copied from the
-   bundle into staging: the bytes verified are the bytes kept. An overlay's
+5. room on the state directory's disk for everything the import writes, counted before
+   a byte is written (`NoRoomForImport`); then each artifact's size and SHA-256, hashed
+   while it is streamed from the bundle into staging: the bytes verified are the bytes kept. An overlay's
    (a control vector's, a base model's) are encrypted on the way (`at_rest`) under a fresh
    data key that exists only in memory until step 7: no plaintext overlay byte reaches the disk;
 6. binding: an overlay or a control vector is bound to the active base and admitted by its
    loader (decrypted into memory from staging, so the ciphertext kept is checked too; a control
    vector's blocks must be blocks the base has);
    a base model is one GGUF (plus text files) that a limited child process
-   loads in llama.cpp from a sealed memfd (`bases`, `runtime.probe`);
+   loads in llama.cpp from a sealed memfd, filled in step 5 from the buffer
+   that was hashed and encrypted (`bases.StagedProbe`, `runtime.probe`);
    an image's artifacts are the layout its signed record describes (`trust.image_rules`);
 7. install: the data key recorded in the vault, staging renamed into
    `store/objects/<manifest sha256>`, its accepted record sealed, then
@@ -54,7 +56,7 @@ from ..utc import format_time, now
 from ..vault import Vault
 from .active import ActiveBase, check_binding, verify_version, versions_text
 from .at_rest import KEY_ID_PREFIXES, Sealing, data_key_id, write_artifact
-from .bases import gguf_artifact, probe_staged
+from .bases import StagedProbe, gguf_artifact
 from .layout import STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
 
 CRASH_POINTS = ("copying", "copied", "keyed", "stored", "committed")
@@ -62,6 +64,10 @@ CRASH_POINTS = ("copying", "copied", "keyed", "stored", "committed")
 
 class ManifestExpired(Refused):
     pass
+
+
+class NoRoomForImport(Refused):
+    """The state directory's disk cannot hold what an import would write: refused before writing any of it."""
 
 
 class VersionNotNewer(Refused):
@@ -113,21 +119,49 @@ def _check_version(manifest: Manifest, state: StoreState) -> None:
         raise VersionNotNewer(f"{manifest.name} v{manifest.version} is {what}: a bundle must be above v{item.max_version}")
 
 
-def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: Optional[Progress]) -> None:
-    """Step 5: stream each artifact from the bundle into staging, hashing the very bytes written (or encrypted)."""
-    for artifact in bundle.manifest.artifacts:
-        in_tar = bundle.artifact_size(artifact.path)
-        if in_tar != artifact.size:
-            raise SizeMismatch(artifact.path, artifact.size, in_tar)
-        dest = staging / "artifacts" / artifact.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with bundle.open_artifact(artifact.path) as src:
-            digest, size = write_artifact(src, dest, artifact.path, sealing, progress)
-        if size != artifact.size:
-            raise SizeMismatch(artifact.path, artifact.size, size)
-        if digest != artifact.sha256:
-            raise HashMismatch(artifact.path, artifact.sha256, digest)
-        _crash_point("copying")
+ROOM_RESERVE = 16 << 20  # beside the artifacts: the manifest, signatures, and the vault, state and journal rewritten
+
+
+def _check_room(bundle: Bundle, staging: Path, sealing: Sealing) -> None:
+    """Before step 5 writes a byte: the disk under staging (the state directory's) holds all of it, or exit 3."""
+    needed = sum(sealing.stored_size(a) for a in bundle.manifest.artifacts) + len(bundle.manifest.raw) + ROOM_RESERVE
+    disk = os.statvfs(staging)
+    free = disk.f_bavail * disk.f_frsize
+    if needed > free:
+        raise NoRoomForImport(
+            f"{bundle.manifest.name} v{bundle.manifest.version} needs {needed:,} bytes on the disk of {staging.parent},"
+            f" {free:,} are free: nothing was written (free some space and import again)"
+        )
+
+
+def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: Optional[Progress]) -> Optional[StagedProbe]:
+    """Step 5: stream each artifact from the bundle into staging, hashing the very bytes written (or encrypted).
+
+    A base's GGUF also goes, from the same buffer, into the memfd of its probe (step 6), whose child
+    starts first: returned for its verdict (None for other kinds), so the probe needs no second pass.
+    """
+    _check_room(bundle, staging, sealing)
+    probe = StagedProbe(bundle.manifest, sealing.key_id) if bundle.manifest.kind == "base-model" else None
+    try:
+        for artifact in bundle.manifest.artifacts:
+            in_tar = bundle.artifact_size(artifact.path)
+            if in_tar != artifact.size:
+                raise SizeMismatch(artifact.path, artifact.size, in_tar)
+            dest = staging / "artifacts" / artifact.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            plain = probe.plain if probe is not None and artifact is probe.artifact else None
+            with bundle.open_artifact(artifact.path) as src:
+                digest, size = write_artifact(src, dest, artifact.path, sealing, progress, plain)
+            if size != artifact.size:
+                raise SizeMismatch(artifact.path, artifact.size, size)
+            if digest != artifact.sha256:
+                raise HashMismatch(artifact.path, artifact.sha256, digest)
+            _crash_point("copying")
+        return probe
+    except BaseException:
+        if probe is not None:
+            probe.cancel()
+        raise
 
 
 def _write_manifest(accepted: Accepted, staging: Path) -> None:
@@ -162,10 +196,10 @@ def _accept(
             gguf_artifact(manifest)  # its shape, before a byte is copied
         sealing = Sealing.fresh(manifest)
         try:
-            _copy_artifacts(bundle, staging, sealing, progress)
+            probe = _copy_artifacts(bundle, staging, sealing, progress)
             _crash_point("copied")
-            if manifest.kind == "base-model":
-                probe_staged(manifest, staging, sealing)
+            if probe is not None:
+                probe.verdict()
             check_binding(manifest, staging, sealing, base)
         except BaseException:
             sealing.zeroize()

@@ -32,7 +32,7 @@ Rules:
 
 from .aead import random_key, zeroize
 from .errors import KeySlotsCorrupt, NoVault, VaultCorrupt, VaultErased, VaultRekeyed, VaultRolledBack, WrongPassphrase
-from .stream import CiphertextRejected, EncryptedWriter, decrypt_chunks
+from .stream import CiphertextRejected, EncryptedWriter, decrypt_chunks, sealed_size
 from .vault import Vault
 
 __all__ = [
@@ -48,5 +48,6 @@ __all__ = [
     "WrongPassphrase",
     "decrypt_chunks",
     "random_key",
+    "sealed_size",
     "zeroize",
 ]

@@ -27,7 +27,7 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -54,8 +54,17 @@ def file_key(key: bytes | bytearray, salt: bytes, context: bytes) -> bytearray:
     return secret(HKDF(SHA256(), KEY_BYTES, salt, FILE_KEY_INFO + context).derive(key))  # a bytearray is read in place
 
 
+def sealed_size(plain: int, chunk_size: int = CHUNK_BYTES) -> int:
+    """Bytes on disk of `plain` bytes sealed by `EncryptedWriter` (an empty file still has its one last chunk)."""
+    return HEADER.size + plain + max(1, -(-plain // chunk_size)) * TAG_BYTES
+
+
 class CiphertextRejected(Refused):
     """An encrypted file failed authentication: modified, reordered, truncated, or the wrong key."""
+
+
+class Writable(Protocol):
+    def write(self, data: bytes | memoryview, /) -> object: ...
 
 
 class EncryptedWriter:
@@ -66,7 +75,7 @@ class EncryptedWriter:
     itself: the caller already does, and a second SHA-256 would halve import throughput.
     """
 
-    def __init__(self, key: bytes | bytearray, dst: BinaryIO, context: bytes = b"", chunk_size: int = CHUNK_BYTES):
+    def __init__(self, key: bytes | bytearray, dst: Writable, context: bytes = b"", chunk_size: int = CHUNK_BYTES):
         if not 1 <= chunk_size <= MAX_CHUNK_BYTES:
             raise ValueError(f"chunk_size out of range: {chunk_size}")
         salt, self._prefix = os.urandom(32), os.urandom(7)
@@ -76,31 +85,39 @@ class EncryptedWriter:
         header = HEADER.pack(MAGIC, chunk_size, salt, self._prefix)
         self._ad = header + context
         self._dst, self._chunk = dst, chunk_size
-        self._buf = bytearray()
+        # One chunk of plaintext waiting to be sealed (a full one may turn out to be the last) and one
+        # sealed chunk, both reused: a byte is copied once on its way in, then encrypted in place.
+        self._pending, self._fill = bytearray(chunk_size), 0
+        self._sealed = bytearray(chunk_size + TAG_BYTES)
         self._index, self._size = 0, 0
         dst.write(header)
 
     def write(self, data) -> int:
-        self._size += len(data)
-        self._buf += data
-        # Strictly more than one chunk: a full chunk stays pending because it may turn out to be the last.
-        while len(self._buf) > self._chunk:
-            self._emit(memoryview(self._buf)[: self._chunk], last=False)
-            del self._buf[: self._chunk]
+        view = memoryview(data)
+        self._size += len(view)
+        while view:
+            if self._fill == self._chunk:  # full, and more follows: not the last
+                self._emit(last=False)
+            n = min(len(view), self._chunk - self._fill)
+            self._pending[self._fill : self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
         return len(data)
 
     def close(self) -> int:
         """Seal the last chunk; returns the plaintext size."""
-        self._emit(self._buf, last=True)
-        zeroize(self._buf)
+        self._emit(last=True)
+        zeroize(self._pending)
         return self._size
 
-    def _emit(self, plain, last: bool) -> None:
+    def _emit(self, last: bool) -> None:
         if self._index >= MAX_CHUNKS:
             raise Refused("file too large for one encrypted stream")
         nonce = self._prefix + NONCE_TAIL.pack(self._index, int(last))
-        self._dst.write(self._aead.encrypt(nonce, plain, self._ad))
-        self._index += 1
+        sealed = memoryview(self._sealed)[: self._fill + TAG_BYTES]
+        self._aead.encrypt_into(nonce, memoryview(self._pending)[: self._fill], self._ad, sealed)
+        self._dst.write(sealed)
+        self._index, self._fill = self._index + 1, 0
 
 
 def decrypt_chunks(key: bytes | bytearray, path: Path, context: bytes = b"") -> Iterator[bytes]:

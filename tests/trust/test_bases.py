@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from appliance.printable import printable
 from appliance.trust.builtin import embedded_pin
 from appliance.trust.bundle import create_bundle, sign_bundle
 from appliance.vault import Vault
+from appliance.vault.stream import CHUNK_BYTES, HEADER, TAG_BYTES
 
 GEMMA = "gemma3-270m"
 GEMMA_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -165,6 +167,63 @@ def test_flipped_byte_in_stored_gemma_refused_at_next_start(ghome):
     assert f"base {GEMMA} v1" in line and "nothing was loaded" in line and "failed authentication" in line
     assert tree_digest(ghome) == before
     error_line(appliance("status"), 3, "base-rejected")
+
+
+def _chunk_at(path: Path, index: int) -> tuple[int, bytes]:
+    """(offset, sealed bytes) of chunk `index` of a stored file (format 2: `vault.stream`)."""
+    offset = HEADER.size + index * (CHUNK_BYTES + TAG_BYTES)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return offset, f.read(CHUNK_BYTES + TAG_BYTES)
+
+
+@contextmanager
+def _spliced(path: Path, offset: int, old_len: int, new: bytes):
+    """`path` with its bytes [offset, offset + old_len) replaced by `new` (what follows them is moved, so
+    keep that short), put back as it was afterwards."""
+    moved = len(new) != old_len
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        saved = f.read() if moved else f.read(old_len)
+        f.seek(offset)
+        f.write(new + saved[old_len:])
+        if moved:
+            f.truncate()
+    try:
+        yield
+    finally:
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.write(saved)
+            if moved:
+                f.truncate()
+
+
+def test_chunks_dropped_swapped_or_cut_are_refused_at_the_next_start(ghome, keys, gemma_gguf, tmp_path):
+    """A start trusts the AEAD tags alone (docs/design.md): every STREAM attack on the stored base is exit 3 there."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("terms\n" * (CHUNK_BYTES // 2))  # three chunks: its chunk 1 is a full one, as the GGUF's
+    ok("update", "import", str(base_bundle(keys, tmp_path / "v2.bundle", [gemma_gguf, notes], version=2)), prefix=OFFLINE)
+    ok("base", "use", GEMMA)
+    stored = list(ghome.glob("store/objects/*/artifacts/*.gguf"))
+    (v2,) = [g for g in stored if (g.parent / "notes.txt").exists()]
+    (v1,) = [g for g in stored if g != v2]
+    whole = CHUNK_BYTES + TAG_BYTES
+    last = (v2.stat().st_size - HEADER.size - 1) // whole  # the last chunk's index (the GGUF is no whole number of chunks)
+    second_last, _ = _chunk_at(v2, last - 1)
+    attacks = {  # (offset, bytes replaced, replacement)
+        "a chunk dropped": (second_last, whole, b""),
+        "a chunk swapped between artifacts": (_chunk_at(v2, 1)[0], whole, _chunk_at(v2.parent / "notes.txt", 1)[1]),
+        "a chunk swapped between versions": (second_last, whole, _chunk_at(v1, last - 1)[1]),
+        "the last chunk cut": (_chunk_at(v2, last)[0], whole, b""),
+    }
+    for attack, (offset, old_len, new) in attacks.items():
+        with _spliced(v2, offset, old_len, new):
+            before = tree_digest(ghome)
+            line = error_line(appliance("ask", "hello"), 3, "base-rejected")
+            assert "failed authentication" in line and "nothing was loaded" in line, attack
+            assert tree_digest(ghome) == before, attack
+    assert f"base:    {GEMMA} v2" in ok("status")  # put back, it starts: each refusal was its attack's
 
 
 def test_overlay_bound_to_smollm2_refused_with_gemma_active(ghome):
@@ -370,6 +429,26 @@ def test_base_bundle_with_one_signature_is_refused(home, keys, broken, tmp_path)
     assert_refused(home, bundle, "threshold-not-met")
 
 
+def test_a_base_failing_its_hash_mid_copy_leaves_nothing_and_no_probe(home, vault, keys, tmp_path):
+    """The probe child starts before the copy (it loads llama.cpp meanwhile); a copy that fails cancels it
+    before it reads a byte, and the state is as it was."""
+    from appliance.errors import HashMismatch
+    from appliance.store import embedded_base
+    from appliance.store.importer import import_bundle
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(np.random.default_rng(2).bytes(3 << 20))
+    bundle = base_bundle(keys, tmp_path / "odd.bundle", [gguf], name="odd")
+    data = bytearray(bundle.read_bytes())
+    data[data.find(gguf.read_bytes()[:64]) + (2 << 20)] ^= 1  # same size, another SHA-256
+    bundle.write_bytes(data)
+    before = tree_digest(home)
+    with pytest.raises(HashMismatch):
+        import_bundle(bundle, embedded_base(), vault)
+    assert tree_digest(home) == before
+    assert Path(f"/proc/self/task/{os.getpid()}/children").read_text().split() == []  # cancelled and reaped
+
+
 def test_base_bundle_must_hold_exactly_one_gguf(home, keys, broken, tmp_path):
     script = tmp_path / "run.sh"
     script.write_text("#!/bin/sh\n")
@@ -382,8 +461,8 @@ def test_a_base_is_decrypted_into_a_sealed_memfd_never_a_file(tmp_path):
     import hashlib
     import io
 
-    from appliance.errors import HashMismatch
-    from appliance.store.at_rest import Sealing, decrypt_to_memfd, write_artifact
+    from appliance.errors import HashMismatch, SizeMismatch
+    from appliance.store.at_rest import Check, Sealing, decrypt_to_memfd, write_artifact
     from appliance.trust.manifest import Artifact
 
     data = np.random.default_rng(1).bytes(3 << 20)
@@ -393,7 +472,7 @@ def test_a_base_is_decrypted_into_a_sealed_memfd_never_a_file(tmp_path):
     (tmp_path / "artifacts").mkdir()
     write_artifact(io.BytesIO(data), tmp_path / "artifacts" / "model.gguf", "model.gguf", sealing, None)
     assert data[:4096] not in (tmp_path / "artifacts" / "model.gguf").read_bytes()
-    fd = decrypt_to_memfd(tmp_path, artifact, sealing)
+    fd = decrypt_to_memfd(tmp_path, artifact, sealing, Check.TAGS)
     try:
         assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:appliance:base/m/1")
         assert Path(f"/proc/self/fd/{fd}").read_bytes() == data
@@ -403,7 +482,11 @@ def test_a_base_is_decrypted_into_a_sealed_memfd_never_a_file(tmp_path):
         os.close(fd)
     wrong = Artifact("model.gguf", "00" * 32, len(data))
     with pytest.raises(HashMismatch):
-        decrypt_to_memfd(tmp_path, wrong, sealing)
+        decrypt_to_memfd(tmp_path, wrong, sealing, Check.SHA256)  # `verify`, `base use`
+    # A start trusts the tags, which only bytes hashed at import were sealed under: no second SHA-256.
+    os.close(decrypt_to_memfd(tmp_path, wrong, sealing, Check.TAGS))
+    with pytest.raises(SizeMismatch):
+        decrypt_to_memfd(tmp_path, Artifact("model.gguf", artifact.sha256, len(data) + 1), sealing, Check.TAGS)
     sealing.zeroize()
 
 
