@@ -72,7 +72,9 @@ class AuditDecoder(Decoder):
             self.kl = None  # both off: the reply *is* the base's, there is nothing to measure
             return logits
         if self.base is None:
-            engine = LlamaEngine(self._runtime.model.path, n_ctx=self.engine.n_ctx, n_threads=self.engine.thread_setting)
+            engine = LlamaEngine(
+                self._runtime.model.path, self.engine.settings.replace(sequences=1)
+            )  # where the reply is computed
             self.base = Decoder(engine, lambda: self._runtime.embeddings)
         self.kl = None
         with self.base.engine.stop_on(self.engine.stopping):  # a kill stops the shadow's prefill as it does the reply's
