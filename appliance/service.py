@@ -231,6 +231,7 @@ class UnlockedAppliance:
             "overlay": self._overlay_record(session.overlay_on),
             "control": self._control_record(session.control_on),
             **session.conditioning(),
+            "device": session.runtime.settings.device(session.runtime.engine.n_layer),
             **({"client": client} if client is not None else {}),
         }
         reply = session.generate(

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from api_rows import api_rows
 from contained import FAILED, measure_all
+from gpu_rows import gpu_rows
 from image_rows import image_rows
 from load import free_threads
 from native import native_rows, peak_rss_rows
@@ -736,6 +737,7 @@ SECTIONS: dict[str, tuple[bool, Callable[[argparse.Namespace, VerifiedModel], li
     "bases": (True, lambda a, m: [partial(bases, a.rounds, a.tokens)]),
     "image": (True, lambda a, m: [partial(image_rows, PROMPT, a.rounds, a.tokens)]),
     "api": (True, lambda a, m: [partial(api_rows, m, PROMPT, a.rounds, a.tokens)]),  # appliance serve against ask
+    "gpu": (True, lambda a, m: [partial(gpu_rows, m, a.rounds, a.tokens, PROMPT, median_of)]),  # `./run bench --gpu`
 }
 
 

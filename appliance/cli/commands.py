@@ -4,11 +4,12 @@ import click
 
 from .. import __version__, paths, state
 from ..hardening import protections
+from ..runtime.engine_settings import DEFAULT_GPU_LAYERS, GPU_LAYERS_SETTING, GpuRequest, device_line
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..store.bases import active_model, close_model
 from .first_run import initialise
-from .options import FiniteFloatRange, resume_option
+from .options import FiniteFloatRange, engine_settings, gpu_layers_option, resume_option
 from .output import say, stream, warn
 from .unlocking import generation_line, passphrase_option, unlocked, unlocked_appliance
 from .vault_commands import erase, kill, kill_policy, logs, passphrase
@@ -47,12 +48,14 @@ def status(passphrase_file) -> None:
         close_model(model)
         lines = status_lines(vault)
         generation = generation_line(vault)
+        device = device_line(vault.setting(GPU_LAYERS_SETTING, DEFAULT_GPU_LAYERS))
     say(f"state:   {home}")
     say(generation)
     say(f"base:    {model.name} v{model.version} ({model.origin})")
     say(f"         {'in the encrypted store' if model.fd is not None else model.path}")
     say(f"         sha256 {model.sha256}  verified")
     say(f"process: {protections().summary()}")
+    say(device)
     for line in lines:
         say(line)
 
@@ -93,6 +96,7 @@ def _prompt_text(ctx, param, value: str) -> str:
     help="1 is none.",
 )
 @click.option("--system", "system_prompt", default=None, callback=_utf8_text, help="System prompt (default: the model's own).")
+@gpu_layers_option
 @resume_option
 @passphrase_option
 def ask(
@@ -104,6 +108,7 @@ def ask(
     temperature: float,
     repeat_penalty: float,
     system_prompt: str | None,
+    gpu_layers: GpuRequest | None,
     resume: str | None,
     passphrase_file,
 ) -> None:
@@ -125,16 +130,15 @@ def ask(
         if control == "on":  # the same for the control vector (exit 5 when none is installed)
             app.load_control()
         settings = SamplingSettings(temperature=temperature, seed=seed, repeat_penalty=repeat_penalty)
+        runtime = Runtime(model, engine_settings(app.vault, gpu_layers, model.path))
         if resume:
-            resumed = app.resume(
-                Runtime(model), resume, settings=settings, overlay_on=overlay == "on", control_on=control == "on"
-            )
+            resumed = app.resume(runtime, resume, settings=settings, overlay_on=overlay == "on", control_on=control == "on")
             for notice in resumed.notices:
                 warn(f"note: {notice}")
             session = resumed.session
         else:
             session = app.session(
-                Runtime(model),
+                runtime,
                 settings=settings,
                 system_prompt=system_prompt,
                 overlay_on=overlay == "on",

@@ -84,8 +84,13 @@ def device_pointer(index: int) -> int:
     return _ggml().ggml_backend_dev_get(index)
 
 
+def has_gpu_backend() -> bool:
+    """Whether this build carries the CUDA backend (the GPU image's does; the CPU image's and a native build do not)."""
+    return (library_dir() / CUDA_MODULE).exists()
+
+
 def no_gpu_reason() -> str:
     """Why `gpus()` is empty, in a few words."""
-    if not (library_dir() / CUDA_MODULE).exists():
+    if not has_gpu_backend():
         return "this build of llama.cpp has no GPU backend"
     return f"{CUDA_MODULE} found no usable card (no NVIDIA driver, or no device passed to this container)"

@@ -10,8 +10,8 @@ once, against the cards llama.cpp found, by `resolve`:
      last down (llama.cpp's order; `n_layer + 1` is every layer, as `all` says);
   3. `auto`: every layer that fits in the card's free memory beside the KV cache and a compute reserve.
 A request for the GPU that finds no card falls back to the CPU with one line saying why (`resolve`'s
-note); `--gpu-layers` given on the command line is refused instead (`require_gpu`, exit 2), before
-anything is opened.
+note; `auto` in a build without the CUDA backend says nothing: the CPU is all it has); `--gpu-layers`
+given on the command line is refused instead (`require_gpu`, exit 2), before anything is opened.
 
 The GGUF probe at import never takes these: it runs on the CPU (`EngineSettings()`).
 """
@@ -21,11 +21,16 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import UsageError
-from .backends import Gpu, gpus, no_gpu_reason
+from .backends import Gpu, gpus, has_gpu_backend, no_gpu_reason
 
 GPU_LAYERS_SETTING = "gpu_layers"  # vault setting: the last `--gpu-layers` chat or ask was given
 DEFAULT_GPU_LAYERS = "auto"
 COMPUTE_RESERVE = 1 << 30  # bytes of device memory kept for llama.cpp's compute buffers under `auto`
+
+# The switch's promise on a GPU (docs/design.md, "The GPU"): llama.cpp's CUDA kernels round differently for
+# different batch shapes, so a reply after a switch equals a fresh session's in that state at temperature 0,
+# its logits within this many logit units of the fresh session's (tests/gpu measures it on the card).
+GPU_LOGIT_TOLERANCE = 0.05
 
 GpuRequest = Union[int, str]  # a layer count, "all" or "auto"
 
@@ -52,6 +57,17 @@ class EngineSettings:
         return {"name": self.gpu.description, "gpu_layers": min(self.gpu_layers, n_layer + 1), "of": n_layer + 1}
 
 
+def device_line(kept: object) -> str:
+    """`status`'s line: the card chat and ask would compute on (or the CPU, and why), and the kept `--gpu-layers`."""
+    cards = gpus()
+    where = (
+        f"{cards[0].description}, {cards[0].free >> 20} of {cards[0].total >> 20} MiB free"
+        if cards
+        else f"cpu ({no_gpu_reason()})"
+    )
+    return f"device:  {where}; --gpu-layers {kept}"
+
+
 def parse_request(text: str) -> GpuRequest:
     """`--gpu-layers`'s value: a count >= 0, `all` or `auto`."""
     if text in ("all", "auto"):
@@ -73,7 +89,9 @@ def resolve(request: GpuRequest, model_path: Path, base: EngineSettings) -> tupl
         return base.replace(gpu_layers=0, gpu=None), None
     cards = gpus()
     if not cards:
-        return base.replace(gpu_layers=0, gpu=None), f"computing on the CPU: {no_gpu_reason()}"
+        # `auto` in a build with no GPU backend is the CPU by design: nothing to say
+        quiet = request == "auto" and not has_gpu_backend()
+        return base.replace(gpu_layers=0, gpu=None), None if quiet else f"computing on the CPU: {no_gpu_reason()}"
     card = cards[0]
     if request == "all":
         return base.replace(gpu_layers=_all_layers(), gpu=card), None

@@ -15,6 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from ..errors import ApplianceError
+from ..journal.transcript import device_text
 from .chat_modals import confirm_erase_journal, confirm_erase_overlay, pick_system_prompt
 from .core import ChatCore, Outcome
 from .divergence import Divergence
@@ -47,6 +48,8 @@ class ChatScreen(Screen):
         snapshot = self.core.status()
         status = self.query_one(StatusBar)
         status.base, status.window = f"{snapshot.base_name} {snapshot.base_sha256[:8]}", self.core.window
+        runtime = self.core.runtime
+        status.device = device_text(runtime.settings.device(runtime.engine.n_layer))
         self.refresh_status()
         if snapshot.overlay_problem:
             self.notify(f"overlay not loaded: {snapshot.overlay_problem}", severity="error", timeout=15)
