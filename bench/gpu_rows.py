@@ -17,7 +17,7 @@ from synthetic_gguf import write as write_synthetic
 from appliance.overlay.files import Overlay
 from appliance.overlay.params import OverlayParams
 from appliance.runtime.engine_settings import EngineSettings, resolve
-from appliance.runtime.llama import reference_llama
+from appliance.runtime.llama import SamplerChain, reference_llama
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Runtime, Session
 from appliance.trust.builtin import VerifiedModel
@@ -51,11 +51,21 @@ def base_rows(label: str, model: VerifiedModel, rounds: int, n_tokens: int, prom
     overlay = Overlay(OverlayParams.random(runtime.engine.n_embd, seed=1), model.sha256)
     _ = runtime.embeddings
 
+    chat = runtime.engine.tokenize(runtime.template.render([{"role": "user", "content": prompt}]))
+
     def decode(on: bool):
         def run():
+            # our decode loop (decoder.step, llama.cpp's greedy sampler) for exactly n_tokens, as llama-bench's tg:
+            # a random-weight base may say its end-of-turn token first
             runtime.decoder.reset()
-            reply = Session(runtime, overlay=overlay, overlay_on=on, settings=GREEDY).generate(prompt, max_tokens=n_tokens)
-            return len(reply.tokens) / reply.seconds
+            runtime.decoder.prefill(chat, overlay.params if on else None)
+            sampler = SamplerChain(runtime.engine).greedy()
+            t = time.perf_counter()
+            for _ in range(n_tokens):
+                runtime.decoder.step(sampler.sample())
+            seconds = time.perf_counter() - t
+            sampler.close()
+            return n_tokens / seconds
 
         return run
 

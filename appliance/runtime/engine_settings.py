@@ -27,11 +27,6 @@ GPU_LAYERS_SETTING = "gpu_layers"  # vault setting: the last `--gpu-layers` chat
 DEFAULT_GPU_LAYERS = "auto"
 COMPUTE_RESERVE = 1 << 30  # bytes of device memory kept for llama.cpp's compute buffers under `auto`
 
-# The switch's promise on a GPU (docs/design.md, "The GPU"): llama.cpp's CUDA kernels round differently for
-# different batch shapes, so a reply after a switch equals a fresh session's in that state at temperature 0,
-# its logits within this many logit units of the fresh session's (tests/gpu measures it on the card).
-GPU_LOGIT_TOLERANCE = 0.05
-
 GpuRequest = Union[int, str]  # a layer count, "all" or "auto"
 
 

@@ -118,6 +118,12 @@ class LlamaEngine:
         self._piece = ctypes.create_string_buffer(256)
         self.stopping: threading.Event | None = None  # the event of the `stop_on` block a decode is in, for a shadow engine
 
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a context split into batches of two or more gives one whole prefill's logits bit for bit (FLASH_ATTENTION):
+        true on the CPU; llama.cpp's CUDA kernels tile by batch shape, so not with any layer on a card."""
+        return self.settings.gpu is None or self.settings.gpu_layers == 0
+
     @contextmanager
     def stop_on(self, event: threading.Event | None) -> Iterator[None]:
         """Inside, a decode stops within one graph node of `event` being set, raising DecodeStopped."""
