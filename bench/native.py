@@ -60,7 +60,7 @@ def llama_bench(cuda: bool = False) -> Path:
     print(f"building llama-bench from {sdist.name} (once; minutes on two cores)...", file=sys.stderr)
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"]
     flags += ["-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON"]
-    flags += ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=90"] if cuda else []
+    flags += ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=90", "-DGGML_CUDA_FA=OFF"] if cuda else []
     subprocess.run(["cmake", "-S", str(source), "-B", str(build), *flags], check=True, capture_output=True)
     jobs = str(os.cpu_count() or 1)
     subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", "-j", jobs], check=True, capture_output=True)
