@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from . import presets
 from .emergency import handle_kill
@@ -211,10 +211,11 @@ class UnlockedAppliance:
     ) -> Outcome:
         """Rule 4: answer `text` in `session`, both messages journalled with their provenance (and the `client`
         that asked, for a program on the API socket)."""
-        prov = {
+        prov: dict[str, Any] = {
             "base": self._base_record,
             **self._records(session.on),
             **session.conditioning(),
+            "device": session.runtime.settings.device(session.runtime.engine.n_layer),
             **({"client": client} if client is not None else {}),
         }
         reply = session.generate(

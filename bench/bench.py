@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from api_rows import api_rows
 from contained import FAILED, measure_all
+from gpu_rows import gpu_rows
 from image_rows import image_rows
 from journal_rows import journal_rows
 from load import free_threads
@@ -740,6 +741,7 @@ SECTIONS: dict[str, tuple[bool, Callable[[argparse.Namespace, VerifiedModel], li
     "image": (True, lambda a, m: [partial(image_rows, PROMPT, a.rounds, a.tokens)]),
     "api": (True, lambda a, m: [partial(api_rows, m, PROMPT, a.rounds, a.tokens)]),  # appliance serve against ask
     "journal": (True, lambda a, m: [partial(journal_rows, n) for n in JOURNAL_SESSIONS]),  # built once, cached
+    "gpu": (True, lambda a, m: [partial(gpu_rows, m, a.rounds, a.tokens, PROMPT, median_of)]),  # `./run bench --gpu`
 }
 
 

@@ -37,10 +37,10 @@ BUILD = Path(__file__).resolve().parent / ".build"
 N_CTX = 2048
 
 
-def llama_bench() -> Path:
-    """The `llama-bench` binary of the vendored llama.cpp, built on first use."""
+def llama_bench(cuda: bool = False) -> Path:
+    """The `llama-bench` binary of the vendored llama.cpp, built on first use (`cuda`: with the CUDA backend, for sm_90)."""
     release = version("llama-cpp-python")
-    build = BUILD / f"llama.cpp-{release}"
+    build = BUILD / f"llama.cpp-{release}{'-cuda' if cuda else ''}"
     exe = build / "bin" / "llama-bench"
     if exe.exists():
         return exe
@@ -60,6 +60,7 @@ def llama_bench() -> Path:
     print(f"building llama-bench from {sdist.name} (once; minutes on two cores)...", file=sys.stderr)
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"]
     flags += ["-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON"]
+    flags += ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=90", "-DGGML_CUDA_FA=OFF"] if cuda else []
     subprocess.run(["cmake", "-S", str(source), "-B", str(build), *flags], check=True, capture_output=True)
     jobs = str(os.cpu_count() or 1)
     subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", "-j", jobs], check=True, capture_output=True)

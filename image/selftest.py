@@ -23,9 +23,9 @@ import llama_cpp  # noqa: E402, F401
 import textual  # noqa: E402, F401
 
 import appliance.cli.main  # noqa: E402, F401
-from appliance.runtime.backends import load_cpu_backends  # noqa: E402
+from appliance.runtime.backends import load_backends  # noqa: E402
 
-if load_cpu_backends() < 1:
+if load_backends() < 1:
     sys.exit("selftest: llama.cpp registered no CPU backend")
 
 version = subprocess.run([os.path.join(sys.prefix, "bin", "appliance"), "--version"], capture_output=True, text=True, check=True)

@@ -17,6 +17,7 @@ from typing import Optional
 import click
 
 from .. import paths, state
+from ..runtime.engine_settings import GpuRequest
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..store.bases import active_model, close_model
@@ -24,7 +25,7 @@ from ..trust.builtin import embedded_pin, verify_pinned
 from ..vault import Vault
 from ..vault.killswitch import KillSwitch
 from .first_run import initialise
-from .options import FiniteFloatRange, resume_option
+from .options import FiniteFloatRange, engine_settings, gpu_layers_option, resume_option
 from .unlocking import has_passphrase_source, passphrase_option, unlock
 
 
@@ -44,6 +45,7 @@ from .unlocking import has_passphrase_source, passphrase_option, unlock
     is_flag=True,
     help="On a first run (no vault yet): also install the demo overlay and control vector, as `init --demo`.",
 )
+@gpu_layers_option
 @resume_option
 @passphrase_option
 def chat(
@@ -53,6 +55,7 @@ def chat(
     system_prompt: Optional[str],
     threads: Optional[int],
     demo: bool,
+    gpu_layers: Optional[GpuRequest],
     resume: Optional[str],
     passphrase_file: Optional[Path],
 ) -> None:
@@ -66,7 +69,7 @@ def chat(
         opened = _open_vault(home, passphrase_file, demo, cleanup)
         model = verify_pinned(embedded_pin()) if opened is None else active_model(opened[0])
         cleanup.callback(close_model, model)
-        runtime = Runtime(model, n_threads=threads)
+        runtime = Runtime(model, engine_settings(opened and opened[0], gpu_layers, model.path, n_threads=threads))
         cleanup.callback(runtime.close)
         core = ChatCore(
             home,

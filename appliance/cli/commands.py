@@ -6,11 +6,12 @@ from .. import __version__, paths, state
 from ..hardening import protections
 from ..overlay.control import ControlVector
 from ..overlay.files import Overlay
+from ..runtime.engine_settings import DEFAULT_GPU_LAYERS, GPU_LAYERS_SETTING, GpuRequest, device_line
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
 from ..store.bases import active_model, close_model
 from .first_run import initialise
-from .options import FiniteFloatRange, resume_option
+from .options import FiniteFloatRange, engine_settings, gpu_layers_option, resume_option
 from .output import say, stream, warn
 from .unlocking import generation_line, passphrase_option, unlocked, unlocked_appliance
 from .vault_commands import erase, kill, kill_policy, logs, passphrase
@@ -49,12 +50,14 @@ def status(passphrase_file) -> None:
         close_model(model)
         lines = status_lines(vault)
         generation = generation_line(vault)
+        device = device_line(vault.setting(GPU_LAYERS_SETTING, DEFAULT_GPU_LAYERS))
     say(f"state:   {home}")
     say(generation)
     say(f"base:    {model.name} v{model.version} ({model.origin})")
     say(f"         {'in the encrypted store' if model.fd is not None else model.path}")
     say(f"         sha256 {model.sha256}  verified")
     say(f"process: {protections().summary()}")
+    say(device)
     for line in lines:
         say(line)
 
@@ -95,6 +98,7 @@ def _prompt_text(ctx, param, value: str) -> str:
     help="1 is none.",
 )
 @click.option("--system", "system_prompt", default=None, callback=_utf8_text, help="System prompt (default: the model's own).")
+@gpu_layers_option
 @resume_option
 @passphrase_option
 def ask(
@@ -106,6 +110,7 @@ def ask(
     temperature: float,
     repeat_penalty: float,
     system_prompt: str | None,
+    gpu_layers: GpuRequest | None,
     resume: str | None,
     passphrase_file,
 ) -> None:
@@ -126,13 +131,14 @@ def ask(
             # anything is loaded; a refusal here (exit 3, or 6 if erased; 5 if none is installed) leaves nothing behind.
             app.load(kind)
         settings = SamplingSettings(temperature=temperature, seed=seed, repeat_penalty=repeat_penalty)
+        runtime = Runtime(model, engine_settings(app.vault, gpu_layers, model.path))
         if resume:
-            resumed = app.resume(Runtime(model), resume, settings=settings, on=on)
+            resumed = app.resume(runtime, resume, settings=settings, on=on)
             for notice in resumed.notices:
                 warn(f"note: {notice}")
             session = resumed.session
         else:
-            session = app.session(Runtime(model), settings=settings, system_prompt=system_prompt, on=on)
+            session = app.session(runtime, settings=settings, system_prompt=system_prompt, on=on)
         reply = app.reply(session, prompt, max_tokens=max_tokens, on_text=stream).reply
         say()
     if reply.dropped_turns:

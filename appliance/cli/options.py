@@ -1,11 +1,23 @@
 """Options that more than one command takes."""
 
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 import click
 
 from ..journal.frames import SESSION_ID
+from ..runtime.engine_settings import (
+    DEFAULT_GPU_LAYERS,
+    GPU_LAYERS_SETTING,
+    EngineSettings,
+    GpuRequest,
+    parse_request,
+    require_gpu,
+    resolve,
+)
+from ..vault import Vault
+from .output import warn
 
 
 def _session_id(ctx, param, value: Optional[str]) -> Optional[str]:
@@ -34,3 +46,40 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+def _gpu_layers(ctx, param, value: Optional[str]) -> Optional[GpuRequest]:
+    if value is None:
+        return None
+    try:
+        request = parse_request(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    require_gpu(request)  # a request for a card that is not there is refused now, before anything is opened
+    return request
+
+
+def gpu_layers_option(f):
+    """`--gpu-layers N|all|auto`: where llama.cpp computes (runtime/engine_settings.py); kept for the next runs."""
+    return click.option(
+        "--gpu-layers",
+        metavar="N|all|auto",
+        default=None,
+        callback=_gpu_layers,
+        help=f"Layers on the GPU: a number, all, or auto (those that fit; default {DEFAULT_GPU_LAYERS}); kept for later runs.",
+    )(f)
+
+
+def engine_settings(vault: Optional[Vault], given: Optional[GpuRequest], model_path: Path, **fields) -> EngineSettings:
+    """What chat and ask run on: `--gpu-layers` if given (and kept in the vault for the next runs), else the kept choice.
+
+    A choice that finds no card here (one kept from a machine with one, or `auto`) computes on the CPU, with one line
+    saying why."""
+    if vault is not None and given is not None:
+        vault.set_setting(GPU_LAYERS_SETTING, given)
+    kept = vault.setting(GPU_LAYERS_SETTING, DEFAULT_GPU_LAYERS) if vault is not None else DEFAULT_GPU_LAYERS
+    request = given if given is not None else parse_request(str(kept))
+    settings, note = resolve(request, model_path, EngineSettings(**fields))
+    if note is not None:
+        warn(f"note: {note}")
+    return settings

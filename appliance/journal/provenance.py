@@ -7,7 +7,10 @@ A message record (see `message`) carries: UTC time and appliance version (added 
 the system prompt that conditioned the reply (null: none, the model saw only the turns), the name
 of the prompt preset it came from (null: none, or typed by hand), the llama.cpp built-in chat
 template the turns were rendered with (`chat_template`, from `Session.conditioning`),
-and the overlay's divergence from the base for that reply where it was measured (else null).
+the overlay's divergence from the base for that reply where it was measured (else null), and the
+device it was computed on (`device`: {"name": "cpu"}, or the card's name with the layers on it,
+{"name", "gpu_layers", "of"}; `EngineSettings.device`): a reply from a GPU is not the CPU's bit for
+bit. Records written before the device was recorded have no `device` field.
 """
 
 from collections.abc import Sequence
@@ -44,6 +47,7 @@ def message(
     preset: Optional[str] = None,
     divergence: Optional[dict] = None,
     control: Optional[dict] = None,
+    device: Optional[dict] = None,
     **extra,
 ) -> dict:
     """The fields of a `message` record; `extra` holds reply facts (finish, tokens)."""
@@ -57,5 +61,6 @@ def message(
         "system_prompt": system_prompt,
         "preset": preset,
         "divergence": divergence,
+        **({"device": device} if device is not None else {}),
         **extra,
     }

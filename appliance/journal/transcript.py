@@ -17,8 +17,16 @@ def provenance_line(r: dict) -> str:
     system += f"; system prompt {json.dumps(r['system_prompt'])}" if r.get("system_prompt") else ""
     control = f"; control vector {_switched(r['control'])}" if r.get("control") else ""
     client = f"; client {client_text(r['client'])}" if r.get("client") else ""
+    device = f"; device {device_text(r['device'])}" if isinstance(r.get("device"), dict) else ""  # older records: none
     return (f"base {base.get('name')} v{base.get('version')} {str(base.get('sha256'))[:12]}; overlay {_switched(r.get('overlay'))}"
-            f"{control}; settings {json.dumps(r.get('settings'))}{system}{client}")  # fmt: skip
+            f"{control}; settings {json.dumps(r.get('settings'))}{system}{client}{device}")  # fmt: skip
+
+
+def device_text(device: dict) -> str:
+    """`cpu`, or the card and its layers: `NVIDIA H100 80GB HBM3 (31/31 layers)`."""
+    if "gpu_layers" not in device:
+        return str(device.get("name"))
+    return f"{device.get('name')} ({device.get('gpu_layers')}/{device.get('of')} layers)"
 
 
 def _switched(item: Optional[dict]) -> str:

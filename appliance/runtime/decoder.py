@@ -13,7 +13,9 @@ overlay and control vector they were computed with (the objects, or none):
      were decoded one at a time, which rounds differently from a prefill
      (`llama.FLASH_ATTENTION`), so the next prefill reads them again;
   4. the rest is computed in batches of two or more tokens, which give bit for
-     bit what one whole prefill gives;
+     bit what one whole prefill gives on the CPU; on a GPU they do not
+     (`LlamaEngine.batch_invariant`), so there nothing is kept: every prefill
+     computes its whole context, as a fresh session's does (docs/design.md);
   5. the overlay's delay ring is rebuilt from the tokens before the kept prefix's end;
   6. a feed stopped part-way (`LlamaEngine.stop_on`: a kill, the chat's stop) adds nothing
      to its sequence's tokens; what llama.cpp kept of it lies past them, and the next
@@ -109,7 +111,7 @@ class Decoder:
             seq.stream.resume(self._embeddings().rows(tokens[max(0, keep - span) : keep]), keep)
         self.last_prefill_tokens = len(tokens) - keep
         logits = self._feed(tokens[keep:])
-        seq.exact = len(tokens) if len(tokens) - keep != 1 else keep
+        seq.exact = (len(tokens) if len(tokens) - keep != 1 else keep) if self.engine.batch_invariant else 0
         if self.observer is not None:
             self.observer.prefilled(tokens, on, logits)
         return logits

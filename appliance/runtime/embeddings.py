@@ -145,6 +145,8 @@ class EmbeddingTable:
 
     def rows(self, tokens) -> np.ndarray:
         """tokens (n,) -> embeddings (n, n_embd) float32, as the model's graph reads them"""
+        if len(tokens) == 0:  # gguf's K-quant dequantisers fail on no rows (a prefill that keeps nothing asks for none)
+            return np.zeros((0, self.n_embd), dtype=np.float32)
         rows = dequantize(self._raw[np.asarray(tokens, dtype=np.int64)], self._qtype).astype(np.float32, copy=False)
         return rows * self.scale if self.scale is not None else rows
 

@@ -15,6 +15,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import llama_cpp as C
@@ -22,7 +23,8 @@ import llama_cpp.llama_cpp as C_api  # the module the high-level Llama reads its
 import numpy as np
 
 from ..errors import ContextOverflow, ModelFailed
-from .backends import load_cpu_backends
+from .backends import device_pointer, load_backends
+from .engine_settings import EngineSettings
 from .threads import ThreadGovernor
 
 
@@ -50,27 +52,44 @@ def _init_backend() -> None:
     global _backend_ready
     if not _backend_ready:
         C.llama_log_set(_quiet, ctypes.c_void_p(0))
-        load_cpu_backends()  # a portable build (the appliance image's) picks its CPU variant here
+        load_backends()  # a portable build (the appliance image's) picks its CPU variant and any GPU here
         C.llama_backend_init()
         _backend_ready = True
 
 
-def model_params() -> "C.llama_model_params":
+def model_params(settings: EngineSettings = EngineSettings()) -> "C.llama_model_params":
     """Load parameters shared by our runtime and the llama-cpp-python reference.
 
     Extra buffer types (weight repacking, e.g. for AMX) are off: the AMX path
     crashes on CPUs whose kernel does not grant AMX tile state to the process,
     and plain CPU buffers are what every machine can run.
+
+    The devices are named, never left to llama.cpp: by default it offloads every layer to every card it
+    finds, and even with no layer on a card it moves large prompt batches there. On the CPU the list is
+    empty; else it is the one card of `settings`.
     """
     params = _default_model_params()
     params.use_extra_bufts = False
+    card = settings.gpu.index if settings.gpu is not None and settings.gpu_layers > 0 else None
+    params.devices = ctypes.addressof(_device_list(card))
+    params.n_gpu_layers = settings.gpu_layers if card is not None else 0
     return params
 
 
+@cache
+def _device_list(card: int | None) -> ctypes.Array:
+    """A NULL-terminated device list of one card, or none; cached, so it lives as long as any load reading it."""
+    return (ctypes.c_void_p * 2)(device_pointer(card) if card is not None else None, None)
+
+
 class LlamaEngine:
-    def __init__(self, path: Path, n_ctx: int = 4096, n_batch: int = 512, n_threads: int | None = None, n_seq: int = 1):
+    def __init__(self, path: Path, settings: EngineSettings | None = None, n_batch: int = 512, **shorthand):
+        """`settings`, or as a shorthand its fields (`n_ctx=256, n_threads=2`; one sequence unless asked)."""
         _init_backend()
-        self.model = C.llama_model_load_from_file(str(path).encode(), model_params())
+        settings = settings or EngineSettings(**{"sequences": 1, **shorthand})
+        self.settings = settings
+        n_ctx, n_threads, n_seq = settings.n_ctx, settings.n_threads, settings.sequences
+        self.model = C.llama_model_load_from_file(str(path).encode(), model_params(settings))
         if not self.model:
             raise ModelFailed(f"{path}: llama.cpp could not load the model")
         self.vocab = C.llama_model_get_vocab(self.model)
@@ -80,7 +99,6 @@ class LlamaEngine:
         cparams.n_batch, cparams.n_ubatch = n_batch, n_batch  # equal: llama.cpp never splits our batches further
         cparams.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED if FLASH_ATTENTION else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
         # None: the governor follows the load (threads.py); a number is kept as it is.
-        self.thread_setting = n_threads
         self.governor: ThreadGovernor | None = None
         if n_threads is None:
             self.governor = ThreadGovernor()
@@ -99,6 +117,12 @@ class LlamaEngine:
         self._embd_batch = C.llama_batch_init(n_batch, self.n_embd, 1)
         self._piece = ctypes.create_string_buffer(256)
         self.stopping: threading.Event | None = None  # the event of the `stop_on` block a decode is in, for a shadow engine
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a context split into batches of two or more gives one whole prefill's logits bit for bit (FLASH_ATTENTION):
+        true on the CPU; llama.cpp's CUDA kernels tile by batch shape, so not with any layer on a card."""
+        return self.settings.gpu is None or self.settings.gpu_layers == 0
 
     @contextmanager
     def stop_on(self, event: threading.Event | None) -> Iterator[None]:
@@ -341,11 +365,12 @@ def _set_tokens(batch, tokens: list[int]) -> None:
         batch.token[k] = t
 
 
-def reference_llama(path: Path, **kwargs) -> "C.Llama":
-    """llama-cpp-python's own high-level `Llama`, loaded with our model params: the yardstick in tests and bench."""
+def reference_llama(path: Path, settings: EngineSettings = EngineSettings(), **kwargs) -> "C.Llama":
+    """llama-cpp-python's own high-level `Llama`, loaded with our model params (on `settings`' device): the yardstick in tests and bench."""
     _init_backend()
     kwargs["flash_attn"] = FLASH_ATTENTION  # as our context has it
-    C_api.llama_model_default_params = model_params
+    kwargs["n_gpu_layers"] = settings.gpu_layers if settings.gpu is not None else 0  # Llama sets it over our params
+    C_api.llama_model_default_params = lambda: model_params(settings)
     try:
         return C.Llama(str(path), verbose=False, **kwargs)
     finally:

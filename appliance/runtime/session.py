@@ -26,6 +26,7 @@ from ..trust.builtin import VerifiedModel
 from .chat_template import BuiltinTemplate, template_for
 from .decoder import Decoder
 from .embeddings import EmbeddingTable
+from .engine_settings import EngineSettings
 from .llama import DecodeStopped, LlamaEngine
 from .sampler import NativeSampler, SamplingSettings
 
@@ -36,9 +37,11 @@ class Runtime:
     `sequences=1` keeps one: half the KV memory, and a switch recomputes the whole context.
     """
 
-    def __init__(self, model: VerifiedModel, n_ctx: int = 4096, n_threads: Optional[int] = None, sequences: int = 2):
+    def __init__(self, model: VerifiedModel, settings: Optional[EngineSettings] = None, **shorthand):
+        """`settings` (engine_settings.py), or as a shorthand its fields (`n_ctx=2048`)."""
         self.model = model
-        self.engine = LlamaEngine(model.path, n_ctx=n_ctx, n_threads=n_threads, n_seq=sequences)
+        self.settings = settings or EngineSettings(**shorthand)
+        self.engine = LlamaEngine(model.path, self.settings)
         self.decoder = Decoder(self.engine, lambda: self.embeddings)
         try:
             self.template: BuiltinTemplate = template_for(self.engine)  # never the GGUF's own Jinja (chat_template.py)

@@ -62,7 +62,7 @@ class TakensAdapter:
 
     def logits_at(self, batch: "Batch", on: bool = True) -> torch.Tensor:
         """(n, V) float32 logits at the batch's predicting positions, with the overlay on or off."""
-        E = self.base.get_input_embeddings()(batch.ids)  # (B, T, d)
+        E = self.base.get_input_embeddings()(batch.ids).float()  # (B, T, d); float32 for the overlay even from a bf16 base
         if on:
             E = self.forward_module(E)
         with self._autocast(E.device):

@@ -24,6 +24,7 @@ from textual.widgets import Footer
 
 from ..erase import ERASE_JOURNAL_PHRASE
 from ..errors import ApplianceError
+from ..journal.transcript import device_text
 from ..overlay.control import ControlVector
 from ..overlay.files import Overlay
 from ..overlay.loadable import BY_KIND
@@ -77,6 +78,8 @@ class ChatScreen(Screen):
         snapshot = self.core.status()
         status = self.query_one(StatusBar)
         status.base, status.window = f"{snapshot.base_name} {snapshot.base_sha256[:8]}", self.core.runtime.engine.n_ctx
+        runtime = self.core.runtime
+        status.device = device_text(runtime.settings.device(runtime.engine.n_layer))
         self.refresh_status()
         for item in snapshot.items:
             if item.problem:

@@ -41,7 +41,7 @@ class AuditMeter:
             return
         engine = self._runtime.engine
         if self.base is None:
-            shadow = LlamaEngine(self._runtime.model.path, n_ctx=engine.n_ctx, n_threads=engine.thread_setting)
+            shadow = LlamaEngine(self._runtime.model.path, engine.settings.replace(sequences=1))  # where the reply is computed
             self.base = Decoder(shadow, lambda: self._runtime.embeddings)
         self.kl = None
         with self.base.engine.stop_on(engine.stopping):  # a kill stops the shadow's prefill as it does the reply's

@@ -43,6 +43,7 @@ class StatusBar(Widget):
     divergence: reactive[Optional[Divergence]] = reactive(None)
     busy = reactive(False)
     window = reactive(0)  # the context window (tokens) of the engine
+    device = reactive("cpu")  # what computes the replies (`device_text`); shown only when it is a card
     context_used: reactive[Optional[int]] = reactive(None)  # prompt + reply tokens of the last reply
     dropped = reactive(0)  # oldest exchanges left out of what the model sees
     demo_signers = reactive(False)  # demo signers pinned: said on a line of its own, never passed for production trust
@@ -100,6 +101,9 @@ class StatusBar(Widget):
         line.append(f"{self.tokens_per_second:.1f} tok/s" if self.tokens_per_second is not None else "- tok/s")
         line.append("  ctx ", style="dim")
         line.append(f"{'-' if self.context_used is None else self.context_used}/{self.window}")
+        if self.device != "cpu":  # the CPU is the default; the bar says when a card computes the words
+            line.append("  on ", style="dim")
+            line.append(printable(self.device))
         if self.dropped:
             line.append(f" {self.dropped} oldest dropped", style="bold reverse yellow")
         line.append("  KL ", style="dim")

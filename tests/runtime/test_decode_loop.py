@@ -52,7 +52,7 @@ def test_batches_of_two_or_more_give_the_logits_of_one_whole_prefill(runtime, mo
     tokens = [int(t) for t in rng.integers(100, 40000, 700)]
     E = runtime.embeddings.rows(tokens)
     single = LlamaEngine(model.path, n_ctx=1024, n_threads=2)
-    engine = LlamaEngine(model.path, n_ctx=1024, n_threads=2, n_seq=2)
+    engine = LlamaEngine(model.path, n_ctx=1024, n_threads=2, sequences=2)
     try:
         for feed in ("decode_tokens", "decode_embeddings"):
             data = tokens if feed == "decode_tokens" else E

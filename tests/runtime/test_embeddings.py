@@ -24,3 +24,24 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
     bogus.write_bytes(b"NOPE" + bytes(64))
     with pytest.raises(ModelFailed):
         EmbeddingTable(bogus)
+
+
+def test_no_tokens_give_no_rows_for_a_k_quant_table(tmp_path):
+    """An overlay prefill that keeps nothing asks for no rows; gguf's K-quant dequantisers fail on none."""
+    from gguf import GGMLQuantizationType, GGUFWriter
+
+    path = tmp_path / "q4k.gguf"
+    blocks = np.zeros((8, 144), dtype=np.uint8)  # 8 rows of one Q4_K block (256 weights): all zero
+    w = GGUFWriter(path, "llama")
+    w.add_embedding_length(256)
+    w.add_tensor(TOKEN_EMBEDDING, blocks, raw_dtype=GGMLQuantizationType.Q4_K)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    table = EmbeddingTable(path)
+    try:
+        assert table.rows([]).shape == (0, 256)
+        assert table.rows([2, 3]).shape == (2, 256)
+    finally:
+        table.close()

@@ -94,8 +94,8 @@ def test_a_thread_count_given_is_kept(model):
     fixed = LlamaEngine(model.path, n_ctx=256, n_threads=2)
     governed = LlamaEngine(model.path, n_ctx=256)
     try:
-        assert fixed.governor is None and fixed.thread_setting == 2
-        assert governed.governor is not None and governed.thread_setting is None
+        assert fixed.governor is None and fixed.settings.n_threads == 2
+        assert governed.governor is not None and governed.settings.n_threads is None
         assert governed.n_threads == len(our_cores())
     finally:
         fixed.close()
