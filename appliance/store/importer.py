@@ -221,7 +221,7 @@ def _install(store: Store, vault: Vault, accepted: Accepted, sealing: Sealing, s
         else Item(manifest.kind, manifest.sha256, installed, manifest.version)
     )
     floor = max(state.floor, manifest.created) if state.floor else manifest.created
-    new_state = replace(state.with_item(manifest.name, item), floor=floor)
+    new_state = replace(state.with_item(manifest.name, item).selecting(manifest.name), floor=floor)  # the newest is selected
     store.write_state(new_state)
     _crash_point("committed")
     _remove_leftovers(store, new_state, vault)

@@ -51,10 +51,15 @@ class StoreState:
     control: Optional[str] = None  # name of the control vector the runtime loads beside the overlay
 
     def with_item(self, name: str, item: Item) -> "StoreState":
-        """The state with `item` installed under `name`: the newest overlay or control vector becomes the active one."""
-        overlay = name if item.kind == "overlay" else self.overlay
-        control = name if item.kind == "control-vector" else self.control
-        return replace(self, overlay=overlay, control=control, items={**self.items, name: item})
+        """The state with `item` recorded under `name`; which overlay and control vector are selected is unchanged."""
+        return replace(self, items={**self.items, name: item})
+
+    def selecting(self, name: str) -> "StoreState":
+        """The state with item `name` the one the runtime loads, if its kind is selected at all (an overlay, a control vector)."""
+        kind = self.items[name].kind
+        overlay = name if kind == "overlay" else self.overlay
+        control = name if kind == "control-vector" else self.control
+        return replace(self, overlay=overlay, control=control)
 
 
 def _sha256s(doc: StateDoc, name: str, field: str, optional: bool = False) -> tuple[str, ...]:
