@@ -38,7 +38,7 @@ from typing import Optional, Protocol
 
 from . import presets
 from .emergency import handle_kill
-from .erase import erase_journal, erase_overlay
+from .erase import erase_item, erase_journal
 from .errors import ApplianceError, NotFound
 from .journal import Journal, provenance
 from .journal.resume import PastConversation, past_conversation
@@ -347,7 +347,7 @@ class UnlockedAppliance:
             raise NotFound("no overlay is loaded")
         name = self.active.provenance.name
         self.drop_overlay()
-        return erase_overlay(self.vault, name)
+        return erase_item(self.vault, "overlay", name)
 
     def erase_journal(self) -> list[str]:
         """Every journal session, the open one included (the caller starts a fresh one if it goes on)."""

@@ -38,7 +38,7 @@ from .active import (
     load_active_overlay,
     verify_installed,
 )
-from .forget import forget_overlays
+from .forget import forget_items
 from .importer import import_bundle, rollback, verify_bundle
 
 __all__ = [
@@ -46,7 +46,7 @@ __all__ = [
     "ActiveBase",
     "ActiveControl",
     "embedded_base",
-    "forget_overlays",
+    "forget_items",
     "InstallRecord",
     "describe_installed",
     "import_bundle",

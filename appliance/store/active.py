@@ -16,16 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 from ..errors import ApplianceError, BindingMismatch, Erased, NoControlVector, NoOverlay, NotFound, Refused
 from ..journal import provenance
-from ..overlay import control
-from ..overlay.control import ControlVector, load_control
-from ..overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay
+from ..overlay.control import ControlVector
+from ..overlay.files import Overlay
 from ..runtime.embeddings import EmbeddingTable
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
-from ..trust.image_rules import check_image
+from ..trust.kinds import KINDS, Loaded
 from ..trust.manifest import Manifest
 from ..utc import format_time
 from ..vault import Vault, zeroize
@@ -35,9 +34,6 @@ from .layout import Store, StoreDamaged, StoreState
 
 class VerificationFailed(Refused):
     """`verify`: an installed version no longer passes the rules above (the first failure is named)."""
-
-
-BOUND_KINDS = ("overlay", "control-vector")  # the kinds made for one base, checked against the active one
 
 
 def base_shape(gguf_path: Path) -> tuple[int, int]:
@@ -141,19 +137,20 @@ class InstalledItem:
     is_active_control: bool = False
 
 
-Admitted = Union[Overlay, ControlVector, None]
-FILES_LOADED_BY_BINDING = {"overlay": (JSON_NAME, TENSORS_NAME), "control-vector": (control.JSON_NAME, control.TENSORS_NAME)}
+Admitted = Optional[Loaded]
 
 
 def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: Optional[ActiveBase]) -> Admitted:
-    """Rule 3: an overlay or a control vector must be bound to the active base; returns it admitted (None for other kinds).
+    """Rule 3, as its kind says (`trust.kinds`): a bound kind must be bound to the active base; returns it admitted
+    (None for other kinds).
 
     The base's hidden size (and block count) is read only for an item whose SHA-256 binding already matched.
     Kinds that bind to no base (an image) are checked with `base=None`; an overlay or control vector never is.
     """
-    if manifest.kind == "image":
-        check_image(manifest, directory / "artifacts")
-    if manifest.kind not in BOUND_KINDS:
+    kind = KINDS[manifest.kind]
+    if kind.check_layout is not None:
+        kind.check_layout(manifest, directory / "artifacts")
+    if kind.load is None:
         return None
     if base is None:
         raise BindingMismatch(f"{manifest.name} v{manifest.version} is a {manifest.kind}: it is checked against the active base")
@@ -164,7 +161,7 @@ def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: O
             f"{manifest.name} v{manifest.version} is bound to base {bound[:16]}, active base is {base_sha256[:16]}"
             f" (full: {bound}, {base_sha256}; appliance base list)"
         )
-    json_name, tensors_name = FILES_LOADED_BY_BINDING[manifest.kind]
+    json_name, tensors_name = kind.files
     files: dict[str, bytearray] = {}
     try:
         for path in (json_name, tensors_name):
@@ -172,9 +169,7 @@ def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: O
         # The safetensors parser takes only immutable bytes: that copy cannot be zeroed and lives
         # until the loader is done with it (a Python limit docs/procedures.md states); ours are zeroed.
         meta, tensors = bytes(files[json_name]), bytes(files[tensors_name])
-        if manifest.kind == "control-vector":
-            return load_control(meta, tensors, base_sha256=base_sha256, hidden_size=base.hidden_size, n_layer=base.n_layer)
-        return load_overlay(meta, tensors, base_sha256=base_sha256, hidden_size=base.hidden_size)
+        return kind.load(meta, tensors, base)
     finally:
         for data in files.values():
             zeroize(data)
@@ -198,7 +193,7 @@ def verify_version(
             return manifest, None
         finally:
             sealing.zeroize()
-    loaded_by_binding = FILES_LOADED_BY_BINDING.get(manifest.kind, ())
+    loaded_by_binding = KINDS[manifest.kind].files if KINDS[manifest.kind].binds_base else ()
     sealing = Sealing.installed(vault, manifest)
     try:
         for artifact in manifest.artifacts:
@@ -286,7 +281,7 @@ def verify_installed(base: ActiveBase, vault: Vault) -> list[tuple[str, str]]:
             label = f"{name} {sha[:16]}{' (active)' if sha == item.active else ''}"
             try:
                 binds = store.read_manifest(sha).binds_base_sha256
-                other = item.kind in BOUND_KINDS and binds is not None and binds != base.sha256
+                other = KINDS[item.kind].binds_base and binds is not None and binds != base.sha256
                 manifest, _ = verify_version(store, sha, vault, base, bind=not other)
                 inactive = (
                     f" (inactive: bound to base {binds[:16]}, active base is {base.sha256[:16]})" if other and binds else ""

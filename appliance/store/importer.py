@@ -49,11 +49,12 @@ from ..fsutil import fsync_dir
 from ..state import require_initialised
 from ..trust.bundle_reader import Bundle, open_bundle
 from ..trust.hashing import Progress
+from ..trust.kinds import ENCRYPTED, KINDS
 from ..trust.manifest import Manifest, check_created
 from ..utc import format_time, now
 from ..vault import Vault
 from .active import ActiveBase, check_binding, verify_version, versions_text
-from .at_rest import KEY_ID_PREFIXES, Sealing, data_key_id, write_artifact
+from .at_rest import Sealing, data_key_id, write_artifact
 from .bases import gguf_artifact, probe_staged
 from .layout import STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
 
@@ -158,13 +159,14 @@ def _accept(
         check_created(manifest, clock)
         _check_kind(manifest, state)
         _check_version(manifest, state)
-        if manifest.kind == "base-model":
+        kind = KINDS[manifest.kind]
+        if kind.probed:
             gguf_artifact(manifest)  # its shape, before a byte is copied
         sealing = Sealing.fresh(manifest)
         try:
             _copy_artifacts(bundle, staging, sealing, progress)
             _crash_point("copied")
-            if manifest.kind == "base-model":
+            if kind.probed:
                 probe_staged(manifest, staging, sealing)
             check_binding(manifest, staging, sealing, base)
         except BaseException:
@@ -187,12 +189,12 @@ def _remove_leftovers(store: Store, state: StoreState, vault: Vault) -> None:
         installed = {
             data_key_id(item.kind, name, store.read_manifest(sha).version)
             for name, item in state.items.items()
-            if item.kind in KEY_ID_PREFIXES
+            if KINDS[item.kind].encrypted
             for sha in item.installed
         }
     except StoreDamaged:
         return  # unsure what is installed: keep every key (an orphan is harmless, a lost key is not)
-    orphans = [i for prefix in KEY_ID_PREFIXES.values() for i in vault.key_ids(prefix) if i not in installed]
+    orphans = [i for kind in ENCRYPTED for i in vault.key_ids(kind.keys) if i not in installed]
     if orphans:
         vault.erase(orphans)
 
