@@ -4,11 +4,10 @@
 2. signatures and threshold (`trust.policy.TrustRoot.verified_signers`), against the
    sealed policy and keyring (`state_files`: changed outside the appliance, they refuse),
    judged at max(now, floor) and refused while the clock is behind the floor (`trust.signatures`);
-3. expiry against the time floor: refused if `expires` is not after
-   max(now, floor); a clock earlier than the floor is reported; and `created`
-   at most the clock tolerance after now (`trust.manifest.check_created`), since it becomes the floor;
-4. an item keeps its kind, and the version is strictly above every version
-   ever accepted for that name (rollback, replay);
+3. expiry against the time floor, `created` not in the future; and
+4. an item keeps its kind, the version is above every version ever accepted for that name,
+   and what its kind asks of the manifest alone: steps 3 and 4 are one pure decision on values,
+   `decision.decide` (manifest, signers, store state, now -> accepted or the refusal);
 5. each artifact's size and SHA-256, hashed while it is copied from the
    bundle into staging: the bytes verified are the bytes kept. An overlay's
    (a control vector's, a base model's) are encrypted on the way (`at_rest`) under a fresh
@@ -39,79 +38,30 @@ import secrets
 import shutil
 import signal
 import tempfile
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from ..errors import Erased, HashMismatch, NotFound, Refused, SizeMismatch
+from ..errors import Erased, HashMismatch, NotFound, SizeMismatch
 from ..fsutil import fsync_dir
 from ..state import require_initialised
 from ..trust.bundle_reader import Bundle, open_bundle
 from ..trust.hashing import Progress
 from ..trust.kinds import ENCRYPTED, KINDS
-from ..trust.manifest import Manifest, check_created
-from ..utc import format_time, now
+from ..utc import now
 from ..vault import Vault
 from .active import ActiveBase, check_binding, verify_version, versions_text
 from .at_rest import Sealing, data_key_id, write_artifact
-from .bases import gguf_artifact, probe_staged
+from .bases import probe_staged
+from .decision import Accepted, decide
 from .layout import STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
 
 CRASH_POINTS = ("copying", "copied", "keyed", "stored", "committed")
 
 
-class ManifestExpired(Refused):
-    pass
-
-
-class VersionNotNewer(Refused):
-    pass
-
-
-class KindChanged(Refused):
-    pass
-
-
-@dataclass(frozen=True)
-class Accepted:
-    manifest: Manifest
-    signers: tuple[str, ...]
-    clock_note: str  # "" or why the clock looks wrong
-
-
 def _crash_point(point: str) -> None:
     if os.environ.get("APPLIANCE_TEST_CRASH_AT") == point:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _check_expiry(manifest: Manifest, now: datetime, floor: Optional[datetime]) -> str:
-    """Step 3; returns a note when the clock is earlier than the floor (it was set back, or is wrong)."""
-    effective = now if floor is None else max(now, floor)
-    clock_behind = effective != now
-    note = ""
-    if clock_behind:
-        note = f"the clock ({format_time(now)}) is earlier than the time floor ({format_time(effective)}): was it set back?"
-    if manifest.expires <= effective:
-        against = "the time floor" if clock_behind else "now"
-        raise ManifestExpired(
-            f"{manifest.name} v{manifest.version}: manifest expired at {format_time(manifest.expires)}, "
-            f"before {against} ({format_time(effective)}){'; ' + note if note else ''}"
-        )
-    return note
-
-
-def _check_kind(manifest: Manifest, state: StoreState) -> None:
-    item = state.items.get(manifest.name)
-    if item is not None and item.kind != manifest.kind:
-        raise KindChanged(f"{manifest.name} is installed as a {item.kind}, this bundle is a {manifest.kind}")
-
-
-def _check_version(manifest: Manifest, state: StoreState) -> None:
-    item = state.items.get(manifest.name)
-    if item is not None and manifest.version <= item.max_version:
-        what = "the same version again (replay)" if manifest.version == item.max_version else "an older version (rollback)"
-        raise VersionNotNewer(f"{manifest.name} v{manifest.version} is {what}: a bundle must be above v{item.max_version}")
 
 
 def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: Optional[Progress]) -> None:
@@ -154,25 +104,17 @@ def _accept(
     with open_bundle(bundle_path) as bundle:
         manifest = bundle.manifest
         signers = store.trust().verified_signers(manifest, bundle.signatures, state.floor)
-        clock = now()
-        note = _check_expiry(manifest, clock, state.floor)
-        check_created(manifest, clock)
-        _check_kind(manifest, state)
-        _check_version(manifest, state)
-        kind = KINDS[manifest.kind]
-        if kind.probed:
-            gguf_artifact(manifest)  # its shape, before a byte is copied
+        accepted = decide(manifest, signers, state, now())
         sealing = Sealing.fresh(manifest)
         try:
             _copy_artifacts(bundle, staging, sealing, progress)
             _crash_point("copied")
-            if kind.probed:
+            if KINDS[manifest.kind].probed:
                 probe_staged(manifest, staging, sealing)
             check_binding(manifest, staging, sealing, base)
         except BaseException:
             sealing.zeroize()
             raise
-    accepted = Accepted(manifest, signers, note)
     _write_manifest(accepted, staging)
     return accepted, sealing
 
