@@ -17,6 +17,9 @@ TEST_KDF = (
 )
 
 
+PASSPHRASE = "correct horse battery staple"  # every test vault's, unless a test is about passphrases
+
+
 def appliance(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 300, prefix: list[str] = ()):
     """Run the real `appliance` command in a subprocess; returns CompletedProcess (text mode)."""
     return subprocess.run(
@@ -79,3 +82,19 @@ def read_only(directory: Path) -> list[str]:
     its mount end with the command. Needs root (CAP_SYS_ADMIN)."""
     script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"'
     return ["unshare", "--mount", "sh", "-c", script, "sh", str(directory)]
+
+
+def install_demo_overlay(vault) -> tuple[str, list[Path]]:
+    """The demo overlay installed by the product's own import, as `init --demo` does it (demo keys made in a
+    scratch GnuPG home, a signed bundle, every check of the trust chain): its data key id and its ciphertext files."""
+    from appliance.demo.install import DEMO_ITEMS, install_demo
+    from appliance.store import ActiveBase
+    from appliance.store.layout import Store
+    from appliance.trust.builtin import embedded_pin, verify_pinned
+
+    overlay = DEMO_ITEMS[0]
+    install_demo(ActiveBase(verify_pinned(embedded_pin())), vault, (overlay,))
+    store = Store.unlocked(vault)
+    sha = store.read_state().items[overlay.name].active
+    assert sha is not None
+    return f"overlay/{overlay.name}/{overlay.version}", sorted((store.object_dir(sha) / "artifacts").iterdir())

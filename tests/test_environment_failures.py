@@ -13,12 +13,10 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import TEST_KDF, appliance, error_line, read_only, tree_digest, with_file_size_limit
+from helpers import PASSPHRASE, TEST_KDF, appliance, error_line, read_only, tree_digest, with_file_size_limit
 
 from appliance import state
 from appliance.vault import Vault
-
-PASSPHRASE = "environment test passphrase"
 
 
 @pytest.fixture

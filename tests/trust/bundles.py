@@ -13,6 +13,7 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+from helpers import PASSPHRASE
 
 from appliance.overlay.control import ControlVector, control_files
 from appliance.overlay.files import Overlay, overlay_files
@@ -23,7 +24,6 @@ from appliance.utc import format_time
 from appliance.vault import Vault
 
 BASE_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-PASSPHRASE = "correct horse battery staple"
 
 
 def gpg(home: Path, *args: str, input: bytes | None = None) -> bytes:

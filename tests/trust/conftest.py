@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from bundles import PASSPHRASE, Keys, fingerprint, gpg, revoked_public_key
-from helpers import TEST_KDF, appliance
+from bundles import Keys, fingerprint, gpg, revoked_public_key
+from helpers import PASSPHRASE, TEST_KDF, appliance
 
 from appliance import state
 from appliance.store.layout import Store

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundles import PASSPHRASE, make_bundle
-from helpers import appliance, error_line, ok, tree_digest
+from bundles import make_bundle
+from helpers import PASSPHRASE, appliance, error_line, ok, tree_digest
 
 from appliance.journal import read_session, sessions
 from appliance.printable import printable

@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from bundles import PASSPHRASE, file_member, iso, members, raw_signature, utc, write_tar
-from helpers import appliance, error_line, ok, tree_digest
+from bundles import file_member, iso, members, raw_signature, utc, write_tar
+from helpers import PASSPHRASE, appliance, error_line, ok, tree_digest
 from images import config_digest, forged_image_bundle, image_bundle, synthetic_layout
 from test_refusals import assert_refused, replace_member, signatures_of, with_signatures
 

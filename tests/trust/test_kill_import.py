@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from bundles import PASSPHRASE, make_bundle
-from helpers import appliance
+from bundles import make_bundle
+from helpers import PASSPHRASE, appliance
 
 from appliance.vault import Vault
 from appliance.vault.killswitch import WIPE_SIGNAL, running_pid

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from bundles import PASSPHRASE, make_bundle
-from helpers import appliance, error_line, ok, tree_digest
+from bundles import make_bundle
+from helpers import PASSPHRASE, appliance, error_line, ok, tree_digest
 
 from appliance.store.layout import Store
 from appliance.vault import Vault

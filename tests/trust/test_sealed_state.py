@@ -12,8 +12,8 @@ import json
 import shutil
 
 import pytest
-from bundles import PASSPHRASE, make_bundle
-from helpers import appliance, error_line, ok, tree_digest
+from bundles import make_bundle
+from helpers import PASSPHRASE, appliance, error_line, ok, tree_digest
 
 from appliance.state_files import state_bytes
 from appliance.vault import Vault

@@ -4,8 +4,8 @@ import asyncio
 import inspect
 
 import pytest
-from helpers import TEST_KDF
-from ui_support import PASSPHRASE, THREADS, overlay_for_tests
+from helpers import PASSPHRASE, TEST_KDF
+from ui_support import THREADS, overlay_for_tests
 
 from appliance import state
 from appliance.runtime.sampler import GREEDY

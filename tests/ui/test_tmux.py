@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import appliance
-from ui_support import PASSPHRASE
+from helpers import PASSPHRASE, appliance
 
 from appliance.journal import read_session, sessions
 from appliance.vault import Vault

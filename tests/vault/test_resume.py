@@ -4,8 +4,7 @@ rebuilt with its system prompt, a new session linked to the old one's sealed hea
 import time
 
 import pytest
-from helpers import appliance, error_line, ok, tree_digest
-from vault_setup import PASSPHRASE
+from helpers import PASSPHRASE, appliance, error_line, ok, tree_digest
 
 from appliance.journal import Journal, read_session, sessions
 from appliance.journal.resume import ResumeChainBroken, past_conversation
@@ -18,7 +17,7 @@ ASKED = SamplingSettings(temperature=0.0, seed=0)  # what `ask --temperature 0` 
 
 
 def _vault(home) -> Vault:
-    return Vault.unlock(home, PASSPHRASE)
+    return Vault.unlock(home, PASSPHRASE.encode())
 
 
 def test_ask_resume_continues_the_history_in_a_new_linked_session(vault_home, runtime):
