@@ -49,6 +49,25 @@ def error_line(r: subprocess.CompletedProcess, exit_code: int, reason: str) -> s
     return lines[0]
 
 
+def refused(home: Path, code: int, reason: str, *args: str, words=(), env: dict | None = None) -> str:
+    """`appliance ARGS` refused and nothing changed: exit `code`, one `error:` line ending `[reason]` that names
+    each of `words` (any case), and every file under `home` byte-identical; the line. The progress lines a long
+    import or verify prints first are set aside."""
+    before = tree_digest(home)
+    r = appliance(*args, env=env)
+    r.stderr = "".join(line for line in r.stderr.splitlines(keepends=True) if not line.startswith(("import: ", "verify: ")))
+    line = error_line(r, code, reason)
+    for w in words:
+        assert w.lower() in line.lower(), f"{w!r} not in {line!r}"
+    assert tree_digest(home) == before
+    return line
+
+
+def assert_refused(home: Path, bundle: Path, reason: str, *words: str) -> str:
+    """`update import BUNDLE` refused by the rule whose reason code is `reason`, nothing changed (`refused`)."""
+    return refused(home, 3, reason, "update", "import", str(bundle), words=words)
+
+
 def tree_digest(root: Path) -> dict[str, bytes]:
     """Every file under root with its bytes and mode: equal before and after means nothing changed."""
     out = {}

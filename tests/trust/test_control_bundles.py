@@ -7,8 +7,7 @@ import os
 import numpy as np
 import pytest
 from bundles import BASE_SHA, control_dir, iso, make_bundle, make_control_bundle, utc
-from helpers import PASSPHRASE, appliance, error_line, ok, tree_digest
-from test_refusals import assert_refused
+from helpers import PASSPHRASE, appliance, assert_refused, error_line, ok, tree_digest
 
 from appliance.journal import read_session, sessions
 from appliance.runtime.sampler import SamplingSettings

@@ -7,8 +7,7 @@ keys scoped to the demo items (`test_demo.py` checks that `init --demo` writes t
 
 import pytest
 from bundles import make_bundle, make_control_bundle, make_not_a_model_bundle
-from helpers import PASSPHRASE, appliance, error_line, ok, tree_digest
-from test_refusals import assert_refused
+from helpers import PASSPHRASE, appliance, assert_refused, error_line, ok, tree_digest
 
 from appliance.demo.install import DEMO_ITEMS, DEMO_NAME
 from appliance.store.layout import Store

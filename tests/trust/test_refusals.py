@@ -22,7 +22,7 @@ from bundles import (
     utc,
     write_tar,
 )
-from helpers import appliance, error_line, tree_digest
+from helpers import appliance, assert_refused, error_line, tree_digest
 
 from appliance.store import ActiveBase
 from appliance.store.importer import import_bundle
@@ -38,15 +38,6 @@ from appliance.trust.manifest import (
     ManifestTooLarge,
     parse_manifest,
 )
-
-
-def assert_refused(home, bundle, reason, *words):
-    """Refused by the rule whose reason code is `reason`; `words` are what the line must tell a person (the file, the key)."""
-    before = tree_digest(home)
-    line = error_line(appliance("update", "import", str(bundle)), 3, reason)
-    for w in words:
-        assert w.lower() in line.lower(), f"{w!r} not in {line!r}"
-    assert tree_digest(home) == before
 
 
 @pytest.fixture(scope="module")

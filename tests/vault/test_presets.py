@@ -1,7 +1,7 @@
 """Prompt presets (`appliance preset add|list|remove`): encrypted in the vault, bad input changes nothing."""
 
 import pytest
-from helpers import PASSPHRASE, appliance, error_line, ok, tree_digest
+from helpers import PASSPHRASE, ok, refused
 
 from appliance import presets
 from appliance.errors import Erased
@@ -31,10 +31,7 @@ def test_add_list_remove(vault_home, tmp_path):
 
 
 def _refused(home, code, reason, *args):
-    before = tree_digest(home)
-    line = error_line(appliance("preset", *args), code, reason)
-    assert tree_digest(home) == before
-    return line
+    return refused(home, code, reason, "preset", *args)
 
 
 def test_bad_input_is_one_line_and_changes_nothing(vault_home, tmp_path):

@@ -4,7 +4,7 @@ passphrase change, erase."""
 import json
 
 import pytest
-from helpers import PASSPHRASE, appliance, error_line, install_demo_overlay, tree_digest
+from helpers import PASSPHRASE, appliance, error_line, install_demo_overlay, refused
 
 from appliance.errors import Erased
 from appliance.journal import Journal
@@ -13,10 +13,7 @@ from appliance.vault import Vault
 
 def _locked(home, reason, *args):
     """`appliance ARGS` stays locked (exit 4) for the reason `reason`, and changes nothing; its error line."""
-    before = tree_digest(home)
-    line = error_line(appliance(*args), 4, reason)
-    assert tree_digest(home) == before
-    return line
+    return refused(home, 4, reason, *args)
 
 
 @pytest.mark.parametrize("command", [("logs", "list"), ("ask", "hello", "--max-tokens", "1")])
