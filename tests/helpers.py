@@ -20,6 +20,18 @@ TEST_KDF = (
 PASSPHRASE = "correct horse battery staple"  # every test vault's, unless a test is about passphrases
 
 
+def make_vault_home(home: Path, passphrase: str = PASSPHRASE) -> Path:
+    """`home` initialised as `appliance init` leaves it, by the same two steps (`state.initialise`, `Vault.create`),
+    with a vault of `TEST_KDF` cost: every later unlock, in process or by the CLI, costs milliseconds. `init`
+    itself runs through the CLI only where it is what is tested (tests/vault/test_vault_cli.py and others)."""
+    from appliance import state
+    from appliance.vault import Vault
+
+    state.initialise(home)
+    Vault.create(home, passphrase.encode(), cost=TEST_KDF).zeroize()
+    return home
+
+
 def appliance(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 300, prefix: list[str] = ()):
     """Run the real `appliance` command in a subprocess; returns CompletedProcess (text mode)."""
     return subprocess.run(

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import httpx2
 import openai
-from helpers import PASSPHRASE, TEST_KDF
+from helpers import PASSPHRASE, make_vault_home
 
-from appliance import state
 from appliance.api import socket_path
 from appliance.journal import read_session, sessions
 from appliance.vault import Vault
@@ -75,8 +74,7 @@ class Served:
 def prepared_home(root: Path) -> tuple[Path, dict]:
     home, passphrase = root / "home", root / "passphrase"
     passphrase.write_bytes(PASSPHRASE.encode() + b"\n")
-    state.initialise(home)
-    Vault.create(home, PASSPHRASE.encode(), cost=TEST_KDF).zeroize()
+    make_vault_home(home)
     return home, {**os.environ, "APPLIANCE_HOME": str(home), "APPLIANCE_PASSPHRASE_FILE": str(passphrase)}
 
 

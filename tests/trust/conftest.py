@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 from bundles import Keys, fingerprint, gpg, revoked_public_key
-from helpers import PASSPHRASE, TEST_KDF, appliance
+from helpers import PASSPHRASE, appliance, make_vault_home
 
-from appliance import state
 from appliance.store.layout import Store
 from appliance.vault import Vault
 
@@ -43,8 +42,7 @@ def pinned_home(keys, tmp_path_factory):
     pp = tmp / "passphrase"
     pp.write_text(PASSPHRASE)
     env = {"APPLIANCE_HOME": str(home), "APPLIANCE_PASSPHRASE_FILE": str(pp)}
-    state.initialise(home)  # as `init` does, with a vault of the tests' cheap KDF cost (`init` itself: tests/vault)
-    Vault.create(home, PASSPHRASE.encode(), cost=TEST_KDF).zeroize()
+    make_vault_home(home)
     for name in ("alice", "bob", "old", "rev"):
         key = revoked_public_key(keys, tmp) if name == "rev" else keys.public(name, tmp)
         r = appliance("trust", "add", str(key), "--fingerprint", keys.fpr[name], env=env)

@@ -1,9 +1,8 @@
 """Fixtures for the vault, journal, erase and kill-switch tests: a state dir with a vault, a passphrase file."""
 
 import pytest
-from helpers import PASSPHRASE, TEST_KDF
+from helpers import PASSPHRASE, make_vault_home
 
-from appliance import state
 from appliance.vault import Vault
 
 
@@ -19,9 +18,7 @@ def passphrase_file(tmp_path, monkeypatch):
 @pytest.fixture
 def vault_home(home, passphrase_file):
     """An initialised state dir with a vault (created in process: the CLI path has its own tests)."""
-    state.initialise(home)
-    Vault.create(home, PASSPHRASE.encode(), cost=TEST_KDF).zeroize()
-    return home
+    return make_vault_home(home)
 
 
 @pytest.fixture
