@@ -13,6 +13,8 @@ from appliance.store.layout import Item, StoreState
 from appliance.trust.manifest import Manifest, ManifestFromFuture, parse_manifest
 from appliance.utc import CLOCK_TOLERANCE, format_time
 
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
+
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 DAY = timedelta(days=1)
 SIGNERS = ("A" * 40, "B" * 40)

@@ -2,9 +2,13 @@
 
 import json
 
+import pytest
+
 from appliance.cli.trust_commands import bundle_create
 from appliance.trust.kinds import ENCRYPTED, KINDS
 from appliance.trust.manifest import SCHEMA_PATH
+
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
 
 
 def test_the_schema_enum_is_the_registry():
