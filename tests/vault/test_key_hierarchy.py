@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import PASSPHRASE, ok
+from helpers import PASSPHRASE, TEST_KDF, ok
 
 from appliance import state
 from appliance.errors import Erased, NotFound
@@ -140,7 +140,7 @@ def test_erase_all_then_afresh(vault_home, vault):
     assert Vault.state(vault_home) == "erased"
     with pytest.raises(Erased):
         Vault.unlock(vault_home, PASSPHRASE.encode())
-    fresh = Vault.create(vault_home, b"another")
+    fresh = Vault.create(vault_home, b"another", cost=TEST_KDF)
     assert fresh.key_ids() == [] and fresh.generation()[0] == 1
 
 
@@ -204,7 +204,7 @@ def test_an_erased_vault_of_format_1_is_erased(format_1):
     assert Vault.state(format_1) == "erased"
     with pytest.raises(Erased):
         Vault.unlock(format_1, PASSPHRASE.encode())
-    Vault.create(format_1, PASSPHRASE.encode()).zeroize()
+    Vault.create(format_1, PASSPHRASE.encode(), cost=TEST_KDF).zeroize()
     assert sorted(p.name for p in (format_1 / "vault").iterdir()) == ["lock", "vault.json"]
 
 
