@@ -15,7 +15,7 @@ from typing import Optional
 
 from .erase import erase_installed
 from .journal import Journal
-from .store.at_rest import BASE_KEYS, CONTROL_KEYS, OVERLAY_KEYS
+from .trust.kinds import ENCRYPTED
 from .vault import Vault
 from .vault.killswitch import WIPE_POLICY, Killed, KillSwitch
 
@@ -24,15 +24,13 @@ def handle_kill(killed: Killed, ks: KillSwitch, vault: Vault, journal: Optional[
     """Returns the vault key ids a wipe erased (none for a plain kill)."""
     ks.run_callbacks()
     killed.wipe = killed.wipe or bool(vault.setting(WIPE_POLICY, False))
-    wiping = vault.key_ids(OVERLAY_KEYS) if killed.wipe else []
-    bases = vault.key_ids(BASE_KEYS) if killed.wipe else []
-    controls = vault.key_ids(CONTROL_KEYS) if killed.wipe else []
+    wiping = {kind.kill_field: vault.key_ids(kind.keys) if killed.wipe else [] for kind in ENCRYPTED}
     if journal is not None:
-        journal.append("kill", wipe=killed.wipe, overlays_erased=wiping, bases_erased=bases, controls_erased=controls)
+        journal.append("kill", wipe=killed.wipe, **wiping)
     if killed.wipe:
         erase_installed(vault)
     ks.confirm(killed.wipe)
-    return wiping + controls + bases
+    return [key_id for key_ids in wiping.values() for key_id in key_ids]
 
 
 def handle_kill_in_new_session(killed: Killed, ks: KillSwitch, vault: Vault) -> list[str]:

@@ -4,11 +4,10 @@ Order, the same for every kind: the data keys go first (the vault, one atomic ta
 the ciphertext files the vault recorded with them (`fsutil.discard`: a time that does not depend on
 the data's size), then the owner's records of what was erased:
 
-- an overlay: its keys, then the store marks its versions erased and drops their objects
-  (`store.forget_overlays`), so a load, a rollback or a replayed bundle says "erased" (exit 6);
-- a control vector: the same (`store.forget_controls`);
-- a base model: the same (`store.forget_bases`); the embedded default becomes the active base if
-  the erased one was; a kill's wipe erases every overlay, every control vector and every imported base;
+- an item of an encrypted kind (`trust.kinds`: an overlay, a control vector, a base model): its keys,
+  then the store marks its versions erased and drops their objects (`store.forget_items`), so a load,
+  a rollback or a replayed bundle says "erased" (exit 6); the embedded default becomes the active base
+  if an erased base was; a kill's wipe erases every item of every encrypted kind;
 - the journal: every session's key, then its file;
 - everything: the master key slot (needs no passphrase), then the journal's, the store's and the
   trust policy's folders: the journal is keyless without the vault, and the store's and the
@@ -21,66 +20,43 @@ An erase by name is resumable: killed after its keys went, the same command agai
 store's part (the versions are still listed) instead of answering "already crypto-erased".
 """
 
-from collections.abc import Callable
 from pathlib import Path
 
 from . import editor_scratch
 from .errors import Erased, NotFound
 from .fsutil import discard
 from .journal.session_files import JOURNAL_DIR, JOURNAL_KEYS
-from .overlay.control import ControlVector
-from .overlay.files import Overlay
-from .store import forget_overlays
-from .store.at_rest import BASE_KEYS, CONTROL_KEYS, OVERLAY_KEYS
-from .store.forget import forget_bases, forget_controls
+from .store import forget_items
 from .store.layout import STORE_DIR
+from .trust.kinds import ENCRYPTED, KINDS
 from .trust.policy import TRUST_DIR
 from .vault import Vault
 
 ERASE_JOURNAL_PHRASE = "erase logs"  # typed to confirm, at `appliance erase logs` and in the chat's modal
 
 
-def erase_overlay(vault: Vault, name: str) -> list[str]:
-    """Every installed version of overlay NAME. Returns the key ids erased."""
-    return _erase_versions(vault, f"{OVERLAY_KEYS}{name}/", f"overlay {name}", lambda: forget_overlays(vault, name))
-
-
-def erase_base(vault: Vault, name: str) -> list[str]:
-    """Every installed version of base model NAME. Returns the key ids erased."""
-    return _erase_versions(vault, f"{BASE_KEYS}{name}/", f"base model {name}", lambda: forget_bases(vault, name))
-
-
-def erase_control(vault: Vault, name: str) -> list[str]:
-    """Every installed version of control vector NAME. Returns the key ids erased."""
-    return _erase_versions(vault, f"{CONTROL_KEYS}{name}/", f"control vector {name}", lambda: forget_controls(vault, name))
-
-
-def erase_loaded(vault: Vault, kind: str, name: str) -> list[str]:
-    """Every installed version of the overlay or control vector NAME (`kind`). Returns the key ids erased."""
-    return {Overlay.KIND: erase_overlay, ControlVector.KIND: erase_control}[kind](vault, name)
-
-
-def _erase_versions(vault: Vault, prefix: str, what: str, forget: Callable[[], list[str]]) -> list[str]:
-    """The data keys of every version under `prefix`, then the store's record of them (which a re-run finishes)."""
+def erase_item(vault: Vault, kind: str, name: str) -> list[str]:
+    """Every installed version of item NAME of an encrypted `kind`: its data keys, then the store's record of
+    them (which a re-run finishes). Returns the key ids erased."""
+    prefix, what = f"{KINDS[kind].keys}{name}/", f"{KINDS[kind].label} {name}"
     key_ids = vault.key_ids(prefix)
     if not key_ids and not vault.erased_key_ids(prefix):
         raise NotFound(f"no {what} in the vault")
     if key_ids:
         vault.erase(key_ids)
-    forgotten = forget()  # the key ids of the versions the store listed until now
+    forgotten = forget_items(vault, kind, name)  # the key ids of the versions the store listed until now
     if not key_ids and not forgotten:
         raise Erased(f"{what} was already crypto-erased")
     return key_ids or forgotten
 
 
 def erase_installed(vault: Vault) -> list[str]:
-    """The kill-switch wipe: every overlay, control vector and imported base. Returns the key ids erased (possibly none)."""
-    key_ids = vault.key_ids(OVERLAY_KEYS) + vault.key_ids(CONTROL_KEYS) + vault.key_ids(BASE_KEYS)
+    """The kill-switch wipe: every item of every encrypted kind. Returns the key ids erased (possibly none)."""
+    key_ids = [key_id for kind in ENCRYPTED for key_id in vault.key_ids(kind.keys)]
     if key_ids:
         vault.erase(key_ids)
-    forget_overlays(vault, None)  # also versions whose keys an earlier, interrupted erase destroyed
-    forget_controls(vault, None)
-    forget_bases(vault, None)
+    for kind in ENCRYPTED:
+        forget_items(vault, kind.name, None)  # also versions whose keys an earlier, interrupted erase destroyed
     editor_scratch.wipe(vault.home)
     return key_ids
 

@@ -38,7 +38,7 @@ from typing import Any, Optional, Protocol
 
 from . import presets
 from .emergency import handle_kill
-from .erase import erase_journal, erase_loaded
+from .erase import erase_item, erase_journal
 from .errors import ApplianceError, NotFound
 from .journal import Journal, provenance
 from .journal.resume import PastConversation, past_conversation
@@ -337,7 +337,7 @@ class UnlockedAppliance:
         if item is None:
             raise NotFound(f"no {BY_KIND[kind].NOUN} is loaded")
         self.drop(kind)
-        return erase_loaded(self.vault, kind, item.provenance.name)
+        return erase_item(self.vault, kind, item.provenance.name)
 
     def erase_journal(self) -> list[str]:
         """Every journal session, the open one included (the caller starts a fresh one if it goes on)."""

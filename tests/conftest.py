@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bundles import keys, pinned_home  # noqa: F401 (fixtures: session-scoped, made once for tests/trust and tests/store)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

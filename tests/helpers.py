@@ -17,6 +17,21 @@ TEST_KDF = (
 )
 
 
+PASSPHRASE = "correct horse battery staple"  # every test vault's, unless a test is about passphrases
+
+
+def make_vault_home(home: Path, passphrase: str = PASSPHRASE) -> Path:
+    """`home` initialised as `appliance init` leaves it, by the same two steps (`state.initialise`, `Vault.create`),
+    with a vault of `TEST_KDF` cost: every later unlock, in process or by the CLI, costs milliseconds. `init`
+    itself runs through the CLI only where it is what is tested (tests/vault/test_vault_cli.py and others)."""
+    from appliance import state
+    from appliance.vault import Vault
+
+    state.initialise(home)
+    Vault.create(home, passphrase.encode(), cost=TEST_KDF).zeroize()
+    return home
+
+
 def appliance(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 300, prefix: list[str] = ()):
     """Run the real `appliance` command in a subprocess; returns CompletedProcess (text mode)."""
     return subprocess.run(
@@ -44,6 +59,25 @@ def error_line(r: subprocess.CompletedProcess, exit_code: int, reason: str) -> s
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert lines[0].endswith(f" [{reason}]"), f"not [{reason}]: {lines[0]}"
     return lines[0]
+
+
+def refused(home: Path, code: int, reason: str, *args: str, words=(), env: dict | None = None) -> str:
+    """`appliance ARGS` refused and nothing changed: exit `code`, one `error:` line ending `[reason]` that names
+    each of `words` (any case), and every file under `home` byte-identical; the line. The progress lines a long
+    import or verify prints first are set aside."""
+    before = tree_digest(home)
+    r = appliance(*args, env=env)
+    r.stderr = "".join(line for line in r.stderr.splitlines(keepends=True) if not line.startswith(("import: ", "verify: ")))
+    line = error_line(r, code, reason)
+    for w in words:
+        assert w.lower() in line.lower(), f"{w!r} not in {line!r}"
+    assert tree_digest(home) == before
+    return line
+
+
+def assert_refused(home: Path, bundle: Path, reason: str, *words: str) -> str:
+    """`update import BUNDLE` refused by the rule whose reason code is `reason`, nothing changed (`refused`)."""
+    return refused(home, 3, reason, "update", "import", str(bundle), words=words)
 
 
 def tree_digest(root: Path) -> dict[str, bytes]:
@@ -79,3 +113,19 @@ def read_only(directory: Path) -> list[str]:
     its mount end with the command. Needs root (CAP_SYS_ADMIN)."""
     script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"'
     return ["unshare", "--mount", "sh", "-c", script, "sh", str(directory)]
+
+
+def install_demo_overlay(vault) -> tuple[str, list[Path]]:
+    """The demo overlay installed by the product's own import, as `init --demo` does it (demo keys made in a
+    scratch GnuPG home, a signed bundle, every check of the trust chain): its data key id and its ciphertext files."""
+    from appliance.demo.install import DEMO_ITEMS, install_demo
+    from appliance.store import ActiveBase
+    from appliance.store.layout import Store
+    from appliance.trust.builtin import embedded_pin, verify_pinned
+
+    overlay = DEMO_ITEMS[0]
+    install_demo(ActiveBase(verify_pinned(embedded_pin())), vault, (overlay,))
+    store = Store.unlocked(vault)
+    sha = store.read_state().items[overlay.name].active
+    assert sha is not None
+    return f"overlay/{overlay.name}/{overlay.version}", sorted((store.object_dir(sha) / "artifacts").iterdir())

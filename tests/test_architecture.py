@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import appliance
+
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
 
 PACKAGE = Path(appliance.__file__).parent
 # Bottom to top: a part may import only parts of strictly lower layers (and itself).

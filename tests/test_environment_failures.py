@@ -13,12 +13,10 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import TEST_KDF, appliance, error_line, read_only, tree_digest, with_file_size_limit
+from helpers import PASSPHRASE, TEST_KDF, appliance, error_line, make_vault_home, read_only, tree_digest, with_file_size_limit
 
 from appliance import state
 from appliance.vault import Vault
-
-PASSPHRASE = "environment test passphrase"
 
 
 @pytest.fixture
@@ -31,9 +29,7 @@ def passphrase_file(tmp_path, monkeypatch):
 
 @pytest.fixture
 def initialised(home, passphrase_file):
-    r = appliance("init")
-    assert r.returncode == 0, r.stderr
-    return home
+    return make_vault_home(home)
 
 
 def one_error(r: subprocess.CompletedProcess, code: int, reason: str, *words: str) -> str:

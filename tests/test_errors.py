@@ -18,6 +18,8 @@ from helpers import appliance, error_line
 from appliance.cli import main as cli_main
 from appliance.errors import ApplianceError, Refused
 
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 CODE = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 # Failures that are not an ApplianceError, as the CLI reports them: (exit code, reason code).

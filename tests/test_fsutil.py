@@ -2,7 +2,11 @@
 
 import time
 
+import pytest
+
 from appliance.fsutil import TRASH_DIR, discard
+
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
 
 
 def test_discard_moves_files_and_folders_out_of_sight_and_says_which_existed(tmp_path):

@@ -13,6 +13,8 @@ import appliance.cli
 from appliance.cli import output
 from appliance.printable import printable
 
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
+
 # What a terminal must never receive from outside text: C0 but newline and tab, DEL, C1,
 # bidi embeddings, overrides and isolates, lone surrogates.
 RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")

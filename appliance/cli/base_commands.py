@@ -5,7 +5,6 @@ from typing import Optional
 
 import click
 
-from ..erase import erase_base
 from ..store.bases import list_bases, use_base
 from ..utc import format_time
 from .output import say
@@ -50,4 +49,4 @@ def base_use(name: str, passphrase_file: Optional[Path]) -> None:
 @passphrase_option
 def erase_base_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> None:
     """Every installed version of base model NAME (the embedded default becomes active if NAME was)."""
-    erase_every_version("base model", name, erase_base, yes, passphrase_file)
+    erase_every_version("base-model", name, yes, passphrase_file)

@@ -22,7 +22,7 @@ from .output import warn
 # What the OS answers when the machine cannot hold the state: not a bug (exit 3, not 1). Every
 # write to the state dir goes through a temp file removed on failure (fsutil.atomic_file), or cuts
 # a failed append back (journal), and `init` writes its marker last, so the state is as it was:
-# tests/test_environment_failures.py and tests/trust/test_import_environment.py prove it.
+# tests/test_environment_failures.py and tests/store/test_import_environment.py prove it.
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR})
 CANNOT_WRITE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 

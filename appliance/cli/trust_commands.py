@@ -6,13 +6,14 @@ from pathlib import Path
 import click
 
 from ..store import describe_installed, verify_installed
-from ..store.active import BOUND_KINDS, VerificationFailed, floor_text, versions_text
+from ..store.active import VerificationFailed, floor_text, versions_text
 from ..store.at_rest import Check
 from ..store.bases import active_base, active_model, active_sha256, close_model
 from ..store.importer import import_bundle, rollback, verify_bundle
 from ..store.layout import Store
 from ..store.trust_changes import pin_signer, set_threshold, unpin_demo_signers, unpin_signers
 from ..trust.bundle import create_bundle, sign_bundle
+from ..trust.kinds import IMAGE, KINDS
 from ..trust.policy import demo_mark
 from ..utc import format_time, parse_time
 from ..vault import Vault
@@ -111,7 +112,7 @@ def bundle() -> None:
 
 
 @bundle.command("create")
-@click.option("--kind", type=click.Choice(["overlay", "control-vector", "base-model"]), required=True)  # an image: `image pack`
+@click.option("--kind", type=click.Choice([k for k in KINDS if k != IMAGE.name]), required=True)  # an image: `image pack`
 @click.option("--name", required=True)
 @click.option("--version", type=click.IntRange(1), required=True)
 @click.option(
@@ -252,7 +253,7 @@ def verify_cmd(passphrase_file: Path | None) -> None:
 def _bound(item, base_sha: str) -> str:
     """For an overlay or control vector made for another base than the active one: why it is inactive."""
     binds = item.provenance.binds_base if item.provenance else None
-    if item.kind not in BOUND_KINDS or binds is None or binds == base_sha:
+    if not KINDS[item.kind].binds_base or binds is None or binds == base_sha:
         return ""
     return f"  inactive: bound to base {binds[:16]}, active base is {base_sha[:16]}"
 

@@ -3,7 +3,6 @@
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -11,12 +10,13 @@ import click
 
 from .. import paths, state
 from ..emergency import handle_kill_in_new_session
-from ..erase import ERASE_JOURNAL_PHRASE, erase_control, erase_everything, erase_journal, erase_overlay
+from ..erase import ERASE_JOURNAL_PHRASE, erase_everything, erase_item, erase_journal
 from ..errors import EnvironmentRefused, Erased, EraseNotProven, NotConfirmed, NotFound
 from ..fsutil import atomic_write
 from ..journal import JournalBroken, Report, read_session, sessions, verify_session
 from ..journal.search import Match, search
 from ..journal.transcript import markdown_transcript, provenance_line
+from ..trust.kinds import KINDS
 from ..vault import Vault, VaultRolledBack, zeroize
 from ..vault.killswitch import KILL_GRACE_SECONDS, WIPE_POLICY, Killed, KillSwitch, running_pid, stop_running
 from .output import say, warn
@@ -182,14 +182,12 @@ def _prove(vault: Vault, key_ids: list[str]) -> None:
         raise EraseNotProven(f"erase of {key_id} did not take: its key is still readable")
 
 
-def erase_every_version(
-    what: str, name: str, erase: Callable[[Vault, str], list[str]], yes: bool, passphrase_file: Optional[Path]
-) -> None:
+def erase_every_version(kind: str, name: str, yes: bool, passphrase_file: Optional[Path]) -> None:
     """`erase overlay|control|base NAME`: confirm, crypto-erase every installed version, say so, prove it."""
     with unlocked(passphrase_file) as vault:
-        _confirm(name, f"{what} {name} (every installed version)", yes)
+        _confirm(name, f"{KINDS[kind].label} {name} (every installed version)", yes)
         t0 = time.perf_counter()
-        key_ids = erase(vault, name)
+        key_ids = erase_item(vault, kind, name)
         say(f"destroyed: data keys of {', '.join(key_ids)} ({time.perf_counter() - t0:.3f} s)")
         _prove(vault, key_ids)
 
@@ -200,7 +198,7 @@ def erase_every_version(
 @passphrase_option
 def erase_overlay_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> None:
     """Every installed version of overlay NAME."""
-    erase_every_version("overlay", name, erase_overlay, yes, passphrase_file)
+    erase_every_version("overlay", name, yes, passphrase_file)
 
 
 @erase.command("control")
@@ -209,7 +207,7 @@ def erase_overlay_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> 
 @passphrase_option
 def erase_control_cmd(name: str, yes: bool, passphrase_file: Optional[Path]) -> None:
     """Every installed version of control vector NAME."""
-    erase_every_version("control vector", name, erase_control, yes, passphrase_file)
+    erase_every_version("control-vector", name, yes, passphrase_file)
 
 
 @erase.command("logs")

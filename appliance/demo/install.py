@@ -25,7 +25,7 @@ from ..store import ActiveBase, import_bundle
 from ..store.layout import Store
 from ..store.trust_changes import pin_signer
 from ..trust.bundle import create_bundle, sign_bundle
-from ..trust.manifest import FILES_OF_KIND
+from ..trust.kinds import KINDS
 from ..trust.policy import item_id
 from ..trust.signatures import scratch_gpg
 from ..vault import Vault
@@ -34,14 +34,14 @@ from . import CONTROL_DIR, OVERLAY_DIR
 
 @dataclass(frozen=True)
 class DemoItem:
-    kind: str  # a manifest kind whose files `trust.manifest.FILES_OF_KIND` names
+    kind: str  # a kind whose files `trust.kinds.KINDS` names
     name: str
     directory: Path  # holds exactly those files
     version: int = 1
 
     @property
     def artifacts(self) -> list[Path]:
-        return [self.directory / name for name in sorted(FILES_OF_KIND[self.kind])]
+        return [self.directory / name for name in sorted(KINDS[self.kind].files)]
 
 
 DEMO_ITEMS = (

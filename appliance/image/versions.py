@@ -22,10 +22,9 @@ from ..state import require_initialised
 from ..store.active import verify_version
 from ..store.layout import Store
 from ..trust.image_rules import ImageRecord, image_record
+from ..trust.kinds import IMAGE
 from ..vault import Vault
 from . import storage
-
-KIND = "image"
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class Switch:
 
 def image_name(store: Store, name: Optional[str]) -> str:
     """Rule 1."""
-    images = sorted(n for n, item in store.read_state().items.items() if item.kind == KIND)
+    images = sorted(n for n, item in store.read_state().items.items() if item.kind == IMAGE.name)
     if name is not None:
         if name not in images:
             raise NotFound(f"no image named {name} is installed")

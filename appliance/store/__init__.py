@@ -36,14 +36,14 @@ from .active import (
     load_active,
     verify_installed,
 )
-from .forget import forget_overlays
+from .forget import forget_items
 from .importer import import_bundle, rollback, verify_bundle
 
 __all__ = [
     "ActiveBase",
     "ActiveItem",
     "embedded_base",
-    "forget_overlays",
+    "forget_items",
     "InstallRecord",
     "describe_installed",
     "import_bundle",

@@ -16,17 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 from ..errors import ApplianceError, BindingMismatch, Erased, NotFound, Refused
 from ..journal import provenance
-from ..overlay import control
-from ..overlay.control import ControlVector, load_control
-from ..overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay
 from ..overlay.loadable import BY_KIND, Loadable
 from ..runtime.embeddings import EmbeddingTable
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
-from ..trust.image_rules import check_image
+from ..trust.kinds import KINDS, Loaded
 from ..trust.manifest import Manifest
 from ..utc import format_time
 from ..vault import Vault, zeroize
@@ -36,9 +33,6 @@ from .layout import Store, StoreDamaged, StoreState
 
 class VerificationFailed(Refused):
     """`verify`: an installed version no longer passes the rules above (the first failure is named)."""
-
-
-BOUND_KINDS = ("overlay", "control-vector")  # the kinds made for one base, checked against the active one
 
 
 def base_shape(gguf_path: Path) -> tuple[int, int]:
@@ -129,19 +123,20 @@ class InstalledItem:
     is_active_control: bool = False
 
 
-Admitted = Union[Overlay, ControlVector, None]
-FILES_LOADED_BY_BINDING = {"overlay": (JSON_NAME, TENSORS_NAME), "control-vector": (control.JSON_NAME, control.TENSORS_NAME)}
+Admitted = Optional[Loaded]
 
 
 def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: Optional[ActiveBase]) -> Admitted:
-    """Rule 3: an overlay or a control vector must be bound to the active base; returns it admitted (None for other kinds).
+    """Rule 3, as its kind says (`trust.kinds`): a bound kind must be bound to the active base; returns it admitted
+    (None for other kinds).
 
     The base's hidden size (and block count) is read only for an item whose SHA-256 binding already matched.
     Kinds that bind to no base (an image) are checked with `base=None`; an overlay or control vector never is.
     """
-    if manifest.kind == "image":
-        check_image(manifest, directory / "artifacts")
-    if manifest.kind not in BOUND_KINDS:
+    kind = KINDS[manifest.kind]
+    if kind.check_layout is not None:
+        kind.check_layout(manifest, directory / "artifacts")
+    if kind.load is None:
         return None
     if base is None:
         raise BindingMismatch(f"{manifest.name} v{manifest.version} is a {manifest.kind}: it is checked against the active base")
@@ -152,7 +147,7 @@ def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: O
             f"{manifest.name} v{manifest.version} is bound to base {bound[:16]}, active base is {base_sha256[:16]}"
             f" (full: {bound}, {base_sha256}; appliance base list)"
         )
-    json_name, tensors_name = FILES_LOADED_BY_BINDING[manifest.kind]
+    json_name, tensors_name = kind.files
     files: dict[str, bytearray] = {}
     try:
         for path in (json_name, tensors_name):
@@ -160,9 +155,7 @@ def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: O
         # The safetensors parser takes only immutable bytes: that copy cannot be zeroed and lives
         # until the loader is done with it (a Python limit docs/procedures.md states); ours are zeroed.
         meta, tensors = bytes(files[json_name]), bytes(files[tensors_name])
-        if manifest.kind == "control-vector":
-            return load_control(meta, tensors, base_sha256=base_sha256, hidden_size=base.hidden_size, n_layer=base.n_layer)
-        return load_overlay(meta, tensors, base_sha256=base_sha256, hidden_size=base.hidden_size)
+        return kind.load(meta, tensors, base)
     finally:
         for data in files.values():
             zeroize(data)
@@ -186,7 +179,7 @@ def verify_version(
             return manifest, None
         finally:
             sealing.zeroize()
-    loaded_by_binding = FILES_LOADED_BY_BINDING.get(manifest.kind, ())
+    loaded_by_binding = KINDS[manifest.kind].files if KINDS[manifest.kind].binds_base else ()
     sealing = Sealing.installed(vault, manifest)
     try:
         for artifact in manifest.artifacts:
@@ -223,7 +216,7 @@ def load_active(kind: str, base: ActiveBase, vault: Vault) -> ActiveItem:
     loadable = BY_KIND[kind]
     store = Store.unlocked(vault)
     state = store.read_state()
-    name = {Overlay.KIND: state.overlay, ControlVector.KIND: state.control}[kind]  # state.json names one of each
+    name = getattr(state, str(KINDS[kind].selected_as))  # state.json names the selected one of each bound kind
     manifest, weights = _load_active(store, state, name, loadable.NOUN, loadable.NOT_INSTALLED, base, vault)
     if not isinstance(weights, loadable):  # state.json names, as the active one, a version of another kind
         raise StoreDamaged(f"{manifest.name} v{manifest.version} is a {manifest.kind}, not {_a(loadable.NOUN)}")
@@ -265,7 +258,7 @@ def verify_installed(base: ActiveBase, vault: Vault) -> list[tuple[str, str]]:
             label = f"{name} {sha[:16]}{' (active)' if sha == item.active else ''}"
             try:
                 binds = store.read_manifest(sha).binds_base_sha256
-                other = item.kind in BOUND_KINDS and binds is not None and binds != base.sha256
+                other = KINDS[item.kind].binds_base and binds is not None and binds != base.sha256
                 manifest, _ = verify_version(store, sha, vault, base, bind=not other)
                 inactive = (
                     f" (inactive: bound to base {binds[:16]}, active base is {base.sha256[:16]})" if other and binds else ""

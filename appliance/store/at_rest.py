@@ -26,29 +26,21 @@ from typing import Literal, Optional, overload
 
 from ..errors import HashMismatch, NotFound, SizeMismatch
 from ..trust.hashing import Progress, Readable, Sink, sha256_stream
+from ..trust.kinds import KINDS
 from ..trust.manifest import Artifact, Manifest
 from ..vault import EncryptedWriter, Vault, decrypt_chunks, random_key, sealed_size, zeroize
 from .layout import STORE_DIR
 
-OVERLAY_KEYS = "overlay/"  # the prefix of the overlays' data key ids
-BASE_KEYS = "base/"  # and of the imported base models'
-CONTROL_KEYS = "control/"  # and of the control vectors'
-KEY_ID_PREFIXES = {"overlay": OVERLAY_KEYS, "base-model": BASE_KEYS, "control-vector": CONTROL_KEYS}
 MEMFD_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
-
-
-def overlay_key_id(name: str, version: int) -> str:
-    """The vault key id of one installed overlay version."""
-    return f"{OVERLAY_KEYS}{name}/{version}"
 
 
 def data_key_id(kind: str, name: str, version: int) -> str:
     """The vault key id of one installed version of any kind."""
-    return f"{KEY_ID_PREFIXES[kind]}{name}/{version}"
+    return f"{KINDS[kind].keys}{name}/{version}"
 
 
 def is_encrypted(manifest: Manifest) -> bool:
-    return manifest.kind in KEY_ID_PREFIXES
+    return KINDS[manifest.kind].encrypted
 
 
 def artifact_rel(manifest_sha256: str, path: str) -> str:

@@ -21,24 +21,11 @@ from .at_rest import data_key_id
 from .layout import Store, StoreDamaged
 
 
-def forget_overlays(vault: Vault, name: Optional[str]) -> list[str]:
-    """Mark overlay NAME (None: every overlay) erased in state.json, then remove its store objects.
+def forget_items(vault: Vault, kind: str, name: Optional[str]) -> list[str]:
+    """Mark item NAME of `kind` (None: every item of it) erased in state.json, then remove its store objects;
+    the embedded default becomes the active base if an erased base was.
 
     Returns the data key ids of the versions it marked (those whose manifest could still be read)."""
-    return forget_items(vault, "overlay", name)
-
-
-def forget_bases(vault: Vault, name: Optional[str]) -> list[str]:
-    """The same for base models; the embedded default becomes the active base if an erased one was."""
-    return forget_items(vault, "base-model", name)
-
-
-def forget_controls(vault: Vault, name: Optional[str]) -> list[str]:
-    """The same for control vectors."""
-    return forget_items(vault, "control-vector", name)
-
-
-def forget_items(vault: Vault, kind: str, name: Optional[str]) -> list[str]:
     store = Store.unlocked(vault)
     state = store.read_state()
     items = dict(state.items)

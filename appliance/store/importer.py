@@ -4,11 +4,10 @@
 2. signatures and threshold (`trust.policy.TrustRoot.verified_signers`), against the
    sealed policy and keyring (`state_files`: changed outside the appliance, they refuse),
    judged at max(now, floor) and refused while the clock is behind the floor (`trust.signatures`);
-3. expiry against the time floor: refused if `expires` is not after
-   max(now, floor); a clock earlier than the floor is reported; and `created`
-   at most the clock tolerance after now (`trust.manifest.check_created`), since it becomes the floor;
-4. an item keeps its kind, and the version is strictly above every version
-   ever accepted for that name (rollback, replay);
+3. expiry against the time floor, `created` not in the future; and
+4. an item keeps its kind, the version is above every version ever accepted for that name,
+   and what its kind asks of the manifest alone: steps 3 and 4 are one pure decision on values,
+   `decision.decide` (manifest, signers, store state, now -> accepted or the refusal);
 5. room on the state directory's disk for everything the import writes, counted before
    a byte is written (`NoRoomForImport`); then each artifact's size and SHA-256, hashed
    while it is streamed from the bundle into staging: the bytes verified are the bytes kept. An overlay's
@@ -41,8 +40,7 @@ import secrets
 import shutil
 import signal
 import tempfile
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -51,72 +49,25 @@ from ..fsutil import fsync_dir
 from ..state import require_initialised
 from ..trust.bundle_reader import Bundle, open_bundle
 from ..trust.hashing import Progress
-from ..trust.manifest import Manifest, check_created
-from ..utc import format_time, now
+from ..trust.kinds import ENCRYPTED, KINDS
+from ..utc import now
 from ..vault import Vault
 from .active import ActiveBase, check_binding, verify_version, versions_text
-from .at_rest import KEY_ID_PREFIXES, Sealing, data_key_id, write_artifact
-from .bases import StagedProbe, gguf_artifact
+from .at_rest import Sealing, data_key_id, write_artifact
+from .bases import StagedProbe
+from .decision import Accepted, decide
 from .layout import STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
 
 CRASH_POINTS = ("copying", "copied", "keyed", "stored", "committed")
-
-
-class ManifestExpired(Refused):
-    pass
 
 
 class NoRoomForImport(Refused):
     """The state directory's disk cannot hold what an import would write: refused before writing any of it."""
 
 
-class VersionNotNewer(Refused):
-    pass
-
-
-class KindChanged(Refused):
-    pass
-
-
-@dataclass(frozen=True)
-class Accepted:
-    manifest: Manifest
-    signers: tuple[str, ...]
-    clock_note: str  # "" or why the clock looks wrong
-
-
 def _crash_point(point: str) -> None:
     if os.environ.get("APPLIANCE_TEST_CRASH_AT") == point:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _check_expiry(manifest: Manifest, now: datetime, floor: Optional[datetime]) -> str:
-    """Step 3; returns a note when the clock is earlier than the floor (it was set back, or is wrong)."""
-    effective = now if floor is None else max(now, floor)
-    clock_behind = effective != now
-    note = ""
-    if clock_behind:
-        note = f"the clock ({format_time(now)}) is earlier than the time floor ({format_time(effective)}): was it set back?"
-    if manifest.expires <= effective:
-        against = "the time floor" if clock_behind else "now"
-        raise ManifestExpired(
-            f"{manifest.name} v{manifest.version}: manifest expired at {format_time(manifest.expires)}, "
-            f"before {against} ({format_time(effective)}){'; ' + note if note else ''}"
-        )
-    return note
-
-
-def _check_kind(manifest: Manifest, state: StoreState) -> None:
-    item = state.items.get(manifest.name)
-    if item is not None and item.kind != manifest.kind:
-        raise KindChanged(f"{manifest.name} is installed as a {item.kind}, this bundle is a {manifest.kind}")
-
-
-def _check_version(manifest: Manifest, state: StoreState) -> None:
-    item = state.items.get(manifest.name)
-    if item is not None and manifest.version <= item.max_version:
-        what = "the same version again (replay)" if manifest.version == item.max_version else "an older version (rollback)"
-        raise VersionNotNewer(f"{manifest.name} v{manifest.version} is {what}: a bundle must be above v{item.max_version}")
 
 
 ROOM_RESERVE = 16 << 20  # beside the artifacts: the manifest, signatures, and the vault, state and journal rewritten
@@ -141,7 +92,7 @@ def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: O
     starts first: returned for its verdict (None for other kinds), so the probe needs no second pass.
     """
     _check_room(bundle, staging, sealing)
-    probe = StagedProbe(bundle.manifest, sealing.key_id) if bundle.manifest.kind == "base-model" else None
+    probe = StagedProbe(bundle.manifest, sealing.key_id) if KINDS[bundle.manifest.kind].probed else None
     try:
         for artifact in bundle.manifest.artifacts:
             in_tar = bundle.artifact_size(artifact.path)
@@ -187,13 +138,7 @@ def _accept(
     with open_bundle(bundle_path) as bundle:
         manifest = bundle.manifest
         signers = store.trust().verified_signers(manifest, bundle.signatures, state.floor)
-        clock = now()
-        note = _check_expiry(manifest, clock, state.floor)
-        check_created(manifest, clock)
-        _check_kind(manifest, state)
-        _check_version(manifest, state)
-        if manifest.kind == "base-model":
-            gguf_artifact(manifest)  # its shape, before a byte is copied
+        accepted = decide(manifest, signers, state, now())
         sealing = Sealing.fresh(manifest)
         try:
             probe = _copy_artifacts(bundle, staging, sealing, progress)
@@ -204,7 +149,6 @@ def _accept(
         except BaseException:
             sealing.zeroize()
             raise
-    accepted = Accepted(manifest, signers, note)
     _write_manifest(accepted, staging)
     return accepted, sealing
 
@@ -221,12 +165,12 @@ def _remove_leftovers(store: Store, state: StoreState, vault: Vault) -> None:
         installed = {
             data_key_id(item.kind, name, store.read_manifest(sha).version)
             for name, item in state.items.items()
-            if item.kind in KEY_ID_PREFIXES
+            if KINDS[item.kind].encrypted
             for sha in item.installed
         }
     except StoreDamaged:
         return  # unsure what is installed: keep every key (an orphan is harmless, a lost key is not)
-    orphans = [i for prefix in KEY_ID_PREFIXES.values() for i in vault.key_ids(prefix) if i not in installed]
+    orphans = [i for kind in ENCRYPTED for i in vault.key_ids(kind.keys) if i not in installed]
     if orphans:
         vault.erase(orphans)
 
@@ -255,7 +199,7 @@ def _install(store: Store, vault: Vault, accepted: Accepted, sealing: Sealing, s
         else Item(manifest.kind, manifest.sha256, installed, manifest.version)
     )
     floor = max(state.floor, manifest.created) if state.floor else manifest.created
-    new_state = replace(state.with_item(manifest.name, item), floor=floor)
+    new_state = replace(state.with_item(manifest.name, item).selecting(manifest.name), floor=floor)  # the newest is selected
     store.write_state(new_state)
     _crash_point("committed")
     _remove_leftovers(store, new_state, vault)

@@ -13,6 +13,7 @@ from typing import Optional
 
 from ..errors import Refused
 from ..state_files import StateDoc, StateFileDamaged, StateSeal, read_sealed_state, state_bytes
+from ..trust.kinds import KINDS
 from ..trust.manifest import Manifest, parse_manifest
 from ..trust.policy import TrustRoot
 from ..utc import format_time, parse_time
@@ -24,7 +25,6 @@ STATE_FORMAT = "appliance-store/1"
 ACCEPTED_FORMAT = "appliance-accepted/1"
 STAGING_PREFIX = ".staging-"
 ACCEPTED_NAME = "accepted.json"  # the signers that counted at import (a key expiring later must not unload it)
-KINDS = ("overlay", "base-model", "control-vector", "image")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -51,10 +51,15 @@ class StoreState:
     control: Optional[str] = None  # name of the control vector the runtime loads beside the overlay
 
     def with_item(self, name: str, item: Item) -> "StoreState":
-        """The state with `item` installed under `name`: the newest overlay or control vector becomes the active one."""
-        overlay = name if item.kind == "overlay" else self.overlay
-        control = name if item.kind == "control-vector" else self.control
-        return replace(self, overlay=overlay, control=control, items={**self.items, name: item})
+        """The state with `item` recorded under `name`; which overlay and control vector are selected is unchanged."""
+        return replace(self, items={**self.items, name: item})
+
+    def selecting(self, name: str) -> "StoreState":
+        """The state with item `name` the one the runtime loads, if its kind is selected at all (`trust.kinds`)."""
+        selected_as = KINDS[self.items[name].kind].selected_as
+        overlay = name if selected_as == "overlay" else self.overlay
+        control = name if selected_as == "control" else self.control
+        return replace(self, overlay=overlay, control=control)
 
 
 def _sha256s(doc: StateDoc, name: str, field: str, optional: bool = False) -> tuple[str, ...]:

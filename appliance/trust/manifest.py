@@ -13,9 +13,9 @@ function raising its own `Refused` subclass that names the fault:
    also accepts a trailing newline, so they are re-checked here);
 5. `created` and `expires` are real UTC times and `expires` is after `created`;
 6. each artifact path is relative, has no `.` or `..` segment, and is listed once;
-7. an overlay lists `overlay.json` and `overlay.safetensors` (the two files of
-   the overlay format), a control vector `control.json` and `control.safetensors`
-   (`overlay.control`); both are bound to a base.
+7. it lists the files its kind needs (`kinds.KINDS`): an overlay `overlay.json` and
+   `overlay.safetensors` (the two files of the overlay format), a control vector `control.json`
+   and `control.safetensors` (`overlay.control`).
 
 Rule 8, `check_created`, needs the clock and is applied by the import (`store.importer`, step 3):
 `created` is at most `CLOCK_TOLERANCE` after now, so a bundle dated in the future cannot move the
@@ -36,12 +36,11 @@ from typing import Optional, cast
 import jsonschema
 
 from ..errors import Refused
-from ..overlay import control
-from ..overlay.files import JSON_NAME, TENSORS_NAME
 from ..untrusted_json import JsonRejected, load_untrusted
 from ..utc import CLOCK_TOLERANCE, format_time, parse_time
 from .builtin import MANIFESTS_DIR
 from .hashing import sha256_stream
+from .kinds import KINDS
 
 SCHEMA_PATH = MANIFESTS_DIR / "appliance-manifest.schema.json"
 SCHEMA_ID = "appliance-manifest/1"
@@ -49,9 +48,6 @@ MAX_MANIFEST_BYTES = 64 * 1024
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 PATH_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
-OVERLAY_FILES = frozenset({JSON_NAME, TENSORS_NAME})
-CONTROL_FILES = frozenset({control.JSON_NAME, control.TENSORS_NAME})
-FILES_OF_KIND = {"overlay": OVERLAY_FILES, "control-vector": CONTROL_FILES}
 
 
 class ManifestTooLarge(Refused):
@@ -172,7 +168,7 @@ def _check_paths(doc: dict) -> None:
 
 
 def _check_overlay_files(doc: dict) -> None:
-    needed = FILES_OF_KIND.get(doc["kind"], frozenset())
+    needed = set(KINDS[doc["kind"]].files)  # the schema admits only the kinds of the table
     if not needed <= {a["path"] for a in doc["artifacts"]}:
         raise ManifestOverlayIncomplete(
             f"manifest.json: a{'n' if doc['kind'] == 'overlay' else ''} {doc['kind']} must list {sorted(needed)}"

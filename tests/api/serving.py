@@ -10,13 +10,12 @@ from pathlib import Path
 
 import httpx2
 import openai
+from helpers import PASSPHRASE, make_vault_home
 
-from appliance import state
 from appliance.api import socket_path
 from appliance.journal import read_session, sessions
 from appliance.vault import Vault
 
-PASSPHRASE = b"a passphrase for the api tests"
 MODEL = "smollm2-135m-instruct-q4_1"
 OFFLINE = ["unshare", "-n"]
 
@@ -53,7 +52,7 @@ class Served:
 
     def journal(self) -> dict[str, list[dict]]:
         """Every journal session, decrypted (the server keeps running: reading needs no kill-switch)."""
-        vault = Vault.unlock(self.home, PASSPHRASE)
+        vault = Vault.unlock(self.home, PASSPHRASE.encode())
         try:
             return {sid: read_session(vault, sid) for sid in sessions(vault)}
         finally:
@@ -74,9 +73,8 @@ class Served:
 
 def prepared_home(root: Path) -> tuple[Path, dict]:
     home, passphrase = root / "home", root / "passphrase"
-    passphrase.write_bytes(PASSPHRASE + b"\n")
-    state.initialise(home)
-    Vault.create(home, PASSPHRASE).zeroize()
+    passphrase.write_bytes(PASSPHRASE.encode() + b"\n")
+    make_vault_home(home)
     return home, {**os.environ, "APPLIANCE_HOME": str(home), "APPLIANCE_PASSPHRASE_FILE": str(passphrase)}
 
 

@@ -17,6 +17,8 @@ from appliance.api.requests import DEFAULT_MAX_TOKENS, ChatRequest, parse_chat_r
 from appliance.errors import ContextOverflow, NoOverlay
 from appliance.vault.killswitch import Killed
 
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
+
 MODEL = "smollm2-135m-instruct-q4_1"
 
 

@@ -7,7 +7,8 @@ import sys
 
 import openai
 import pytest
-from serving import MODEL, PASSPHRASE, prepared_home, start
+from helpers import PASSPHRASE
+from serving import MODEL, prepared_home, start
 
 from appliance.api import socket_path
 from appliance.journal import read_session, sessions, verify_session
@@ -38,7 +39,7 @@ def test_a_kill_ends_the_stream_with_an_error_event_and_removes_the_socket(tmp_p
     assert code == 4 and err.strip().splitlines()[-1].endswith("[killed]"), err
     assert not served.socket.exists()  # locked: no socket
 
-    vault = Vault.unlock(served.home, PASSPHRASE)
+    vault = Vault.unlock(served.home, PASSPHRASE.encode())
     sid = first.model_extra["session"]
     assert verify_session(vault, sid).ok
     user, reply, killed = read_session(vault, sid)

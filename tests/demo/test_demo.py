@@ -6,9 +6,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import appliance
+from helpers import PASSPHRASE, appliance, make_vault_home
 
-from appliance import state
 from appliance.demo import CONTROL_DIR, DATASET, OVERLAY_DIR
 from appliance.demo import install as demo_install
 from appliance.demo.install import DEMO_ITEMS, MEMORY_DIR, install_demo, key_storage
@@ -29,7 +28,7 @@ OFFLINE = ["unshare", "-n"]
 @pytest.fixture
 def passphrase(tmp_path, monkeypatch):
     path = tmp_path / "passphrase"
-    path.write_text("demo passphrase\n")
+    path.write_text(PASSPHRASE + "\n")
     monkeypatch.setenv("APPLIANCE_PASSPHRASE_FILE", str(path))
 
 
@@ -124,8 +123,7 @@ def test_demo_keys_are_made_in_memory_only_storage_or_say_why_not(tmp_path, moun
 def test_install_demo_keys_live_in_memory_and_the_signers_are_scoped(home, monkeypatch):
     if key_storage()[1]:
         pytest.skip(f"no memory-only storage here: {key_storage()[1]}")
-    state.initialise(home)
-    Vault.create(home, b"demo passphrase").zeroize()
+    make_vault_home(home)
     homes = []
 
     @contextmanager
@@ -135,7 +133,7 @@ def test_install_demo_keys_live_in_memory_and_the_signers_are_scoped(home, monke
             yield gpg, tmp
 
     monkeypatch.setattr(demo_install, "scratch_gpg", recorded)
-    with Vault.unlock(home, b"demo passphrase") as vault:
+    with Vault.unlock(home, PASSPHRASE.encode()) as vault:
         demo = install_demo(ActiveBase(verify_pinned(embedded_pin()), hidden_size=576), vault)
         policy = Store.unlocked(vault).trust().policy()
     assert [h.parent for h in homes] == [MEMORY_DIR] and not homes[0].exists() and demo.storage_note == ""

@@ -20,6 +20,8 @@ from appliance.overlay.control import (
 )
 from appliance.overlay.control_gguf import export_gguf, import_gguf
 
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
+
 BASE = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 D, N_LAYER = 576, 30
 

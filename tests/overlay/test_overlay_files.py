@@ -12,6 +12,8 @@ from appliance.errors import BindingMismatch, OverlayRejected
 from appliance.overlay.files import JSON_NAME, TENSORS_NAME, Overlay, load_overlay, overlay_files
 from appliance.overlay.params import OverlayParams
 
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
+
 BASE = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 D = 576
 

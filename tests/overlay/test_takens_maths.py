@@ -8,6 +8,8 @@ from appliance.overlay.params import ACTIVATIONS, OverlayParams
 from appliance.overlay.takens_numpy import OverlayStream, apply_sequence
 from appliance.overlay.takens_torch import TakensLoRA
 
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
+
 D, T = 64, 40
 
 

@@ -14,6 +14,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from appliance.runtime.chat_template import SAMPLE, BuiltinTemplate, _apply, builtin_names, detected_builtin
 from appliance.trust.builtin import VerifiedModel
 
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
+
 GEMMA_TEMPLATE = Path(__file__).parents[1] / "training" / "gemma3_chat_template.jinja"  # Gemma's own; its GGUF has none
 SMOLLM_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 CONVERSATIONS = [

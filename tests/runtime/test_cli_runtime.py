@@ -3,7 +3,7 @@
 import shutil
 
 import pytest
-from helpers import appliance, error_line, tree_digest
+from helpers import PASSPHRASE, appliance, error_line, make_vault_home, tree_digest
 
 from appliance.trust.builtin import embedded_pin
 
@@ -12,12 +12,10 @@ EMBEDDED_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 @pytest.fixture
 def initialised(home, tmp_path, monkeypatch):
-    # The vault (issue 4) needs a passphrase; tests give it through the documented file source.
-    (tmp_path / "passphrase").write_text("test passphrase\n")
+    # The vault needs a passphrase; tests give it through the documented file source.
+    (tmp_path / "passphrase").write_text(PASSPHRASE + "\n")
     monkeypatch.setenv("APPLIANCE_PASSPHRASE_FILE", str(tmp_path / "passphrase"))
-    r = appliance("init")
-    assert r.returncode == 0, r.stderr
-    return home
+    return make_vault_home(home)
 
 
 def test_ask_before_init_is_not_found(home):

@@ -1,8 +1,11 @@
 """The sampler's filters, in isolation."""
 
 import numpy as np
+import pytest
 
 from appliance.runtime.sampler import GREEDY, Sampler, SamplingSettings
+
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
 
 
 def test_greedy_is_argmax():

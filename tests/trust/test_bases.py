@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundles import PASSPHRASE, make_bundle
-from helpers import appliance, error_line, ok, tree_digest
+from bundles import make_bundle
+from helpers import PASSPHRASE, appliance, assert_refused, error_line, ok, tree_digest
 
 from appliance.journal import read_session, sessions
 from appliance.printable import printable
@@ -29,17 +29,6 @@ GEMMA = "gemma3-270m"
 GEMMA_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 OFFLINE = ["unshare", "-n"]
 PROMPT = "What is an air gap?"
-
-
-def assert_refused(home: Path, bundle: Path, reason: str, *words: str) -> None:
-    """As test_refusals.assert_refused, for bundles large enough that the import shows its progress first."""
-    before = tree_digest(home)
-    r = appliance("update", "import", str(bundle))
-    r.stderr = "".join(line for line in r.stderr.splitlines(keepends=True) if not line.startswith("import: "))
-    line = error_line(r, 3, reason)
-    for w in words:
-        assert w.lower() in line.lower(), f"{w!r} not in {line!r}"
-    assert tree_digest(home) == before
 
 
 def base_bundle(keys, out: Path, artifacts: list[Path], *, name=GEMMA, version=1, signers=("alice", "bob")) -> Path:

@@ -6,9 +6,8 @@ import os
 
 import numpy as np
 import pytest
-from bundles import BASE_SHA, PASSPHRASE, control_dir, iso, make_bundle, make_control_bundle, utc
-from helpers import appliance, error_line, ok, tree_digest
-from test_refusals import assert_refused
+from bundles import BASE_SHA, control_dir, iso, make_bundle, make_control_bundle, utc
+from helpers import PASSPHRASE, appliance, assert_refused, error_line, ok, tree_digest
 
 from appliance.journal import read_session, sessions
 from appliance.overlay.control import ControlVector

@@ -6,9 +6,8 @@ keys scoped to the demo items (`test_demo.py` checks that `init --demo` writes t
 """
 
 import pytest
-from bundles import PASSPHRASE, make_bundle, make_control_bundle, make_not_a_model_bundle
-from helpers import appliance, error_line, ok, tree_digest
-from test_refusals import assert_refused
+from bundles import make_bundle, make_control_bundle, make_not_a_model_bundle
+from helpers import PASSPHRASE, appliance, assert_refused, error_line, make_vault_home, ok, tree_digest
 
 from appliance.demo.install import DEMO_ITEMS, DEMO_NAME
 from appliance.store.layout import Store
@@ -26,7 +25,7 @@ def demo_home(keys, tmp_path, monkeypatch):
     passphrase.write_text(PASSPHRASE)
     monkeypatch.setenv("APPLIANCE_HOME", str(home))
     monkeypatch.setenv("APPLIANCE_PASSPHRASE_FILE", str(passphrase))
-    ok("init")
+    make_vault_home(home)
     with Vault.unlock(home, PASSPHRASE.encode()) as vault:
         for name in ("alice", "bob"):
             pin_signer(vault, keys.public(name, tmp_path).read_bytes(), keys.fpr[name], scope=DEMO_SCOPE)

@@ -13,10 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from bundles import PASSPHRASE, file_member, iso, members, raw_signature, utc, write_tar
-from helpers import appliance, error_line, ok, tree_digest
+from bundles import file_member, iso, members, raw_signature, utc, write_tar
+from helpers import PASSPHRASE, appliance, assert_refused, error_line, ok, tree_digest
 from images import config_digest, forged_image_bundle, image_bundle, synthetic_layout
-from test_refusals import assert_refused, replace_member, signatures_of, with_signatures
+from test_refusals import replace_member, signatures_of, with_signatures
 
 from appliance.image import storage, versions
 from appliance.trust.bundle import create_bundle

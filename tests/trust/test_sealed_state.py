@@ -12,24 +12,14 @@ import json
 import shutil
 
 import pytest
-from bundles import PASSPHRASE, make_bundle
-from helpers import appliance, error_line, ok, tree_digest
+from bundles import make_bundle
+from helpers import PASSPHRASE, appliance, error_line, ok, refused, tree_digest
 
 from appliance.state_files import state_bytes
 from appliance.vault import Vault
 from appliance.vault.sealed_state import SealedState
 
 OPTIMISE = [{}, {"PYTHONOPTIMIZE": "1"}]
-
-
-def refused(home, reason, words, *args, env=None):
-    """`appliance ARGS` exits 3 with one error line ending `[reason]` and naming `words`; the state tree is unchanged."""
-    before = tree_digest(home)
-    line = error_line(appliance(*args, env=env), 3, reason)
-    for w in words:
-        assert w in line, (w, line)
-    assert tree_digest(home) == before
-    return line
 
 
 def carol_only(keys, tmp_path, name="evil"):
@@ -52,9 +42,11 @@ def test_the_whole_attack_on_the_policy_fails(home, keys, tmp_path, monkeypatch)
     monkeypatch.setenv("APPLIANCE_PASSPHRASE_FILE", str(home.parent / "pp"))
     (home.parent / "pp").write_text(PASSPHRASE)
     for env in OPTIMISE:
-        refused(home, "state-forged", ["trust/policy.json"], "update", "import", str(carol_only(keys, tmp_path)), env=env)
-        refused(home, "state-forged", ["trust/policy.json"], "trust", "list", env=env)
-        refused(home, "state-forged", ["trust/policy.json"], "status", env=env)
+        refused(
+            home, 3, "state-forged", "update", "import", str(carol_only(keys, tmp_path)), words=["trust/policy.json"], env=env
+        )
+        refused(home, 3, "state-forged", "trust", "list", words=["trust/policy.json"], env=env)
+        refused(home, 3, "state-forged", "status", words=["trust/policy.json"], env=env)
 
 
 def test_trust_changes_are_journalled(home, keys, tmp_path):
@@ -80,8 +72,8 @@ def test_forged_accepted_record_is_refused(home, keys, tmp_path, env):
     (record,) = (home / "store" / "objects").glob("*/accepted.json")
     doc = json.loads(record.read_text())
     record.write_text(json.dumps({**doc, "signers": [keys.fpr["carol"]]}))
-    refused(home, "state-forged", ["accepted.json"], "status", env=env)
-    refused(home, "state-forged", ["accepted.json"], "ask", "hi", "--overlay", "on", "--max-tokens", "1", env=env)
+    refused(home, 3, "state-forged", "status", words=["accepted.json"], env=env)
+    refused(home, 3, "state-forged", "ask", "hi", "--overlay", "on", "--max-tokens", "1", words=["accepted.json"], env=env)
 
 
 def test_older_store_state_put_back_is_refused(home, keys, tmp_path):
@@ -92,7 +84,7 @@ def test_older_store_state_put_back_is_refused(home, keys, tmp_path):
     ok("erase", "overlay", "care", "--yes")
     state.write_bytes(saved)
     for env in OPTIMISE:
-        refused(home, "state-forged", ["store/state.json", "older copy"], "update", "list", env=env)
+        refused(home, 3, "state-forged", "update", "list", words=["store/state.json", "older copy"], env=env)
 
 
 def test_older_keyring_put_back_is_refused(home, keys, tmp_path):
@@ -101,14 +93,14 @@ def test_older_keyring_put_back_is_refused(home, keys, tmp_path):
     saved = keyring.read_bytes()
     ok("trust", "remove", keys.fpr["bob"])
     keyring.write_bytes(saved)
-    refused(home, "state-forged", ["pubring.kbx"], "update", "import", str(make_bundle(keys, tmp_path / "care.bundle")))
+    refused(home, 3, "state-forged", "update", "import", str(make_bundle(keys, tmp_path / "care.bundle")), words=["pubring.kbx"])
 
 
 def test_deleted_or_planted_state_is_refused(home, keys, tmp_path):
     policy = home / "trust" / "policy.json"
     saved = policy.read_bytes()
     policy.unlink()
-    refused(home, "state-forged", ["trust/policy.json", "deleted"], "trust", "list")
+    refused(home, 3, "state-forged", "trust", "list", words=["trust/policy.json", "deleted"])
     policy.write_bytes(saved)
     assert "threshold: 2" in ok("trust", "list")
 
@@ -118,14 +110,8 @@ def test_deleted_or_planted_state_is_refused(home, keys, tmp_path):
     ok("update", "list", env={"APPLIANCE_HOME": str(fresh)})
     (fresh / "store").mkdir()
     (fresh / "store" / "state.json").write_bytes((home / "trust" / "policy.json").read_bytes())
-    refused(
-        fresh,
-        "state-forged",
-        ["store/state.json", "not written by this appliance"],
-        "update",
-        "list",
-        env={"APPLIANCE_HOME": str(fresh)},
-    )
+    words = ["store/state.json", "not written by this appliance"]
+    refused(fresh, 3, "state-forged", "update", "list", words=words, env={"APPLIANCE_HOME": str(fresh)})
 
 
 @pytest.mark.parametrize("env", OPTIMISE, ids=["plain", "python-O"])
@@ -149,6 +135,13 @@ def test_invalid_sealed_policy_is_refused_by_code_not_assert(home, keys, tmp_pat
     finally:
         vault.zeroize()
     line = refused(
-        home, "state-file-damaged", ["trust/policy.json", field], "update", "import", str(carol_only(keys, tmp_path)), env=env
+        home,
+        3,
+        "state-file-damaged",
+        "update",
+        "import",
+        str(carol_only(keys, tmp_path)),
+        words=["trust/policy.json", field],
+        env=env,
     )
     assert "signatures" not in line  # refused at the policy, before any signature was counted

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from bundles import fingerprint, gpg, make_bundle, raw_signature, set_floor, utc
-from helpers import appliance, error_line
-from test_refusals import assert_refused, signatures_of, with_signatures
+from helpers import appliance, assert_refused, error_line
+from test_refusals import signatures_of, with_signatures
 
 from appliance.trust.signatures import (
     CLOCK_TOLERANCE,

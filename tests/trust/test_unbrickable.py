@@ -13,11 +13,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from bundles import BASE_SHA, PASSPHRASE, members, overlay_dir, raw_signature, utc, write_tar
+from bundles import BASE_SHA, members, overlay_dir, raw_signature, utc, write_tar
 from bundles import make_bundle as overlay_bundle
-from helpers import appliance, error_line, ok, tree_digest
+from helpers import PASSPHRASE, appliance, assert_refused, error_line, ok, tree_digest
 from images import forged_image_bundle, synthetic_layout
-from test_refusals import assert_refused
 
 from appliance.editor_scratch import EDITOR_DIR, scratch_file
 from appliance.errors import EnvironmentRefused

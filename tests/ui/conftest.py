@@ -4,15 +4,13 @@ import asyncio
 import inspect
 
 import pytest
-from helpers import TEST_KDF
-from ui_support import PASSPHRASE, THREADS, overlay_for_tests
+from helpers import make_vault_home
+from ui_support import THREADS, overlay_for_tests
 
-from appliance import state
 from appliance.overlay.files import Overlay
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Runtime
 from appliance.ui import ApplianceApp, ChatCore
-from appliance.vault import Vault
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -35,9 +33,7 @@ def reference_runtime(model):
 
 @pytest.fixture
 def vault_home(home):
-    state.initialise(home)
-    Vault.create(home, PASSPHRASE.encode(), cost=TEST_KDF).zeroize()
-    return home
+    return make_vault_home(home)
 
 
 @pytest.fixture

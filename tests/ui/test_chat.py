@@ -1,8 +1,9 @@
 """The chat on the real embedded model: unlock, streaming, the overlay switch, escape, the journal."""
 
 import pytest
+from helpers import PASSPHRASE
 from textual.widgets import Label
-from ui_support import PASSPHRASE, THREADS, overlay_for_tests, send, unlock, wait_for
+from ui_support import THREADS, overlay_for_tests, send, unlock, wait_for
 
 from appliance.errors import NoOverlay, NotFound
 from appliance.journal import read_session

@@ -2,8 +2,9 @@
 
 import base64
 
+from helpers import PASSPHRASE
 from textual.widgets import DataTable, Input, Label, Markdown
-from ui_support import PASSPHRASE, open_sessions, send, unlock, wait_for
+from ui_support import open_sessions, send, unlock, wait_for
 
 from appliance.journal import Journal, read_session
 from appliance.printable import printable

@@ -5,7 +5,8 @@ The vector is handed to `ChatCore` through `loaders`, as the overlay is (the tru
 
 import numpy as np
 import pytest
-from ui_support import FIXED_TIME, PASSPHRASE, SIGNERS, THREADS, overlay_for_tests, send, unlock
+from helpers import PASSPHRASE
+from ui_support import FIXED_TIME, SIGNERS, THREADS, overlay_for_tests, send, unlock
 
 from appliance.journal import read_session
 from appliance.overlay.control import ControlVector

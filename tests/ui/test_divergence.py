@@ -3,8 +3,9 @@
 import threading
 
 import pytest
+from helpers import PASSPHRASE
 from textual.widgets import Markdown
-from ui_support import PASSPHRASE, send, unlock
+from ui_support import send, unlock
 
 from appliance.journal import read_session
 from appliance.overlay.files import Overlay

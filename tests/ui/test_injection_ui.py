@@ -5,8 +5,9 @@ stops the app)."""
 import re
 from types import SimpleNamespace
 
+from helpers import PASSPHRASE
 from textual.widgets import DataTable, Label, Markdown
-from ui_support import PASSPHRASE, open_sessions, send, unlock, wait_for
+from ui_support import open_sessions, send, unlock, wait_for
 
 from appliance.errors import Refused
 from appliance.journal import Journal

@@ -5,8 +5,9 @@ import signal
 from datetime import datetime, timezone
 
 import pytest
+from helpers import PASSPHRASE
 from textual.widgets import DataTable, Label, Markdown
-from ui_support import PASSPHRASE, open_sessions, send, unlock, wait_for
+from ui_support import open_sessions, send, unlock, wait_for
 
 from appliance.errors import Erased
 from appliance.journal import read_session, sessions, verify_session

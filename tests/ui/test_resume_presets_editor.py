@@ -4,9 +4,10 @@
 import os
 import stat
 
+from helpers import PASSPHRASE
 from textual import events
 from textual.widgets import DataTable, OptionList
-from ui_support import PASSPHRASE, open_sessions, send, unlock, wait_for
+from ui_support import open_sessions, send, unlock, wait_for
 
 from appliance import presets
 from appliance.editor_scratch import EDITOR_DIR

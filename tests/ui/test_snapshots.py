@@ -7,7 +7,8 @@ directly through the journal API, and the chat's messages and numbers are set, n
 import itertools
 
 import pytest
-from ui_support import PASSPHRASE, unlock, wait_for
+from helpers import PASSPHRASE
+from ui_support import unlock, wait_for
 
 from appliance import presets
 from appliance.journal import Journal

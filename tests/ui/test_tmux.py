@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import appliance
-from ui_support import PASSPHRASE
+from helpers import PASSPHRASE, appliance, make_vault_home
 
 from appliance.journal import read_session, sessions
 from appliance.vault import Vault
@@ -65,9 +64,10 @@ class Tmux:
 
 @pytest.fixture
 def demo_home(home, tmp_path):
-    """`appliance init --demo`: a vault and the demo overlay, signed and imported through the real trust chain."""
+    """`appliance init --demo` on a home with a vault: the demo overlay signed and imported through the real trust chain."""
     passphrase_file = tmp_path / "passphrase"
     passphrase_file.write_text(PASSPHRASE)
+    make_vault_home(home)
     r = appliance("init", "--demo", "--passphrase-file", str(passphrase_file))
     assert r.returncode == 0, r.stderr
     return home

@@ -20,7 +20,6 @@ from appliance.ui.chat import ChatScreen
 from appliance.ui.sessions import SessionsScreen
 from appliance.ui.widgets import ChatMessage, PromptInput
 
-PASSPHRASE = "correct horse battery staple"
 SIGNERS = ("A1B2C3D4E5F60718293A4B5C6D7E8F9012345678", "0FEDCBA9876543210FEDCBA9876543210FEDCBA9")
 # One llama.cpp thread: with two threads on two cores, any other busy process makes llama.cpp's
 # spinning thread barrier collapse to ~0.5 tok/s (measured); one thread keeps ~55 tok/s.

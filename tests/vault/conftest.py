@@ -1,10 +1,8 @@
 """Fixtures for the vault, journal, erase and kill-switch tests: a state dir with a vault, a passphrase file."""
 
 import pytest
-from helpers import TEST_KDF
-from vault_setup import PASSPHRASE
+from helpers import PASSPHRASE, make_vault_home
 
-from appliance import state
 from appliance.vault import Vault
 
 
@@ -12,7 +10,7 @@ from appliance.vault import Vault
 def passphrase_file(tmp_path, monkeypatch):
     """The documented non-interactive source, exported so every CLI call in the test finds it."""
     path = tmp_path / "passphrase"
-    path.write_bytes(PASSPHRASE + b"\n")
+    path.write_bytes(PASSPHRASE.encode() + b"\n")
     monkeypatch.setenv("APPLIANCE_PASSPHRASE_FILE", str(path))
     return path
 
@@ -20,13 +18,11 @@ def passphrase_file(tmp_path, monkeypatch):
 @pytest.fixture
 def vault_home(home, passphrase_file):
     """An initialised state dir with a vault (created in process: the CLI path has its own tests)."""
-    state.initialise(home)
-    Vault.create(home, PASSPHRASE, cost=TEST_KDF).zeroize()
-    return home
+    return make_vault_home(home)
 
 
 @pytest.fixture
 def vault(vault_home):
-    v = Vault.unlock(vault_home, PASSPHRASE)
+    v = Vault.unlock(vault_home, PASSPHRASE.encode())
     yield v
     v.zeroize()

@@ -14,8 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import appliance
-from vault_setup import PASSPHRASE
+from helpers import PASSPHRASE, appliance
 
 from appliance.errors import Erased, Locked, NotFound
 from appliance.journal import Journal
@@ -75,7 +74,7 @@ def _copies_that_open(home, key_id: str, scratch) -> list[str]:
         (scratch / "vault").mkdir(parents=True)
         shutil.copy(copy, scratch / "vault" / "vault.json")
         try:
-            vault = Vault.unlock(scratch, PASSPHRASE)
+            vault = Vault.unlock(scratch, PASSPHRASE.encode())
         except (Locked, Erased):
             continue
         try:

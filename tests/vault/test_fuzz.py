@@ -2,9 +2,9 @@
 
 import json
 
+from helpers import PASSPHRASE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vault_setup import PASSPHRASE
 
 from appliance.errors import ApplianceError
 from appliance.journal import Journal, frames, verify_session
@@ -99,7 +99,7 @@ def test_vault_file_parser_only_typed_errors(vault_home, edits):
     mutated = _mutate(original, edits)
     path.write_bytes(mutated)
     try:
-        Vault.unlock(vault_home, PASSPHRASE).zeroize()
+        Vault.unlock(vault_home, PASSPHRASE.encode()).zeroize()
     except ApplianceError as e:
         assert e.exit_code in (4, 6)
     else:

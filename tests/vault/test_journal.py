@@ -135,11 +135,9 @@ _FAILING_WRITER = textwrap.dedent(
 
 
 def test_failed_write_leaves_earlier_records_verifiable(vault_home):
-    from vault_setup import PASSPHRASE
+    from helpers import PASSPHRASE
 
-    r = subprocess.run(
-        [sys.executable, "-c", _FAILING_WRITER, str(vault_home), PASSPHRASE.decode()], capture_output=True, text=True
-    )
+    r = subprocess.run([sys.executable, "-c", _FAILING_WRITER, str(vault_home), PASSPHRASE], capture_output=True, text=True)
     assert r.returncode == 3, r.stderr
     sid, message = r.stdout.splitlines()[:2]
     assert "File too large" in message and "records 1..3 are intact" in message

@@ -1,10 +1,13 @@
 """`appliance logs search TEXT`: every session searched in memory, matches shown escaped, nothing written in plaintext."""
 
+import pytest
 from helpers import appliance, error_line
 
 from appliance.journal import Journal
 from appliance.journal.search import Match, Skipped, search
 from appliance.journal.session_files import relative_path
+
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
 
 WORD = "Quetzalcoatlus"
 

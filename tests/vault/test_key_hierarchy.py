@@ -8,8 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import ok
-from vault_setup import PASSPHRASE
+from helpers import PASSPHRASE, TEST_KDF, ok
 
 from appliance import state
 from appliance.errors import Erased, NotFound
@@ -44,7 +43,7 @@ def _splice(home, old: dict, *fields: str) -> None:
 
 def test_right_passphrase_unlocks_and_wrong_one_is_locked(vault_home):
     # How fast an unlock is, is a benchmark row (bench/bench.py), not a timed test.
-    Vault.unlock(vault_home, PASSPHRASE).zeroize()
+    Vault.unlock(vault_home, PASSPHRASE.encode()).zeroize()
     with pytest.raises(WrongPassphrase) as e:
         Vault.unlock(vault_home, b"wrong")
     assert e.value.exit_code == 4
@@ -90,21 +89,21 @@ def test_the_table_holds_no_data_key_in_the_clear(vault_home, vault):
 def test_after_a_passphrase_change_an_old_file_and_the_old_passphrase_open_nothing_current(vault_home, vault):
     kept = vault.new_data_key("overlay/care/1")
     old = _doc(vault_home)
-    Vault.change_passphrase(vault_home, PASSPHRASE, b"new passphrase")
+    Vault.change_passphrase(vault_home, PASSPHRASE.encode(), b"new passphrase")
     with Vault.unlock(vault_home, b"new passphrase") as changed:
         assert changed.data_key("overlay/care/1") == kept  # the data keys stay, rewrapped
         created = changed.new_data_key(SESSION)
     new = _doc(vault_home)
     assert new["kdf"]["salt"] != old["kdf"]["salt"] and new["master"] != old["master"]
     with pytest.raises(WrongPassphrase):
-        Vault.unlock(vault_home, PASSPHRASE)
+        Vault.unlock(vault_home, PASSPHRASE.encode())
     with pytest.raises(VaultRekeyed):  # a running appliance with the old KEK is locked out
         vault.key_ids()
     _splice(vault_home, old, "kdf", "master")  # the old wrap with today's table
     with pytest.raises(KeySlotsCorrupt):
-        Vault.unlock(vault_home, PASSPHRASE)
+        Vault.unlock(vault_home, PASSPHRASE.encode())
     vault_path(vault_home).write_text(json.dumps(old))  # the whole old file: the old table, nothing made since
-    with Vault.unlock(vault_home, PASSPHRASE) as rolled_back:
+    with Vault.unlock(vault_home, PASSPHRASE.encode()) as rolled_back:
         with pytest.raises(NotFound):
             rolled_back.data_key(SESSION)
     zeroize(created)
@@ -114,7 +113,7 @@ def test_an_erased_key_is_unreadable_from_an_older_table_with_the_new_passphrase
     vault.new_data_key("overlay/care/1")
     old = _doc(vault_home)
     vault.erase(["overlay/care/1"])
-    Vault.change_passphrase(vault_home, PASSPHRASE, b"new passphrase")
+    Vault.change_passphrase(vault_home, PASSPHRASE.encode(), b"new passphrase")
     for fields in (("table",), ("master", "table")):
         _splice(vault_home, old, *fields)
         with pytest.raises((KeySlotsCorrupt, WrongPassphrase)):
@@ -140,8 +139,8 @@ def test_erase_all_then_afresh(vault_home, vault):
     assert _doc(vault_home).keys() == {"format", "erased"}
     assert Vault.state(vault_home) == "erased"
     with pytest.raises(Erased):
-        Vault.unlock(vault_home, PASSPHRASE)
-    fresh = Vault.create(vault_home, b"another")
+        Vault.unlock(vault_home, PASSPHRASE.encode())
+    fresh = Vault.create(vault_home, b"another", cost=TEST_KDF)
     assert fresh.key_ids() == [] and fresh.generation()[0] == 1
 
 
@@ -165,7 +164,7 @@ def format_1(tmp_path):
 def test_a_vault_of_format_1_opens_upgraded_and_reads_the_same(format_1):
     old_kdf = json.loads((format_1 / "vault" / "master.json").read_text())["kdf"]
     assert Vault.state(format_1) == "present"
-    with Vault.unlock(format_1, PASSPHRASE) as vault:
+    with Vault.unlock(format_1, PASSPHRASE.encode()) as vault:
         assert vault.key_ids() == [SESSION, "overlay/care/1"]
         assert vault.data_key("overlay/care/1").hex() == "95afd08b730899f52cbbfcd71dba8a868a91dee83e91cc2850d100c19f9ab6af"
         assert vault.head(SESSION) == (3, "ab" * 32)
@@ -177,16 +176,16 @@ def test_a_vault_of_format_1_opens_upgraded_and_reads_the_same(format_1):
         assert vault.generation()[0] == 1
     assert sorted(p.name for p in (format_1 / "vault").iterdir()) == ["lock", "vault.json"]  # format 1's files are gone
     assert _doc(format_1)["kdf"]["salt"] != old_kdf["salt"]  # a fresh KEK, at this build's cost
-    Vault.unlock(format_1, PASSPHRASE).zeroize()  # and it opens again, as format 2
+    Vault.unlock(format_1, PASSPHRASE.encode()).zeroize()  # and it opens again, as format 2
 
 
 def test_an_upgrade_interrupted_after_its_rename_is_finished(format_1, tmp_path):
     """Both formats present (killed between the rename and the removal): format 2 wins, format 1 is removed."""
     leftovers = {name: (format_1 / "vault" / name).read_bytes() for name in ("master.json", "slots.json")}
-    Vault.unlock(format_1, PASSPHRASE).zeroize()
+    Vault.unlock(format_1, PASSPHRASE.encode()).zeroize()
     for name, data in leftovers.items():
         (format_1 / "vault" / name).write_bytes(data)
-    with Vault.unlock(format_1, PASSPHRASE) as vault:
+    with Vault.unlock(format_1, PASSPHRASE.encode()) as vault:
         assert vault.generation()[0] == 1
         vault.set_setting(WIPE_POLICY, False)  # a writer takes the lock: the leftovers go
     assert sorted(p.name for p in (format_1 / "vault").iterdir()) == ["lock", "vault.json"]
@@ -204,8 +203,8 @@ def test_an_erased_vault_of_format_1_is_erased(format_1):
     (format_1 / "vault" / "slots.json").unlink()
     assert Vault.state(format_1) == "erased"
     with pytest.raises(Erased):
-        Vault.unlock(format_1, PASSPHRASE)
-    Vault.create(format_1, PASSPHRASE).zeroize()
+        Vault.unlock(format_1, PASSPHRASE.encode())
+    Vault.create(format_1, PASSPHRASE.encode(), cost=TEST_KDF).zeroize()
     assert sorted(p.name for p in (format_1 / "vault").iterdir()) == ["lock", "vault.json"]
 
 
@@ -219,7 +218,7 @@ def test_a_state_directory_of_format_1_upgrades_with_its_journal_and_files(tmp_p
     out = ok("logs", "verify")
     assert "ok      20261207T152342Z-da1f6fac: 2 records" in out and "vault   generation 1," in out
     assert sorted(p.name for p in (home / "vault").iterdir()) == ["lock", "vault.json"]
-    with Vault.unlock(home, PASSPHRASE) as vault:
+    with Vault.unlock(home, PASSPHRASE.encode()) as vault:
         key = vault.data_key("overlay/care/1")
         path = home / "overlays" / "care" / "1" / "overlay.safetensors.enc"
         assert b"".join(decrypt_chunks(key, path, b"overlay/care/1")) == b"overlay weights " * 10

@@ -4,7 +4,7 @@ that is checked once when read and answers "erased or not found" in one place.""
 import json
 
 import pytest
-from vault_setup import PASSPHRASE
+from helpers import PASSPHRASE
 
 from appliance.errors import ApplianceError, Erased, NotFound, Refused
 from appliance.vault import KeySlotsCorrupt, Vault
@@ -136,10 +136,10 @@ def test_unlock_refuses_a_sealed_table_with_a_wrong_shaped_entry(vault_home, vau
     """Checked once, when the table is read: not first at the use of the one part that is wrong."""
     _seal_table(vault_home, vault._kek, {**GOOD, "heads": {"overlay/care/1": {"seq": "3", "hash": "h"}}})
     with pytest.raises(KeySlotsCorrupt, match="overlay/care/1"):
-        Vault.unlock(vault_home, PASSPHRASE)
+        Vault.unlock(vault_home, PASSPHRASE.encode())
     with pytest.raises(KeySlotsCorrupt):
         vault.key_ids()
     _seal_table(vault_home, vault._kek, GOOD)
-    assert Vault.unlock(vault_home, PASSPHRASE).key_ids() == ["overlay/care/1"]
+    assert Vault.unlock(vault_home, PASSPHRASE.encode()).key_ids() == ["overlay/care/1"]
     with pytest.raises(KeySlotsCorrupt, match="overlay/care/1"):  # GOOD's key is no wrap under this KEK
         vault.data_key("overlay/care/1")

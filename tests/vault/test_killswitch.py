@@ -11,8 +11,7 @@ import sys
 import time
 
 import pytest
-from helpers import appliance, error_line, tree_digest
-from vault_setup import PASSPHRASE, install_fake_overlay
+from helpers import PASSPHRASE, appliance, error_line, install_demo_overlay, tree_digest
 
 from appliance.errors import Erased
 from appliance.journal import sessions, verify_session
@@ -32,6 +31,8 @@ def _start_long_generation():
 
 
 def _kill_and_collect(home, *kill_args):
+    with Vault.unlock(home, PASSPHRASE.encode()) as vault:
+        before = set(sessions(vault))  # an import's trust changes have a session of their own
     proc = _start_long_generation()
     r = appliance("kill", *kill_args)
     _out, err = proc.communicate(timeout=60)
@@ -39,8 +40,8 @@ def _kill_and_collect(home, *kill_args):
     assert proc.returncode == 4, err.decode()  # the documented exit code of a killed command: locked
     assert err.decode().splitlines()[-1].endswith(" [killed]"), err.decode()
     assert not pid_path(home).exists()
-    vault = Vault.unlock(home, PASSPHRASE)
-    (sid,) = sessions(vault)
+    vault = Vault.unlock(home, PASSPHRASE.encode())
+    (sid,) = set(sessions(vault)) - before
     report = verify_session(vault, sid)
     assert report.ok, report.broken_at
     return report.records, vault
@@ -54,24 +55,23 @@ def test_kill_stops_generation_early_and_journals_it(vault_home):
     assert kill["kind"] == "kill" and kill["wipe"] is False
 
 
-def _fake_overlay(home):
-    vault = Vault.unlock(home, PASSPHRASE)
-    path = install_fake_overlay(home, vault, "care", 1, b"weights" * 1000)
-    vault.zeroize()
-    return path
+def _installed_overlay(home):
+    """The demo overlay's key id and ciphertext files, and the journal sessions its import left (its trust changes)."""
+    with Vault.unlock(home, PASSPHRASE.encode()) as vault:
+        return *install_demo_overlay(vault), set(sessions(vault))
 
 
 @pytest.mark.parametrize("how", ["--wipe", "policy"])
 def test_kill_wipe_erases_the_overlays(vault_home, how):
-    ciphertext = _fake_overlay(vault_home)
+    key_id, ciphertext, _ = _installed_overlay(vault_home)
     if how == "policy":
         assert "kill policy: wipe" in appliance("kill-policy", "wipe").stdout
     records, vault = _kill_and_collect(vault_home, *([how] if how == "--wipe" else []))
     assert records[-1]["kind"] == "kill" and records[-1]["wipe"] is True
-    assert records[-1]["overlays_erased"] == ["overlay/care/1"]
+    assert records[-1]["overlays_erased"] == [key_id]
     with pytest.raises(Erased):
-        vault.data_key("overlay/care/1")
-    assert not ciphertext.exists()
+        vault.data_key(key_id)
+    assert not any(path.exists() for path in ciphertext)
 
 
 def test_kill_with_nothing_running_is_not_found(vault_home):
@@ -149,10 +149,11 @@ def _stopped_in(r) -> float:
 def _start(args, home):
     """`appliance ARGS` in the background, returned once its journal session is open (an `ask` opens it with
     the user's message, just before the prefill starts)."""
-    proc = subprocess.Popen([sys.executable, "-m", "appliance", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     journal = home / "journal"
+    before = set(journal.iterdir()) if journal.is_dir() else set()  # an import's trust changes have their own session
+    proc = subprocess.Popen([sys.executable, "-m", "appliance", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
-    while not (journal.is_dir() and any(journal.iterdir())):
+    while not (journal.is_dir() and set(journal.iterdir()) - before):
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline, "ask never reached its prefill"
         time.sleep(0.01)
@@ -161,7 +162,7 @@ def _start(args, home):
 
 @pytest.mark.parametrize("wipe", [False, True], ids=["kill", "kill-wipe"])
 def test_a_kill_lands_during_a_long_prefill(vault_home, wipe):
-    ciphertext = _fake_overlay(vault_home)
+    key_id, ciphertext, before = _installed_overlay(vault_home)
     proc = _start(PREFILL, vault_home)
     time.sleep(0.5)  # well into the prefill
     t0 = time.monotonic()
@@ -172,25 +173,25 @@ def test_a_kill_lands_during_a_long_prefill(vault_home, wipe):
     assert "SIGKILL" not in r.stderr  # the appliance confirmed: no escalation was needed
     _out, err = proc.communicate(timeout=10)  # gone: it had released everything before `kill` returned
     assert proc.returncode == 4 and err.decode().splitlines()[-1].endswith(" [killed]"), err.decode()
-    vault = Vault.unlock(vault_home, PASSPHRASE)
-    (sid,) = sessions(vault)
+    vault = Vault.unlock(vault_home, PASSPHRASE.encode())
+    (sid,) = set(sessions(vault)) - before
     user, reply, kill = verify_session(vault, sid).records
     assert (
         user["role"] == "user" and reply["finish"] == "cancelled" and reply["tokens"] == 0
     )  # stopped before a token was sampled
     assert kill["kind"] == "kill" and kill["wipe"] is wipe
     if wipe:
-        assert kill["overlays_erased"] == ["overlay/care/1"] and not ciphertext.exists()
+        assert kill["overlays_erased"] == [key_id] and not any(path.exists() for path in ciphertext)
         with pytest.raises(Erased):
-            vault.data_key("overlay/care/1")
+            vault.data_key(key_id)
     else:
-        assert vault.key_ids("overlay/") == ["overlay/care/1"]
+        assert vault.key_ids("overlay/") == [key_id]
 
 
 def test_a_process_that_does_not_confirm_is_sigkilled_and_kill_wipes_itself(vault_home):
     """The floor: an appliance that cannot act on the signal (here SIGSTOPped mid-prefill, as one stuck would be)
     is ended with SIGKILL once the grace time is over, and `kill --wipe` does the wipe itself, journalled."""
-    ciphertext = _fake_overlay(vault_home)
+    key_id, ciphertext, _ = _installed_overlay(vault_home)
     proc = _start(PREFILL, vault_home)
     os.kill(proc.pid, signal.SIGSTOP)
     t0 = time.monotonic()
@@ -198,18 +199,18 @@ def test_a_process_that_does_not_confirm_is_sigkilled_and_kill_wipes_itself(vaul
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
     assert f"appliance pid {proc.pid} did not confirm the kill" in r.stderr and "SIGKILL" in r.stderr
-    assert "overlay/care/1" in r.stdout
+    assert key_id in r.stdout
     assert KILL_GRACE_SECONDS <= _stopped_in(r) < KILL_GRACE_SECONDS + KILL_CONFIRMED_WITHIN and took < KILL_RETURNS_WITHIN
     proc.communicate(timeout=10)
     assert proc.returncode == -signal.SIGKILL
     assert running_pid(vault_home) is None
-    vault = Vault.unlock(vault_home, PASSPHRASE)
+    vault = Vault.unlock(vault_home, PASSPHRASE.encode())
     with pytest.raises(Erased):
-        vault.data_key("overlay/care/1")
-    assert not ciphertext.exists()
+        vault.data_key(key_id)
+    assert not any(path.exists() for path in ciphertext)
     journalled = [verify_session(vault, sid).records for sid in sessions(vault)]
     (own,) = [records for records in journalled if [r["kind"] for r in records] == ["kill"]]  # `kill`'s own session
-    assert own[0]["wipe"] is True and own[0]["overlays_erased"] == ["overlay/care/1"]
+    assert own[0]["wipe"] is True and own[0]["overlays_erased"] == [key_id]
 
 
 _CONFIRMING = (

@@ -1,8 +1,7 @@
 """Prompt presets (`appliance preset add|list|remove`): encrypted in the vault, bad input changes nothing."""
 
 import pytest
-from helpers import appliance, error_line, ok, tree_digest
-from vault_setup import PASSPHRASE
+from helpers import PASSPHRASE, ok, refused
 
 from appliance import presets
 from appliance.errors import Erased
@@ -20,11 +19,11 @@ def test_add_list_remove(vault_home, tmp_path):
     assert b"medic" not in stored.read_bytes() and b"careful" not in stored.read_bytes()  # encrypted, not encoded
     listing = ok("preset", "list")
     assert "medic  60 characters  You are a careful field medic." in listing and "1 presets" in listing
-    with Vault.unlock(vault_home, PASSPHRASE) as vault:
+    with Vault.unlock(vault_home, PASSPHRASE.encode()) as vault:
         assert presets.read(vault, "medic").text == TEXT
     ok("preset", "remove", "medic")
     assert not stored.exists() and "0 presets" in ok("preset", "list")
-    with Vault.unlock(vault_home, PASSPHRASE) as vault:
+    with Vault.unlock(vault_home, PASSPHRASE.encode()) as vault:
         with pytest.raises(Erased):  # crypto-erased: the key is gone, not just the file
             vault.data_key("preset/medic")
     ok("preset", "add", "medic", "--file", str(source))  # the name is free again
@@ -32,10 +31,7 @@ def test_add_list_remove(vault_home, tmp_path):
 
 
 def _refused(home, code, reason, *args):
-    before = tree_digest(home)
-    line = error_line(appliance("preset", *args), code, reason)
-    assert tree_digest(home) == before
-    return line
+    return refused(home, code, reason, "preset", *args)
 
 
 def test_bad_input_is_one_line_and_changes_nothing(vault_home, tmp_path):

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import appliance
-from vault_setup import PASSPHRASE
+from helpers import PASSPHRASE, appliance
 
 from appliance.cli import unlocking
 
@@ -83,7 +82,7 @@ def test_the_passphrase_buffer_is_zeroed_once_the_vault_has_it(vault_home, monke
     with unlocking.unlocked(None):
         pass
     (passphrase,) = seen
-    assert isinstance(passphrase, bytearray) and len(passphrase) == len(PASSPHRASE) and not any(passphrase)
+    assert isinstance(passphrase, bytearray) and len(passphrase) == len(PASSPHRASE.encode()) and not any(passphrase)
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
@@ -98,10 +97,10 @@ def test_a_passphrase_file_others_can_open_is_refused(vault_home, passphrase_fil
 
 
 def test_passphrase_file_line_endings(vault_home, passphrase_file):
-    for content in (PASSPHRASE, PASSPHRASE + b"\n", PASSPHRASE + b"\r\n"):
+    for content in (PASSPHRASE.encode(), PASSPHRASE.encode() + b"\n", PASSPHRASE.encode() + b"\r\n"):
         passphrase_file.write_bytes(content)
         assert appliance("logs", "list").returncode == 0
-    passphrase_file.write_bytes(PASSPHRASE + b"\n\n")  # a second line is part of the passphrase
+    passphrase_file.write_bytes(PASSPHRASE.encode() + b"\n\n")  # a second line is part of the passphrase
     assert appliance("logs", "list").returncode == 4
 
 

@@ -4,8 +4,7 @@ rebuilt with its system prompt, a new session linked to the old one's sealed hea
 import time
 
 import pytest
-from helpers import appliance, error_line, ok, tree_digest
-from vault_setup import PASSPHRASE
+from helpers import PASSPHRASE, appliance, error_line, ok, refused, tree_digest
 
 from appliance.journal import Journal, read_session, sessions
 from appliance.journal.resume import ResumeChainBroken, past_conversation
@@ -18,7 +17,7 @@ ASKED = SamplingSettings(temperature=0.0, seed=0)  # what `ask --temperature 0` 
 
 
 def _vault(home) -> Vault:
-    return Vault.unlock(home, PASSPHRASE)
+    return Vault.unlock(home, PASSPHRASE.encode())
 
 
 def test_ask_resume_continues_the_history_in_a_new_linked_session(vault_home, runtime):
@@ -89,10 +88,7 @@ def test_the_history_follows_regenerate_edit_failed_replies_and_chained_resumes(
 
 
 def _refused(home, code, reason, *args):
-    before = tree_digest(home)
-    line = error_line(appliance("ask", "Hello?", "--max-tokens", "2", *args), code, reason)
-    assert tree_digest(home) == before
-    return line
+    return refused(home, code, reason, "ask", "Hello?", "--max-tokens", "2", *args)
 
 
 def test_refusals_change_nothing(vault_home):

@@ -3,8 +3,7 @@
 import json
 
 import pytest
-from helpers import appliance, ok, tree_digest
-from vault_setup import PASSPHRASE
+from helpers import PASSPHRASE, appliance, ok, tree_digest
 
 from appliance.errors import ContextOverflow, NotFound, Refused
 from appliance.journal import read_session, sessions
@@ -34,40 +33,40 @@ def test_a_prompt_that_cannot_fit_journals_nothing(vault_home):
 
 
 def test_the_vault_is_zeroed_however_the_body_ends(vault_home, model):
-    vault = Vault.unlock(vault_home, PASSPHRASE)
+    vault = Vault.unlock(vault_home, PASSPHRASE.encode())
     with pytest.raises(Refused):
         with UnlockedAppliance.open(vault, model) as app:
             app.load(Overlay.KIND, lambda v: (_ for _ in ()).throw(Refused("overlay refused")))
     assert not any(vault._kek)
     assert app.items == {} and app.journal is None
-    assert sessions(Vault.unlock(vault_home, PASSPHRASE)) == []  # refused before any record: no session
+    assert sessions(Vault.unlock(vault_home, PASSPHRASE.encode())) == []  # refused before any record: no session
 
 
 def test_a_kill_is_handled_once_and_journalled(vault_home, model, runtime):
-    vault = Vault.unlock(vault_home, PASSPHRASE)
+    vault = Vault.unlock(vault_home, PASSPHRASE.encode())
     with pytest.raises(Killed) as killed:
         with UnlockedAppliance.open(vault, model) as app:
             session = app.session(runtime, settings=GREEDY, system_prompt=None)
             app.reply(session, "Hello", max_tokens=2)
             app.cancel.set()  # what the signal handler does
     assert killed.value.wiped == [] and not any(vault._kek)
-    (sid,) = sessions(Vault.unlock(vault_home, PASSPHRASE))
-    kinds = [r["kind"] for r in read_session(Vault.unlock(vault_home, PASSPHRASE), sid)]
+    (sid,) = sessions(Vault.unlock(vault_home, PASSPHRASE.encode()))
+    kinds = [r["kind"] for r in read_session(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)]
     assert kinds == ["message", "message", "kill"]
 
 
 def test_a_kill_from_the_chat_key_is_not_raised_again(vault_home, model):
-    vault = Vault.unlock(vault_home, PASSPHRASE)
+    vault = Vault.unlock(vault_home, PASSPHRASE.encode())
     with UnlockedAppliance.open(vault, model) as app:
         app.new_journal()
         app.kill()
         assert app.kill() == []  # a second kill (the signal after the key) does nothing more
-    (sid,) = sessions(Vault.unlock(vault_home, PASSPHRASE))
-    assert [r["kind"] for r in read_session(Vault.unlock(vault_home, PASSPHRASE), sid)] == ["kill"]
+    (sid,) = sessions(Vault.unlock(vault_home, PASSPHRASE.encode()))
+    assert [r["kind"] for r in read_session(Vault.unlock(vault_home, PASSPHRASE.encode()), sid)] == ["kill"]
 
 
 def test_context_overflow_leaves_the_history_as_it_was(vault_home, model, runtime):
-    vault = Vault.unlock(vault_home, PASSPHRASE)
+    vault = Vault.unlock(vault_home, PASSPHRASE.encode())
     with UnlockedAppliance.open(vault, model) as app:
         session = app.session(runtime, settings=GREEDY, system_prompt=None)
         with pytest.raises(ContextOverflow):
@@ -76,7 +75,7 @@ def test_context_overflow_leaves_the_history_as_it_was(vault_home, model, runtim
 
 
 def test_erasing_the_overlay_with_none_loaded_is_not_found(vault_home, model):
-    vault = Vault.unlock(vault_home, PASSPHRASE)
+    vault = Vault.unlock(vault_home, PASSPHRASE.encode())
     with UnlockedAppliance.open(vault, model) as app:
         with pytest.raises(NotFound):
             app.erase(Overlay.KIND)

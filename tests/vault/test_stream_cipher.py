@@ -9,6 +9,8 @@ import pytest
 from appliance.vault import CiphertextRejected, EncryptedWriter, decrypt_chunks
 from appliance.vault.stream import CHUNK_BYTES, HEADER, TAG_BYTES
 
+pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
+
 FORMAT_1_STATE = Path(__file__).parent / "data" / "format-1-state"
 
 

@@ -4,8 +4,7 @@ passphrase change, erase."""
 import json
 
 import pytest
-from helpers import appliance, error_line, tree_digest
-from vault_setup import PASSPHRASE, install_fake_overlay
+from helpers import PASSPHRASE, appliance, error_line, install_demo_overlay, refused
 
 from appliance.errors import Erased
 from appliance.journal import Journal
@@ -14,10 +13,7 @@ from appliance.vault import Vault
 
 def _locked(home, reason, *args):
     """`appliance ARGS` stays locked (exit 4) for the reason `reason`, and changes nothing; its error line."""
-    before = tree_digest(home)
-    line = error_line(appliance(*args), 4, reason)
-    assert tree_digest(home) == before
-    return line
+    return refused(home, 4, reason, *args)
 
 
 @pytest.mark.parametrize("command", [("logs", "list"), ("ask", "hello", "--max-tokens", "1")])
@@ -93,40 +89,41 @@ def _journal(vault, text):
 
 
 def test_erase_overlay(vault_home, vault):
-    care = install_fake_overlay(vault_home, vault, "care", 1, b"care weights" * 100)
-    other = install_fake_overlay(vault_home, vault, "other", 1, b"other weights" * 100)
+    key_id, care = install_demo_overlay(vault)
+    name = key_id.split("/")[1]
+    other = vault.new_data_key("other/1")  # any other key of the vault
     sid = _journal(vault, "kept")
-    r = appliance("erase", "overlay", "care", input="wrong\n")
+    r = appliance("erase", "overlay", name, input="wrong\n")
     last = r.stderr.splitlines()[-1]  # after the confirmation prompt (stderr too)
     assert r.returncode == 3 and last.endswith("error: confirmation did not match: nothing was erased [not-confirmed]")
-    assert care.exists()
-    r = appliance("erase", "overlay", "care", input="care\n")
+    assert all(path.exists() for path in care)
+    r = appliance("erase", "overlay", name, input=f"{name}\n")
     assert r.returncode == 0, r.stderr
-    assert "destroyed: data keys of overlay/care/1" in r.stdout
-    assert "proof:     decryption of overlay/care/1 fails" in r.stdout
-    assert not care.exists()
-    fresh = Vault.unlock(vault_home, PASSPHRASE)  # even with the right passphrase
+    assert f"destroyed: data keys of {key_id}" in r.stdout
+    assert f"proof:     decryption of {key_id} fails" in r.stdout
+    assert not any(path.exists() for path in care)
+    fresh = Vault.unlock(vault_home, PASSPHRASE.encode())  # even with the right passphrase
     with pytest.raises(Erased):
-        fresh.data_key("overlay/care/1")
-    assert fresh.data_key("overlay/other/1") and other.exists()  # the rest still works
+        fresh.data_key(key_id)
+    assert fresh.data_key("other/1") == other  # the rest still works
     assert appliance("logs", "verify", sid).returncode == 0
-    error_line(appliance("erase", "overlay", "care", "--yes"), 6, "erased")
+    error_line(appliance("erase", "overlay", name, "--yes"), 6, "erased")
 
 
 def test_erase_logs(vault_home, vault):
+    key_id, overlay = install_demo_overlay(vault)  # its trust changes are journalled: a session too
     sids = [_journal(vault, "one"), _journal(vault, "two")]
-    overlay = install_fake_overlay(vault_home, vault, "care", 1, b"w" * 10)
     r = appliance("erase", "logs", "--yes")
     assert r.returncode == 0, r.stderr
-    assert "2 journal sessions" in r.stdout and r.stdout.count("proof:") == 2
+    assert "3 journal sessions" in r.stdout and r.stdout.count("proof:") == 3
     assert not list((vault_home / "journal").glob("*.journal"))
     for sid in sids:
         error_line(appliance("logs", "show", sid), 6, "erased")
-    assert Vault.unlock(vault_home, PASSPHRASE).data_key("overlay/care/1") and overlay.exists()
+    assert Vault.unlock(vault_home, PASSPHRASE.encode()).data_key(key_id) and all(path.exists() for path in overlay)
 
 
 def test_erase_all_then_init_afresh(vault_home, vault, tmp_path):
-    install_fake_overlay(vault_home, vault, "care", 1, b"w")
+    install_demo_overlay(vault)
     sid = _journal(vault, "gone")
     r = appliance("erase", "all", input="erase all\n")
     assert r.returncode == 0, r.stderr

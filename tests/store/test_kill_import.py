@@ -1,7 +1,7 @@
 """`appliance kill --wipe` during `update import`: every command that unlocks the vault holds the pid lock
 (cli/unlocking.py), so `kill` finds the import, stops it, and nothing it imported stays decryptable.
 
-Here rather than under tests/vault because it needs the trust fixtures (signer keys, pinned homes)."""
+Here rather than under tests/vault because it needs signer keys and pinned homes (`bundles.py`)."""
 
 import signal
 import subprocess
@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from bundles import PASSPHRASE, make_bundle
-from helpers import appliance
+from bundles import make_bundle
+from helpers import PASSPHRASE, appliance
 
 from appliance.vault import Vault
 from appliance.vault.killswitch import WIPE_SIGNAL, running_pid

@@ -1,4 +1,10 @@
-"""What the trust tests build with: real GnuPG keys in temp dirs, bundles made with the library, tar surgery.
+"""What the trust and store tests build with: real GnuPG keys in temp dirs, bundles made with the library,
+tar surgery, and the fixtures of a home with pinned signers.
+
+Keys (session-scoped, one build-station GNUPGHOME; registered once, by tests/conftest.py):
+alice, bob (pinned), carol (in the appliance keyring, not pinned), old (pinned, expired),
+rev (pinned, revoked). Threshold 2. tests/trust/ and tests/store/ take `home` (a private copy
+of the pinned home) and `vault` from here through their conftest.py.
 
 A plain module (not conftest.py), so test files import it by a name no other test directory uses.
 """
@@ -13,6 +19,8 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+import pytest
+from helpers import PASSPHRASE, appliance, make_vault_home
 
 from appliance.overlay.control import ControlVector, control_files
 from appliance.overlay.files import Overlay, overlay_files
@@ -23,7 +31,6 @@ from appliance.utc import format_time
 from appliance.vault import Vault
 
 BASE_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-PASSPHRASE = "correct horse battery staple"
 
 
 def gpg(home: Path, *args: str, input: bytes | None = None) -> bytes:
@@ -193,3 +200,61 @@ def set_floor(home: Path, floor: datetime) -> None:
     with Vault.unlock(home, PASSPHRASE.encode()) as vault:
         store = Store.unlocked(vault)
         store.write_state(replace(store.read_state(), floor=floor))
+
+
+@pytest.fixture(scope="session")
+def keys():
+    home = Path(tempfile.mkdtemp(prefix="g", dir="/tmp"))
+    home.chmod(0o700)
+    fpr = {}
+    for name in ("alice", "bob", "carol", "rev"):
+        gpg(home, "--quick-gen-key", f"{name} <{name}@example>", "ed25519", "sign", "2y")
+        fpr[name] = fingerprint(home, f"{name}@example")
+    # Valid in 2020 for one day: expired now.
+    gpg(home, "--faked-system-time", "20200101T000000", "--quick-gen-key", "old <old@example>", "ed25519", "sign", "1d")
+    fpr["old"] = fingerprint(home, "old@example")
+    yield Keys(home, fpr)
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pinned_home(keys, tmp_path_factory):
+    """An initialised appliance home with alice, bob, old and rev pinned, carol in the keyring unpinned."""
+    tmp = tmp_path_factory.mktemp("pinned")
+    home = tmp / "home"
+    pp = tmp / "passphrase"
+    pp.write_text(PASSPHRASE)
+    env = {"APPLIANCE_HOME": str(home), "APPLIANCE_PASSPHRASE_FILE": str(pp)}
+    make_vault_home(home)
+    for name in ("alice", "bob", "old", "rev"):
+        key = revoked_public_key(keys, tmp) if name == "rev" else keys.public(name, tmp)
+        r = appliance("trust", "add", str(key), "--fingerprint", keys.fpr[name], env=env)
+        assert r.returncode == 0, r.stderr
+    # carol's key in the keyring but not pinned: only the appliance writes the (sealed) keyring.
+    carol = keys.public("carol", tmp).read_bytes()
+    sealed = Vault.unlock(home, PASSPHRASE.encode())
+    try:
+        Store.unlocked(sealed).trust()._change_keyring(lambda g: g.import_keys(carol))
+    finally:
+        sealed.zeroize()
+    return home, pp
+
+
+@pytest.fixture(name="home")
+def pinned_copy(pinned_home, tmp_path, monkeypatch):
+    """A private copy of the pinned home for one test (APPLIANCE_HOME points at it)."""
+    src, pp = pinned_home
+    dst = tmp_path / "home"
+    shutil.copytree(src, dst, symlinks=True)
+    monkeypatch.setenv("APPLIANCE_HOME", str(dst))
+    monkeypatch.setenv("APPLIANCE_PASSPHRASE_FILE", str(pp))
+    return dst
+
+
+@pytest.fixture
+def vault(home):
+    """The home's vault, unlocked, for imports made in process (an overlay is encrypted under it)."""
+    v = Vault.unlock(home, PASSPHRASE.encode())
+    yield v
+    v.zeroize()

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from bundles import PASSPHRASE, make_bundle
-from helpers import appliance, error_line, ok, tree_digest
+from bundles import make_bundle
+from helpers import PASSPHRASE, appliance, error_line, ok, tree_digest
 
 from appliance.store.layout import Store
 from appliance.vault import Vault
@@ -145,11 +145,11 @@ def test_kill_wipe_and_erase_all_forget_every_overlay(home, keys, tmp_path):
 ERASE_ALONE = """
 import sys
 from pathlib import Path
-from appliance.erase import erase_overlay
+from appliance.erase import erase_item
 from appliance.vault import Vault
 vault = Vault.unlock(Path(sys.argv[1]), sys.argv[2].encode())
 try:
-    print(erase_overlay(vault, "care"))
+    print(erase_item(vault, "overlay", "care"))
 finally:
     vault.zeroize()
 """
