@@ -107,10 +107,16 @@ def write_artifact(src: Readable, dest: Path, path: str, sealing: Sealing, progr
 
 
 @overload
-def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: Literal[True]) -> bytearray: ...
+def read_artifact(
+    directory: Path, artifact: Artifact, sealing: Sealing, keep: Literal[True], progress: Optional[Progress] = None
+) -> bytearray: ...
 @overload
-def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: Literal[False]) -> None: ...
-def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: bool) -> Optional[bytearray]:
+def read_artifact(
+    directory: Path, artifact: Artifact, sealing: Sealing, keep: Literal[False], progress: Optional[Progress] = None
+) -> None: ...
+def read_artifact(
+    directory: Path, artifact: Artifact, sealing: Sealing, keep: bool, progress: Optional[Progress] = None
+) -> Optional[bytearray]:
     """One installed artifact, its size and SHA-256 checked against the manifest; its verified bytes when `keep`.
 
     An encrypted artifact is decrypted into memory only (CiphertextRejected, exit 3, if any byte of
@@ -123,7 +129,7 @@ def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: b
         if keep:
             raise ValueError("only encrypted artifacts are read into memory")
         with open(path, "rb", buffering=0) as f:
-            digest, size = sha256_stream(f)
+            digest, size = sha256_stream(f, progress)
         _check(artifact, size, digest)
         return None
     data = bytearray() if keep else None
@@ -134,6 +140,8 @@ def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: b
             size += len(chunk)
             if data is not None:
                 data += chunk
+            if progress is not None:
+                progress(len(chunk))
         _check(artifact, size, h.hexdigest())
     except BaseException:
         if data is not None:
@@ -142,7 +150,7 @@ def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: b
     return data
 
 
-def decrypt_to_memfd(directory: Path, artifact: Artifact, sealing: Sealing) -> int:
+def decrypt_to_memfd(directory: Path, artifact: Artifact, sealing: Sealing, progress: Optional[Progress] = None) -> int:
     """One installed, encrypted artifact decrypted into a sealed memfd, hashed in the same pass; returns the fd.
 
     The memfd is anonymous memory (never a file on disk), sealed against writes once checked, so the
@@ -163,6 +171,8 @@ def decrypt_to_memfd(directory: Path, artifact: Artifact, sealing: Sealing) -> i
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view) :]
+            if progress is not None:
+                progress(len(chunk))
         _check(artifact, size, h.hexdigest())
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, MEMFD_SEALS)
         os.lseek(fd, 0, os.SEEK_SET)

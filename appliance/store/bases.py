@@ -26,6 +26,7 @@ from typing import Optional
 
 from ..errors import Erased, NotFound, Refused
 from ..journal import Journal, provenance
+from ..progress import SILENT, Steps
 from ..runtime.probe import GgufFacts, probe_gguf
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..trust.manifest import Artifact, Manifest
@@ -72,7 +73,7 @@ def probe_staged(manifest: Manifest, staging: Path, sealing: Sealing) -> GgufFac
         os.close(fd)
 
 
-def open_model(vault: Vault, name: str) -> VerifiedModel:
+def open_model(vault: Vault, name: str, steps: Steps = SILENT) -> VerifiedModel:
     """Rule 3 for installed base NAME (its active version): a VerifiedModel whose path is its memfd."""
     store = Store.unlocked(vault)
     item = store.read_state().items.get(name)
@@ -88,7 +89,8 @@ def open_model(vault: Vault, name: str) -> VerifiedModel:
         for artifact in manifest.artifacts:
             if artifact is not gguf:
                 read_artifact(directory, artifact, sealing, keep=False)
-        fd = decrypt_to_memfd(directory, gguf, sealing)
+        with steps.step(f"verify base {name} v{manifest.version}", gguf.size) as advance:
+            fd = decrypt_to_memfd(directory, gguf, sealing, advance)
     except Refused as e:
         raise BaseRejected(f"base {name} v{manifest.version} failed verification, nothing was loaded: {e}") from None
     finally:
@@ -103,10 +105,17 @@ def close_model(model: VerifiedModel) -> None:
         os.close(model.fd)
 
 
-def active_model(vault: Vault) -> VerifiedModel:
+def verify_embedded(steps: Steps = SILENT) -> VerifiedModel:
+    """The embedded default, hashed against its pin in the software."""
+    pin = embedded_pin()
+    with steps.step(f"verify base {EMBEDDED} ({pin.name})", pin.size) as advance:
+        return verify_pinned(pin, advance)
+
+
+def active_model(vault: Vault, steps: Steps = SILENT) -> VerifiedModel:
     """The active base, verified (rule 3): the embedded default against its pin, an imported one decrypted."""
     name = Store.unlocked(vault).read_state().base
-    return verify_pinned(embedded_pin()) if name is None else open_model(vault, name)
+    return verify_embedded(steps) if name is None else open_model(vault, name, steps)
 
 
 class InstalledBase(ActiveBase):
@@ -184,13 +193,13 @@ def _key(base: Optional[str]) -> str:
     return EMBEDDED if base is None else base
 
 
-def use_base(vault: Vault, name: str) -> tuple[VerifiedModel, float]:
+def use_base(vault: Vault, name: str, steps: Steps = SILENT) -> tuple[VerifiedModel, float]:
     """Rule 4: make NAME (or `embedded`) the active base; returns it (its memfd closed) and the seconds it took."""
     t0 = time.perf_counter()
     store = Store.unlocked(vault)
     state = store.read_state()
     target = None if name == EMBEDDED else name
-    model = verify_pinned(embedded_pin()) if target is None else open_model(vault, name)
+    model = verify_embedded(steps) if target is None else open_model(vault, name, steps)
     close_model(model)
     remembered = dict(state.overlay_of_base)
     if state.overlay is not None:
