@@ -26,7 +26,10 @@ from .chat_template import BuiltinTemplate, template_for
 from .decoder import Decoder
 from .embeddings import EmbeddingTable
 from .llama import DecodeStopped, LlamaEngine
+from .memory import require_room, runtime_need
 from .sampler import NativeSampler, SamplingSettings
+
+N_BATCH = 512  # tokens per llama.cpp batch (and ubatch): what the compute buffer is sized for
 
 
 class Runtime:
@@ -37,7 +40,10 @@ class Runtime:
 
     def __init__(self, model: VerifiedModel, n_ctx: int = 4096, n_threads: Optional[int] = None, sequences: int = 2):
         self.model = model
-        self.engine = LlamaEngine(model.path, n_ctx=n_ctx, n_threads=n_threads, n_seq=sequences)
+        # Refused before llama.cpp maps a byte, under a memory cap it cannot fit (an imported base is in its memfd already)
+        weights = 0 if model.fd is not None else model.path.stat().st_size
+        require_room(f"base {model.name}", runtime_need(model.path, weights, n_ctx, sequences, N_BATCH))
+        self.engine = LlamaEngine(model.path, n_ctx=n_ctx, n_batch=N_BATCH, n_threads=n_threads, n_seq=sequences)
         self.decoder = Decoder(self.engine, lambda: self.embeddings)
         try:
             self.template: BuiltinTemplate = template_for(self.engine)  # never the GGUF's own Jinja (chat_template.py)

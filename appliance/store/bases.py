@@ -9,7 +9,8 @@ Rules:
    start opens it the same way: each artifact decrypted and hashed against the accepted manifest, the
    GGUF into a sealed memfd (`at_rest.decrypt_to_memfd`) that llama.cpp opens as /proc/self/fd/N, so
    no plaintext copy lies on disk. A failure is `BaseRejected` (exit 3) naming the base, and nothing
-   is loaded; a crypto-erased base is `Erased` (exit 6).
+   is loaded; a crypto-erased base is `Erased` (exit 6). Under a memory cap too small for the GGUF
+   (at import, or at a start) it is `NotEnoughMemory` (exit 3) before a byte is decrypted (`runtime.memory`).
 4. `use_base` verifies the whole base first, remembers the active overlay of the base it leaves and
    brings back the one remembered for the base it enters (else the selection stays, shown as bound to
    another base), journals a `base-switch` record, then commits state.json.
@@ -27,6 +28,7 @@ from typing import Optional
 from ..errors import Erased, NotFound, Refused
 from ..journal import Journal, provenance
 from ..progress import SILENT, Steps
+from ..runtime.memory import Need, require_room
 from ..runtime.probe import GgufFacts, probe_gguf
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..trust.manifest import Artifact, Manifest
@@ -66,6 +68,7 @@ def gguf_artifact(manifest: Manifest) -> Artifact:
 def probe_staged(manifest: Manifest, staging: Path, sealing: Sealing) -> GgufFacts:
     """Rule 2, on the ciphertext just written to staging (so the bytes kept are the bytes probed)."""
     artifact = gguf_artifact(manifest)
+    require_room(f"base {manifest.name} v{manifest.version}", Need(artifact.size, 0, 0))
     fd = decrypt_to_memfd(staging, artifact, sealing)
     try:
         return probe_gguf(fd, artifact.size, f"{manifest.name} v{manifest.version}: {artifact.path}")
@@ -84,6 +87,7 @@ def open_model(vault: Vault, name: str, steps: Steps = SILENT) -> VerifiedModel:
     manifest = store.read_manifest(item.active)
     directory = store.object_dir(manifest.sha256)
     gguf = gguf_artifact(manifest)
+    require_room(f"base {name} v{manifest.version}", Need(gguf.size, 0, 0))  # the memfd; all of it before llama.cpp loads
     sealing = Sealing.installed(vault, manifest)
     try:
         for artifact in manifest.artifacts:
