@@ -27,7 +27,9 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
@@ -76,8 +78,8 @@ SCALES = {  # fp16 bytes in every block that scale its integers: small, so the r
 def write_llama(path: Path, shape: Shape, qtype: GGMLQuantizationType, tokenizer_from: Path, seed: int = 0) -> None:
     """A Llama GGUF of `shape` with random `qtype` weights (norms 1.0) and the tokenizer of `tokenizer_from`,
     written tensor by tensor (never the whole model in memory)."""
-    reader = GGUFReader(tokenizer_from)
-    n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    tokenizer = _tokenizer(tokenizer_from)
+    n_vocab = len(tokenizer["tokenizer.ggml.tokens"][0])
     writer = GGUFWriter(path, "llama")
     writer.add_name(f"synthetic llama {path.stem}")
     writer.add_context_length(8192)
@@ -90,11 +92,8 @@ def write_llama(path: Path, shape: Shape, qtype: GGMLQuantizationType, tokenizer
     writer.add_rope_freq_base(500000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(n_vocab)
-    for name, field in reader.fields.items():
-        if name.startswith("tokenizer."):
-            value_type = GGUFValueType(field.types[0])
-            sub_type = GGUFValueType(field.types[1]) if value_type == GGUFValueType.ARRAY else None
-            writer.add_key_value(name, field.contents(), value_type, sub_type)
+    for name, (value, value_type, sub_type) in tokenizer.items():
+        writer.add_key_value(name, value, value_type, sub_type)
 
     kv = shape.n_head_kv * (shape.n_embd // shape.n_head)
     tensors: list[tuple[str, tuple[int, int]]] = [("token_embd.weight", (n_vocab, shape.n_embd))]  # (rows, row length)
@@ -127,6 +126,18 @@ def write_llama(path: Path, shape: Shape, qtype: GGMLQuantizationType, tokenizer
     for _ in norms:
         writer.write_tensor_data(np.ones(shape.n_embd, dtype=np.float32))
     writer.close()
+
+
+@cache
+def _tokenizer(gguf: Path) -> dict[str, tuple[Any, GGUFValueType, Optional[GGUFValueType]]]:
+    """The `tokenizer.*` metadata of a GGUF: value, type, item type (read once: the reader takes seconds)."""
+    found = {}
+    for name, field in GGUFReader(gguf).fields.items():
+        if name.startswith("tokenizer."):
+            value_type = GGUFValueType(field.types[0])
+            sub_type = GGUFValueType(field.types[1]) if value_type == GGUFValueType.ARRAY else None
+            found[name] = (field.contents(), value_type, sub_type)
+    return found
 
 
 def _gguf_bytes(shape: Shape, qtype: GGMLQuantizationType, n_vocab: int) -> int:
@@ -165,7 +176,7 @@ def scale_rows(bases: list[str], rounds: int, n_tokens: int) -> list[tuple]:
             else:
                 size_name, quant = name.split("-")
                 qtype, shape = QUANT[quant], SHAPES[size_name]
-                n_vocab = len(GGUFReader(pin.path).fields["tokenizer.ggml.tokens"].data)
+                n_vocab = len(_tokenizer(pin.path)["tokenizer.ggml.tokens"][0])
                 why_not = _room_for(_gguf_bytes(shape, qtype, n_vocab), tmp)
                 if why_not:
                     rows.append((f"{name}: skipped, {why_not}", "skipped", "", ""))

@@ -31,7 +31,7 @@ def stream(piece: str) -> None:
     sys.stdout.flush()
 
 
-LARGE = 64 << 20  # long work (import, verify, bundle create) shows steps over this many bytes
+LARGE = 128 << 20  # long work (import, verify, bundle create) shows steps over this many bytes (the embedded 98 MB: no)
 LARGE_START = 256 << 20  # a start (ask, chat, serve) shows the base's verification over this many
 
 

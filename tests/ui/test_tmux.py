@@ -198,7 +198,7 @@ def test_bundle_create_shows_a_bar_in_a_terminal(tmp_path):
     """Long work over a large artifact, on a terminal: a bar per pass with bytes, MB/s and time left."""
     artifact = tmp_path / "large.gguf"
     with open(artifact, "wb") as f:
-        f.truncate(80_000_000)  # sparse: above the 64 MiB that shows progress, at little disk cost
+        f.truncate(150_000_000)  # sparse: above the 128 MiB that shows progress, at little disk cost
     env = {"TERM": "xterm-256color", "PYTHONPATH": str(Path.cwd())}
     command = [sys.executable, "-m", "appliance", "bundle", "create", "--kind", "base-model", "--name", "large",
                "--version", "1", "--artifact", str(artifact), "--out", str(tmp_path / "large.bundle")]  # fmt: skip
@@ -207,6 +207,6 @@ def test_bundle_create_shows_a_bar_in_a_terminal(tmp_path):
         screen = tmux.wait_for(r"created .*large\.bundle", timeout=120)
     finally:
         tmux.close()
-    bar = r"━+ 80\.0/80\.0 MB [\d.]+ [MG]B/s 0:00:00"
+    bar = r"━+ 150\.0/150\.0 MB [\d.]+ [MG]B/s 0:00:00"
     for pass_ in (r"hash large\.gguf", r"write large\.bundle"):
         assert re.search(rf"^{pass_} {bar}$", screen, re.M), screen
