@@ -85,3 +85,16 @@ def test_a_synthetic_llama_base_is_what_its_shape_says_and_llama_cpp_runs_it(tmp
             assert len(Session(runtime, settings=GREEDY).generate("Hello there", max_tokens=4).tokens) == 4
         finally:
             runtime.close()
+
+
+def test_a_measured_peak_is_the_commands_own_not_the_large_bench_process_it_started_from():
+    """A child's ru_maxrss starts at its parent's resident size: the scale rows run from a process that held a
+    multi-GB base, whose size must not show up in the `appliance ask` they measure."""
+    import os
+
+    from native import _peak_rss_mib
+
+    held = bytearray(600 << 20)  # the bench process, large
+    held[::4096] = b"x" * len(held[::4096])  # resident, every page
+    peak = _peak_rss_mib([sys.executable, "-c", "x = bytearray(100 << 20); x[::4096] = b'y' * len(x[::4096])"], dict(os.environ))
+    assert 100 < peak < 400, peak
