@@ -42,12 +42,12 @@ class ApplianceApp(App):
 
     def on_mount(self) -> None:
         if self._load is not None:
-            self.push_screen(LoadingScreen(self._load, self.loaded, self._load_failed))
+            self.push_screen(LoadingScreen(self._load, self._loaded, self._load_failed))
         else:
             self._first_screen(self.push_screen)
         self.set_interval(KILL_POLL_SECONDS, self._poll_kill)
 
-    def loaded(self, core: ChatCore) -> None:
+    def _loaded(self, core: ChatCore) -> None:
         self.core = core
         self._first_screen(self.switch_screen)
 
