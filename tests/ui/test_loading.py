@@ -50,14 +50,18 @@ async def test_the_chat_shows_the_base_being_verified_then_its_first_screen(vaul
     try:
         async with app.run_test() as pilot:
             await wait_for(pilot, lambda: held and held[0].reached.is_set(), what="half the base hashed")
-            await pilot.pause(0.3)  # the screen's timer shows what the worker reported
             screen = app.screen
             assert isinstance(screen, LoadingScreen)
             bar = screen.query_one(ProgressBar)
-            assert bar.total == size and size // 2 <= bar.progress < size
+            # the screen's timer shows what the worker reported (held there: it cannot move past it)
+            await wait_for(pilot, lambda: bar.progress >= size // 2, what="the bar at half")
+            assert bar.total == size and bar.progress < size
             assert str(screen.query_one("#step").render()).startswith("verify base embedded (")
             held[0].go_on.set()
-            await wait_for(pilot, lambda: isinstance(app.screen, UnlockScreen), what="the unlock screen")
+            await wait_for(
+                pilot, lambda: isinstance(app.screen, UnlockScreen) and app.screen.query("#passphrase"), what="the unlock screen"
+            )
+            await pilot.pause()
             assert app.core is cores[0] and app.load_error is None
     finally:
         for core in cores:
