@@ -12,7 +12,9 @@
      (RLIMIT_MEMLOCK unlimited, or CAP_IPC_LOCK). Pages are locked as they are touched, so the
      cost is the resident set being unswappable, no more (measured on `ask` with the embedded
      model: same peak RSS, about 285 MB, no measurable time). Keys are not the only secret:
-     decrypted weights, the slot table while it is parsed and the conversation are too.
+     decrypted weights, the slot table while it is parsed and the conversation are too. A multi-GB
+     base is locked as well, on purpose: its memfd's only backing store is swap (docs/procedures.md,
+     "Memory"), and a memory cap, not the lock, keeps a base that does not fit from starting.
    - "keys": under a memlock limit MCL_FUTURE would make the allocation that crosses it fail
      (a model maps hundreds of MB), so only the pages holding key buffers are locked
      (`lock_secret`, best effort within the limit); the rest can reach swap.

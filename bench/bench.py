@@ -7,7 +7,8 @@ whether each target is met. Run: ./run bench [--rounds N] [--tokens N] [--only S
 With no --only, the quick sections run: every target of docs/design.md at chat scale (README.md
 says how long that takes on two cores). The long ones run only when --only names them: the native
 anchor (builds llama-bench once), the long window, switch costs, threads under load, `scale` (the
-same vault, hashing and search rows at gigabyte and thousand-session sizes), bases, image,
+same vault, hashing and search rows at gigabyte and thousand-session sizes, then bases from the
+embedded model to 8B-shaped ones: scale_rows.py), bases, image,
 `journal` (the journal and vault rows at 10 to 100,000 sessions, journal_rows.py). Every
 measurement runs in a child process of its own (contained.py): one that fails, even by a signal,
 prints its reason in the table and the run goes on.
@@ -33,6 +34,7 @@ from image_rows import image_rows
 from journal_rows import journal_rows
 from load import free_threads
 from native import native_rows, peak_rss_rows
+from scale_rows import scale_rows
 
 from appliance import state
 from appliance.erase import erase_journal
@@ -735,6 +737,7 @@ SECTIONS: dict[str, tuple[bool, Callable[[argparse.Namespace, VerifiedModel], li
             partial(hashing_at_scale, a.hash_mib, a.rounds),
             partial(vault_and_store, m, a.rounds, a.import_mib, SCALE_ERASE_MIB),
             partial(journal_search, a.rounds, a.search_sessions),
+            partial(scale_rows, a.scale_bases.split(","), a.rounds, a.tokens),
         ],
     ),
     "bases": (True, lambda a, m: [partial(bases, a.rounds, a.tokens)]),
@@ -760,6 +763,11 @@ def main() -> None:
         "--import-mib", type=int, default=256, help="scale: size of the extra artifact in the imported overlay bundle"
     )
     ap.add_argument("--search-sessions", type=int, default=1000, help="scale: sessions in the journal `logs search` reads")
+    ap.add_argument(
+        "--scale-bases",
+        default="smollm2,gemma,1B-Q8_0,3B-Q4_K,3B-Q8_0,8B-Q4_K",
+        help="scale: the bases taken through import to erase (smollm2, gemma, or SIZE-QUANT of 1B/3B/8B and Q8_0/Q4_K)",
+    )
     ap.add_argument(
         "--only",
         default=",".join(quick),

@@ -79,15 +79,24 @@ def _native(exe: Path, model_path: Path, threads: int, prompt: int, generate: in
     return float(json.loads(out)[0]["avg_ts"])
 
 
+# A child's ru_maxrss starts at the resident size of the process it was forked (or vforked) from, so a
+# large bench process would count itself in every command it measures: a small launcher starts the command.
+_LAUNCHER = (
+    "import os, resource, subprocess, sys; done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True); "
+    "os.kill(os.getpid(), -done.returncode) if done.returncode < 0 else sys.exit(done.returncode)"
+)
+
+
 def _peak_rss_mib(argv: list[str], env: dict) -> float:
     """The peak resident memory of one child process, in MiB."""
-    child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    launcher = [sys.executable, "-c", _LAUNCHER, *argv]
+    done = subprocess.run(launcher, env=env, capture_output=True, text=True)
+    code = done.returncode
     if code != 0:
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-        raise RuntimeError(f"{argv[:3]} {how}: {child.stderr.read().decode()[-500:] if child.stderr else ''}")
-    return usage.ru_maxrss / 1024  # KiB on Linux
+        raise RuntimeError(f"{argv[:3]} {how}: {done.stderr[-500:]}")
+    return int(done.stdout) / 1024  # KiB on Linux
 
 
 def peak_rss_rows(model_path: Path, prompt: str, n_tokens: int) -> list[tuple]:

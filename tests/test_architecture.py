@@ -15,7 +15,7 @@ PACKAGE = Path(appliance.__file__).parent
 # Bottom to top: a part may import only parts of strictly lower layers (and itself).
 LAYERS = [
     {"children"},  # starts every child process; imports nothing of the appliance, so even layer 0 may use it
-    {"__init__", "editor_scratch", "errors", "fsutil", "hardening", "paths", "printable", "untrusted_json", "utc"},
+    {"__init__", "editor_scratch", "errors", "fsutil", "hardening", "paths", "printable", "progress", "untrusted_json", "utc"},
     {"state", "state_files", "overlay"},
     {"vault", "trust"},
     {"journal", "runtime", "presets"},

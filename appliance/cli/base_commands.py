@@ -7,7 +7,7 @@ import click
 
 from ..store.bases import list_bases, use_base
 from ..utc import format_time
-from .output import say
+from .output import Shown, say
 from .unlocking import passphrase_option, unlocked
 from .vault_commands import erase_every_version
 
@@ -39,7 +39,7 @@ def base_list(passphrase_file: Optional[Path]) -> None:
 def base_use(name: str, passphrase_file: Optional[Path]) -> None:
     """Make NAME the active base (`embedded`: the built-in default), verified in full first (journalled)."""
     with unlocked(passphrase_file) as vault:
-        model, seconds = use_base(vault, name)
+        model, seconds = use_base(vault, name, Shown())
     say(f"active base: {model.name} v{model.version} ({model.origin}), sha256 {model.sha256} verified ({seconds:.2f} s)")
 
 

@@ -17,11 +17,11 @@ from typing import Optional
 import click
 
 from .. import paths, state
+from ..progress import Steps
 from ..runtime.engine_settings import GpuRequest
 from ..runtime.sampler import SamplingSettings
 from ..runtime.session import Runtime
-from ..store.bases import active_model, close_model
-from ..trust.builtin import embedded_pin, verify_pinned
+from ..store.bases import active_model, close_model, verify_embedded
 from ..vault import Vault
 from ..vault.killswitch import KillSwitch
 from .first_run import initialise
@@ -67,23 +67,32 @@ def chat(
     home = paths.state_dir()
     with ExitStack() as cleanup:  # undone in reverse order, however the chat ends
         opened = _open_vault(home, passphrase_file, demo, cleanup)
-        model = verify_pinned(embedded_pin()) if opened is None else active_model(opened[0])
-        cleanup.callback(close_model, model)
-        runtime = Runtime(model, engine_settings(opened and opened[0], gpu_layers, model.path, n_threads=threads))
-        cleanup.callback(runtime.close)
-        core = ChatCore(
-            home,
-            model,
-            runtime,
-            settings=SamplingSettings(temperature=temperature, seed=seed),
-            max_tokens=max_tokens,
-            system_prompt=system_prompt,
-            resume=resume,
-        )
-        cleanup.callback(core.close)
-        if opened is not None:
-            core.start(*opened)  # the chat opens unlocked, on the vault and kill-switch the shell opened
-        ApplianceApp(core).run()
+
+        def load(steps: Steps) -> ChatCore:
+            """On the loading screen's worker thread: the base verified and loaded, then the chat's core."""
+            model = verify_embedded(steps) if opened is None else active_model(opened[0], steps=steps)
+            cleanup.callback(close_model, model)
+            with steps.step(f"loading {model.name} into llama.cpp", None):
+                runtime = Runtime(model, engine_settings(opened and opened[0], gpu_layers, model.path, n_threads=threads))
+            cleanup.callback(runtime.close)
+            core = ChatCore(
+                home,
+                model,
+                runtime,
+                settings=SamplingSettings(temperature=temperature, seed=seed),
+                max_tokens=max_tokens,
+                system_prompt=system_prompt,
+                resume=resume,
+            )
+            cleanup.callback(core.close)
+            if opened is not None:
+                core.start(*opened)  # the chat opens unlocked, on the vault and kill-switch the shell opened
+            return core
+
+        app = ApplianceApp(load)
+        app.run()
+        if app.load_error is not None:
+            raise app.load_error
 
 
 def _open_vault(home: Path, passphrase_file: Optional[Path], demo: bool, held: ExitStack) -> Optional[tuple[Vault, KillSwitch]]:

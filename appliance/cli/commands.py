@@ -12,7 +12,7 @@ from ..runtime.session import Runtime
 from ..store.bases import active_model, close_model
 from .first_run import initialise
 from .options import FiniteFloatRange, engine_settings, gpu_layers_option, resume_option
-from .output import say, stream, warn
+from .output import LARGE_START, Shown, say, stream, warn
 from .unlocking import generation_line, passphrase_option, unlocked, unlocked_appliance
 from .vault_commands import erase, kill, kill_policy, logs, passphrase
 
@@ -46,7 +46,7 @@ def status(passphrase_file) -> None:
     home = paths.state_dir()
     state.require_initialised(home)
     with unlocked(passphrase_file) as vault:
-        model = active_model(vault)  # an imported base decrypted in memory, authenticated by its tags
+        model = active_model(vault, steps=Shown(LARGE_START))  # an imported base decrypted in memory, authenticated by its tags
         close_model(model)
         lines = status_lines(vault)
         generation = generation_line(vault)

@@ -14,7 +14,7 @@ from ..image.storage import ImageLoadFailed, commands_text
 from ..image.versions import Switch, after_import, list_images, rollback_image, use_image
 from ..trust.image_rules import image_record
 from ..utc import format_time
-from .output import say, warn
+from .output import Shown, say, warn
 from .unlocking import passphrase_option, unlocked
 
 NAME = click.option("--name", default=None, help="The image item (default: the only image installed).")
@@ -46,7 +46,7 @@ def image_build(args: tuple[str, ...]) -> None:
 def image_pack(layout: Path, name: str, version: int, build_info: Path | None, expires: str | None, out: Path) -> None:
     """Pack the skopeo dir: LAYOUT that image/build exported into an unsigned image bundle."""
     info = read_build_info(build_info or layout.parent / BUILD_INFO)
-    manifest = pack_image(layout, out, name=name, version=version, build_info=info, expires=expires)
+    manifest = pack_image(layout, out, name=name, version=version, build_info=info, expires=expires, steps=Shown())
     say(f"created {out}: image {manifest.name} v{manifest.version}, manifest sha256 {manifest.sha256}")
     record = image_record(manifest)
     say(f"image manifest digest {record.manifest_digest}, config {record.config_digest}, source {record.source_commit}")

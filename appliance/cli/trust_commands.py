@@ -18,25 +18,10 @@ from ..trust.policy import demo_mark
 from ..utc import format_time, parse_time
 from ..vault import Vault
 from .image_commands import load_imported
-from .output import say, warn
+from .output import Shown, say, warn
 from .unlocking import passphrase_option, unlocked
 
-LARGE = 64 << 20  # show progress for bundles above this size
 DEMO_PINNED = "demo signers pinned: they admit only the demo items (remove them: appliance trust remove-demo)"
-
-
-class _Progress:
-    """Percent on stderr, in 10 % steps, for large files only (long work shows progress)."""
-
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done, self.shown = total, label, 0, 0
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        pct = 100 * self.done // max(self.total, 1)
-        if self.total >= LARGE and pct >= self.shown + 10:
-            self.shown = pct - pct % 10
-            warn(f"{self.label}: {self.shown}%")
 
 
 # -- trust -----------------------------------------------------------------
@@ -141,6 +126,7 @@ def bundle_create(kind, name, version, artifacts, binds_base, created, expires, 
         created=_time_option("--created", created),
         expires=expires,
         provenance=provenance,
+        steps=Shown(),
     )
     say(f"created {out}: {manifest.name} v{manifest.version}, manifest sha256 {manifest.sha256}")
 
@@ -158,7 +144,7 @@ def _time_option(name: str, text: str | None) -> datetime | None:
 @click.option("--gnupghome", type=click.Path(file_okay=False, path_type=Path), default=None, help="The signer's GnuPG home.")
 def bundle_sign(file: Path, key: str, gnupghome: Path | None) -> None:
     """Add a detached signature over the exact manifest bytes."""
-    say(f"signed {file} as {sign_bundle(file, key, gnupghome)}")
+    say(f"signed {file} as {sign_bundle(file, key, gnupghome, Shown())}")
 
 
 @bundle.command("verify")
@@ -167,7 +153,8 @@ def bundle_sign(file: Path, key: str, gnupghome: Path | None) -> None:
 def bundle_verify(file: Path, passphrase_file: Path | None) -> None:
     """Every check an import makes, against this appliance's sealed trust store; installs nothing."""
     with unlocked(passphrase_file) as vault:
-        accepted = verify_bundle(file, active_base(vault), vault, _Progress(_size(file), "verify"))
+        with Shown().step("verify", _size(file)) as advance:
+            accepted = verify_bundle(file, active_base(vault), vault, advance)
     _report(accepted, "verified")
 
 
@@ -196,7 +183,8 @@ def update() -> None:
 def update_import(file: Path, passphrase_file: Path | None) -> None:
     """Verify a bundle in full and install it atomically (an overlay encrypted at rest: needs the passphrase)."""
     with unlocked(passphrase_file) as vault:  # locked: exit 4 before the bundle is even opened
-        accepted = import_bundle(file, active_base(vault), vault, _Progress(_size(file), "import"))
+        with Shown().step("import", _size(file)) as advance:
+            accepted = import_bundle(file, active_base(vault), vault, advance)
         _report(accepted, "installed")
         if accepted.manifest.kind == "image":
             load_imported(vault, accepted)  # into container storage where skopeo is (appliance/image/storage.py)
@@ -239,10 +227,10 @@ def update_rollback(name: str, passphrase_file: Path | None) -> None:
 def verify_cmd(passphrase_file: Path | None) -> None:
     """Re-verify the base and every installed version (overlays decrypted in memory: needs the passphrase)."""
     with unlocked(passphrase_file) as vault:
-        model = active_model(vault, Check.SHA256)  # refused (exit 3) here if the active base fails
+        model = active_model(vault, Check.SHA256, Shown())  # refused (exit 3) here if the active base fails
         close_model(model)
         say(f"base {model.name} v{model.version} ({model.origin}) sha256 {model.sha256}: ok")
-        results = verify_installed(active_base(vault), vault)
+        results = verify_installed(active_base(vault), vault, Shown())
     for label, fault in results:
         say(f"{label}: {fault or 'ok'}")
     failed = [f"{label}: {fault}" for label, fault in results if fault]

@@ -29,7 +29,7 @@ from ..trust.builtin import VerifiedModel
 from ..vault import Vault, zeroize
 from ..vault.kdf import WEAK_BITS, estimated_bits
 from ..vault.killswitch import Killed, KillSwitch
-from .output import say, warn
+from .output import LARGE_START, Shown, say, warn
 
 PASSPHRASE_ENV = "APPLIANCE_PASSPHRASE_FILE"
 MAX_PASSPHRASE_FILE = 4096
@@ -223,11 +223,11 @@ def unlocked_appliance(passphrase_file: Optional[Path], model: Optional[Verified
     """The appliance on the unlocked vault, under the vault's kill-switch; a kill says what its wipe erased.
 
     Without `model`, the store's active base is opened and verified first (`store.bases.active_model`:
-    an imported one decrypted into memory), before anything else happens.
+    an imported one decrypted into memory), before anything else happens; a large one shows its progress.
     """
     with killable_vault(passphrase_file) as (vault, killswitch):
         opened = model is None
-        model = active_model(vault) if model is None else model
+        model = active_model(vault, steps=Shown(LARGE_START)) if model is None else model
         try:
             with UnlockedAppliance.open(vault, model, killswitch) as app:
                 yield app

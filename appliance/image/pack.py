@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UsageError
+from ..progress import SILENT, Steps
 from ..trust.bundle import create_bundle
-from ..trust.hashing import Progress
 from ..trust.image_rules import OCI_MANIFEST, check_image
 from ..trust.manifest import Manifest
 
@@ -50,7 +50,7 @@ def pack_image(
     build_info: dict,
     created: Optional[datetime] = None,
     expires: Optional[str] = None,
-    progress: Optional[Progress] = None,
+    steps: Steps = SILENT,
 ) -> Manifest:
     """Write the unsigned image bundle `out` from `layout`; removed again if the appliance's rules refuse it."""
     files = sorted(layout.iterdir())
@@ -68,7 +68,7 @@ def pack_image(
         expires=expires,
         image=record,
         provenance={"source": str(build_info["source_commit"])},
-        progress=progress,
+        steps=steps,
     )
     try:
         check_image(manifest, layout)

@@ -69,24 +69,25 @@ class _Cursor:
             self.pos += struct.calcsize(_SCALAR[vtype])
 
 
-def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...], str, Optional[int]]:
+def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...], str, dict[str, int]]:
     """(absolute data offset, quantisation type, dims) of tensor `name` in a GGUF v2/v3 file, its architecture
-    and its block count (`<arch>.block_count`, llama.cpp's n_layer; None if the key is absent)."""
+    and the architecture's integer metadata, without the `<arch>.` prefix (`block_count`, llama.cpp's n_layer;
+    `attention.head_count`, ...)."""
     c = _Cursor(buf)
     if bytes(buf[:4]) != b"GGUF" or struct.unpack_from("<I", buf, 4)[0] not in (2, 3):
         raise ModelFailed("not a GGUF v2/v3 file")
     c.pos = 8
     n_tensors, n_kv = c.read("Q"), c.read("Q")
     alignment, architecture = 32, ""
-    block_counts: dict[bytes, int] = {}  # the architecture may come after its keys
+    numbers: dict[bytes, int] = {}  # the architecture may come after its keys
     for _ in range(n_kv):
         key, vtype = c.string(), c.read("I")
         if key == b"general.alignment":
             alignment = c.read("I")
         elif key == b"general.architecture" and vtype == GGUFValueType.STRING:
             architecture = c.string().decode("utf-8", errors="replace")
-        elif key.endswith(b".block_count") and vtype in _INTEGER:
-            block_counts[key] = c.read(_SCALAR[vtype])
+        elif vtype in _INTEGER:
+            numbers[key] = c.read(_SCALAR[vtype])
         else:
             c.skip_value(vtype)
     found = None
@@ -99,7 +100,9 @@ def _locate(buf, name: str) -> tuple[int, GGMLQuantizationType, tuple[int, ...],
     if found is None:
         raise ModelFailed(f"no {name} tensor")
     data_start = -(-c.pos // alignment) * alignment
-    return data_start + found[0], found[1], found[2], architecture, block_counts.get(f"{architecture}.block_count".encode())
+    prefix = f"{architecture}.".encode()
+    ours = {k[len(prefix) :].decode("utf-8", errors="replace"): v for k, v in numbers.items() if k.startswith(prefix)}
+    return data_start + found[0], found[1], found[2], architecture, ours
 
 
 def architecture_of(gguf_path: Path) -> str:
@@ -128,12 +131,13 @@ class EmbeddingTable:
         with open(gguf_path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            offset, self._qtype, (self.n_embd, self.n_vocab), self.architecture, self.n_layer = _locate(
+            offset, self._qtype, (self.n_embd, self.n_vocab), self.architecture, self.numbers = _locate(
                 self._map, TOKEN_EMBEDDING
             )
         except (ModelFailed, struct.error, ValueError) as e:
             self._map.close()
             raise ModelFailed(f"{gguf_path}: cannot find the token embeddings ({e})") from None
+        self.n_layer: Optional[int] = self.numbers.get("block_count")
         # float32 sqrt of float32(n_embd), as llama.cpp's sqrtf(n_embd)
         self.scale = np.sqrt(np.float32(self.n_embd)) if self.architecture in SCALED_BY_SQRT_N_EMBD else None
         block, block_bytes = GGML_QUANT_SIZES[self._qtype]

@@ -272,7 +272,7 @@ def _metadata(path: str, size: int) -> tuple[str, int, Optional[int]]:
     return arch, n_vocab, n_embd if isinstance(n_embd, int) else None
 
 
-def _run(path: str, arch: str, n_vocab: int, n_embd: Optional[int]) -> dict:
+def _run(fd: int, arch: str, n_vocab: int, n_embd: Optional[int]) -> dict:
     """Rules 3 and 4: the Runtime as `ask` builds it (a small window: its size is ours, not the file's), two tokens."""
     import numpy as np
 
@@ -281,7 +281,8 @@ def _run(path: str, arch: str, n_vocab: int, n_embd: Optional[int]) -> dict:
     from .session import Runtime, Session
 
     try:
-        runtime = Runtime(VerifiedModel("probe", 0, Path(path), ""), n_ctx=128, n_threads=1, sequences=1)
+        # `fd`: the memfd is in memory already, which a memory cap's check counts (runtime/memory.py)
+        runtime = Runtime(VerifiedModel("probe", 0, Path(f"/proc/self/fd/{fd}"), "", fd=fd), n_ctx=128, n_threads=1, sequences=1)
     except ChatTemplateUnsupported as e:
         raise _Fault(str(e), ChatTemplateUnsupported.reason) from None
     except Exception:
@@ -318,7 +319,7 @@ def _probe(fd: int, size: int) -> dict:
     if os.fstat(fd).st_size != size:
         raise _Fault(f"the file holds {os.fstat(fd).st_size} bytes, not {size}")
     _header(path, size)
-    return _run(path, *_metadata(path, size))
+    return _run(fd, *_metadata(path, size))
 
 
 def main(argv: list[str]) -> int:

@@ -28,7 +28,10 @@ from .decoder import Decoder
 from .embeddings import EmbeddingTable
 from .engine_settings import EngineSettings
 from .llama import DecodeStopped, LlamaEngine
+from .memory import require_room, runtime_need
 from .sampler import NativeSampler, SamplingSettings
+
+N_BATCH = 512  # tokens per llama.cpp batch (and ubatch): what the compute buffer is sized for
 
 
 class Runtime:
@@ -41,7 +44,11 @@ class Runtime:
         """`settings` (engine_settings.py), or as a shorthand its fields (`n_ctx=2048`)."""
         self.model = model
         self.settings = settings or EngineSettings(**shorthand)
-        self.engine = LlamaEngine(model.path, self.settings)
+        # Refused before llama.cpp maps a byte, under a memory cap it cannot fit (an imported base is in its memfd already)
+        weights = 0 if model.fd is not None else model.path.stat().st_size
+        need = runtime_need(model.path, weights, self.settings.n_ctx, self.settings.sequences, N_BATCH)
+        require_room(f"base {model.name}", need)
+        self.engine = LlamaEngine(model.path, self.settings, n_batch=N_BATCH)
         self.decoder = Decoder(self.engine, lambda: self.embeddings)
         try:
             self.template: BuiltinTemplate = template_for(self.engine)  # never the GGUF's own Jinja (chat_template.py)

@@ -21,6 +21,7 @@ from typing import Optional
 from ..errors import ApplianceError, BindingMismatch, Erased, NotFound, Refused
 from ..journal import provenance
 from ..overlay.loadable import BY_KIND, Loadable
+from ..progress import SILENT, Steps
 from ..runtime.embeddings import EmbeddingTable
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..trust.kinds import KINDS, Loaded
@@ -162,7 +163,7 @@ def check_binding(manifest: Manifest, directory: Path, sealing: Sealing, base: O
 
 
 def verify_version(
-    store: Store, manifest_sha256: str, vault: Vault, base: Optional[ActiveBase], bind: bool = True
+    store: Store, manifest_sha256: str, vault: Vault, base: Optional[ActiveBase], bind: bool = True, steps: Steps = SILENT
 ) -> tuple[Manifest, Admitted]:
     """Rules 1-3 for one installed version; an overlay's (or control vector's) own two files are decrypted and
     hashed once, as they are loaded.
@@ -171,21 +172,14 @@ def verify_version(
     """
     manifest = store.read_manifest(manifest_sha256)
     directory = store.object_dir(manifest_sha256)
-    if not bind:
-        sealing = Sealing.installed(vault, manifest)
-        try:
-            for artifact in manifest.artifacts:
-                read_artifact(directory, artifact, sealing, keep=False)
-            return manifest, None
-        finally:
-            sealing.zeroize()
-    loaded_by_binding = KINDS[manifest.kind].files if KINDS[manifest.kind].binds_base else ()
+    loaded_by_binding = KINDS[manifest.kind].files if bind and KINDS[manifest.kind].binds_base else ()
     sealing = Sealing.installed(vault, manifest)
     try:
         for artifact in manifest.artifacts:
             if artifact.path not in loaded_by_binding:
-                read_artifact(directory, artifact, sealing, keep=False)
-        return manifest, check_binding(manifest, directory, sealing, base)
+                with steps.step(f"verify {manifest.name} v{manifest.version} {artifact.path}", artifact.size) as advance:
+                    read_artifact(directory, artifact, sealing, keep=False, progress=advance)
+        return manifest, check_binding(manifest, directory, sealing, base) if bind else None
     finally:
         sealing.zeroize()
 
@@ -249,7 +243,7 @@ def versions_text(versions: tuple[int, ...]) -> str:
     return ", ".join(f"v{v}" for v in versions)
 
 
-def verify_installed(base: ActiveBase, vault: Vault) -> list[tuple[str, str]]:
+def verify_installed(base: ActiveBase, vault: Vault, steps: Steps = SILENT) -> list[tuple[str, str]]:
     """Every installed version of every item, re-verified: [(label, "" if ok else the fault)]."""
     store = Store.unlocked(vault)
     results = []
@@ -259,7 +253,7 @@ def verify_installed(base: ActiveBase, vault: Vault) -> list[tuple[str, str]]:
             try:
                 binds = store.read_manifest(sha).binds_base_sha256
                 other = KINDS[item.kind].binds_base and binds is not None and binds != base.sha256
-                manifest, _ = verify_version(store, sha, vault, base, bind=not other)
+                manifest, _ = verify_version(store, sha, vault, base, bind=not other, steps=steps)
                 inactive = (
                     f" (inactive: bound to base {binds[:16]}, active base is {base.sha256[:16]})" if other and binds else ""
                 )

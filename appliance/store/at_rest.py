@@ -182,10 +182,16 @@ def write_artifact(
 
 
 @overload
-def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: Literal[True]) -> bytearray: ...
+def read_artifact(
+    directory: Path, artifact: Artifact, sealing: Sealing, keep: Literal[True], progress: Optional[Progress] = None
+) -> bytearray: ...
 @overload
-def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: Literal[False]) -> None: ...
-def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: bool) -> Optional[bytearray]:
+def read_artifact(
+    directory: Path, artifact: Artifact, sealing: Sealing, keep: Literal[False], progress: Optional[Progress] = None
+) -> None: ...
+def read_artifact(
+    directory: Path, artifact: Artifact, sealing: Sealing, keep: bool, progress: Optional[Progress] = None
+) -> Optional[bytearray]:
     """One installed artifact, its size and SHA-256 checked against the manifest; its verified bytes when `keep`.
 
     An encrypted artifact is decrypted into memory only (CiphertextRejected, exit 3, if any byte of
@@ -198,7 +204,7 @@ def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: b
         if keep:
             raise ValueError("only encrypted artifacts are read into memory")
         with open(path, "rb", buffering=0) as f:
-            digest, size = sha256_stream(f)
+            digest, size = sha256_stream(f, progress)
         _check(artifact, size, digest)
         return None
     data = bytearray() if keep else None
@@ -209,6 +215,8 @@ def read_artifact(directory: Path, artifact: Artifact, sealing: Sealing, keep: b
             size += len(chunk)
             if data is not None:
                 data += chunk
+            if progress is not None:
+                progress(len(chunk))
         _check(artifact, size, h.hexdigest())
     except BaseException:
         if data is not None:
@@ -224,7 +232,9 @@ class Check(Enum):
     SHA256 = "sha256"  # `verify` and `base use`: the plaintext re-hashed against the accepted manifest too
 
 
-def decrypt_to_memfd(directory: Path, artifact: Artifact, sealing: Sealing, check: Check) -> int:
+def decrypt_to_memfd(
+    directory: Path, artifact: Artifact, sealing: Sealing, check: Check, progress: Optional[Progress] = None
+) -> int:
     """One installed, encrypted artifact decrypted into a sealed memfd, its size (and, by `check`, its
     SHA-256) checked against the manifest in the same pass; returns the fd.
 
@@ -246,6 +256,8 @@ def decrypt_to_memfd(directory: Path, artifact: Artifact, sealing: Sealing, chec
                 h.update(chunk)
             size += len(chunk)
             memfd.write(chunk)
+            if progress is not None:
+                progress(len(chunk))
         _check(artifact, size, artifact.sha256 if h is None else h.hexdigest())
         return memfd.sealed()
     except BaseException:

@@ -10,7 +10,8 @@ Rules:
    that llama.cpp opens as /proc/self/fd/N, so no plaintext copy lies on disk, every byte authenticated
    by its AEAD tag (the SHA-256 was checked once, at import: docs/design.md, "Keys, encryption at
    rest"). A failure is `BaseRejected` (exit 3) naming the base, and nothing is loaded; a
-   crypto-erased base is `Erased` (exit 6).
+   crypto-erased base is `Erased` (exit 6). Under a memory cap too small for the GGUF (at import, or at
+   a start) it is `NotEnoughMemory` (exit 3) before a byte is decrypted (`runtime.memory`).
 4. `use_base` verifies the whole base first (every artifact re-hashed against the accepted manifest), remembers the active overlay of the base it leaves and
    brings back the one remembered for the base it enters (else the selection stays, shown as bound to
    another base), journals a `base-switch` record, then commits state.json.
@@ -27,6 +28,8 @@ from typing import Optional
 
 from ..errors import Erased, NotFound, Refused
 from ..journal import Journal, provenance
+from ..progress import SILENT, Steps
+from ..runtime.memory import Need, require_room
 from ..runtime.probe import GgufFacts, PendingProbe
 from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from ..trust.manifest import Artifact, Manifest
@@ -69,6 +72,7 @@ class StagedProbe:
 
     def __init__(self, manifest: Manifest, key_id: str):
         self.artifact = gguf_artifact(manifest)
+        require_room(f"base {manifest.name} v{manifest.version}", Need(self.artifact.size, 0, 0))
         self.plain = PlainMemfd(key_id)
         try:
             self._child = PendingProbe(
@@ -97,7 +101,7 @@ class StagedProbe:
             self.plain.close()
 
 
-def open_model(vault: Vault, name: str, check: Check = Check.TAGS) -> VerifiedModel:
+def open_model(vault: Vault, name: str, check: Check = Check.TAGS, steps: Steps = SILENT) -> VerifiedModel:
     """Rule 3 for installed base NAME (its active version): a VerifiedModel whose path is its memfd.
 
     `Check.SHA256` (`verify`, `base use`): every artifact re-hashed against the accepted manifest too.
@@ -111,13 +115,15 @@ def open_model(vault: Vault, name: str, check: Check = Check.TAGS) -> VerifiedMo
     manifest = store.read_manifest(item.active)
     directory = store.object_dir(manifest.sha256)
     gguf = gguf_artifact(manifest)
+    require_room(f"base {name} v{manifest.version}", Need(gguf.size, 0, 0))  # the memfd; all of it before llama.cpp loads
     sealing = Sealing.installed(vault, manifest)
     try:
         if check is Check.SHA256:
             for artifact in manifest.artifacts:
                 if artifact is not gguf:
                     read_artifact(directory, artifact, sealing, keep=False)
-        fd = decrypt_to_memfd(directory, gguf, sealing, check)
+        with steps.step(f"verify base {name} v{manifest.version}", gguf.size) as advance:
+            fd = decrypt_to_memfd(directory, gguf, sealing, check, advance)
     except Refused as e:
         raise BaseRejected(f"base {name} v{manifest.version} failed verification, nothing was loaded: {e}") from None
     finally:
@@ -132,10 +138,17 @@ def close_model(model: VerifiedModel) -> None:
         os.close(model.fd)
 
 
-def active_model(vault: Vault, check: Check = Check.TAGS) -> VerifiedModel:
+def verify_embedded(steps: Steps = SILENT) -> VerifiedModel:
+    """The embedded default, hashed against its pin in the software."""
+    pin = embedded_pin()
+    with steps.step(f"verify base {EMBEDDED} ({pin.name})", pin.size) as advance:
+        return verify_pinned(pin, advance)
+
+
+def active_model(vault: Vault, check: Check = Check.TAGS, steps: Steps = SILENT) -> VerifiedModel:
     """The active base, verified (rule 3): the embedded default against its pin, an imported one decrypted."""
     name = Store.unlocked(vault).read_state().base
-    return verify_pinned(embedded_pin()) if name is None else open_model(vault, name, check)
+    return verify_embedded(steps) if name is None else open_model(vault, name, check, steps)
 
 
 class InstalledBase(ActiveBase):
@@ -213,13 +226,13 @@ def _key(base: Optional[str]) -> str:
     return EMBEDDED if base is None else base
 
 
-def use_base(vault: Vault, name: str) -> tuple[VerifiedModel, float]:
+def use_base(vault: Vault, name: str, steps: Steps = SILENT) -> tuple[VerifiedModel, float]:
     """Rule 4: make NAME (or `embedded`) the active base; returns it (its memfd closed) and the seconds it took."""
     t0 = time.perf_counter()
     store = Store.unlocked(vault)
     state = store.read_state()
     target = None if name == EMBEDDED else name
-    model = verify_pinned(embedded_pin()) if target is None else open_model(vault, name, Check.SHA256)
+    model = verify_embedded(steps) if target is None else open_model(vault, name, Check.SHA256, steps)
     close_model(model)
     remembered = dict(state.overlay_of_base)
     if state.overlay is not None:

@@ -18,9 +18,10 @@ from typing import Any, BinaryIO, Optional
 
 from ..errors import Refused, UsageError
 from ..fsutil import atomic_file
+from ..progress import SILENT, Advance, Steps
 from ..utc import format_time, now, parse_time
 from .bundle_reader import ARTIFACTS_PREFIX, MANIFEST_NAME, open_bundle
-from .hashing import Progress, sha256_file
+from .hashing import sha256_file
 from .manifest import SCHEMA_ID, Manifest, parse_manifest
 from .signatures import sign_detached
 
@@ -64,16 +65,31 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def write_bundle(out: Path, manifest: Manifest, signatures: dict[str, bytes], sources: dict[str, Source]) -> None:
+def write_bundle(
+    out: Path, manifest: Manifest, signatures: dict[str, bytes], sources: dict[str, Source], steps: Steps = SILENT
+) -> None:
     """manifest.json, then signatures in fingerprint order, then artifacts in manifest order; atomically."""
-    with atomic_file(Path(out).resolve(), mode=0o644) as f:
+    total = sum(source.size for source in sources.values())
+    with atomic_file(Path(out).resolve(), mode=0o644) as f, steps.step(f"write {Path(out).name}", total) as advance:
         with tarfile.open(fileobj=f, mode="w:", format=tarfile.PAX_FORMAT) as tar:
             tar.addfile(_member(MANIFEST_NAME, len(manifest.raw)), BytesIO(manifest.raw))
             for fpr, sig in sorted(signatures.items()):
                 tar.addfile(_member(f"signatures/{fpr}.asc", len(sig)), BytesIO(sig))
             for a in manifest.artifacts:
                 with sources[a.path].open() as src:
-                    tar.addfile(_member(ARTIFACTS_PREFIX + a.path, sources[a.path].size), src)
+                    tar.addfile(_member(ARTIFACTS_PREFIX + a.path, sources[a.path].size), _Counted(src, advance))
+
+
+class _Counted:
+    """A source file whose reads are reported (tarfile copies a member by `read`)."""
+
+    def __init__(self, src: BinaryIO, advance: Advance):
+        self.src, self.advance = src, advance
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.src.read(n)
+        self.advance(len(data))
+        return data
 
 
 def create_bundle(
@@ -88,7 +104,7 @@ def create_bundle(
     expires: Optional[str] = None,
     provenance: Optional[dict] = None,
     image: Optional[dict] = None,
-    progress: Optional[Progress] = None,
+    steps: Steps = SILENT,
 ) -> Manifest:
     """Hash each artifact file, write the manifest that names them all, pack the unsigned bundle."""
     paths = {Path(p).name: Path(p) for p in artifacts}
@@ -105,7 +121,8 @@ def create_bundle(
         "artifacts": [],
     }
     for path_name, path in paths.items():
-        digest, size = sha256_file(path, progress)
+        with steps.step(f"hash {path_name}", path.stat().st_size) as advance:
+            digest, size = sha256_file(path, advance)
         doc["artifacts"].append({"path": path_name, "sha256": digest, "size": size})
     if binds_base:
         doc["binds"] = {"base_model_sha256": binds_base}
@@ -115,11 +132,11 @@ def create_bundle(
         doc["provenance"] = provenance
     manifest = parse_manifest((json.dumps(doc, indent=2) + "\n").encode())
     sources = {a.path: _file_source(a.size, paths[a.path]) for a in manifest.artifacts}
-    write_bundle(out, manifest, {}, sources)
+    write_bundle(out, manifest, {}, sources, steps)
     return manifest
 
 
-def sign_bundle(path: Path, key: str, gnupghome: Optional[Path] = None) -> str:
+def sign_bundle(path: Path, key: str, gnupghome: Optional[Path] = None, steps: Steps = SILENT) -> str:
     """Add `signatures/<FPR>.asc` by `key` over the exact manifest bytes; returns the signer's fingerprint."""
     with open_bundle(path) as bundle:
         fpr, sig = sign_detached(gnupghome, key, bundle.manifest.raw)
@@ -128,5 +145,5 @@ def sign_bundle(path: Path, key: str, gnupghome: Optional[Path] = None) -> str:
         sources = {
             a.path: Source(bundle.artifact_size(a.path), partial(bundle.open_artifact, a.path)) for a in bundle.manifest.artifacts
         }
-        write_bundle(path, bundle.manifest, {**bundle.signatures, fpr: sig}, sources)
+        write_bundle(path, bundle.manifest, {**bundle.signatures, fpr: sig}, sources, steps)
     return fpr

@@ -100,7 +100,8 @@ class ChatCore:
     def start(self, vault: Vault, killswitch: Optional[KillSwitch] = None) -> None:
         """Unlocked on `vault`, which is the core's from here (zeroed when it locks), like `killswitch` if given
         (`appliance chat` armed it and opened the vault at the shell; released when the core locks, so that an
-        unlock after a kill arms its own). Must run on the main thread: the kill-switch installs signal handlers."""
+        unlock after a kill arms its own). Without `killswitch`, must run on the main thread: the one armed here
+        installs signal handlers (with one, `appliance chat` runs this on its loading worker)."""
         if killswitch is not None:
             self._open.push(killswitch)
         self.app = self._open.enter_context(UnlockedAppliance.open(vault, self.model, killswitch))

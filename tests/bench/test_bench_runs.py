@@ -57,3 +57,44 @@ def test_peak_rss_rows_measure_both_processes(model):
     ours, theirs = peak_rss_rows(model.path, "Name a colour.", 2)[::-1]
     assert ours[0].startswith("peak RSS of one `appliance ask`") and theirs[0].startswith("peak RSS of one chat answer")
     assert float(ours[1]) > 50 and float(theirs[1]) > 50  # MiB: each process held the model
+
+
+def test_a_synthetic_llama_base_is_what_its_shape_says_and_llama_cpp_runs_it(tmp_path, model):
+    """bench/scale_rows.py's bases: the shape and quantisation asked, the embedded model's tokenizer, and
+    random weights llama.cpp loads and decodes (tiny here; 1B to 8B in the bench)."""
+    from scale_rows import QUANT, Shape, write_llama
+
+    from appliance.runtime.embeddings import EmbeddingTable
+    from appliance.runtime.sampler import GREEDY
+    from appliance.runtime.session import Runtime, Session
+    from appliance.trust.builtin import VerifiedModel
+
+    shape = Shape(n_layer=2, n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    for quant in ("Q8_0", "Q4_K"):
+        path = tmp_path / f"tiny-{quant}.gguf"
+        write_llama(path, shape, QUANT[quant], model.path)
+        table = EmbeddingTable(path)
+        try:
+            assert (table.n_embd, table.n_layer, table._qtype.name) == (256, 2, quant)
+            assert (table.numbers["attention.head_count"], table.numbers["attention.head_count_kv"]) == (4, 2)
+        finally:
+            table.close()
+        runtime = Runtime(VerifiedModel("tiny", 1, path, ""), n_ctx=256, n_threads=1)
+        try:
+            assert (runtime.engine.n_vocab, runtime.template.name) == (49152, "chatml")  # SmolLM2's tokenizer and template
+            assert len(Session(runtime, settings=GREEDY).generate("Hello there", max_tokens=4).tokens) == 4
+        finally:
+            runtime.close()
+
+
+def test_a_measured_peak_is_the_commands_own_not_the_large_bench_process_it_started_from():
+    """A child's ru_maxrss starts at its parent's resident size: the scale rows run from a process that held a
+    multi-GB base, whose size must not show up in the `appliance ask` they measure."""
+    import os
+
+    from native import _peak_rss_mib
+
+    held = bytearray(600 << 20)  # the bench process, large
+    held[::4096] = b"x" * len(held[::4096])  # resident, every page
+    peak = _peak_rss_mib([sys.executable, "-c", "x = bytearray(100 << 20); x[::4096] = b'y' * len(x[::4096])"], dict(os.environ))
+    assert 100 < peak < 400, peak

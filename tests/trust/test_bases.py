@@ -607,3 +607,16 @@ def test_a_control_vector_binds_to_the_imported_bases_block_count(ghome, keys, t
         in ok("update", "list")
     )
     error_line(appliance("ask", PROMPT, "--control", "on", "--max-tokens", "2"), 3, "binding-mismatch")
+
+
+def test_long_steps_show_progress_off_a_terminal_and_a_small_start_stays_quiet(ghome, gemma_gguf):
+    """Off a terminal, work over a large artifact says how far it is in 10 % lines on stderr; a start
+    (`status`, `ask`) does only for a base over 256 MiB, which Gemma (253 MB) is not."""
+    tenths = [f"verify base {GEMMA} v1: {p}%" for p in range(10, 101, 10)]
+    r = appliance("base", "use", GEMMA)
+    assert r.returncode == 0 and r.stderr.splitlines() == tenths, r.stderr
+    r = appliance("verify")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == tenths + [f"verify {GEMMA} v1 {gemma_gguf.name}: {p}%" for p in range(10, 101, 10)]
+    r = appliance("status")
+    assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -192,3 +192,21 @@ def test_first_run_chat_asks_the_passphrase_twice_then_opens_the_chat(home, tmp_
     finally:
         tmux.close()
     assert PROMPT.findall(later) == ["Passphrase"], later
+
+
+def test_bundle_create_shows_a_bar_in_a_terminal(tmp_path):
+    """Long work over a large artifact, on a terminal: a bar per pass with bytes, MB/s and time left."""
+    artifact = tmp_path / "large.gguf"
+    with open(artifact, "wb") as f:
+        f.truncate(150_000_000)  # sparse: above the 128 MiB that shows progress, at little disk cost
+    env = {"TERM": "xterm-256color", "PYTHONPATH": str(Path.cwd())}
+    command = [sys.executable, "-m", "appliance", "bundle", "create", "--kind", "base-model", "--name", "large",
+               "--version", "1", "--artifact", str(artifact), "--out", str(tmp_path / "large.bundle")]  # fmt: skip
+    tmux = Tmux(tmp_path, command, env)
+    try:
+        screen = tmux.wait_for(r"created .*large\.bundle", timeout=120)
+    finally:
+        tmux.close()
+    bar = r"━+ 150\.0/150\.0 MB [\d.]+ [MG]B/s 0:00:00"
+    for pass_ in (r"hash large\.gguf", r"write large\.bundle"):
+        assert re.search(rf"^{pass_} {bar}$", screen, re.M), screen
