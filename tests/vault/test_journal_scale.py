@@ -6,8 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import TEST_KDF, appliance, error_line, ok, tree_digest
-from vault_setup import PASSPHRASE
+from helpers import PASSPHRASE, TEST_KDF, appliance, error_line, ok, tree_digest
 
 from appliance import state
 from appliance.journal import Journal, verify_session
@@ -60,7 +59,7 @@ def test_reading_every_session_decrypts_the_table_a_constant_number_of_times(vau
 def test_a_write_by_another_process_is_seen_at_the_next_read(vault_home, vault):
     """The kept view is dropped once vault.json was replaced: keys recorded elsewhere are there."""
     assert vault.key_ids() == []
-    with Vault.unlock(vault_home, PASSPHRASE) as other:
+    with Vault.unlock(vault_home, PASSPHRASE.encode()) as other:
         other.new_data_key("overlay/care/1")
     assert vault.key_ids() == ["overlay/care/1"]
     vault.new_data_key("overlay/care/2")  # written over the other's table, not over the view kept before it
@@ -97,7 +96,7 @@ def test_an_append_leaves_vault_json_as_it_was_and_raises_the_generation(vault_h
     _append(vault, sid, "three")
     assert vault_path(vault_home).read_bytes() == before
     assert vault.generation()[0] == generation + 2
-    with Vault.unlock(vault_home, PASSPHRASE) as fresh:  # another process sees the heads and the generation
+    with Vault.unlock(vault_home, PASSPHRASE.encode()) as fresh:  # another process sees the heads and the generation
         assert fresh.head(session_key_id(sid))[0] == 3 and fresh.generation()[0] == generation + 2
         assert verify_session(fresh, sid).ok
 
@@ -119,7 +118,7 @@ def test_an_older_heads_file_put_back_is_an_older_generation(vault_home, vault):
 def test_a_heads_file_from_another_vault_is_refused_nothing_changed(vault_home, vault, tmp_path):
     sid = _session(vault, 2)
     other = tmp_path / "other"
-    with Vault.create(other, PASSPHRASE, cost=TEST_KDF) as theirs:
+    with Vault.create(other, PASSPHRASE.encode(), cost=TEST_KDF) as theirs:
         _session(theirs, 1)
     base = [json.loads(heads_path(home).read_bytes())["base"] for home in (vault_home, other)]
     assert base[0] == base[1]  # both continue a vault.json of the same generation: only the key tells them apart
@@ -136,7 +135,7 @@ def test_a_write_of_vault_json_takes_the_heads_in_and_a_stale_heads_file_counts_
     vault.set_setting("n", 1)
     assert not heads_path(vault_home).exists() and vault.head(session_key_id(sid))[0] == 2
     heads_path(vault_home).write_bytes(stale)  # as a crash before the removal leaves it
-    with Vault.unlock(vault_home, PASSPHRASE) as fresh:
+    with Vault.unlock(vault_home, PASSPHRASE.encode()) as fresh:
         assert fresh.head(session_key_id(sid))[0] == 2 and verify_session(fresh, sid).ok
         _append(fresh, sid, "three")
         assert verify_session(fresh, sid).sealed == 3
@@ -152,7 +151,7 @@ def test_a_state_directory_with_every_head_in_vault_json_reads_and_goes_on(tmp_p
     out = ok("logs", "verify")
     assert "ok      20261207T184725Z-bd2363d3: 3 records" in out and "ok      20261207T184725Z-d06dff4f: 2 records" in out
     assert "vault   generation 8," in out
-    with Vault.unlock(home, PASSPHRASE) as vault:
+    with Vault.unlock(home, PASSPHRASE.encode()) as vault:
         _append(vault, "20261207T184725Z-d06dff4f", "three")
         assert vault.generation()[0] == 9 and heads_path(home).exists()
         vault.set_setting("n", 1)
@@ -172,11 +171,11 @@ def test_list_and_search_show_the_newest_session_first(vault_home, vault, monkey
 def test_a_pinned_view_reads_one_vault_until_a_write_ends_it(vault_home, vault):
     """`logs list`, `search` and `verify` read every session against the view taken at their start."""
     with vault.pinned():
-        with Vault.unlock(vault_home, PASSPHRASE) as other:
+        with Vault.unlock(vault_home, PASSPHRASE.encode()) as other:
             other.new_data_key("overlay/care/1")
         assert vault.key_ids() == []  # the view taken at the start
         vault.new_data_key("overlay/care/2")  # a write reads the vault as it is now, and ends the pin
-        with Vault.unlock(vault_home, PASSPHRASE) as other:
+        with Vault.unlock(vault_home, PASSPHRASE.encode()) as other:
             other.new_data_key("overlay/care/3")
         assert vault.key_ids() == ["overlay/care/1", "overlay/care/2", "overlay/care/3"]
 
@@ -193,7 +192,7 @@ def test_a_reader_meets_no_false_rollback_when_another_process_takes_the_heads_i
         calls.append(home)
         if len(calls) == 1:  # this reader holds vault.json's view; another process now writes vault.json
             monkeypatch.setattr(heads_file, "read_raw", real)
-            with Vault.unlock(vault_home, PASSPHRASE) as other:
+            with Vault.unlock(vault_home, PASSPHRASE.encode()) as other:
                 other.set_setting("n", 1)
             monkeypatch.setattr(heads_file, "read_raw", read_raw)
         return real(home)
