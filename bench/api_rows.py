@@ -89,7 +89,7 @@ def _in_process(model, prompt: str, n_tokens: int, root: Path) -> Iterator[Calla
 
             def reply() -> float:
                 app.close_journal()  # a session per reply, as each `ask` and each API request has
-                session = app.session(runtime, settings=SamplingSettings(temperature=0), system_prompt=None, overlay_on=False)
+                session = app.session(runtime, settings=SamplingSettings(temperature=0), system_prompt=None)
                 t = time.perf_counter()
                 app.reply(session, prompt, max_tokens=n_tokens)
                 return time.perf_counter() - t

@@ -47,7 +47,7 @@ from appliance.runtime.llama import reference_llama
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Runtime, Session
 from appliance.runtime.threads import our_cores
-from appliance.store import ActiveBase, import_bundle, load_active_overlay
+from appliance.store import ActiveBase, import_bundle, load_active
 from appliance.store.trust_changes import pin_signer
 from appliance.trust.builtin import VerifiedModel, embedded_pin, verify_pinned
 from appliance.trust.bundle import create_bundle, sign_bundle
@@ -101,7 +101,7 @@ def decode_speed(model, rounds: int, n_tokens: int) -> list[tuple]:
     def ours(on: bool):
         def run():
             runtime.decoder.reset()
-            s = Session(runtime, overlay=overlay, overlay_on=on, settings=GREEDY)
+            s = Session.switched_on(runtime, overlay if on else None, settings=GREEDY)
             t = time.perf_counter()
             reply = s.generate(PROMPT, max_tokens=n_tokens)
             return len(reply.tokens) / (time.perf_counter() - t)
@@ -116,13 +116,13 @@ def decode_speed(model, rounds: int, n_tokens: int) -> list[tuple]:
     ]
 
     # The toggle: a flag flip, then the next reply re-prefills the whole context.
-    s = Session(runtime, overlay=overlay, settings=GREEDY)
+    s = Session(runtime, items={Overlay.KIND: overlay}, settings=GREEDY)
     for q in ("Name three radio bands.", "Which one travels furthest?", "Why?"):
         s.generate(q, max_tokens=48)
     flips = []
     for _ in range(1001):
         t = time.perf_counter_ns()
-        s.toggle()
+        s.toggle(Overlay.KIND)
         flips.append(time.perf_counter_ns() - t)
     reply = s.generate("Summarise.", max_tokens=1)  # odd number of flips: the state changed
     rows += [
@@ -187,12 +187,12 @@ def switch_cost(model, rounds: int, reply_tokens: int = 48) -> list[tuple]:
     def conversation(runtime: Runtime, history: list[dict]) -> dict:
         """Seconds to the first token of: a turn with no switch, the first switch, the switch back, and positions read."""
         runtime.decoder.reset()
-        s = Session(runtime, overlay=overlay, history=list(history), settings=GREEDY)
+        s = Session(runtime, items={Overlay.KIND: overlay}, history=list(history), settings=GREEDY)
         s.generate("Go on.", max_tokens=reply_tokens)  # the off sequence reads the history
         same = s.generate("And then?", max_tokens=reply_tokens)
-        s.toggle()
+        s.toggle(Overlay.KIND)
         first = s.generate("And with the overlay?", max_tokens=reply_tokens)  # nothing yet in the on sequence
-        s.toggle()
+        s.toggle(Overlay.KIND)
         back = s.generate("And without it?", max_tokens=reply_tokens)
         return {
             "same": same.prefill_seconds,
@@ -256,12 +256,12 @@ def control_switch_cost(model, rounds: int, reply_tokens: int = 48) -> list[tupl
 
     def conversation(history: list[dict]) -> dict:
         runtime.decoder.reset()
-        s = Session(runtime, control=vector, history=list(history), settings=GREEDY)
+        s = Session(runtime, items={ControlVector.KIND: vector}, history=list(history), settings=GREEDY)
         s.generate("Go on.", max_tokens=reply_tokens)
         same = s.generate("And then?", max_tokens=reply_tokens)
-        s.toggle_control()
+        s.toggle(ControlVector.KIND)
         first = s.generate("And steered?", max_tokens=reply_tokens)
-        s.toggle_control()
+        s.toggle(ControlVector.KIND)
         back = s.generate("And plain again?", max_tokens=reply_tokens)
         return {"same": same.prefill_seconds, "first": first.prefill_seconds, "back": back.prefill_seconds,
                 "first_read": first.prefill_tokens, "back_read": back.prefill_tokens}  # fmt: skip
@@ -481,7 +481,7 @@ def vault_and_store(model, rounds: int, import_mib: int, erase_mib: tuple[int, .
             t = (
                 time.perf_counter()
             )  # what a chat does before its first token: base against its pin, overlay decrypted and re-hashed
-            load_active_overlay(ActiveBase(verify_pinned(embedded_pin()), hidden_size=base.hidden_size), vault)
+            load_active(Overlay.KIND, ActiveBase(verify_pinned(embedded_pin()), hidden_size=base.hidden_size), vault)
             startups.append(time.perf_counter() - t)
             journal = Journal.create(vault)
             prov = {

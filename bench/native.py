@@ -137,7 +137,7 @@ def native_rows(model, rounds: int, n_tokens: int, prompt: str, median_of) -> li
     def ours_decode(on: bool):
         def run():
             runtime.decoder.reset()
-            reply = Session(runtime, overlay=overlay, overlay_on=on, settings=GREEDY).generate(prompt, max_tokens=n_tokens)
+            reply = Session.switched_on(runtime, overlay if on else None, settings=GREEDY).generate(prompt, max_tokens=n_tokens)
             return len(reply.tokens) / reply.seconds
 
         return run
@@ -151,7 +151,7 @@ def native_rows(model, rounds: int, n_tokens: int, prompt: str, median_of) -> li
     def ours_prefill(on: bool):
         def run():
             runtime.decoder.reset()
-            reply = Session(runtime, overlay=overlay, overlay_on=on, settings=GREEDY).generate(long_text, max_tokens=1)
+            reply = Session.switched_on(runtime, overlay if on else None, settings=GREEDY).generate(long_text, max_tokens=1)
             return reply.prefill_tokens / reply.prefill_seconds
 
         return run

@@ -36,7 +36,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueTy
 from load import free_threads
 from native import _native, _peak_rss_mib, llama_bench
 
-from appliance.erase import erase_base
+from appliance.erase import erase_item
 from appliance.runtime.llama import reference_llama
 from appliance.runtime.memory import runtime_need
 from appliance.runtime.sampler import GREEDY
@@ -266,7 +266,7 @@ def _one_base(name: str, gguf: Path, tmp: Path, exe: Path, rounds: int, n_tokens
         need = runtime_need(gguf, size, ASK_CTX, ASK_SEQUENCES, N_BATCH)
         peak = _peak_rss_mib(*_ask(home, tmp, PASSPHRASE, PROMPT, n_tokens)) * 2**20
         t = time.perf_counter()
-        erase_base(vault, item)
+        erase_item(vault, "base-model", item)
         erase_ms = (time.perf_counter() - t) * 1e3
     finally:
         vault.zeroize()

@@ -55,7 +55,7 @@ def test_init_demo_end_to_end_offline(home, passphrase, tmp_path):
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
     assert on.stdout != off.stdout
 
-    first = _sessions()[0]  # sessions are listed oldest first: the overlay-on one
+    first = _sessions()[1]  # sessions are listed newest first: the overlay-off one, then the overlay-on one
     out = tmp_path / "on.jsonl"
     assert appliance("logs", "export", first, "--format", "jsonl", "--out", str(out), prefix=OFFLINE).returncode == 0
     reply = [json.loads(line) for line in out.read_text().splitlines()][-1]
@@ -73,7 +73,7 @@ def test_the_demo_control_vector_is_installed_off_and_switches_on(home, passphra
     off, on = appliance(*question), appliance(*question, "--control", "on")  # off by default, as the overlay
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
     assert on.stdout != off.stdout
-    last = _sessions()[-1]
+    last = _sessions()[0]  # newest first: the control-on one
     out = tmp_path / "on.jsonl"
     assert appliance("logs", "export", last, "--format", "jsonl", "--out", str(out)).returncode == 0
     reply = [json.loads(line) for line in out.read_text().splitlines()][-1]

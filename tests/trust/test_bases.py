@@ -418,6 +418,10 @@ def test_base_bundle_with_one_signature_is_refused(home, keys, broken, tmp_path)
     assert_refused(home, bundle, "threshold-not-met")
 
 
+def _children() -> set[str]:
+    return set(Path(f"/proc/self/task/{os.getpid()}/children").read_text().split())
+
+
 def test_a_base_failing_its_hash_mid_copy_leaves_nothing_and_no_probe(home, vault, keys, tmp_path):
     """The probe child starts before the copy (it loads llama.cpp meanwhile); a copy that fails cancels it
     before it reads a byte, and the state is as it was."""
@@ -431,11 +435,11 @@ def test_a_base_failing_its_hash_mid_copy_leaves_nothing_and_no_probe(home, vaul
     data = bytearray(bundle.read_bytes())
     data[data.find(gguf.read_bytes()[:64]) + (2 << 20)] ^= 1  # same size, another SHA-256
     bundle.write_bytes(data)
-    before = tree_digest(home)
+    before, children = tree_digest(home), _children()  # earlier tests in this process may have left their own
     with pytest.raises(HashMismatch):
         import_bundle(bundle, embedded_base(), vault)
     assert tree_digest(home) == before
-    assert Path(f"/proc/self/task/{os.getpid()}/children").read_text().split() == []  # cancelled and reaped
+    assert _children() == children  # the probe cancelled and reaped
 
 
 def test_base_bundle_must_hold_exactly_one_gguf(home, keys, broken, tmp_path):

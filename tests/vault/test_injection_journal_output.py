@@ -11,6 +11,7 @@ import pytest
 from helpers import appliance, error_line, tree_digest
 
 from appliance.journal import Journal, provenance
+from appliance.runtime.engine_settings import EngineSettings
 
 # A terminal must never receive these from outside text (newline and tab are text).
 RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -84,6 +85,7 @@ class _ModelThatEmitsControls:
     """Stands in for `Session`: a reply whose tokens carry ESC, CR and BS, streamed piece by piece."""
 
     def __init__(self, runtime, **kw):
+        self.runtime = runtime  # the device its messages name
         self.system_prompt = kw.get("system_prompt")
         self.on: set[str] = set()  # nothing loaded: `ask` without --overlay or --control
 
@@ -103,7 +105,8 @@ def test_ask_streams_a_reply_escaped(vault_home, monkeypatch, capsys):
     from appliance.cli import commands
     from appliance.cli.main import main
 
-    monkeypatch.setattr(commands, "Runtime", lambda model: None)
+    on_cpu = SimpleNamespace(settings=EngineSettings(), engine=SimpleNamespace(n_layer=30), close=lambda: None)
+    monkeypatch.setattr(commands, "Runtime", lambda model, settings: on_cpu)
     monkeypatch.setattr(service, "Session", _ModelThatEmitsControls)
     # In process, so not the process protections: their hard core limit of 0 cannot be raised again,
     # and later tests start children that must be able to dump core (test_process_protections.py).
