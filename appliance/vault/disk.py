@@ -30,7 +30,7 @@ VAULT_DIR = "vault"
 VAULT_FILE = "vault.json"
 LOCK_FILE = "lock"
 KEYS_DIR = "keys"  # the journal sessions' key files (`key_files`)
-MAX_VAULT_FILE = 16 << 20  # far above any real table; a larger file is refused unread
+MAX_VAULT_FILE = 64 << 20  # a journal head is ~170 bytes of vault.json: ~400,000 sessions; a larger file is refused unread
 
 
 def vault_dir(home: Path) -> Path:

@@ -5,6 +5,7 @@ key, temp files included; a crash while a session starts leaves the old state or
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import appliance, error_line, tree_digest
@@ -131,3 +132,20 @@ def test_a_crash_while_a_session_starts_leaves_the_old_state_or_the_new(vault_ho
             for sid in {p.stem for p in (vault_home / relative_path(kept)).parent.glob("*.journal")} - {kept}:
                 report = verify_session(fresh, sid)  # recorded: sealed up to where it got; else no key at all
                 assert report.ok or report.broken_at.kind == "orphan" and report.records == [], (n, report)
+
+
+def test_a_vault_with_keys_in_its_table_goes_on_with_key_files_and_erases_both(tmp_path, passphrase_file):
+    """tests/vault/data/format-2-state holds its sessions' keys in vault.json's table: they keep reading there,
+    a new session gets a key file, and `erase logs` takes both kinds (and the journal key)."""
+    home = tmp_path / "state"
+    shutil.copytree(Path(__file__).parent / "data" / "format-2-state", home)
+    with Vault.unlock(home, PASSPHRASE) as vault:
+        old = vault.key_ids("journal/")
+        assert len(old) == 2 and all(i in vault._read_table().slots for i in old)
+        new = session_key_id(_session(vault, "after"))
+        assert vault.key_ids("journal/") == sorted([*old, new]) and key_path(home, new).is_file()
+        assert all(verify_session(vault, i.split("/", 1)[1]).ok for i in vault.key_ids("journal/"))
+        vault.erase(vault.key_ids("journal/"))
+        assert vault.key_ids("journal/") == [] and JOURNAL_KEY_ID not in vault._read_table().slots
+        assert not any(keys_dir(home).iterdir())
+        assert set(vault.erased_key_ids("journal/")) == {*old, new}
