@@ -28,7 +28,7 @@ Rules:
   appliance runs is caught at its next read. A copy put back between two runs is caught only by
   comparing the generation with one noted outside the machine (`generation`, docs/procedures.md).
 - Crypto-erase removes data keys in one atomic rewrite (under a fresh master key, as every write)
-  and remembers the ids as erased; only then is the ciphertext recorded with them discarded
+  and remembers the ids as erased, a session's key file removed first and the journal key with the last; only then is the ciphertext recorded with them discarded
   (`fsutil.discard`).
 - `erase_all` needs no passphrase: the vault file becomes a tombstone; `create` may then start afresh.
 - Unlock fails (exit 4) without changing a byte on disk: missing vault, wrong passphrase,
