@@ -3,7 +3,7 @@
 One row group per size of the journal (sessions of 4 messages, the recipe of `journal_search`): a
 state dir of that many sessions is built in process once, through `Journal.create`/`append`, and
 kept under bench/out/journal/ between runs; each run measures on a copy of it. A size whose
-vault.json would pass its bound (`disk.MAX_VAULT_FILE`: a new session still records its key in
+vault.json would pass its bound (`disk.MAX_VAULT_FILE`: each session's head is taken into
 vault.json) is not built: its row says what the built sizes measured per session.
 """
 

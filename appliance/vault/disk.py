@@ -2,6 +2,7 @@
 
     <state>/vault/vault.json    the vault: the KDF's parameters, the master key, the key-slot table  (`vault_file`)
     <state>/vault/lock          the flock of every writer
+    <state>/vault/heads.json, keys/  heads moved since vault.json's write (`heads_file`), sessions' keys (`key_files`)
     (format 1's master.json and slots.json: `upgrades`)
 
 Rules:
@@ -28,7 +29,8 @@ from ..fsutil import atomic_write, remove_stale_temps
 VAULT_DIR = "vault"
 VAULT_FILE = "vault.json"
 LOCK_FILE = "lock"
-MAX_VAULT_FILE = 16 << 20  # far above any real table; a larger file is refused unread
+KEYS_DIR = "keys"  # the journal sessions' key files (`key_files`)
+MAX_VAULT_FILE = 64 << 20  # a journal head is ~170 bytes of vault.json: ~400,000 sessions; a larger file is refused unread
 
 
 def vault_dir(home: Path) -> Path:
@@ -43,6 +45,7 @@ def vault_lock(home: Path) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         remove_stale_temps(vdir)
+        remove_stale_temps(vdir / KEYS_DIR)
         yield
     finally:
         os.close(fd)  # closing releases the flock

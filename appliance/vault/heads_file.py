@@ -7,7 +7,7 @@ append rewrites a file the size of the sessions in use, not of every session eve
     heads key = HKDF-SHA256(the master key of vault.json at generation G, info = HEADS_INFO)
 
 Rules, in order:
-1. vault.json's table holds every data key and the heads as they were at its write (generation G);
+1. vault.json's table holds the data keys (the sessions' in `key_files`) and the heads as they were at its write (generation G);
    this file holds the heads moved since, and counts on from G: each append raises the vault's
    generation by one, as a write of vault.json does (`Vault.generation`).
 2. It is sealed under a key derived from vault.json's master key, which is fresh at every write of

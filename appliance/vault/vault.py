@@ -6,6 +6,8 @@
     KEK        --AES-256-GCM--> one data key per key id, kept wrapped in the table
     table      --> journal heads, sealed settings, sealed file digests, the generation
     master     --HKDF--> heads key --AES-256-GCM--> the heads moved since      heads.json (`heads_file`)
+    KEK        --AES-256-GCM--> the journal key, a data key in the table
+    journal key --AES-256-GCM--> one journal session's data key           keys/<key id>.key (`key_files`)
 
 Rules:
 - Every table change is read-modify-write under the exclusive vault lock (`disk.vault_lock`), so
@@ -18,12 +20,15 @@ Rules:
 - A journal append moves its session's head in heads.json (`heads_file`), whose size is that of the
   sessions appended to since vault.json was written, not of the journal: every other change
   rewrites vault.json, which first takes those heads into its table.
+- A journal session's data key is a file of its own (`key_files`), sealed under the journal key; the
+  session is recorded by a head of seq 0 moved like any other, so a new session writes two small
+  files, not vault.json. Its head in the table, once taken in, is all it adds to vault.json.
 - Every write raises the generation by one (of heads.json too). A `Vault` remembers the highest it has seen and
   refuses a lower one (`VaultRolledBack`, exit 3): an older copy of the vault put back while the
   appliance runs is caught at its next read. A copy put back between two runs is caught only by
   comparing the generation with one noted outside the machine (`generation`, docs/procedures.md).
 - Crypto-erase removes data keys in one atomic rewrite (under a fresh master key, as every write)
-  and remembers the ids as erased; only then is the ciphertext recorded with them discarded
+  and remembers the ids as erased, a session's key file removed first and the journal key with the last; only then is the ciphertext recorded with them discarded
   (`fsutil.discard`).
 - `erase_all` needs no passphrase: the vault file becomes a tombstone; `create` may then start afresh.
 - Unlock fails (exit 4) without changing a byte on disk: missing vault, wrong passphrase,
@@ -33,6 +38,7 @@ Rules:
 
 import copy
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,11 +46,12 @@ from pathlib import Path
 from ..errors import NotFound, Refused
 from ..fsutil import discard, fsync_dir
 from ..utc import now_text
-from . import heads_file, upgrades
+from . import heads_file, key_files, upgrades
 from .aead import KEY_BYTES, random_key, zeroize
 from .disk import vault_dir, vault_lock
 from .errors import NoVault, VaultCorrupt, VaultErased, VaultRolledBack
 from .heads_file import MovedHeads
+from .key_files import FILED, JOURNAL_KEY_ID
 from .slots import KEY_ID, Head, Slot, SlotTable
 from .vault_file import (
     Opened,
@@ -58,6 +65,8 @@ from .vault_file import (
     wrap_data_key,
     write_tombstone,
 )
+
+MAX_MOVED = 256  # heads kept in heads.json before a write takes them into vault.json: bounds both files' cost
 
 
 class Vault:
@@ -168,6 +177,7 @@ class Vault:
         with vault_lock(home):  # waits out a write in flight, and clears the copies interrupted ones left
             when = write_tombstone(home)
             heads_file.remove(home)
+            shutil.rmtree(key_files.keys_dir(home), ignore_errors=True)  # sealed under a key the tombstone took away
             upgrades.remove_leftovers(home)
             fsync_dir(vault_dir(home))
         return when
@@ -226,6 +236,9 @@ class Vault:
             raise Refused(f"a data key is {KEY_BYTES} bytes, not {len(key)}")
         for f in files:
             self._inside_home(f)
+        if key_id.startswith(FILED) and not replace:
+            self._record_filed(key_id, key, tuple(files))
+            return
         with self._table() as table:
             if key_id in table.slots and not replace:
                 raise Refused(f"{key_id} already has a data key")
@@ -234,10 +247,18 @@ class Vault:
 
     def data_key(self, key_id: str) -> bytearray:
         """The data key of `key_id`, in a buffer the caller zeroes; Erased (exit 6) or NotFound (exit 5)."""
-        return unwrap_data_key(self._kek, key_id, self._read_table().entry(key_id).key)
+        _, table, moved = self._state()
+        if key_id in table.slots or not _recorded(table, moved, key_id):
+            return unwrap_data_key(self._kek, key_id, table.entry(key_id).key)
+        opened = self._filed(table, key_id)
+        if opened is None:
+            raise NotFound(f"{key_id}: its key file is missing (deleted, or this vault is a copy from before it)")
+        return opened[0]
 
     def key_ids(self, prefix: str = "") -> list[str]:
-        return sorted(i for i in self._read_table().slots if i.startswith(prefix))
+        _, table, moved = self._state()
+        ids = set(table.slots) | set(table.heads) | set(moved.heads if moved else ())
+        return sorted(i for i in ids if i.startswith(prefix) and i != JOURNAL_KEY_ID)
 
     def erased_key_ids(self, prefix: str = "") -> dict[str, str]:
         """Tombstones: erased key id -> UTC time of the erase."""
@@ -250,39 +271,64 @@ class Vault:
         Returns the ciphertext paths deleted (relative to the state dir).
         """
         with self._table() as table:
-            slots = {key_id: table.entry(key_id) for key_id in key_ids}
+            files: dict[str, tuple[str, ...]] = {}
+            filed = []
+            for key_id in key_ids:
+                if key_id in table.slots or not _recorded(table, None, key_id):
+                    files[key_id] = table.entry(key_id).files
+                    continue
+                filed.append(key_id)
+                opened = self._filed(table, key_id)  # None: an interrupted erase removed it already
+                if opened is not None:
+                    zeroize(opened[0])
+                    files[key_id] = opened[1]
+            key_files.remove(self.home, filed)  # before the table records it: a crash leaves no key behind
             when = now_text()
-            for key_id in slots:
-                del table.slots[key_id]
+            for key_id in key_ids:
+                table.slots.pop(key_id, None)
                 table.heads.pop(key_id, None)
                 table.erased[key_id] = when
+            if not any(i.startswith(FILED) and i not in table.slots for i in table.heads):
+                table.slots.pop(JOURNAL_KEY_ID, None)  # its last session gone: no copy of a key file opens again
         # The keys are gone (durably) before any ciphertext is touched: a crash in between
         # leaves undecryptable files, never readable data that was meant to be erased.
-        paths = {self._inside_home(rel): rel for slot in slots.values() for rel in slot.files}
+        paths = {self._inside_home(rel): rel for rels in files.values() for rel in rels}
         return [paths[path] for path in discard(self.home, list(paths))]
 
     # -- sealed heads (the journal's last record per session) ---------------------------
 
     def head(self, key_id: str) -> tuple[int, str] | None:
+        """The sealed head of `key_id`; None where nothing was sealed (a session only recorded has seq 0)."""
         _, table, moved = self._state()
         head = (moved.heads.get(key_id) if moved else None) or table.heads.get(key_id)
-        return None if head is None else (head.seq, head.hash)
+        return None if head is None or head.seq == 0 else (head.seq, head.hash)
 
     def seal_head(self, key_id: str, seq: int, digest: str) -> None:
         """Move the head of `key_id` in heads.json: a write the size of the sessions in use (`heads_file`)."""
         with vault_lock(self.home):
             self._pinned = False
-            doc, table, moved = self._state()
-            table.entry(key_id)
-            heads = {**(moved.heads if moved else {}), key_id: Head(seq, digest)}
-            generation = (moved.generation if moved else table.generation) + 1
-            key = self._heads_key(doc)
-            self._moved = None  # a write that fails leaves the file unknown: the next call reads it
-            try:
-                written = heads_file.write(self.home, key, table.generation, generation, now_text(), heads)
-            finally:
-                zeroize(key)
-            self._moved, self._seen = (self._load()[2], written.raw, written), generation
+            _, table, moved = self._state()
+            if key_id not in table.slots and not _recorded(table, moved, key_id):
+                table.entry(key_id)
+            self._move_head(key_id, Head(seq, digest))
+
+    def _move_head(self, key_id: str, head: Head) -> None:
+        """heads.json with `head` moved in; vault.json taking them all in where heads.json would hold too many."""
+        doc, table, moved = self._state()
+        heads = {**(moved.heads if moved else {}), key_id: head}
+        if len(heads) > MAX_MOVED:
+            doc, merged = self._merged()
+            merged.heads[key_id] = head
+            self._write(doc["kdf"], str(doc.get("created")), merged)
+            return
+        generation = (moved.generation if moved else table.generation) + 1
+        key = self._heads_key(doc)
+        self._moved = None  # a write that fails leaves the file unknown: the next call reads it
+        try:
+            written = heads_file.write(self.home, key, table.generation, generation, now_text(), heads)
+        finally:
+            zeroize(key)
+        self._moved, self._seen = (self._load()[2], written.raw, written), generation
 
     # -- settings sealed with the keys (so changing them needs the passphrase) -----------
 
@@ -310,6 +356,40 @@ class Vault:
                     del table.files[known]
 
     # -- the table on disk ---------------------------------------------------------------
+
+    def _record_filed(self, key_id: str, key: bytearray, files: tuple[str, ...]) -> None:
+        """A journal session's key in its own file, then the session recorded by a head of seq 0 (`key_files` rule 1)."""
+        with vault_lock(self.home):
+            self._pinned = False
+            doc, table, moved = self._state()
+            if key_id in table.slots or _recorded(table, moved, key_id) or key_id in table.erased:
+                raise Refused(f"{key_id} already has a data key, or had one")
+            if JOURNAL_KEY_ID not in table.slots:  # the first session (again after `erase logs`): one write of vault.json
+                doc, merged = self._merged()
+                journal_key = random_key()
+                try:
+                    merged.slots[JOURNAL_KEY_ID] = Slot(wrap_data_key(self._kek, JOURNAL_KEY_ID, journal_key), (), now_text())
+                finally:
+                    zeroize(journal_key)
+                self._write(doc["kdf"], str(doc.get("created")), merged)
+                table = self._state()[1]
+            journal_key = unwrap_data_key(self._kek, JOURNAL_KEY_ID, table.slots[JOURNAL_KEY_ID].key)
+            try:
+                key_files.write(self.home, journal_key, key_id, key, files, now_text())
+            finally:
+                zeroize(journal_key)
+            self._move_head(key_id, Head(0, ""))
+
+    def _filed(self, table: SlotTable, key_id: str) -> tuple[bytearray, tuple[str, ...]] | None:
+        """A recorded session's key and files from its key file; None where the file or the journal key is gone."""
+        slot = table.slots.get(JOURNAL_KEY_ID)
+        if slot is None:
+            return None
+        journal_key = unwrap_data_key(self._kek, JOURNAL_KEY_ID, slot.key)
+        try:
+            return key_files.read(self.home, journal_key, key_id)
+        finally:
+            zeroize(journal_key)
 
     def _inside_home(self, rel: str) -> Path:
         if not isinstance(rel, str) or os.path.isabs(rel):
@@ -388,3 +468,8 @@ class Vault:
             doc, table = self._merged()
             yield table
             self._write(doc["kdf"], str(doc.get("created")), table)
+
+
+def _recorded(table: SlotTable, moved: MovedHeads | None, key_id: str) -> bool:
+    """Whether `key_id` is a session recorded by its head (its key in a file of its own, `key_files`), not erased."""
+    return key_id not in table.erased and (key_id in table.heads or (moved is not None and key_id in moved.heads))

@@ -19,7 +19,8 @@ from helpers import PASSPHRASE, appliance
 from appliance.errors import Erased, Locked, NotFound
 from appliance.journal import Journal
 from appliance.journal.session_files import session_key_id
-from appliance.vault import Vault
+from appliance.vault import KeySlotsCorrupt, Vault
+from appliance.vault.key_files import key_path
 
 # The real CLI with os.fsync counted, and the process SIGKILLed on entry to the Nth call (0: never).
 KILL_AT_FSYNC = r"""
@@ -67,20 +68,27 @@ def _format(path) -> str | None:
 
 
 def _copies_that_open(home, key_id: str, scratch) -> list[str]:
-    """Every vault file under `home` that, put in place, yields `key_id`'s key."""
+    """Every vault file under `home` that, put in place with each session key file found there
+    (`appliance/vault/key_files.py`), yields `key_id`'s key."""
     found = []
-    for copy in (p for p in home.rglob("*") if p.is_file() and _format(p) == "appliance-vault/2"):
+    files = [p for p in home.rglob("*") if p.is_file()]
+    key_copies = [None, *(p for p in files if _format(p) == "appliance-session-key/1")]
+    for copy, key_copy in itertools.product((p for p in files if _format(p) == "appliance-vault/2"), key_copies):
         shutil.rmtree(scratch, ignore_errors=True)
         (scratch / "vault").mkdir(parents=True)
         shutil.copy(copy, scratch / "vault" / "vault.json")
+        shutil.copytree(home / "vault", scratch / "vault", ignore=lambda *_: ["vault.json"], dirs_exist_ok=True)
+        if key_copy is not None:
+            key_path(scratch, key_id).parent.mkdir(exist_ok=True)
+            shutil.copy(key_copy, key_path(scratch, key_id))
         try:
             vault = Vault.unlock(scratch, PASSPHRASE.encode())
         except (Locked, Erased):
             continue
         try:
             vault.data_key(key_id)
-            found.append(str(copy.relative_to(home)))
-        except (Erased, NotFound):
+            found.append(f"{copy.relative_to(home)} with {key_copy and key_copy.relative_to(home)}")
+        except (Erased, NotFound, KeySlotsCorrupt):  # the last: a key file of another session, or another journal key
             pass
         finally:
             vault.zeroize()

@@ -8,6 +8,7 @@ from helpers import appliance, error_line, ok
 
 from appliance.journal import Journal, verify_session
 from appliance.journal.session_files import new_session_id, relative_path, session_key_id
+from appliance.vault.heads_file import heads_path
 from appliance.vault.vault_file import vault_path
 
 
@@ -21,9 +22,10 @@ def _session(vault, text="hello"):
 def test_a_journal_file_the_vault_has_no_key_for_is_an_orphan(vault_home, vault):
     """The vault put back from before the session (its files kept): no silent skip, exit 3."""
     kept = _session(vault, "before")
-    older = vault_path(vault_home).read_bytes()
+    older = {p: p.read_bytes() for p in (vault_path(vault_home), heads_path(vault_home))}  # the vault: both its files
     sid = _session(vault, "written after the copy")
-    vault_path(vault_home).write_bytes(older)
+    for path, data in older.items():
+        path.write_bytes(data)
     r = appliance("logs", "verify")
     assert sid in error_line(r, 3, "journal-broken") and "orphan" in r.stdout
     assert f"ok      {kept}" in r.stdout and f"BROKEN  {sid}: record 1: orphan:" in r.stdout

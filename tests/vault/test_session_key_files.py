@@ -1,0 +1,151 @@
+"""Each journal session's data key in a file of its own (`appliance/vault/key_files.py`): a new session leaves
+vault.json as it was; what a key file swapped, deleted or put back after an erase meets; an erase leaves no
+key, temp files included; a crash while a session starts leaves the old state or the new one."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import appliance, error_line, tree_digest
+from vault_setup import PASSPHRASE
+
+from appliance.errors import Erased
+from appliance.journal import Journal, verify_session
+from appliance.journal.session_files import relative_path, session_key_id
+from appliance.vault import KeySlotsCorrupt, Vault, key_files
+from appliance.vault.key_files import JOURNAL_KEY_ID, key_path, keys_dir
+from appliance.vault.vault_file import vault_path
+
+
+def _session(vault, text="hello") -> str:
+    j = Journal.create(vault)
+    j.append("message", role="user", text=text)
+    j.close()
+    return j.session_id
+
+
+def test_a_new_session_leaves_vault_json_as_it_was(vault_home, vault):
+    first = _session(vault)  # the first one also records the journal key
+    before = vault_path(vault_home).read_bytes()
+    second = _session(vault)
+    assert vault_path(vault_home).read_bytes() == before
+    assert key_path(vault_home, session_key_id(second)).is_file()
+    with Vault.unlock(vault_home, PASSPHRASE) as fresh:
+        assert verify_session(fresh, first).ok and verify_session(fresh, second).ok
+
+
+def test_a_key_file_swapped_between_sessions_is_refused_nothing_changed(vault_home, vault):
+    a, b = _session(vault, "a"), _session(vault, "b")
+    shutil.copy(key_path(vault_home, session_key_id(a)), key_path(vault_home, session_key_id(b)))
+    state = tree_digest(vault_home)
+    error_line(appliance("logs", "verify", b), 4, "key-slots-corrupt")
+    assert tree_digest(vault_home) == state
+
+
+def test_a_deleted_key_file_is_located(vault_home, vault):
+    kept, lost = _session(vault, "kept"), _session(vault, "lost")
+    key_path(vault_home, session_key_id(lost)).unlink()
+    r = appliance("logs", "verify")
+    assert lost in error_line(r, 3, "journal-broken")
+    assert f"ok      {kept}" in r.stdout and f"BROKEN  {lost}: record 1: orphan:" in r.stdout
+
+
+def test_an_erased_sessions_key_file_put_back_opens_nothing(vault_home, vault):
+    kept, gone = _session(vault, "kept"), _session(vault, "gone")
+    saved = key_path(vault_home, session_key_id(gone)).read_bytes()
+    vault.erase([session_key_id(gone)])
+    assert not key_path(vault_home, session_key_id(gone)).exists()
+    key_path(vault_home, session_key_id(gone)).write_bytes(saved)
+    with pytest.raises(Erased):
+        vault.data_key(session_key_id(gone))
+    assert verify_session(vault, kept).ok
+    vault.erase([session_key_id(kept)])  # the last session: the journal key goes with it
+    assert JOURNAL_KEY_ID not in vault._read_table().slots
+    renewed = _session(vault, "after")  # under a fresh journal key, which the old files do not open under
+    key_path(vault_home, session_key_id(renewed)).write_bytes(saved)
+    with pytest.raises(KeySlotsCorrupt, match="failed authentication"):
+        vault.data_key(session_key_id(renewed))
+
+
+def test_erasing_one_session_leaves_no_copy_of_its_key_temp_files_included(vault_home, vault):
+    kept, gone = _session(vault, "kept"), _session(vault, "gone")
+    path = key_path(vault_home, session_key_id(gone))
+    shutil.copy(path, path.with_name(f".{path.name}.tmp-4242"))  # what a write killed before its rename leaves
+    vault.erase([session_key_id(gone)])
+    journal_key = vault.data_key(JOURNAL_KEY_ID)  # still live: the other session needs it
+    try:
+        for candidate in (p for p in vault_home.rglob("*") if p.is_file()):
+            keys_dir(vault_home).mkdir(exist_ok=True)
+            if candidate != path:
+                shutil.copy(candidate, path)
+            try:
+                opened = key_files.read(vault_home, journal_key, session_key_id(gone))
+            except Exception:
+                continue
+            finally:
+                path.unlink(missing_ok=True)
+            assert opened is None, f"{candidate} still opens the erased session's key"
+    finally:
+        journal_key[:] = bytes(len(journal_key))
+    assert verify_session(vault, kept).ok
+
+
+# A process that starts a session and is SIGKILLed on entry to its Nth fsync (0: never).
+START_KILLED = r"""
+import os, signal, sys
+from pathlib import Path
+kill_at, seen, real = int(sys.argv[1]), 0, os.fsync
+def fsync(fd):
+    global seen
+    seen += 1
+    if seen == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(fd)
+from appliance.journal import Journal
+from appliance.vault import Vault
+with Vault.unlock(Path(sys.argv[2]), sys.argv[3].encode()) as vault:
+    os.fsync = fsync
+    j = Journal.create(vault)
+    j.append("message", role="user", text="started")
+    j.close()
+print(seen)
+"""
+
+
+def test_a_crash_while_a_session_starts_leaves_the_old_state_or_the_new(vault_home, vault, tmp_path):
+    kept = _session(vault, "kept")
+    pristine = tmp_path / "pristine"
+    shutil.copytree(vault_home, pristine)
+    run = [sys.executable, "-c", START_KILLED]
+    fsyncs = int(
+        subprocess.run([*run, "0", str(vault_home), PASSPHRASE.decode()], capture_output=True, text=True, check=True).stdout
+    )
+    for n in range(1, fsyncs + 1):
+        shutil.rmtree(vault_home)
+        shutil.copytree(pristine, vault_home)
+        killed = subprocess.run([*run, str(n), str(vault_home), PASSPHRASE.decode()], capture_output=True, text=True)
+        assert killed.returncode == -9, (n, killed.stderr)
+        with Vault.unlock(vault_home, PASSPHRASE) as fresh:
+            assert verify_session(fresh, kept).ok, n
+            for sid in {p.stem for p in (vault_home / relative_path(kept)).parent.glob("*.journal")} - {kept}:
+                report = verify_session(fresh, sid)  # recorded: sealed up to where it got; else no key at all
+                assert report.ok or report.broken_at.kind == "orphan" and report.records == [], (n, report)
+
+
+def test_a_vault_with_keys_in_its_table_goes_on_with_key_files_and_erases_both(tmp_path, passphrase_file):
+    """tests/vault/data/format-2-state holds its sessions' keys in vault.json's table: they keep reading there,
+    a new session gets a key file, and `erase logs` takes both kinds (and the journal key)."""
+    home = tmp_path / "state"
+    shutil.copytree(Path(__file__).parent / "data" / "format-2-state", home)
+    with Vault.unlock(home, PASSPHRASE) as vault:
+        old = vault.key_ids("journal/")
+        assert len(old) == 2 and all(i in vault._read_table().slots for i in old)
+        new = session_key_id(_session(vault, "after"))
+        assert vault.key_ids("journal/") == sorted([*old, new]) and key_path(home, new).is_file()
+        assert all(verify_session(vault, i.split("/", 1)[1]).ok for i in vault.key_ids("journal/"))
+        vault.erase(vault.key_ids("journal/"))
+        assert vault.key_ids("journal/") == [] and JOURNAL_KEY_ID not in vault._read_table().slots
+        assert not any(keys_dir(home).iterdir())
+        assert set(vault.erased_key_ids("journal/")) == {*old, new}
