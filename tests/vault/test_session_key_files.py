@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import appliance, error_line, tree_digest
-from vault_setup import PASSPHRASE
+from helpers import PASSPHRASE, appliance, error_line, tree_digest
 
 from appliance.errors import Erased
 from appliance.journal import Journal, verify_session
@@ -32,7 +31,7 @@ def test_a_new_session_leaves_vault_json_as_it_was(vault_home, vault):
     second = _session(vault)
     assert vault_path(vault_home).read_bytes() == before
     assert key_path(vault_home, session_key_id(second)).is_file()
-    with Vault.unlock(vault_home, PASSPHRASE) as fresh:
+    with Vault.unlock(vault_home, PASSPHRASE.encode()) as fresh:
         assert verify_session(fresh, first).ok and verify_session(fresh, second).ok
 
 
@@ -119,15 +118,13 @@ def test_a_crash_while_a_session_starts_leaves_the_old_state_or_the_new(vault_ho
     pristine = tmp_path / "pristine"
     shutil.copytree(vault_home, pristine)
     run = [sys.executable, "-c", START_KILLED]
-    fsyncs = int(
-        subprocess.run([*run, "0", str(vault_home), PASSPHRASE.decode()], capture_output=True, text=True, check=True).stdout
-    )
+    fsyncs = int(subprocess.run([*run, "0", str(vault_home), PASSPHRASE], capture_output=True, text=True, check=True).stdout)
     for n in range(1, fsyncs + 1):
         shutil.rmtree(vault_home)
         shutil.copytree(pristine, vault_home)
-        killed = subprocess.run([*run, str(n), str(vault_home), PASSPHRASE.decode()], capture_output=True, text=True)
+        killed = subprocess.run([*run, str(n), str(vault_home), PASSPHRASE], capture_output=True, text=True)
         assert killed.returncode == -9, (n, killed.stderr)
-        with Vault.unlock(vault_home, PASSPHRASE) as fresh:
+        with Vault.unlock(vault_home, PASSPHRASE.encode()) as fresh:
             assert verify_session(fresh, kept).ok, n
             for sid in {p.stem for p in (vault_home / relative_path(kept)).parent.glob("*.journal")} - {kept}:
                 report = verify_session(fresh, sid)  # recorded: sealed up to where it got; else no key at all
@@ -139,7 +136,7 @@ def test_a_vault_with_keys_in_its_table_goes_on_with_key_files_and_erases_both(t
     a new session gets a key file, and `erase logs` takes both kinds (and the journal key)."""
     home = tmp_path / "state"
     shutil.copytree(Path(__file__).parent / "data" / "format-2-state", home)
-    with Vault.unlock(home, PASSPHRASE) as vault:
+    with Vault.unlock(home, PASSPHRASE.encode()) as vault:
         old = vault.key_ids("journal/")
         assert len(old) == 2 and all(i in vault._read_table().slots for i in old)
         new = session_key_id(_session(vault, "after"))
