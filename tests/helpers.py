@@ -129,3 +129,17 @@ def install_demo_overlay(vault) -> tuple[str, list[Path]]:
     sha = store.read_state().items[overlay.name].active
     assert sha is not None
     return f"overlay/{overlay.name}/{overlay.version}", sorted((store.object_dir(sha) / "artifacts").iterdir())
+
+
+# The head of a child's `python -c` code: `killing_fsync` counts os.fsync calls and SIGKILLs the process on entry
+# to call number argv[1] (0: never); the code that follows puts it in place where the crash points begin.
+KILLED_AT_FSYNC = r"""
+import os, signal, sys
+kill_at, seen, real = int(sys.argv[1]), 0, os.fsync
+def killing_fsync(fd):
+    global seen
+    seen += 1
+    if seen == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(fd)
+"""

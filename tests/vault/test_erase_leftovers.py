@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import PASSPHRASE, appliance
+from helpers import KILLED_AT_FSYNC, PASSPHRASE, appliance
 
 from appliance.errors import Erased, Locked, NotFound
 from appliance.journal import Journal
@@ -23,20 +23,16 @@ from appliance.vault import KeySlotsCorrupt, Vault
 from appliance.vault.key_files import key_path
 
 # The real CLI with os.fsync counted, and the process SIGKILLed on entry to the Nth call (0: never).
-KILL_AT_FSYNC = r"""
-import atexit, os, signal, sys
-kill_at, seen, real = int(sys.argv[1]), 0, os.fsync
-def fsync(fd):
-    global seen
-    seen += 1
-    if seen == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    real(fd)
-os.fsync = fsync
+KILL_AT_FSYNC = (
+    KILLED_AT_FSYNC
+    + r"""
+import atexit
+os.fsync = killing_fsync
 atexit.register(lambda: print(f"fsyncs: {seen}", file=sys.stderr))
 from appliance.cli.main import main
 main(sys.argv[2:])
 """
+)
 
 TABLE_WRITE = ("kill-policy", "wipe")  # the smallest command that rewrites the vault file
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import PASSPHRASE, appliance, error_line, tree_digest
+from helpers import KILLED_AT_FSYNC, PASSPHRASE, appliance, error_line, tree_digest
 
 from appliance.errors import Erased
 from appliance.journal import Journal, verify_session
@@ -92,25 +92,20 @@ def test_erasing_one_session_leaves_no_copy_of_its_key_temp_files_included(vault
 
 
 # A process that starts a session and is SIGKILLed on entry to its Nth fsync (0: never).
-START_KILLED = r"""
-import os, signal, sys
+START_KILLED = (
+    KILLED_AT_FSYNC
+    + r"""
 from pathlib import Path
-kill_at, seen, real = int(sys.argv[1]), 0, os.fsync
-def fsync(fd):
-    global seen
-    seen += 1
-    if seen == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    real(fd)
 from appliance.journal import Journal
 from appliance.vault import Vault
 with Vault.unlock(Path(sys.argv[2]), sys.argv[3].encode()) as vault:
-    os.fsync = fsync
+    os.fsync = killing_fsync
     j = Journal.create(vault)
     j.append("message", role="user", text="started")
     j.close()
 print(seen)
 """
+)
 
 
 def test_a_crash_while_a_session_starts_leaves_the_old_state_or_the_new(vault_home, vault, tmp_path):
