@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,9 +41,9 @@ from appliance.runtime.llama import reference_llama
 from appliance.runtime.memory import runtime_need
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import N_BATCH, Runtime, Session
-from appliance.store import ActiveBase, import_bundle, verify_installed
-from appliance.store.bases import active_base, active_model, close_model, use_base
-from appliance.trust.builtin import embedded_pin, verify_pinned
+from appliance.store import verify_installed
+from appliance.store.bases import active_base, active_model, close_model
+from appliance.trust.builtin import embedded_pin
 from appliance.trust.bundle import create_bundle, sign_bundle
 from appliance.vault import Vault
 
@@ -188,7 +188,7 @@ def scale_rows(bases: list[str], rounds: int, n_tokens: int) -> list[tuple]:
 
 
 def _one_base(name: str, gguf: Path, tmp: Path, exe: Path, rounds: int, n_tokens: int, appliance_home) -> list[tuple]:
-    from bench import PASSPHRASE, PROMPT, median_of, openssl_sha256_rate
+    from bench import PASSPHRASE, PROMPT, median_of, openssl_sha256_rate, timed_import
 
     item = f"scale-{name.lower()}"
     size = gguf.stat().st_size
@@ -204,18 +204,7 @@ def _one_base(name: str, gguf: Path, tmp: Path, exe: Path, rounds: int, n_tokens
         shutil.rmtree(gnupg, ignore_errors=True)
     home = tmp / "home"
     uses: list[float] = []
-
-    def ours_import() -> float:
-        shutil.rmtree(home, ignore_errors=True)
-        shutil.copytree(template, home)
-        with Vault.unlock(home, PASSPHRASE) as vault:
-            base = ActiveBase(verify_pinned(embedded_pin()))
-            t = time.perf_counter()
-            import_bundle(bundle, base, vault)
-            rate = bundle.stat().st_size / (time.perf_counter() - t)
-            uses.append(use_base(vault, item)[1])
-        return rate
-
+    ours_import = partial(timed_import, template, home, bundle, item, uses)
     imports = median_of(rounds, {"ours": ours_import, "openssl": lambda: openssl_sha256_rate(bundle, bundle.stat().st_size)})
     bundle.unlink()
     threads = free_threads()
@@ -236,7 +225,7 @@ def _one_base(name: str, gguf: Path, tmp: Path, exe: Path, rounds: int, n_tokens
 
         def cold_ours() -> float:
             t = time.perf_counter()
-            model = active_model(vault)  # decrypt + hash into a sealed memfd
+            model = active_model(vault)  # decrypt into a sealed memfd, authenticated by its tags
             rt = Runtime(model, n_ctx=N_CTX, n_threads=threads)
             Session(rt, settings=GREEDY).generate(PROMPT, max_tokens=1)
             dt = time.perf_counter() - t
