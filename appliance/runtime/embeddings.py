@@ -38,6 +38,7 @@ _SCALAR: dict[int, str] = {  # keyed by the value types, which are ints in the f
     GGUFValueType.UINT64: "Q", GGUFValueType.INT64: "q", GGUFValueType.FLOAT64: "d",
 }  # fmt: skip
 _INTEGER = {t for t, fmt in _SCALAR.items() if fmt in "BbHhIiQq"}
+_LENGTH = struct.Struct("<Q")  # a string's byte count
 
 
 class _Cursor:
@@ -62,6 +63,11 @@ class _Cursor:
             item, count = self.read("I"), self.read("Q")
             if item in _SCALAR:
                 self.pos += count * struct.calcsize(_SCALAR[item])
+            elif item == GGUFValueType.STRING:  # a vocabulary (262k strings in Gemma): one tight loop, not a call each
+                length, buf, pos = _LENGTH.unpack_from, self.buf, self.pos
+                for _ in range(count):
+                    pos += 8 + length(buf, pos)[0]
+                self.pos = pos
             else:
                 for _ in range(count):
                     self.skip_value(item)

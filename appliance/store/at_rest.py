@@ -28,7 +28,7 @@ from ..errors import HashMismatch, NotFound, SizeMismatch
 from ..trust.hashing import Progress, Readable, Sink, sha256_stream
 from ..trust.kinds import KINDS
 from ..trust.manifest import Artifact, Manifest
-from ..vault import EncryptedWriter, Vault, decrypt_chunks, random_key, sealed_size, zeroize
+from ..vault import EncryptedWriter, Vault, decrypt_views, random_key, sealed_size, zeroize
 from .layout import STORE_DIR
 
 MEMFD_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
@@ -210,7 +210,7 @@ def read_artifact(
     data = bytearray() if keep else None
     try:
         h, size = hashlib.sha256(), 0
-        for chunk in decrypt_chunks(sealing.key, path, sealing.context(artifact.path)):
+        for chunk in decrypt_views(sealing.key, path, sealing.context(artifact.path)):
             h.update(chunk)
             size += len(chunk)
             if data is not None:
@@ -251,7 +251,7 @@ def decrypt_to_memfd(
     try:
         h = hashlib.sha256() if check is Check.SHA256 else None
         size = 0
-        for chunk in decrypt_chunks(sealing.key, path, sealing.context(artifact.path)):
+        for chunk in decrypt_views(sealing.key, path, sealing.context(artifact.path)):
             if h is not None:
                 h.update(chunk)
             size += len(chunk)

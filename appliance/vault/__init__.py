@@ -32,7 +32,7 @@ Rules:
 
 from .aead import random_key, zeroize
 from .errors import KeySlotsCorrupt, NoVault, VaultCorrupt, VaultErased, VaultRekeyed, VaultRolledBack, WrongPassphrase
-from .stream import CiphertextRejected, EncryptedWriter, decrypt_chunks, sealed_size
+from .stream import CiphertextRejected, EncryptedWriter, decrypt_chunks, decrypt_views, sealed_size
 from .vault import Vault
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "VaultRolledBack",
     "WrongPassphrase",
     "decrypt_chunks",
+    "decrypt_views",
     "random_key",
     "sealed_size",
     "zeroize",

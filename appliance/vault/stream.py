@@ -121,13 +121,20 @@ class EncryptedWriter:
 
 
 def decrypt_chunks(key: bytes | bytearray, path: Path, context: bytes = b"") -> Iterator[bytes]:
+    """The plaintext of `path`, one authenticated chunk at a time, each a bytes object of its own (see `decrypt_views`)."""
+    return (bytes(view) for view in decrypt_views(key, path, context))
+
+
+def decrypt_views(key: bytes | bytearray, path: Path, context: bytes = b"") -> Iterator[memoryview]:
     """The plaintext of `path`, one authenticated chunk at a time (for hashing a file without holding it).
 
-    Each chunk is authentic when yielded, but the file is whole only once the iteration ends without
-    CiphertextRejected (a cut-off tail is caught at the last chunk): act on nothing before that.
+    Each chunk is a view of one buffer, reused (no allocation per chunk: a multi-GB base decrypts at the
+    cipher's pace) and valid only until the next is asked for; the buffer is zeroed when the iteration
+    ends. Each chunk is authentic when yielded, but the file is whole only once the iteration ends
+    without CiphertextRejected (a cut-off tail is caught at the last chunk): act on nothing before that.
     """
     try:
-        f = open(path, "rb")
+        f = open(path, "rb", buffering=0)
     except OSError as e:
         raise CiphertextRejected(f"{path}: cannot read: {e.strerror}") from None
     with f:
@@ -153,12 +160,20 @@ def decrypt_chunks(key: bytes | bytearray, path: Path, context: bytes = b"") -> 
         count = full + (1 if rest else 0)
         if count > MAX_CHUNKS:
             raise CiphertextRejected(f"{path}: too many chunks")
-        for index in range(count):
-            sealed = f.read(chunk_size + TAG_BYTES)
-            nonce = prefix + NONCE_TAIL.pack(index, int(index == count - 1))
-            try:
-                yield aead.decrypt(nonce, sealed, ad)
-            except InvalidTag:
-                raise CiphertextRejected(
-                    f"{path}: chunk {index} failed authentication (modified, reordered, truncated, or under another data key)"
-                ) from None
+        sealed, plain = memoryview(bytearray(chunk_size + TAG_BYTES)), bytearray(chunk_size)
+        try:
+            for index in range(count):
+                n = f.readinto(sealed)
+                if n is None or n < TAG_BYTES:
+                    raise CiphertextRejected(f"{path}: truncated while it was read")
+                nonce = prefix + NONCE_TAIL.pack(index, int(index == count - 1))
+                out = memoryview(plain)[: n - TAG_BYTES]
+                try:
+                    aead.decrypt_into(nonce, sealed[:n], ad, out)
+                except InvalidTag:
+                    raise CiphertextRejected(
+                        f"{path}: chunk {index} failed authentication (modified, reordered, truncated, or under another data key)"
+                    ) from None
+                yield out
+        finally:
+            zeroize(plain)
