@@ -79,7 +79,7 @@ class PendingProbe:
 
         # The same llama.cpp library as ours; one thread each; no `gdb` from PATH on a ggml assertion.
         quiet = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "GGML_NO_BACKTRACE": "1"}
-        self._label = label
+        self._label, self._went = label, False
         self._child = children.popen(
             children.python("-m", "appliance.runtime.probe_child", str(fd), str(size)),
             keep=("LLAMA_CPP_LIB_PATH",),
@@ -95,11 +95,23 @@ class PendingProbe:
         self._child.kill()
         self._child.communicate()
 
+    def go(self) -> None:
+        """The file is whole and sealed: the child may read it now (its verdict is `result`'s)."""
+        stdin = self._child.stdin
+        if stdin is not None and not self._went:
+            self._went = True
+            try:
+                stdin.write(GO)
+                stdin.flush()
+            except BrokenPipeError:
+                pass  # the child is gone: `result` says how
+
     def result(self) -> GgufFacts:
         """Rules 1-4, now that the file is whole: the child's verdict, or the refusal it amounts to."""
         label = self._label
+        self.go()
         try:
-            stdout, stderr = self._child.communicate(GO, timeout=PROBE_SECONDS)
+            stdout, stderr = self._child.communicate(timeout=PROBE_SECONDS)
         except subprocess.TimeoutExpired:
             self.cancel()
             raise GgufRejected(f"{label}: the GGUF probe did not finish within {PROBE_SECONDS} s") from None
@@ -161,6 +173,7 @@ def _header(path: str, size: int) -> None:
 
 SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
+LENGTH = struct.Struct("<Q")  # a string's byte count
 WANTED = ("general.architecture", "general.alignment")
 SPECIAL_TOKEN = re.compile(r"tokenizer\.ggml\.\w+_token_id")  # bos, eos, eot, eom, unknown, padding, ...
 
@@ -203,8 +216,15 @@ class _Cursor:
         elif inner == STRING:
             if n > (self.size - self.pos) // 8:
                 raise _Fault(f"malformed GGUF: an array of {n} strings cannot fit in the file")
+            # a vocabulary (262k strings in Gemma): one tight loop, each length still checked against the end
+            length, data, pos, end = LENGTH.unpack_from, self.data, self.pos, self.size
             for _ in range(n):
-                self.string(keep=False)
+                if pos + 8 > end:
+                    raise _Fault(f"truncated GGUF: the metadata runs past the end of the file at byte {pos}")
+                pos += 8 + length(data, pos)[0]
+            if pos > end:
+                raise _Fault(f"truncated GGUF: a string runs past the end of the file at byte {pos}")
+            self.pos = pos
         else:
             raise _Fault(f"malformed GGUF: an array of value type {inner}")
         return n

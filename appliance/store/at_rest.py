@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Literal, Optional, overload
 
 from ..errors import HashMismatch, NotFound, SizeMismatch
-from ..trust.hashing import Progress, Readable, Sink, sha256_stream
+from ..trust.hashing import Progress, Readable, sha256_stream
 from ..trust.kinds import KINDS
 from ..trust.manifest import Artifact, Manifest
-from ..vault import EncryptedWriter, Vault, decrypt_views, random_key, sealed_size, zeroize
+from ..vault import DecryptingReader, EncryptedWriter, Vault, decrypt_views, random_key, sealed_size, zeroize
 from .layout import STORE_DIR
+from .pipeline import Call, Stage, stream
 
 MEMFD_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 
@@ -151,34 +152,45 @@ class PlainMemfd:
         os.close(self.fd)
 
 
-class _Both:
-    """Each hashed chunk to the store and to the probe's memfd: one buffer, so the bytes are the same."""
+class Hashed:
+    """The SHA-256 stage of a copy (`pipeline.stream`): each buffer hashed, then handed to `then` (the probe's
+    memfd), and at the end the size and digest checked against `artifact` before `then` closes (the probe is
+    told the file is whole only once its bytes are the signed ones)."""
 
-    def __init__(self, store: Sink, plain: Sink):
-        self._store, self._plain = store, plain
+    def __init__(self, artifact: Artifact, then: Optional[Stage] = None):
+        self._artifact, self._then = artifact, then
+        self._digest, self.size = hashlib.sha256(), 0
 
-    def write(self, data) -> None:
-        self._store.write(data)
-        self._plain.write(data)
+    def write(self, data: memoryview) -> None:
+        self._digest.update(data)
+        self.size += len(data)
+        if self._then is not None:
+            self._then.write(data)
+
+    def close(self) -> None:
+        _check(self._artifact, self.size, self._digest.hexdigest())
+        if self._then is not None:
+            self._then.close()
 
 
 def write_artifact(
-    src: Readable, dest: Path, path: str, sealing: Sealing, progress: Optional[Progress], plain: Optional[PlainMemfd] = None
-) -> tuple[str, int]:
-    """Copy one artifact from the bundle to `dest`, encrypted if its kind says so; returns (sha256, size) of the plaintext.
+    src: Readable, dest: Path, artifact: Artifact, sealing: Sealing, progress: Optional[Progress], plain: Optional[Stage] = None
+) -> None:
+    """Copy one artifact from the bundle to `dest`, encrypted if its kind says so, its size and SHA-256 checked.
 
-    With `plain` (a base's GGUF, for the probe), the plaintext is written there too, from the very
-    buffer that was hashed and encrypted. Not fsynced here: the install fsyncs the whole staging tree.
+    The read, the hash and the write (or the encryption and the write) run in parallel (`pipeline`). With
+    `plain` (a base's GGUF, for the probe), the plaintext goes there too, from the very buffer that was
+    hashed, and `plain` closes as soon as the hash is checked, while the encryption may still run. Not
+    fsynced here: the install fsyncs the whole staging tree.
     """
     out = WriteBehind(dest)
     try:
-        store: Sink = out if sealing.key is None else EncryptedWriter(sealing.key, out, sealing.context(path))
-        digest, size = sha256_stream(src, progress, sink=store if plain is None else _Both(store, plain))
-        if isinstance(store, EncryptedWriter):
-            store.close()
+        store: Stage = (
+            Call(out.write) if sealing.key is None else EncryptedWriter(sealing.key, out, sealing.context(artifact.path))
+        )
+        stream(src, [Hashed(artifact, plain), store], progress)
     finally:
         out.close()
-    return digest, size
 
 
 @overload
@@ -249,16 +261,14 @@ def decrypt_to_memfd(
         raise ValueError("only encrypted artifacts are decrypted into memory")
     memfd = PlainMemfd(sealing.key_id)
     try:
-        h = hashlib.sha256() if check is Check.SHA256 else None
-        size = 0
-        for chunk in decrypt_views(sealing.key, path, sealing.context(artifact.path)):
-            if h is not None:
-                h.update(chunk)
-            size += len(chunk)
-            memfd.write(chunk)
-            if progress is not None:
-                progress(len(chunk))
-        _check(artifact, size, artifact.sha256 if h is None else h.hexdigest())
+        with DecryptingReader(sealing.key, path, sealing.context(artifact.path)) as reader:
+            # the decryption here, the memfd's writes (and the hash) on threads of their own
+            stages: list[Stage] = [Call(memfd.write)]
+            if check is Check.SHA256:
+                stages.append(Hashed(artifact))
+            size = stream(reader, stages, progress, chunk=reader.chunk_size)
+        if size != artifact.size:
+            raise SizeMismatch(artifact.path, artifact.size, size)
         return memfd.sealed()
     except BaseException:
         memfd.close()

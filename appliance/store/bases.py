@@ -68,7 +68,9 @@ def gguf_artifact(manifest: Manifest) -> Artifact:
 
 class StagedProbe:
     """Rule 2 for an import: the probe child started before the GGUF is copied, so it loads its libraries
-    while `plain` (a memfd) fills with the very bytes hashed and encrypted into staging (`importer`)."""
+    while its memfd fills with the very bytes hashed and encrypted into staging (`importer`): a stage of
+    the copy (`pipeline`) after the hash, `write` each buffer, `close` once the hash is checked (the memfd
+    sealed, the child told to load it while the ciphertext is still being written)."""
 
     def __init__(self, manifest: Manifest, key_id: str):
         self.artifact = gguf_artifact(manifest)
@@ -82,10 +84,17 @@ class StagedProbe:
             self.plain.close()
             raise
 
+    def write(self, data: memoryview) -> None:
+        self.plain.write(data)
+
+    def close(self) -> None:
+        """The GGUF is whole and its hash checked: seal it, let the child probe it."""
+        self.plain.sealed()
+        self._child.go()
+
     def verdict(self) -> GgufFacts:
-        """The GGUF is whole: seal it, let the child probe it; the memfd is closed either way."""
+        """The child's verdict on the GGUF (`close` came first); the memfd is closed either way."""
         try:
-            self.plain.sealed()
             return self._child.result()
         except BaseException:
             self._child.cancel()

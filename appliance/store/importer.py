@@ -44,7 +44,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from ..errors import Erased, HashMismatch, NotFound, Refused, SizeMismatch
+from ..errors import Erased, NotFound, Refused, SizeMismatch
 from ..fsutil import fsync_dir
 from ..state import require_initialised
 from ..trust.bundle_reader import Bundle, open_bundle
@@ -88,8 +88,9 @@ def _check_room(bundle: Bundle, staging: Path, sealing: Sealing) -> None:
 def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: Optional[Progress]) -> Optional[StagedProbe]:
     """Step 5: stream each artifact from the bundle into staging, hashing the very bytes written (or encrypted).
 
-    A base's GGUF also goes, from the same buffer, into the memfd of its probe (step 6), whose child
-    starts first: returned for its verdict (None for other kinds), so the probe needs no second pass.
+    A base's GGUF also goes, from the buffer just hashed, into the memfd of its probe (step 6), whose child
+    starts first and loads the GGUF as soon as its hash is checked, while the encryption and the writes
+    finish: returned for its verdict (None for other kinds), so the probe needs no second pass.
     """
     _check_room(bundle, staging, sealing)
     probe = StagedProbe(bundle.manifest, sealing.key_id) if KINDS[bundle.manifest.kind].probed else None
@@ -100,13 +101,9 @@ def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: O
                 raise SizeMismatch(artifact.path, artifact.size, in_tar)
             dest = staging / "artifacts" / artifact.path
             dest.parent.mkdir(parents=True, exist_ok=True)
-            plain = probe.plain if probe is not None and artifact is probe.artifact else None
+            plain = probe if probe is not None and artifact is probe.artifact else None
             with bundle.open_artifact(artifact.path) as src:
-                digest, size = write_artifact(src, dest, artifact.path, sealing, progress, plain)
-            if size != artifact.size:
-                raise SizeMismatch(artifact.path, artifact.size, size)
-            if digest != artifact.sha256:
-                raise HashMismatch(artifact.path, artifact.sha256, digest)
+                write_artifact(src, dest, artifact, sealing, progress, plain)
             _crash_point("copying")
         return probe
     except BaseException:

@@ -32,11 +32,12 @@ Rules:
 
 from .aead import random_key, zeroize
 from .errors import KeySlotsCorrupt, NoVault, VaultCorrupt, VaultErased, VaultRekeyed, VaultRolledBack, WrongPassphrase
-from .stream import CiphertextRejected, EncryptedWriter, decrypt_chunks, decrypt_views, sealed_size
+from .stream import CiphertextRejected, DecryptingReader, EncryptedWriter, decrypt_chunks, decrypt_views, sealed_size
 from .vault import Vault
 
 __all__ = [
     "CiphertextRejected",
+    "DecryptingReader",
     "EncryptedWriter",
     "KeySlotsCorrupt",
     "NoVault",

@@ -128,28 +128,53 @@ def decrypt_chunks(key: bytes | bytearray, path: Path, context: bytes = b"") -> 
 def decrypt_views(key: bytes | bytearray, path: Path, context: bytes = b"") -> Iterator[memoryview]:
     """The plaintext of `path`, one authenticated chunk at a time (for hashing a file without holding it).
 
-    Each chunk is a view of one buffer, reused (no allocation per chunk: a multi-GB base decrypts at the
-    cipher's pace) and valid only until the next is asked for; the buffer is zeroed when the iteration
-    ends. Each chunk is authentic when yielded, but the file is whole only once the iteration ends
+    Each chunk is a view of one buffer, reused and valid only until the next is asked for; the buffer
+    is zeroed when the iteration ends. The file is whole only once the iteration ends without
+    CiphertextRejected (see `DecryptingReader`).
+    """
+    with DecryptingReader(key, path, context) as reader:
+        plain = bytearray(reader.chunk_size)
+        try:
+            while n := reader.readinto(plain):
+                yield memoryview(plain)[:n]
+        finally:
+            zeroize(plain)
+
+
+class DecryptingReader:
+    """An encrypted file read as its plaintext: `readinto(buffer)` decrypts the next chunk straight into the
+    caller's buffer (at least `chunk_size` bytes; no allocation per chunk, so a multi-GB base decrypts at the
+    cipher's pace) and returns its length, 0 once the last chunk is in.
+
+    Each chunk is authentic when it is returned, but the file is whole only once `readinto` has returned 0
     without CiphertextRejected (a cut-off tail is caught at the last chunk): act on nothing before that.
     """
-    try:
-        f = open(path, "rb", buffering=0)
-    except OSError as e:
-        raise CiphertextRejected(f"{path}: cannot read: {e.strerror}") from None
-    with f:
+
+    def __init__(self, key: bytes | bytearray, path: Path, context: bytes = b""):
+        try:
+            self._file = open(path, "rb", buffering=0)
+        except OSError as e:
+            raise CiphertextRejected(f"{path}: cannot read: {e.strerror}") from None
+        try:
+            self._open(key, path, context)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _open(self, key: bytes | bytearray, path: Path, context: bytes) -> None:
+        f, self._path = self._file, path
         magic = f.read(len(MAGIC))
         layout = HEADER if magic == MAGIC else HEADER_1 if magic == MAGIC_1 else None
         header = magic + f.read(layout.size - len(magic)) if layout is not None else magic
         if layout is None or len(header) < layout.size:
             raise CiphertextRejected(f"{path}: not an encrypted appliance file, or a truncated header")
         if layout is HEADER:
-            _, chunk_size, salt, prefix = HEADER.unpack(header)
+            _, chunk_size, salt, self._prefix = HEADER.unpack(header)
             sealing = file_key(key, salt, context)
         else:
-            _, chunk_size, prefix = HEADER_1.unpack(header)
+            _, chunk_size, self._prefix = HEADER_1.unpack(header)
             sealing = secret(key)
-        aead, ad = AESGCM(sealing), header + context
+        self._aead, self._ad = AESGCM(sealing), header + context
         zeroize(sealing)
         if not 1 <= chunk_size <= MAX_CHUNK_BYTES:
             raise CiphertextRejected(f"{path}: not an encrypted appliance file")
@@ -157,23 +182,33 @@ def decrypt_views(key: bytes | bytearray, path: Path, context: bytes = b"") -> I
         full, rest = divmod(body, chunk_size + TAG_BYTES)
         if body == 0 or 0 < rest < TAG_BYTES:
             raise CiphertextRejected(f"{path}: truncated")
-        count = full + (1 if rest else 0)
-        if count > MAX_CHUNKS:
+        self._count = full + (1 if rest else 0)
+        if self._count > MAX_CHUNKS:
             raise CiphertextRejected(f"{path}: too many chunks")
-        sealed, plain = memoryview(bytearray(chunk_size + TAG_BYTES)), bytearray(chunk_size)
+        self.chunk_size, self._index = chunk_size, 0
+        self._sealed = memoryview(bytearray(chunk_size + TAG_BYTES))
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        if self._index == self._count:
+            return 0
+        n = self._file.readinto(self._sealed)
+        if n is None or n < TAG_BYTES:
+            raise CiphertextRejected(f"{self._path}: truncated while it was read")
+        nonce = self._prefix + NONCE_TAIL.pack(self._index, int(self._index == self._count - 1))
         try:
-            for index in range(count):
-                n = f.readinto(sealed)
-                if n is None or n < TAG_BYTES:
-                    raise CiphertextRejected(f"{path}: truncated while it was read")
-                nonce = prefix + NONCE_TAIL.pack(index, int(index == count - 1))
-                out = memoryview(plain)[: n - TAG_BYTES]
-                try:
-                    aead.decrypt_into(nonce, sealed[:n], ad, out)
-                except InvalidTag:
-                    raise CiphertextRejected(
-                        f"{path}: chunk {index} failed authentication (modified, reordered, truncated, or under another data key)"
-                    ) from None
-                yield out
-        finally:
-            zeroize(plain)
+            self._aead.decrypt_into(nonce, self._sealed[:n], self._ad, memoryview(buffer)[: n - TAG_BYTES])
+        except InvalidTag:
+            raise CiphertextRejected(
+                f"{self._path}: chunk {self._index} failed authentication (modified, reordered, truncated, or under another data key)"
+            ) from None
+        self._index += 1
+        return n - TAG_BYTES
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "DecryptingReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

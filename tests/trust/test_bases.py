@@ -463,7 +463,7 @@ def test_a_base_is_decrypted_into_a_sealed_memfd_never_a_file(tmp_path):
     manifest = type("M", (), {"kind": "base-model", "name": "m", "version": 1, "sha256": "ab" * 32, "artifacts": (artifact,)})()
     sealing = Sealing.fresh(manifest)
     (tmp_path / "artifacts").mkdir()
-    write_artifact(io.BytesIO(data), tmp_path / "artifacts" / "model.gguf", "model.gguf", sealing, None)
+    write_artifact(io.BytesIO(data), tmp_path / "artifacts" / "model.gguf", artifact, sealing, None)
     assert data[:4096] not in (tmp_path / "artifacts" / "model.gguf").read_bytes()
     fd = decrypt_to_memfd(tmp_path, artifact, sealing, Check.TAGS)
     try:
@@ -511,12 +511,22 @@ def _gguf_header(version: int, n_tensors: int, n_kv: int) -> bytes:
     return b"GGUF" + version.to_bytes(4, "little") + n_tensors.to_bytes(8, "little") + n_kv.to_bytes(8, "little")
 
 
+def _string_array(first: bytes, second_length: int) -> bytes:
+    """Metadata key `tokenizer.ggml.tokens`: an array of 3 strings, the first `first`, the second claiming `second_length` bytes."""
+    key = b"tokenizer.ggml.tokens"
+    q = lambda n: n.to_bytes(8, "little")  # noqa: E731
+    array = (9).to_bytes(4, "little") + (8).to_bytes(4, "little") + q(3)
+    return q(len(key)) + key + array + q(len(first)) + first + q(second_length)
+
+
 @pytest.mark.parametrize(
     "data, words",
     [
         (_gguf_header(3, 1 << 40, 1) + bytes(64), "more than"),
         (_gguf_header(3, 0, 1) + (1 << 62).to_bytes(8, "little") + bytes(64), "past the end"),  # a key 2**62 bytes long
         (_gguf_header(7, 0, 0) + bytes(64), "version 7"),
+        (_gguf_header(3, 0, 1) + _string_array(b"abcd", 1000) + bytes(64), "past the end"),  # a vocabulary's 2nd string
+        (_gguf_header(3, 0, 1) + _string_array(b"abcd", 1 << 62) + bytes(64), "past the end"),
     ],
 )
 def test_the_metadata_walk_refuses_counts_and_lengths_the_file_cannot_hold(tmp_path, data, words):
