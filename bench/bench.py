@@ -647,7 +647,7 @@ def bases(rounds: int, n_tokens: int) -> list[tuple]:
             "Gemma cold start to first token, ours from the encrypted store (decrypt into a memfd, authenticated by its tags), ms",
             f"{cold['ours'] * 1e3:.0f}",
             f"{cold['ours'] / cold['theirs']:.3f}",
-            "<= 1.5",
+            "<= 1.3",
         ),
         (f"sha256 MB/s, openssl dgst, {label}", f"{imports['openssl'] / 1e6:.0f}", "", ""),
         (
@@ -742,7 +742,9 @@ SECTIONS: dict[str, tuple[bool, Callable[[argparse.Namespace, VerifiedModel], li
             partial(hashing_at_scale, a.hash_mib, a.rounds),
             partial(vault_and_store, m, a.rounds, a.import_mib, SCALE_ERASE_MIB),
             partial(journal_search, a.rounds, a.search_sessions),
-            partial(scale_rows, a.scale_bases.split(","), a.rounds, a.tokens),
+            *[
+                partial(scale_rows, [base], a.rounds, a.tokens) for base in a.scale_bases.split(",")
+            ],  # one failing spares the rest
         ],
     ),
     "bases": (True, lambda a, m: [partial(bases, a.rounds, a.tokens)]),
@@ -770,7 +772,7 @@ def main() -> None:
     ap.add_argument("--search-sessions", type=int, default=1000, help="scale: sessions in the journal `logs search` reads")
     ap.add_argument(
         "--scale-bases",
-        default="smollm2,gemma,1B-Q8_0,3B-Q4_K,3B-Q8_0,8B-Q4_K",
+        default="smollm2,gemma,1B-Q4_K,1B-Q8_0,3B-Q4_K,3B-Q8_0,8B-Q4_K",
         help="scale: the bases taken through import to erase (smollm2, gemma, or SIZE-QUANT of 1B/3B/8B and Q8_0/Q4_K)",
     )
     ap.add_argument(
