@@ -609,13 +609,13 @@ def bases(rounds: int, n_tokens: int) -> list[tuple]:
 
         def cold_theirs():
             t = time.perf_counter()
-            llm = reference_llama(gguf, n_ctx=N_CTX, n_threads=threads)
+            llm = reference_llama(gguf, n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads)
             llm.create_completion(prompt, max_tokens=1, temperature=0.0)
             dt = time.perf_counter() - t
             llm.close()
             return dt
 
-        reference = reference_llama(gguf, n_ctx=N_CTX, n_threads=threads)
+        reference = reference_llama(gguf, n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads)
 
         def decode_theirs():
             reference.reset()

@@ -235,7 +235,7 @@ def _one_base(name: str, gguf: Path, tmp: Path, exe: Path, rounds: int, n_tokens
 
         def cold_theirs() -> float:
             t = time.perf_counter()
-            llm = reference_llama(gguf, n_ctx=N_CTX, n_threads=threads)
+            llm = reference_llama(gguf, n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads)
             llm.create_completion(prompt, max_tokens=1, temperature=0.0)
             dt = time.perf_counter() - t
             llm.close()

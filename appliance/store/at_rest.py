@@ -19,10 +19,11 @@ Rules:
 import fcntl
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Literal, Optional, overload
+from typing import Literal, Optional, Protocol, overload
 
 from ..errors import HashMismatch, NotFound, SizeMismatch
 from ..trust.hashing import Progress, Readable, sha256_stream
@@ -153,34 +154,42 @@ class PlainMemfd:
 
 
 class Hashed:
-    """The SHA-256 stage of a copy (`pipeline.stream`): each buffer hashed, then handed to `then` (the probe's
-    memfd), and at the end the size and digest checked against `artifact` before `then` closes (the probe is
-    told the file is whole only once its bytes are the signed ones)."""
+    """The SHA-256 stage of a copy (`pipeline.stream`): each buffer hashed; at the end the size and digest
+    checked against `artifact`, then `checked()` called (the probe is told the file is whole only once its
+    bytes are the signed ones)."""
 
-    def __init__(self, artifact: Artifact, then: Optional[Stage] = None):
-        self._artifact, self._then = artifact, then
+    def __init__(self, artifact: Artifact, checked: Callable[[], None] = lambda: None):
+        self._artifact, self._checked = artifact, checked
         self._digest, self.size = hashlib.sha256(), 0
 
     def write(self, data: memoryview) -> None:
         self._digest.update(data)
         self.size += len(data)
-        if self._then is not None:
-            self._then.write(data)
 
     def close(self) -> None:
         _check(self._artifact, self.size, self._digest.hexdigest())
-        if self._then is not None:
-            self._then.close()
+        self._checked()
+
+
+class ProbeCopy(Stage, Protocol):
+    """A stage that takes a base's plaintext for its probe (`bases.StagedProbe`), told when the hash is checked."""
+
+    def hash_checked(self) -> None: ...
 
 
 def write_artifact(
-    src: Readable, dest: Path, artifact: Artifact, sealing: Sealing, progress: Optional[Progress], plain: Optional[Stage] = None
+    src: Readable,
+    dest: Path,
+    artifact: Artifact,
+    sealing: Sealing,
+    progress: Optional[Progress],
+    probe: Optional[ProbeCopy] = None,
 ) -> None:
     """Copy one artifact from the bundle to `dest`, encrypted if its kind says so, its size and SHA-256 checked.
 
     The read, the hash and the write (or the encryption and the write) run in parallel (`pipeline`). With
-    `plain` (a base's GGUF, for the probe), the plaintext goes there too, from the very buffer that was
-    hashed, and `plain` closes as soon as the hash is checked, while the encryption may still run. Not
+    `probe` (a base's GGUF), the plaintext goes there too, from the very buffers that are hashed, on a
+    thread of its own; it is told when the hash is checked, and may start while the encryption runs. Not
     fsynced here: the install fsyncs the whole staging tree.
     """
     out = WriteBehind(dest)
@@ -188,7 +197,10 @@ def write_artifact(
         store: Stage = (
             Call(out.write) if sealing.key is None else EncryptedWriter(sealing.key, out, sealing.context(artifact.path))
         )
-        stream(src, [Hashed(artifact, plain), store], progress)
+        if probe is None:
+            stream(src, [Hashed(artifact), store], progress)
+        else:
+            stream(src, [Hashed(artifact, probe.hash_checked), probe, store], progress)
     finally:
         out.close()
 

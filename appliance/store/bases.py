@@ -19,6 +19,7 @@ Rules:
 
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -69,13 +70,15 @@ def gguf_artifact(manifest: Manifest) -> Artifact:
 class StagedProbe:
     """Rule 2 for an import: the probe child started before the GGUF is copied, so it loads its libraries
     while its memfd fills with the very bytes hashed and encrypted into staging (`importer`): a stage of
-    the copy (`pipeline`) after the hash, `write` each buffer, `close` once the hash is checked (the memfd
-    sealed, the child told to load it while the ciphertext is still being written)."""
+    the copy (`at_rest.write_artifact`), on a thread beside the hash's. Once the memfd is whole and the
+    hash checked, both, the memfd is sealed and the child told to load it, while the ciphertext may still
+    be being written."""
 
     def __init__(self, manifest: Manifest, key_id: str):
         self.artifact = gguf_artifact(manifest)
         require_room(f"base {manifest.name} v{manifest.version}", Need(self.artifact.size, 0, 0))
         self.plain = PlainMemfd(key_id)
+        self._waiting, self._lock = 2, threading.Lock()  # for the memfd's last write and the hash's check
         try:
             self._child = PendingProbe(
                 self.plain.fd, self.artifact.size, f"{manifest.name} v{manifest.version}: {self.artifact.path}"
@@ -88,12 +91,22 @@ class StagedProbe:
         self.plain.write(data)
 
     def close(self) -> None:
-        """The GGUF is whole and its hash checked: seal it, let the child probe it."""
-        self.plain.sealed()
-        self._child.go()
+        """The memfd holds the whole GGUF."""
+        self._one_done()
+
+    def hash_checked(self) -> None:
+        """The GGUF's size and SHA-256 are the manifest's."""
+        self._one_done()
+
+    def _one_done(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+            if self._waiting == 0:  # the last of the two, on its own thread: seal, and let the child probe it
+                self.plain.sealed()
+                self._child.go()
 
     def verdict(self) -> GgufFacts:
-        """The child's verdict on the GGUF (`close` came first); the memfd is closed either way."""
+        """The child's verdict on the GGUF (once the copy is done); the memfd is closed either way."""
         try:
             return self._child.result()
         except BaseException:
