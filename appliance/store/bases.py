@@ -71,8 +71,8 @@ class StagedProbe:
     """Rule 2 for an import: the probe child started before the GGUF is copied, so it loads its libraries
     while its memfd fills with the very bytes hashed and encrypted into staging (`importer`): a stage of
     the copy (`at_rest.write_artifact`), on a thread beside the hash's. Once the memfd is whole and the
-    hash checked, both, the memfd is sealed and the child told to load it, while the ciphertext may still
-    be being written."""
+    hash is checked (whichever comes last), the memfd is sealed and the child told to load it, while the
+    ciphertext may still be being written."""
 
     def __init__(self, manifest: Manifest, key_id: str):
         self.artifact = gguf_artifact(manifest)

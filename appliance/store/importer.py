@@ -101,9 +101,9 @@ def _copy_artifacts(bundle: Bundle, staging: Path, sealing: Sealing, progress: O
                 raise SizeMismatch(artifact.path, artifact.size, in_tar)
             dest = staging / "artifacts" / artifact.path
             dest.parent.mkdir(parents=True, exist_ok=True)
-            plain = probe if probe is not None and artifact is probe.artifact else None
+            probed = probe if probe is not None and artifact is probe.artifact else None
             with bundle.open_artifact(artifact.path) as src:
-                write_artifact(src, dest, artifact, sealing, progress, plain)
+                write_artifact(src, dest, artifact, sealing, progress, probed)
             _crash_point("copying")
         return probe
     except BaseException:
