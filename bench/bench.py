@@ -595,7 +595,7 @@ def bases(rounds: int, n_tokens: int) -> list[tuple]:
         def cold_ours():
             t = time.perf_counter()
             model = active_model(vault)  # decrypt into a sealed memfd, authenticated by its tags
-            rt = Runtime(model, n_ctx=N_CTX)
+            rt = Runtime(model, n_ctx=N_CTX, n_threads=threads)  # as many threads as the reference
             Session(rt, settings=GREEDY).generate(PROMPT, max_tokens=1)
             dt = time.perf_counter() - t
             rt.close()
