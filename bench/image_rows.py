@@ -53,7 +53,18 @@ def build_rows() -> list[tuple]:
             "",
             "reported",
         ),
+        _cuda_variant_row(info["layout_bytes"]),
     ]
+
+
+def _cuda_variant_row(cpu_layout_bytes: int) -> tuple:
+    """The CUDA variant (image/build --cuda): its size beside the CPU image's."""
+    info_path = CACHE / "out-cuda" / "build-info.json"
+    name = "image: CUDA variant layout size, MB (x the CPU image)"
+    if not info_path.is_file():
+        return (name, "not built (image/cuda-module, then image/build --cuda)", "", "reported")
+    size = json.loads(info_path.read_text())["layout_bytes"]
+    return (name, f"{size / 1e6:.0f}", f"{size / cpu_layout_bytes:.2f}", "reported")
 
 
 def _portable_lib() -> Path | None:

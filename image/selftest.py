@@ -3,7 +3,10 @@
 1. the only network interface is `lo` (the build runs with --network=none: nothing was fetched);
 2. the runtime's libraries import (llama_cpp, textual, gnupg, cryptography, the appliance's CLI);
 3. llama.cpp registers a CPU backend: the portable build found a variant this CPU runs;
-4. `appliance --version` runs from the installed console script.
+4. `appliance --version` runs from the installed console script;
+5. with --cuda (the CUDA variant, Containerfile.cuda): the CUDA module is beside the CPU variants and
+   every library it links resolves inside the image except the driver's `libcuda.so.1`, which the
+   host passes in (CDI); with no driver here, llama.cpp offers no card and says why.
 """
 
 import os
@@ -23,10 +26,22 @@ import llama_cpp  # noqa: E402, F401
 import textual  # noqa: E402, F401
 
 import appliance.cli.main  # noqa: E402, F401
-from appliance.runtime.backends import load_backends  # noqa: E402
+from appliance.runtime.backends import CUDA_MODULE, gpus, library_dir, load_backends, no_gpu_reason  # noqa: E402
 
 if load_backends() < 1:
     sys.exit("selftest: llama.cpp registered no CPU backend")
+
+if "--cuda" in sys.argv[1:]:
+    module = library_dir() / CUDA_MODULE
+    if not module.is_file():
+        sys.exit(f"selftest: the CUDA variant has no {module}")
+    ldd = subprocess.run(["ldd", str(module)], capture_output=True, text=True, check=True).stdout
+    missing = sorted(line.split()[0] for line in ldd.splitlines() if "not found" in line)
+    if missing != ["libcuda.so.1"]:
+        sys.exit(f"selftest: {CUDA_MODULE} cannot resolve {missing} (only the host's libcuda.so.1 may be missing)")
+    if gpus():
+        sys.exit("selftest: a card answered inside the image build")
+    print(f"selftest: cuda: {CUDA_MODULE} links resolve but the driver's; here: {no_gpu_reason()}")
 
 version = subprocess.run([os.path.join(sys.prefix, "bin", "appliance"), "--version"], capture_output=True, text=True, check=True)
 print(f"selftest: ok: interfaces {interfaces}; {version.stdout.strip()}")

@@ -9,6 +9,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 from test_packaging import TRAINING_STACK
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +31,7 @@ def test_the_image_pins_are_the_project_pins():
     assert sdist == {"llama-cpp-python": project["llama-cpp-python"]}
 
 
-def test_every_locked_wheel_has_a_hash():
-    lines = [
-        line for line in (ROOT / "image" / "requirements.lock").read_text().splitlines() if line and not line.startswith("#")
-    ]
+@pytest.mark.parametrize("lock", ["requirements.lock", "cuda.lock"])
+def test_every_locked_wheel_has_a_hash(lock):
+    lines = [line for line in (ROOT / "image" / lock).read_text().splitlines() if line and not line.startswith("#")]
     assert lines and all(re.fullmatch(r"[a-z0-9-]+==\S+ --hash=sha256:[0-9a-f]{64}", line) for line in lines)

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,22 @@ def storage_conf(directory: Path) -> Path:
     conf = directory / "storage.conf"
     conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{directory}/graph"\nrunroot = "{directory}/run"\n')
     return conf
+
+
+def appliance_in_container(tmp_path: Path, image: str, env=None) -> Callable[..., str]:
+    """`appliance ARGS` in IMAGE with no network, read-only, no capabilities; its state in a volume of its own."""
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 1000, 1000)
+    (tmp_path / "pp").write_text("image test passphrase\n")
+    os.chown(tmp_path / "pp", 1000, 1000)
+
+    def in_container(*args: str) -> str:
+        return run("podman", "run", "--rm", "--network=none", "--read-only", "--cap-drop=all", "--security-opt", "no-new-privileges",
+                   "-v", f"{state}:/var/lib/appliance", "-v", f"{tmp_path / 'pp'}:/run/pp:ro",
+                   "-e", "APPLIANCE_PASSPHRASE_FILE=/run/pp", image, *args, env=env).stdout  # fmt: skip
+
+    return in_container
 
 
 @pytest.fixture(scope="module")
@@ -88,18 +105,7 @@ def test_the_built_image_is_signed_imported_run_offline_and_rolled_back(built, k
     assert "installed image appliance v1" in imported and "loaded as localhost/appliance:1" in imported
     ok("update", "import", str(out / "appliance-v2.bundle"))
 
-    # The image runs the appliance with no network, read-only, no capabilities; its state in a volume.
-    state = tmp_path / "state"
-    state.mkdir()
-    os.chown(state, 1000, 1000)
-    (tmp_path / "pp").write_text("image test passphrase\n")
-    os.chown(tmp_path / "pp", 1000, 1000)
-
-    def in_container(*args: str) -> str:
-        return run("podman", "run", "--rm", "--network=none", "--read-only", "--cap-drop=all", "--security-opt", "no-new-privileges",
-                   "-v", f"{state}:/var/lib/appliance", "-v", f"{tmp_path / 'pp'}:/run/pp:ro",
-                   "-e", "APPLIANCE_PASSPHRASE_FILE=/run/pp", "localhost/appliance:active", *args).stdout  # fmt: skip
-
+    in_container = appliance_in_container(tmp_path, "localhost/appliance:active")
     in_container("init")
     answer = in_container("ask", QUESTION, "--max-tokens", "8", "--temperature", "0")
     assert answer.strip()
@@ -108,3 +114,23 @@ def test_the_built_image_is_signed_imported_run_offline_and_rolled_back(built, k
     assert "image appliance: v2 -> v1" in ok("image", "rollback")
     assert ok("image", "list").splitlines()[0].startswith("* appliance v1")
     assert in_container("ask", QUESTION, "--max-tokens", "8", "--temperature", "0") == answer
+
+
+CUDA_MODULE = ROOT / "image" / "cache" / "cuda" / "libggml-cuda.so"
+
+
+@pytest.mark.skipif(not CUDA_MODULE.exists(), reason="no CUDA module cached: image/cuda-module compiles it where nvcc is")
+def test_the_cuda_variant_carries_the_backend_and_answers_on_the_cpu_where_no_card_is(tmp_path):
+    """No card here: the variant must still run, on the CPU, and say why (the card itself: tests/gpu)."""
+    env = {"CONTAINERS_STORAGE_CONF": str(storage_conf(tmp_path / "build-storage")), "PYTHON": sys.executable}
+    run(ROOT / "image" / "build", "--cuda", "--out", tmp_path / "out", env=env)
+    info = json.loads((tmp_path / "out" / "build-info.json").read_text())
+    module_sha = run("sha256sum", CUDA_MODULE).stdout.split()[0]
+    assert info["cuda_module_sha256"] == module_sha
+    assert "selftest: cuda: libggml-cuda.so links resolve but the driver's" in (tmp_path / "out" / "podman-build.log").read_text()
+
+    in_container = appliance_in_container(tmp_path, "localhost/appliance:build", env)
+    in_container("init")
+    device = next(line for line in in_container("status").splitlines() if line.startswith("device:"))
+    assert device.startswith("device:  cpu (libggml-cuda.so found no usable card"), device
+    assert in_container("ask", QUESTION, "--max-tokens", "8", "--temperature", "0").strip()
