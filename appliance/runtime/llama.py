@@ -7,12 +7,16 @@ one-sequence context would). Input is either token ids or input embeddings
 (`batch.embd`), which is how the overlay enters llama.cpp without touching its
 weights. A decode can be stopped part-way (`stop_on`): llama.cpp asks an
 abort callback after every node of the compute graph, so a kill ends even a
-long prefill within one matrix product.
+long prefill within one matrix product. A quick decode step (one token, the last
+one under `QUICK_STEP_SECONDS`) runs without it and is asked once, before it: the
+callback is a Python call at each of the graph's nodes (about 600 for the embedded
+model, 3-5% of its step), and such a step ends well within the kill's 100 ms.
 """
 
 import ctypes
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -38,6 +42,7 @@ def _quiet(level, text, user_data):  # llama.cpp logs to stderr by default; the 
 # tokens computes bit for bit what one whole prefill computes, with any thread count; only a batch
 # of a single token (a decode step) rounds differently. The decoder builds on exactly that.
 FLASH_ATTENTION = False
+QUICK_STEP_SECONDS = 0.04  # a step this quick is asked to stop only before it (docs/design.md: a kill in 100 ms)
 
 
 class DecodeStopped(Exception):
@@ -118,6 +123,10 @@ class LlamaEngine:
         self._embd_batch = C.llama_batch_init(n_batch, self.n_embd, 1)
         self._piece = ctypes.create_string_buffer(256)
         self.stopping: threading.Event | None = None  # the event of the `stop_on` block a decode is in, for a shadow engine
+        self._stop: tuple | None = None  # in a `stop_on` block: (whether to stop, its abort callback)
+        self._installed = None  # the abort callback llama.cpp has now (None: none)
+        self._step_seconds = float("inf")  # the last one-token decode's; the first step is asked after every node
+        self.quick_step_seconds = QUICK_STEP_SECONDS
 
     @property
     def batch_invariant(self) -> bool:
@@ -134,15 +143,18 @@ class LlamaEngine:
         # llama.cpp calls it after every graph node, on the thread that called llama_decode (ctypes takes
         # the GIL for it: about a microsecond a node), so it is set only while a caller can be stopped.
         interrupted = threading.Event()
-        abort = C.ggml_abort_callback(lambda _data: event.is_set() or interrupted.is_set())
+
+        def stop(_data=None) -> bool:
+            return event.is_set() or interrupted.is_set()
+
         with _interrupt_held(interrupted):
-            C.llama_set_abort_callback(self.ctx, abort, None)
+            self._stop = (stop, C.ggml_abort_callback(stop))
             self.stopping = event
             try:
                 yield
             finally:
-                self.stopping = None
-                C.llama_set_abort_callback(self.ctx, C.ggml_abort_callback(), None)  # NULL: none
+                self.stopping = self._stop = None
+                self._install(None)
 
     def set_threads(self, n: int) -> None:
         """Threads for the next decodes (prompt batches and single tokens alike); the numerics do not depend on it."""
@@ -233,11 +245,31 @@ class LlamaEngine:
                 batch.logits[k] = all_logits
             batch.logits[j - i - 1] = j == n
             batch.n_tokens = j - i
-            rc = C.llama_decode(self.ctx, batch)
+            rc = self._run(batch)
             if rc == 2:  # stopped (`stop_on`): llama.cpp has dropped this batch's positions
                 raise DecodeStopped(f"the decode at positions {pos0 + i}..{pos0 + j - 1} was stopped")
             if rc != 0:
                 raise ModelFailed(f"llama_decode failed with code {rc}")
+
+    def _run(self, batch) -> int:
+        """llama_decode, asked to stop as `stop_on` says: after every graph node, or before a quick step only."""
+        step = batch.n_tokens == 1
+        if self._stop is not None:
+            stop, abort = self._stop
+            quick = step and self._step_seconds < self.quick_step_seconds
+            if quick and stop():
+                return 2  # as llama.cpp says it: stopped, nothing of this batch kept
+            self._install(None if quick else abort)
+        t = time.perf_counter()
+        rc = C.llama_decode(self.ctx, batch)
+        if step:
+            self._step_seconds = time.perf_counter() - t
+        return rc
+
+    def _install(self, abort) -> None:
+        if abort is not self._installed:
+            C.llama_set_abort_callback(self.ctx, abort if abort is not None else C.ggml_abort_callback(), None)  # NULL: none
+            self._installed = abort
 
     # -- the control vector: one for the whole context --------------------------
 
