@@ -164,7 +164,7 @@ class EmbeddingTable:
             new = list(wanted)
         if new:
             seen.update(zip(new, self._dequantise(new)))
-        return np.stack([seen[t] for t in tokens])
+        return np.array([seen[t] for t in tokens])  # a copy: the caller owns it (np.stack costs 4x for one row)
 
     def _dequantise(self, tokens: list) -> np.ndarray:
         # Row by row elementwise: a row's values do not depend on the others dequantised with it.

@@ -121,6 +121,8 @@ class LlamaEngine:
         self._logits_row = ctypes.c_float * self.n_vocab
         self._token_batch = C.llama_batch_init(n_batch, 0, 1)
         self._embd_batch = C.llama_batch_init(n_batch, self.n_embd, 1)
+        # (n_batch, n_embd) float32 over the batch's embd buffer: a row copied in is one numpy assignment
+        self._embd_rows = np.ctypeslib.as_array(self._embd_batch.embd, shape=(n_batch, self.n_embd))
         self._piece = ctypes.create_string_buffer(256)
         self.stopping: threading.Event | None = None  # the event of the `stop_on` block a decode is in, for a shadow engine
         self._stop: tuple | None = None  # in a `stop_on` block: (whether to stop, its abort callback)
@@ -225,8 +227,10 @@ class LlamaEngine:
         E = np.ascontiguousarray(embeddings, dtype=np.float32)
         if E.ndim != 2 or E.shape[1] != self.n_embd:  # llama.cpp would read n_embd floats a row, past a narrower array
             raise ModelFailed(f"input embeddings for this model are (n, {self.n_embd}), not {E.shape}")
-        row = self.n_embd * 4
-        fill = lambda b, i, j: ctypes.memmove(b.embd, E[i:j].ctypes.data, (j - i) * row)  # noqa: E731
+
+        def fill(_batch, i: int, j: int) -> None:
+            self._embd_rows[: j - i] = E[i:j]
+
         self._decode(len(E), pos0, seq, self._embd_batch, fill, all_logits)
 
     def _decode(self, n: int, pos0: int, seq: int, batch, fill, all_logits: bool = False) -> None:
