@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -137,7 +138,8 @@ def native_rows(model, rounds: int, n_tokens: int, prompt: str, median_of) -> li
     def ours_decode(on: bool):
         def run():
             runtime.decoder.reset()
-            reply = Session.switched_on(runtime, overlay if on else None, settings=GREEDY).generate(prompt, max_tokens=n_tokens)
+            session = Session.switched_on(runtime, overlay if on else None, settings=GREEDY)
+            reply = session.generate(prompt, max_tokens=n_tokens, cancel=threading.Event())  # a stop event, as every reply has
             return len(reply.tokens) / reply.seconds
 
         return run

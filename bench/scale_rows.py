@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from functools import cache, partial
@@ -216,7 +217,8 @@ def _one_base(name: str, gguf: Path, tmp: Path, exe: Path, rounds: int, n_tokens
 
         def decode_ours() -> float:
             runtime.decoder.reset()
-            reply = Session(runtime, settings=GREEDY).generate(PROMPT, max_tokens=n_tokens)
+            stop = threading.Event()  # a stop event, as every reply has (the kill-switch's)
+            reply = Session(runtime, settings=GREEDY).generate(PROMPT, max_tokens=n_tokens, cancel=stop)
             return len(reply.tokens) / reply.seconds
 
         decode = median_of(rounds, {"native": lambda: _native(exe, gguf, threads, 0, n_tokens), "ours": decode_ours})

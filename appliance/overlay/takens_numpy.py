@@ -53,7 +53,10 @@ class OverlayStream:
 
     def steps(self, E: np.ndarray) -> np.ndarray:
         """E (n, d) -> E' (n, d), continuing the stream."""
-        return np.stack([self.step(e) for e in E]) if len(E) else E.copy()
+        out = np.empty_like(E)  # filled row by row: np.stack would cost more than a step's maths for one row
+        for i, e in enumerate(E):
+            out[i] = self.step(e)
+        return out
 
     def resume(self, E_before: np.ndarray, t: int) -> None:
         """Restart at position t, given the embeddings of (at least the last max tau) tokens before it."""

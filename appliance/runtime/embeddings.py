@@ -1,7 +1,10 @@
 """Rows of the base model's token-embedding table, dequantised exactly as llama.cpp does.
 
 The table stays quantised and memory-mapped; only the rows asked for are
-dequantised, so a lookup costs O(tokens), not O(vocabulary).
+dequantised, so a lookup costs O(tokens), not O(vocabulary). The rows of the
+tokens seen are kept dequantised (up to `ROW_CACHE_BYTES`): an overlay-on decode
+step asks for one row, whose dequantisation through `gguf.quants` costs more
+than everything else Python does for that token.
 
 The rows are what llama.cpp's graph reads after its token lookup. Gemma 3's
 graph multiplies the looked-up rows by sqrt(n_embd), but only for token input,
@@ -30,6 +33,7 @@ from gguf.quants import dequantize
 from ..errors import ModelFailed
 
 TOKEN_EMBEDDING = "token_embd.weight"
+ROW_CACHE_BYTES = 32 << 20  # dequantised rows kept: 14,000 of the embedded model's, 2,048 of an 8B base's
 # llama.cpp's graphs that scale token input, and only token input, by sqrt(n_embd): `ubatch.token ? sqrtf(n_embd) : 1.0f`
 SCALED_BY_SQRT_N_EMBD = ("gemma3",)
 _SCALAR: dict[int, str] = {  # keyed by the value types, which are ints in the file
@@ -152,15 +156,29 @@ class EmbeddingTable:
         self._raw = np.frombuffer(self._map, dtype=np.uint8, count=self.n_vocab * row_bytes, offset=offset).reshape(
             self.n_vocab, row_bytes
         )
+        self._seen: dict[int, np.ndarray] = {}  # token id -> its row, for the tokens seen
+        self._seen_max = max(1, ROW_CACHE_BYTES // (4 * self.n_embd))
 
     def rows(self, tokens) -> np.ndarray:
         """tokens (n,) -> embeddings (n, n_embd) float32, as the model's graph reads them"""
         if len(tokens) == 0:  # gguf's K-quant dequantisers fail on no rows (a prefill that keeps nothing asks for none)
             return np.zeros((0, self.n_embd), dtype=np.float32)
+        seen, wanted = self._seen, dict.fromkeys(tokens)
+        new = [t for t in wanted if t not in seen]
+        if new and len(seen) + len(new) > self._seen_max:
+            seen.clear()  # the simplest bound: these rows are dequantised again in one call
+            new = list(wanted)
+        if new:
+            seen.update(zip(new, self._dequantise(new)))
+        return np.array([seen[t] for t in tokens])  # a copy: the caller owns it (np.stack costs 4x for one row)
+
+    def _dequantise(self, tokens: list) -> np.ndarray:
+        # Row by row elementwise: a row's values do not depend on the others dequantised with it.
         rows = dequantize(self._raw[np.asarray(tokens, dtype=np.int64)], self._qtype).astype(np.float32, copy=False)
         return rows * self.scale if self.scale is not None else rows
 
     def close(self) -> None:
         """Unmap the file (the rows view goes first: a mapping with a live view cannot close)."""
         del self._raw
+        self._seen.clear()
         self._map.close()

@@ -7,12 +7,16 @@ one-sequence context would). Input is either token ids or input embeddings
 (`batch.embd`), which is how the overlay enters llama.cpp without touching its
 weights. A decode can be stopped part-way (`stop_on`): llama.cpp asks an
 abort callback after every node of the compute graph, so a kill ends even a
-long prefill within one matrix product.
+long prefill within one matrix product. A quick decode step (one token, the last
+one under `QUICK_STEP_SECONDS`) runs without it and is asked once, before it: the
+callback is a Python call at each of the graph's nodes (about 600 for the embedded
+model, 3-5% of its step), and such a step ends well within the kill's 100 ms.
 """
 
 import ctypes
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -38,6 +42,7 @@ def _quiet(level, text, user_data):  # llama.cpp logs to stderr by default; the 
 # tokens computes bit for bit what one whole prefill computes, with any thread count; only a batch
 # of a single token (a decode step) rounds differently. The decoder builds on exactly that.
 FLASH_ATTENTION = False
+QUICK_STEP_SECONDS = 0.04  # a step this quick is asked to stop only before it (docs/design.md: a kill in 100 ms)
 
 
 class DecodeStopped(Exception):
@@ -113,10 +118,17 @@ class LlamaEngine:
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
         self.n_embd = C.llama_model_n_embd(self.model)
         self.n_layer = C.llama_model_n_layer(self.model)
+        self._logits_row = ctypes.c_float * self.n_vocab
         self._token_batch = C.llama_batch_init(n_batch, 0, 1)
         self._embd_batch = C.llama_batch_init(n_batch, self.n_embd, 1)
+        # (n_batch, n_embd) float32 over the batch's embd buffer: a row copied in is one numpy assignment
+        self._embd_rows = np.ctypeslib.as_array(self._embd_batch.embd, shape=(n_batch, self.n_embd))
         self._piece = ctypes.create_string_buffer(256)
         self.stopping: threading.Event | None = None  # the event of the `stop_on` block a decode is in, for a shadow engine
+        self._stop: tuple | None = None  # in a `stop_on` block: (whether to stop, its abort callback)
+        self._installed = None  # the abort callback llama.cpp has now (None: none)
+        self._step_seconds = float("inf")  # the last one-token decode's; the first step is asked after every node
+        self.quick_step_seconds = QUICK_STEP_SECONDS
 
     @property
     def batch_invariant(self) -> bool:
@@ -133,15 +145,18 @@ class LlamaEngine:
         # llama.cpp calls it after every graph node, on the thread that called llama_decode (ctypes takes
         # the GIL for it: about a microsecond a node), so it is set only while a caller can be stopped.
         interrupted = threading.Event()
-        abort = C.ggml_abort_callback(lambda _data: event.is_set() or interrupted.is_set())
+
+        def stop(_data=None) -> bool:
+            return event.is_set() or interrupted.is_set()
+
         with _interrupt_held(interrupted):
-            C.llama_set_abort_callback(self.ctx, abort, None)
+            self._stop = (stop, C.ggml_abort_callback(stop))
             self.stopping = event
             try:
                 yield
             finally:
-                self.stopping = None
-                C.llama_set_abort_callback(self.ctx, C.ggml_abort_callback(), None)  # NULL: none
+                self.stopping = self._stop = None
+                self._install(None)
 
     def set_threads(self, n: int) -> None:
         """Threads for the next decodes (prompt batches and single tokens alike); the numerics do not depend on it."""
@@ -212,8 +227,10 @@ class LlamaEngine:
         E = np.ascontiguousarray(embeddings, dtype=np.float32)
         if E.ndim != 2 or E.shape[1] != self.n_embd:  # llama.cpp would read n_embd floats a row, past a narrower array
             raise ModelFailed(f"input embeddings for this model are (n, {self.n_embd}), not {E.shape}")
-        row = self.n_embd * 4
-        fill = lambda b, i, j: ctypes.memmove(b.embd, E[i:j].ctypes.data, (j - i) * row)  # noqa: E731
+
+        def fill(_batch, i: int, j: int) -> None:
+            self._embd_rows[: j - i] = E[i:j]
+
         self._decode(len(E), pos0, seq, self._embd_batch, fill, all_logits)
 
     def _decode(self, n: int, pos0: int, seq: int, batch, fill, all_logits: bool = False) -> None:
@@ -232,11 +249,31 @@ class LlamaEngine:
                 batch.logits[k] = all_logits
             batch.logits[j - i - 1] = j == n
             batch.n_tokens = j - i
-            rc = C.llama_decode(self.ctx, batch)
+            rc = self._run(batch)
             if rc == 2:  # stopped (`stop_on`): llama.cpp has dropped this batch's positions
                 raise DecodeStopped(f"the decode at positions {pos0 + i}..{pos0 + j - 1} was stopped")
             if rc != 0:
                 raise ModelFailed(f"llama_decode failed with code {rc}")
+
+    def _run(self, batch) -> int:
+        """llama_decode, asked to stop as `stop_on` says: after every graph node, or before a quick step only."""
+        step = batch.n_tokens == 1
+        if self._stop is not None:
+            stop, abort = self._stop
+            quick = step and self._step_seconds < self.quick_step_seconds
+            if quick and stop():
+                return 2  # as llama.cpp says it: stopped, nothing of this batch kept
+            self._install(None if quick else abort)
+        t = time.perf_counter()
+        rc = C.llama_decode(self.ctx, batch)
+        if step:
+            self._step_seconds = time.perf_counter() - t
+        return rc
+
+    def _install(self, abort) -> None:
+        if abort is not self._installed:
+            C.llama_set_abort_callback(self.ctx, abort if abort is not None else C.ggml_abort_callback(), None)  # NULL: none
+            self._installed = abort
 
     # -- the control vector: one for the whole context --------------------------
 
@@ -260,11 +297,13 @@ class LlamaEngine:
 
     def logits_at(self, i: int) -> np.ndarray:
         """Logits (n_vocab,) of the i-th position of the last batch decoded with `all_logits`; a view."""
-        return np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
+        row = C.llama_get_logits_ith(self.ctx, i)
+        # One array type made once: np.ctypeslib.as_array makes one a call (half of this call's cost).
+        return np.frombuffer(self._logits_row.from_address(ctypes.addressof(row.contents)), dtype=np.float32)
 
     def last_logits(self) -> np.ndarray:
         """Logits (n_vocab,) of the last decoded position; a view valid until the next decode."""
-        return np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
+        return self.logits_at(-1)
 
     def close(self) -> None:
         if self.ctx:

@@ -6,8 +6,8 @@ import pytest
 from appliance.overlay.files import Overlay
 from appliance.overlay.params import OverlayParams
 from appliance.overlay.takens_numpy import apply_sequence
-from appliance.runtime.llama import LlamaEngine, reference_llama
-from appliance.runtime.sampler import GREEDY, Sampler, SamplingSettings
+from appliance.runtime.llama import LlamaEngine, SamplerChain, reference_llama
+from appliance.runtime.sampler import GREEDY, NativeSampler, Sampler, SamplingSettings
 from appliance.runtime.session import Runtime, Session
 
 PROMPT = "What is an air gap, in one paragraph?"
@@ -252,6 +252,19 @@ def test_native_greedy_with_penalty_picks_what_the_numpy_sampler_picks(runtime):
     assert native.tokens != Session(runtime, settings=GREEDY).generate(PROMPT, max_tokens=40).tokens, (
         "the penalty must matter here"
     )
+
+
+def test_plain_greedy_is_an_argmax_that_picks_what_llama_cpps_greedy_stage_picks(runtime):
+    """Plain greedy reads the logits row in Python, without the chain's per-token copy of the vocabulary."""
+    plain, chain = NativeSampler(runtime.engine, GREEDY, []), SamplerChain(runtime.engine).greedy()
+    assert plain.chain is None
+    runtime.decoder.reset()
+    runtime.decoder.prefill(_prompt_tokens(runtime, [{"role": "user", "content": PROMPT}]))
+    for _ in range(24):
+        token = plain()
+        assert token == chain.sample()
+        runtime.decoder.step(token)
+    chain.close()
 
 
 @pytest.mark.parametrize("filters", [{"top_k": 1}, {"top_k": 0, "top_p": 1e-6}])

@@ -45,3 +45,22 @@ def test_no_tokens_give_no_rows_for_a_k_quant_table(tmp_path):
         assert table.rows([2, 3]).shape == (2, 256)
     finally:
         table.close()
+
+
+def test_rows_of_tokens_seen_are_kept_and_equal_fresh_ones(model, monkeypatch):
+    """The rows of tokens seen are kept dequantised (an overlay-on step asks for one); what comes back is
+    the same whether a row was kept, dequantised alone or beside others, and the kept ones stay bounded."""
+    import appliance.runtime.embeddings as embeddings
+
+    tensor = next(t for t in GGUFReader(str(model.path)).tensors if t.name == TOKEN_EMBEDDING)
+    monkeypatch.setattr(embeddings, "ROW_CACHE_BYTES", 3 * 4 * tensor.shape[0])  # room for three rows
+    table = EmbeddingTable(model.path)
+    try:
+        for ids in ([5, 3, 5], [3], [7, 5, 9, 11], [5, 5]):
+            rows = table.rows(ids)
+            assert np.array_equal(rows, dequantize(tensor.data[ids], tensor.tensor_type))
+            assert len(table._seen) <= 4  # three, or the one call that asked for four distinct rows
+        rows[0] += 1.0  # the caller owns what it gets: the kept row is untouched
+        assert np.array_equal(table.rows([5]), dequantize(tensor.data[[5]], tensor.tensor_type))
+    finally:
+        table.close()

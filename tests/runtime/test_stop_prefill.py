@@ -7,6 +7,7 @@ import threading
 import llama_cpp as C
 import pytest
 
+from appliance.runtime.llama import DecodeStopped
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Session
 
@@ -69,4 +70,45 @@ def test_ctrl_c_during_a_prefill_stops_it_and_is_raised(runtime):
     with pytest.raises(KeyboardInterrupt):
         Session(runtime, settings=GREEDY).generate(LONG, max_tokens=8, cancel=ctrl_c)
     assert ctrl_c.pressed and _cached(runtime) < 2 * runtime.engine.n_batch  # stopped inside its second batch
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class Counted(threading.Event):
+    """An event that counts how often it is asked."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = 0
+
+    def is_set(self) -> bool:
+        self.asked += 1
+        return super().is_set()
+
+
+def test_a_quick_step_is_asked_once_before_it_and_a_stop_or_ctrl_c_between_steps_ends_the_reply(runtime, monkeypatch):
+    """The abort callback is a Python call at every graph node (3-5% of the embedded model's step): a quick step
+    is asked once, before it, and a stop or a Ctrl-C that came during the last one stops the next (llama.py)."""
+    engine, decoder = runtime.engine, runtime.decoder
+    monkeypatch.setattr(engine, "quick_step_seconds", 60.0)  # every step is quick, however loaded the machine
+    decoder.reset()
+    stop = Counted()
+    with engine.stop_on(stop):
+        decoder.prefill(engine.tokenize(SHORT))
+        assert stop.asked > 100  # a prefill is asked after every graph node
+        decoder.step(42)
+        asked = stop.asked
+        for _ in range(5):
+            decoder.step(42)
+        assert stop.asked - asked == 5
+        stop.set()
+        held = _cached(runtime)
+        with pytest.raises(DecodeStopped):
+            decoder.step(42)
+        assert _cached(runtime) == held == len(decoder.current.tokens)
+
+    with pytest.raises(KeyboardInterrupt), engine.stop_on(Counted()):
+        decoder.step(42)
+        signal.raise_signal(signal.SIGINT)  # its handler runs now, between the steps
+        with pytest.raises(DecodeStopped):
+            decoder.step(42)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
