@@ -9,7 +9,8 @@ Rules:
 - The signal handler only sets `cancel` (a threading.Event) and remembers whether a wipe was asked
   for. It never raises: an exception thrown into the middle of a journal append could leave half a
   record. The decode loop reads `cancel` between tokens and llama.cpp after every graph node of a
-  forward pass (`LlamaEngine.stop_on`), so a prefill stops too; `check()` raises `Killed` at safe
+  prefill or slow step (`LlamaEngine.stop_on`; a step quicker than 40 ms reads it once, before it),
+  so a prefill stops too; `check()` raises `Killed` at safe
   points; whatever holds the vault handles a kill it was not stopped by when it ends.
 - Whoever holds keys or decrypted weights registers a zeroing callback with `on_kill`; `Killed`
   handling runs them all, so nothing decrypted outlives the kill.
