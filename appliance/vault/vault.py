@@ -47,7 +47,7 @@ from ..errors import NotFound, Refused
 from ..fsutil import discard, fsync_dir
 from ..utc import now_text
 from . import heads_file, key_files, upgrades
-from .aead import KEY_BYTES, random_key, zeroize
+from .aead import KEY_BYTES, derive_key, random_key, zeroize
 from .disk import vault_dir, vault_lock
 from .errors import NoVault, VaultCorrupt, VaultErased, VaultRolledBack
 from .heads_file import MovedHeads
@@ -81,6 +81,7 @@ class Vault:
         # heads.json as last read or written beside that view: (the view, its bytes, its heads; None where none count)
         self._moved: tuple[Opened, bytes | None, MovedHeads | None] | None = None
         self._pinned = False  # inside `pinned`: the view above is used as it is
+        self._journal_key: bytearray | None = None  # unwrapped once inside `pinned` (every session reads it), zeroed after
 
     # -- whole-vault operations ----------------------------------------------------
 
@@ -191,7 +192,13 @@ class Vault:
         try:
             yield
         finally:
-            self._pinned = False
+            self._unpin()
+
+    def _unpin(self) -> None:
+        self._pinned = False
+        if self._journal_key is not None:
+            zeroize(self._journal_key)
+            self._journal_key = None
 
     def generation(self) -> tuple[int, str]:
         """How many times the vault files were written, and when last: what the operator notes offline."""
@@ -199,6 +206,7 @@ class Vault:
         return (moved.generation, moved.written) if moved else (table.generation, table.written)
 
     def zeroize(self) -> None:
+        self._unpin()
         zeroize(self._kek)
         self._view = self._moved = None
 
@@ -295,6 +303,18 @@ class Vault:
         paths = {self._inside_home(rel): rel for rels in files.values() for rel in rels}
         return [paths[path] for path in discard(self.home, list(paths))]
 
+    def journal_subkey(self, info: bytes) -> bytearray | None:
+        """A key for the journal's own sealed files (its index), HKDF-SHA256 of the journal key under `info`: it goes
+        with the journal key at `erase logs`. None while there is no journal key (no session made since it was erased)."""
+        slot = self._read_table().slots.get(JOURNAL_KEY_ID)
+        if slot is None:
+            return None
+        journal_key = unwrap_data_key(self._kek, JOURNAL_KEY_ID, slot.key)
+        try:
+            return derive_key(journal_key, info)
+        finally:
+            zeroize(journal_key)
+
     # -- sealed heads (the journal's last record per session) ---------------------------
 
     def head(self, key_id: str) -> tuple[int, str] | None:
@@ -306,7 +326,7 @@ class Vault:
     def seal_head(self, key_id: str, seq: int, digest: str) -> None:
         """Move the head of `key_id` in heads.json: a write the size of the sessions in use (`heads_file`)."""
         with vault_lock(self.home):
-            self._pinned = False
+            self._unpin()
             _, table, moved = self._state()
             if key_id not in table.slots and not _recorded(table, moved, key_id):
                 table.entry(key_id)
@@ -360,7 +380,7 @@ class Vault:
     def _record_filed(self, key_id: str, key: bytearray, files: tuple[str, ...]) -> None:
         """A journal session's key in its own file, then the session recorded by a head of seq 0 (`key_files` rule 1)."""
         with vault_lock(self.home):
-            self._pinned = False
+            self._unpin()
             doc, table, moved = self._state()
             if key_id in table.slots or _recorded(table, moved, key_id) or key_id in table.erased:
                 raise Refused(f"{key_id} already has a data key, or had one")
@@ -385,6 +405,10 @@ class Vault:
         slot = table.slots.get(JOURNAL_KEY_ID)
         if slot is None:
             return None
+        if self._pinned:
+            if self._journal_key is None:
+                self._journal_key = unwrap_data_key(self._kek, JOURNAL_KEY_ID, slot.key)
+            return key_files.read(self.home, self._journal_key, key_id)
         journal_key = unwrap_data_key(self._kek, JOURNAL_KEY_ID, slot.key)
         try:
             return key_files.read(self.home, journal_key, key_id)
@@ -463,7 +487,7 @@ class Vault:
     def _table(self) -> Iterator[SlotTable]:
         """Read-modify-write of the table under the lock; written back only if the body succeeds."""
         with vault_lock(self.home):
-            self._pinned = False
+            self._unpin()
             upgrades.remove_leftovers(self.home)
             doc, table = self._merged()
             yield table
