@@ -20,7 +20,7 @@ Rules, in order:
    where it is behind; it is never trusted for a session it does not know, and never lists one.
 3. A line that does not open under this vault's index key (damaged, torn by a crash, from another vault,
    or sealed under a journal key `erase logs` has since dropped) counts for nothing: its sessions are read
-   again (rule 2), and the command says so (`Listing.unopened`).
+   again (rule 2), the command says so (`Listing.unopened`), and the index is written again without it.
 4. When the tail passes `TAIL_BYTES` its writer folds both files into `index` (one sealed line, an atomic
    rename under the vault lock) and then removes the tail: a crash in between leaves both, holding the
    same summaries. One appended by another process in between is lost, and rule 2 reads it again.
@@ -117,10 +117,14 @@ def add(home: Path, key: bytearray, summaries: list[Summary]) -> None:
 
 def _fold(home: Path, key: bytearray) -> None:
     """Rule 4: both files as one sealed line in `index`, then the tail removed."""
+    rewrite(home, key, list(read(home, key)[0].values()))
+
+
+def rewrite(home: Path, key: bytearray, summaries: list[Summary]) -> None:
+    """`index` replaced by `summaries` in one sealed line, the tail removed (rules 3 and 4)."""
     index, tail = _paths(home)
     with vault_lock(home):
-        known, _ = read(home, key)
-        atomic_write(index, _line(key, list(known.values())))
+        atomic_write(index, _line(key, summaries))
         tail.unlink(missing_ok=True)
 
 

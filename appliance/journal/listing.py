@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import Erased, NotFound
 from ..vault import Vault, zeroize
-from .index import Summary, add, index_key, read, summarise
+from .index import Summary, add, index_key, read, rewrite, summarise
 from .session_files import session_key_id, verify_session
 
 PAGE = 50  # sessions a page: a screenful, and the newest show at once whatever the history's length
@@ -52,7 +52,9 @@ class Listing:
                     fresh.append(summary)
                 yield listed
         finally:
-            if self._key is not None and fresh:
+            if self._key is not None and self.unopened:  # `index` rule 3: what did not open goes
+                rewrite(self.vault.home, self._key, list(self._known.values()))
+            elif self._key is not None and fresh:
                 add(self.vault.home, self._key, fresh)
 
     def _listed(self, sid: str) -> tuple[Listed, Summary | None]:
