@@ -16,6 +16,7 @@ from ..fsutil import atomic_write
 from ..journal import JournalBroken, read_session, sessions, verify_session
 from ..journal.listing import PAGE, Listed, Listing
 from ..journal.search import Match, search
+from ..journal.session_files import JOURNAL_KEYS
 from ..journal.transcript import markdown_transcript, provenance_line
 from ..trust.kinds import KINDS
 from ..vault import Vault, VaultRolledBack, zeroize
@@ -237,9 +238,15 @@ def erase_logs_cmd(yes: bool, passphrase_file: Optional[Path]) -> None:
     with unlocked(passphrase_file) as vault:
         _confirm(ERASE_JOURNAL_PHRASE, "every journal session", yes)
         t0 = time.perf_counter()
+        recorded = vault.key_ids(JOURNAL_KEYS)
+        count = len(recorded)
         key_ids = erase_journal(vault)
-        say(f"destroyed: data keys of {len(key_ids)} journal sessions, then their files ({time.perf_counter() - t0:.3f} s)")
-        _prove(vault, key_ids)
+        seconds = time.perf_counter() - t0
+        if not key_ids:
+            say(f"finished an interrupted erase: the journal files its keys no longer open are removed ({seconds:.3f} s)")
+            return
+        say(f"destroyed: {', '.join(key_ids)}: the keys of {count} journal sessions, then their files ({seconds:.3f} s)")
+        _prove(vault, [*key_ids, recorded[-1]] if recorded[-1] not in key_ids else key_ids)  # and the newest session's
 
 
 @erase.command("all")

@@ -315,6 +315,28 @@ class Vault:
         finally:
             zeroize(journal_key)
 
+    def erase_journal(self) -> list[str]:
+        """`erase logs` in a time flat in the number of sessions (`key_files` rule 4): one write of vault.json drops the
+        journal key, under which every session's key file is sealed, and the sessions' heads (a session whose key an
+        older vault keeps in its table is erased by its id, as `erase` does); then the key files go. Returns the key
+        ids whose erase proves it: the journal key's and the table's; none where there was no session."""
+        if not self.key_ids(FILED):
+            return []
+        with self._table() as table:
+            when = now_text()
+            proof = [i for i in table.slots if i.startswith(FILED)]
+            for key_id in proof:
+                del table.slots[key_id]
+                table.erased[key_id] = when
+            for key_id in [i for i in table.heads if i.startswith(FILED)]:
+                del table.heads[key_id]
+            if table.slots.pop(JOURNAL_KEY_ID, None) is not None:
+                table.erased[JOURNAL_KEY_ID] = when
+                proof.insert(0, JOURNAL_KEY_ID)
+        if key_files.keys_dir(self.home).exists():  # keyless since the write above: a crash leaves them unread
+            discard(self.home, [key_files.keys_dir(self.home)])
+        return proof
+
     # -- sealed heads (the journal's last record per session) ---------------------------
 
     def head(self, key_id: str) -> tuple[int, str] | None:
@@ -385,6 +407,8 @@ class Vault:
             if key_id in table.slots or _recorded(table, moved, key_id) or key_id in table.erased:
                 raise Refused(f"{key_id} already has a data key, or had one")
             if JOURNAL_KEY_ID not in table.slots:  # the first session (again after `erase logs`): one write of vault.json
+                if key_files.keys_dir(self.home).exists():  # what a crash in `erase_journal` left: no key opens it
+                    discard(self.home, [key_files.keys_dir(self.home)])
                 doc, merged = self._merged()
                 journal_key = random_key()
                 try:
