@@ -2,30 +2,38 @@
 
 One row group per size of the journal (sessions of 4 messages, the recipe of `journal_search`): a
 state dir of that many sessions is built in process once, through `Journal.create`/`append`, and
-kept under bench/out/journal/ between runs; each run measures on a copy of it. A size whose
-vault.json would pass its bound (`disk.MAX_VAULT_FILE`: each session's head is taken into
-vault.json) is not built: its row says what the built sizes measured per session.
+kept under bench/out/journal/ between runs (a cache of another layout is built again). The build is
+the product's own writes with `os.fsync` made a no-op, on tmpfs where there is one (/dev/shm), then
+copied to the cache: the same files, bytes and crypto, without waiting for the disk 15 times a
+session, which would take hours at 100,000 sessions. Each run measures on a copy of the cache made
+of hard links (the files it appends to are copied): reads against the built journal, writes
+(appends, new sessions, the erase) with the real fsyncs.
 """
 
+import contextlib
+import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from appliance import state
 from appliance.erase import erase_journal
-from appliance.journal import Journal, provenance, sessions, verify_session
+from appliance.journal import Journal, index, provenance, sessions, verify_session
+from appliance.journal.listing import PAGE, Listing
 from appliance.journal.search import Match, search
 from appliance.runtime.sampler import GREEDY
 from appliance.vault import Vault
-from appliance.vault.disk import MAX_VAULT_FILE
 from appliance.vault.vault_file import vault_path
 
 CACHE = Path(__file__).resolve().parent / "out" / "journal"
+LAYOUT = "key files, heads.json, the index of summaries\n"  # what the cache was built with: another is built again
 PASSPHRASE = b"bench passphrase"
 PROVENANCE = {"base": provenance.base("bench", "0" * 64, 1), "overlay": None, "settings": GREEDY.as_dict(), "system_prompt": None}
-FIRST_PAGE = 50  # the sessions `logs list` shows first (a screenful)
-APPENDS = 50  # appends timed at each size
+APPENDS = 200  # appends timed at each size (the p99 of 200 is their second largest)
+CREATES = 20  # new sessions timed at each size
+STAGING = Path("/dev/shm")
 
 
 def _session(vault: Vault, i: int) -> None:
@@ -37,26 +45,57 @@ def _session(vault: Vault, i: int) -> None:
     journal.close()
 
 
+@contextlib.contextmanager
+def _no_fsync() -> Iterator[None]:
+    """The build's writes without their fsyncs (the module docstring says why): every other step as the product's."""
+    real = os.fsync
+    os.fsync = lambda fd: None
+    try:
+        yield
+    finally:
+        os.fsync = real
+
+
 def _built(n_sessions: int) -> Path:
     """The cached state dir of `n_sessions` sessions, built from the largest smaller one where there is one."""
     home = CACHE / str(n_sessions)
-    if (home / "done").exists():
+    if (home / "done").exists() and (home / "done").read_text() == LAYOUT:
         return home
-    smaller = sorted(int(p.name) for p in CACHE.glob("*") if (p / "done").exists() and int(p.name) < n_sessions)
+    smaller = sorted(
+        int(p.name)
+        for p in CACHE.glob("*")
+        if (p / "done").exists() and (p / "done").read_text() == LAYOUT and int(p.name) < n_sessions
+    )
     shutil.rmtree(home, ignore_errors=True)
-    if smaller:
-        shutil.copytree(CACHE / str(smaller[-1]), home)
-        (home / "done").unlink()
-        start = smaller[-1]
-    else:
-        state.initialise(home)
-        Vault.create(home, PASSPHRASE).zeroize()
-        start = 0
-    with Vault.unlock(home, PASSPHRASE) as vault:
-        for i in range(start, n_sessions):
-            _session(vault, i)
-    (home / "done").write_text("")
+    staging = Path(tempfile.mkdtemp(dir=STAGING if STAGING.is_dir() else CACHE)) / "home"
+    try:
+        if smaller:
+            shutil.copytree(CACHE / str(smaller[-1]), staging)
+            (staging / "done").unlink()
+            start = smaller[-1]
+        else:
+            state.initialise(staging)
+            Vault.create(staging, PASSPHRASE).zeroize()
+            start = 0
+        t = time.perf_counter()
+        with _no_fsync(), Vault.unlock(staging, PASSPHRASE) as vault:
+            for i in range(start, n_sessions):
+                _session(vault, i)
+        print(f"  built {n_sessions - start} sessions in {time.perf_counter() - t:.0f} s", flush=True)
+        shutil.copytree(staging, home)
+    finally:
+        shutil.rmtree(staging.parent, ignore_errors=True)
+    (home / "done").write_text(LAYOUT)
     return home
+
+
+def _linked_copy(cached: Path, home: Path) -> None:
+    """A copy of hard links, but for the one file a run appends to in place (the index's tail)."""
+    shutil.copytree(cached, home, copy_function=os.link)
+    tail = home / "journal" / index.TAIL_FILE
+    if tail.exists():
+        tail.unlink()
+        shutil.copy2(cached / "journal" / index.TAIL_FILE, tail)
 
 
 def _ms(values: list[float], q: float = 0.5) -> str:
@@ -70,38 +109,46 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def _list(vault: Vault, limit: int | None) -> None:
-    """What `logs list` does for each session it shows: verify it, newest first, against one view of the vault."""
+def _list(vault: Vault, every: bool) -> int:
+    """What `logs list` (and F4, for its first page) reads: the newest sessions' summaries, one view of the vault."""
+    with vault.pinned(), Listing(vault) as listing:
+        ids = sessions(vault)[::-1]
+        rows = list(listing.rows(ids if every else ids[:PAGE]))
+    if listing.rebuilt:
+        raise RuntimeError(f"the index was behind on {listing.rebuilt} sessions")
+    return len(rows)
+
+
+def _verify(vault: Vault) -> int:
+    """What `logs verify` reads: every session, against one view of the vault."""
     with vault.pinned():
-        for sid in sorted(sessions(vault), reverse=True)[:limit]:
-            verify_session(vault, sid)
-
-
-def _vault_bytes_a_session() -> float | None:
-    """vault.json's size a session, in the largest journal built so far (of 100 sessions or more)."""
-    built = sorted(int(p.name) for p in CACHE.glob("*") if (p / "done").exists() and int(p.name) >= 100)
-    return vault_path(CACHE / str(built[-1])).stat().st_size / built[-1] if built else None
+        ids = sessions(vault)
+        if not all(verify_session(vault, sid).ok for sid in ids):
+            raise RuntimeError("a built session does not verify")
+    return len(ids)
 
 
 def journal_rows(n_sessions: int) -> list[tuple]:
     """The journal and the vault at one size of the history (built once, cached under bench/out/journal/)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     what = f"{n_sessions} sessions"
-    per_session = _vault_bytes_a_session()
-    if per_session and n_sessions * per_session > MAX_VAULT_FILE:
-        need = n_sessions * per_session / (1 << 20)
-        return [
-            (f"{what}: not built: vault.json would need ~{need:.0f} MiB, over its {MAX_VAULT_FILE >> 20} MiB bound", "", "", "")
-        ]
     cached = _built(n_sessions)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=CACHE, ignore_cleanup_errors=True) as tmp:  # the erase unlinks in the background
         home = Path(tmp) / "home"
-        shutil.copytree(cached, home)
+        _linked_copy(cached, home)
         unlock = _timed(lambda: Vault.unlock(home, PASSPHRASE).zeroize())
         table = vault_path(home).stat().st_size
         with Vault.unlock(home, PASSPHRASE) as vault:
+            first = _timed(lambda: _list(vault, False))
+            every = _timed(lambda: _list(vault, True))
+            verified = _timed(lambda: _verify(vault))
+            found = [0]
+            with vault.pinned():  # as `logs search`
+                searched = _timed(lambda: found.__setitem__(0, sum(isinstance(h, Match) for h in search(vault, "ALBATROSS"))))
+            if found[0] != (n_sessions + 9) // 10:
+                raise RuntimeError(f"search found {found[0]} matches in {n_sessions} sessions")
             creates = []
-            for _ in range(5):
+            for _ in range(CREATES):
                 t = time.perf_counter()
                 journal = Journal.create(vault)
                 creates.append(time.perf_counter() - t)
@@ -112,24 +159,17 @@ def journal_rows(n_sessions: int) -> list[tuple]:
                 journal.append("message", **provenance.message("user", f"append {n} " * 8, **PROVENANCE))
                 appends.append(time.perf_counter() - t)
             journal.close()
-            total = len(sessions(vault))
-            first = _timed(lambda: _list(vault, FIRST_PAGE))
-            every = _timed(lambda: _list(vault, None))
-            found = [0]
-            with vault.pinned():  # as `logs search`
-                searched = _timed(lambda: found.__setitem__(0, sum(isinstance(h, Match) for h in search(vault, "ALBATROSS"))))
-            if found[0] != (n_sessions + 9) // 10:
-                raise RuntimeError(f"search found {found[0]} matches in {n_sessions} sessions")
             erase = _timed(lambda: erase_journal(vault))
     return [
         (f"{what}: journal append, median ms", _ms(appends), "", "<= 2 ms"),
         (f"{what}: journal append, p99 ms", _ms(appends, 0.99), "", "reported"),
         (f"{what}: new session, median ms", _ms(creates), "", "<= 10 ms"),
-        (f"{what}: logs list, its newest {FIRST_PAGE} sessions shown, ms", f"{first * 1e3:.0f}", "", "<= 500 ms"),
-        (f"{what}: logs list, all (F4 opens after as long), s", f"{every:.2f}", "", "reported"),
-        (f"{what}: logs search, sessions/s", f"{total / searched:.0f}", f"{total / searched:.0f}", ">= 1000"),
-        (f"{what}: logs verify, ms a session", f"{every / total * 1e3:.2f}", "", "<= 2 ms"),
+        (f"{what}: logs list, its newest {PAGE} sessions, ms", f"{first * 1e3:.0f}", "", "<= 500 ms"),
+        (f"{what}: F4 opens on the same page (the same read), ms", f"{first * 1e3:.0f}", "", "<= 500 ms"),
+        (f"{what}: logs list --all, s", f"{every:.2f}", "", "reported"),
+        (f"{what}: logs search, sessions/s", f"{n_sessions / searched:.0f}", f"{n_sessions / searched:.0f}", ">= 1000"),
+        (f"{what}: logs verify, ms a session ({verified:.1f} s in all)", f"{verified / n_sessions * 1e3:.2f}", "", "<= 2 ms"),
         (f"{what}: unlock, ms (this build's KDF included)", f"{unlock * 1e3:.0f}", "", "<= 1000 ms"),
-        (f"{what}: erase logs, ms", f"{erase * 1e3:.0f}", "", "reported"),
+        (f"{what}: erase logs, ms", f"{erase * 1e3:.0f}", "", "flat"),
         (f"{what}: vault.json, KiB", f"{table / 1024:.0f}", "", "reported"),
     ]

@@ -16,8 +16,9 @@ Rules, in order:
    `KeySlotsCorrupt`); an erased session's file put back opens nothing (the table's erase record wins).
 3. Crypto-erase of some sessions removes their files (fsynced) before the table records the erase;
    erasing the last session drops the journal key too, so no copy of these files left on the medium
-   opens after `erase logs`. The temp files of interrupted writes are removed whenever a writer takes
-   the lock (`disk.vault_lock`), as beside vault.json.
+   opens after `erase logs`. A file is written through a temp file beside vault.json, not in this
+   folder (searched by no one: it holds a file a session), so the temp file of an interrupted write is
+   removed whenever a writer takes the lock (`disk.vault_lock`), as vault.json's own.
 4. `erase logs` drops the journal key first, in one write of vault.json whatever the number of
    sessions (`Vault.erase_journal`): every file here is unreadable at that moment; the folder is
    removed after. A session made before that erase is erased with it (`erased_with_journal_key`), so
@@ -60,7 +61,7 @@ def write(home: Path, journal_key: bytearray, key_id: str, key: bytearray, files
         doc = {"format": FORMAT, "sealed": seal(journal_key, plain, KEY_AD + key_id.encode())}
     finally:
         zeroize(plain)
-    write_durable(key_path(home, key_id), (json.dumps(doc) + "\n").encode())
+    write_durable(key_path(home, key_id), (json.dumps(doc) + "\n").encode(), staging=vault_dir(home))
 
 
 def read(home: Path, journal_key: bytearray, key_id: str) -> tuple[bytearray, tuple[str, ...]] | None:

@@ -71,7 +71,7 @@ def test_an_erased_sessions_key_file_put_back_opens_nothing(vault_home, vault):
 def test_erasing_one_session_leaves_no_copy_of_its_key_temp_files_included(vault_home, vault):
     kept, gone = _session(vault, "kept"), _session(vault, "gone")
     path = key_path(vault_home, session_key_id(gone))
-    shutil.copy(path, path.with_name(f".{path.name}.tmp-4242"))  # what a write killed before its rename leaves
+    shutil.copy(path, vault_home / "vault" / f".{path.name}.tmp-4242")  # what a write killed before its rename leaves
     vault.erase([session_key_id(gone)])
     journal_key = vault.data_key(JOURNAL_KEY_ID)  # still live: the other session needs it
     try:
