@@ -45,7 +45,10 @@ class SessionsScreen(Screen):
         self._page, self._pages = 0, 1  # the page shown (from 0, the newest) and how many there are
 
     def compose(self) -> ComposeResult:
-        yield Label("Sessions, the newest first: enter opens, r resumes, / searches, n p page, v verifies, e exports, esc back", id="title")
+        yield Label(
+            "Sessions, the newest first: enter opens, r resumes, / searches, n p page, v verifies, e exports, esc back",
+            id="title",
+        )
         yield Input(id="search", placeholder="/ search every session (enter; empty lists them all)")
         yield DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
         yield PlainLabel("", id="result")
