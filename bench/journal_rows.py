@@ -5,9 +5,10 @@ state dir of that many sessions is built in process once, through `Journal.creat
 kept under bench/out/journal/ between runs (a cache of another layout is built again). The build
 makes the product's own files, bytes and crypto by the product's own calls, faster in three ways
 (else 100,000 sessions take hours on two shared cores): `os.fsync` is a no-op, it runs on tmpfs
-where there is one (/dev/shm, then copied to the cache), and the appends' heads are collected and
+where there is one (/dev/shm, then copied to the cache), and the sessions' heads are collected and
 taken into vault.json's table `BATCH` sessions at a time (`Vault._table`, as a write of vault.json
-takes heads.json's in) instead of one heads.json write each. Each run measures on a copy of the
+takes heads.json's in) instead of five heads.json writes a session: each session's key file is
+written by `key_files.write` and its journal by `Journal.append`, as `Journal.create` would. Each run measures on a copy of the
 cache made of hard links (the files it appends to are copied): reads against the built journal,
 writes (appends, new sessions, the erase) with the real fsyncs and the real heads.json.
 """
@@ -23,11 +24,14 @@ from unittest import mock
 
 from appliance import state
 from appliance.erase import erase_journal
-from appliance.journal import Journal, index, provenance, sessions, verify_session
+from appliance.journal import Journal, frames, index, provenance, sessions, verify_session
 from appliance.journal.listing import PAGE, Listing
 from appliance.journal.search import Match, search
+from appliance.journal.session_files import new_session_id, relative_path, session_key_id
 from appliance.runtime.sampler import GREEDY
-from appliance.vault import Vault
+from appliance.utc import now_text
+from appliance.vault import Vault, key_files, random_key, zeroize
+from appliance.vault.key_files import JOURNAL_KEY_ID
 from appliance.vault.slots import Head
 from appliance.vault.vault_file import vault_path
 
@@ -41,13 +45,16 @@ STAGING = Path("/dev/shm")
 BATCH = 2000  # sessions whose heads the build takes into vault.json at once
 
 
-def _session(vault: Vault, i: int) -> None:
-    journal = Journal.create(vault)
+def _messages(journal: Journal, i: int) -> None:
     for n in range(4):
         word = " albatross" if n == 3 and i % 10 == 0 else ""
         text = f"message {n} of session {i}{word} " * 8
         journal.append("message", **provenance.message("user" if n % 2 == 0 else "assistant", text, **PROVENANCE))
     journal.close()
+
+
+def _session(vault: Vault, i: int) -> None:
+    _messages(Journal.create(vault), i)
 
 
 @contextlib.contextmanager
@@ -62,20 +69,33 @@ def _no_fsync() -> Iterator[None]:
 
 
 def _build(vault: Vault, start: int, end: int) -> None:
-    """Sessions `start`..`end`-1: each made by `Journal.create` and `append`, the appends' heads sealed in batches."""
+    """Sessions `start`..`end`-1, each as `Journal.create` makes it (its key file, its journal file, its summary in the
+    index) and its records by `Journal.append`; their heads taken into vault.json's table `BATCH` sessions at a time."""
+    if start == 0:
+        _session(vault, 0)  # the whole product path, which also makes the journal key
+        start = 1
+    journal_key = vault.data_key(JOURNAL_KEY_ID)
     heads: dict[str, Head] = {}
 
     def collect(key_id: str, seq: int, digest: str) -> None:
         heads[key_id] = Head(seq, digest)
 
-    for first in range(start, end, BATCH):
-        with mock.patch.object(vault, "seal_head", collect):
-            for i in range(first, min(end, first + BATCH)):
-                _session(vault, i)
-        with vault._table() as table:  # the bench's one shortcut past the public API (the module docstring says why)
-            table.heads.update(heads)
-        heads.clear()
-        print(f"  {min(end, first + BATCH)} sessions", flush=True)
+    try:
+        for first in range(start, end, BATCH):
+            with mock.patch.object(vault, "seal_head", collect):
+                for i in range(first, min(end, first + BATCH)):
+                    sid, key = new_session_id(), random_key()
+                    key_files.write(vault.home, journal_key, session_key_id(sid), key, (relative_path(sid),), now_text())
+                    fd = os.open(vault.home / relative_path(sid), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+                    journal = Journal(vault, sid, key, fd, 0, frames.ZERO_HASH, 0)
+                    journal._index_key = index.index_key(vault)  # as `Journal.create` sets it
+                    _messages(journal, i)
+            with vault._table() as table:  # the bench's shortcut past the public API (the module docstring says why)
+                table.heads.update(heads)
+            heads.clear()
+            print(f"  {min(end, first + BATCH)} sessions", flush=True)
+    finally:
+        zeroize(journal_key)
 
 
 def _built(n_sessions: int) -> Path:
