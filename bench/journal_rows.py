@@ -36,7 +36,7 @@ from appliance.vault.slots import Head
 from appliance.vault.vault_file import vault_path
 
 CACHE = Path(__file__).resolve().parent / "out" / "journal"
-LAYOUT = "key files, heads.json, the index of summaries\n"  # what the cache was built with: another is built again
+LAYOUT = "key files, heads.json, the index of summaries in id-labelled lines\n"  # what the cache was built with: another is built again
 PASSPHRASE = b"bench passphrase"
 PROVENANCE = {"base": provenance.base("bench", "0" * 64, 1), "overlay": None, "settings": GREEDY.as_dict(), "system_prompt": None}
 APPENDS = 200  # appends timed at each size (the p99 of 200 is their second largest)

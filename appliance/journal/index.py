@@ -1,8 +1,13 @@
 """The sessions' summaries, sealed beside the journal, so that `logs list` and the sessions screen show a
 page of sessions without reading every one: `<state>/journal/index` and `<state>/journal/index.tail`.
 
-    each line = base64(nonce || AES-256-GCM(index key, JSON [[id, time, first, model, client, seen, final], ...], INDEX_AD))
+    each line = LOW " " HIGH " " base64(nonce || AES-256-GCM(index key,
+                    JSON [[id, time, first, model, client, seen, final], ...], INDEX_AD " " LOW " " HIGH))
     index key = HKDF-SHA256(the journal key, INDEX_INFO)                                (`Vault.journal_subkey`)
+
+LOW and HIGH are the lowest and highest session id the line holds (ids are the journal's file names,
+in the clear beside it anyway; the associated data binds them): a page of sessions opens only the
+lines that can hold its ids, so the newest page reads a few lines whatever the history's length.
 
 A summary is what a session's first records say and never changes once its first message is written
 (`final`): its id, the time of its first record, the start of its first message, the base and overlay
@@ -21,13 +26,14 @@ Rules, in order:
 3. A line that does not open under this vault's index key (damaged, torn by a crash, from another vault,
    or sealed under a journal key `erase logs` has since dropped) counts for nothing: its sessions are read
    again (rule 2), the command says so (`Listing.unopened`), and the index is written again without it.
-4. When the tail passes `TAIL_BYTES` its writer folds both files into `index` (one sealed line, an atomic
-   rename under the vault lock) and then removes the tail: a crash in between leaves both, holding the
+4. When the tail passes `TAIL_BYTES` its writer folds both files into `index` (lines of `CHUNK` summaries
+   in the order of their ids, an atomic rename under the vault lock) and then removes the tail: a crash in between leaves both, holding the
    same summaries. One appended by another process in between is lost, and rule 2 reads it again.
 5. Crypto-erase: the key is derived from the journal key, so `erase logs` makes every copy of these files
    unreadable at once (the files then go with the journal folder). A session is never erased alone.
 """
 
+import bisect
 import json
 import os
 from dataclasses import dataclass
@@ -45,6 +51,7 @@ INDEX_FILE, TAIL_FILE = "index", "index.tail"
 INDEX_AD = b"appliance-journal-index/1"
 INDEX_INFO = b"appliance-journal-index/1 key"
 TAIL_BYTES = 1 << 20  # ~3,000 summaries: reading the tail stays a few ms, folding it in is rare
+CHUNK = 1000  # summaries a line of the folded index: a page opens one or two
 FIRST_CHARS = 120  # of the first message kept: more than any listing shows
 
 
@@ -97,7 +104,10 @@ def _paths(home: Path) -> tuple[Path, Path]:
 
 
 def _line(key: bytearray, summaries: list[Summary]) -> bytes:
-    return seal(key, json.dumps([s.row() for s in summaries]).encode(), INDEX_AD).encode() + b"\n"
+    ids = [s.session_id for s in summaries]
+    low, high = min(ids).encode(), max(ids).encode()
+    sealed = seal(key, json.dumps([s.row() for s in summaries]).encode(), INDEX_AD + b" " + low + b" " + high)
+    return low + b" " + high + b" " + sealed.encode() + b"\n"
 
 
 def add(home: Path, key: bytearray, summaries: list[Summary]) -> None:
@@ -112,40 +122,77 @@ def add(home: Path, key: bytearray, summaries: list[Summary]) -> None:
     finally:
         os.close(fd)
     if size > TAIL_BYTES:
-        _fold(home, key)
-
-
-def _fold(home: Path, key: bytearray) -> None:
-    """Rule 4: both files as one sealed line in `index`, then the tail removed."""
-    rewrite(home, key, list(read(home, key)[0].values()))
+        index = Index(home, key)
+        index.open_all()
+        rewrite(home, key, index.known())
 
 
 def rewrite(home: Path, key: bytearray, summaries: list[Summary]) -> None:
-    """`index` replaced by `summaries` in one sealed line, the tail removed (rules 3 and 4)."""
+    """`index` replaced by `summaries` in lines of `CHUNK` in the order of their ids, the tail removed (rules 3, 4)."""
+    ordered = sorted(summaries, key=lambda s: s.session_id)
+    data = b"".join(_line(key, ordered[n : n + CHUNK]) for n in range(0, len(ordered), CHUNK))
     index, tail = _paths(home)
     with vault_lock(home):
-        atomic_write(index, _line(key, summaries))
+        atomic_write(index, data)
         tail.unlink(missing_ok=True)
 
 
-def read(home: Path, key: bytearray) -> tuple[dict[str, Summary], int]:
-    """Every summary that opens (a final one wins over one before it), and how many lines did not open (rule 3)."""
-    known: dict[str, Summary] = {}
-    unopened = 0
-    for path in _paths(home):
-        try:
-            lines = path.read_bytes().splitlines()
-        except FileNotFoundError:
-            continue
-        for line in lines:
+class Index:
+    """Both files as read once, each line opened when a session it can hold is asked for."""
+
+    def __init__(self, home: Path, key: bytearray):
+        self._key = key
+        self._lines: list[tuple[str, str, bytes] | None] = []  # (low, high, sealed); None once opened
+        self._known: dict[str, Summary] = {}
+        self.unopened = 0  # lines that did not open (rule 3)
+        for path in _paths(home):
             try:
-                rows = json.loads(unseal(key, unb64(line.decode("ascii", "replace"), ValueError, "line"), INDEX_AD))
-                summaries = [Summary(*row) for row in rows]
-            except (InvalidTag, ValueError, TypeError):
-                unopened += 1
+                data = path.read_bytes()
+            except FileNotFoundError:
                 continue
-            for s in summaries:
-                had = known.get(s.session_id)
-                if had is None or not had.final:
-                    known[s.session_id] = s
-    return known, unopened
+            for line in data.splitlines():
+                parts = line.split(b" ", 2)
+                if len(parts) != 3:
+                    self.unopened += 1
+                    continue
+                self._lines.append((parts[0].decode("ascii", "replace"), parts[1].decode("ascii", "replace"), parts[2]))
+
+    def open_for(self, session_ids: list[str]) -> None:
+        """Open every line that can hold one of `session_ids`."""
+        wanted = sorted(session_ids)
+        for n, line in enumerate(self._lines):
+            if line is not None and bisect.bisect_right(wanted, line[1]) > bisect.bisect_left(wanted, line[0]):
+                self._open(n, line)
+
+    def open_all(self) -> None:
+        for n, line in enumerate(self._lines):
+            if line is not None:
+                self._open(n, line)
+
+    def get(self, session_id: str) -> Summary | None:
+        """Its summary, from the lines opened so far (a final one wins over one before it)."""
+        return self._known.get(session_id)
+
+    def known(self) -> list[Summary]:
+        return list(self._known.values())
+
+    def note(self, summary: Summary) -> None:
+        self._known[summary.session_id] = summary
+
+    def _open(self, n: int, line: tuple[str, str, bytes]) -> None:
+        self._lines[n] = None
+        low, high, sealed = line
+        try:
+            plain = unseal(
+                self._key,
+                unb64(sealed.decode("ascii", "replace"), ValueError, "line"),
+                f"{INDEX_AD.decode()} {low} {high}".encode(),
+            )
+            summaries = [Summary(*row) for row in json.loads(plain)]
+        except (InvalidTag, ValueError, TypeError):
+            self.unopened += 1
+            return
+        for s in summaries:
+            had = self._known.get(s.session_id)
+            if (had is None or not had.final) and low <= s.session_id <= high:
+                self._known[s.session_id] = s

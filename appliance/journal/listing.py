@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import Erased, NotFound
 from ..vault import Vault, zeroize
-from .index import Summary, add, index_key, read, rewrite, summarise
+from .index import Index, Summary, add, index_key, rewrite, summarise
 from .session_files import session_key_id, verify_session
 
 PAGE = 50  # sessions a page: a screenful, and the newest show at once whatever the history's length
@@ -30,10 +30,13 @@ class Listing:
     def __init__(self, vault: Vault):
         self.vault = vault
         self._key = index_key(vault)
-        self._known, self.unopened = read(vault.home, self._key) if self._key is not None else ({}, 0)
-        # The sessions the vault holds keys for (a stray file is not one: it is read, and found an orphan).
-        self._recorded = frozenset(i.split("/", 1)[1] for i in vault.key_ids(session_key_id("")))
+        self._index = Index(vault.home, self._key) if self._key is not None else None
         self.rebuilt = 0  # sessions read from the journal (rule 2)
+
+    @property
+    def unopened(self) -> int:
+        """Lines of the index that did not open (`index` rule 3)."""
+        return self._index.unopened if self._index is not None else 0
 
     def __enter__(self) -> "Listing":
         return self
@@ -45,6 +48,8 @@ class Listing:
     def rows(self, session_ids: list[str]) -> Iterator[Listed]:
         """The sessions in the order given; those the index is behind on are read and added (rule 2)."""
         fresh: list[Summary] = []
+        if self._index is not None:
+            self._index.open_for(session_ids)
         try:
             for sid in session_ids:
                 listed, summary = self._listed(sid)
@@ -52,16 +57,18 @@ class Listing:
                     fresh.append(summary)
                 yield listed
         finally:
-            if self._key is not None and self.unopened:  # `index` rule 3: what did not open goes
-                rewrite(self.vault.home, self._key, list(self._known.values()))
+            if self._key is not None and self._index is not None and self._index.unopened:  # `index` rule 3
+                self._index.open_all()
+                rewrite(self.vault.home, self._key, self._index.known())
             elif self._key is not None and fresh:
                 add(self.vault.home, self._key, fresh)
 
     def _listed(self, sid: str) -> tuple[Listed, Summary | None]:
-        recorded = sid in self._recorded
-        head = self.vault.head(session_key_id(sid)) if recorded else None
+        key_id = session_key_id(sid)
+        recorded = self.vault.knows(key_id)  # a stray file is not: it is read, and found an orphan
+        head = self.vault.head(key_id) if recorded else None
         sealed = head[0] if head else 0
-        known = self._known.get(sid)
+        known = self._index.get(sid) if self._index is not None else None
         if recorded and known is not None and (known.final or known.seen == sealed):
             return Listed(sid, sealed, known, ""), None
         self.rebuilt += 1
@@ -72,5 +79,6 @@ class Listing:
         summary = summarise(sid, report.records)
         if report.broken_at is not None:
             return Listed(sid, len(report.records), summary, f"BROKEN at {report.broken_at}"), None
-        self._known[sid] = summary
+        if self._index is not None:
+            self._index.note(summary)
         return Listed(sid, len(report.records), summary, ""), summary

@@ -263,6 +263,11 @@ class Vault:
             raise NotFound(f"{key_id}: its key file is missing (deleted, or this vault is a copy from before it)")
         return opened[0]
 
+    def knows(self, key_id: str) -> bool:
+        """Whether `key_id` has a data key here (in the table, or a session recorded by its head), in O(1)."""
+        _, table, moved = self._state()
+        return key_id != JOURNAL_KEY_ID and (key_id in table.slots or _recorded(table, moved, key_id))
+
     def key_ids(self, prefix: str = "") -> list[str]:
         _, table, moved = self._state()
         ids = set(table.slots) | set(table.heads) | set(moved.heads if moved else ())

@@ -96,8 +96,7 @@ def test_an_older_index_put_back_is_behind_and_caught_up(vault_home, vault, tmp_
 
 
 def test_an_index_from_another_vault_counts_for_nothing(vault_home, vault, tmp_path, monkeypatch):
-    for i in range(2):
-        _session(vault, f"question {i}")
+    sids = [_session(vault, f"question {i}") for i in range(2)]
     other = tmp_path / "other"
     state.initialise(other)
     Vault.create(other, PASSPHRASE.encode(), cost=TEST_KDF).zeroize()
@@ -105,6 +104,11 @@ def test_an_index_from_another_vault_counts_for_nothing(vault_home, vault, tmp_p
         _session(elsewhere, "a summary of another vault")
     before, _, _ = _listed(vault, monkeypatch)
     _put_index(vault_home, other / "journal")
+    assert _listed(vault, monkeypatch)[:2] == (before, 2)  # ours are read from the journal, none of its shown
+    # Its line relabelled to claim this vault's sessions: it does not open (another key, and the label is bound).
+    _, tail = _index_files(vault_home)
+    sealed = (other / "journal" / index.TAIL_FILE).read_bytes().split(b" ", 2)[2]
+    tail.write_bytes(f"{min(sids)} {max(sids)} ".encode() + sealed)
     rows, read, unopened = _listed(vault, monkeypatch)
     assert rows == before and read == 2 and unopened == 1
     assert _listed(vault, monkeypatch)[1:] == (0, 0)  # rewritten without the line it could not open
@@ -114,7 +118,8 @@ def test_a_damaged_line_counts_for_nothing(vault_home, vault, monkeypatch):
     sids = [_session(vault, f"question {i}") for i in range(2)]
     tail = vault_home / "journal" / index.TAIL_FILE
     lines = tail.read_bytes().splitlines(keepends=True)
-    lines[0] = lines[0][:20] + (b"A" if lines[0][20:21] != b"A" else b"B") + lines[0][21:]
+    at = len(lines[0]) - 20  # inside the sealed part
+    lines[0] = lines[0][:at] + (b"A" if lines[0][at : at + 1] != b"A" else b"B") + lines[0][at + 1 :]
     tail.write_bytes(b"".join(lines))
     rows, read, unopened = _listed(vault, monkeypatch)
     assert [r[0] for r in rows] == sorted(sids, reverse=True) and read == 1 and unopened == 1
