@@ -150,7 +150,7 @@ def test_erase_logs_is_one_write_that_reads_no_session(vault_home, vault, monkey
     """Flat in the number of sessions: no key file is read, vault.json is written once and keeps no trace of them."""
     sids = [_session(vault, f"s{i}") for i in range(4)]
     writes, opened = [], []
-    monkeypatch.setattr("appliance.vault.vault.store", _counting(writes, "appliance.vault.vault.store"))
+    monkeypatch.setattr("appliance.vault.table_view.store", _counting(writes, "appliance.vault.table_view.store"))
     monkeypatch.setattr(key_files, "read", _counting(opened, "appliance.vault.key_files.read"))
     assert vault.erase_journal() == [JOURNAL_KEY_ID]
     assert len(writes) == 1 and opened == []
@@ -190,7 +190,7 @@ def test_a_crash_between_the_key_and_the_files_leaves_erased_files_that_erase_lo
 def test_key_files_a_crash_left_go_when_a_new_journal_key_is_made(vault_home, vault, monkeypatch):
     old = _session(vault)
     with monkeypatch.context() as m:
-        m.setattr("appliance.vault.vault.discard", lambda home, paths: [])  # killed before the key files went
+        m.setattr("appliance.vault.session_keys.discard", lambda home, paths: [])  # killed before the key files went
         vault.erase_journal()
     assert key_path(vault_home, session_key_id(old)).is_file()  # sealed under a key that is gone
     new = _session(vault, "afresh")
