@@ -220,13 +220,13 @@ def read_session(vault: Vault, session_id: str) -> list[dict]:
 
 def sessions(vault: Vault) -> list[str]:
     """Session ids the vault holds keys for, plus stray files (whose check then says what they are), oldest first."""
-    ids = {i.split("/", 1)[1] for i in vault.key_ids(JOURNAL_KEYS)}
+    ids = {i[len(JOURNAL_KEYS) :] for i in vault.key_ids(JOURNAL_KEYS)}
     try:
         names = os.listdir(vault.home / JOURNAL_DIR)
     except FileNotFoundError:
         names = []
-    ids |= {n[: -len(SUFFIX)] for n in names if n.endswith(SUFFIX) and frames.SESSION_ID.fullmatch(n[: -len(SUFFIX)])}
-    return sorted(ids)
+    stray = {n[: -len(SUFFIX)] for n in names if n.endswith(SUFFIX)} - ids  # the files of recorded sessions need no check
+    return sorted(ids | {sid for sid in stray if frames.SESSION_ID.fullmatch(sid)})
 
 
 def _walk(aead: AESGCM, session_id: str, found: list[frames.Frame], out: list[dict]) -> Optional[Break]:
