@@ -8,7 +8,7 @@ the data's size), then the owner's records of what was erased:
   then the store marks its versions erased and drops their objects (`store.forget_items`), so a load,
   a rollback or a replayed bundle says "erased" (exit 6); the embedded default becomes the active base
   if an erased base was; a kill's wipe erases every item of every encrypted kind;
-- the journal: every session's key, then its file;
+- the journal: the journal key, under which every session's key is sealed, then the journal folder;
 - everything: the master key slot (needs no passphrase), then the journal's, the store's and the
   trust policy's folders: the journal is keyless without the vault, and the store's and the
   policy's records were sealed by it (`state_files`), so nothing there can be trusted by the
@@ -25,7 +25,7 @@ from pathlib import Path
 from . import editor_scratch
 from .errors import Erased, NotFound
 from .fsutil import discard
-from .journal.session_files import JOURNAL_DIR, JOURNAL_KEYS
+from .journal.session_files import JOURNAL_DIR
 from .store import forget_items
 from .store.layout import STORE_DIR
 from .trust.kinds import ENCRYPTED, KINDS
@@ -62,11 +62,15 @@ def erase_installed(vault: Vault) -> list[str]:
 
 
 def erase_journal(vault: Vault) -> list[str]:
-    """Every journal session. Returns the key ids erased."""
-    key_ids = vault.key_ids(JOURNAL_KEYS)
-    if not key_ids:
+    """Every journal session, in a time that does not grow with their number: the journal key (and the keys an older
+    vault keeps in its table) in one write of the vault, then the journal folder, its index included, renamed out of
+    sight (`fsutil.discard`). Run again after a crash in between, it finishes: the files go. Returns the key ids
+    erased (none where it only finished)."""
+    key_ids = vault.erase_journal()
+    folder = vault.home / JOURNAL_DIR
+    if not key_ids and not folder.exists():
         raise NotFound("no journal sessions to erase")
-    vault.erase(key_ids)
+    discard(vault.home, [folder])
     editor_scratch.wipe(vault.home)
     return key_ids
 

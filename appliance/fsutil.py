@@ -28,12 +28,13 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextmanager
-def atomic_file(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, mode: int = 0o600, staging: Path | None = None) -> Iterator[BinaryIO]:
     """Write `path` through a temp file in the same directory: fsync, rename over `path`, fsync the directory.
 
-    If the body raises, the temp file is removed and `path` is untouched.
+    If the body raises, the temp file is removed and `path` is untouched. `staging` (a directory on the same
+    filesystem) holds the temp file instead: where `path`'s own directory is too large to search for stale temps.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = (staging or path.parent) / f".{path.name}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -46,10 +47,12 @@ def atomic_file(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    if staging is not None:
+        fsync_dir(staging)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    with atomic_file(path, mode) as f:
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, staging: Path | None = None) -> None:
+    with atomic_file(path, mode, staging) as f:
         f.write(data)
 
 

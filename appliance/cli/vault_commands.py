@@ -11,10 +11,12 @@ import click
 from .. import paths, state
 from ..emergency import handle_kill_in_new_session
 from ..erase import ERASE_JOURNAL_PHRASE, erase_everything, erase_item, erase_journal
-from ..errors import EnvironmentRefused, Erased, EraseNotProven, NotConfirmed, NotFound
+from ..errors import EnvironmentRefused, Erased, EraseNotProven, NotConfirmed
 from ..fsutil import atomic_write
-from ..journal import JournalBroken, Report, read_session, sessions, verify_session
+from ..journal import JournalBroken, read_session, sessions, verify_session
+from ..journal.listing import PAGE, Listed, Listing
 from ..journal.search import Match, search
+from ..journal.session_files import JOURNAL_KEYS
 from ..journal.transcript import markdown_transcript, provenance_line
 from ..trust.kinds import KINDS
 from ..vault import Vault, VaultRolledBack, zeroize
@@ -30,22 +32,40 @@ def logs() -> None:
     """The encrypted session journal: list, show, verify, search, export."""
 
 
-def _summary(report: Report) -> str:
-    status = "ok" if report.ok else f"BROKEN at {report.broken_at}"
-    client = f"  [client {report.client()}]" if report.client() else ""
-    return f"{report.session_id}  {len(report.records):4d} records  {status}  {report.preview(48)}{client}"
+def _listed(row: Listed) -> str:
+    if row.summary is None:
+        return f"{row.session_id}  {row.trouble}"
+    client = f"  [client {row.summary.client}]" if row.summary.client else ""
+    trouble = f"{row.trouble}  " if row.trouble else ""
+    return f"{row.session_id}  {row.records:4d} records  {trouble}{row.summary.first[:48]}{client}"
 
 
 @logs.command("list")
+@click.option(
+    "--page", type=click.IntRange(min=1), default=1, show_default=True, help=f"Which page of {PAGE} sessions, the newest first."
+)
+@click.option("--all", "every", is_flag=True, help="Every session, the newest first.")
 @passphrase_option
-def logs_list(passphrase_file: Optional[Path]) -> None:
-    """Every journal session with its record count and state, the newest first."""
-    with unlocked(passphrase_file) as vault, vault.pinned():
-        for sid in reversed(sessions(vault)):
-            try:
-                say(_summary(verify_session(vault, sid)))
-            except (Erased, NotFound) as e:
-                say(f"{sid}  unreadable: {e}")
+def logs_list(page: int, every: bool, passphrase_file: Optional[Path]) -> None:
+    """The newest sessions, a page of 50 (`--page N` the next ones, `--all` every one): record count, first message.
+
+    Each session's summary comes from the journal's sealed index; `logs verify` checks the sessions themselves.
+    """
+    with unlocked(passphrase_file) as vault, vault.pinned(), Listing(vault) as listing:
+        ids = sessions(vault)[::-1]
+        shown = ids if every else ids[(page - 1) * PAGE : page * PAGE]
+        for row in listing.rows(shown):
+            say(_listed(row))
+    if listing.unopened:
+        warn(
+            f"note: {listing.unopened} parts of the journal's index did not open (damaged, or from another vault): those sessions were read from the journal"
+        )
+    if not every and len(ids) > page * PAGE:
+        warn(
+            f"sessions {(page - 1) * PAGE + 1}-{(page - 1) * PAGE + len(shown)} of {len(ids)}, newest first: `--page {page + 1}` for the next {PAGE}, `--all` for every one"
+        )
+    elif not shown and ids:
+        warn(f"page {page} is past the last: {len(ids)} sessions make {-(-len(ids) // PAGE)} pages")
 
 
 @logs.command("show")
@@ -218,9 +238,15 @@ def erase_logs_cmd(yes: bool, passphrase_file: Optional[Path]) -> None:
     with unlocked(passphrase_file) as vault:
         _confirm(ERASE_JOURNAL_PHRASE, "every journal session", yes)
         t0 = time.perf_counter()
+        recorded = vault.key_ids(JOURNAL_KEYS)
+        count = len(recorded)
         key_ids = erase_journal(vault)
-        say(f"destroyed: data keys of {len(key_ids)} journal sessions, then their files ({time.perf_counter() - t0:.3f} s)")
-        _prove(vault, key_ids)
+        seconds = time.perf_counter() - t0
+        if not key_ids:
+            say(f"finished an interrupted erase: the journal files its keys no longer open are removed ({seconds:.3f} s)")
+            return
+        say(f"destroyed: {', '.join(key_ids)}: the keys of {count} journal sessions, then their files ({seconds:.3f} s)")
+        _prove(vault, [*key_ids, recorded[-1]] if recorded[-1] not in key_ids else key_ids)  # and the newest session's
 
 
 @erase.command("all")

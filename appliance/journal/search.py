@@ -18,6 +18,7 @@ from typing import Optional, Union
 
 from ..errors import Erased, NotFound, UsageError
 from ..vault import Vault
+from .index import message_model
 from .session_files import sessions, verify_session
 
 TEXT_FIELDS = ("text", "replaced")  # the fields that hold words someone wrote or the model said
@@ -73,8 +74,4 @@ def snippet(text: str, start: int, end: int, side: int = SNIPPET_SIDE) -> str:
 
 
 def _provenance(record: dict) -> str:
-    if record.get("kind") != "message":
-        return record.get("kind", "")
-    base, ov = record.get("base"), record.get("overlay")
-    overlay = f"{ov['name']} v{ov['version']} {'on' if ov['on'] else 'off'}" if ov else "no overlay"
-    return f"{base['name']} + {overlay}" if base else overlay
+    return message_model(record) if record.get("kind") == "message" else record.get("kind", "")

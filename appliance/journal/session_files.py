@@ -35,15 +35,16 @@ from .. import __version__, utc
 from ..errors import EnvironmentRefused, NotFound, Refused
 from ..fsutil import fsync_dir
 from ..vault import Vault, zeroize
-from . import frames
+from . import frames, index
 from .frames import Break
+from .index import JOURNAL_DIR
 
 # `regenerate` and `edit` take the last exchange out of what the model sees; each keeps the text it
 # replaced, and the new exchange follows as ordinary `message` records. `resume` is only ever a
 # session's first record: it links the session continued and its sealed head (journal/resume.py).
 KINDS = ("message", "overlay-toggle", "control-toggle", "kill", "trust-change", "regenerate", "edit", "resume", "base-switch")
-JOURNAL_DIR = "journal"  # under the state dir
 JOURNAL_KEYS = "journal/"  # the prefix of the sessions' data key ids
+SUFFIX = ".journal"
 
 
 class JournalWriteFailed(Refused):
@@ -61,7 +62,7 @@ def session_key_id(session_id: str) -> str:
 
 
 def relative_path(session_id: str) -> str:
-    return f"{JOURNAL_DIR}/{session_id}.journal"
+    return f"{JOURNAL_DIR}/{session_id}{SUFFIX}"
 
 
 def new_session_id() -> str:
@@ -75,6 +76,10 @@ class Journal:
     def __init__(self, vault: Vault, session_id: str, key: bytearray, fd: int, seq: int, prev: bytes, size: int):
         self.vault, self.session_id = vault, session_id
         self._key, self._fd, self._seq, self._prev, self._size = key, fd, seq, prev, size
+        # A new session summarises itself in the index until its first message (`index` rule 1); a session
+        # reopened (a test's writer) or one without an index key leaves that to the listing (rule 2).
+        self._index_key: bytearray | None = None
+        self._first: list[dict] = []
 
     @classmethod
     def create(cls, vault: Vault) -> "Journal":
@@ -89,7 +94,9 @@ class Journal:
         except OSError as e:
             zeroize(key)
             raise JournalWriteFailed(f"cannot create journal {path}: {e.strerror}") from None
-        return cls(vault, session_id, key, fd, 0, frames.ZERO_HASH, 0)
+        journal = cls(vault, session_id, key, fd, 0, frames.ZERO_HASH, 0)
+        journal._index_key = index.index_key(vault)
+        return journal
 
     def append(self, kind: str, **fields) -> int:
         """Seal, append, fsync, move the sealed head. Returns the record's seq (its number, from 1)."""
@@ -116,13 +123,31 @@ class Journal:
             raise JournalWriteFailed(
                 f"record {seq} is written but its sealed head is not ({e}); verify reports it as unsealed"
             ) from None
+        self._summarise(record)
         return seq
+
+    def _summarise(self, record: dict) -> None:
+        """The session's summary in the index, at each record up to its first message (`index` rule 1)."""
+        if self._index_key is None:
+            return
+        self._first.append(record)
+        summary = index.summarise(self.session_id, self._first)
+        try:
+            index.add(self.vault.home, self._index_key, [summary])
+        except OSError:
+            pass  # the journal holds it: the next listing reads it from there (`index` rule 2)
+        if summary.final:
+            zeroize(self._index_key)
+            self._index_key, self._first = None, []
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
         zeroize(self._key)
+        if self._index_key is not None:
+            zeroize(self._index_key)
+            self._index_key = None
 
     def _cut_back(self) -> None:
         try:
@@ -150,23 +175,6 @@ class Report:
     def unsealed(self) -> int:
         """Records written after the last sealed head: an interrupted append."""
         return len(self.records) - self.sealed
-
-    def preview(self, width: int) -> str:
-        """The start of the session's first message, on one line (for listings); else its first record's kind."""
-        first = next((r for r in self.records if r.get("kind") == "message"), None)
-        if first is None:
-            return f"({self.records[0]['kind']})" if self.records else ""
-        return first["text"][:width].replace("\n", " ")
-
-    def client(self) -> str:
-        """The program that asked, for a session of the API (`appliance serve`): its executable and pid; else ""."""
-        first = next((r for r in self.records if r.get("kind") == "message" and r.get("client")), None)
-        return client_text(first["client"]) if first else ""
-
-
-def client_text(client: dict) -> str:
-    """A journalled `client` field, on one line: the executable as the kernel reported it, and the pid."""
-    return f"{client.get('exe') or 'unknown executable'} (pid {client.get('pid')})"
 
 
 def verify_session(vault: Vault, session_id: str) -> Report:
@@ -211,12 +219,14 @@ def read_session(vault: Vault, session_id: str) -> list[dict]:
 
 
 def sessions(vault: Vault) -> list[str]:
-    """Session ids the vault holds keys for, plus stray files (whose check then says what they are)."""
-    ids = {i.split("/", 1)[1] for i in vault.key_ids(JOURNAL_KEYS)}
-    jdir = vault.home / JOURNAL_DIR
-    if jdir.is_dir():
-        ids |= {p.stem for p in jdir.glob("*.journal") if frames.SESSION_ID.fullmatch(p.stem)}
-    return sorted(ids)
+    """Session ids the vault holds keys for, plus stray files (whose check then says what they are), oldest first."""
+    ids = {i[len(JOURNAL_KEYS) :] for i in vault.key_ids(JOURNAL_KEYS)}
+    try:
+        names = os.listdir(vault.home / JOURNAL_DIR)
+    except FileNotFoundError:
+        names = []
+    stray = {n[: -len(SUFFIX)] for n in names if n.endswith(SUFFIX)} - ids  # the files of recorded sessions need no check
+    return sorted(ids | {sid for sid in stray if frames.SESSION_ID.fullmatch(sid)})
 
 
 def _walk(aead: AESGCM, session_id: str, found: list[frames.Frame], out: list[dict]) -> Optional[Break]:

@@ -8,7 +8,7 @@ import json
 from typing import Optional
 
 from ..printable import printable
-from .session_files import client_text
+from .index import client_text
 
 
 def provenance_line(r: dict) -> str:

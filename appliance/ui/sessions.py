@@ -1,7 +1,9 @@
 """Past journal sessions: list, search, open one decrypted with its provenance, resume, verify all, export Markdown.
 
-The search (`journal.search`) decrypts session by session in memory; its matches replace the list
-as they are found (one row per matching record) and an empty search brings the list back.
+The list opens on its first page, the newest sessions (`journal.listing`: summaries from the journal's
+sealed index, so it opens as fast at 100,000 sessions as at 10), and pages with n and p. The search
+(`journal.search`) decrypts session by session in memory, the newest first; its matches replace the
+list as they are found (one row per matching record) and an empty search brings the list back.
 """
 
 import asyncio
@@ -16,7 +18,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Markdown
 
 from ..errors import ApplianceError
-from ..journal import Report, read_session, sessions, verify_session
+from ..journal import read_session, sessions, verify_session
+from ..journal.listing import PAGE, Listing
 from ..journal.search import Match, search
 from ..journal.transcript import markdown_transcript
 from ..printable import printable
@@ -30,12 +33,6 @@ def _cells(*values: str) -> tuple[Text, ...]:
     return tuple(Text(printable(v)) for v in values)
 
 
-def _state(report: Report) -> str:
-    if report.ok:
-        return "ok" + (f" ({report.unsealed} unsealed)" if report.unsealed else "")
-    return f"BROKEN at {report.broken_at}"
-
-
 class SessionsScreen(Screen):
     KEYS = SESSIONS_KEYS
     BINDINGS = bindings(SESSIONS_KEYS)
@@ -45,9 +42,13 @@ class SessionsScreen(Screen):
         self.core, self.export_dir = core, export_dir
         self._resume = resume  # the chat's: it continues the session, or says on its screen why not
         self._row_session: dict[str, str] = {}  # row key -> session id (a search shows one row per record)
+        self._page, self._pages = 0, 1  # the page shown (from 0, the newest) and how many there are
 
     def compose(self) -> ComposeResult:
-        yield Label("Sessions: enter opens, r resumes, / searches, v verifies, e exports, esc back", id="title")
+        yield Label(
+            "Sessions, the newest first: enter opens, r resumes, / searches, n p page, v verifies, e exports, esc back",
+            id="title",
+        )
         yield Input(id="search", placeholder="/ search every session (enter; empty lists them all)")
         yield DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
         yield PlainLabel("", id="result")
@@ -66,26 +67,39 @@ class SessionsScreen(Screen):
         self._row_session.clear()
         return table
 
-    def _fill(self) -> list[Report]:
-        """(Re)read every session; returns the reports of the readable ones."""
-        table = self._columns("session", "records", "state", "first message", "client")
-        reports: list[Report] = []
+    def _fill(self) -> None:
+        """(Re)show the current page of sessions, the newest first."""
+        table = self._columns("session", "records", "first message", "base + overlay", "client")
         try:
-            ids = sessions(self.core.vault)
+            with self.core.vault.pinned(), Listing(self.core.vault) as listing:
+                ids = sessions(self.core.vault)[::-1]
+                self._pages = max(1, -(-len(ids) // PAGE))
+                self._page = min(self._page, self._pages - 1)
+                for row in listing.rows(ids[self._page * PAGE : (self._page + 1) * PAGE]):
+                    s = row.summary
+                    first = "  ".join(part for part in (row.trouble, s.first if s else "") if part)
+                    table.add_row(
+                        *_cells(row.session_id, str(row.records), first[:60], s.model if s else "", s.client if s else ""),
+                        key=row.session_id,
+                    )
+                    self._row_session[row.session_id] = row.session_id
         except ApplianceError as e:  # the key-slot table itself is unreadable
             self._say(str(e))
-            return reports
-        for sid in ids:
-            try:
-                report = verify_session(self.core.vault, sid)
-            except ApplianceError as e:  # erased or missing key: listed, not opened
-                table.add_row(*_cells(sid, "-", f"unreadable: {e}", "", ""), key=sid)
-                self._row_session[sid] = sid
-                continue
-            reports.append(report)
-            table.add_row(*_cells(sid, str(len(report.records)), _state(report), report.preview(40), report.client()), key=sid)
-            self._row_session[sid] = sid
-        return reports
+            return
+        self._say(f"page {self._page + 1} of {self._pages} ({len(ids)} sessions, the newest first; n and p page)")
+
+    def action_next_page(self) -> None:
+        self._turn(1)
+
+    def action_previous_page(self) -> None:
+        self._turn(-1)
+
+    def _turn(self, step: int) -> None:
+        if 0 <= self._page + step < self._pages:
+            self._page += step
+            self._fill()
+        else:
+            self._say(f"page {self._page + 1} of {self._pages}: there is no {'next' if step > 0 else 'previous'} page")
 
     # -- search -------------------------------------------------------------------------
 
@@ -96,7 +110,6 @@ class SessionsScreen(Screen):
     def _search_submitted(self, event: Input.Submitted) -> None:
         if not event.value.strip():
             self._fill()
-            self._say("")
         else:
             self._search(event.value)
         self.query_one(DataTable).focus()
@@ -110,7 +123,7 @@ class SessionsScreen(Screen):
         self._say(f"searching for {text!r}...")
         try:
             ids = sessions(self.core.vault)
-            for sid in ids:
+            for sid in reversed(ids):  # the newest first, as the list
                 if not self.core.unlocked:  # killed or locked meanwhile: the vault is zeroed
                     return
                 for hit in search(self.core.vault, text, [sid]):
@@ -150,7 +163,14 @@ class SessionsScreen(Screen):
         self._say(f"opened {sid}")
 
     def action_verify(self) -> None:
-        reports = self._fill()
+        """Every session, not only the page shown: its chain and sealed head, read from the journal."""
+        with self.core.vault.pinned():
+            reports = []
+            for sid in sessions(self.core.vault):
+                try:
+                    reports.append(verify_session(self.core.vault, sid))
+                except ApplianceError:  # erased or missing key: listed as unreadable, nothing to verify
+                    continue
         broken = [r for r in reports if not r.ok]
         verdict = f"verified {len(reports)} sessions: " + (
             "all intact" if not broken else "; ".join(f"{r.session_id} BROKEN at {r.broken_at}" for r in broken)

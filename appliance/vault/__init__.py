@@ -7,8 +7,12 @@
                      the master key (all in one file: one atomic rename per change), or the erase tombstone
     slots.py         the typed key-slot table (data keys wrapped, the generation) and its one lookup
     heads_file.py    heads.json: the journal heads moved since vault.json was written (an append's one write)
+    key_files.py     keys/: each journal session's data key in a file of its own, under the journal key
     upgrades.py      older vault formats, read and rewritten in the current one (the one place for migrations)
-    vault.py         `Vault`: the above composed under the lock
+    table_view.py    the table as one process sees it: one view of vault.json and heads.json, kept, under the lock
+    journal_heads.py the heads: each journal session's last sealed record, moved by its appends
+    session_keys.py  the session keys: key files, the journal key, `erase logs` in one write
+    vault.py         `Vault`: the vault's life (create, unlock, passphrase, erase all), data keys, settings
     errors.py        what the vault refuses with
     stream.py        chunked AES-256-GCM for large files under a data key
     sealed_state.py  state files whose digests the table seals

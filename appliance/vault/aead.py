@@ -13,7 +13,9 @@ import binascii
 import os
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..hardening import lock_secret
 
@@ -37,6 +39,11 @@ def secret(data: bytes | bytearray) -> bytearray:
 def random_key() -> bytearray:
     """A fresh data key, held only in memory until `Vault.record_data_key` (or never: a throwaway key)."""
     return secret(os.urandom(KEY_BYTES))
+
+
+def derive_key(key: bytes | bytearray, info: bytes) -> bytearray:
+    """A key of its own for one use of `key` (HKDF-SHA256, no salt: `key` is uniformly random), named by `info`."""
+    return secret(HKDF(hashes.SHA256(), KEY_BYTES, salt=None, info=info).derive(bytes(key)))
 
 
 def b64(data: bytes | bytearray) -> str:

@@ -44,8 +44,7 @@ def vault_lock(home: Path) -> Iterator[None]:
     fd = os.open(vdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        remove_stale_temps(vdir)
-        remove_stale_temps(vdir / KEYS_DIR)
+        remove_stale_temps(vdir)  # the key files' too: staged here, not in keys/, whose size is the journal's
         yield
     finally:
         os.close(fd)  # closing releases the flock
@@ -88,8 +87,8 @@ def json_object(raw: bytes, error: type[Exception], what: str) -> dict:
     return doc
 
 
-def write_durable(path: Path, data: bytes) -> None:
+def write_durable(path: Path, data: bytes, staging: Path | None = None) -> None:
     try:
-        atomic_write(path, data)
+        atomic_write(path, data, staging=staging)
     except OSError as e:
         raise EnvironmentRefused(f"cannot write {path} ({e.strerror}): it is unchanged") from None

@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..fsutil import fsync_dir
-from .aead import KEY_BYTES, seal, secret, unb64, unseal
+from .aead import derive_key, seal, unb64, unseal
 from .disk import json_object, read_if_present, vault_dir, write_durable
 from .errors import KeySlotsCorrupt
 from .slots import Head, parse_heads
@@ -60,7 +58,7 @@ def heads_path(home: Path) -> Path:
 
 def heads_key(master: bytearray) -> bytearray:
     """The key that seals this file beside the vault.json whose master key is `master` (rule 2)."""
-    return secret(HKDF(hashes.SHA256(), KEY_BYTES, salt=None, info=HEADS_INFO).derive(bytes(master)))
+    return derive_key(master, HEADS_INFO)
 
 
 def read_raw(home: Path) -> bytes | None:

@@ -14,14 +14,21 @@ Rules, in order:
    is a recorded session without its key (`NotFound`: its journal file shows as an orphan); a key
    file swapped between sessions fails authentication (its key id is the associated data:
    `KeySlotsCorrupt`); an erased session's file put back opens nothing (the table's erase record wins).
-3. Crypto-erase removes the file (fsynced) before the table records the erase; erasing the last
-   session drops the journal key too, so no copy of these files left on the medium opens after
-   `erase logs`. The temp files of interrupted writes are removed whenever a writer takes the lock
-   (`disk.vault_lock`), as beside vault.json.
+3. Crypto-erase of some sessions removes their files (fsynced) before the table records the erase;
+   erasing the last session drops the journal key too, so no copy of these files left on the medium
+   opens after `erase logs`. A file is written through a temp file beside vault.json, not in this
+   folder (searched by no one: it holds a file a session), so the temp file of an interrupted write is
+   removed whenever a writer takes the lock (`disk.vault_lock`), as vault.json's own.
+4. `erase logs` drops the journal key first, in one write of vault.json whatever the number of
+   sessions (`Vault.erase_journal`): every file here is unreadable at that moment; the folder is
+   removed after. A session made before that erase is erased with it (`erased_with_journal_key`), so
+   its files, left by a crash in between, read as erased, not as orphans; a journal key made later
+   first removes what such a crash left here.
 """
 
 import json
 import os
+import re
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -35,6 +42,7 @@ FORMAT = "appliance-session-key/1"
 KEY_AD = b"appliance-session-key/1 "  # followed by the key id
 JOURNAL_KEY_ID = "vault/journal-key"  # the table's slot of the key these files are sealed under
 FILED = "journal/"  # key ids whose data key lives in a file of its own
+MADE = re.compile(r"journal/(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z-[0-9a-f]{8}")  # a session id starts with its UTC second
 
 
 def keys_dir(home: Path) -> Path:
@@ -53,7 +61,7 @@ def write(home: Path, journal_key: bytearray, key_id: str, key: bytearray, files
         doc = {"format": FORMAT, "sealed": seal(journal_key, plain, KEY_AD + key_id.encode())}
     finally:
         zeroize(plain)
-    write_durable(key_path(home, key_id), (json.dumps(doc) + "\n").encode())
+    write_durable(key_path(home, key_id), (json.dumps(doc) + "\n").encode(), staging=vault_dir(home))
 
 
 def read(home: Path, journal_key: bytearray, key_id: str) -> tuple[bytearray, tuple[str, ...]] | None:
@@ -77,6 +85,16 @@ def read(home: Path, journal_key: bytearray, key_id: str) -> tuple[bytearray, tu
         return secret(plain[:KEY_BYTES]), tuple(files)
     finally:
         zeroize(plain)
+
+
+def erased_with_journal_key(key_id: str, erased: dict[str, str]) -> str | None:
+    """Rule 4: the time of the last erase of the journal key where `key_id` is a session made before it; else None.
+    (Made is the UTC second its id starts with: a clock set back between the two makes it an orphan instead.)"""
+    when, made = erased.get(JOURNAL_KEY_ID), MADE.fullmatch(key_id)
+    if when is None or made is None:
+        return None
+    y, mo, d, h, mi, sec = made.groups()
+    return when if f"{y}-{mo}-{d}T{h}:{mi}:{sec}Z" <= when else None
 
 
 def remove(home: Path, key_ids: list[str]) -> None:

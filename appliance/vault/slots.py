@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from ..errors import Erased, NotFound
 from .aead import KEY_BYTES, NONCE_BYTES, TAG_BYTES
 from .errors import KeySlotsCorrupt
+from .key_files import erased_with_journal_key
 
 KEY_ID = re.compile(r"[a-z]+(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){1,3}")
 WRAPPED_B64 = re.compile(f"[A-Za-z0-9+/]{{{(NONCE_BYTES + KEY_BYTES + TAG_BYTES) * 4 // 3}}}")  # 60 bytes: no padding
@@ -73,6 +74,9 @@ class SlotTable:
             return slot
         if key_id in self.erased:
             raise Erased(f"{key_id} was crypto-erased at {self.erased[key_id]}: its data key is gone")
+        when = erased_with_journal_key(key_id, self.erased)
+        if when is not None:
+            raise Erased(f"{key_id} was crypto-erased at {when} with the journal key (`erase logs`): its data key is gone")
         raise NotFound(f"no such key id in the vault: {key_id}")
 
     def copy(self) -> "SlotTable":

@@ -9,24 +9,12 @@
     KEK        --AES-256-GCM--> the journal key, a data key in the table
     journal key --AES-256-GCM--> one journal session's data key           keys/<key id>.key (`key_files`)
 
+`Vault` is built in layers, each a module owning its rules: the table as one process sees it, under
+the lock (`table_view`); the journal heads (`journal_heads`); the sessions' key files
+(`session_keys`); and here, the vault's life (create, unlock, passphrase, erase all), data keys by key
+id, settings and file digests.
+
 Rules:
-- Every table change is read-modify-write under the exclusive vault lock (`disk.vault_lock`), so
-  two appliance processes never lose each other's keys or heads.
-- The table is opened once and kept (`_view`) while vault.json is the file it was read from, or
-  the one this `Vault` wrote last (`vault_file.unchanged`): a command that reads many sessions
-  decrypts the table once, and still sees at its next call a vault another process wrote.
-  Inside `pinned` (a command that only reads) the view taken at its start is used without looking
-  at the files again, so every session is read against the same vault; a write ends it.
-- A journal append moves its session's head in heads.json (`heads_file`), whose size is that of the
-  sessions appended to since vault.json was written, not of the journal: every other change
-  rewrites vault.json, which first takes those heads into its table.
-- A journal session's data key is a file of its own (`key_files`), sealed under the journal key; the
-  session is recorded by a head of seq 0 moved like any other, so a new session writes two small
-  files, not vault.json. Its head in the table, once taken in, is all it adds to vault.json.
-- Every write raises the generation by one (of heads.json too). A `Vault` remembers the highest it has seen and
-  refuses a lower one (`VaultRolledBack`, exit 3): an older copy of the vault put back while the
-  appliance runs is caught at its next read. A copy put back between two runs is caught only by
-  comparing the generation with one noted outside the machine (`generation`, docs/procedures.md).
 - Crypto-erase removes data keys in one atomic rewrite (under a fresh master key, as every write)
   and remembers the ids as erased, a session's key file removed first and the journal key with the last; only then is the ciphertext recorded with them discarded
   (`fsutil.discard`).
@@ -39,8 +27,7 @@ Rules:
 import copy
 import os
 import shutil
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import NotFound, Refused
@@ -49,38 +36,16 @@ from ..utc import now_text
 from . import heads_file, key_files, upgrades
 from .aead import KEY_BYTES, random_key, zeroize
 from .disk import vault_dir, vault_lock
-from .errors import NoVault, VaultCorrupt, VaultErased, VaultRolledBack
-from .heads_file import MovedHeads
+from .errors import NoVault, VaultCorrupt, VaultErased
 from .key_files import FILED, JOURNAL_KEY_ID
-from .slots import KEY_ID, Head, Slot, SlotTable
-from .vault_file import (
-    Opened,
-    load,
-    new_kek,
-    open_kek,
-    store,
-    unchanged,
-    unwrap_data_key,
-    unwrap_master,
-    wrap_data_key,
-    write_tombstone,
-)
-
-MAX_MOVED = 256  # heads kept in heads.json before a write takes them into vault.json: bounds both files' cost
+from .session_keys import SessionKeys
+from .slots import KEY_ID, Slot, SlotTable
+from .table_view import is_recorded
+from .vault_file import new_kek, open_kek, unwrap_data_key, wrap_data_key, write_tombstone
 
 
-class Vault:
+class Vault(SessionKeys):
     """An unlocked vault: holds the KEK (zeroed by `zeroize`, or on leaving a `with` block) and the table it last opened."""
-
-    def __init__(self, home: Path, kek: bytearray, salt: object):
-        self.home = home
-        self._kek = kek
-        self._salt = salt  # the KDF salt of the file this KEK opens
-        self._seen = 0  # the highest generation read or written by this process
-        self._view: Opened | None = None  # vault.json as last read or written here; never changed in place
-        # heads.json as last read or written beside that view: (the view, its bytes, its heads; None where none count)
-        self._moved: tuple[Opened, bytes | None, MovedHeads | None] | None = None
-        self._pinned = False  # inside `pinned`: the view above is used as it is
 
     # -- whole-vault operations ----------------------------------------------------
 
@@ -182,33 +147,6 @@ class Vault:
             fsync_dir(vault_dir(home))
         return when
 
-    @contextmanager
-    def pinned(self) -> Iterator[None]:
-        """One view of the vault for reading many sessions: taken under the lock, then kept until the block ends or a write."""
-        with vault_lock(self.home):
-            self._state()
-        self._pinned = True
-        try:
-            yield
-        finally:
-            self._pinned = False
-
-    def generation(self) -> tuple[int, str]:
-        """How many times the vault files were written, and when last: what the operator notes offline."""
-        _, table, moved = self._state()
-        return (moved.generation, moved.written) if moved else (table.generation, table.written)
-
-    def zeroize(self) -> None:
-        zeroize(self._kek)
-        self._view = self._moved = None
-
-    def __enter__(self) -> "Vault":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        """`with Vault.unlock(...) as vault:` zeroes the KEK however the body ends."""
-        self.zeroize()
-
     # -- data keys, by key id ------------------------------------------------------------
 
     def new_data_key(self, key_id: str, files: Sequence[str] = ()) -> bytearray:
@@ -248,17 +186,12 @@ class Vault:
     def data_key(self, key_id: str) -> bytearray:
         """The data key of `key_id`, in a buffer the caller zeroes; Erased (exit 6) or NotFound (exit 5)."""
         _, table, moved = self._state()
-        if key_id in table.slots or not _recorded(table, moved, key_id):
+        if key_id in table.slots or not is_recorded(table, moved, key_id):
             return unwrap_data_key(self._kek, key_id, table.entry(key_id).key)
         opened = self._filed(table, key_id)
         if opened is None:
             raise NotFound(f"{key_id}: its key file is missing (deleted, or this vault is a copy from before it)")
         return opened[0]
-
-    def key_ids(self, prefix: str = "") -> list[str]:
-        _, table, moved = self._state()
-        ids = set(table.slots) | set(table.heads) | set(moved.heads if moved else ())
-        return sorted(i for i in ids if i.startswith(prefix) and i != JOURNAL_KEY_ID)
 
     def erased_key_ids(self, prefix: str = "") -> dict[str, str]:
         """Tombstones: erased key id -> UTC time of the erase."""
@@ -274,7 +207,7 @@ class Vault:
             files: dict[str, tuple[str, ...]] = {}
             filed = []
             for key_id in key_ids:
-                if key_id in table.slots or not _recorded(table, None, key_id):
+                if key_id in table.slots or not is_recorded(table, None, key_id):
                     files[key_id] = table.entry(key_id).files
                     continue
                 filed.append(key_id)
@@ -294,41 +227,6 @@ class Vault:
         # leaves undecryptable files, never readable data that was meant to be erased.
         paths = {self._inside_home(rel): rel for rels in files.values() for rel in rels}
         return [paths[path] for path in discard(self.home, list(paths))]
-
-    # -- sealed heads (the journal's last record per session) ---------------------------
-
-    def head(self, key_id: str) -> tuple[int, str] | None:
-        """The sealed head of `key_id`; None where nothing was sealed (a session only recorded has seq 0)."""
-        _, table, moved = self._state()
-        head = (moved.heads.get(key_id) if moved else None) or table.heads.get(key_id)
-        return None if head is None or head.seq == 0 else (head.seq, head.hash)
-
-    def seal_head(self, key_id: str, seq: int, digest: str) -> None:
-        """Move the head of `key_id` in heads.json: a write the size of the sessions in use (`heads_file`)."""
-        with vault_lock(self.home):
-            self._pinned = False
-            _, table, moved = self._state()
-            if key_id not in table.slots and not _recorded(table, moved, key_id):
-                table.entry(key_id)
-            self._move_head(key_id, Head(seq, digest))
-
-    def _move_head(self, key_id: str, head: Head) -> None:
-        """heads.json with `head` moved in; vault.json taking them all in where heads.json would hold too many."""
-        doc, table, moved = self._state()
-        heads = {**(moved.heads if moved else {}), key_id: head}
-        if len(heads) > MAX_MOVED:
-            doc, merged = self._merged()
-            merged.heads[key_id] = head
-            self._write(doc["kdf"], str(doc.get("created")), merged)
-            return
-        generation = (moved.generation if moved else table.generation) + 1
-        key = self._heads_key(doc)
-        self._moved = None  # a write that fails leaves the file unknown: the next call reads it
-        try:
-            written = heads_file.write(self.home, key, table.generation, generation, now_text(), heads)
-        finally:
-            zeroize(key)
-        self._moved, self._seen = (self._load()[2], written.raw, written), generation
 
     # -- settings sealed with the keys (so changing them needs the passphrase) -----------
 
@@ -355,42 +253,6 @@ class Vault:
                 if any(known == rel or known.startswith(rel.rstrip("/") + "/") for rel in rels):
                     del table.files[known]
 
-    # -- the table on disk ---------------------------------------------------------------
-
-    def _record_filed(self, key_id: str, key: bytearray, files: tuple[str, ...]) -> None:
-        """A journal session's key in its own file, then the session recorded by a head of seq 0 (`key_files` rule 1)."""
-        with vault_lock(self.home):
-            self._pinned = False
-            doc, table, moved = self._state()
-            if key_id in table.slots or _recorded(table, moved, key_id) or key_id in table.erased:
-                raise Refused(f"{key_id} already has a data key, or had one")
-            if JOURNAL_KEY_ID not in table.slots:  # the first session (again after `erase logs`): one write of vault.json
-                doc, merged = self._merged()
-                journal_key = random_key()
-                try:
-                    merged.slots[JOURNAL_KEY_ID] = Slot(wrap_data_key(self._kek, JOURNAL_KEY_ID, journal_key), (), now_text())
-                finally:
-                    zeroize(journal_key)
-                self._write(doc["kdf"], str(doc.get("created")), merged)
-                table = self._state()[1]
-            journal_key = unwrap_data_key(self._kek, JOURNAL_KEY_ID, table.slots[JOURNAL_KEY_ID].key)
-            try:
-                key_files.write(self.home, journal_key, key_id, key, files, now_text())
-            finally:
-                zeroize(journal_key)
-            self._move_head(key_id, Head(0, ""))
-
-    def _filed(self, table: SlotTable, key_id: str) -> tuple[bytearray, tuple[str, ...]] | None:
-        """A recorded session's key and files from its key file; None where the file or the journal key is gone."""
-        slot = table.slots.get(JOURNAL_KEY_ID)
-        if slot is None:
-            return None
-        journal_key = unwrap_data_key(self._kek, JOURNAL_KEY_ID, slot.key)
-        try:
-            return key_files.read(self.home, journal_key, key_id)
-        finally:
-            zeroize(journal_key)
-
     def _inside_home(self, rel: str) -> Path:
         if not isinstance(rel, str) or os.path.isabs(rel):
             raise Refused(f"ciphertext path is not relative to the state dir: {rel!r}")
@@ -398,78 +260,3 @@ class Vault:
         if self.home.resolve() not in path.parents:
             raise Refused(f"ciphertext path outside the state dir: {rel!r}")
         return path
-
-    def _read_table(self) -> SlotTable:
-        return self._state()[1]
-
-    def _state(self) -> tuple[dict, SlotTable, MovedHeads | None]:
-        """vault.json's file and table, and the heads moved since (`heads_file`); refused below a generation seen."""
-        if self._pinned and self._view is not None and self._moved is not None:
-            return self._view.doc, self._view.table, self._moved[2]
-        while True:  # heads.json read while vault.json stayed the same: a writer of both in between reads again
-            doc, table, view = self._load()
-            raw = heads_file.read_raw(self.home)
-            if view.mark is None or unchanged(self.home, view.mark):
-                break
-        if self._moved is None or self._moved[0] is not view or self._moved[1] != raw:
-            self._moved = None
-            moved = None
-            if raw is not None:
-                key = self._heads_key(doc)
-                try:
-                    moved = heads_file.opened(self.home, raw, key, table.generation)
-                finally:
-                    zeroize(key)
-            self._moved = (view, raw, moved)
-        moved = self._moved[2]
-        generation = moved.generation if moved else table.generation
-        if generation < self._seen:
-            raise VaultRolledBack(generation, self._seen, "this appliance has already seen")
-        self._seen = generation
-        return doc, table, moved
-
-    def _load(self) -> tuple[dict, SlotTable, Opened]:
-        """vault.json: the view kept while the file is unchanged, else read and opened again."""
-        if self._view is None or not unchanged(self.home, self._view.mark):
-            self._view = self._moved = None
-            self._view = load(self.home, self._kek, self._salt)
-        return self._view.doc, self._view.table, self._view
-
-    def _heads_key(self, doc: dict) -> bytearray:
-        master = unwrap_master(self._kek, doc)
-        try:
-            return heads_file.heads_key(master)
-        finally:
-            zeroize(master)
-
-    def _merged(self) -> tuple[dict, SlotTable]:
-        """The file, and a copy of its table to change with the heads moved since taken in (`heads_file` rule 4)."""
-        doc, read, moved = self._state()
-        table = read.copy()
-        if moved:
-            table.heads.update(moved.heads)
-            table.generation, table.written = moved.generation, moved.written
-        return doc, table
-
-    def _write(self, kdf: dict, created: str, table: SlotTable) -> None:
-        """Seal `table` as the next generation (the caller holds the lock)."""
-        table.generation, table.written = table.generation + 1, now_text()
-        self._view = self._moved = None  # a write that fails leaves the file unknown: the next call reads it
-        self._view = store(self.home, self._kek, kdf, created, table)
-        self._salt, self._seen = kdf["salt"], table.generation
-        heads_file.remove(self.home)  # its heads are in the table now
-
-    @contextmanager
-    def _table(self) -> Iterator[SlotTable]:
-        """Read-modify-write of the table under the lock; written back only if the body succeeds."""
-        with vault_lock(self.home):
-            self._pinned = False
-            upgrades.remove_leftovers(self.home)
-            doc, table = self._merged()
-            yield table
-            self._write(doc["kdf"], str(doc.get("created")), table)
-
-
-def _recorded(table: SlotTable, moved: MovedHeads | None, key_id: str) -> bool:
-    """Whether `key_id` is a session recorded by its head (its key in a file of its own, `key_files`), not erased."""
-    return key_id not in table.erased and (key_id in table.heads or (moved is not None and key_id in moved.heads))

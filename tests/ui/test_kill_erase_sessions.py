@@ -126,7 +126,7 @@ async def test_sessions_open_verify_export(vault_home, make_app, tmp_path):
         await pilot.press("v")
         verdict = str(screen.query_one("#result", Label).render())
         assert f"{second} BROKEN at record 2: modified" in verdict and first not in verdict
-        await pilot.press("enter")  # the cursor is on the first (oldest) session
+        await pilot.press("down", "enter")  # the newest first: the second row is the first session
         await pilot.pause()
         transcript = screen.query_one("#transcript", Markdown).source
         assert "Say hello." in transcript and app.core.model.sha256[:12] in transcript

@@ -71,7 +71,7 @@ def test_an_erased_sessions_key_file_put_back_opens_nothing(vault_home, vault):
 def test_erasing_one_session_leaves_no_copy_of_its_key_temp_files_included(vault_home, vault):
     kept, gone = _session(vault, "kept"), _session(vault, "gone")
     path = key_path(vault_home, session_key_id(gone))
-    shutil.copy(path, path.with_name(f".{path.name}.tmp-4242"))  # what a write killed before its rename leaves
+    shutil.copy(path, vault_home / "vault" / f".{path.name}.tmp-4242")  # what a write killed before its rename leaves
     vault.erase([session_key_id(gone)])
     journal_key = vault.data_key(JOURNAL_KEY_ID)  # still live: the other session needs it
     try:
@@ -137,7 +137,61 @@ def test_a_vault_with_keys_in_its_table_goes_on_with_key_files_and_erases_both(t
         new = session_key_id(_session(vault, "after"))
         assert vault.key_ids("journal/") == sorted([*old, new]) and key_path(home, new).is_file()
         assert all(verify_session(vault, i.split("/", 1)[1]).ok for i in vault.key_ids("journal/"))
-        vault.erase(vault.key_ids("journal/"))
+        assert vault.erase_journal() == [JOURNAL_KEY_ID, *old]
         assert vault.key_ids("journal/") == [] and JOURNAL_KEY_ID not in vault._read_table().slots
-        assert not any(keys_dir(home).iterdir())
-        assert set(vault.erased_key_ids("journal/")) == {*old, new}
+        assert not keys_dir(home).exists()
+        assert set(vault.erased_key_ids("journal/")) == set(old)  # the table's by id; the rest with the journal key
+        for key_id in [*old, new]:
+            with pytest.raises(Erased):
+                vault.data_key(key_id)
+
+
+def test_erase_logs_is_one_write_that_reads_no_session(vault_home, vault, monkeypatch):
+    """Flat in the number of sessions: no key file is read, vault.json is written once and keeps no trace of them."""
+    sids = [_session(vault, f"s{i}") for i in range(4)]
+    writes, opened = [], []
+    monkeypatch.setattr("appliance.vault.table_view.store", _counting(writes, "appliance.vault.table_view.store"))
+    monkeypatch.setattr(key_files, "read", _counting(opened, "appliance.vault.key_files.read"))
+    assert vault.erase_journal() == [JOURNAL_KEY_ID]
+    assert len(writes) == 1 and opened == []
+    table = vault._read_table()
+    assert table.heads == {} and list(table.erased) == [JOURNAL_KEY_ID] and not keys_dir(vault_home).exists()
+    for sid in sids:
+        with pytest.raises(Erased, match="with the journal key"):
+            verify_session(vault, sid)
+
+
+def _counting(calls: list, name: str):
+    module, attr = name.rsplit(".", 1)
+    real = getattr(__import__(module, fromlist=[attr]), attr)
+
+    def counted(*args, **kw):
+        calls.append(args)
+        return real(*args, **kw)
+
+    return counted
+
+
+def test_a_crash_between_the_key_and_the_files_leaves_erased_files_that_erase_logs_finishes(vault_home, vault):
+    """The journal key is gone, the journal folder not yet (a crash in `erase logs` between the two): every file
+    reads as erased, none as an orphan; `erase logs` again removes them; a new session starts afresh."""
+    sids = [_session(vault, f"s{i}") for i in range(2)]
+    vault.erase_journal()  # the first half of `erase logs`, the state a crash right after it leaves
+    r = appliance("logs", "verify")
+    assert r.returncode == 0 and all(f"erased  {sid}" in r.stdout for sid in sids), r.stdout
+    r = appliance("erase", "logs", "--yes")
+    assert r.returncode == 0 and "finished an interrupted erase" in r.stdout, r.stderr
+    assert not (vault_home / "journal").exists()
+    error_line(appliance("erase", "logs", "--yes"), 5, "not-found")
+    new = _session(vault, "afresh")
+    assert verify_session(vault, new).ok
+
+
+def test_key_files_a_crash_left_go_when_a_new_journal_key_is_made(vault_home, vault, monkeypatch):
+    old = _session(vault)
+    with monkeypatch.context() as m:
+        m.setattr("appliance.vault.session_keys.discard", lambda home, paths: [])  # killed before the key files went
+        vault.erase_journal()
+    assert key_path(vault_home, session_key_id(old)).is_file()  # sealed under a key that is gone
+    new = _session(vault, "afresh")
+    assert [p.name for p in keys_dir(vault_home).iterdir()] == [key_path(vault_home, session_key_id(new)).name]
