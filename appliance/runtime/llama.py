@@ -288,9 +288,12 @@ class SamplerChain:
     def __init__(self, engine: LlamaEngine):
         self._engine = engine
         self._chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        self._stages = 0
+        self._argmax = False  # greedy alone: `sample` reads the row itself (see there)
 
     def _add(self, stage) -> "SamplerChain":
         C.llama_sampler_chain_add(self._chain, stage)  # the chain owns the stage from here
+        self._stages += 1
         return self
 
     def penalties(self, last_n: int, repeat: float) -> "SamplerChain":
@@ -310,6 +313,7 @@ class SamplerChain:
         return self._add(C.llama_sampler_init_dist(seed % C.LLAMA_DEFAULT_SEED))
 
     def greedy(self) -> "SamplerChain":
+        self._argmax = self._stages == 0
         return self._add(C.llama_sampler_init_greedy())
 
     def accept(self, tokens: list[int]) -> None:
@@ -318,6 +322,11 @@ class SamplerChain:
 
     def sample(self) -> int:
         """The next token from the logits of the engine's last decoded position."""
+        if self._argmax:
+            # The token llama.cpp's greedy stage picks (the first highest logit), without the chain first copying the
+            # whole row into (id, logit, p) triples: on a card that copy cost more per token than our whole loop
+            # (docs/design.md, "The GPU"). Greedy keeps no state, so nothing is left to accept.
+            return int(np.argmax(self._engine.last_logits()))
         return C.llama_sampler_sample(self._chain, self._engine.ctx, -1)
 
     def close(self) -> None:

@@ -418,3 +418,27 @@ def test_a_step_observer_sees_every_forward_pass_and_changes_no_reply(runtime, m
     assert tokens == reply.prompt and on == [overlay] and int(np.argmax(logits)) == reply.tokens[0]
     assert seen.steps == reply.tokens[:-1]  # the last token needs no forward pass
     assert seen.resets == 1
+
+
+def test_a_greedy_chain_picks_the_token_llama_cpps_greedy_sampler_picks(runtime):
+    """The greedy chain reads the logits row itself (llama.py, SamplerChain.sample): the same token as llama.cpp's
+    own greedy sampler at every step of a reply, and the penalty's chain still goes through llama.cpp."""
+    import llama_cpp as C
+
+    from appliance.runtime.llama import SamplerChain
+
+    engine = runtime.engine
+    chain, theirs = SamplerChain(engine).greedy(), C.llama_sampler_init_greedy()
+    penalised = SamplerChain(engine).penalties(16, 1.3).greedy()
+    try:
+        runtime.decoder.reset()
+        runtime.decoder.prefill(_prompt_tokens(runtime, [{"role": "user", "content": PROMPT}]))
+        picked = []
+        for _ in range(24):
+            token = chain.sample()
+            assert token == C.llama_sampler_sample(theirs, engine.ctx, -1)
+            picked.append(token)
+            runtime.decoder.step(token)
+        assert len(set(picked)) > 3 and not penalised._argmax
+    finally:
+        chain.close(), penalised.close(), C.llama_sampler_free(theirs)
