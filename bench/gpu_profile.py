@@ -6,7 +6,7 @@ For each model, every layer on the first card, 128 single-token decodes after a 
 of three runs, in microseconds a token:
   native tg128       llama-bench (the yardstick; with CUDA graphs and without, GGML_CUDA_DISABLE_GRAPHS);
   C loop             llama_decode + llama_synchronize from Python, one prepared batch: llama.cpp alone, with our
-                     context shape (two KV sequences, n_ctx 2048 each) and variants of it (threads, one sequence);
+                     context shape (one KV sequence on a card, n_ctx 2048) and variants of it (two sequences, threads);
   + logits, sampler  the same, then the logits row read and the next token chosen (greedy chain; argmax);
   decoder.step       our loop as the bench times it, and the time inside it by stage.
 A child process repeats the C loop with CUDA graphs disabled: if ours does not slow down, it never used them.
@@ -74,12 +74,12 @@ def ours(path: Path) -> dict:
     if settings.gpu is None:
         raise RuntimeError(f"no card: {note}")
     rows = {}
-    engine = LlamaEngine(path, settings)
-    rows[f"C loop, ours (2 sequences, {engine.n_threads} threads)"] = _median_us(lambda: _c_loop(engine, 0))
-    rows["C loop, ours, sequence 1"] = _median_us(lambda: _c_loop(engine, 1))
+    engine = LlamaEngine(path, settings.replace(sequences=2))  # the shape before one sequence on a card
+    rows[f"C loop, 2 sequences, {engine.n_threads} threads"] = _median_us(lambda: _c_loop(engine, 0))
+    rows["C loop, 2 sequences, the second"] = _median_us(lambda: _c_loop(engine, 1))
     for n in (1, 4, 8):
         engine.set_threads(n)
-        rows[f"C loop, ours, {n} threads"] = _median_us(lambda: _c_loop(engine, 0))
+        rows[f"C loop, 2 sequences, {n} threads"] = _median_us(lambda: _c_loop(engine, 0))
     engine.set_threads(settings.n_threads or engine.governor.max)
     chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
     C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
@@ -96,8 +96,8 @@ def ours(path: Path) -> dict:
     ours_chain.close()
     C.llama_sampler_free(chain)
     engine.close()
-    one = LlamaEngine(path, settings.replace(sequences=1))
-    rows["C loop, one sequence"] = _median_us(lambda: _c_loop(one, 0))
+    one = LlamaEngine(path, settings)
+    rows["C loop, one sequence (resolve's shape on a card)"] = _median_us(lambda: _c_loop(one, 0))
     one.close()
 
     rt = Runtime(VerifiedModel("profiled", 1, path, "0" * 64), settings)
