@@ -116,6 +116,7 @@ class LlamaEngine:
         self._token_batch = C.llama_batch_init(n_batch, 0, 1)
         self._embd_batch = C.llama_batch_init(n_batch, self.n_embd, 1)
         self._piece = ctypes.create_string_buffer(256)
+        self._last_row: tuple[int | None, np.ndarray] = (None, np.empty(0, dtype=np.float32))  # last_logits' view
         self.stopping: threading.Event | None = None  # the event of the `stop_on` block a decode is in, for a shadow engine
 
     @property
@@ -264,7 +265,13 @@ class LlamaEngine:
 
     def last_logits(self) -> np.ndarray:
         """Logits (n_vocab,) of the last decoded position; a view valid until the next decode."""
-        return np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
+        row = C.llama_get_logits_ith(self.ctx, -1)
+        address = ctypes.cast(row, ctypes.c_void_p).value
+        # A decode step's row is where the last one's was: its view is kept (making one costs about as much
+        # as a whole small model's step on a card takes in Python).
+        if address != self._last_row[0]:
+            self._last_row = (address, np.ctypeslib.as_array(row, shape=(self.n_vocab,)))
+        return self._last_row[1]
 
     def close(self) -> None:
         if self.ctx:
