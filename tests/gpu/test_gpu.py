@@ -73,6 +73,7 @@ def test_every_layer_is_on_the_card_and_auto_takes_them_all(gpu_runtime, base, o
     device = on_card.device(gpu_runtime.engine.n_layer)
     assert device["gpu_layers"] == device["of"] == gpu_runtime.engine.n_layer + 1
     assert "NVIDIA" in device["name"]
+    assert gpu_runtime.engine.n_seq == 1, "the decoder keeps nothing on a card: one KV sequence"
     auto, note = resolve("auto", base.path, EngineSettings(n_ctx=2048))
     assert note is None and auto.gpu_layers == gpu_runtime.engine.n_layer + 1, "270M parameters fit any card"
 
