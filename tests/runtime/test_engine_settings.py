@@ -57,12 +57,15 @@ def test_auto_takes_the_layers_that_fit_output_layer_first(model, monkeypatch):
     monkeypatch.setattr(engine_settings, "gpus", lambda: [H100])
     settings, note = resolve("auto", model.path, EngineSettings())
     assert note is None and settings.gpu == H100 and settings.gpu_layers == 31, "30 blocks and the output layer"
+    assert settings.sequences == 1, "on a card the decoder keeps nothing: one KV sequence"
     assert settings.device(30) == {"name": H100.description, "gpu_layers": 31, "of": 31}
     reserve = engine_settings.COMPUTE_RESERVE
     assert layers_that_fit(model.path, EngineSettings(), reserve) == 0
     all_of_it = layers_that_fit(model.path, EngineSettings(), 80 << 30)
     small = layers_that_fit(model.path, EngineSettings(n_ctx=512, sequences=1), reserve + (12 << 20))
     assert 0 < small < all_of_it == 31
+    assert resolve(4, model.path, EngineSettings())[0].sequences == 1
+    assert resolve(0, model.path, EngineSettings())[0].sequences == 2, "the CPU keeps a sequence per state"
 
 
 def test_a_device_record_reads_and_old_records_have_none():
