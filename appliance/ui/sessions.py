@@ -162,15 +162,23 @@ class SessionsScreen(Screen):
         await self.query_one("#transcript", Markdown).update(text)
         self._say(f"opened {sid}")
 
-    def action_verify(self) -> None:
-        """Every session, not only the page shown: its chain and sealed head, read from the journal."""
-        with self.core.vault.pinned():
-            reports = []
-            for sid in sessions(self.core.vault):
-                try:
+    @work(exclusive=True, group="verify")
+    async def action_verify(self) -> None:
+        """Every session, not only the page shown: its chain and sealed head, read from the journal. The loop
+        yields to the UI after each session, as the search does: a long history does not freeze the screen."""
+        ids = sessions(self.core.vault)
+        reports = []
+        for done, sid in enumerate(ids):
+            if not self.core.unlocked:  # killed or locked meanwhile: the vault is zeroed
+                return
+            if done % 500 == 0:
+                self._say(f"verifying {done} of {len(ids)} sessions...")
+            try:
+                with self.core.vault.pinned():
                     reports.append(verify_session(self.core.vault, sid))
-                except ApplianceError:  # erased or missing key: listed as unreadable, nothing to verify
-                    continue
+            except ApplianceError:  # erased or missing key: listed as unreadable, nothing to verify
+                pass
+            await asyncio.sleep(0)
         broken = [r for r in reports if not r.ok]
         verdict = f"verified {len(reports)} sessions: " + (
             "all intact" if not broken else "; ".join(f"{r.session_id} BROKEN at {r.broken_at}" for r in broken)

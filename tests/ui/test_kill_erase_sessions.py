@@ -124,6 +124,7 @@ async def test_sessions_open_verify_export(vault_home, make_app, tmp_path):
         screen = await open_sessions(pilot)
         assert screen.query_one(DataTable).row_count == 2
         await pilot.press("v")
+        await app.workers.wait_for_complete()
         verdict = str(screen.query_one("#result", Label).render())
         assert f"{second} BROKEN at record 2: modified" in verdict and first not in verdict
         await pilot.press("down", "enter")  # the newest first: the second row is the first session
