@@ -122,7 +122,8 @@ CUDA_MODULE = ROOT / "image" / "cache" / "cuda" / "libggml-cuda.so"
 @pytest.mark.skipif(not CUDA_MODULE.exists(), reason="no CUDA module cached: image/cuda-module compiles it where nvcc is")
 def test_the_cuda_variant_carries_the_backend_and_answers_on_the_cpu_where_no_card_is(tmp_path):
     """No card here: the variant must still run, on the CPU, and say why (the card itself: tests/gpu)."""
-    env = {"CONTAINERS_STORAGE_CONF": str(storage_conf(tmp_path / "build-storage")), "PYTHON": sys.executable}
+    env = {"CONTAINERS_STORAGE_CONF": str(storage_conf(tmp_path / "build-storage")), "PYTHON": sys.executable,
+           "CONTAINERS_CONF": str(ROOT / "image" / "containers.conf")}  # fmt: skip
     run(ROOT / "image" / "build", "--cuda", "--out", tmp_path / "out", env=env)
     info = json.loads((tmp_path / "out" / "build-info.json").read_text())
     module_sha = run("sha256sum", CUDA_MODULE).stdout.split()[0]
