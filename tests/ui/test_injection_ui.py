@@ -37,7 +37,7 @@ async def test_sessions_screen_shows_a_journaled_prompt_escaped_and_literal(vaul
         screen = await open_sessions(pilot)
         await wait_for(pilot, lambda: screen.query_one(DataTable).row_count == 2, what="the sessions")  # and the chat's own
         table = screen.query_one(DataTable)
-        previews = [table.get_row_at(n)[3] for n in range(table.row_count)]
+        previews = [table.get_row_at(n)[2] for n in range(table.row_count)]  # "first message"
         (row,) = [n for n, p in enumerate(previews) if p.plain]  # the chat's own session has no message yet
         preview = previews[row]
         assert preview.plain == SHOWN[: len(preview.plain)] and "[/oops]" in preview.plain  # literal, not markup
