@@ -128,7 +128,6 @@ class LlamaEngine:
         self._stop: tuple | None = None  # in a `stop_on` block: (whether to stop, its abort callback)
         self._installed = None  # the abort callback llama.cpp has now (None: none)
         self._step_seconds = float("inf")  # the last one-token decode's; the first step is asked after every node
-        self.quick_step_seconds = QUICK_STEP_SECONDS
 
     @property
     def batch_invariant(self) -> bool:
@@ -260,7 +259,7 @@ class LlamaEngine:
         step = batch.n_tokens == 1
         if self._stop is not None:
             stop, abort = self._stop
-            quick = step and self._step_seconds < self.quick_step_seconds
+            quick = step and self._step_seconds < QUICK_STEP_SECONDS
             if quick and stop():
                 return 2  # as llama.cpp says it: stopped, nothing of this batch kept
             self._install(None if quick else abort)
@@ -327,11 +326,9 @@ class SamplerChain:
     def __init__(self, engine: LlamaEngine):
         self._engine = engine
         self._chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
-        self._stages = 0
 
     def _add(self, stage) -> "SamplerChain":
         C.llama_sampler_chain_add(self._chain, stage)  # the chain owns the stage from here
-        self._stages += 1
         return self
 
     def penalties(self, last_n: int, repeat: float) -> "SamplerChain":

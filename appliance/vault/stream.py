@@ -70,9 +70,9 @@ class Writable(Protocol):
 class EncryptedWriter:
     """A write-only sink: plaintext in, ciphertext to `dst`; `close()` seals the last chunk.
 
-    Fits `trust.hashing.sha256_stream(src, sink=EncryptedWriter(key, dst, context))`: the bytes
-    hashed from the USB stick are exactly the bytes encrypted into the store. It does not hash
-    itself: the caller already does, and a second SHA-256 would halve import throughput.
+    A stage of `store.pipeline.stream` beside the SHA-256 stage: the bytes hashed from the USB stick
+    are exactly the buffers encrypted into the store. It does not hash itself: the caller already
+    does, and a second SHA-256 would halve import throughput.
     """
 
     def __init__(self, key: bytes | bytearray, dst: Writable, context: bytes = b"", chunk_size: int = CHUNK_BYTES):

@@ -7,6 +7,7 @@ import threading
 import llama_cpp as C
 import pytest
 
+from appliance.runtime import llama
 from appliance.runtime.llama import DecodeStopped
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import Session
@@ -89,7 +90,7 @@ def test_a_quick_step_is_asked_once_before_it_and_a_stop_or_ctrl_c_between_steps
     """The abort callback is a Python call at every graph node (3-5% of the embedded model's step): a quick step
     is asked once, before it, and a stop or a Ctrl-C that came during the last one stops the next (llama.py)."""
     engine, decoder = runtime.engine, runtime.decoder
-    monkeypatch.setattr(engine, "quick_step_seconds", 60.0)  # every step is quick, however loaded the machine
+    monkeypatch.setattr(llama, "QUICK_STEP_SECONDS", 60.0)  # every step is quick, however loaded the machine
     decoder.reset()
     stop = Counted()
     with engine.stop_on(stop):
