@@ -101,42 +101,35 @@ def ours(path: Path) -> dict:
     one.close()
 
     rt = Runtime(VerifiedModel("profiled", 1, path, "0" * 64), settings)
-    stages = {"decode_tokens": [], "last_logits (waits for the card)": [], "sample": []}
+    stages: dict[str, list[float]] = {"decode_tokens": [], "last_logits (waits for the card)": [], "sample": []}
 
-    def loop() -> float:
+    def timed(step) -> float:
+        """N decode steps from a fresh prefill, each `step(sampler)`; seconds in all."""
         rt.decoder.reset()
         rt.decoder.prefill(PROMPT)
         sampler = NativeSampler(rt.engine, GREEDY, PROMPT)
         t = time.perf_counter()
         for _ in range(N):
-            a = time.perf_counter()
-            token = sampler()
-            b = time.perf_counter()
-            rt.engine.decode_tokens([token], len(rt.decoder.current.tokens), seq=rt.decoder.current.seq_id)
-            c = time.perf_counter()
-            rt.engine.last_logits()
-            d = time.perf_counter()
-            rt.decoder.current.tokens.append(token)
-            stages["sample"].append(b - a)
-            stages["decode_tokens"].append(c - b)
-            stages["last_logits (waits for the card)"].append(d - c)
+            step(sampler)
         seconds = time.perf_counter() - t
         sampler.close()
         return seconds
 
-    def bench_loop() -> float:
-        rt.decoder.reset()
-        rt.decoder.prefill(PROMPT)
-        sampler = NativeSampler(rt.engine, GREEDY, PROMPT)
-        t = time.perf_counter()
-        for _ in range(N):
-            rt.decoder.step(sampler())
-        seconds = time.perf_counter() - t
-        sampler.close()
-        return seconds
+    def staged_step(sampler: NativeSampler) -> None:
+        a = time.perf_counter()
+        token = sampler()
+        b = time.perf_counter()
+        rt.engine.decode_tokens([token], len(rt.decoder.current.tokens), seq=rt.decoder.current.seq_id)
+        c = time.perf_counter()
+        rt.engine.last_logits()
+        d = time.perf_counter()
+        rt.decoder.current.tokens.append(token)
+        stages["sample"].append(b - a)
+        stages["decode_tokens"].append(c - b)
+        stages["last_logits (waits for the card)"].append(d - c)
 
-    rows["decoder.step loop (the bench's)"] = _median_us(bench_loop)
-    rows["staged loop"] = _median_us(loop)
+    rows["decoder.step loop (the bench's)"] = _median_us(lambda: timed(lambda sampler: rt.decoder.step(sampler())))
+    rows["staged loop"] = _median_us(lambda: timed(staged_step))
     for name, times in stages.items():
         rows[f"  stage: {name}"] = statistics.median(times) * 1e6
     rt.close()
