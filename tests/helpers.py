@@ -1,9 +1,12 @@
 """Helpers the tests import: the real CLI in a subprocess, and a whole-tree snapshot."""
 
+import ctypes
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from appliance.vault import kdf
 
@@ -143,3 +146,20 @@ def killing_fsync(fd):
         os.kill(os.getpid(), signal.SIGKILL)
     real(fd)
 """
+
+
+def llama_cpp_penalised(logits: np.ndarray, accepted: list[int], last_n: int, penalty: float) -> np.ndarray:
+    """The row llama.cpp's own penalties stage leaves (frequency and presence 0), `accepted` gone through its window."""
+    import llama_cpp as C  # only the tests that compare with llama.cpp load it
+
+    stage = C.llama_sampler_init_penalties(len(logits), last_n, penalty, 0.0, 0.0)
+    try:
+        for token in accepted:
+            C.llama_sampler_accept(stage, token)
+        data = np.zeros(len(logits), dtype=[("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+        data["id"], data["logit"] = np.arange(len(logits)), logits
+        cur = C.llama_token_data_array(data.ctypes.data_as(C.llama_token_data_p), len(logits), -1, False)
+        C.llama_sampler_apply(stage, ctypes.byref(cur))
+        return data["logit"].copy()
+    finally:
+        C.llama_sampler_free(stage)

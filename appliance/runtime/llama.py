@@ -320,7 +320,7 @@ class SamplerChain:
     """llama.cpp's sampler chain over an engine's last logits: the stages run in C, no logits row reaches Python.
 
     Stages are added in the order they apply; the chain remembers the tokens it has seen (`accept`, and
-    each token it samples) for the repetition penalty.
+    each token it samples) for a penalties stage.
     """
 
     def __init__(self, engine: LlamaEngine):
@@ -332,6 +332,8 @@ class SamplerChain:
         return self
 
     def penalties(self, last_n: int, repeat: float) -> "SamplerChain":
+        # A reply applies the penalty to the tokens seen only (sampler.py, `penalise`): this stage looks every
+        # vocabulary entry up in a hash map each token. It stays as the yardstick that rule is tested against.
         return self._add(C.llama_sampler_init_penalties(self._engine.n_vocab, last_n, repeat, 0.0, 0.0))
 
     def temperature(self, t: float) -> "SamplerChain":

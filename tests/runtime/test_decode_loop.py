@@ -1,5 +1,7 @@
 """Our llama.cpp decode loop on the real embedded model."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from appliance.overlay.takens_numpy import apply_sequence
 from appliance.runtime.llama import LlamaEngine, SamplerChain, reference_llama
 from appliance.runtime.sampler import GREEDY, NativeSampler, Sampler, SamplingSettings
 from appliance.runtime.session import Runtime, Session
+from tests.helpers import llama_cpp_penalised
 
 PROMPT = "What is an air gap, in one paragraph?"
 
@@ -252,6 +255,48 @@ def test_native_greedy_with_penalty_picks_what_the_numpy_sampler_picks(runtime):
     assert native.tokens != Session(runtime, settings=GREEDY).generate(PROMPT, max_tokens=40).tokens, (
         "the penalty must matter here"
     )
+
+
+def _llama_cpp_chain(engine, s: SamplingSettings, context: list[int]) -> SamplerChain:
+    """The chain with llama.cpp's own penalties stage, its window filled with the prompt as a reply's is."""
+    chain = SamplerChain(engine).penalties(s.repeat_last_n, s.repeat_penalty)
+    chain.accept(context[-s.repeat_last_n :])
+    if s.temperature <= 0.0:
+        return chain.greedy()
+    return chain.temperature(s.temperature).top_k(s.top_k).top_p(s.top_p).draw(s.seed)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SamplingSettings(seed=3),  # the chat's default: the prompt leaves the window of 64 half-way
+        SamplingSettings(temperature=0.0, repeat_penalty=1.5, repeat_last_n=8),  # tokens leave the window often
+    ],
+)
+def test_the_penalty_on_the_tokens_seen_picks_what_llama_cpps_penalties_stage_picks(runtime, settings):
+    """Token for token over a long reply, the same seed: the same window (the prompt's last tokens, then each one
+    sampled), the same rule. Both chains read the row before NativeSampler penalises it in place."""
+    engine = runtime.engine
+    prompt = _prompt_tokens(runtime, [{"role": "user", "content": "Tell a long story about a lighthouse keeper."}])
+    ours, theirs = NativeSampler(engine, settings, prompt), _llama_cpp_chain(engine, settings, prompt)
+    unpenalised = NativeSampler(engine, replace(settings, repeat_penalty=1.0), prompt)  # never changes the row
+    picks: dict[str, list[int]] = {"theirs": [], "unpenalised": [], "ours": []}
+    runtime.decoder.reset()
+    runtime.decoder.prefill(prompt)
+    try:
+        for _ in range(128):
+            raw = engine.last_logits().copy()
+            picks["theirs"].append(theirs.sample())
+            picks["unpenalised"].append(unpenalised())
+            picks["ours"].append(ours())
+            want = llama_cpp_penalised(raw, prompt + picks["ours"][:-1], settings.repeat_last_n, settings.repeat_penalty)
+            assert np.array_equal(engine.last_logits().view(np.uint32), want.view(np.uint32)), "the row the chain read"
+            runtime.decoder.step(picks["ours"][-1])  # on past an end of turn: the longer, the more the window is tested
+    finally:
+        for sampler in (ours, theirs, unpenalised):
+            sampler.close()
+    assert picks["ours"] == picks["theirs"]
+    assert picks["unpenalised"] != picks["ours"], "the penalty must matter here"
 
 
 def test_plain_greedy_is_an_argmax_that_picks_what_llama_cpps_greedy_stage_picks(runtime):

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from appliance.runtime.sampler import GREEDY, Sampler, SamplingSettings
+from appliance.runtime.sampler import GREEDY, Sampler, SamplingSettings, penalise
+from tests.helpers import llama_cpp_penalised
 
 pytestmark = pytest.mark.fast  # a second or two at most, no gpg: in `./run test --fast`
 
@@ -41,3 +42,20 @@ def test_seeded_sampler_repeats():
     s = SamplingSettings(temperature=1.0, seed=9)
     a, b = Sampler(s), Sampler(s)
     assert [a(logits, []) for _ in range(20)] == [b(logits, []) for _ in range(20)]
+
+
+def test_the_penalty_leaves_the_row_llama_cpps_penalties_stage_leaves_bit_for_bit():
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal(1000) * 4).astype(np.float32)
+    accepted = [int(t) for t in rng.integers(0, 600, 40)] + [7, 3, 4, 7, 5, 3]  # repeats, and more than the window
+    last_n, penalty = 16, 1.3
+    want = llama_cpp_penalised(logits, accepted, last_n, penalty)
+    ours = logits.copy()
+    penalise(ours, accepted[-last_n:], np.float32(penalty))
+    assert np.array_equal(ours.view(np.uint32), want.view(np.uint32))
+    # What the comparison can tell apart: a window one longer, and CTRL's plain division.
+    wider = logits.copy()
+    penalise(wider, accepted[-last_n - 1 :], np.float32(penalty))
+    assert not np.array_equal(wider, want)
+    seen = np.unique(accepted[-last_n:])
+    assert not np.array_equal(logits[seen] / np.float32(penalty), want[seen])
