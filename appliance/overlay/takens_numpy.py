@@ -2,7 +2,7 @@
 
 Two forms that agree to float32 rounding at every position:
   `apply_sequence`  the whole context at once (prefill);
-  `OverlayStream`   one token at a time, keeping a ring of the last max(tau) readings u.
+  `OverlayStream`   a token or many at a time, keeping the last max(tau) readings u.
 """
 
 import numpy as np
@@ -32,37 +32,44 @@ def apply_sequence(p: OverlayParams, E: np.ndarray) -> np.ndarray:
 
 
 class OverlayStream:
-    """Incremental form: feed embeddings in order; each step is two small mat-vecs."""
+    """Incremental form: feed embeddings in order, any number at a time; it keeps the last max(tau) readings u.
+
+    However the embeddings are split into calls, each output is bit for bit the same (the decoder relies on it:
+    a prefill and the steps after it give one whole prefill's inputs). So the two products are stacks of
+    mat-vecs (`_mat_vecs`): numpy makes one BLAS mat-vec call a row, the call a single token's product makes,
+    where a matrix product over the rows (E @ A.T) would round differently. Everything between them is
+    elementwise, so computing it for many rows at once changes no bit.
+    """
 
     def __init__(self, p: OverlayParams):
         self.p = p
-        self.span = max(p.delays) + 1  # readings needed: u_t .. u_{t - max tau}
-        self.ring = np.zeros((self.span, p.rank), dtype=np.float32)  # (span, r)
+        self.back = max(p.delays)  # readings needed besides u_t: u_{t - 1} .. u_{t - max tau}
+        self.past = np.zeros((self.back, p.rank), dtype=np.float32)  # (back, r) readings before t, the oldest first
         self.t = 0  # number of embeddings consumed
-
-    def step(self, e: np.ndarray) -> np.ndarray:
-        """e (d,) -> e' (d,)"""
-        p = self.p
-        self.ring[self.t % self.span] = p.A @ e
-        s = np.zeros(p.rank, dtype=np.float32)
-        for k, tau in enumerate(p.delays):
-            if tau <= self.t:
-                s += p.W[k] * self.ring[(self.t - tau) % self.span]
-        self.t += 1
-        return e + np.float32(p.scale) * (p.B @ activate(s, p.activation))
+        self._mix = list(zip(p.delays, p.W))  # (tau, W[k]): read once, not at every call of a decode step
+        self._scale = np.float32(p.scale)
 
     def steps(self, E: np.ndarray) -> np.ndarray:
         """E (n, d) -> E' (n, d), continuing the stream."""
-        out = np.empty_like(E)  # filled row by row: np.stack would cost more than a step's maths for one row
-        for i, e in enumerate(E):
-            out[i] = self.step(e)
-        return out
+        p, n, t0, back = self.p, len(E), self.t, self.back
+        R = np.concatenate([self.past, _mat_vecs(p.A, E)])  # (back + n, r) readings of positions t0 - back .. t0 + n - 1
+        S = np.zeros((n, R.shape[1]), dtype=np.float32)  # (n, r)
+        for tau, w in self._mix:
+            first = max(0, tau - t0)  # s_t += W[k] * u_{t - tau}; positions before the start read nothing
+            S[first:] += w * R[back + first - tau : back + n - tau]
+        self.past = R[n:]
+        self.t += n
+        H = activate(S, p.activation)  # (n, r)
+        return E + self._scale * _mat_vecs(p.B, H)
 
     def resume(self, E_before: np.ndarray, t: int) -> None:
         """Restart at position t, given the embeddings of (at least the last max tau) tokens before it."""
-        E_tail = E_before[len(E_before) - (self.span - 1) :] if len(E_before) >= self.span else E_before
-        self.ring[:] = 0.0
-        self.t = t - len(E_tail)
-        for e in E_tail:
-            self.ring[self.t % self.span] = self.p.A @ e
-            self.t += 1
+        tail = E_before[max(0, len(E_before) - self.back) :]
+        self.past = np.zeros_like(self.past)  # positions before the start are never read
+        self.past[self.back - len(tail) :] = _mat_vecs(self.p.A, tail)
+        self.t = t
+
+
+def _mat_vecs(M: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """M (m, k), X (n, k) -> (n, m): M @ x for each row x, one BLAS mat-vec call each, as for a single row."""
+    return (M @ X[:, :, None])[:, :, 0]

@@ -25,9 +25,28 @@ def test_incremental_equals_whole_sequence_numpy(activation, delays):
     p, E = _case(activation, delays)
     whole = apply_sequence(p, E)
     stream = OverlayStream(p)
-    incremental = np.stack([stream.step(e) for e in E])
+    incremental = np.concatenate([stream.steps(E[t : t + 1]) for t in range(T)])
     np.testing.assert_allclose(incremental, whole, atol=1e-5, rtol=0)
     assert not np.allclose(whole, E), "the test overlay must actually change the embeddings"
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("delays", [(0, 1, 2, 4, 8), (0,), (0, 3, 50)])
+def test_the_stream_gives_the_same_bits_however_the_embeddings_are_split(activation, delays):
+    """What the decoder relies on: a prefill then steps, or prefills cut anywhere, feed llama.cpp one whole
+    prefill's inputs. At the embedded model's width, where a matrix product over the rows rounds otherwise."""
+    p = OverlayParams.random(576, delays=delays, activation=activation, seed=5, b_scale=0.5)
+    E = np.random.default_rng(6).standard_normal((300, 576)).astype(np.float32)
+    whole = OverlayStream(p).steps(E)
+    for cuts in ([1] * 300, [2, 1, 97, 1, 199], [150, 150]):
+        stream, at, parts = OverlayStream(p), 0, []
+        for n in cuts:
+            parts.append(stream.steps(E[at : at + n]))
+            at += n
+        assert np.array_equal(np.concatenate(parts).view(np.uint32), whole.view(np.uint32)), cuts
+    resumed = OverlayStream(p)
+    resumed.resume(E[:120], 120)
+    assert np.array_equal(resumed.steps(E[120:]).view(np.uint32), whole[120:].view(np.uint32))
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
