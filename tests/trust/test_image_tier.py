@@ -119,7 +119,7 @@ def test_the_built_image_is_signed_imported_run_offline_and_rolled_back(built, k
 CUDA_MODULE = ROOT / "image" / "cache" / "cuda" / "libggml-cuda.so"
 
 
-@pytest.mark.skipif(not CUDA_MODULE.exists(), reason="no CUDA module cached: image/cuda-module compiles it where nvcc is")
+@pytest.mark.skipif(not CUDA_MODULE.exists(), reason="no CUDA module cached: image/cuda-module compiles it (no card or installed CUDA needed)")
 def test_the_cuda_variant_carries_the_backend_and_answers_on_the_cpu_where_no_card_is(tmp_path):
     """No card here: the variant must still run, on the CPU, and say why (the card itself: tests/gpu)."""
     env = {"CONTAINERS_STORAGE_CONF": str(storage_conf(tmp_path / "build-storage")), "PYTHON": sys.executable,
