@@ -41,7 +41,7 @@ if "--cuda" in sys.argv[1:]:
         sys.exit(f"selftest: {CUDA_MODULE} cannot resolve {missing} (only the host's libcuda.so.1 may be missing)")
     if gpus():
         sys.exit("selftest: a card answered inside the image build")
-    print(f"selftest: cuda: {CUDA_MODULE} links resolve but the driver's; here: {no_gpu_reason()}")
+    print(f"selftest: cuda: {CUDA_MODULE} links resolve{' but the driver' if missing else ''}; here: {no_gpu_reason()}")
 
 version = subprocess.run([os.path.join(sys.prefix, "bin", "appliance"), "--version"], capture_output=True, text=True, check=True)
 print(f"selftest: ok: interfaces {interfaces}; {version.stdout.strip()}")
