@@ -35,7 +35,9 @@ if "--cuda" in sys.argv[1:]:
     module = library_dir() / CUDA_MODULE
     if not module.is_file():
         sys.exit(f"selftest: the CUDA variant has no {module}")
-    ldd = subprocess.run(["ldd", str(module)], capture_output=True, text=True, check=True).stdout
+    # Its siblings (libggml-base) are in the process when llama.cpp loads it; the rest must resolve from the image.
+    siblings = {**os.environ, "LD_LIBRARY_PATH": str(library_dir())}
+    ldd = subprocess.run(["ldd", str(module)], capture_output=True, text=True, check=True, env=siblings).stdout
     missing = sorted(line.split()[0] for line in ldd.splitlines() if "not found" in line)
     if set(missing) - {"libcuda.so.1"}:
         sys.exit(f"selftest: {CUDA_MODULE} cannot resolve {missing} (only the host's libcuda.so.1 may be missing)")

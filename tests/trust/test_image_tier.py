@@ -130,6 +130,7 @@ def test_the_cuda_variant_carries_the_backend_and_answers_on_the_cpu_where_no_ca
     info = json.loads((tmp_path / "out" / "build-info.json").read_text())
     module_sha = run("sha256sum", CUDA_MODULE).stdout.split()[0]
     assert info["cuda_module_sha256"] == module_sha
+    assert "RUNPATH" not in run("readelf", "-d", CUDA_MODULE).stdout, "a folder of the build machine it would load libraries from"
     assert "selftest: cuda: libggml-cuda.so links resolve" in (tmp_path / "out" / "podman-build.log").read_text()
 
     in_container = appliance_in_container(tmp_path, "localhost/appliance:build", env)
