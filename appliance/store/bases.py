@@ -30,9 +30,9 @@ from typing import Optional
 from ..errors import Erased, NotFound, Refused
 from ..journal import Journal, provenance
 from ..progress import SILENT, Steps
-from ..runtime.memory import Need, require_room
-from ..runtime.probe import GgufFacts, PendingProbe
-from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
+from ..runtime.memory import Need, gguf_shape, require_room
+from ..runtime.probe import PendingProbe
+from ..trust.builtin import GgufShape, VerifiedModel, embedded_pin, verify_pinned
 from ..trust.manifest import Artifact, Manifest
 from ..vault import Vault
 from .active import ActiveBase, base_shape, versions_text
@@ -105,10 +105,12 @@ class StagedProbe:
                 self.plain.sealed()
                 self._child.go()
 
-    def verdict(self) -> GgufFacts:
-        """The child's verdict on the GGUF (once the copy is done); the memfd is closed either way."""
+    def verdict(self) -> GgufShape:
+        """The child's verdict on the GGUF (once the copy is done), then the shape of the GGUF it passed, for the
+        accepted record (a start's memory check reads it there); the memfd is closed either way."""
         try:
-            return self._child.result()
+            self._child.result()
+            return gguf_shape(Path(f"/proc/self/fd/{self.plain.fd}"))
         except BaseException:
             self._child.cancel()
             raise
@@ -137,6 +139,7 @@ def open_model(vault: Vault, name: str, check: Check = Check.TAGS, steps: Steps 
     manifest = store.read_manifest(item.active)
     directory = store.object_dir(manifest.sha256)
     gguf = gguf_artifact(manifest)
+    record = store.read_accepted(manifest.sha256)
     require_room(f"base {name} v{manifest.version}", Need(gguf.size, 0, 0))  # the memfd; all of it before llama.cpp loads
     sealing = Sealing.installed(vault, manifest)
     try:
@@ -150,8 +153,8 @@ def open_model(vault: Vault, name: str, check: Check = Check.TAGS, steps: Steps 
         raise BaseRejected(f"base {name} v{manifest.version} failed verification, nothing was loaded: {e}") from None
     finally:
         sealing.zeroize()
-    signers = store.read_signers(manifest.sha256)
-    return VerifiedModel(manifest.name, manifest.version, Path(f"/proc/self/fd/{fd}"), gguf.sha256, signers, fd)
+    path = Path(f"/proc/self/fd/{fd}")
+    return VerifiedModel(manifest.name, manifest.version, path, gguf.sha256, record.signers, fd, record.shape)
 
 
 def close_model(model: VerifiedModel) -> None:
