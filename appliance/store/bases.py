@@ -178,10 +178,13 @@ def active_model(vault: Vault, check: Check = Check.TAGS, steps: Steps = SILENT)
 
 class InstalledBase(ActiveBase):
     """The active base for binding checks: its SHA-256 from the accepted manifest, its hidden size and
-    block count read (from the GGUF, decrypted once) only when an overlay or control vector needs them."""
+    block count from its accepted record (`shape`), or, for a base imported before the record kept them,
+    read from the GGUF (decrypted once) only when an overlay or control vector needs them."""
 
-    def __init__(self, vault: Vault, name: str, sha256: str):
+    def __init__(self, vault: Vault, name: str, sha256: str, shape: Optional[GgufShape] = None):
         self.sha256, self._vault, self._name = sha256, vault, name
+        if shape is not None and shape.n_layer:
+            self.hidden_size, self.n_layer = shape.n_embd, shape.n_layer
 
     @cached_property
     def _shape(self) -> tuple[int, int]:
@@ -201,7 +204,8 @@ def active_base(vault: Vault) -> ActiveBase:
     item = state.items[state.base]
     if item.active is None:
         raise Erased(f"the active base {state.base} was crypto-erased: appliance base use embedded")
-    return InstalledBase(vault, state.base, gguf_artifact(store.read_manifest(item.active)).sha256)
+    gguf = gguf_artifact(store.read_manifest(item.active))
+    return InstalledBase(vault, state.base, gguf.sha256, store.read_accepted(item.active).shape)
 
 
 def active_sha256(vault: Vault) -> str:

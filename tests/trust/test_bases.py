@@ -514,16 +514,21 @@ def _accepted_record(home: Path) -> Path:
 
 def test_a_start_reads_the_bases_shape_from_its_accepted_record_and_an_older_record_still_starts(ghome, monkeypatch):
     """The memory check's GGUF shape is read from the header once, at import, and kept in the sealed accepted
-    record: a start does not walk the header (Gemma's 262,144 tokens) again. A record written before the shape
-    was kept (none in it) still starts, its shape read from the header as before; it is not rewritten."""
+    record: a start does not walk the header (Gemma's 262,144 tokens) again, nor do binding checks decrypt the
+    base for its hidden size and block count. A record written before the shape was kept (none in it) still
+    starts, its shape read from the header as before; it is not rewritten."""
     from appliance.runtime import session
     from appliance.runtime.memory import gguf_shape
     from appliance.state_files import state_bytes
-    from appliance.store.bases import close_model, open_model
+    from appliance.store import active, bases
+    from appliance.store.bases import ActiveBase, active_base, close_model, open_model
     from appliance.vault.sealed_state import SealedState
 
-    walked = []
+    walked, decrypted, base_shape = [], [], active.base_shape
     monkeypatch.setattr(session, "gguf_shape", lambda path: walked.append(path) or gguf_shape(path))
+    monkeypatch.setattr(active, "base_shape", lambda path: walked.append(path) or base_shape(path))
+    monkeypatch.setattr(bases, "open_model", lambda *a, **k: decrypted.append(a) or open_model(*a, **k))
+    ok("base", "use", GEMMA)
     vault = Vault.unlock(ghome, PASSPHRASE.encode())
     try:
         model = open_model(vault, GEMMA)
@@ -531,7 +536,9 @@ def test_a_start_reads_the_bases_shape_from_its_accepted_record_and_an_older_rec
             assert model.shape == gguf_shape(model.path)  # kept at import: what the header says
             assert (model.shape.n_vocab, model.shape.n_embd, model.shape.n_layer) == (262_144, 640, 18)
             session.Runtime(model, n_ctx=256, sequences=1, n_threads=1).close()
-            assert walked == []
+            loaded, installed = ActiveBase(model), active_base(vault)
+            assert (loaded.hidden_size, loaded.n_layer) == (installed.hidden_size, installed.n_layer) == (640, 18)
+            assert walked == decrypted == []
         finally:
             close_model(model)
 
@@ -547,6 +554,8 @@ def test_a_start_reads_the_bases_shape_from_its_accepted_record_and_an_older_rec
             assert walked == [model.path]
         finally:
             close_model(model)
+        installed = active_base(vault)
+        assert (installed.hidden_size, installed.n_layer, len(decrypted)) == (640, 18, 1)  # decrypted to read them
         assert record.read_bytes() == sealed
     finally:
         vault.zeroize()
