@@ -39,7 +39,7 @@ from native import _native, _peak_rss_mib, llama_bench
 
 from appliance.erase import erase_item
 from appliance.runtime.llama import reference_llama
-from appliance.runtime.memory import runtime_need
+from appliance.runtime.memory import gguf_shape, runtime_need
 from appliance.runtime.sampler import GREEDY
 from appliance.runtime.session import N_BATCH, Runtime, Session
 from appliance.store import verify_installed
@@ -254,7 +254,7 @@ def _one_base(name: str, gguf: Path, tmp: Path, exe: Path, rounds: int, n_tokens
             return time.perf_counter() - t
 
         verify_s = median_of(rounds, {"verify": verify})["verify"]
-        need = runtime_need(gguf, size, ASK_CTX, ASK_SEQUENCES, N_BATCH)
+        need = runtime_need(gguf_shape(gguf), size, ASK_CTX, ASK_SEQUENCES, N_BATCH)
         peak = _peak_rss_mib(*_ask(home, tmp, PASSPHRASE, PROMPT, n_tokens)) * 2**20
         t = time.perf_counter()
         erase_item(vault, "base-model", item)

@@ -31,7 +31,16 @@ def test_the_image_pins_are_the_project_pins():
     assert sdist == {"llama-cpp-python": project["llama-cpp-python"]}
 
 
-@pytest.mark.parametrize("lock", ["requirements.lock", "cuda.lock"])
+@pytest.mark.parametrize("lock", ["requirements.lock", "cuda.lock", "cuda-toolkit.lock"])
 def test_every_locked_wheel_has_a_hash(lock):
     lines = [line for line in (ROOT / "image" / lock).read_text().splitlines() if line and not line.startswith("#")]
     assert lines and all(re.fullmatch(r"[a-z0-9-]+==\S+ --hash=sha256:[0-9a-f]{64}", line) for line in lines)
+
+
+def test_the_cuda_compiler_is_the_cuda_version_of_the_runtime_libraries_the_image_carries():
+    """image/cuda-module compiles against the runtime libraries of image/cuda.lock with the nvcc of
+    image/cuda-toolkit.lock: one CUDA major.minor for all, or the module links what the image lacks."""
+    pins = {**_pins((ROOT / "image" / "cuda.lock").read_text().splitlines()),
+            **_pins((ROOT / "image" / "cuda-toolkit.lock").read_text().splitlines())}  # fmt: skip
+    assert {"nvidia-cuda-nvcc", "nvidia-cuda-runtime", "nvidia-cublas"} <= pins.keys()
+    assert {".".join(version.split(".")[:2]) for version in pins.values()} == {"13.0"}

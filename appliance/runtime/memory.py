@@ -16,7 +16,9 @@ What a base needs, resident once a reply has touched every weight (docs/procedur
   + 15 %                    llama.cpp's other buffers, Python, the libraries
 
 An imported base is checked twice: its GGUF's size before it is decrypted into memory (`store.bases`),
-and all of it, from the GGUF header's shape, before llama.cpp loads it (`Runtime`).
+and all of it, from the GGUF header's shape, before llama.cpp loads it (`Runtime`). That shape is read
+from the header once, at import, and kept in the version's sealed accepted record (`GgufShape`); a start
+reads it from there, and walks the header (`gguf_shape`) only for a base whose record predates it.
 """
 
 import os
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import Refused
+from ..trust.builtin import GgufShape
 from .embeddings import EmbeddingTable
 
 MARGIN = 1.15
@@ -63,8 +66,8 @@ class Need:
         return f"{_mib(self.total)} MiB (" + ", ".join(f"{what} {_mib(n)}" for what, n in parts if n) + ", + 15 %)"
 
 
-def runtime_need(gguf_path: Path, weights: int, n_ctx: int, sequences: int, n_batch: int) -> Need:
-    """What llama.cpp will hold for this GGUF, from its header alone (nothing is loaded)."""
+def gguf_shape(gguf_path: Path) -> GgufShape:
+    """What sizing a start needs from this GGUF, from its header alone (nothing is loaded)."""
     table = EmbeddingTable(gguf_path)
     try:
         numbers, n_embd, n_vocab, n_layer = table.numbers, table.n_embd, table.n_vocab, table.n_layer or 0
@@ -75,8 +78,13 @@ def runtime_need(gguf_path: Path, weights: int, n_ctx: int, sequences: int, n_ba
     k_width = n_head_kv * (numbers.get("attention.key_length") or n_embd // n_head)
     v_width = n_head_kv * (numbers.get("attention.value_length") or n_embd // n_head)
     n_ff = numbers.get("feed_forward_length") or 4 * n_embd
-    kv_cache = sequences * n_ctx * n_layer * (k_width + v_width) * 2
-    compute = 4 * n_batch * max(n_vocab, n_head * n_ctx, n_ff)
+    return GgufShape(n_vocab, n_embd, n_layer, n_head, k_width, v_width, n_ff)
+
+
+def runtime_need(shape: GgufShape, weights: int, n_ctx: int, sequences: int, n_batch: int) -> Need:
+    """What llama.cpp will hold for a GGUF of this shape."""
+    kv_cache = sequences * n_ctx * shape.n_layer * (shape.k_width + shape.v_width) * 2
+    compute = 4 * n_batch * max(shape.n_vocab, shape.n_head * n_ctx, shape.n_ff)
     return Need(weights, kv_cache, compute)
 
 

@@ -28,7 +28,7 @@ from .decoder import Decoder
 from .embeddings import EmbeddingTable
 from .engine_settings import EngineSettings
 from .llama import DecodeStopped, LlamaEngine
-from .memory import require_room, runtime_need
+from .memory import gguf_shape, require_room, runtime_need
 from .sampler import NativeSampler, SamplingSettings
 
 N_BATCH = 512  # tokens per llama.cpp batch (and ubatch): what the compute buffer is sized for
@@ -46,7 +46,8 @@ class Runtime:
         self.settings = settings or EngineSettings(**shorthand)
         # Refused before llama.cpp maps a byte, under a memory cap it cannot fit (an imported base is in its memfd already)
         weights = 0 if model.fd is not None else model.path.stat().st_size
-        need = runtime_need(model.path, weights, self.settings.n_ctx, self.settings.sequences, N_BATCH)
+        shape = model.shape if model.shape is not None else gguf_shape(model.path)  # an imported base's, kept at import
+        need = runtime_need(shape, weights, self.settings.n_ctx, self.settings.sequences, N_BATCH)
         require_room(f"base {model.name}", need)
         self.engine = LlamaEngine(model.path, self.settings, n_batch=N_BATCH)
         self.decoder = Decoder(self.engine, lambda: self.embeddings)

@@ -12,7 +12,8 @@ Layout under the state directory:
       objects/<manifest sha256>/  content-addressed, one per accepted manifest:
         manifest.json             the exact signed bytes
         signatures/<FPR>.asc      as they came in the bundle
-        accepted.json             the pinned signers that counted, and when
+        accepted.json             the pinned signers that counted, and when; a base's GGUF shape
+                                  (`gguf_shape`: what its start's memory check needs, read at import)
         artifacts/<path>          the bytes that were hashed on the way in, encrypted
                                   under the version's vault data key (`at_rest`), overlays,
                                   control vectors and base models alike

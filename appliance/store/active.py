@@ -53,6 +53,8 @@ class ActiveBase:
 
     def __init__(self, model: VerifiedModel, hidden_size: Optional[int] = None, n_layer: Optional[int] = None):
         self.sha256, self._path = model.sha256, model.path
+        if model.shape is not None and model.shape.n_layer:  # an imported base's, kept at import (none: `base_shape` says why)
+            hidden_size, n_layer = hidden_size or model.shape.n_embd, n_layer or model.shape.n_layer
         if hidden_size is not None:
             self.hidden_size = hidden_size
         if n_layer is not None:

@@ -30,9 +30,9 @@ from typing import Optional
 from ..errors import Erased, NotFound, Refused
 from ..journal import Journal, provenance
 from ..progress import SILENT, Steps
-from ..runtime.memory import Need, require_room
-from ..runtime.probe import GgufFacts, PendingProbe
-from ..trust.builtin import VerifiedModel, embedded_pin, verify_pinned
+from ..runtime.memory import Need, gguf_shape, require_room
+from ..runtime.probe import PendingProbe
+from ..trust.builtin import GgufShape, VerifiedModel, embedded_pin, verify_pinned
 from ..trust.manifest import Artifact, Manifest
 from ..vault import Vault
 from .active import ActiveBase, base_shape, versions_text
@@ -105,10 +105,12 @@ class StagedProbe:
                 self.plain.sealed()
                 self._child.go()
 
-    def verdict(self) -> GgufFacts:
-        """The child's verdict on the GGUF (once the copy is done); the memfd is closed either way."""
+    def verdict(self) -> GgufShape:
+        """The child's verdict on the GGUF (once the copy is done), then the shape of the GGUF it passed, for the
+        accepted record (a start's memory check reads it there); the memfd is closed either way."""
         try:
-            return self._child.result()
+            self._child.result()
+            return gguf_shape(Path(f"/proc/self/fd/{self.plain.fd}"))
         except BaseException:
             self._child.cancel()
             raise
@@ -137,6 +139,7 @@ def open_model(vault: Vault, name: str, check: Check = Check.TAGS, steps: Steps 
     manifest = store.read_manifest(item.active)
     directory = store.object_dir(manifest.sha256)
     gguf = gguf_artifact(manifest)
+    record = store.read_accepted(manifest.sha256)
     require_room(f"base {name} v{manifest.version}", Need(gguf.size, 0, 0))  # the memfd; all of it before llama.cpp loads
     sealing = Sealing.installed(vault, manifest)
     try:
@@ -150,8 +153,8 @@ def open_model(vault: Vault, name: str, check: Check = Check.TAGS, steps: Steps 
         raise BaseRejected(f"base {name} v{manifest.version} failed verification, nothing was loaded: {e}") from None
     finally:
         sealing.zeroize()
-    signers = store.read_signers(manifest.sha256)
-    return VerifiedModel(manifest.name, manifest.version, Path(f"/proc/self/fd/{fd}"), gguf.sha256, signers, fd)
+    path = Path(f"/proc/self/fd/{fd}")
+    return VerifiedModel(manifest.name, manifest.version, path, gguf.sha256, record.signers, fd, record.shape)
 
 
 def close_model(model: VerifiedModel) -> None:
@@ -175,10 +178,13 @@ def active_model(vault: Vault, check: Check = Check.TAGS, steps: Steps = SILENT)
 
 class InstalledBase(ActiveBase):
     """The active base for binding checks: its SHA-256 from the accepted manifest, its hidden size and
-    block count read (from the GGUF, decrypted once) only when an overlay or control vector needs them."""
+    block count from its accepted record (`shape`), or, for a base imported before the record kept them,
+    read from the GGUF (decrypted once) only when an overlay or control vector needs them."""
 
-    def __init__(self, vault: Vault, name: str, sha256: str):
+    def __init__(self, vault: Vault, name: str, sha256: str, shape: Optional[GgufShape] = None):
         self.sha256, self._vault, self._name = sha256, vault, name
+        if shape is not None and shape.n_layer:
+            self.hidden_size, self.n_layer = shape.n_embd, shape.n_layer
 
     @cached_property
     def _shape(self) -> tuple[int, int]:
@@ -198,7 +204,8 @@ def active_base(vault: Vault) -> ActiveBase:
     item = state.items[state.base]
     if item.active is None:
         raise Erased(f"the active base {state.base} was crypto-erased: appliance base use embedded")
-    return InstalledBase(vault, state.base, gguf_artifact(store.read_manifest(item.active)).sha256)
+    gguf = gguf_artifact(store.read_manifest(item.active))
+    return InstalledBase(vault, state.base, gguf.sha256, store.read_accepted(item.active).shape)
 
 
 def active_sha256(vault: Vault) -> str:

@@ -21,7 +21,8 @@
    that was hashed and encrypted (`bases.StagedProbe`, `runtime.probe`);
    an image's artifacts are the layout its signed record describes (`trust.image_rules`);
 7. install: the data key recorded in the vault, staging renamed into
-   `store/objects/<manifest sha256>`, its accepted record sealed, then
+   `store/objects/<manifest sha256>`, its accepted record sealed (the signers that counted; a
+   base's GGUF shape, read from the header the probe passed, for its starts), then
    `store/state.json` replaced and sealed, the commit point (files and
    directories fsynced).
 
@@ -56,7 +57,7 @@ from .active import ActiveBase, check_binding, verify_version, versions_text
 from .at_rest import Sealing, data_key_id, write_artifact
 from .bases import StagedProbe
 from .decision import Accepted, decide
-from .layout import STAGING_PREFIX, Item, Store, StoreDamaged, StoreState
+from .layout import STAGING_PREFIX, AcceptedRecord, Item, Store, StoreDamaged, StoreState
 
 CRASH_POINTS = ("copying", "copied", "keyed", "stored", "committed")
 
@@ -129,7 +130,7 @@ def _fsync_tree(root: Path) -> None:
 
 def _accept(
     store: Store, bundle_path: Path, staging: Path, base: ActiveBase, progress: Optional[Progress]
-) -> tuple[Accepted, Sealing]:
+) -> tuple[Accepted, Sealing, AcceptedRecord]:
     """Steps 1-6, filling `staging`; raises on the first fault. The caller zeroes the returned sealing's key."""
     state = store.read_state()
     with open_bundle(bundle_path) as bundle:
@@ -140,14 +141,13 @@ def _accept(
         try:
             probe = _copy_artifacts(bundle, staging, sealing, progress)
             _crash_point("copied")
-            if probe is not None:
-                probe.verdict()
+            shape = probe.verdict() if probe is not None else None
             check_binding(manifest, staging, sealing, base)
         except BaseException:
             sealing.zeroize()
             raise
     _write_manifest(accepted, staging)
-    return accepted, sealing
+    return accepted, sealing, AcceptedRecord(accepted.signers, shape)
 
 
 def _remove_leftovers(store: Store, state: StoreState, vault: Vault) -> None:
@@ -172,7 +172,7 @@ def _remove_leftovers(store: Store, state: StoreState, vault: Vault) -> None:
         vault.erase(orphans)
 
 
-def _install(store: Store, vault: Vault, accepted: Accepted, sealing: Sealing, staging: Path) -> None:
+def _install(store: Store, vault: Vault, accepted: Accepted, record: AcceptedRecord, sealing: Sealing, staging: Path) -> None:
     """Step 7: record the data key, rename staging into the content-addressed store, commit by replacing state.json."""
     manifest = accepted.manifest
     state = store.read_state()
@@ -186,7 +186,7 @@ def _install(store: Store, vault: Vault, accepted: Accepted, sealing: Sealing, s
         shutil.rmtree(target)
     os.rename(staging, target)
     fsync_dir(store.objects)
-    store.write_signers(manifest.sha256, accepted.signers, now())
+    store.write_accepted(manifest.sha256, record, now())
     _crash_point("stored")
     old = state.items.get(manifest.name)
     installed = (old.installed if old else ()) + (manifest.sha256,)
@@ -209,12 +209,12 @@ def import_bundle(bundle_path: Path, base: ActiveBase, vault: Vault, progress: O
     staging = vault.home / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
     staging.mkdir(mode=0o700)
     try:
-        accepted, sealing = _accept(store, bundle_path, staging, base, progress)
+        accepted, sealing, record = _accept(store, bundle_path, staging, base, progress)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     try:
-        _install(store, vault, accepted, sealing, staging)
+        _install(store, vault, accepted, record, sealing, staging)
     except BaseException:
         # Before the commit nothing is installed: staging (or the object it became) goes. A data
         # key already recorded stays an orphan, harmless and erased by the next import.
@@ -236,7 +236,7 @@ def verify_bundle(bundle_path: Path, base: ActiveBase, vault: Vault, progress: O
     require_initialised(vault.home)
     staging = Path(tempfile.mkdtemp(prefix="appliance-verify-"))
     try:
-        accepted, sealing = _accept(Store.unlocked(vault), bundle_path, staging, base, progress)
+        accepted, sealing, _ = _accept(Store.unlocked(vault), bundle_path, staging, base, progress)
         sealing.zeroize()
         return accepted
     finally:

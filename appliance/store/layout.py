@@ -6,13 +6,14 @@ undo an erase or lower the time floor) is refused with exit 3 naming the file.
 """
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
 from ..errors import Refused
 from ..state_files import StateDoc, StateFileDamaged, StateSeal, read_sealed_state, state_bytes
+from ..trust.builtin import GgufShape
 from ..trust.kinds import KINDS
 from ..trust.manifest import Manifest, parse_manifest
 from ..trust.policy import TrustRoot
@@ -39,6 +40,16 @@ class Item:
     installed: tuple[str, ...]  # every version still in the store, in install order
     max_version: int  # the highest version ever accepted: a bundle must go above it, even after an erase
     erased: tuple[int, ...] = ()  # versions crypto-erased (overlays): why a load or rollback gets exit 6
+
+
+@dataclass(frozen=True)
+class AcceptedRecord:
+    """A version's accepted record: what import found that the manifest alone does not say."""
+
+    signers: tuple[str, ...]  # the pinned signers that counted
+    shape: Optional[GgufShape] = (
+        None  # a base's, from its GGUF header; None for other kinds, or a base imported before it was kept
+    )
 
 
 @dataclass(frozen=True)
@@ -158,13 +169,15 @@ class Store:
             raise StoreDamaged(f"installed manifest {manifest_sha256[:16]} was modified (SHA-256 {manifest.sha256})")
         return manifest
 
-    def write_signers(self, manifest_sha256: str, signers: tuple[str, ...], accepted: datetime) -> None:
-        """Seal the record of the pinned signers that counted when this version was accepted."""
-        doc = {"format": ACCEPTED_FORMAT, "signers": list(signers), "accepted": format_time(accepted)}
+    def write_accepted(self, manifest_sha256: str, record: AcceptedRecord, accepted: datetime) -> None:
+        """Seal the record of this version's import: the pinned signers that counted, when, and a base's shape."""
+        doc = {"format": ACCEPTED_FORMAT, "signers": list(record.signers), "accepted": format_time(accepted)}
+        if record.shape is not None:
+            doc["gguf_shape"] = list(astuple(record.shape))  # GgufShape's sizes, in its fields' order
         self.seal.write(self.object_dir(manifest_sha256) / ACCEPTED_NAME, state_bytes(doc))
 
-    def read_signers(self, manifest_sha256: str) -> tuple[str, ...]:
-        """The pinned signers that counted when this version was accepted."""
+    def read_accepted(self, manifest_sha256: str) -> AcceptedRecord:
+        """This version's accepted record (no `gguf_shape` in one written before it was kept: None)."""
         path = self.object_dir(manifest_sha256) / ACCEPTED_NAME
         doc = read_sealed_state(self.seal, path, ACCEPTED_FORMAT)
         if doc is None:
@@ -172,7 +185,14 @@ class Store:
         signers = doc.strings("signers")
         if not signers or not all(re.fullmatch(r"[0-9A-F]{40}", f) for f in signers):
             raise StateFileDamaged(path, "field 'signers' is not a list of fingerprints")
-        return signers
+        sizes = doc.integers("gguf_shape", optional=True)
+        if sizes and (len(sizes) != len(fields(GgufShape)) or min(sizes) < 0):
+            raise StateFileDamaged(path, f"field 'gguf_shape' is not the {len(fields(GgufShape))} sizes of a GGUF's shape")
+        return AcceptedRecord(signers, GgufShape(*sizes) if sizes else None)
+
+    def read_signers(self, manifest_sha256: str) -> tuple[str, ...]:
+        """The pinned signers that counted when this version was accepted."""
+        return self.read_accepted(manifest_sha256).signers
 
     def forget_objects(self, manifest_sha256s: list[str]) -> list[Path]:
         """Unseal the records of these objects (the caller removes them); returns their folders."""

@@ -34,6 +34,21 @@ class PinnedArtifact:
 
 
 @dataclass(frozen=True)
+class GgufShape:
+    """What a GGUF's header declares that sizing its start needs (`runtime.memory`): read from the header
+    at import, when the bytes were hashed against the signed manifest, and kept in the version's sealed
+    accepted record (`store.layout`), so a start need not walk the header (Gemma's 262,144 tokens) again."""
+
+    n_vocab: int
+    n_embd: int
+    n_layer: int  # 0 where the header names no block count
+    n_head: int
+    k_width: int  # n_head_kv x the key length
+    v_width: int
+    n_ff: int
+
+
+@dataclass(frozen=True)
 class VerifiedModel:
     """A model file whose bytes matched its pin (or its accepted manifest) at the moment it was checked.
 
@@ -47,6 +62,7 @@ class VerifiedModel:
     sha256: str
     signers: tuple[str, ...] = ()  # the pinned signers that counted at import; () for the built-in pin
     fd: Optional[int] = None  # the memfd holding an imported base's decrypted GGUF
+    shape: Optional[GgufShape] = None  # an imported base's, as its accepted record keeps it (None: read the header)
 
     @property
     def origin(self) -> str:

@@ -8,7 +8,7 @@ import pytest
 from helpers import TEST_KDF, appliance, error_line, tree_digest
 
 from appliance import state
-from appliance.runtime.memory import Cap, Need, NotEnoughMemory, memory_cap, require_room, runtime_need
+from appliance.runtime.memory import Cap, Need, NotEnoughMemory, gguf_shape, memory_cap, require_room, runtime_need
 from appliance.trust.builtin import embedded_pin
 from appliance.vault import Vault
 
@@ -17,7 +17,7 @@ MIB = 1 << 20
 
 def test_the_embedded_models_need_is_read_from_its_header():
     pin = embedded_pin()
-    need = runtime_need(pin.path, pin.size, n_ctx=4096, sequences=2, n_batch=512)
+    need = runtime_need(gguf_shape(pin.path), pin.size, n_ctx=4096, sequences=2, n_batch=512)
     # 30 blocks, 3 KV heads of 64: llama.cpp reports 90 MiB of f16 KV cache for one 4096-token sequence
     assert need.kv_cache == 2 * 90 * MIB
     assert need.compute == 4 * 512 * 49152  # the logits of a batch are the widest (llama.cpp reserves 99.4 MiB)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundles import make_bundle
-from helpers import PASSPHRASE, appliance, assert_refused, error_line, ok, tree_digest
+from helpers import PASSPHRASE, appliance, assert_refused, error_line, ok, refused, tree_digest
 
 from appliance.journal import read_session, sessions
 from appliance.printable import printable
@@ -505,6 +505,82 @@ def test_build_base_is_the_named_or_the_active_base_verified_and_closed_after(gh
     with pytest.raises(NotFound):
         with resolve_build_base("no-such-base", None):
             pass
+
+
+def _accepted_record(home: Path) -> Path:
+    (manifest,) = [m for m in home.glob("store/objects/*/manifest.json") if json.loads(m.read_bytes())["name"] == GEMMA]
+    return manifest.parent / "accepted.json"
+
+
+def test_a_start_reads_the_bases_shape_from_its_accepted_record_and_an_older_record_still_starts(ghome, monkeypatch):
+    """The memory check's GGUF shape is read from the header once, at import, and kept in the sealed accepted
+    record: a start does not walk the header (Gemma's 262,144 tokens) again, nor do binding checks decrypt the
+    base for its hidden size and block count. A record written before the shape was kept (none in it) still
+    starts, its shape read from the header as before; it is not rewritten."""
+    from appliance.runtime import session
+    from appliance.runtime.memory import gguf_shape
+    from appliance.state_files import state_bytes
+    from appliance.store import active, bases
+    from appliance.store.bases import ActiveBase, active_base, close_model, open_model
+    from appliance.vault.sealed_state import SealedState
+
+    walked, decrypted, base_shape = [], [], active.base_shape
+    monkeypatch.setattr(session, "gguf_shape", lambda path: walked.append(path) or gguf_shape(path))
+    monkeypatch.setattr(active, "base_shape", lambda path: walked.append(path) or base_shape(path))
+    monkeypatch.setattr(bases, "open_model", lambda *a, **k: decrypted.append(a) or open_model(*a, **k))
+    ok("base", "use", GEMMA)
+    vault = Vault.unlock(ghome, PASSPHRASE.encode())
+    try:
+        model = open_model(vault, GEMMA)
+        try:
+            assert model.shape == gguf_shape(model.path)  # kept at import: what the header says
+            assert (model.shape.n_vocab, model.shape.n_embd, model.shape.n_layer) == (262_144, 640, 18)
+            session.Runtime(model, n_ctx=256, sequences=1, n_threads=1).close()
+            loaded, installed = ActiveBase(model), active_base(vault)
+            assert (loaded.hidden_size, loaded.n_layer) == (installed.hidden_size, installed.n_layer) == (640, 18)
+            assert walked == decrypted == []
+        finally:
+            close_model(model)
+
+        record = _accepted_record(ghome)
+        doc = json.loads(record.read_bytes())
+        del doc["gguf_shape"]
+        SealedState(vault).write(record, state_bytes(doc))  # as the import wrote it before the shape was kept
+        sealed = record.read_bytes()
+        model = open_model(vault, GEMMA)
+        try:
+            assert model.shape is None
+            session.Runtime(model, n_ctx=256, sequences=1, n_threads=1).close()
+            assert walked == [model.path]
+        finally:
+            close_model(model)
+        installed = active_base(vault)
+        assert (installed.hidden_size, installed.n_layer, len(decrypted)) == (640, 18, 1)  # decrypted to read them
+        assert record.read_bytes() == sealed
+    finally:
+        vault.zeroize()
+
+
+def test_the_kept_shape_edited_or_malformed_is_refused_at_the_start(ghome):
+    """A smaller shape would let a base past the memory cap's check: edited outside the appliance the record is
+    forged (exit 3, nothing changed), and one sealed with a malformed shape is damaged (exit 3)."""
+    from appliance.state_files import state_bytes
+    from appliance.vault.sealed_state import SealedState
+
+    ok("base", "use", GEMMA)
+    record = _accepted_record(ghome)
+    doc = json.loads(record.read_bytes())
+    sealed = record.read_bytes()
+    record.write_text(json.dumps({**doc, "gguf_shape": [1] * len(doc["gguf_shape"])}))
+    for command in (["ask", "hello"], ["status"]):
+        refused(ghome, 3, "state-forged", *command, words=["accepted.json"])
+    record.write_bytes(sealed)
+    vault = Vault.unlock(ghome, PASSPHRASE.encode())
+    try:
+        SealedState(vault).write(record, state_bytes({**doc, "gguf_shape": doc["gguf_shape"][:3]}))
+    finally:
+        vault.zeroize()
+    refused(ghome, 3, "state-file-damaged", "ask", "hello", words=["gguf_shape", "accepted.json"])
 
 
 def _gguf_header(version: int, n_tensors: int, n_kv: int) -> bytes:
