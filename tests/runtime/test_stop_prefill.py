@@ -49,6 +49,15 @@ class CtrlCOnceFirstBatchCached(threading.Event):
         return False
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Python's own SIGINT handler, as in a terminal: a process started in the background by a
+    non-interactive shell inherits SIGINT ignored, and then a Ctrl-C rightly does nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_a_stop_lands_inside_the_prefill_and_the_next_reply_is_a_fresh_sessions(runtime):
     engine = runtime.engine
     runtime.decoder.reset()
