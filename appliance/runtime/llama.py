@@ -319,8 +319,8 @@ class LlamaEngine:
 class SamplerChain:
     """llama.cpp's sampler chain over an engine's last logits: the stages run in C, no logits row reaches Python.
 
-    Stages are added in the order they apply; the chain remembers the tokens it has seen (`accept`, and
-    each token it samples) for a penalties stage.
+    Stages are added in the order they apply. The repetition penalty and greedy are not stages here: the
+    sampler computes them on the row (`runtime/sampler.py`), tested against llama.cpp's own stages.
     """
 
     def __init__(self, engine: LlamaEngine):
@@ -330,11 +330,6 @@ class SamplerChain:
     def _add(self, stage) -> "SamplerChain":
         C.llama_sampler_chain_add(self._chain, stage)  # the chain owns the stage from here
         return self
-
-    def penalties(self, last_n: int, repeat: float) -> "SamplerChain":
-        # A reply applies the penalty to the tokens seen only (sampler.py, `penalise`): this stage looks every
-        # vocabulary entry up in a hash map each token. It stays as the yardstick that rule is tested against.
-        return self._add(C.llama_sampler_init_penalties(self._engine.n_vocab, last_n, repeat, 0.0, 0.0))
 
     def temperature(self, t: float) -> "SamplerChain":
         return self._add(C.llama_sampler_init_temp(t))
@@ -348,13 +343,6 @@ class SamplerChain:
     def draw(self, seed: int) -> "SamplerChain":
         # llama.cpp reads 0xFFFFFFFF as "a random seed": fold every seed into the values below it.
         return self._add(C.llama_sampler_init_dist(seed % C.LLAMA_DEFAULT_SEED))
-
-    def greedy(self) -> "SamplerChain":
-        return self._add(C.llama_sampler_init_greedy())
-
-    def accept(self, tokens: list[int]) -> None:
-        for t in tokens:
-            C.llama_sampler_accept(self._chain, t)
 
     def sample(self) -> int:
         """The next token from the logits of the engine's last decoded position."""

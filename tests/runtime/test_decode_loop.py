@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import llama_cpp as C
 import numpy as np
 import pytest
 
@@ -257,9 +258,23 @@ def test_native_greedy_with_penalty_picks_what_the_numpy_sampler_picks(runtime):
     )
 
 
+class LlamaCppChain(SamplerChain):
+    """With llama.cpp's own stages that a reply does not run (the sampler computes them on the row): the yardstick."""
+
+    def penalties(self, last_n: int, repeat: float) -> "LlamaCppChain":
+        return self._add(C.llama_sampler_init_penalties(self._engine.n_vocab, last_n, repeat, 0.0, 0.0))
+
+    def greedy(self) -> "LlamaCppChain":
+        return self._add(C.llama_sampler_init_greedy())
+
+    def accept(self, tokens: list[int]) -> None:
+        for t in tokens:
+            C.llama_sampler_accept(self._chain, t)
+
+
 def _llama_cpp_chain(engine, s: SamplingSettings, context: list[int]) -> SamplerChain:
     """The chain with llama.cpp's own penalties stage, its window filled with the prompt as a reply's is."""
-    chain = SamplerChain(engine).penalties(s.repeat_last_n, s.repeat_penalty)
+    chain = LlamaCppChain(engine).penalties(s.repeat_last_n, s.repeat_penalty)
     chain.accept(context[-s.repeat_last_n :])
     if s.temperature <= 0.0:
         return chain.greedy()
@@ -301,7 +316,7 @@ def test_the_penalty_on_the_tokens_seen_picks_what_llama_cpps_penalties_stage_pi
 
 def test_plain_greedy_is_an_argmax_that_picks_what_llama_cpps_greedy_stage_picks(runtime):
     """Plain greedy reads the logits row in Python, without the chain's per-token copy of the vocabulary."""
-    plain, chain = NativeSampler(runtime.engine, GREEDY, []), SamplerChain(runtime.engine).greedy()
+    plain, chain = NativeSampler(runtime.engine, GREEDY, []), LlamaCppChain(runtime.engine).greedy()
     assert plain.chain is None
     runtime.decoder.reset()
     runtime.decoder.prefill(_prompt_tokens(runtime, [{"role": "user", "content": PROMPT}]))
